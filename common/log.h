@@ -1,0 +1,24 @@
+// Minimal logging: rank-0-only info lines and always-on warnings, to stderr
+// (stdout stays clean for JSON from `bench`).
+#pragma once
+
+#include <cstdarg>
+#include <cstdio>
+#include <string>
+
+namespace rt {
+
+// The process's rank; set once by the parallel layer. Only rank 0 prints info.
+void set_log_rank(int rank);
+int log_rank();
+
+void log_info(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_warn(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+// "412.0 MiB"
+std::string format_bytes(double bytes);
+
+// Peak resident set size of this process in bytes (VmHWM).
+long long peak_rss_bytes();
+
+}  // namespace rt

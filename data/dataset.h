@@ -1,0 +1,60 @@
+// Sequences and their order (SPEC §7).
+//
+// A SequenceSource yields sequence i of length T: T input tokens and T targets
+// (the inputs shifted by one; a target < 0 is ignored by the loss). A
+// SequenceOrder maps (step, j) to a sequence index, deterministically from the
+// seed, so the data position is a function of the step alone.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/data_config.h"
+#include "data/token_file.h"
+
+namespace rt {
+
+// see data/data_config.h
+
+class SequenceSource {
+ public:
+  virtual ~SequenceSource() = default;
+  virtual int64_t vocab_size() const = 0;
+  // How many whole sequences of length T exist (>= 1, else the constructor or
+  // this throws UsageError saying the data is too short for T).
+  virtual int64_t num_sequences(int64_t T) const = 0;
+  // inputs, targets: T entries each. Positions [begin, end) of the sequence
+  // only may be requested (a context-parallel rank reads only its chunks):
+  // writes inputs[0..end-begin) and targets[0..end-begin).
+  virtual void read(int64_t index, int64_t T, int64_t begin, int64_t end, int32_t* inputs,
+                    int32_t* targets) const = 0;
+  virtual std::string describe() const = 0;
+};
+
+// Token-file-backed: sequence i = tokens[i*T : i*T + T + 1].
+std::unique_ptr<SequenceSource> make_token_source(const std::string& path);
+// From the config (path or synthetic). seed = run.seed.
+std::unique_ptr<SequenceSource> make_source(const DataSourceConfig& cfg, uint64_t seed);
+
+// Order of sequences over steps: with shuffle=false step s uses sequences
+// s*G .. s*G+G-1 (mod N); with shuffle=true the global position p = s*G + j
+// lies in epoch e = p / N and maps to perm_e[p % N], perm_e a seeded
+// permutation (seed, e). Stateless: resume only needs the step.
+class SequenceOrder {
+ public:
+  SequenceOrder(int64_t num_sequences, int64_t global_batch, bool shuffle, uint64_t seed);
+  int64_t index(int64_t step, int64_t j) const;  // j in [0, global_batch)
+  int64_t num_sequences() const { return n_; }
+
+ private:
+  const std::vector<int64_t>& perm(int64_t epoch) const;
+  int64_t n_, g_;
+  bool shuffle_;
+  uint64_t seed_;
+  mutable int64_t cached_epoch_ = -1;
+  mutable std::vector<int64_t> cached_perm_;
+};
+
+}  // namespace rt

@@ -1,0 +1,1 @@
+#include "model/cpu/attention.h"

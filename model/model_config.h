@@ -1,0 +1,54 @@
+// The model section of the config (SPEC §2, §3, §4, §5). Parsed and
+// validated by trainer/config.cpp; model/ only reads it.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace rt {
+
+// SPEC §4.2 — same keys as HF rope_scaling.
+struct RopeScalingConfig {
+  std::string rope_type = "linear";  // linear | ntk | dynamic | yarn | llama3 | longrope
+  double factor = 1.0;               // > 0 (>= 1 for every type but longrope)
+  std::optional<int64_t> original_max_position_embeddings;  // default: model.max_position_embeddings
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+  std::optional<double> mscale;
+  std::optional<double> mscale_all_dim;
+  std::optional<double> attention_factor;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  std::vector<double> short_factor;  // longrope: head_dim/2 entries
+  std::vector<double> long_factor;
+};
+
+// SPEC §5.
+struct MemoryConfig {
+  std::string type = "rmt";
+  int num_tokens = 16;       // M >= 1
+  int segment_length = 128;  // S >= 1; train.seq_len % S == 0
+  int bptt_segments = -1;    // -1 all, 0 detached, K > 0 windows of K
+};
+
+struct ModelConfig {
+  int vocab_size = 256;
+  int hidden_size = 256;
+  int intermediate_size = 704;
+  int num_hidden_layers = 4;
+  int num_attention_heads = 4;
+  int num_key_value_heads = 4;  // resolved: defaults to num_attention_heads
+  int head_dim = 0;             // resolved: hidden_size / num_attention_heads when null
+  double rms_norm_eps = 1e-5;
+  bool tie_word_embeddings = false;
+  int max_position_embeddings = 1024;
+  std::string position = "rope";  // rope | alibi | none
+  double rope_theta = 10000.0;
+  std::optional<RopeScalingConfig> rope_scaling;
+  std::optional<MemoryConfig> memory;
+  double init_std = 0.02;
+};
+
+}  // namespace rt

@@ -1,0 +1,122 @@
+// The typed configuration (SPEC §2). Every field is documented here, in one
+// place; config.cpp parses YAML into it strictly (unknown keys, wrong types
+// and out-of-range values are errors with file:line), fills defaults and runs
+// the cross-field checks. Names follow HF LlamaConfig where one exists.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "data/data_config.h"
+#include "model/model_config.h"
+
+namespace rt {
+
+struct DataConfig {
+  DataSourceConfig train;
+  std::optional<DataSourceConfig> val;
+  bool shuffle = true;
+};
+
+struct OptimizerConfig {
+  std::string type = "adamw";  // adamw | sgd
+  double lr = 3e-4;
+  double beta1 = 0.9;   // YAML: betas: [beta1, beta2]
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  // Parameter groups excluded from weight decay: subset of {norms, embeddings}.
+  std::vector<std::string> no_decay = {"norms"};
+};
+
+struct ScheduleConfig {
+  std::string type = "cosine";  // constant | linear | cosine
+  int64_t warmup_steps = 100;
+  double min_lr = 3e-5;  // linear and cosine decay to this
+};
+
+struct TrainConfig {
+  int64_t seq_len = 1024;
+  int micro_batch_size = 1;
+  int global_batch_size = 8;
+  int64_t max_steps = 1000;
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  double grad_clip = 1.0;         // 0 disables
+  std::string precision = "auto";  // auto | fp32 | bf16
+  bool activation_checkpointing = false;
+  int nonfinite_tolerance = 0;
+};
+
+struct ParallelConfig {
+  int context_parallel = 1;
+  int data_parallel = 0;  // 0 = auto (world / context_parallel); resolved by validate_layout
+  std::string ring_layout = "zigzag";  // zigzag | contiguous
+  std::string device = "auto";         // auto | cpu | cuda
+};
+
+struct CheckpointConfig {
+  int64_t every_steps = 500;
+  int keep_last = 3;
+  std::string init_from;  // empty = none
+};
+
+struct PasskeyEvalConfig {
+  std::vector<int64_t> seq_lens;
+  std::vector<double> depths = {0.0, 0.25, 0.5, 0.75, 1.0};
+  int trials = 10;
+};
+
+struct EvalConfig {
+  int64_t every_steps = 0;
+  std::vector<int64_t> seq_lens;
+  std::optional<PasskeyEvalConfig> passkey;
+  int64_t max_sequences = 16;  // per perplexity length during training-time eval
+};
+
+struct LogConfig {
+  int64_t every_steps = 10;
+};
+
+struct RunConfig {
+  std::string name = "run";
+  std::string dir;  // resolved: runs/<name> when null
+  uint64_t seed = 1234;
+};
+
+struct Config {
+  RunConfig run;
+  ModelConfig model;
+  DataConfig data;
+  TrainConfig train;
+  ParallelConfig parallel;
+  CheckpointConfig checkpoint;
+  EvalConfig eval;
+  LogConfig log;
+  std::string source_path;  // the YAML file this came from (for messages)
+};
+
+// Parse a YAML file strictly, apply `--set a.b=c` overrides (each validated as
+// if it were in the file), fill defaults, run the single-process cross-field
+// checks. Throws UsageError (exit 2) with file:line, the key and what is valid.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// Same, from YAML text (path used only in messages). For tests.
+Config parse_config(const std::string& yaml_text, const std::string& path,
+                    const std::vector<std::string>& overrides = {});
+
+// Checks that need the world size: data_parallel * context_parallel == world,
+// global batch divisible by dp * micro batch, seq_len divisible for the ring
+// layout. Resolves data_parallel = auto. Throws UsageError naming every factor.
+void validate_layout(Config& cfg, int world_size);
+
+// The fully resolved config as YAML (every key, defaults filled), in the same
+// schema the parser accepts: parse_config(to_yaml(c)) == c.
+std::string config_to_yaml(const Config& cfg);
+
+// Model section only, resolved (stored in checkpoints, used by init_from).
+std::string model_config_to_yaml(const ModelConfig& m);
+
+}  // namespace rt
