@@ -46,6 +46,7 @@ class Backend {
   virtual void copy_to_device(void* dst, const void* src_host, size_t bytes) = 0;
   virtual void copy_to_host(void* dst_host, const void* src, size_t bytes) = 0;
   virtual void zero(float* x, size_t n) = 0;
+  virtual void copy(float* dst, const float* src, size_t n) = 0;  // device to device
   virtual void synchronize() {}
 
   // ---- layers ---------------------------------------------------------------
