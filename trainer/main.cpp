@@ -1,1 +1,287 @@
-int main() { return 0; }
+// ringtrain: the command-line entry point (SPEC §1). Subcommands parse their
+// options here and call into the trainer; every user error becomes a message
+// and an exit code from common/errors.h.
+#include <cblas.h>
+#include <omp.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <new>
+#include <sstream>
+
+#include "common/errors.h"
+#include "common/log.h"
+#include "data/dataset.h"
+#include "data/token_file.h"
+#include "trainer/checkpoint.h"
+#include "trainer/config.h"
+#include "trainer/evaluate.h"
+#include "trainer/trainer.h"
+
+namespace rt {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+Config load_validated(const std::string& path, const std::vector<std::string>& overrides) {
+  Config cfg = load_config(path, overrides);
+  validate_layout(cfg, /*world_size=*/1);
+  return cfg;
+}
+
+int cmd_train(const std::string& config, const std::vector<std::string>& overrides) {
+  Config cfg = load_validated(config, overrides);
+  Trainer trainer(cfg, {});
+  trainer.fit();
+  log_info("done: %lld steps, %lld tokens; run dir %s", (long long)trainer.step(),
+           (long long)trainer.tokens_seen(), trainer.run_dir().c_str());
+  return kExitOk;
+}
+
+// Measured sgemm rate of this process (FLOP/s), for the bench's utilisation.
+double measure_sgemm_flops() {
+  const int n = 1024;
+  std::vector<float> a(size_t(n) * n, 0.5f), b(size_t(n) * n, 0.25f), c(size_t(n) * n);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.f, a.data(), n, b.data(), n,
+              0.f, c.data(), n);  // warm-up
+  const int reps = 5;
+  auto t0 = Clock::now();
+  for (int r = 0; r < reps; ++r)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.f, a.data(), n, b.data(),
+                n, 0.f, c.data(), n);
+  double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  return 2.0 * n * n * double(n) * reps / s;
+}
+
+int cmd_bench(const std::string& config, const std::vector<std::string>& overrides, int steps,
+              int warmup) {
+  if (steps < 1) throw UsageError("--steps must be >= 1, got " + std::to_string(steps));
+  Config cfg = load_validated(config, overrides);
+  Trainer trainer(cfg, {.write_outputs = false, .quiet = true});
+  for (int i = 0; i < warmup; ++i) trainer.train_step();
+  double ms = 0;
+  int64_t tokens = 0;
+  double last_loss = 0;
+  for (int i = 0; i < steps; ++i) {
+    StepStats s = trainer.train_step();
+    ms += s.step_ms;
+    tokens += s.tokens;
+    last_loss = s.loss;
+  }
+  const double tps = double(tokens) / (ms / 1000.0);
+  const double fpt = train_flops_per_token(cfg.model, cfg.train.seq_len);
+  const double sgemm = measure_sgemm_flops();
+  nlohmann::json j = {{"tokens_per_s", tps},
+                      {"step_ms", ms / steps},
+                      {"flops_per_s", tps * fpt},
+                      {"peak_mem_bytes", peak_rss_bytes()},
+                      {"seq_len", cfg.train.seq_len},
+                      {"world_size", 1},
+                      {"global_batch_size", cfg.train.global_batch_size},
+                      {"micro_batch_size", cfg.train.micro_batch_size},
+                      {"threads", omp_get_max_threads()},
+                      {"params", trainer.model().num_params()},
+                      {"flops_per_token", fpt},
+                      {"sgemm_flops_per_s", sgemm},
+                      {"fraction_of_sgemm", tps * fpt / sgemm},
+                      {"steps", steps},
+                      {"warmup", warmup},
+                      {"final_loss", last_loss}};
+  std::cout << j.dump() << std::endl;
+  return kExitOk;
+}
+
+std::vector<int64_t> parse_int_list(const std::string& s, const std::string& opt) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t used = 0;
+      long long v = std::stoll(item, &used);
+      if (used != item.size() || v < 2) throw std::invalid_argument(item);
+      out.push_back(v);
+    } catch (const std::exception&) {
+      throw UsageError(opt + ": '" + item +
+                       "' is not a sequence length (integers >= 2, comma-separated, e.g. "
+                       "256,512,1024)");
+    }
+  }
+  if (out.empty()) throw UsageError(opt + " needs at least one length, e.g. 256,512");
+  return out;
+}
+
+struct EvalOptions {
+  std::string target;
+  std::vector<std::string> overrides;
+  std::string data;
+  int64_t seq_len = 0;
+  std::string seq_lens;
+  int64_t max_sequences = 64;
+  std::string json;
+};
+
+bool ends_with(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+int cmd_eval(const EvalOptions& o) {
+  // The model: a checkpoint file, or a config whose run dir may hold checkpoints.
+  Config cfg;
+  std::string ckpt;
+  if (ends_with(o.target, ".h5")) {
+    ckpt = o.target;
+    CheckpointMeta meta = read_checkpoint_meta(ckpt);
+    cfg = parse_config(meta.config_yaml, ckpt + ":config", o.overrides);
+  } else {
+    cfg = load_config(o.target, o.overrides);
+    auto found = list_checkpoints(cfg.run.dir);
+    if (!found.empty()) ckpt = found.back().second;
+  }
+  validate_layout(cfg, 1);
+  if (o.max_sequences < 1)
+    throw UsageError("--max-sequences must be >= 1, got " + std::to_string(o.max_sequences));
+
+  std::unique_ptr<Backend> be = make_backend(cfg.parallel.device);
+  LlamaModel model(cfg.model, *be);
+  int64_t step = 0;
+  if (!ckpt.empty()) {
+    load_model_weights(ckpt, model);
+    step = read_checkpoint_meta(ckpt).step;
+    log_info("eval: checkpoint %s (step %lld)", ckpt.c_str(), (long long)step);
+  } else {
+    model.init_weights(cfg.run.seed);
+    log_warn("no checkpoint in %s/checkpoints: evaluating the randomly initialised model "
+             "(train first, or pass a checkpoint .h5)",
+             cfg.run.dir.c_str());
+  }
+
+  std::unique_ptr<SequenceSource> data;
+  if (!o.data.empty())
+    data = make_token_source(o.data);
+  else
+    data = make_source(cfg.data.val ? *cfg.data.val : cfg.data.train, cfg.run.seed);
+  if (data->vocab_size() > cfg.model.vocab_size)
+    throw UsageError("evaluation data " + data->describe() + " has vocab_size " +
+                     std::to_string(data->vocab_size()) + " > model.vocab_size " +
+                     std::to_string(cfg.model.vocab_size));
+
+  std::vector<int64_t> lens;
+  if (!o.seq_lens.empty()) lens = parse_int_list(o.seq_lens, "--seq-lens");
+  if (o.seq_len > 0) lens.push_back(o.seq_len);
+  if (lens.empty()) lens = cfg.eval.seq_lens.empty() ? std::vector<int64_t>{cfg.train.seq_len}
+                                                     : cfg.eval.seq_lens;
+
+  std::vector<PerplexityResult> results;
+  for (int64_t T : lens) {
+    model.plan_activations(1, int(T), false);
+    results.push_back(evaluate_perplexity(model, *data, T, o.max_sequences));
+  }
+  std::cout << "perplexity on " << data->describe() << ":\n" << perplexity_table(results);
+
+  nlohmann::json j = {{"checkpoint", ckpt.empty() ? nlohmann::json(nullptr) : nlohmann::json(ckpt)},
+                      {"step", step},
+                      {"perplexity", perplexity_to_json(results)}};
+  std::string out = o.json;
+  if (out.empty()) {
+    make_dirs(cfg.run.dir + "/eval");
+    out = cfg.run.dir + "/eval/step_" + std::to_string(step) + ".json";
+  } else {
+    auto parent = std::filesystem::path(out).parent_path();
+    if (!parent.empty()) make_dirs(parent.string());
+  }
+  std::ofstream f(out);
+  f << j.dump(2) << "\n";
+  if (!f) throw IoError("cannot write " + out);
+  std::cout << "wrote " << out << "\n";
+  return kExitOk;
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{
+      "ringtrain: train and fine-tune long-context transformers.\n"
+      "Launch multi-process runs with mpirun; see README.md and SPEC."};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "ringtrain 0.1.0");
+
+  std::vector<std::string> overrides;
+  std::string config;
+
+  auto* train = app.add_subcommand("train", "Train or fine-tune from a YAML config");
+  train->add_option("config", config, "config YAML")->required();
+  train->add_option("--set", overrides, "override a config key: --set train.optimizer.lr=1e-4")
+      ->take_all();
+
+  EvalOptions eo;
+  auto* eval = app.add_subcommand("eval", "Perplexity by length of a checkpoint or config's run");
+  eval->add_option("target", eo.target,
+                   "CKPT.h5, or CONFIG.yaml (uses the newest checkpoint in its run dir)")
+      ->required();
+  eval->add_option("--set", eo.overrides, "override a config key")->take_all();
+  eval->add_option("--data", eo.data, "token file (.h5/.bin/.txt); default: val, else train data");
+  eval->add_option("--seq-len", eo.seq_len, "one evaluation length");
+  eval->add_option("--seq-lens", eo.seq_lens, "several lengths, e.g. 256,512,1024");
+  eval->add_option("--max-sequences", eo.max_sequences,
+                   "sequences per length, from the start of the data (default 64)");
+  eval->add_option("--json", eo.json, "output JSON (default RUN_DIR/eval/step_N.json)");
+
+  int steps = 5, warmup = 1;
+  auto* bench = app.add_subcommand(
+      "bench", "Time N training steps after a warm-up; print one JSON object");
+  bench->add_option("config", config, "config YAML")->required();
+  bench->add_option("--set", overrides, "override a config key")->take_all();
+  bench->add_option("--steps", steps, "timed steps (default 5)");
+  bench->add_option("--warmup", warmup, "untimed warm-up steps (default 1)");
+
+  auto* data = app.add_subcommand("data", "Data tools");
+  data->require_subcommand(1);
+  std::vector<std::string> inputs;
+  std::string out, tokenizer = "bytes";
+  auto* prepare = data->add_subcommand("prepare", "Tokenize text files into a .h5 or .bin file");
+  prepare->add_option("inputs", inputs, "input text files")->required();
+  prepare->add_option("--out", out, "output token file (.h5 or .bin)")->required();
+  prepare->add_option("--tokenizer", tokenizer, "tokenizer (bytes)");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? kExitOk : kExitUsage;
+  }
+
+  if (train->parsed()) return cmd_train(config, overrides);
+  if (eval->parsed()) return cmd_eval(eo);
+  if (bench->parsed()) return cmd_bench(config, overrides, steps, warmup);
+  if (prepare->parsed()) {
+    prepare_token_file(inputs, out, tokenizer);
+    TokenData d = read_token_file(out);
+    std::cout << "wrote " << out << ": " << d.tokens.size() << " tokens, vocab " << d.vocab_size
+              << ", tokenizer " << d.tokenizer << "\n";
+    return kExitOk;
+  }
+  return kExitUsage;
+}
+
+}  // namespace
+}  // namespace rt
+
+int main(int argc, char** argv) {
+  try {
+    return rt::run(argc, argv);
+  } catch (const rt::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return e.code();
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr,
+                 "error: out of memory: lower train.seq_len or train.micro_batch_size, or enable "
+                 "train.activation_checkpointing\n");
+    return rt::kExitOther;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return rt::kExitOther;
+  }
+}

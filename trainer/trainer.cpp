@@ -1,1 +1,208 @@
-#include "trainer/config.h"
+#include "trainer/trainer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "common/errors.h"
+#include "common/log.h"
+#include "trainer/checkpoint.h"
+
+namespace rt {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+void make_dirs(const std::string& path) {
+  std::error_code ec;
+  fs::create_directories(path, ec);
+  if (ec)
+    throw IoError("cannot create directory " + path + ": " + ec.message() +
+                  " (set run.dir to a writable place)");
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& device) {
+  if (device == "cuda")
+    throw UsageError(
+        "parallel.device: cuda is not available in this build yet (the CUDA training backend "
+        "is a later milestone); use parallel.device: cpu or auto");
+  return make_cpu_backend();
+}
+
+Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
+  backend_ = make_backend(cfg_.parallel.device);
+  train_data_ = make_source(cfg_.data.train, cfg_.run.seed);
+  if (cfg_.data.val) val_data_ = make_source(*cfg_.data.val, cfg_.run.seed);
+  if (train_data_->vocab_size() > cfg_.model.vocab_size)
+    throw UsageError("data.train " + train_data_->describe() + " has vocab_size " +
+                     std::to_string(train_data_->vocab_size()) + " > model.vocab_size " +
+                     std::to_string(cfg_.model.vocab_size) + ": raise model.vocab_size");
+  order_ = std::make_unique<SequenceOrder>(train_data_->num_sequences(cfg_.train.seq_len),
+                                           cfg_.train.global_batch_size, cfg_.data.shuffle,
+                                           cfg_.run.seed);
+
+  model_ = std::make_unique<LlamaModel>(cfg_.model, *backend_);
+  model_->init_weights(cfg_.run.seed);
+  optimizer_ = std::make_unique<Optimizer>(cfg_.train.optimizer, *model_);
+  model_->plan_activations(cfg_.train.micro_batch_size, int(cfg_.train.seq_len),
+                           cfg_.train.activation_checkpointing);
+  log_info("model: %lld parameters (%s), optimizer state %s, device %s",
+           (long long)model_->num_params(),
+           format_bytes(double(model_->params().bytes())).c_str(),
+           format_bytes(double(optimizer_->exp_avg().bytes() + optimizer_->exp_avg_sq().bytes()))
+               .c_str(),
+           device_name(backend_->device()));
+  log_info("data: train %s, %lld sequences of %lld tokens%s", train_data_->describe().c_str(),
+           (long long)order_->num_sequences(), (long long)cfg_.train.seq_len,
+           cfg_.data.shuffle ? ", shuffled" : "");
+
+  if (opt_.write_outputs) {
+    make_dirs(cfg_.run.dir);
+    std::ofstream f(cfg_.run.dir + "/config.yaml");
+    f << config_to_yaml(cfg_);
+    if (!f) throw IoError("cannot write " + cfg_.run.dir + "/config.yaml");
+    metrics_ = std::make_unique<MetricsWriter>(cfg_.run.dir + "/metrics.jsonl");
+    log_info("run dir: %s", cfg_.run.dir.c_str());
+  }
+}
+
+Trainer::~Trainer() = default;
+
+StepStats Trainer::train_step() {
+  const auto t0 = Clock::now();
+  const TrainConfig& tc = cfg_.train;
+  const int64_t T = tc.seq_len;
+  const int G = tc.global_batch_size, mb = tc.micro_batch_size;
+
+  // Read the whole global batch first: the loss is normalised by the step's
+  // total count of valid targets, known only once every sequence is read.
+  inputs_.resize(size_t(G) * T);
+  targets_.resize(size_t(G) * T);
+  int64_t n_valid = 0;
+  for (int j = 0; j < G; ++j) {
+    int32_t* in = inputs_.data() + size_t(j) * T;
+    int32_t* tg = targets_.data() + size_t(j) * T;
+    train_data_->read(order_->index(step_, j), T, 0, T, in, tg);
+    for (int64_t t = 0; t < T; ++t) n_valid += tg[t] >= 0;
+  }
+  const float scale = n_valid ? 1.f / float(n_valid) : 0.f;
+
+  double loss_sum = 0;
+  for (int j = 0; j < G; j += mb) {
+    loss_sum += model_->forward_backward(inputs_.data() + size_t(j) * T,
+                                         targets_.data() + size_t(j) * T, mb, int(T),
+                                         RowPositions::whole(T), scale, nullptr);
+  }
+
+  StepStats s;
+  s.loss = n_valid ? loss_sum / double(n_valid) : 0.0;
+  s.grad_norm = grad_global_norm(*model_);
+  s.lr = learning_rate_at(tc, step_);
+  s.tokens = int64_t(G) * T;
+  if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
+    s.skipped = true;
+    ++nonfinite_streak_;
+    log_warn("step %lld: non-finite %s (loss %g, grad norm %g); update skipped (%d in a row, "
+             "tolerance %d)",
+             (long long)step_ + 1, std::isfinite(s.loss) ? "gradient" : "loss", s.loss,
+             s.grad_norm, nonfinite_streak_, tc.nonfinite_tolerance);
+    if (nonfinite_streak_ > tc.nonfinite_tolerance)
+      throw NumericalError(
+          "training diverged: " + std::to_string(nonfinite_streak_) +
+          " consecutive non-finite steps at step " + std::to_string(step_ + 1) +
+          " (train.nonfinite_tolerance is " + std::to_string(tc.nonfinite_tolerance) +
+          "); lower train.optimizer.lr, enable train.grad_clip, or raise the tolerance");
+  } else {
+    nonfinite_streak_ = 0;
+    clip_grad_norm(*model_, s.grad_norm, tc.grad_clip);
+    optimizer_->step(float(s.lr));
+  }
+  model_->grads().zero();
+  ++step_;
+  tokens_seen_ += s.tokens;
+  s.step = step_;
+  s.step_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  return s;
+}
+
+std::vector<PerplexityResult> Trainer::evaluate(const std::vector<int64_t>& seq_lens,
+                                                int64_t max_sequences) {
+  const SequenceSource& data = val_data_ ? *val_data_ : *train_data_;
+  std::vector<PerplexityResult> out;
+  for (int64_t T : seq_lens) out.push_back(evaluate_perplexity(*model_, data, T, max_sequences));
+  return out;
+}
+
+void Trainer::save_checkpoint_now() {
+  if (!opt_.write_outputs) return;
+  make_dirs(cfg_.run.dir + "/checkpoints");
+  CheckpointMeta meta;
+  meta.step = step_;
+  meta.tokens_seen = tokens_seen_;
+  meta.config_yaml = config_to_yaml(cfg_);
+  const std::string path = checkpoint_path(cfg_.run.dir, step_);
+  const auto t0 = Clock::now();
+  save_checkpoint(path, *model_, optimizer_.get(), meta);
+  prune_checkpoints(cfg_.run.dir, cfg_.checkpoint.keep_last);
+  log_info("checkpoint: %s (%.2f s)", path.c_str(),
+           std::chrono::duration<double>(Clock::now() - t0).count());
+}
+
+void Trainer::fit() {
+  const TrainConfig& tc = cfg_.train;
+  const double flops_per_token = train_flops_per_token(cfg_.model, tc.seq_len);
+  const auto start = Clock::now();
+  double window_ms = 0, window_loss = 0;
+  int64_t window_steps = 0, window_tokens = 0;
+  const int64_t eval_lens_max = cfg_.eval.max_sequences;
+
+  auto run_eval = [&]() {
+    if (cfg_.eval.seq_lens.empty()) return;
+    std::vector<PerplexityResult> r = evaluate(cfg_.eval.seq_lens, eval_lens_max);
+    if (!opt_.quiet) {
+      log_info("eval at step %lld (%s):", (long long)step_,
+               val_data_ ? "validation data" : "training data");
+      std::fprintf(stderr, "%s", perplexity_table(r).c_str());
+    }
+    if (metrics_)
+      metrics_->write({{"type", "eval"}, {"step", step_}, {"perplexity", perplexity_to_json(r)}});
+  };
+
+  while (step_ < tc.max_steps) {
+    StepStats s = train_step();
+    window_ms += s.step_ms;
+    window_loss += s.loss;
+    window_tokens += s.tokens;
+    ++window_steps;
+    const bool last = step_ == tc.max_steps;
+    if (step_ % cfg_.log.every_steps == 0 || last || step_ == 1) {
+      const double tps = window_tokens / (window_ms / 1000.0);
+      const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+      const double eta = elapsed / double(step_) * double(tc.max_steps - step_);
+      const double loss = window_loss / double(window_steps);
+      if (!opt_.quiet)
+        log_info("%s", progress_line(step_, tc.max_steps, loss, s.lr, s.grad_norm, tps,
+                                     window_ms / window_steps, eta)
+                           .c_str());
+      if (metrics_)
+        metrics_->write({{"step", step_},
+                         {"loss", loss},
+                         {"grad_norm", s.grad_norm},
+                         {"lr", s.lr},
+                         {"tokens_seen", tokens_seen_},
+                         {"tokens_per_s", tps},
+                         {"flops_per_s", tps * flops_per_token},
+                         {"step_ms", window_ms / window_steps},
+                         {"peak_mem_bytes", peak_rss_bytes()}});
+      window_ms = window_loss = 0;
+      window_steps = window_tokens = 0;
+    }
+    if (cfg_.eval.every_steps > 0 && step_ % cfg_.eval.every_steps == 0 && !last) run_eval();
+    if ((cfg_.checkpoint.every_steps > 0 && step_ % cfg_.checkpoint.every_steps == 0) || last)
+      save_checkpoint_now();
+  }
+  run_eval();
+}
+
+}  // namespace rt

@@ -1,0 +1,170 @@
+// Whole-model parity with the independent PyTorch reference
+// (tests/torch_reference.py, float64): logits, loss, every parameter
+// gradient, and the losses and weights after a few AdamW steps with
+// clipping, for each position scheme, MHA/GQA, tied/untied head.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "h5_test_io.h"
+#include "common/rng.h"
+#include "model/llama.h"
+#include "trainer/optimizer.h"
+
+namespace rt {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::H5File;
+
+bool torch_available() {
+  static int ok = -1;
+  if (ok < 0) ok = std::system("/usr/bin/python3 -c 'import torch, h5py' >/dev/null 2>&1") == 0;
+  return ok == 1;
+}
+
+struct Case {
+  std::string name;
+  std::string position;
+  int heads, kv_heads;
+  bool tied;
+};
+
+// max |a - b| / max |b|  (relative to the reference's scale)
+double rel_err(const float* a, const std::vector<double>& b) {
+  double num = 0, den = 1e-30;
+  for (size_t i = 0; i < b.size(); ++i) {
+    num = std::max(num, std::abs(double(a[i]) - b[i]));
+    den = std::max(den, std::abs(b[i]));
+  }
+  return num / den;
+}
+
+class TorchParity : public ::testing::TestWithParam<Case> {};
+
+TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
+  if (!torch_available()) GTEST_SKIP() << "skipped: /usr/bin/python3 with torch and h5py not found "
+                                          "(apt-get install python3-torch python3-h5py)";
+  const Case& c = GetParam();
+  ModelConfig mc;
+  mc.vocab_size = 64;
+  mc.hidden_size = 32;
+  mc.intermediate_size = 48;
+  mc.num_hidden_layers = 2;
+  mc.num_attention_heads = c.heads;
+  mc.num_key_value_heads = c.kv_heads;
+  mc.head_dim = 8;
+  mc.position = c.position;
+  mc.tie_word_embeddings = c.tied;
+  mc.init_std = 0.1;  // larger than default so attention patterns are not uniform
+  OptimizerConfig oc;
+  oc.lr = 1e-2;
+  oc.weight_decay = 0.1;
+  oc.no_decay = {"norms"};
+  const double grad_clip = 0.5;
+  const int steps = 4, B = 2, T = 37;
+
+  auto be = make_cpu_backend();
+  LlamaModel model(mc, *be);
+  model.init_weights(7);
+  model.plan_activations(B, T, false);
+
+  std::vector<int32_t> inputs(B * T), targets(B * T);
+  Rng rng(3);
+  for (int i = 0; i < B * T; ++i) inputs[i] = int32_t(rng.below(mc.vocab_size));
+  for (int i = 0; i < B * T; ++i)
+    targets[i] = (i % T == T - 1) ? inputs[(i + 1) % (B * T)] : inputs[i + 1];
+  targets[5] = -1;  // an ignored target
+
+  const fs::path dir = fs::path(RT_BINARY_DIR) / ("torch_parity_" + c.name);
+  fs::create_directories(dir);
+  {
+    H5File f((dir / "in.h5").string(), true);
+    f.attr_int("vocab_size", mc.vocab_size);
+    f.attr_int("hidden_size", mc.hidden_size);
+    f.attr_int("intermediate_size", mc.intermediate_size);
+    f.attr_int("num_hidden_layers", mc.num_hidden_layers);
+    f.attr_int("num_attention_heads", mc.num_attention_heads);
+    f.attr_int("num_key_value_heads", mc.num_key_value_heads);
+    f.attr_int("head_dim", mc.head_dim);
+    f.attr_double("rms_norm_eps", mc.rms_norm_eps);
+    f.attr_int("tie_word_embeddings", mc.tie_word_embeddings);
+    f.attr_double("rope_theta", mc.rope_theta);
+    f.attr_string("position", mc.position);
+    f.attr_double("lr", oc.lr);
+    f.attr_double("beta1", oc.beta1);
+    f.attr_double("beta2", oc.beta2);
+    f.attr_double("eps", oc.eps);
+    f.attr_double("weight_decay", oc.weight_decay);
+    f.attr_double("grad_clip", grad_clip);
+    f.attr_int("steps", steps);
+    f.attr_int("no_decay_norms", 1);
+    f.attr_int("no_decay_embeddings", 0);
+    for (const TensorSpec& s : model.params().specs()) {
+      std::vector<hsize_t> shape(s.shape.begin(), s.shape.end());
+      f.write_floats("/model/" + s.name, model.params().get(s.name), shape);
+    }
+    f.write_ints("/inputs", inputs.data(), {hsize_t(B), hsize_t(T)});
+    f.write_ints("/targets", targets.data(), {hsize_t(B), hsize_t(T)});
+  }
+  const std::string cmd = "/usr/bin/python3 " + std::string(RT_SOURCE_DIR) +
+                          "/tests/torch_reference.py golden " + (dir / "in.h5").string() + " " +
+                          (dir / "out.h5").string();
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  H5File ref((dir / "out.h5").string(), false);
+
+  // logits and loss (forward only)
+  int64_t n_valid = 0;
+  double loss_sum = model.forward_backward(inputs.data(), targets.data(), B, T,
+                                           RowPositions::whole(T), 0.f, &n_valid);
+  EXPECT_EQ(n_valid, B * T - 1);
+  std::vector<float> logits = model.logits_to_host(0, B * T);
+  EXPECT_LT(rel_err(logits.data(), ref.read_doubles("/logits")), 2e-5) << "logits";
+  const double ref_loss = ref.read_doubles("/loss")[0];
+  EXPECT_NEAR(loss_sum / n_valid, ref_loss, 2e-5 * std::abs(ref_loss)) << "loss";
+
+  // every parameter gradient
+  model.forward_backward(inputs.data(), targets.data(), B, T, RowPositions::whole(T),
+                         1.f / float(n_valid), nullptr);
+  for (const TensorSpec& s : model.params().specs()) {
+    double e = rel_err(model.grads().get(s.name), ref.read_doubles("/grad/" + s.name));
+    EXPECT_LT(e, 2e-4) << "grad of " << s.name;
+  }
+  EXPECT_NEAR(grad_global_norm(model), ref.read_doubles("/grad_norm")[0],
+              1e-4 * ref.read_doubles("/grad_norm")[0]);
+
+  // AdamW steps on the same batch: losses before each step, then final weights
+  std::vector<double> ref_losses = ref.read_doubles("/adamw_losses");
+  ASSERT_EQ(ref_losses.size(), size_t(steps));
+  model.grads().zero();
+  Optimizer opt(oc, model);
+  for (int s = 0; s < steps; ++s) {
+    double l = model.forward_backward(inputs.data(), targets.data(), B, T, RowPositions::whole(T),
+                                      1.f / float(n_valid), nullptr) / double(n_valid);
+    EXPECT_NEAR(l, ref_losses[s], 1e-4 * std::abs(ref_losses[s])) << "AdamW step " << s;
+    double norm = grad_global_norm(model);
+    clip_grad_norm(model, norm, grad_clip);
+    opt.step(float(oc.lr));
+    model.grads().zero();
+  }
+  for (const TensorSpec& s : model.params().specs()) {
+    double e = rel_err(model.params().get(s.name), ref.read_doubles("/final/" + s.name));
+    EXPECT_LT(e, 1e-4) << "weights after AdamW of " << s.name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Model, TorchParity,
+    ::testing::Values(Case{"rope_mha_untied", "rope", 4, 4, false},
+                      Case{"rope_gqa_tied", "rope", 4, 2, true},
+                      Case{"rope_mqa", "rope", 4, 1, false},
+                      Case{"alibi_gqa", "alibi", 6, 3, false},
+                      Case{"nope_mha", "none", 4, 4, true}),
+    [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
+
+}  // namespace
+}  // namespace rt

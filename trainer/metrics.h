@@ -1,0 +1,33 @@
+// metrics.jsonl (SPEC §11) and the console progress line.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace rt {
+
+class MetricsWriter {
+ public:
+  MetricsWriter() = default;
+  // Appends to path (created if missing). Throws IoError when unwritable.
+  explicit MetricsWriter(const std::string& path);
+  ~MetricsWriter();
+  MetricsWriter(const MetricsWriter&) = delete;
+  MetricsWriter& operator=(const MetricsWriter&) = delete;
+
+  void write(const nlohmann::json& record);  // one line, flushed
+
+ private:
+  std::FILE* f_ = nullptr;
+  std::string path_;
+};
+
+// "step 12/200 | loss 2.3456 | lr 3.00e-04 | grad 1.23 | 12.3k tok/s | 45.6 ms | ETA 1m23s"
+std::string progress_line(int64_t step, int64_t total, double loss, double lr, double grad_norm,
+                          double tokens_per_s, double step_ms, double eta_s);
+std::string format_duration(double seconds);
+
+}  // namespace rt
