@@ -1,4 +1,19 @@
 // Token files (SPEC §7): .h5, .bin (llm.c header), .txt (raw bytes).
+//
+//   .h5   dataset /tokens (uint16 or uint32, 1-D); attributes vocab_size
+//         (integer) and tokenizer (string, fixed or variable length; optional,
+//         "unknown" when absent); optional /doc_offsets (uint64, 1-D).
+//   .bin  llm.c: 256 int32 header (magic 20240520, version 1 = uint16 tokens,
+//         header[2] = number of tokens), then the tokens. The format stores no
+//         vocabulary: a file whose tokens are all < 256 reads as vocab 256 /
+//         "bytes", else < 50257 as GPT-2 (vocab 50257, "gpt2"), else 65536.
+//   .txt  raw bytes: one token per byte, vocab 256, tokenizer "bytes".
+//
+// Errors: missing or unreadable file -> IoError (exit 3) naming the path;
+// malformed content (unknown extension, not an HDF5 file, bad magic, wrong
+// version, size mismatch, missing /tokens, wrong dtype or rank, missing
+// vocab_size, token >= vocab_size) -> UsageError (exit 2) naming the path,
+// what is wrong and how to make a valid file.
 #pragma once
 
 #include <cstdint>
@@ -11,24 +26,32 @@ struct TokenData {
   std::vector<uint32_t> tokens;
   int64_t vocab_size = 256;
   std::string tokenizer = "bytes";
-  std::vector<uint64_t> doc_offsets;  // optional (h5 only)
+  std::vector<uint64_t> doc_offsets;  // optional (h5 only): start of each document
 };
 
-// Reads by extension. Missing/unreadable file -> IoError (exit 3) naming the
-// path; malformed content (bad magic, wrong version, size mismatch, missing
-// /tokens, wrong dtype) -> UsageError (exit 2) naming the path and the fix.
+// llm.c .bin header constants.
+inline constexpr int32_t kLlmcMagic = 20240520;
+inline constexpr int32_t kLlmcVersion = 1;  // uint16 tokens
+inline constexpr int kLlmcHeaderInts = 256;
+
+// Reads by extension (.h5, .bin, .txt; case-insensitive).
 TokenData read_token_file(const std::string& path);
 
-// Writers. dtype: uint16 when vocab_size <= 65536, else uint32.
+// Writers (write `path` directly, replacing it; failure to create or write ->
+// IoError). h5 dtype: uint16 when vocab_size <= 65536, else uint32; doc_offsets
+// written when non-empty. Tokens >= vocab_size -> UsageError.
 void write_token_file_h5(const std::string& path, const TokenData& data);
-void write_token_file_bin(const std::string& path, const TokenData& data);  // vocab <= 65536
+// Version 1 (uint16) only: vocab_size > 65536 -> UsageError. doc_offsets are
+// not stored (the format has no place for them).
+void write_token_file_bin(const std::string& path, const TokenData& data);
 
 // Byte tokenizer: one token per byte (vocab 256).
 std::vector<uint32_t> tokenize_bytes(const std::string& text);
 std::string detokenize_bytes(const uint32_t* tokens, size_t n);
 
 // `ringtrain data prepare IN... --out OUT`: concatenate the inputs' bytes
-// (recording doc offsets), write .h5 or .bin by OUT's extension.
+// (doc_offsets = start of each input), write .h5 or .bin by OUT's extension.
+// Only tokenizer "bytes" is supported for now (else UsageError).
 void prepare_token_file(const std::vector<std::string>& inputs, const std::string& out,
                         const std::string& tokenizer);
 
