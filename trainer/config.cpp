@@ -1,1 +1,1017 @@
+// Strict YAML config parser (SPEC §2).
+//
+// Flow: YAML text -> YAML tree -> `--set` overrides applied onto the tree ->
+// one pass of section readers (types, ranges, unknown keys) -> resolved
+// defaults -> cross-field checks. Overrides go through exactly the same readers
+// as the file, so their validation is identical; only the location in
+// messages differs ("config.yaml:12" vs "--set a.b=c").
+//
+// Every section reader is a MapReader over one YAML mapping: it is given the
+// mapping's valid keys up front (the schema, section by section), rejects
+// unknown and duplicate keys with a did-you-mean, and converts each value with
+// a typed getter that range-checks it.
+//
+// Decisions:
+//  - `null` is accepted only where the struct has optional/auto semantics
+//    (run.dir, model.num_key_value_heads, model.head_dim, model.rope_scaling,
+//    model.memory, data.val, parallel.data_parallel, checkpoint.init_from,
+//    eval.passkey and the optional rope_scaling/data-source fields); anywhere
+//    else null is a type error.
+//  - schedule.warmup_steps > train.max_steps only warns (short test runs keep
+//    the default warmup); min_lr > lr is an error.
+//  - data.val's seed_offset defaults to 1 (train's to 0), so synthetic
+//    validation data is a different stream from training data.
+//  - rope_scaling.original_max_position_embeddings is resolved to
+//    model.max_position_embeddings when absent, so the written config pins it.
 #include "trainer/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <sstream>
+#include <utility>
+
+#include "common/errors.h"
+#include "common/log.h"
+#include "parallel/parallel_dims.h"
+
+namespace rt {
+namespace {
+
+// ---- allowed values: each list lives here and only here --------------------
+const std::vector<std::string> kPositions = {"rope", "alibi", "none"};
+const std::vector<std::string> kRopeTypes = {"linear", "ntk",    "dynamic",
+                                             "yarn",   "llama3", "longrope"};
+const std::vector<std::string> kMemoryTypes = {"rmt"};
+const std::vector<std::string> kSyntheticGenerators = {"passkey"};
+const std::vector<std::string> kSyntheticLoss = {"answer", "all"};
+const std::vector<std::string> kTokenFileExtensions = {".h5", ".bin", ".txt"};
+const std::vector<std::string> kOptimizers = {"adamw", "sgd"};
+const std::vector<std::string> kSchedules = {"constant", "linear", "cosine"};
+const std::vector<std::string> kNoDecayGroups = {"norms", "embeddings"};
+const std::vector<std::string> kPrecisions = {"auto", "fp32", "bf16"};
+const std::vector<std::string> kRingLayouts = {"zigzag", "contiguous"};
+const std::vector<std::string> kDevices = {"auto", "cpu", "cuda"};
+
+constexpr int64_t kIntMax = INT_MAX;
+constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
+constexpr int64_t kInt64Min = std::numeric_limits<int64_t>::min();
+
+// ---- small string helpers ---------------------------------------------------
+std::string join(const std::vector<std::string>& items, const char* sep) {
+  std::string s;
+  for (size_t i = 0; i < items.size(); ++i) s += (i ? sep : "") + items[i];
+  return s;
+}
+
+bool contains(const std::vector<std::string>& items, const std::string& s) {
+  return std::find(items.begin(), items.end(), s) != items.end();
+}
+
+std::string trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t") - b + 1);
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string closest(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_d = std::numeric_limits<size_t>::max();
+  for (const auto& c : candidates) {
+    const size_t d = edit_distance(word, c);
+    if (d < best_d) best_d = d, best = c;
+  }
+  return best;
+}
+
+std::string dotted(const std::string& parent, const std::string& key) {
+  return parent.empty() ? key : parent + "." + key;
+}
+
+// Shortest text that reads back as the same double ("0.0003", "1e-05").
+std::string shortest_double(double v) {
+  char buf[64];
+  const auto res = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, res.ptr);
+}
+
+// Shortest text that reads back as the same double, with a '.' so that
+// PyYAML (YAML 1.1) also reads it as a float: 1e-05 -> 1.0e-05, 10000 -> 10000.0.
+std::string format_double(double v) {
+  std::string s = shortest_double(v);
+  if (s.find_first_of(".ni") == std::string::npos) {
+    const size_t e = s.find('e');
+    if (e == std::string::npos)
+      s += ".0";
+    else
+      s.insert(e, ".0");
+  }
+  return s;
+}
+
+// ---- scalar parsing (strict: the whole text must be the number) -------------
+template <class T>
+bool parse_number(std::string s, T& out) {
+  if (!s.empty() && s[0] == '+') s.erase(0, 1);
+  if (s.empty()) return false;
+  const auto res = std::from_chars(s.data(), s.data() + s.size(), out);
+  return res.ec == std::errc() && res.ptr == s.data() + s.size();
+}
+
+bool parse_bool(const std::string& s, bool& out) {
+  static const std::vector<std::string> kTrue = {"true", "True", "TRUE", "yes", "on"};
+  static const std::vector<std::string> kFalse = {"false", "False", "FALSE", "no", "off"};
+  if (contains(kTrue, s)) return out = true, true;
+  if (contains(kFalse, s)) return out = false, true;
+  return false;
+}
+
+// What a node is, for "got ..." in messages.
+std::string describe(const YAML::Node& n) {
+  if (!n.IsDefined() || n.IsNull()) return "null";
+  if (n.IsScalar()) return "'" + n.Scalar() + "'";
+  if (n.IsSequence()) return "a list of " + std::to_string(n.size());
+  return "a mapping";
+}
+
+// ---- where a key came from --------------------------------------------------
+// Maps dotted key paths to "config.yaml:12" or to the `--set` that wrote them.
+// A path without its own entry reports its nearest recorded parent.
+class Origins {
+ public:
+  explicit Origins(std::string file) : file_(std::move(file)) {}
+
+  void set_line(const std::string& path, const YAML::Mark& mark) {
+    if (mark.line >= 0) lines_[path] = mark.line + 1;
+  }
+  void set_override(const std::string& path, const std::string& label) {
+    overrides_[path] = label;
+  }
+
+  std::string where(const std::string& path) const {
+    // Anything at or under an overridden path came from that override.
+    for (std::string p = path; !p.empty(); p = parent(p))
+      if (auto it = overrides_.find(p); it != overrides_.end()) return it->second;
+    for (std::string p = path; !p.empty(); p = parent(p))
+      if (auto it = lines_.find(p); it != lines_.end())
+        return file_ + ":" + std::to_string(it->second);
+    return file_;
+  }
+
+  // Throws "<where>: <msg>".
+  [[noreturn]] void fail(const std::string& path, const std::string& msg) const {
+    throw UsageError(where(path) + ": " + msg);
+  }
+
+ private:
+  static std::string parent(const std::string& p) {
+    const size_t cut = p.find_last_of(".[");
+    return cut == std::string::npos ? "" : p.substr(0, cut);
+  }
+
+  std::string file_;
+  std::map<std::string, int> lines_;
+  std::map<std::string, std::string> overrides_;
+};
+
+// ---- typed value conversion (one helper per field type) ----------------------
+// Each takes the value node and its dotted path, and throws a UsageError that
+// names the location, the key, the value and what is valid.
+
+// Inclusive/exclusive bounds of a double field, with their wording.
+struct Bounds {
+  double lo = -std::numeric_limits<double>::infinity();
+  double hi = std::numeric_limits<double>::infinity();
+  bool lo_open = false;
+  bool hi_open = false;
+
+  bool ok(double v) const {
+    return (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+  }
+  std::string text() const {
+    if (std::isinf(hi)) return std::string(lo_open ? "> " : ">= ") + shortest_double(lo);
+    return "in " + std::string(lo_open ? "(" : "[") + shortest_double(lo) + ", " +
+           shortest_double(hi) + (hi_open ? ")" : "]");
+  }
+};
+Bounds at_least(double lo) { return {lo, std::numeric_limits<double>::infinity(), false, false}; }
+Bounds above(double lo) { return {lo, std::numeric_limits<double>::infinity(), true, false}; }
+Bounds closed(double lo, double hi) { return {lo, hi, false, false}; }
+Bounds half_open(double lo, double hi) { return {lo, hi, false, true}; }
+
+std::string int_range_text(int64_t lo, int64_t hi) {
+  if (hi == kInt64Max || hi == kIntMax) return ">= " + std::to_string(lo);
+  return "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+}
+
+int64_t to_int(const Origins& o, const YAML::Node& n, const std::string& path, int64_t lo,
+               int64_t hi) {
+  int64_t v = 0;
+  if (!n.IsScalar() || !parse_number(n.Scalar(), v))
+    o.fail(path, path + ": expected an integer, got " + describe(n));
+  if (v < lo || v > hi)
+    o.fail(path, path + ": must be " + int_range_text(lo, hi) + ", got " + n.Scalar());
+  return v;
+}
+
+uint64_t to_uint64(const Origins& o, const YAML::Node& n, const std::string& path) {
+  uint64_t v = 0;
+  if (!n.IsScalar() || !parse_number(n.Scalar(), v))
+    o.fail(path, path + ": expected an integer >= 0, got " + describe(n));
+  return v;
+}
+
+double to_double(const Origins& o, const YAML::Node& n, const std::string& path,
+                 const Bounds& bounds) {
+  double v = 0;
+  if (!n.IsScalar() || !parse_number(n.Scalar(), v))
+    o.fail(path, path + ": expected a number, got " + describe(n));
+  if (!std::isfinite(v)) o.fail(path, path + ": must be a finite number, got " + n.Scalar());
+  if (!bounds.ok(v))
+    o.fail(path, path + ": must be " + bounds.text() + ", got " + n.Scalar());
+  return v;
+}
+
+bool to_bool(const Origins& o, const YAML::Node& n, const std::string& path) {
+  bool v = false;
+  if (!n.IsScalar() || !parse_bool(n.Scalar(), v))
+    o.fail(path, path + ": expected true or false, got " + describe(n));
+  return v;
+}
+
+std::string to_string(const Origins& o, const YAML::Node& n, const std::string& path) {
+  if (!n.IsScalar()) o.fail(path, path + ": expected a string, got " + describe(n));
+  if (n.Scalar().empty()) o.fail(path, path + ": must not be empty");
+  return n.Scalar();
+}
+
+std::string to_enum(const Origins& o, const YAML::Node& n, const std::string& path,
+                    const std::vector<std::string>& allowed) {
+  if (!n.IsScalar() || !contains(allowed, n.Scalar()))
+    o.fail(path, path + ": must be one of " + join(allowed, " | ") + ", got " + describe(n));
+  return n.Scalar();
+}
+
+// ---- one YAML mapping, read strictly ------------------------------------------
+class MapReader {
+ public:
+  // `node` must be a mapping; absent or null means "all defaults". Unknown and
+  // duplicate keys are rejected here, before any value is looked at, so a typo
+  // is reported as a typo rather than as a missing value.
+  MapReader(Origins& o, const YAML::Node& node, std::string path,
+            std::vector<std::string> keys)
+      : o_(o), path_(std::move(path)), keys_(std::move(keys)) {
+    if (!node.IsDefined() || node.IsNull()) return;
+    if (!node.IsMap())
+      o_.fail(path_, (path_.empty() ? "the config" : path_) + ": expected a mapping of " +
+                         join(keys_, ", ") + "; got " + describe(node));
+    for (auto it = node.begin(); it != node.end(); ++it) {
+      const std::string key = it->first.IsScalar() ? it->first.Scalar() : describe(it->first);
+      const std::string full = dotted(path_, key);
+      if (values_.count(key)) {
+        o_.set_line(full + "#dup", it->first.Mark());
+        o_.fail(full + "#dup", "duplicate key '" + full + "' (first at " + o_.where(full) + ")");
+      }
+      o_.set_line(full, it->first.Mark());
+      if (!contains(keys_, key)) {
+        const std::string near = closest(key, keys_);
+        o_.fail(full, "unknown key '" + full + "'; did you mean '" + dotted(path_, near) +
+                          "'? (valid keys" + (path_.empty() ? "" : " in " + path_) + ": " +
+                          join(keys_, ", ") + ")");
+      }
+      values_[key] = it->second;
+    }
+  }
+
+  const std::string& path() const { return path_; }
+  std::string path_of(const std::string& key) const { return dotted(path_, key); }
+  bool present(const std::string& key) const { return values_.count(key) != 0; }
+  // Present with a non-null value.
+  bool has(const std::string& key) const { return present(key) && !values_.at(key).IsNull(); }
+  YAML::Node at(const std::string& key) const {
+    auto it = values_.find(key);
+    return it == values_.end() ? YAML::Node() : it->second;
+  }
+  Origins& origins() const { return o_; }
+  [[noreturn]] void fail(const std::string& key, const std::string& msg) const {
+    o_.fail(path_of(key), msg);
+  }
+
+  int64_t get_int(const std::string& key, int64_t def, int64_t lo, int64_t hi = kInt64Max) const {
+    return present(key) ? to_int(o_, at(key), path_of(key), lo, hi) : def;
+  }
+  int get_int32(const std::string& key, int def, int lo, int hi = INT_MAX) const {
+    return static_cast<int>(get_int(key, def, lo, hi));
+  }
+  std::optional<int64_t> get_optional_int(const std::string& key, int64_t lo,
+                                          int64_t hi = kInt64Max) const {
+    if (!has(key)) return std::nullopt;
+    return to_int(o_, at(key), path_of(key), lo, hi);
+  }
+  uint64_t get_uint64(const std::string& key, uint64_t def) const {
+    return present(key) ? to_uint64(o_, at(key), path_of(key)) : def;
+  }
+  double get_double(const std::string& key, double def, const Bounds& b) const {
+    return present(key) ? to_double(o_, at(key), path_of(key), b) : def;
+  }
+  std::optional<double> get_optional_double(const std::string& key, const Bounds& b) const {
+    if (!has(key)) return std::nullopt;
+    return to_double(o_, at(key), path_of(key), b);
+  }
+  bool get_bool(const std::string& key, bool def) const {
+    return present(key) ? to_bool(o_, at(key), path_of(key)) : def;
+  }
+  std::string get_string(const std::string& key, const std::string& def) const {
+    return present(key) ? to_string(o_, at(key), path_of(key)) : def;
+  }
+  std::string get_enum(const std::string& key, const std::string& def,
+                       const std::vector<std::string>& allowed) const {
+    return present(key) ? to_enum(o_, at(key), path_of(key), allowed) : def;
+  }
+
+  // Lists: `convert(element_node, element_path)` reads one element.
+  template <class T, class Convert>
+  std::vector<T> get_list(const std::string& key, const std::vector<T>& def,
+                          Convert convert) const {
+    if (!present(key)) return def;
+    const YAML::Node n = at(key);
+    if (!n.IsSequence())
+      fail(key, path_of(key) + ": expected a list, got " + describe(n));
+    std::vector<T> out;
+    for (size_t i = 0; i < n.size(); ++i)
+      out.push_back(convert(n[i], path_of(key) + "[" + std::to_string(i) + "]"));
+    return out;
+  }
+  std::vector<int64_t> get_int_list(const std::string& key, const std::vector<int64_t>& def,
+                                    int64_t lo) const {
+    return get_list<int64_t>(key, def, [&](const YAML::Node& n, const std::string& p) {
+      return to_int(o_, n, p, lo, kInt64Max);
+    });
+  }
+  std::vector<double> get_double_list(const std::string& key, const std::vector<double>& def,
+                                      const Bounds& b) const {
+    return get_list<double>(key, def, [&](const YAML::Node& n, const std::string& p) {
+      return to_double(o_, n, p, b);
+    });
+  }
+
+ private:
+  Origins& o_;
+  std::string path_;
+  std::vector<std::string> keys_;
+  std::map<std::string, YAML::Node> values_;
+};
+
+// ---- sections -----------------------------------------------------------------
+
+RunConfig read_run(Origins& o, const YAML::Node& node) {
+  const MapReader r(o, node, "run", {"name", "dir", "seed"});
+  RunConfig c;
+  c.name = r.get_string("name", c.name);
+  c.dir = r.has("dir") ? r.get_string("dir", "") : "runs/" + c.name;
+  c.seed = r.get_uint64("seed", c.seed);
+  return c;
+}
+
+RopeScalingConfig read_rope_scaling(const MapReader& parent, int max_position_embeddings) {
+  // `type` is HF's legacy spelling of `rope_type`.
+  const MapReader r(parent.origins(), parent.at("rope_scaling"), parent.path_of("rope_scaling"),
+                    {"rope_type", "type", "factor", "original_max_position_embeddings",
+                     "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
+                     "low_freq_factor", "high_freq_factor", "short_factor", "long_factor"});
+  RopeScalingConfig c;
+  if (!r.present("rope_type") && !r.present("type"))
+    r.fail("rope_type", r.path_of("rope_type") + " is required: one of " +
+                            join(kRopeTypes, " | ") + ", e.g. {rope_type: yarn, factor: 4}");
+  const std::string key = r.present("rope_type") ? "rope_type" : "type";
+  c.rope_type = r.get_enum(key, c.rope_type, kRopeTypes);
+  if (r.present("rope_type") && r.present("type") &&
+      r.get_enum("type", c.rope_type, kRopeTypes) != c.rope_type)
+    r.fail("type", r.path_of("type") + "(" + r.at("type").Scalar() + ") contradicts " +
+                       r.path_of("rope_type") + "(" + c.rope_type + "); keep only rope_type");
+  c.factor = r.get_double("factor", c.factor, c.rope_type == "longrope" ? above(0) : at_least(1));
+  c.original_max_position_embeddings =
+      r.get_optional_int("original_max_position_embeddings", 1, kIntMax)
+          .value_or(max_position_embeddings);
+  c.beta_fast = r.get_double("beta_fast", c.beta_fast, above(0));
+  c.beta_slow = r.get_double("beta_slow", c.beta_slow, above(0));
+  c.mscale = r.get_optional_double("mscale", above(0));
+  c.mscale_all_dim = r.get_optional_double("mscale_all_dim", above(0));
+  c.attention_factor = r.get_optional_double("attention_factor", above(0));
+  c.low_freq_factor = r.get_double("low_freq_factor", c.low_freq_factor, above(0));
+  c.high_freq_factor = r.get_double("high_freq_factor", c.high_freq_factor, above(0));
+  c.short_factor = r.get_double_list("short_factor", {}, above(0));
+  c.long_factor = r.get_double_list("long_factor", {}, above(0));
+  if (c.rope_type == "llama3" && !(c.high_freq_factor > c.low_freq_factor))
+    r.fail("high_freq_factor", r.path_of("high_freq_factor") + "(" +
+                                   shortest_double(c.high_freq_factor) + ") must be > " +
+                                   r.path_of("low_freq_factor") + "(" +
+                                   shortest_double(c.low_freq_factor) + ") for llama3");
+  return c;
+}
+
+MemoryConfig read_memory(const MapReader& parent) {
+  const MapReader r(parent.origins(), parent.at("memory"), parent.path_of("memory"),
+                    {"type", "num_tokens", "segment_length", "bptt_segments"});
+  MemoryConfig c;
+  c.type = r.get_enum("type", c.type, kMemoryTypes);
+  c.num_tokens = r.get_int32("num_tokens", c.num_tokens, 1);
+  c.segment_length = r.get_int32("segment_length", c.segment_length, 1);
+  c.bptt_segments = r.get_int32("bptt_segments", c.bptt_segments, -1);
+  return c;
+}
+
+ModelConfig read_model(Origins& o, const YAML::Node& node) {
+  const MapReader r(o, node, "model",
+                    {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
+                     "tie_word_embeddings", "max_position_embeddings", "position", "rope_theta",
+                     "rope_scaling", "memory", "init_std"});
+  ModelConfig m;
+  m.vocab_size = r.get_int32("vocab_size", m.vocab_size, 2);
+  m.hidden_size = r.get_int32("hidden_size", m.hidden_size, 1);
+  m.intermediate_size = r.get_int32("intermediate_size", m.intermediate_size, 1);
+  m.num_hidden_layers = r.get_int32("num_hidden_layers", m.num_hidden_layers, 1);
+  m.num_attention_heads = r.get_int32("num_attention_heads", m.num_attention_heads, 1);
+  m.num_key_value_heads = static_cast<int>(
+      r.get_optional_int("num_key_value_heads", 1, kIntMax).value_or(m.num_attention_heads));
+  const std::optional<int64_t> head_dim = r.get_optional_int("head_dim", 1, kIntMax);
+  m.rms_norm_eps = r.get_double("rms_norm_eps", m.rms_norm_eps, above(0));
+  m.tie_word_embeddings = r.get_bool("tie_word_embeddings", m.tie_word_embeddings);
+  m.max_position_embeddings = r.get_int32("max_position_embeddings", m.max_position_embeddings, 1);
+  m.position = r.get_enum("position", m.position, kPositions);
+  m.rope_theta = r.get_double("rope_theta", m.rope_theta, above(0));
+  if (r.has("rope_scaling")) m.rope_scaling = read_rope_scaling(r, m.max_position_embeddings);
+  if (r.has("memory")) m.memory = read_memory(r);
+  m.init_std = r.get_double("init_std", m.init_std, above(0));
+
+  // Cross-field checks inside the model, every factor named.
+  const int H = m.num_attention_heads, G = m.num_key_value_heads;
+  if (H % G != 0)
+    o.fail("model.num_attention_heads",
+           "model.num_attention_heads(" + std::to_string(H) +
+               ") is not a multiple of model.num_key_value_heads(" + std::to_string(G) +
+               "): each kv head serves num_attention_heads / num_key_value_heads query heads");
+  std::string head_dim_text;
+  if (head_dim) {
+    m.head_dim = static_cast<int>(*head_dim);
+    head_dim_text = "model.head_dim(" + std::to_string(m.head_dim) + ")";
+  } else {
+    if (m.hidden_size % H != 0)
+      o.fail("model.hidden_size",
+             "model.hidden_size(" + std::to_string(m.hidden_size) +
+                 ") is not a multiple of model.num_attention_heads(" + std::to_string(H) +
+                 "); change one of them or set model.head_dim explicitly");
+    m.head_dim = m.hidden_size / H;
+    head_dim_text = "model.head_dim(" + std::to_string(m.head_dim) + " = hidden_size " +
+                    std::to_string(m.hidden_size) + " / num_attention_heads " +
+                    std::to_string(H) + ")";
+  }
+  if (m.position == "rope" && m.head_dim % 2 != 0)
+    o.fail(head_dim ? "model.head_dim" : "model.hidden_size",
+           head_dim_text + " must be even for model.position: rope (rotary dims come in pairs)");
+  if (m.rope_scaling) {
+    if (m.position != "rope")
+      o.fail("model.rope_scaling", "model.rope_scaling is set but model.position is '" +
+                                       m.position +
+                                       "': rope_scaling applies only to position: rope "
+                                       "(remove rope_scaling or set position: rope)");
+    const auto& rs = *m.rope_scaling;
+    const size_t half = static_cast<size_t>(m.head_dim / 2);
+    const std::pair<const char*, const std::vector<double>*> factor_lists[] = {
+        {"model.rope_scaling.short_factor", &rs.short_factor},
+        {"model.rope_scaling.long_factor", &rs.long_factor}};
+    for (const auto& [key, list] : factor_lists)
+      if (rs.rope_type == "longrope" && list->size() != half)
+        o.fail(key, std::string(key) + " has " + std::to_string(list->size()) +
+                        " entries; longrope needs head_dim / 2 = " + std::to_string(half));
+  }
+  return m;
+}
+
+DataSourceConfig read_data_source(const MapReader& parent, const std::string& key,
+                                  int64_t default_seed_offset) {
+  Origins& o = parent.origins();
+  const std::string path = parent.path_of(key);
+  const YAML::Node node = parent.at(key);
+  DataSourceConfig c;
+  c.seed_offset = default_seed_offset;
+  if (node.IsScalar()) {
+    c.path = to_string(o, node, path);
+    const bool known_ext = std::any_of(
+        kTokenFileExtensions.begin(), kTokenFileExtensions.end(), [&](const std::string& ext) {
+          return c.path.size() > ext.size() && c.path.ends_with(ext);
+        });
+    if (!known_ext)
+      o.fail(path, path + ": '" + c.path + "' is not a token file; expected " +
+                       join(kTokenFileExtensions, " | ") +
+                       " (make one with `ringtrain data prepare`) or {synthetic: " +
+                       join(kSyntheticGenerators, " | ") + "}");
+    return c;
+  }
+  if (!node.IsMap())
+    o.fail(path, path + ": expected a token file path (" + join(kTokenFileExtensions, " | ") +
+                     ") or a mapping {synthetic: " + join(kSyntheticGenerators, " | ") +
+                     ", ...}, got " + describe(node));
+  const MapReader r(o, node, path, {"synthetic", "loss", "num_sequences", "depth", "seed_offset"});
+  if (!r.present("synthetic"))
+    r.fail("synthetic", r.path_of("synthetic") + " is required in a synthetic source: one of " +
+                            join(kSyntheticGenerators, " | "));
+  c.synthetic = r.get_enum("synthetic", "", kSyntheticGenerators);
+  c.loss = r.get_enum("loss", c.loss, kSyntheticLoss);
+  c.num_sequences = r.get_int("num_sequences", c.num_sequences, 1);
+  c.depth = r.get_optional_double("depth", closed(0, 1));
+  c.seed_offset = r.get_int("seed_offset", c.seed_offset, kInt64Min);
+  return c;
+}
+
+DataConfig read_data(Origins& o, const YAML::Node& node) {
+  const MapReader r(o, node, "data", {"train", "val", "shuffle"});
+  DataConfig c;
+  if (!r.has("train"))
+    r.fail("train", "data.train is required: write `data: {train: path/to/tokens.h5}` (" +
+                        join(kTokenFileExtensions, " | ") +
+                        ") or `data: {train: {synthetic: passkey}}`");
+  c.train = read_data_source(r, "train", 0);
+  if (r.has("val")) c.val = read_data_source(r, "val", 1);
+  c.shuffle = r.get_bool("shuffle", c.shuffle);
+  return c;
+}
+
+OptimizerConfig read_optimizer(const MapReader& parent) {
+  const MapReader r(parent.origins(), parent.at("optimizer"), parent.path_of("optimizer"),
+                    {"type", "lr", "betas", "eps", "weight_decay", "no_decay"});
+  OptimizerConfig c;
+  c.type = r.get_enum("type", c.type, kOptimizers);
+  c.lr = r.get_double("lr", c.lr, above(0));
+  const std::vector<double> betas = r.get_double_list("betas", {c.beta1, c.beta2}, half_open(0, 1));
+  if (betas.size() != 2)
+    r.fail("betas", r.path_of("betas") + ": expected a list of 2 numbers [beta1, beta2], got " +
+                        std::to_string(betas.size()) + " entries");
+  c.beta1 = betas[0];
+  c.beta2 = betas[1];
+  c.eps = r.get_double("eps", c.eps, above(0));
+  c.weight_decay = r.get_double("weight_decay", c.weight_decay, at_least(0));
+  c.no_decay = r.get_list<std::string>(
+      "no_decay", c.no_decay, [&](const YAML::Node& n, const std::string& p) {
+        return to_enum(r.origins(), n, p, kNoDecayGroups);
+      });
+  return c;
+}
+
+ScheduleConfig read_schedule(const MapReader& parent) {
+  const MapReader r(parent.origins(), parent.at("schedule"), parent.path_of("schedule"),
+                    {"type", "warmup_steps", "min_lr"});
+  ScheduleConfig c;
+  c.type = r.get_enum("type", c.type, kSchedules);
+  c.warmup_steps = r.get_int("warmup_steps", c.warmup_steps, 0);
+  c.min_lr = r.get_double("min_lr", c.min_lr, at_least(0));
+  return c;
+}
+
+TrainConfig read_train(Origins& o, const YAML::Node& node) {
+  const MapReader r(o, node, "train",
+                    {"seq_len", "micro_batch_size", "global_batch_size", "max_steps", "optimizer",
+                     "schedule", "grad_clip", "precision", "activation_checkpointing",
+                     "nonfinite_tolerance"});
+  TrainConfig c;
+  c.seq_len = r.get_int("seq_len", c.seq_len, 2);
+  c.micro_batch_size = r.get_int32("micro_batch_size", c.micro_batch_size, 1);
+  c.global_batch_size = r.get_int32("global_batch_size", c.global_batch_size, 1);
+  c.max_steps = r.get_int("max_steps", c.max_steps, 0);
+  c.optimizer = read_optimizer(r);
+  c.schedule = read_schedule(r);
+  c.grad_clip = r.get_double("grad_clip", c.grad_clip, at_least(0));
+  c.precision = r.get_enum("precision", c.precision, kPrecisions);
+  c.activation_checkpointing = r.get_bool("activation_checkpointing", c.activation_checkpointing);
+  c.nonfinite_tolerance = r.get_int32("nonfinite_tolerance", c.nonfinite_tolerance, 0);
+  return c;
+}
+
+ParallelConfig read_parallel(Origins& o, const YAML::Node& node) {
+  const MapReader r(o, node, "parallel",
+                    {"context_parallel", "data_parallel", "ring_layout", "device"});
+  ParallelConfig c;
+  c.context_parallel = r.get_int32("context_parallel", c.context_parallel, 1);
+  const YAML::Node dp = r.at("data_parallel");
+  if (r.has("data_parallel") && !(dp.IsScalar() && dp.Scalar() == "auto")) {
+    int64_t v = 0;
+    if (!dp.IsScalar() || !parse_number(dp.Scalar(), v) || v < 1 || v > kIntMax)
+      r.fail("data_parallel", "parallel.data_parallel: expected an integer >= 1 or auto, got " +
+                                  describe(dp));
+    c.data_parallel = static_cast<int>(v);
+  }
+  c.ring_layout = r.get_enum("ring_layout", c.ring_layout, kRingLayouts);
+  c.device = r.get_enum("device", c.device, kDevices);
+  return c;
+}
+
+CheckpointConfig read_checkpoint(Origins& o, const YAML::Node& node) {
+  const MapReader r(o, node, "checkpoint", {"every_steps", "keep_last", "init_from"});
+  CheckpointConfig c;
+  c.every_steps = r.get_int("every_steps", c.every_steps, 0);
+  c.keep_last = r.get_int32("keep_last", c.keep_last, 1);
+  c.init_from = r.has("init_from") ? r.get_string("init_from", "") : "";
+  return c;
+}
+
+PasskeyEvalConfig read_passkey_eval(const MapReader& parent) {
+  const MapReader r(parent.origins(), parent.at("passkey"), parent.path_of("passkey"),
+                    {"seq_lens", "depths", "trials"});
+  PasskeyEvalConfig c;
+  c.seq_lens = r.get_int_list("seq_lens", c.seq_lens, 2);
+  c.depths = r.get_double_list("depths", c.depths, closed(0, 1));
+  c.trials = r.get_int32("trials", c.trials, 1);
+  return c;
+}
+
+EvalConfig read_eval(Origins& o, const YAML::Node& node) {
+  const MapReader r(o, node, "eval", {"every_steps", "seq_lens", "passkey", "max_sequences"});
+  EvalConfig c;
+  c.every_steps = r.get_int("every_steps", c.every_steps, 0);
+  c.seq_lens = r.get_int_list("seq_lens", c.seq_lens, 2);
+  if (r.has("passkey")) c.passkey = read_passkey_eval(r);
+  c.max_sequences = r.get_int("max_sequences", c.max_sequences, 1);
+  return c;
+}
+
+LogConfig read_log(Origins& o, const YAML::Node& node) {
+  const MapReader r(o, node, "log", {"every_steps"});
+  LogConfig c;
+  c.every_steps = r.get_int("every_steps", c.every_steps, 1);
+  return c;
+}
+
+// Checks across sections (single process); the model's own are in read_model.
+void check_cross_sections(const Config& c, const Origins& o) {
+  const TrainConfig& t = c.train;
+  if (t.global_batch_size % t.micro_batch_size != 0)
+    o.fail("train.global_batch_size",
+           "train.global_batch_size(" + std::to_string(t.global_batch_size) +
+               ") is not a multiple of train.micro_batch_size(" +
+               std::to_string(t.micro_batch_size) + ")");
+  if (t.optimizer.lr < t.schedule.min_lr)
+    o.fail("train.schedule.min_lr", "train.schedule.min_lr(" + shortest_double(t.schedule.min_lr) +
+                                        ") must be <= train.optimizer.lr(" +
+                                        shortest_double(t.optimizer.lr) + ")");
+  if (t.max_steps > 0 && t.schedule.warmup_steps > t.max_steps)
+    log_warn("%s: train.schedule.warmup_steps(%lld) > train.max_steps(%lld): the learning rate "
+             "never reaches train.optimizer.lr",
+             o.where("train.schedule.warmup_steps").c_str(),
+             static_cast<long long>(t.schedule.warmup_steps),
+             static_cast<long long>(t.max_steps));
+  if (c.model.memory && t.seq_len % c.model.memory->segment_length != 0)
+    o.fail("model.memory.segment_length",
+           "train.seq_len(" + std::to_string(t.seq_len) +
+               ") is not a multiple of model.memory.segment_length(" +
+               std::to_string(c.model.memory->segment_length) + ")");
+}
+
+Config read_config(Origins& o, const YAML::Node& root) {
+  const MapReader r(o, root, "",
+                    {"run", "model", "data", "train", "parallel", "checkpoint", "eval", "log"});
+  Config c;
+  c.run = read_run(o, r.at("run"));
+  c.model = read_model(o, r.at("model"));
+  c.data = read_data(o, r.at("data"));
+  c.train = read_train(o, r.at("train"));
+  c.parallel = read_parallel(o, r.at("parallel"));
+  c.checkpoint = read_checkpoint(o, r.at("checkpoint"));
+  c.eval = read_eval(o, r.at("eval"));
+  c.log = read_log(o, r.at("log"));
+  check_cross_sections(c, o);
+  return c;
+}
+
+// ---- overrides ------------------------------------------------------------------
+
+// Writes `--set a.b.c=value` onto the tree (value parsed as YAML), creating
+// missing or null intermediate mappings, and records that a.b.c (and anything
+// it created) came from this override.
+void apply_override(YAML::Node root, const std::string& spec, Origins& o) {
+  const std::string label = "--set " + spec;
+  const std::string usage = " (expected --set key.path=value, e.g. --set train.optimizer.lr=1e-4)";
+  const size_t eq = spec.find('=');
+  if (eq == std::string::npos) throw UsageError(label + ": missing '='" + usage);
+  const std::string key = trim(spec.substr(0, eq));
+  std::vector<std::string> parts;
+  std::stringstream key_stream(key);
+  for (std::string part; std::getline(key_stream, part, '.');) parts.push_back(trim(part));
+  if (key.empty() || key.back() == '.' ||
+      std::any_of(parts.begin(), parts.end(), [](const std::string& p) { return p.empty(); }))
+    throw UsageError(label + ": empty key or key segment" + usage);
+
+  YAML::Node value;
+  try {
+    value = YAML::Load(spec.substr(eq + 1));
+  } catch (const YAML::ParserException& e) {
+    throw UsageError(label + ": the value is not valid YAML: " + e.msg);
+  }
+
+  YAML::Node cur = root;  // copy construction refers to the same node; reset() rebinds
+  std::string path;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    path = dotted(path, parts[i]);
+    YAML::Node next = cur[parts[i]];
+    if (!next.IsDefined() || next.IsNull()) {
+      cur[parts[i]] = YAML::Node(YAML::NodeType::Map);
+      next.reset(cur[parts[i]]);
+      o.set_override(path, label);
+    } else if (!next.IsMap()) {
+      throw UsageError(label + ": " + path + " is " + describe(next) +
+                       ", not a mapping, so it has no key '" + parts[i + 1] + "'");
+    }
+    cur.reset(next);
+  }
+  cur[parts.back()] = value;
+  o.set_override(dotted(path, parts.back()), label);
+}
+
+// ---- writing ---------------------------------------------------------------------
+
+// Thin layer over YAML::Emitter: one call per key.
+class YamlWriter {
+ public:
+  YamlWriter() { out_.SetNullFormat(YAML::LowerNull); }
+
+  void begin_map() { out_ << YAML::BeginMap; }
+  void begin_map(const char* key) { out_ << YAML::Key << key << YAML::Value << YAML::BeginMap; }
+  void end_map() { out_ << YAML::EndMap; }
+
+  void put(const char* key, bool v) { out_ << YAML::Key << key << YAML::Value << v; }
+  void put(const char* key, int v) { out_ << YAML::Key << key << YAML::Value << v; }
+  void put(const char* key, int64_t v) { out_ << YAML::Key << key << YAML::Value << v; }
+  void put(const char* key, uint64_t v) { out_ << YAML::Key << key << YAML::Value << v; }
+  void put(const char* key, double v) {
+    out_ << YAML::Key << key << YAML::Value << format_double(v);
+  }
+  void put(const char* key, const std::string& v) {
+    out_ << YAML::Key << key << YAML::Value << v;  // the emitter quotes "null", "a: b", ...
+  }
+  void put(const char* key, const char* v) { put(key, std::string(v)); }
+  void put_null(const char* key) { out_ << YAML::Key << key << YAML::Value << YAML::Null; }
+  template <class T>
+  void put(const char* key, const std::optional<T>& v) {
+    if (v)
+      put(key, *v);
+    else
+      put_null(key);
+  }
+  void put(const char* key, const std::vector<double>& v) {
+    std::vector<std::string> text;
+    for (double d : v) text.push_back(format_double(d));
+    put(key, text);
+  }
+  void put(const char* key, const std::vector<int64_t>& v) {
+    out_ << YAML::Key << key << YAML::Value << YAML::Flow << v;
+  }
+  void put(const char* key, const std::vector<std::string>& v) {
+    out_ << YAML::Key << key << YAML::Value << YAML::Flow << v;
+  }
+
+  std::string str() const { return std::string(out_.c_str()) + "\n"; }
+
+ private:
+  YAML::Emitter out_;
+};
+
+void write_model(YamlWriter& w, const ModelConfig& m) {
+  w.begin_map("model");
+  w.put("vocab_size", m.vocab_size);
+  w.put("hidden_size", m.hidden_size);
+  w.put("intermediate_size", m.intermediate_size);
+  w.put("num_hidden_layers", m.num_hidden_layers);
+  w.put("num_attention_heads", m.num_attention_heads);
+  w.put("num_key_value_heads", m.num_key_value_heads);
+  w.put("head_dim", m.head_dim);
+  w.put("rms_norm_eps", m.rms_norm_eps);
+  w.put("tie_word_embeddings", m.tie_word_embeddings);
+  w.put("max_position_embeddings", m.max_position_embeddings);
+  w.put("position", m.position);
+  w.put("rope_theta", m.rope_theta);
+  if (const auto& rs = m.rope_scaling) {
+    w.begin_map("rope_scaling");
+    w.put("rope_type", rs->rope_type);
+    w.put("factor", rs->factor);
+    w.put("original_max_position_embeddings", rs->original_max_position_embeddings);
+    w.put("beta_fast", rs->beta_fast);
+    w.put("beta_slow", rs->beta_slow);
+    w.put("mscale", rs->mscale);
+    w.put("mscale_all_dim", rs->mscale_all_dim);
+    w.put("attention_factor", rs->attention_factor);
+    w.put("low_freq_factor", rs->low_freq_factor);
+    w.put("high_freq_factor", rs->high_freq_factor);
+    w.put("short_factor", rs->short_factor);
+    w.put("long_factor", rs->long_factor);
+    w.end_map();
+  } else {
+    w.put_null("rope_scaling");
+  }
+  if (const auto& mem = m.memory) {
+    w.begin_map("memory");
+    w.put("type", mem->type);
+    w.put("num_tokens", mem->num_tokens);
+    w.put("segment_length", mem->segment_length);
+    w.put("bptt_segments", mem->bptt_segments);
+    w.end_map();
+  } else {
+    w.put_null("memory");
+  }
+  w.put("init_std", m.init_std);
+  w.end_map();
+}
+
+void write_data_source(YamlWriter& w, const char* key, const DataSourceConfig& s) {
+  if (!s.is_synthetic()) {
+    w.put(key, s.path);
+    return;
+  }
+  w.begin_map(key);
+  w.put("synthetic", s.synthetic);
+  w.put("loss", s.loss);
+  w.put("num_sequences", s.num_sequences);
+  w.put("depth", s.depth);
+  w.put("seed_offset", s.seed_offset);
+  w.end_map();
+}
+
+}  // namespace
+
+// ---- public API ------------------------------------------------------------------
+
+Config parse_config(const std::string& yaml_text, const std::string& path,
+                    const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::ParserException& e) {
+    throw UsageError(path + ":" + std::to_string(e.mark.line + 1) + ":" +
+                     std::to_string(e.mark.column + 1) + ": invalid YAML: " + e.msg);
+  }
+  if (!root.IsDefined() || root.IsNull()) root.reset(YAML::Node(YAML::NodeType::Map));
+  Origins origins(path);
+  if (!overrides.empty() && !root.IsMap())
+    origins.fail("", "the config must be a mapping of sections (run, model, data, ...), got " +
+                         describe(root));
+  for (const auto& spec : overrides) apply_override(root, spec, origins);
+  Config c = read_config(origins, root);
+  c.source_path = path;
+  return c;
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path);
+  if (!in)
+    throw UsageError("cannot read config file '" + path + "': " + std::strerror(errno));
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_config(text.str(), path, overrides);
+}
+
+void validate_layout(Config& cfg, int world_size) {
+  const std::string where = cfg.source_path.empty() ? "config" : cfg.source_path;
+  const ParallelConfig& p = cfg.parallel;
+  if (!contains(kDevices, p.device))
+    throw UsageError(where + ": parallel.device must be one of " + join(kDevices, " | ") +
+                     ", got '" + p.device + "'");
+  ParallelDims dims;
+  try {
+    dims = ParallelDims::build(world_size, p.data_parallel, p.context_parallel);
+  } catch (const UsageError& e) {
+    throw UsageError(where + ": " + e.what());
+  }
+  const TrainConfig& t = cfg.train;
+  const int64_t per_step = static_cast<int64_t>(dims.dp) * t.micro_batch_size;
+  if (t.global_batch_size % per_step != 0)
+    throw UsageError(where + ": train.global_batch_size(" + std::to_string(t.global_batch_size) +
+                     ") is not a multiple of data_parallel(" + std::to_string(dims.dp) +
+                     ") * train.micro_batch_size(" + std::to_string(t.micro_batch_size) +
+                     ") = " + std::to_string(per_step));
+  const bool zigzag = p.ring_layout == "zigzag";
+  const int64_t chunks = zigzag ? 2 * static_cast<int64_t>(dims.cp) : dims.cp;
+  if (t.seq_len % chunks != 0)
+    throw UsageError(where + ": train.seq_len(" + std::to_string(t.seq_len) +
+                     ") is not a multiple of " + (zigzag ? "2 * " : "") +
+                     "parallel.context_parallel(" + std::to_string(dims.cp) + ")" +
+                     (zigzag ? " = " + std::to_string(chunks) + " (zigzag ring layout)"
+                             : std::string(" (contiguous ring layout)")));
+  cfg.parallel.data_parallel = dims.dp;
+}
+
+std::string config_to_yaml(const Config& c) {
+  YamlWriter w;
+  w.begin_map();
+
+  w.begin_map("run");
+  w.put("name", c.run.name);
+  w.put("dir", c.run.dir);
+  w.put("seed", c.run.seed);
+  w.end_map();
+
+  write_model(w, c.model);
+
+  w.begin_map("data");
+  write_data_source(w, "train", c.data.train);
+  if (c.data.val)
+    write_data_source(w, "val", *c.data.val);
+  else
+    w.put_null("val");
+  w.put("shuffle", c.data.shuffle);
+  w.end_map();
+
+  const TrainConfig& t = c.train;
+  w.begin_map("train");
+  w.put("seq_len", t.seq_len);
+  w.put("micro_batch_size", t.micro_batch_size);
+  w.put("global_batch_size", t.global_batch_size);
+  w.put("max_steps", t.max_steps);
+  w.begin_map("optimizer");
+  w.put("type", t.optimizer.type);
+  w.put("lr", t.optimizer.lr);
+  w.put("betas", std::vector<double>{t.optimizer.beta1, t.optimizer.beta2});
+  w.put("eps", t.optimizer.eps);
+  w.put("weight_decay", t.optimizer.weight_decay);
+  w.put("no_decay", t.optimizer.no_decay);
+  w.end_map();
+  w.begin_map("schedule");
+  w.put("type", t.schedule.type);
+  w.put("warmup_steps", t.schedule.warmup_steps);
+  w.put("min_lr", t.schedule.min_lr);
+  w.end_map();
+  w.put("grad_clip", t.grad_clip);
+  w.put("precision", t.precision);
+  w.put("activation_checkpointing", t.activation_checkpointing);
+  w.put("nonfinite_tolerance", t.nonfinite_tolerance);
+  w.end_map();
+
+  w.begin_map("parallel");
+  w.put("context_parallel", c.parallel.context_parallel);
+  if (c.parallel.data_parallel > 0)
+    w.put("data_parallel", c.parallel.data_parallel);
+  else
+    w.put("data_parallel", "auto");
+  w.put("ring_layout", c.parallel.ring_layout);
+  w.put("device", c.parallel.device);
+  w.end_map();
+
+  w.begin_map("checkpoint");
+  w.put("every_steps", c.checkpoint.every_steps);
+  w.put("keep_last", c.checkpoint.keep_last);
+  if (c.checkpoint.init_from.empty())
+    w.put_null("init_from");
+  else
+    w.put("init_from", c.checkpoint.init_from);
+  w.end_map();
+
+  w.begin_map("eval");
+  w.put("every_steps", c.eval.every_steps);
+  w.put("seq_lens", c.eval.seq_lens);
+  if (const auto& pk = c.eval.passkey) {
+    w.begin_map("passkey");
+    w.put("seq_lens", pk->seq_lens);
+    w.put("depths", pk->depths);
+    w.put("trials", pk->trials);
+    w.end_map();
+  } else {
+    w.put_null("passkey");
+  }
+  w.put("max_sequences", c.eval.max_sequences);
+  w.end_map();
+
+  w.begin_map("log");
+  w.put("every_steps", c.log.every_steps);
+  w.end_map();
+
+  w.end_map();
+  return w.str();
+}
+
+std::string model_config_to_yaml(const ModelConfig& m) {
+  YamlWriter w;
+  w.begin_map();
+  write_model(w, m);
+  w.end_map();
+  return w.str();
+}
+
+}  // namespace rt

@@ -1,0 +1,639 @@
+// Tests for the strict YAML config parser (trainer/config.cpp, SPEC §2):
+// round trip of the resolved config, defaults, `--set` overrides, and one
+// test per class of bad config, each checking that the message names the key
+// and where it came from (config.yaml:<line> or the --set).
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "common/errors.h"
+#include "trainer/config.h"
+
+namespace {
+
+using rt::Config;
+using rt::parse_config;
+
+// Joins lines with '\n', so line numbers in a test read off the list (1-based).
+std::string lines(std::initializer_list<const char*> ls) {
+  std::string s;
+  for (const char* l : ls) s += std::string(l) + "\n";
+  return s;
+}
+
+// Expects parse_config(yaml, overrides) to throw a UsageError (exit 2) whose
+// message contains every needle.
+void expect_usage_error(const std::string& yaml, const std::vector<std::string>& needles,
+                        const std::vector<std::string>& overrides = {}) {
+  try {
+    parse_config(yaml, "config.yaml", overrides);
+    ADD_FAILURE() << "no error thrown; expected one containing '" << needles.front() << "'";
+  } catch (const rt::UsageError& e) {
+    EXPECT_EQ(e.code(), rt::kExitUsage);
+    const std::string msg = e.what();
+    for (const auto& n : needles)
+      EXPECT_NE(msg.find(n), std::string::npos) << "message: " << msg << "\nmissing: " << n;
+  }
+}
+
+// Every section with non-default values (and synthetic sources, rope_scaling
+// with optional fields, memory, passkey eval).
+const std::string kFull = lines({
+    "run:",
+    "  name: full-test",
+    "  dir: /tmp/somewhere/run dir",
+    "  seed: 18446744073709551615",
+    "model:",
+    "  vocab_size: 512",
+    "  hidden_size: 96",
+    "  intermediate_size: 200",
+    "  num_hidden_layers: 3",
+    "  num_attention_heads: 6",
+    "  num_key_value_heads: 2",
+    "  head_dim: 20",
+    "  rms_norm_eps: 1.0e-6",
+    "  tie_word_embeddings: true",
+    "  max_position_embeddings: 2048",
+    "  position: rope",
+    "  rope_theta: 500000.0",
+    "  rope_scaling: {rope_type: yarn, factor: 4, beta_fast: 16, beta_slow: 2, mscale: 0.707,",
+    "                 attention_factor: 1.1}",
+    "  memory: {type: rmt, num_tokens: 4, segment_length: 64, bptt_segments: 2}",
+    "  init_std: 0.01",
+    "data:",
+    "  train: {synthetic: passkey, loss: answer, num_sequences: 77, depth: 0.3, seed_offset: 5}",
+    "  val: val_tokens.h5",
+    "  shuffle: false",
+    "train:",
+    "  seq_len: 256",
+    "  micro_batch_size: 2",
+    "  global_batch_size: 8",
+    "  max_steps: 300",
+    "  optimizer: {type: adamw, lr: 1.0e-3, betas: [0.8, 0.999], eps: 1.0e-7,",
+    "              weight_decay: 0.05, no_decay: [norms, embeddings]}",
+    "  schedule: {type: linear, warmup_steps: 10, min_lr: 0.1e-4}",
+    "  grad_clip: 0.5",
+    "  precision: fp32",
+    "  activation_checkpointing: true",
+    "  nonfinite_tolerance: 3",
+    "parallel:",
+    "  context_parallel: 2",
+    "  data_parallel: 2",
+    "  ring_layout: contiguous",
+    "  device: cpu",
+    "checkpoint:",
+    "  every_steps: 50",
+    "  keep_last: 2",
+    "  init_from: base/ckpt.h5",
+    "eval:",
+    "  every_steps: 25",
+    "  seq_lens: [128, 256]",
+    "  passkey: {seq_lens: [256], depths: [0.0, 1.0], trials: 3}",
+    "  max_sequences: 4",
+    "log:",
+    "  every_steps: 5",
+});
+
+const std::string kMinimal = lines({"data:", "  train: tokens.bin"});
+
+// ---- valid configs -------------------------------------------------------------
+
+TEST(Config, FullConfigParsesEveryField) {
+  const Config c = parse_config(kFull, "config.yaml");
+  EXPECT_EQ(c.source_path, "config.yaml");
+  EXPECT_EQ(c.run.name, "full-test");
+  EXPECT_EQ(c.run.dir, "/tmp/somewhere/run dir");
+  EXPECT_EQ(c.run.seed, 18446744073709551615ull);
+  EXPECT_EQ(c.model.vocab_size, 512);
+  EXPECT_EQ(c.model.num_key_value_heads, 2);
+  EXPECT_EQ(c.model.head_dim, 20);
+  EXPECT_DOUBLE_EQ(c.model.rms_norm_eps, 1e-6);
+  EXPECT_TRUE(c.model.tie_word_embeddings);
+  ASSERT_TRUE(c.model.rope_scaling);
+  EXPECT_EQ(c.model.rope_scaling->rope_type, "yarn");
+  EXPECT_EQ(c.model.rope_scaling->factor, 4.0);
+  EXPECT_EQ(c.model.rope_scaling->original_max_position_embeddings, 2048);  // resolved
+  EXPECT_EQ(c.model.rope_scaling->mscale, 0.707);
+  EXPECT_FALSE(c.model.rope_scaling->mscale_all_dim);
+  EXPECT_EQ(c.model.rope_scaling->attention_factor, 1.1);
+  ASSERT_TRUE(c.model.memory);
+  EXPECT_EQ(c.model.memory->segment_length, 64);
+  EXPECT_EQ(c.model.memory->bptt_segments, 2);
+  EXPECT_TRUE(c.data.train.is_synthetic());
+  EXPECT_EQ(c.data.train.loss, "answer");
+  EXPECT_EQ(c.data.train.num_sequences, 77);
+  EXPECT_EQ(c.data.train.depth, 0.3);
+  EXPECT_EQ(c.data.train.seed_offset, 5);
+  ASSERT_TRUE(c.data.val);
+  EXPECT_EQ(c.data.val->path, "val_tokens.h5");
+  EXPECT_FALSE(c.data.shuffle);
+  EXPECT_EQ(c.train.optimizer.lr, 1e-3);
+  EXPECT_EQ(c.train.optimizer.beta1, 0.8);
+  EXPECT_EQ(c.train.optimizer.beta2, 0.999);
+  EXPECT_EQ(c.train.optimizer.no_decay, (std::vector<std::string>{"norms", "embeddings"}));
+  EXPECT_EQ(c.train.schedule.type, "linear");
+  EXPECT_EQ(c.train.schedule.min_lr, 1e-5);
+  EXPECT_EQ(c.train.precision, "fp32");
+  EXPECT_EQ(c.train.nonfinite_tolerance, 3);
+  EXPECT_EQ(c.parallel.data_parallel, 2);
+  EXPECT_EQ(c.parallel.ring_layout, "contiguous");
+  EXPECT_EQ(c.checkpoint.init_from, "base/ckpt.h5");
+  EXPECT_EQ(c.eval.seq_lens, (std::vector<int64_t>{128, 256}));
+  ASSERT_TRUE(c.eval.passkey);
+  EXPECT_EQ(c.eval.passkey->depths, (std::vector<double>{0.0, 1.0}));
+  EXPECT_EQ(c.eval.passkey->trials, 3);
+  EXPECT_EQ(c.eval.max_sequences, 4);
+  EXPECT_EQ(c.log.every_steps, 5);
+}
+
+// parse -> to_yaml -> parse gives the same values. config_to_yaml writes every
+// field (shortest round-trip doubles), so equal YAML text means equal configs;
+// a few fields are also compared directly, doubles exactly.
+void expect_round_trip(const std::string& yaml) {
+  const Config a = parse_config(yaml, "config.yaml");
+  const std::string text = rt::config_to_yaml(a);
+  const Config b = parse_config(text, "resolved.yaml");
+  EXPECT_EQ(rt::config_to_yaml(b), text);
+  EXPECT_EQ(a.run.seed, b.run.seed);
+  EXPECT_EQ(a.run.dir, b.run.dir);
+  EXPECT_EQ(a.model.head_dim, b.model.head_dim);
+  EXPECT_EQ(a.model.rms_norm_eps, b.model.rms_norm_eps);
+  EXPECT_EQ(a.model.rope_theta, b.model.rope_theta);
+  EXPECT_EQ(a.model.rope_scaling.has_value(), b.model.rope_scaling.has_value());
+  EXPECT_EQ(a.model.memory.has_value(), b.model.memory.has_value());
+  EXPECT_EQ(a.data.train.path, b.data.train.path);
+  EXPECT_EQ(a.data.train.depth, b.data.train.depth);
+  EXPECT_EQ(a.data.val.has_value(), b.data.val.has_value());
+  EXPECT_EQ(a.train.optimizer.lr, b.train.optimizer.lr);
+  EXPECT_EQ(a.train.optimizer.beta2, b.train.optimizer.beta2);
+  EXPECT_EQ(a.train.schedule.min_lr, b.train.schedule.min_lr);
+  EXPECT_EQ(a.parallel.data_parallel, b.parallel.data_parallel);
+  EXPECT_EQ(a.checkpoint.init_from, b.checkpoint.init_from);
+  EXPECT_EQ(a.eval.passkey.has_value(), b.eval.passkey.has_value());
+}
+
+TEST(Config, RoundTripFull) { expect_round_trip(kFull); }
+TEST(Config, RoundTripMinimal) { expect_round_trip(kMinimal); }
+
+TEST(Config, RoundTripAwkwardValues) {
+  // Doubles without a short decimal form, a string that reads as null, longrope lists.
+  expect_round_trip(lines({
+      "run: {name: 'null', seed: 0}",
+      "model:",
+      "  hidden_size: 64",
+      "  num_attention_heads: 4",
+      "  rms_norm_eps: 0.1",
+      "  init_std: 0.30000000000000004",
+      "  rope_scaling: {rope_type: longrope, factor: 0.5, short_factor: [1, 1.5, 2, 2.5, 3, 3.5, "
+      "4, 4.5],",
+      "                 long_factor: [1e-3, 2, 3, 4, 5, 6, 7, 8]}",
+      "data: {train: a.txt, val: {synthetic: passkey}}",
+      "train: {optimizer: {type: sgd, lr: 1.0e-300}, schedule: {min_lr: 0}}",
+  }));
+}
+
+TEST(Config, WrittenYamlIsTheSchema) {
+  const std::string text = rt::config_to_yaml(parse_config(kMinimal, "config.yaml"));
+  for (const char* needle : {"run:", "  dir: runs/run", "model:", "  head_dim: 64",
+                             "  rope_scaling: null", "  rms_norm_eps: 1.0e-05", "data:",
+                             "  val: null", "betas: [0.9, 0.95]", "data_parallel: auto",
+                             "init_from: null", "passkey: null", "log:"})
+    EXPECT_NE(text.find(needle), std::string::npos) << needle << " not in\n" << text;
+}
+
+TEST(Config, DefaultsFilled) {
+  const Config c = parse_config(kMinimal, "config.yaml");
+  const Config d;  // struct defaults
+  EXPECT_EQ(c.run.name, "run");
+  EXPECT_EQ(c.run.dir, "runs/run");
+  EXPECT_EQ(c.run.seed, 1234u);
+  EXPECT_EQ(c.model.hidden_size, 256);
+  EXPECT_EQ(c.model.num_key_value_heads, c.model.num_attention_heads);
+  EXPECT_EQ(c.model.head_dim, 256 / 4);
+  EXPECT_EQ(c.model.position, "rope");
+  EXPECT_FALSE(c.model.rope_scaling);
+  EXPECT_FALSE(c.model.memory);
+  EXPECT_EQ(c.data.train.path, "tokens.bin");
+  EXPECT_FALSE(c.data.train.is_synthetic());
+  EXPECT_FALSE(c.data.val);
+  EXPECT_TRUE(c.data.shuffle);
+  EXPECT_EQ(c.train.seq_len, d.train.seq_len);
+  EXPECT_EQ(c.train.optimizer.lr, d.train.optimizer.lr);
+  EXPECT_EQ(c.train.optimizer.no_decay, std::vector<std::string>{"norms"});
+  EXPECT_EQ(c.train.schedule.warmup_steps, 100);
+  EXPECT_EQ(c.parallel.data_parallel, 0);  // auto
+  EXPECT_EQ(c.parallel.device, "auto");
+  EXPECT_EQ(c.checkpoint.init_from, "");
+  EXPECT_FALSE(c.eval.passkey);
+  EXPECT_EQ(c.log.every_steps, 10);
+}
+
+TEST(Config, NullMeansAuto) {
+  const Config c = parse_config(
+      lines({"run: {name: x, dir: null}", "model: {hidden_size: 48, num_attention_heads: 3,",
+             "  num_key_value_heads: null, head_dim: null, rope_scaling: null, memory: ~}",
+             "data: {train: t.h5, val: null}", "parallel: {data_parallel: auto}",
+             "checkpoint: {init_from: null}", "eval: {passkey: null}"}),
+      "config.yaml");
+  EXPECT_EQ(c.run.dir, "runs/x");
+  EXPECT_EQ(c.model.num_key_value_heads, 3);
+  EXPECT_EQ(c.model.head_dim, 16);
+  EXPECT_EQ(c.parallel.data_parallel, 0);
+  EXPECT_EQ(c.checkpoint.init_from, "");
+}
+
+TEST(Config, SyntheticValGetsItsOwnSeedStream) {
+  const Config c = parse_config(
+      lines({"data:", "  train: {synthetic: passkey}", "  val: {synthetic: passkey}"}),
+      "config.yaml");
+  EXPECT_EQ(c.data.train.seed_offset, 0);
+  EXPECT_EQ(c.data.val->seed_offset, 1);
+  EXPECT_FALSE(c.data.train.depth);
+}
+
+TEST(Config, LegacyRopeScalingTypeKey) {
+  const Config c = parse_config(kMinimal + "model: {rope_scaling: {type: dynamic, factor: 2}}",
+                                "config.yaml");
+  EXPECT_EQ(c.model.rope_scaling->rope_type, "dynamic");
+}
+
+TEST(Config, WarmupLongerThanTrainingOnlyWarns) {
+  EXPECT_NO_THROW(parse_config(kMinimal + "train: {max_steps: 10}", "config.yaml"));
+}
+
+TEST(Config, OverridesOfEveryType) {
+  const Config c = parse_config(
+      kFull, "config.yaml",
+      {"train.optimizer.lr=1e-4", "train.max_steps=77", "model.tie_word_embeddings=false",
+       "run.name=renamed", "train.optimizer.betas=[0.5, 0.6]",
+       "model.rope_scaling.factor=8",  // into an existing mapping
+       "model.memory=null", "data.train=other.bin", "parallel.data_parallel=auto",
+       "eval.passkey={seq_lens: [64, 128], trials: 2}", "log.every_steps = 3"});
+  EXPECT_EQ(c.train.optimizer.lr, 1e-4);
+  EXPECT_EQ(c.train.max_steps, 77);
+  EXPECT_FALSE(c.model.tie_word_embeddings);
+  EXPECT_EQ(c.run.name, "renamed");
+  EXPECT_EQ(c.run.dir, "/tmp/somewhere/run dir");  // the file's explicit dir stays
+  EXPECT_EQ(c.train.optimizer.beta1, 0.5);
+  EXPECT_EQ(c.train.optimizer.beta2, 0.6);
+  EXPECT_EQ(c.model.rope_scaling->rope_type, "yarn");  // from the file
+  EXPECT_EQ(c.model.rope_scaling->factor, 8.0);
+  EXPECT_EQ(c.model.rope_scaling->mscale, 0.707);
+  EXPECT_FALSE(c.model.memory);
+  EXPECT_EQ(c.data.train.path, "other.bin");
+  EXPECT_FALSE(c.data.train.is_synthetic());
+  EXPECT_EQ(c.parallel.data_parallel, 0);
+  EXPECT_EQ(c.eval.passkey->seq_lens, (std::vector<int64_t>{64, 128}));
+  EXPECT_EQ(c.log.every_steps, 3);
+}
+
+TEST(Config, OverrideCreatesMissingSections) {
+  const Config c = parse_config(
+      kMinimal, "config.yaml",
+      {"model.rope_scaling={rope_type: yarn, factor: 4}", "model.memory.segment_length=128",
+       "checkpoint.init_from=base.h5"});
+  ASSERT_TRUE(c.model.rope_scaling);
+  EXPECT_EQ(c.model.rope_scaling->rope_type, "yarn");
+  EXPECT_EQ(c.model.rope_scaling->factor, 4.0);
+  ASSERT_TRUE(c.model.memory);
+  EXPECT_EQ(c.model.memory->segment_length, 128);
+  EXPECT_EQ(c.checkpoint.init_from, "base.h5");
+  // Also onto an empty file.
+  EXPECT_EQ(parse_config("", "config.yaml", {"data.train={synthetic: passkey}"}).data.train.synthetic,
+            "passkey");
+}
+
+TEST(Config, LoadConfigReadsFileAndOverrides) {
+  const std::string path = ::testing::TempDir() + "/ringtrain_test_config.yaml";
+  {
+    std::ofstream f(path);
+    f << kFull;
+  }
+  const Config c = rt::load_config(path, {"train.seq_len=512"});
+  EXPECT_EQ(c.source_path, path);
+  EXPECT_EQ(c.train.seq_len, 512);
+  std::remove(path.c_str());
+}
+
+TEST(Config, ModelConfigToYaml) {
+  const Config c = parse_config(kFull, "config.yaml");
+  const std::string model = rt::model_config_to_yaml(c.model);
+  EXPECT_EQ(model.rfind("model:", 0), 0u) << model;
+  EXPECT_EQ(model.find("\ndata:"), std::string::npos);
+  // The section reads back as the same model.
+  const Config back = parse_config(model + "data: {train: t.bin}\n", "ckpt.h5");
+  EXPECT_EQ(rt::model_config_to_yaml(back.model), model);
+}
+
+TEST(Config, ValidateLayoutResolvesAutoDataParallel) {
+  Config c = parse_config(kMinimal + "parallel: {context_parallel: 2}", "config.yaml");
+  rt::validate_layout(c, 4);
+  EXPECT_EQ(c.parallel.data_parallel, 2);
+}
+
+// ---- bad configs: each names the key and where it is -----------------------------
+
+TEST(ConfigErrors, UnknownTopLevelKey) {
+  expect_usage_error(lines({"data:", "  train: t.bin", "modle:", "  hidden_size: 8"}),
+                     {"config.yaml:3:", "unknown key 'modle'", "did you mean 'model'?"});
+}
+
+TEST(ConfigErrors, UnknownNestedKeyDidYouMean) {
+  expect_usage_error(lines({"data:", "  train: t.bin", "model:", "  vocab_size: 256",
+                            "  hiden_size: 300"}),
+                     {"config.yaml:5:", "unknown key 'model.hiden_size'",
+                      "did you mean 'model.hidden_size'?"});
+}
+
+TEST(ConfigErrors, UnknownKeyDeepInside) {
+  expect_usage_error(lines({"data: {train: t.bin}", "train:", "  optimizer:", "    lr: 1e-4",
+                            "    wieght_decay: 0.1"}),
+                     {"config.yaml:5:", "'train.optimizer.wieght_decay'",
+                      "did you mean 'train.optimizer.weight_decay'?"});
+}
+
+TEST(ConfigErrors, DuplicateKey) {
+  expect_usage_error(lines({"data: {train: t.bin}", "model:", "  hidden_size: 64",
+                            "  hidden_size: 128"}),
+                     {"config.yaml:4:", "duplicate key 'model.hidden_size'", "config.yaml:3"});
+}
+
+TEST(ConfigErrors, WrongTypeInt) {
+  expect_usage_error(lines({"data: {train: t.bin}", "model:", "  hidden_size: abc"}),
+                     {"config.yaml:3:", "model.hidden_size: expected an integer, got 'abc'"});
+  expect_usage_error(lines({"data: {train: t.bin}", "train:", "  seq_len: 1.5"}),
+                     {"config.yaml:3:", "train.seq_len: expected an integer, got '1.5'"});
+}
+
+TEST(ConfigErrors, WrongTypeBool) {
+  expect_usage_error(lines({"data: {train: t.bin}", "model:", "  tie_word_embeddings: maybe"}),
+                     {"config.yaml:3:", "model.tie_word_embeddings: expected true or false",
+                      "'maybe'"});
+}
+
+TEST(ConfigErrors, StringForDouble) {
+  expect_usage_error(lines({"data: {train: t.bin}", "train:", "  optimizer:", "    lr: fast"}),
+                     {"config.yaml:4:", "train.optimizer.lr: expected a number, got 'fast'"});
+}
+
+TEST(ConfigErrors, ListWhereScalarExpected) {
+  expect_usage_error(lines({"data: {train: t.bin}", "train:", "  grad_clip: [1, 2]"}),
+                     {"config.yaml:3:", "train.grad_clip: expected a number, got a list"});
+}
+
+TEST(ConfigErrors, NullWhereNotAllowed) {
+  expect_usage_error(lines({"data: {train: t.bin}", "model:", "  vocab_size: null"}),
+                     {"config.yaml:3:", "model.vocab_size: expected an integer, got null"});
+}
+
+TEST(ConfigErrors, NegativeLearningRate) {
+  expect_usage_error(lines({"data: {train: t.bin}", "train:", "  optimizer: {lr: -1e-4}"}),
+                     {"config.yaml:3:", "train.optimizer.lr: must be > 0, got -1e-4"});
+}
+
+TEST(ConfigErrors, IntBelowMinimum) {
+  expect_usage_error(lines({"data: {train: t.bin}", "model:", "  vocab_size: 1"}),
+                     {"config.yaml:3:", "model.vocab_size: must be >= 2, got 1"});
+  expect_usage_error(lines({"data: {train: t.bin}", "model:",
+                            "  memory: {segment_length: 16, bptt_segments: -2}"}),
+                     {"config.yaml:3:", "model.memory.bptt_segments: must be >= -1, got -2"});
+}
+
+TEST(ConfigErrors, InvalidPositionEnum) {
+  expect_usage_error(lines({"data: {train: t.bin}", "model:", "  position: rotary"}),
+                     {"config.yaml:3:", "model.position: must be one of rope | alibi | none",
+                      "'rotary'"});
+}
+
+TEST(ConfigErrors, HeadsNotDivisibleByKvHeads) {
+  expect_usage_error(
+      lines({"data: {train: t.bin}", "model:", "  hidden_size: 96", "  num_attention_heads: 6",
+             "  num_key_value_heads: 4"}),
+      {"config.yaml:4:",
+       "model.num_attention_heads(6) is not a multiple of model.num_key_value_heads(4)"});
+}
+
+TEST(ConfigErrors, HiddenNotDivisibleByHeads) {
+  expect_usage_error(
+      lines({"data: {train: t.bin}", "model:", "  hidden_size: 100", "  num_attention_heads: 3"}),
+      {"config.yaml:3:", "model.hidden_size(100) is not a multiple of model.num_attention_heads(3)"});
+}
+
+TEST(ConfigErrors, OddHeadDimWithRope) {
+  expect_usage_error(lines({"data: {train: t.bin}", "model:", "  head_dim: 15"}),
+                     {"config.yaml:3:", "model.head_dim(15) must be even", "position: rope"});
+}
+
+TEST(ConfigErrors, GlobalBatchNotMultipleOfMicroBatch) {
+  expect_usage_error(
+      lines({"data: {train: t.bin}", "train:", "  micro_batch_size: 4", "  global_batch_size: 6"}),
+      {"config.yaml:4:",
+       "train.global_batch_size(6) is not a multiple of train.micro_batch_size(4)"});
+}
+
+TEST(ConfigErrors, MinLrAboveLr) {
+  expect_usage_error(lines({"data: {train: t.bin}", "train:", "  optimizer: {lr: 1e-4}",
+                            "  schedule: {min_lr: 1e-3}"}),
+                     {"config.yaml:4:", "train.schedule.min_lr(0.001) must be <= "
+                                        "train.optimizer.lr(1e-04)"});
+}
+
+TEST(ConfigErrors, BetasWrongLength) {
+  expect_usage_error(lines({"data: {train: t.bin}", "train:", "  optimizer:",
+                            "    betas: [0.9, 0.95, 0.99]"}),
+                     {"config.yaml:4:", "train.optimizer.betas: expected a list of 2 numbers",
+                      "got 3 entries"});
+}
+
+TEST(ConfigErrors, BetaOutOfRange) {
+  expect_usage_error(lines({"data: {train: t.bin}", "train:", "  optimizer:",
+                            "    betas: [0.9, 1.5]"}),
+                     {"config.yaml:4:", "train.optimizer.betas[1]: must be in [0, 1), got 1.5"});
+}
+
+TEST(ConfigErrors, NoDecayUnknownGroup) {
+  expect_usage_error(lines({"data: {train: t.bin}", "train:", "  optimizer:",
+                            "    no_decay: [norms, biases]"}),
+                     {"config.yaml:4:", "train.optimizer.no_decay[1]: must be one of norms | "
+                                        "embeddings, got 'biases'"});
+}
+
+TEST(ConfigErrors, UnknownSyntheticGenerator) {
+  expect_usage_error(lines({"data:", "  train: {synthetic: needle}"}),
+                     {"config.yaml:2:", "data.train.synthetic: must be one of passkey",
+                      "'needle'"});
+}
+
+TEST(ConfigErrors, SyntheticSourceWithoutGenerator) {
+  expect_usage_error(lines({"data:", "  train:", "    loss: answer"}),
+                     {"config.yaml:2:", "data.train.synthetic is required"});
+}
+
+TEST(ConfigErrors, TokenFileWithUnknownExtension) {
+  expect_usage_error(lines({"data:", "  train: tokens.csv"}),
+                     {"config.yaml:2:", "data.train: 'tokens.csv' is not a token file",
+                      ".h5 | .bin | .txt"});
+}
+
+TEST(ConfigErrors, MissingDataTrain) {
+  expect_usage_error(lines({"model: {hidden_size: 64}", "data:", "  shuffle: false"}),
+                     {"config.yaml:2:", "data.train is required", "synthetic: passkey"});
+  expect_usage_error("", {"config.yaml", "data.train is required"});
+}
+
+TEST(ConfigErrors, RopeScalingWithAlibi) {
+  expect_usage_error(lines({"data: {train: t.bin}", "model:", "  position: alibi",
+                            "  rope_scaling: {rope_type: linear, factor: 2}"}),
+                     {"config.yaml:4:", "model.rope_scaling is set but model.position is 'alibi'"});
+}
+
+TEST(ConfigErrors, RopeScalingWithoutType) {
+  expect_usage_error(lines({"data: {train: t.bin}", "model:", "  rope_scaling: {factor: 2}"}),
+                     {"config.yaml:3:", "model.rope_scaling.rope_type is required",
+                      "linear | ntk | dynamic | yarn | llama3 | longrope"});
+}
+
+TEST(ConfigErrors, LongropeFactorListLength) {
+  expect_usage_error(lines({"data: {train: t.bin}", "model:", "  hidden_size: 32",
+                            "  num_attention_heads: 4",
+                            "  rope_scaling: {rope_type: longrope, factor: 2,",
+                            "                 short_factor: [1, 1, 1, 1], long_factor: [1, 2]}"}),
+                     {"config.yaml:6:", "model.rope_scaling.long_factor has 2 entries",
+                      "head_dim / 2 = 4"});
+}
+
+TEST(ConfigErrors, SegmentLengthDoesNotDivideSeqLen) {
+  expect_usage_error(lines({"data: {train: t.bin}", "model:",
+                            "  memory: {type: rmt, num_tokens: 4, segment_length: 100}",
+                            "train: {seq_len: 1024}"}),
+                     {"config.yaml:3:",
+                      "train.seq_len(1024) is not a multiple of model.memory.segment_length(100)"});
+}
+
+TEST(ConfigErrors, PasskeyDepthOutOfRange) {
+  expect_usage_error(lines({"data: {train: t.bin}", "eval:", "  passkey:",
+                            "    depths: [0, 0.5, 1.2]"}),
+                     {"config.yaml:4:", "eval.passkey.depths[2]: must be in [0, 1], got 1.2"});
+}
+
+TEST(ConfigErrors, DataParallelNeitherIntNorAuto) {
+  expect_usage_error(lines({"data: {train: t.bin}", "parallel:", "  data_parallel: many"}),
+                     {"config.yaml:3:", "parallel.data_parallel: expected an integer >= 1 or auto"});
+}
+
+TEST(ConfigErrors, SectionNotAMapping) {
+  expect_usage_error(lines({"data: {train: t.bin}", "model: 3"}),
+                     {"config.yaml:2:", "model: expected a mapping", "got '3'"});
+}
+
+TEST(ConfigErrors, YamlSyntaxError) {
+  expect_usage_error(lines({"data:", "  train: t.bin", "model:", "  hidden_size: [64, 128",
+                            "  vocab_size: 8"}),
+                     {"config.yaml:", "invalid YAML"});
+  expect_usage_error(lines({"data:", "  train: t.bin", "  - oops"}),
+                     {"config.yaml:3:", "invalid YAML"});
+}
+
+TEST(ConfigErrors, MissingFile) {
+  try {
+    rt::load_config("/nonexistent/dir/cfg.yaml");
+    ADD_FAILURE() << "no error";
+  } catch (const rt::UsageError& e) {
+    EXPECT_EQ(e.code(), rt::kExitUsage);
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/dir/cfg.yaml"), std::string::npos);
+  }
+}
+
+// ---- bad overrides: named by their --set instead of a line -------------------------
+
+TEST(ConfigErrors, OverrideUnknownKey) {
+  expect_usage_error(kMinimal, {"--set model.hiden_size=8", "unknown key 'model.hiden_size'",
+                                "did you mean 'model.hidden_size'?"},
+                     {"model.hiden_size=8"});
+  expect_usage_error(kMinimal, {"--set modle.hidden_size=8", "did you mean 'model'?"},
+                     {"modle.hidden_size=8"});
+}
+
+TEST(ConfigErrors, OverrideUnknownKeyInsideMappingValue) {
+  expect_usage_error(kMinimal, {"--set model.rope_scaling={rope_type: yarn, factr: 4}",
+                                "did you mean 'model.rope_scaling.factor'?"},
+                     {"model.rope_scaling={rope_type: yarn, factr: 4}"});
+}
+
+TEST(ConfigErrors, OverrideBadValueType) {
+  expect_usage_error(kFull, {"--set train.max_steps=lots",
+                             "train.max_steps: expected an integer, got 'lots'"},
+                     {"train.max_steps=lots"});
+}
+
+TEST(ConfigErrors, OverrideOutOfRangeFailsCrossCheck) {
+  // The override is validated exactly like the file: same cross-field check.
+  expect_usage_error(kMinimal, {"--set train.global_batch_size=6",
+                                "train.global_batch_size(6) is not a multiple of "
+                                "train.micro_batch_size(4)"},
+                     {"train.micro_batch_size=4", "train.global_batch_size=6"});
+}
+
+TEST(ConfigErrors, MalformedOverride) {
+  expect_usage_error(kMinimal, {"--set train.max_steps", "missing '='", "e.g. --set"},
+                     {"train.max_steps"});
+  expect_usage_error(kMinimal, {"--set =5", "empty key"}, {"=5"});
+  expect_usage_error(kMinimal, {"--set a..b=5", "empty key"}, {"a..b=5"});
+  expect_usage_error(kMinimal, {"--set train.lr=[1,", "not valid YAML"}, {"train.lr=[1,"});
+}
+
+TEST(ConfigErrors, OverrideIntoScalar) {
+  expect_usage_error(kMinimal, {"--set data.train.loss=all", "data.train is 't.bin'",
+                                "not a mapping"},
+                     {"data.train=t.bin", "data.train.loss=all"});
+}
+
+// ---- validate_layout ---------------------------------------------------------------
+
+void expect_layout_error(const std::string& yaml, int world,
+                         const std::vector<std::string>& needles) {
+  Config c = parse_config(yaml, "config.yaml");
+  try {
+    rt::validate_layout(c, world);
+    ADD_FAILURE() << "no error thrown; expected one containing '" << needles.front() << "'";
+  } catch (const rt::UsageError& e) {
+    EXPECT_EQ(e.code(), rt::kExitUsage);
+    const std::string msg = e.what();
+    for (const auto& n : needles)
+      EXPECT_NE(msg.find(n), std::string::npos) << "message: " << msg << "\nmissing: " << n;
+  }
+}
+
+TEST(ConfigLayout, DataTimesContextParallelMustBeWorld) {
+  expect_layout_error(kMinimal + "parallel: {data_parallel: 2, context_parallel: 3}", 4,
+                      {"config.yaml", "data_parallel(2) * context_parallel(3) != world size(4)"});
+}
+
+TEST(ConfigLayout, ZigzagNeedsSeqLenMultipleOfTwoCp) {
+  expect_layout_error(kMinimal + "train: {seq_len: 100}\nparallel: {context_parallel: 4}", 4,
+                      {"train.seq_len(100) is not a multiple of 2 * parallel.context_parallel(4)",
+                       "zigzag"});
+  // The same length is fine with the contiguous layout.
+  Config c = parse_config(
+      kMinimal + "train: {seq_len: 100}\nparallel: {context_parallel: 4, ring_layout: contiguous}",
+      "config.yaml");
+  EXPECT_NO_THROW(rt::validate_layout(c, 4));
+}
+
+TEST(ConfigLayout, ContiguousNeedsSeqLenMultipleOfCp) {
+  expect_layout_error(
+      kMinimal + "train: {seq_len: 99}\nparallel: {context_parallel: 2, ring_layout: contiguous}",
+      2, {"train.seq_len(99) is not a multiple of parallel.context_parallel(2)"});
+}
+
+TEST(ConfigLayout, GlobalBatchMultipleOfDataParallelTimesMicroBatch) {
+  expect_layout_error(kMinimal + "train: {micro_batch_size: 2, global_batch_size: 8}", 3,
+                      {"train.global_batch_size(8) is not a multiple of data_parallel(3) * "
+                       "train.micro_batch_size(2) = 6"});
+}
+
+}  // namespace
