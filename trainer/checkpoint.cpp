@@ -1,0 +1,565 @@
+#include "trainer/checkpoint.h"
+
+#include <fcntl.h>
+#include <hdf5.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <regex>
+#include <system_error>
+
+#include "common/errors.h"
+#include "common/log.h"
+
+namespace rt {
+namespace {
+
+namespace fs = std::filesystem;
+
+// ---- HDF5 plumbing ---------------------------------------------------------
+
+// Owns one HDF5 id; closes it with the matching H5?close.
+class H5Id {
+ public:
+  H5Id() = default;
+  H5Id(hid_t id, herr_t (*closer)(hid_t)) : id_(id), closer_(closer) {}
+  ~H5Id() { close(); }
+  H5Id(const H5Id&) = delete;
+  H5Id& operator=(const H5Id&) = delete;
+  H5Id(H5Id&& o) noexcept : id_(o.id_), closer_(o.closer_) { o.id_ = -1; }
+  H5Id& operator=(H5Id&& o) noexcept {
+    if (this != &o) {
+      close();
+      id_ = o.id_;
+      closer_ = o.closer_;
+      o.id_ = -1;
+    }
+    return *this;
+  }
+  hid_t get() const { return id_; }
+  bool valid() const { return id_ >= 0; }
+  herr_t close() {
+    herr_t r = 0;
+    if (id_ >= 0 && closer_) r = closer_(id_);
+    id_ = -1;
+    return r;
+  }
+
+ private:
+  hid_t id_ = -1;
+  herr_t (*closer_)(hid_t) = nullptr;
+};
+
+void silence_hdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+
+herr_t collect_error(unsigned /*n*/, const H5E_error2_t* e, void* data) {
+  if (e->desc && e->desc[0]) static_cast<std::vector<std::string>*>(data)->push_back(e->desc);
+  return 0;
+}
+
+// The reason for the HDF5 call that just failed: the OS error text when the
+// stack carries one ("No space left on device"), else the most specific
+// description. Must be called right after the failing call.
+std::string h5_reason() {
+  std::vector<std::string> descs;  // most specific first
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, collect_error, &descs);
+  static const std::string kMarker = "error message = '";
+  for (const std::string& d : descs) {
+    size_t at = d.find(kMarker);
+    if (at == std::string::npos) continue;
+    at += kMarker.size();
+    size_t end = d.find('\'', at);
+    return d.substr(at, end == std::string::npos ? std::string::npos : end - at);
+  }
+  if (descs.empty()) return "unknown HDF5 error";
+  std::string r = descs.front();
+  if (r.size() > 200) r = r.substr(0, 200) + "...";
+  return r;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// ---- writing ---------------------------------------------------------------
+
+// Writes one checkpoint file; every failure throws IoError(prefix + what).
+class CheckpointWriter {
+ public:
+  CheckpointWriter(const std::string& path, const std::string& display_path)
+      : display_(display_path) {
+    hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (f < 0) fail("cannot create temporary file " + path);
+    file_ = H5Id(f, H5Fclose);
+  }
+
+  hid_t file() const { return file_.get(); }
+
+  H5Id group(hid_t parent, const char* name) {
+    hid_t g = H5Gcreate2(parent, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (g < 0) fail(std::string("cannot create group ") + name);
+    return H5Id(g, H5Gclose);
+  }
+
+  void string_attr(hid_t obj, const char* name, const std::string& value) {
+    H5Id type(H5Tcopy(H5T_C_S1), H5Tclose);
+    if (!type.valid() || H5Tset_size(type.get(), H5T_VARIABLE) < 0 ||
+        H5Tset_cset(type.get(), H5T_CSET_UTF8) < 0)
+      fail("cannot make a string type");
+    H5Id space(H5Screate(H5S_SCALAR), H5Sclose);
+    H5Id attr(H5Acreate2(obj, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
+              H5Aclose);
+    if (!attr.valid()) fail(std::string("cannot create attribute ") + name);
+    const char* p = value.c_str();
+    if (H5Awrite(attr.get(), type.get(), &p) < 0)
+      fail(std::string("cannot write attribute ") + name);
+  }
+
+  // file_type: H5T_STD_I64LE or H5T_STD_I32LE
+  void int_attr(hid_t obj, const char* name, int64_t value, hid_t file_type) {
+    H5Id space(H5Screate(H5S_SCALAR), H5Sclose);
+    H5Id attr(H5Acreate2(obj, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+    if (!attr.valid()) fail(std::string("cannot create attribute ") + name);
+    if (H5Awrite(attr.get(), H5T_NATIVE_INT64, &value) < 0)
+      fail(std::string("cannot write attribute ") + name);
+  }
+
+  // Every tensor of `arena` as a float32 dataset under `group` (full path
+  // `group_path` for messages), chunked with Fletcher32.
+  void tensors(hid_t group, const std::string& group_path, Backend& be, const Arena& arena) {
+    std::vector<float> host;
+    for (const TensorSpec& s : arena.specs()) {
+      const std::string where = group_path + "/" + s.name;
+      host.resize(s.numel);
+      if (s.numel) be.copy_to_host(host.data(), arena.base() + s.offset, s.numel * sizeof(float));
+
+      std::vector<hsize_t> dims(s.shape.begin(), s.shape.end());
+      H5Id space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
+      H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+      if (!space.valid() || !dcpl.valid()) fail("cannot describe dataset " + where);
+      if (s.numel > 0) {
+        std::vector<hsize_t> chunk = chunk_dims(dims);
+        if (H5Pset_chunk(dcpl.get(), int(chunk.size()), chunk.data()) < 0 ||
+            H5Pset_fletcher32(dcpl.get()) < 0)
+          fail("cannot set chunking/Fletcher32 for dataset " + where);
+      }
+      H5Id dset(H5Dcreate2(group, s.name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
+                           dcpl.get(), H5P_DEFAULT),
+                H5Dclose);
+      if (!dset.valid()) fail("cannot create dataset " + where);
+      if (s.numel > 0 &&
+          H5Dwrite(dset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, host.data()) < 0)
+        fail("cannot write dataset " + where);
+      if (dset.close() < 0) fail("cannot write dataset " + where);
+    }
+  }
+
+  // Flush and close; errors that surface only now (full disk) are caught.
+  void finish() {
+    if (H5Fflush(file_.get(), H5F_SCOPE_GLOBAL) < 0) fail("cannot flush file");
+    if (file_.close() < 0) fail("cannot close file");
+  }
+
+  [[noreturn]] void fail(const std::string& what) {
+    throw IoError("checkpoint " + display_ + ": " + what + ": " + h5_reason());
+  }
+
+ private:
+  // The whole tensor, cut along the leading dims to at most 1M elements
+  // (4 MiB) per chunk.
+  static std::vector<hsize_t> chunk_dims(const std::vector<hsize_t>& dims) {
+    constexpr hsize_t kMaxChunk = hsize_t(1) << 20;
+    std::vector<hsize_t> chunk = dims;
+    if (chunk.empty()) return {1};  // scalar: not chunkable; caller never passes one
+    for (size_t i = 0; i < chunk.size(); ++i) {
+      hsize_t inner = 1;
+      for (size_t j = i + 1; j < chunk.size(); ++j) inner *= chunk[j];
+      if (chunk[i] * inner <= kMaxChunk) break;
+      chunk[i] = std::max<hsize_t>(1, kMaxChunk / inner);
+    }
+    return chunk;
+  }
+
+  std::string display_;
+  H5Id file_;
+};
+
+// fsync a path opened with flags (a file, or a directory with O_DIRECTORY).
+int fsync_path(const std::string& path, int flags) {
+  int fd = ::open(path.c_str(), flags);
+  if (fd < 0) return errno;
+  int err = ::fsync(fd) == 0 ? 0 : errno;
+  ::close(fd);
+  return err;
+}
+
+// ---- reading ---------------------------------------------------------------
+
+// An opened checkpoint: checks the file exists and is HDF5, and turns every
+// failure into an error naming the file.
+class CheckpointReader {
+ public:
+  explicit CheckpointReader(const std::string& path) : path_(path) {
+    silence_hdf5();
+    std::error_code ec;
+    if (!fs::exists(path, ec)) throw IoError("checkpoint " + path + ": no such file");
+    if (fs::is_directory(path, ec))
+      throw IoError("checkpoint " + path + ": is a directory, expected an .h5 file");
+    htri_t is_h5 = H5Fis_hdf5(path.c_str());
+    if (is_h5 == 0)
+      throw IoError("checkpoint " + path + ": not an HDF5 file (wrong signature)");
+    hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0)
+      throw IoError("checkpoint " + path + ": cannot open (" + h5_reason() +
+                    "); the file is truncated, corrupt or unreadable");
+    file_ = H5Id(f, H5Fclose);
+  }
+
+  const std::string& path() const { return path_; }
+  hid_t file() const { return file_.get(); }
+
+  bool exists(hid_t parent, const std::string& name) const {
+    return H5Lexists(parent, name.c_str(), H5P_DEFAULT) > 0;
+  }
+
+  // A group; IoError(missing_msg) when absent.
+  H5Id group(hid_t parent, const std::string& name, const std::string& missing_msg) const {
+    if (!exists(parent, name)) throw IoError("checkpoint " + path_ + ": " + missing_msg);
+    hid_t g = H5Gopen2(parent, name.c_str(), H5P_DEFAULT);
+    if (g < 0) fail("cannot open group " + name);
+    return H5Id(g, H5Gclose);
+  }
+
+  bool has_attr(hid_t obj, const char* name) const { return H5Aexists(obj, name) > 0; }
+
+  std::string string_attr(hid_t obj, const char* name) const {
+    H5Id attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
+    if (!attr.valid()) fail(std::string("cannot open attribute '") + name + "'");
+    H5Id type(H5Aget_type(attr.get()), H5Tclose);
+    if (H5Tget_class(type.get()) != H5T_STRING)
+      throw IoError("checkpoint " + path_ + ": attribute '" + name + "' is not a string");
+    check_single(attr.get(), name);
+    std::string out;
+    if (H5Tis_variable_str(type.get()) > 0) {
+      H5Id mem(H5Tcopy(H5T_C_S1), H5Tclose);
+      H5Tset_size(mem.get(), H5T_VARIABLE);
+      H5Tset_cset(mem.get(), H5Tget_cset(type.get()));
+      char* p = nullptr;
+      if (H5Aread(attr.get(), mem.get(), &p) < 0)
+        fail(std::string("cannot read attribute '") + name + "'");
+      if (p) out = p;
+      H5free_memory(p);
+    } else {
+      size_t n = H5Tget_size(type.get());
+      H5Id mem(H5Tcopy(H5T_C_S1), H5Tclose);
+      H5Tset_size(mem.get(), n + 1);  // room for a terminator after NULLPAD strings
+      H5Tset_cset(mem.get(), H5Tget_cset(type.get()));
+      std::vector<char> buf(n + 1, '\0');
+      if (H5Aread(attr.get(), mem.get(), buf.data()) < 0)
+        fail(std::string("cannot read attribute '") + name + "'");
+      out.assign(buf.data(), strnlen(buf.data(), n));
+    }
+    return out;
+  }
+
+  int64_t int_attr(hid_t obj, const char* name) const {
+    H5Id attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
+    if (!attr.valid()) fail(std::string("cannot open attribute '") + name + "'");
+    H5Id type(H5Aget_type(attr.get()), H5Tclose);
+    if (H5Tget_class(type.get()) != H5T_INTEGER)
+      throw IoError("checkpoint " + path_ + ": attribute '" + name + "' is not an integer");
+    check_single(attr.get(), name);
+    int64_t v = 0;
+    if (H5Aread(attr.get(), H5T_NATIVE_INT64, &v) < 0)
+      fail(std::string("cannot read attribute '") + name + "'");
+    return v;
+  }
+
+  // The shape of a dataset (IoError if it is not a float dataset).
+  std::vector<int64_t> dataset_shape(hid_t group, const std::string& name,
+                                     const std::string& where) const {
+    H5Id dset(H5Dopen2(group, name.c_str(), H5P_DEFAULT), H5Dclose);
+    if (!dset.valid()) fail("cannot open dataset " + where);
+    H5Id type(H5Dget_type(dset.get()), H5Tclose);
+    if (H5Tget_class(type.get()) != H5T_FLOAT)
+      throw UsageError("checkpoint " + path_ + ": dataset " + where +
+                       " is not floating point (expected float32)");
+    H5Id space(H5Dget_space(dset.get()), H5Sclose);
+    int rank = H5Sget_simple_extent_ndims(space.get());
+    if (rank < 0) fail("cannot read the shape of dataset " + where);
+    std::vector<hsize_t> dims(size_t(rank), 0);
+    H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+    return std::vector<int64_t>(dims.begin(), dims.end());
+  }
+
+  // Reads a float dataset (any float width, converted) into host memory.
+  void read_floats(hid_t group, const std::string& name, const std::string& where,
+                   std::vector<float>& out) const {
+    H5Id dset(H5Dopen2(group, name.c_str(), H5P_DEFAULT), H5Dclose);
+    if (!dset.valid()) fail("cannot open dataset " + where);
+    if (out.empty()) return;
+    if (H5Dread(dset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0)
+      throw IoError("checkpoint " + path_ + ": checksum mismatch or unreadable data in dataset " +
+                    where + " (" + h5_reason() +
+                    "): the file is corrupt; use an earlier checkpoint");
+  }
+
+  // Names of the links in a group, sorted.
+  std::vector<std::string> link_names(hid_t group) const {
+    H5G_info_t info;
+    if (H5Gget_info(group, &info) < 0) fail("cannot list a group");
+    std::vector<std::string> names;
+    for (hsize_t i = 0; i < info.nlinks; ++i) {
+      ssize_t n = H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0,
+                                     H5P_DEFAULT);
+      if (n < 0) fail("cannot list a group");
+      std::string s(size_t(n) + 1, '\0');
+      H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, i, s.data(), s.size(),
+                         H5P_DEFAULT);
+      s.resize(size_t(n));
+      names.push_back(s);
+    }
+    return names;
+  }
+
+  [[noreturn]] void fail(const std::string& what) const {
+    throw IoError("checkpoint " + path_ + ": " + what + " (" + h5_reason() +
+                  "); the file may be corrupt");
+  }
+
+ private:
+  void check_single(hid_t attr, const char* name) const {
+    H5Id space(H5Aget_space(attr), H5Sclose);
+    if (H5Sget_simple_extent_npoints(space.get()) != 1)
+      throw IoError("checkpoint " + path_ + ": attribute '" + name +
+                    "' must be a single value");
+  }
+
+  std::string path_;
+  H5Id file_;
+};
+
+void check_format(const CheckpointReader& r) {
+  const std::string& p = r.path();
+  if (!r.has_attr(r.file(), "format"))
+    throw IoError("checkpoint " + p + ": not a ringtrain checkpoint (missing attribute 'format')");
+  std::string format = r.string_attr(r.file(), "format");
+  if (format != "ringtrain")
+    throw IoError("checkpoint " + p + ": not a ringtrain checkpoint (attribute 'format' is '" +
+                  format + "', expected 'ringtrain')");
+  if (!r.has_attr(r.file(), "format_version"))
+    throw IoError("checkpoint " + p +
+                  ": not a ringtrain checkpoint (missing attribute 'format_version')");
+  int64_t version = r.int_attr(r.file(), "format_version");
+  if (version != kCheckpointFormatVersion)
+    throw IoError("checkpoint " + p + ": format_version " + std::to_string(version) +
+                  " is not supported (this build reads version " +
+                  std::to_string(kCheckpointFormatVersion) + ")");
+}
+
+// Loads every tensor of `arena` from `group` (path `group_path`). All shapes
+// are checked first, so a mismatch leaves the arena untouched.
+void load_tensors(const CheckpointReader& r, hid_t group, const std::string& group_path,
+                  Backend& be, Arena& arena) {
+  std::vector<std::string> problems;
+  for (const TensorSpec& s : arena.specs()) {
+    const std::string where = group_path + "/" + s.name;
+    if (!r.exists(group, s.name)) {
+      problems.push_back(where + " is missing, the config expects " + shape_str(s.shape));
+      continue;
+    }
+    std::vector<int64_t> shape = r.dataset_shape(group, s.name, where);
+    if (shape != s.shape)
+      problems.push_back(s.name + " has shape " + shape_str(shape) + ", the config expects " +
+                         shape_str(s.shape));
+  }
+  std::vector<std::string> extra;
+  for (const std::string& name : r.link_names(group))
+    if (!arena.has(name)) extra.push_back(name);
+  if (!extra.empty()) {
+    std::string list;
+    for (size_t i = 0; i < extra.size(); ++i) list += (i ? ", " : "") + extra[i];
+    problems.push_back(group_path + " has " + std::to_string(extra.size()) +
+                       " dataset(s) the config's model does not have: " + list);
+  }
+  if (!problems.empty()) {
+    std::string msg = "checkpoint " + r.path() + ": ";
+    for (size_t i = 0; i < problems.size(); ++i) msg += (i ? "; " : "") + problems[i];
+    throw UsageError(msg + " (the model section of the config must match the checkpoint)");
+  }
+  std::vector<float> host;
+  for (const TensorSpec& s : arena.specs()) {
+    host.assign(s.numel, 0.f);
+    r.read_floats(group, s.name, group_path + "/" + s.name, host);
+    if (s.numel) be.copy_to_device(arena.base() + s.offset, host.data(), s.numel * sizeof(float));
+  }
+}
+
+}  // namespace
+
+// ---- public API ------------------------------------------------------------
+
+void save_checkpoint(const std::string& path, LlamaModel& model, Optimizer* opt,
+                     const CheckpointMeta& meta) {
+  silence_hdf5();
+  const std::string tmp = path + ".tmp";
+  const fs::path parent = fs::path(path).parent_path();
+  try {
+    if (!parent.empty()) {
+      std::error_code ec;
+      fs::create_directories(parent, ec);
+      if (ec)
+        throw IoError("checkpoint " + path + ": cannot create directory " + parent.string() +
+                      ": " + ec.message());
+    }
+    {
+      CheckpointWriter w(tmp, path);
+      w.string_attr(w.file(), "format", "ringtrain");
+      w.int_attr(w.file(), "format_version", kCheckpointFormatVersion, H5T_STD_I32LE);
+      w.int_attr(w.file(), "step", meta.step, H5T_STD_I64LE);
+      w.int_attr(w.file(), "tokens_seen", meta.tokens_seen, H5T_STD_I64LE);
+      w.string_attr(w.file(), "config", meta.config_yaml);
+
+      Backend& be = model.backend();
+      be.synchronize();
+      {
+        H5Id g = w.group(w.file(), "model");
+        w.tensors(g.get(), "/model", be, model.params());
+      }
+      if (opt) {
+        H5Id g = w.group(w.file(), "optimizer");
+        w.int_attr(g.get(), "step", opt->steps_taken(), H5T_STD_I64LE);
+        w.string_attr(g.get(), "type", opt->config().type);
+        if (opt->exp_avg().base()) {
+          H5Id m = w.group(g.get(), "exp_avg");
+          w.tensors(m.get(), "/optimizer/exp_avg", be, opt->exp_avg());
+          H5Id v = w.group(g.get(), "exp_avg_sq");
+          w.tensors(v.get(), "/optimizer/exp_avg_sq", be, opt->exp_avg_sq());
+        }
+      }
+      {
+        H5Id g = w.group(w.file(), "trainer");
+        w.string_attr(g.get(), "state", meta.trainer_state_json);
+      }
+      w.finish();
+    }
+    if (int err = fsync_path(tmp, O_RDONLY))
+      throw IoError("checkpoint " + tmp + ": fsync failed: " + std::strerror(err));
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+      int err = errno;
+      throw IoError("checkpoint " + path + ": cannot rename " + tmp + " to it: " +
+                    std::strerror(err));
+    }
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
+  }
+  // The checkpoint exists now; a failed directory fsync only weakens
+  // durability across a power loss, so it is a warning.
+  const std::string dir = parent.empty() ? "." : parent.string();
+  if (int err = fsync_path(dir, O_RDONLY | O_DIRECTORY); err && err != EINVAL)
+    log_warn("checkpoint %s: fsync of directory %s failed: %s", path.c_str(), dir.c_str(),
+             std::strerror(err));
+}
+
+CheckpointMeta read_checkpoint_meta(const std::string& path) {
+  CheckpointReader r(path);
+  check_format(r);
+  CheckpointMeta meta;
+  meta.format_version = kCheckpointFormatVersion;
+  meta.step = r.has_attr(r.file(), "step") ? r.int_attr(r.file(), "step") : 0;
+  meta.tokens_seen = r.has_attr(r.file(), "tokens_seen") ? r.int_attr(r.file(), "tokens_seen") : 0;
+  if (!r.has_attr(r.file(), "config"))
+    throw IoError("checkpoint " + path +
+                  ": not a ringtrain checkpoint (missing attribute 'config')");
+  meta.config_yaml = r.string_attr(r.file(), "config");
+  meta.has_optimizer = r.exists(r.file(), "optimizer");
+  if (r.exists(r.file(), "trainer")) {
+    H5Id g = r.group(r.file(), "trainer", "no /trainer group");
+    if (r.has_attr(g.get(), "state")) meta.trainer_state_json = r.string_attr(g.get(), "state");
+  }
+  return meta;
+}
+
+void load_model_weights(const std::string& path, LlamaModel& model) {
+  CheckpointReader r(path);
+  check_format(r);
+  H5Id g = r.group(r.file(), "model", "no /model group (not a complete checkpoint)");
+  load_tensors(r, g.get(), "/model", model.backend(), model.params());
+}
+
+void load_optimizer_state(const std::string& path, LlamaModel& model, Optimizer& opt) {
+  CheckpointReader r(path);
+  check_format(r);
+  H5Id g = r.group(r.file(), "optimizer",
+                   "no /optimizer group (a weights-only checkpoint cannot resume training; "
+                   "use checkpoint.init_from to start from its weights)");
+  if (!r.has_attr(g.get(), "step"))
+    throw IoError("checkpoint " + path + ": /optimizer has no attribute 'step'");
+  const int64_t step = r.int_attr(g.get(), "step");
+  if (opt.exp_avg().base()) {
+    const std::string hint = " (the checkpoint has no AdamW moments; was it written with SGD?)";
+    H5Id m = r.group(g.get(), "exp_avg", "no /optimizer/exp_avg group" + hint);
+    H5Id v = r.group(g.get(), "exp_avg_sq", "no /optimizer/exp_avg_sq group" + hint);
+    load_tensors(r, m.get(), "/optimizer/exp_avg", model.backend(), opt.exp_avg());
+    load_tensors(r, v.get(), "/optimizer/exp_avg_sq", model.backend(), opt.exp_avg_sq());
+  }
+  opt.set_steps_taken(step);
+}
+
+// ---- run-dir helpers -------------------------------------------------------
+
+std::string checkpoint_path(const std::string& run_dir, int64_t step) {
+  char name[64];
+  std::snprintf(name, sizeof(name), "step_%08lld.h5", static_cast<long long>(step));
+  return (fs::path(run_dir) / "checkpoints" / name).string();
+}
+
+std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& run_dir) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  const fs::path dir = fs::path(run_dir) / "checkpoints";
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return out;
+  static const std::regex kName(R"(step_(\d+)\.h5)");
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::smatch m;
+    const std::string name = it->path().filename().string();
+    if (!std::regex_match(name, m, kName)) continue;
+    std::error_code fec;
+    if (!it->is_regular_file(fec)) continue;
+    out.emplace_back(std::stoll(m[1].str()), it->path().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void prune_checkpoints(const std::string& run_dir, int keep_last) {
+  const fs::path dir = fs::path(run_dir) / "checkpoints";
+  std::error_code ec;
+  // Stale temporaries from an interrupted save (ours has been renamed by now).
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() > 7 && name.compare(name.size() - 7, 7, ".h5.tmp") == 0) {
+      std::error_code rec;
+      fs::remove(it->path(), rec);
+    }
+  }
+  if (keep_last <= 0) return;
+  auto all = list_checkpoints(run_dir);
+  if (all.size() <= size_t(keep_last)) return;
+  for (size_t i = 0; i + size_t(keep_last) < all.size(); ++i) {
+    std::error_code rec;
+    if (!fs::remove(all[i].second, rec) && rec)
+      log_warn("cannot delete old checkpoint %s: %s", all[i].second.c_str(),
+               rec.message().c_str());
+  }
+}
+
+}  // namespace rt

@@ -1,0 +1,77 @@
+// HDF5 checkpoints (SPEC §8): one file per checkpoint, written atomically
+// (temporary name, flush, fsync, rename, fsync of the directory), in a layout
+// that h5py reads and writes:
+//
+//   /                 attrs format="ringtrain", format_version=1 (int),
+//                           step, tokens_seen (int64), config (string, YAML)
+//   /model/<name>     float32, full shape, chunked + Fletcher32
+//   /optimizer        attrs step (int64), type ("adamw" | "sgd")
+//     exp_avg/<name>, exp_avg_sq/<name>   (AdamW only)
+//   /trainer          attr state (string, JSON from the trainer)
+//
+// Parameter names are SPEC §3's. Files are world-size independent: every
+// tensor is stored whole. Errors: a missing, truncated or corrupt file, or a
+// failed write, is an IoError (exit 3) naming the file and dataset; a file
+// that does not fit the model's config is a UsageError (exit 2) naming both
+// shapes.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/llama.h"
+#include "trainer/optimizer.h"
+
+namespace rt {
+
+constexpr int kCheckpointFormatVersion = 1;
+
+struct CheckpointMeta {
+  int64_t step = 0;
+  int64_t tokens_seen = 0;
+  std::string config_yaml;          // root attribute `config`
+  int format_version = kCheckpointFormatVersion;  // as read; writing always uses 1
+  bool has_optimizer = false;       // as read: the file has /optimizer
+  std::string trainer_state_json;   // /trainer attribute `state` ("" when absent)
+};
+
+// Writes `path` atomically via `path + ".tmp"`; creates the parent directory
+// if needed. opt may be null (weights-only file). meta.format_version and
+// meta.has_optimizer are ignored. On failure the temporary file is removed,
+// an existing file at `path` is untouched, and IoError names the path and the
+// reason (e.g. "No space left on device").
+void save_checkpoint(const std::string& path, LlamaModel& model, Optimizer* opt,
+                     const CheckpointMeta& meta);
+
+// Root attributes and trainer state. Integer attributes of any width and
+// variable- or fixed-length strings are accepted (h5py writes either).
+// `step` and `tokens_seen` default to 0 when absent (hand-made weights-only
+// files); `format`, `format_version` and `config` are required.
+CheckpointMeta read_checkpoint_meta(const std::string& path);
+
+// /model/<name> -> model.params() for every parameter spec. Every shape is
+// checked before any data is read: a missing dataset, another shape or an
+// extra dataset is a UsageError listing all of them. float32 and float64
+// datasets load (converted to float). A checksum or read failure is an
+// IoError naming the dataset.
+void load_model_weights(const std::string& path, LlamaModel& model);
+
+// AdamW moments (when opt has them) and the step count from /optimizer.
+// model is the one opt updates (its backend owns the moment buffers).
+// IoError when the file has no optimizer state (or no moments for AdamW);
+// UsageError when a moment's shape does not match.
+void load_optimizer_state(const std::string& path, LlamaModel& model, Optimizer& opt);
+
+// ---- run-dir helpers -------------------------------------------------------
+// RUN_DIR/checkpoints/step_00001000.h5
+std::string checkpoint_path(const std::string& run_dir, int64_t step);
+// Complete checkpoints (step_<digits>.h5; *.tmp ignored), oldest first.
+std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& run_dir);
+// Deletes all but the keep_last newest checkpoints (keep_last <= 0 keeps all)
+// and stale *.h5.tmp files. Call only after a successful save; never deletes
+// the newest. Failures to delete are warnings.
+void prune_checkpoints(const std::string& run_dir, int keep_last);
+
+}  // namespace rt
