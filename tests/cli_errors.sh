@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Bad input through the CLI: each case must exit with the SPEC §1 code and
+# print a message that names the problem.
+# usage: cli_errors.sh RINGTRAIN SOURCE_DIR
+set -uo pipefail
+bin=$1
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+failures=0
+# expect CODE PATTERN -- command...
+expect() {
+  local code=$1 pattern=$2
+  shift 3
+  "$@" > out.txt 2>&1
+  local got=$?
+  if [ "$got" != "$code" ] || ! grep -qE -- "$pattern" out.txt; then
+    echo "FAIL: '$*' exited $got (want $code), output must match /$pattern/:" >&2
+    sed 's/^/    /' out.txt >&2
+    failures=$((failures + 1))
+  fi
+}
+
+cat > ok.yaml <<YAML
+run: {name: e, dir: $work/run, seed: 1}
+model: {vocab_size: 256, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+        num_attention_heads: 2}
+data: {train: {synthetic: passkey}}
+train: {seq_len: 256, micro_batch_size: 1, global_batch_size: 2, max_steps: 3,
+        schedule: {type: constant, warmup_steps: 0}}
+checkpoint: {every_steps: 0}
+YAML
+sed 's/hidden_size: 32/hiden_size: 32/' ok.yaml > typo.yaml
+printf 'run: {name: x\nmodel: [1, 2\n' > syntax.yaml
+printf 'not a token file' > bad.bin
+printf 'garbage' > bad.h5
+
+expect 2 "usage|Usage|required" -- $bin
+expect 2 "typo.yaml:2.*hiden_size.*did you mean.*hidden_size" -- $bin train typo.yaml
+expect 2 "syntax.yaml" -- $bin train syntax.yaml
+expect 2 "missing.yaml" -- $bin train missing.yaml
+expect 2 "train.optimizer.lr" -- $bin train ok.yaml --set train.optimizer.lr=-1
+expect 2 "model.positon.*did you mean.*position" -- $bin train ok.yaml --set model.positon=alibi
+expect 2 "global_batch_size.*micro_batch_size" -- $bin train ok.yaml --set train.micro_batch_size=4 --set train.global_batch_size=6
+expect 2 "data_parallel\(2\) \* context_parallel\(1\) != world size\(1\)" -- $bin train ok.yaml --set parallel.data_parallel=2
+expect 2 "bad.bin" -- $bin train ok.yaml --set data.train=$work/bad.bin
+expect 2 "bad.h5" -- $bin train ok.yaml --set data.train=$work/bad.h5
+expect 3 "nope.txt" -- $bin train ok.yaml --set data.train=$work/nope.txt
+expect 3 "missing_ckpt.h5" -- $bin eval missing_ckpt.h5
+expect 2 "--seq-lens" -- $bin eval ok.yaml --seq-lens 12,abc
+expect 2 "steps" -- $bin bench ok.yaml --steps 0
+expect 2 "cuda" -- $bin train ok.yaml --set parallel.device=cuda
+expect 3 "cannot create directory|cannot open|cannot write" -- $bin train ok.yaml --set run.dir=/proc/ringtrain_run
+expect 4 "non-finite|diverged" -- $bin train ok.yaml --set train.optimizer.lr=1.0e30 --set train.grad_clip=0
+expect 2 "tokenizer" -- $bin data prepare ok.yaml --out x.h5 --tokenizer sentencepiece
+expect 2 "\.json|extension|\.h5" -- $bin data prepare ok.yaml --out x.json
+
+if [ "$failures" -ne 0 ]; then echo "cli_errors: $failures case(s) failed" >&2; exit 1; fi
+echo "cli_errors: all cases passed"
