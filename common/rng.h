@@ -26,14 +26,28 @@ inline uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b = 0) {
   return splitmix64(s);
 }
 
+// Uniform double in [0, 1) from the top 53 bits of a hash.
+inline double unit_double(uint64_t h) { return double(h >> 11) * 0x1.0p-53; }
+
+// Stream ids, so that the draws of different purposes never coincide.
+inline constexpr uint64_t kStreamPasskey = 0x7061737300000001ull;  // passkey digits
+inline constexpr uint64_t kStreamDepth = 0x6465707400000002ull;    // needle depth
+inline constexpr uint64_t kStreamShuffle = 0x7368756600000003ull;  // epoch permutation
+
 class Rng {
  public:
   explicit Rng(uint64_t seed) : state_(seed) {}
   uint64_t next_u64() { return splitmix64(state_); }
   // uniform in [0, 1) with 53 random bits
-  double uniform() { return double(next_u64() >> 11) * 0x1.0p-53; }
-  // uniform integer in [0, n)
-  uint64_t below(uint64_t n) { return n ? next_u64() % n : 0; }
+  double uniform() { return unit_double(next_u64()); }
+  // uniform integer in [0, n), n >= 1, without modulo bias (rejection)
+  uint64_t below(uint64_t n) {
+    const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
+    uint64_t x;
+    do x = next_u64();
+    while (x >= limit);
+    return x % n;
+  }
   // standard normal (Box–Muller, one value per call for simplicity)
   double normal() {
     double u1 = uniform();

@@ -5,7 +5,7 @@
 #include <utility>
 
 #include "common/errors.h"
-#include "data/seed_hash.h"
+#include "common/rng.h"
 #include "data/synthetic.h"
 
 namespace rt {
@@ -87,7 +87,7 @@ class PasskeySource : public SequenceSource {
     RT_CHECK(0 <= begin && begin <= end && end <= T, "bad [begin, end) range");
     const double depth =
         depth_ ? *depth_
-               : data_rng::to_unit(data_rng::hash3(seed_, data_rng::kStreamDepth, uint64_t(index)));
+               : unit_double(mix_seed(seed_, kStreamDepth, uint64_t(index)));
     const PasskeySample s = make_passkey_sample(T + 1, depth, seed_, index);
     const auto* bytes = reinterpret_cast<const unsigned char*>(s.text.data());
     for (int64_t k = 0; k < end - begin; ++k) {
@@ -157,7 +157,7 @@ const std::vector<int64_t>& SequenceOrder::perm(int64_t epoch) const {
   if (epoch != cached_epoch_) {
     cached_perm_.resize(size_t(n_));
     std::iota(cached_perm_.begin(), cached_perm_.end(), int64_t(0));
-    data_rng::SplitMix64 rng(data_rng::hash3(seed_, data_rng::kStreamShuffle, uint64_t(epoch)));
+    Rng rng(mix_seed(seed_, kStreamShuffle, uint64_t(epoch)));
     for (int64_t i = n_ - 1; i > 0; --i) {
       const int64_t k = int64_t(rng.below(uint64_t(i) + 1));
       std::swap(cached_perm_[size_t(i)], cached_perm_[size_t(k)]);

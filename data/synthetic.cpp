@@ -10,7 +10,7 @@
 #include <cstdlib>
 
 #include "common/errors.h"
-#include "data/seed_hash.h"
+#include "common/rng.h"
 
 namespace rt {
 namespace {
@@ -51,7 +51,7 @@ PasskeySample make_passkey_sample(int64_t length, double depth, uint64_t seed, i
     throw UsageError("passkey: depth " + std::to_string(depth) + " must be in [0, 1]");
 
   PasskeySample s;
-  const uint64_t h = data_rng::hash3(seed, data_rng::kStreamPasskey, uint64_t(index));
+  const uint64_t h = mix_seed(seed, kStreamPasskey, uint64_t(index));
   s.passkey = std::to_string(10000 + h % 90000);
 
   const size_t region = size_t(length) - size_t(passkey_min_length());
