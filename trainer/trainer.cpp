@@ -8,6 +8,9 @@
 #include "common/errors.h"
 #include "common/log.h"
 #include "trainer/checkpoint.h"
+#ifdef RINGTRAIN_HAVE_CUDA
+#include "model/cuda/device_info.h"
+#endif
 
 namespace rt {
 
@@ -23,6 +26,12 @@ void make_dirs(const std::string& path) {
 }
 
 std::unique_ptr<Backend> make_backend(const std::string& device) {
+#ifdef RINGTRAIN_HAVE_CUDA
+  if (device == "auto" && cuda::device_count() > 0)
+    log_warn("found CUDA device %s, but the CUDA training backend is not implemented yet; "
+             "training on the CPU",
+             cuda::device_name(0).c_str());
+#endif
   if (device == "cuda")
     throw UsageError(
         "parallel.device: cuda is not available in this build yet (the CUDA training backend "
