@@ -33,6 +33,7 @@ struct Case {
   int heads, kv_heads;
   bool tied;
 };
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 // max |a - b| / max |b|  (relative to the reference's scale)
 double rel_err(const float* a, const std::vector<double>& b) {

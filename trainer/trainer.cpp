@@ -56,9 +56,10 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
   optimizer_ = std::make_unique<Optimizer>(cfg_.train.optimizer, *model_);
   model_->plan_activations(cfg_.train.micro_batch_size, int(cfg_.train.seq_len),
                            cfg_.train.activation_checkpointing);
-  log_info("model: %lld parameters (%s), optimizer state %s, device %s",
+  log_info("model: %lld parameters (%s), gradients %s, optimizer state %s, device %s",
            (long long)model_->num_params(),
            format_bytes(double(model_->params().bytes())).c_str(),
+           format_bytes(double(model_->grads().bytes())).c_str(),
            format_bytes(double(optimizer_->exp_avg().bytes() + optimizer_->exp_avg_sq().bytes()))
                .c_str(),
            device_name(backend_->device()));
