@@ -1,5 +1,7 @@
-// Rotary position tables (SPEC §4.1). Kept apart from attention so the
-// scaling family (SPEC §4.2) can grow here without touching the model.
+// Rotary position tables (SPEC §4.1) and the rope_scaling family (SPEC §4.2:
+// linear, ntk, dynamic, yarn, llama3, longrope — HF rope_scaling semantics,
+// computed in double). Kept apart from attention so the model only sees
+// finished cos/sin tables.
 #pragma once
 
 #include <cstdint>
@@ -9,8 +11,6 @@
 
 namespace rt {
 
-
-
 struct RopeTables {
   int half = 0;            // head_dim / 2
   int64_t pos_begin = 0;   // global position of row 0
@@ -18,10 +18,17 @@ struct RopeTables {
   std::vector<float> sin;
 };
 
-// inv_freq (head_dim/2) for the config at a global sequence length
-// seq_len (only dynamic scaling depends on it). Computed in double.
+// inv_freq (head_dim/2) for the config at a global sequence length seq_len
+// (the whole sequence's length, not a shard's). Only dynamic (base grows
+// once seq_len > original_max_position_embeddings) and longrope (long_factor
+// once seq_len > original_max_position_embeddings, else short_factor) depend
+// on it. Without rope_scaling: 1 / theta^(2i/head_dim). Computed in double.
+// Expects a validated config (trainer/config.cpp): original length resolved,
+// longrope factor lists of head_dim/2 entries.
 std::vector<double> rope_inv_freq(const ModelConfig& m, int64_t seq_len);
-// cos/sin multiplier (1 unless the scaling type sets one).
+// cos/sin multiplier: yarn (attention_factor, else mscale rules) and
+// longrope (attention_factor, else sqrt(1 + ln s / ln L) for s > 1); 1 for
+// every other type and without rope_scaling. Independent of seq_len.
 double rope_attention_factor(const ModelConfig& m);
 
 // Tables for global positions [pos_begin, pos_begin + n): angle computed in

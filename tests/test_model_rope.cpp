@@ -1,15 +1,13 @@
 // RoPE tables (model/rope.cpp, SPEC §4.1): inv_freq formula, precision at
-// 1M-token positions, the relative-position property, and the not-yet-
-// implemented rope_scaling error.
+// 1M-token positions, the relative-position property. The rope_scaling
+// family (SPEC §4.2) is tested in test_model_rope_scaling.cpp.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
 #include <random>
-#include <string>
 #include <vector>
 
-#include "common/errors.h"
 #include "model/rope.h"
 
 namespace {
@@ -104,19 +102,6 @@ TEST(Rope, ScoresDependOnlyOnRelativePosition) {
   }
   // and the rotation preserves norms (cos^2 + sin^2 = 1 in fp32)
   EXPECT_NEAR(dot(rotate(q, t, 4321), rotate(q, t, 4321)), dot(q, q), 1e-5);
-}
-
-TEST(Rope, ScalingNotImplementedYetIsAUsageError) {
-  auto m = cfg(64);
-  m.rope_scaling = rt::RopeScalingConfig{};
-  m.rope_scaling->rope_type = "yarn";
-  try {
-    rt::make_rope_tables(m, 100, 0, 10);
-    FAIL() << "expected UsageError";
-  } catch (const rt::UsageError& e) {
-    EXPECT_EQ(std::string(e.what()), "model.rope_scaling: rope_type 'yarn' is not implemented yet");
-  }
-  EXPECT_THROW(rt::rope_inv_freq(m, 100), rt::UsageError);
 }
 
 }  // namespace
