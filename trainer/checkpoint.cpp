@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <regex>
@@ -199,6 +200,19 @@ int fsync_path(const std::string& path, int flags) {
   return err;
 }
 
+// RINGTRAIN_TEST_DIE_BEFORE_RENAME=N: the N-th save of this process dies
+// here, as a kill -9 would (no destructors, no cleanup of the .tmp file).
+void die_before_rename_if_testing(const std::string& tmp) {
+  static int saves = 0;
+  ++saves;
+  const char* v = std::getenv("RINGTRAIN_TEST_DIE_BEFORE_RENAME");
+  if (!v || std::atoi(v) != saves) return;
+  std::fprintf(stderr, "RINGTRAIN_TEST_DIE_BEFORE_RENAME=%s: dying before renaming %s\n", v,
+               tmp.c_str());
+  std::fflush(stderr);
+  ::_exit(137);
+}
+
 // ---- reading ---------------------------------------------------------------
 
 // An opened checkpoint: checks the file exists and is HDF5, and turns every
@@ -366,11 +380,15 @@ void check_format(const CheckpointReader& r) {
 // Loads every tensor of `arena` from `group` (path `group_path`). All shapes
 // are checked first, so a mismatch leaves the arena untouched.
 void load_tensors(const CheckpointReader& r, hid_t group, const std::string& group_path,
-                  Backend& be, Arena& arena) {
+                  Backend& be, Arena& arena, const std::vector<std::string>& optional = {}) {
+  auto is_optional = [&](const std::string& name) {
+    return std::find(optional.begin(), optional.end(), name) != optional.end();
+  };
   std::vector<std::string> problems;
   for (const TensorSpec& s : arena.specs()) {
     const std::string where = group_path + "/" + s.name;
     if (!r.exists(group, s.name)) {
+      if (is_optional(s.name)) continue;
       problems.push_back(where + " is missing, the config expects " + shape_str(s.shape));
       continue;
     }
@@ -381,7 +399,7 @@ void load_tensors(const CheckpointReader& r, hid_t group, const std::string& gro
   }
   std::vector<std::string> extra;
   for (const std::string& name : r.link_names(group))
-    if (!arena.has(name)) extra.push_back(name);
+    if (!arena.has(name) && !is_optional(name)) extra.push_back(name);
   if (!extra.empty()) {
     std::string list;
     for (size_t i = 0; i < extra.size(); ++i) list += (i ? ", " : "") + extra[i];
@@ -395,6 +413,7 @@ void load_tensors(const CheckpointReader& r, hid_t group, const std::string& gro
   }
   std::vector<float> host;
   for (const TensorSpec& s : arena.specs()) {
+    if (is_optional(s.name) && !r.exists(group, s.name)) continue;
     host.assign(s.numel, 0.f);
     r.read_floats(group, s.name, group_path + "/" + s.name, host);
     if (s.numel) be.copy_to_device(arena.base() + s.offset, host.data(), s.numel * sizeof(float));
@@ -451,6 +470,7 @@ void save_checkpoint(const std::string& path, LlamaModel& model, Optimizer* opt,
     }
     if (int err = fsync_path(tmp, O_RDONLY))
       throw IoError("checkpoint " + tmp + ": fsync failed: " + std::strerror(err));
+    die_before_rename_if_testing(tmp);
     if (std::rename(tmp.c_str(), path.c_str()) != 0) {
       int err = errno;
       throw IoError("checkpoint " + path + ": cannot rename " + tmp + " to it: " +
@@ -481,6 +501,10 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
                   ": not a ringtrain checkpoint (missing attribute 'config')");
   meta.config_yaml = r.string_attr(r.file(), "config");
   meta.has_optimizer = r.exists(r.file(), "optimizer");
+  if (meta.has_optimizer) {
+    H5Id g = r.group(r.file(), "optimizer", "no /optimizer group");
+    if (r.has_attr(g.get(), "type")) meta.optimizer_type = r.string_attr(g.get(), "type");
+  }
   if (r.exists(r.file(), "trainer")) {
     H5Id g = r.group(r.file(), "trainer", "no /trainer group");
     if (r.has_attr(g.get(), "state")) meta.trainer_state_json = r.string_attr(g.get(), "state");
@@ -488,11 +512,12 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
   return meta;
 }
 
-void load_model_weights(const std::string& path, LlamaModel& model) {
+void load_model_weights(const std::string& path, LlamaModel& model,
+                        const std::vector<std::string>& optional) {
   CheckpointReader r(path);
   check_format(r);
   H5Id g = r.group(r.file(), "model", "no /model group (not a complete checkpoint)");
-  load_tensors(r, g.get(), "/model", model.backend(), model.params());
+  load_tensors(r, g.get(), "/model", model.backend(), model.params(), optional);
 }
 
 void load_optimizer_state(const std::string& path, LlamaModel& model, Optimizer& opt) {
@@ -512,6 +537,52 @@ void load_optimizer_state(const std::string& path, LlamaModel& model, Optimizer&
     load_tensors(r, v.get(), "/optimizer/exp_avg_sq", model.backend(), opt.exp_avg_sq());
   }
   opt.set_steps_taken(step);
+}
+
+CheckpointContents inspect_checkpoint(const std::string& path) {
+  CheckpointContents c;
+  c.meta = read_checkpoint_meta(path);
+  CheckpointReader r(path);
+  std::vector<float> host;
+  // Reads every float dataset of a group (checksums verified), recording shapes.
+  auto read_group = [&](hid_t g, const std::string& group_path,
+                        std::vector<CheckpointTensorInfo>* infos) {
+    int64_t n = 0;
+    for (const std::string& name : r.link_names(g)) {
+      const std::string where = group_path + "/" + name;
+      H5O_info_t oinfo;
+      if (H5Oget_info_by_name2(g, name.c_str(), &oinfo, H5O_INFO_BASIC, H5P_DEFAULT) < 0)
+        r.fail("cannot read object " + where);
+      if (oinfo.type != H5O_TYPE_DATASET) continue;
+      CheckpointTensorInfo t;
+      t.name = name;
+      t.shape = r.dataset_shape(g, name, where);
+      t.numel = 1;
+      for (int64_t d : t.shape) t.numel *= d;
+      host.assign(size_t(t.numel), 0.f);
+      r.read_floats(g, name, where, host);
+      if (infos) infos->push_back(t);
+      ++n;
+    }
+    return n;
+  };
+  {
+    H5Id g = r.group(r.file(), "model", "no /model group (not a complete checkpoint)");
+    read_group(g.get(), "/model", &c.model);
+  }
+  if (r.exists(r.file(), "optimizer")) {
+    H5Id g = r.group(r.file(), "optimizer", "no /optimizer group");
+    c.optimizer_type = r.has_attr(g.get(), "type") ? r.string_attr(g.get(), "type") : "unknown";
+    c.optimizer_step = r.has_attr(g.get(), "step") ? r.int_attr(g.get(), "step") : 0;
+    for (const char* sub : {"exp_avg", "exp_avg_sq"})
+      if (r.exists(g.get(), sub)) {
+        H5Id m = r.group(g.get(), sub, "");
+        c.optimizer_tensors += read_group(m.get(), std::string("/optimizer/") + sub, nullptr);
+      }
+  }
+  std::error_code ec;
+  c.file_bytes = int64_t(fs::file_size(path, ec));
+  return c;
 }
 
 // ---- run-dir helpers -------------------------------------------------------

@@ -34,11 +34,15 @@ struct CheckpointMeta {
   std::string config_yaml;          // root attribute `config`
   int format_version = kCheckpointFormatVersion;  // as read; writing always uses 1
   bool has_optimizer = false;       // as read: the file has /optimizer
+  std::string optimizer_type;       // as read: /optimizer attribute `type` ("" when absent)
   std::string trainer_state_json;   // /trainer attribute `state` ("" when absent)
 };
 
 // Writes `path` atomically via `path + ".tmp"`; creates the parent directory
-// if needed. opt may be null (weights-only file). meta.format_version and
+// if needed. Test hook: with RINGTRAIN_TEST_DIE_BEFORE_RENAME=N in the
+// environment, the N-th save of the process calls _exit(137) after the
+// temporary file is written and fsynced, before the rename (a kill -9 at the
+// worst moment). opt may be null (weights-only file). meta.format_version and
 // meta.has_optimizer are ignored. On failure the temporary file is removed,
 // an existing file at `path` is untouched, and IoError names the path and the
 // reason (e.g. "No space left on device").
@@ -55,14 +59,35 @@ CheckpointMeta read_checkpoint_meta(const std::string& path);
 // checked before any data is read: a missing dataset, another shape or an
 // extra dataset is a UsageError listing all of them. float32 and float64
 // datasets load (converted to float). A checksum or read failure is an
-// IoError naming the dataset.
-void load_model_weights(const std::string& path, LlamaModel& model);
+// IoError naming the dataset. Parameters named in `optional` may be absent
+// from the file (they keep their current values) or present in the file
+// without the model having them (ignored): init_from into a model that adds
+// or drops memory embeddings.
+void load_model_weights(const std::string& path, LlamaModel& model,
+                        const std::vector<std::string>& optional = {});
 
 // AdamW moments (when opt has them) and the step count from /optimizer.
 // model is the one opt updates (its backend owns the moment buffers).
 // IoError when the file has no optimizer state (or no moments for AdamW);
 // UsageError when a moment's shape does not match.
 void load_optimizer_state(const std::string& path, LlamaModel& model, Optimizer& opt);
+
+// What `ringtrain inspect` shows. Reading it verifies every dataset's
+// checksum, so a corrupt file is an IoError naming the dataset.
+struct CheckpointTensorInfo {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t numel = 0;
+};
+struct CheckpointContents {
+  CheckpointMeta meta;
+  std::vector<CheckpointTensorInfo> model;  // /model, sorted by name
+  std::string optimizer_type;               // "" when there is no /optimizer
+  int64_t optimizer_step = 0;
+  int64_t optimizer_tensors = 0;            // datasets under /optimizer
+  int64_t file_bytes = 0;
+};
+CheckpointContents inspect_checkpoint(const std::string& path);
 
 // ---- run-dir helpers -------------------------------------------------------
 // RUN_DIR/checkpoints/step_00001000.h5

@@ -1014,4 +1014,46 @@ std::string model_config_to_yaml(const ModelConfig& m) {
   return w.str();
 }
 
+ModelConfig parse_model_config(const std::string& yaml_text, const std::string& path) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::ParserException& e) {
+    throw UsageError(path + ":" + std::to_string(e.mark.line + 1) + ":" +
+                     std::to_string(e.mark.column + 1) + ": invalid YAML: " + e.msg);
+  }
+  Origins origins(path);
+  if (!root.IsDefined() || root.IsNull()) return ModelConfig{};
+  if (!root.IsMap())
+    origins.fail("", "expected a config mapping with a model: section, got " + describe(root));
+  YAML::Node model = root["model"];
+  if (!model.IsDefined() || model.IsNull()) return ModelConfig{};
+  return read_model(origins, model);
+}
+
+std::vector<ModelKeyDifference> model_config_differences(const ModelConfig& a,
+                                                         const ModelConfig& b) {
+  // Both through the writer, so every resolved key is compared in one place.
+  const YAML::Node ya = YAML::Load(model_config_to_yaml(a))["model"];
+  const YAML::Node yb = YAML::Load(model_config_to_yaml(b))["model"];
+  auto text = [](const YAML::Node& n) {
+    if (!n.IsDefined() || n.IsNull()) return std::string("null");
+    YAML::Emitter e;
+    e << YAML::Flow << n;
+    return std::string(e.c_str());
+  };
+  std::vector<std::string> keys;
+  for (const YAML::Node* m : {&ya, &yb})
+    for (const auto& kv : *m) {
+      std::string k = kv.first.as<std::string>();
+      if (!contains(keys, k)) keys.push_back(k);
+    }
+  std::vector<ModelKeyDifference> out;
+  for (const std::string& k : keys) {
+    std::string ta = text(ya[k]), tb = text(yb[k]);
+    if (ta != tb) out.push_back({k, ta, tb});
+  }
+  return out;
+}
+
 }  // namespace rt

@@ -119,4 +119,18 @@ std::string config_to_yaml(const Config& cfg);
 // Model section only, resolved (stored in checkpoints, used by init_from).
 std::string model_config_to_yaml(const ModelConfig& m);
 
+// The `model:` section of a config text (a checkpoint's `config` attribute),
+// validated like a file's; other sections are ignored, a missing one means
+// all defaults. UsageError names `path` and the key.
+ModelConfig parse_model_config(const std::string& yaml_text, const std::string& path);
+
+// One model key whose resolved values differ ("hidden_size", "256", "128");
+// nested sections (rope_scaling, memory) compare as a whole, in flow YAML.
+struct ModelKeyDifference {
+  std::string key;
+  std::string a, b;
+};
+std::vector<ModelKeyDifference> model_config_differences(const ModelConfig& a,
+                                                         const ModelConfig& b);
+
 }  // namespace rt

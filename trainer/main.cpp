@@ -6,6 +6,7 @@
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -36,7 +37,16 @@ Config load_validated(const std::string& path, const std::vector<std::string>& o
 int cmd_train(const std::string& config, const std::vector<std::string>& overrides) {
   Config cfg = load_validated(config, overrides);
   Trainer trainer(cfg, {});
+  install_stop_signal_handlers();
   trainer.fit();
+  if (int sig = trainer.stopped_by_signal()) {
+    // Like torchtitan: a requested stop that saved cleanly is a success.
+    log_info("stopped by %s at step %lld; checkpoint saved in %s/checkpoints; run the same "
+             "command again to resume",
+             sig == SIGINT ? "SIGINT" : "SIGTERM", (long long)trainer.step(),
+             trainer.run_dir().c_str());
+    return kExitOk;
+  }
   log_info("done: %lld steps, %lld tokens; run dir %s", (long long)trainer.step(),
            (long long)trainer.tokens_seen(), trainer.run_dir().c_str());
   return kExitOk;
@@ -113,6 +123,47 @@ std::vector<int64_t> parse_int_list(const std::string& s, const std::string& opt
   }
   if (out.empty()) throw UsageError(opt + " needs at least one length, e.g. 256,512");
   return out;
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Prints what a checkpoint holds; reading it verifies every checksum.
+int cmd_inspect(const std::string& path) {
+  CheckpointContents c = inspect_checkpoint(path);
+  std::printf("checkpoint: %s\n", path.c_str());
+  std::printf("file size: %lld bytes (%s)\n", (long long)c.file_bytes,
+              format_bytes(double(c.file_bytes)).c_str());
+  std::printf("format_version: %d\n", c.meta.format_version);
+  std::printf("step: %lld\n", (long long)c.meta.step);
+  std::printf("tokens seen: %lld\n", (long long)c.meta.tokens_seen);
+  if (c.optimizer_type.empty())
+    std::printf("optimizer state: none (weights only: usable for eval and init_from, not for "
+                "resuming)\n");
+  else
+    std::printf("optimizer state: %s, step %lld, %lld moment tensors\n",
+                c.optimizer_type.c_str(), (long long)c.optimizer_step,
+                (long long)c.optimizer_tensors);
+  size_t width = 4;
+  for (const auto& t : c.model) width = std::max(width, t.name.size());
+  std::printf("\nparameters:\n%-*s  %-16s  %12s\n", int(width), "name", "shape", "numel");
+  int64_t total = 0;
+  for (const auto& t : c.model) {
+    std::printf("%-*s  %-16s  %12lld\n", int(width), t.name.c_str(), shape_text(t.shape).c_str(),
+                (long long)t.numel);
+    total += t.numel;
+  }
+  std::printf("total parameters: %lld (%lld tensors, %s as float32)\n", (long long)total,
+              (long long)c.model.size(), format_bytes(double(total) * 4).c_str());
+  std::printf("checksums: ok\n");
+  std::printf("\nconfig:\n%s", c.meta.config_yaml.c_str());
+  if (!c.meta.config_yaml.empty() && c.meta.config_yaml.back() != '\n') std::printf("\n");
+  if (!c.meta.trainer_state_json.empty())
+    std::printf("\ntrainer state: %s\n", c.meta.trainer_state_json.c_str());
+  return kExitOk;
 }
 
 struct EvalOptions {
@@ -211,7 +262,11 @@ int run(int argc, char** argv) {
   std::vector<std::string> overrides;
   std::string config;
 
-  auto* train = app.add_subcommand("train", "Train or fine-tune from a YAML config");
+  auto* train = app.add_subcommand(
+      "train",
+      "Train or fine-tune from a YAML config. Resumes from the newest usable checkpoint in the "
+      "run dir (else starts from checkpoint.init_from's weights, if set). SIGINT/SIGTERM: "
+      "finish the current step, save a checkpoint, exit 0");
   train->add_option("config", config, "config YAML")->required();
   train->add_option("--set", overrides, "override a config key: --set train.optimizer.lr=1e-4")
       ->take_all();
@@ -237,6 +292,13 @@ int run(int argc, char** argv) {
   bench->add_option("--steps", steps, "timed steps (default 5)");
   bench->add_option("--warmup", warmup, "untimed warm-up steps (default 1)");
 
+  std::string inspect_path;
+  auto* inspect = app.add_subcommand(
+      "inspect",
+      "Print a checkpoint's step, tokens seen, parameter table, optimizer state, file size and "
+      "config; verifies every checksum (exit 3 naming the dataset if one fails)");
+  inspect->add_option("checkpoint", inspect_path, "CKPT.h5")->required();
+
   auto* data = app.add_subcommand("data", "Data tools");
   data->require_subcommand(1);
   std::vector<std::string> inputs;
@@ -256,6 +318,7 @@ int run(int argc, char** argv) {
   if (train->parsed()) return cmd_train(config, overrides);
   if (eval->parsed()) return cmd_eval(eo);
   if (bench->parsed()) return cmd_bench(config, overrides, steps, warmup);
+  if (inspect->parsed()) return cmd_inspect(inspect_path);
   if (prepare->parsed()) {
     prepare_token_file(inputs, out, tokenizer);
     TokenData d = read_token_file(out);

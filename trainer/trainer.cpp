@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "common/errors.h"
 #include "common/log.h"
@@ -16,6 +18,48 @@ namespace rt {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
+
+namespace {
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal != 0) {  // second Ctrl-C: stop now, the default way
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  g_stop_signal = sig;
+}
+
+// Model keys that set parameter shapes: a run resumes only with equal ones.
+const std::vector<std::string> kShapeKeys = {
+    "vocab_size",          "hidden_size",         "intermediate_size",   "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "head_dim",            "tie_word_embeddings",
+    "memory"};
+// Model keys a weights-only start (init_from) may change (SPEC §4.4).
+const std::vector<std::string> kInitFromMayChange = {
+    "max_position_embeddings", "rope_theta", "rope_scaling", "position", "memory"};
+const char* const kInitFromMayChangeText =
+    "max_position_embeddings, rope_theta, rope_scaling, position, memory";
+
+bool in(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+}  // namespace
+
+void install_stop_signal_handlers() {
+  struct sigaction sa = {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+int stop_signal_received() { return int(g_stop_signal); }
+void clear_stop_signal() { g_stop_signal = 0; }
 
 void make_dirs(const std::string& path) {
   std::error_code ec;
@@ -68,13 +112,172 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
            cfg_.data.shuffle ? ", shuffled" : "");
 
   if (opt_.write_outputs) {
+    resume_or_init();
     make_dirs(cfg_.run.dir);
     std::ofstream f(cfg_.run.dir + "/config.yaml");
     f << config_to_yaml(cfg_);
     if (!f) throw IoError("cannot write " + cfg_.run.dir + "/config.yaml");
     metrics_ = std::make_unique<MetricsWriter>(cfg_.run.dir + "/metrics.jsonl");
     log_info("run dir: %s", cfg_.run.dir.c_str());
+    if (!resumed_from_.empty())
+      metrics_->write({{"type", "resume"}, {"step", step_}, {"checkpoint", resumed_from_}});
   }
+}
+
+// ---- resume and init_from ----------------------------------------------------
+
+void Trainer::resume_or_init() {
+  const auto found = list_checkpoints(cfg_.run.dir);
+  if (found.empty()) {
+    if (!cfg_.checkpoint.init_from.empty()) init_from(cfg_.checkpoint.init_from);
+    return;
+  }
+  std::vector<std::string> unusable, problems;
+  for (auto it = found.rbegin(); it != found.rend(); ++it) {
+    const std::string& path = it->second;
+    try {
+      restore_from(path);
+    } catch (const IoError& e) {
+      // Corrupt, truncated or incomplete: loud, then the previous one.
+      log_warn("checkpoint %s is unusable: %s", path.c_str(), e.what());
+      unusable.push_back(path);
+      problems.push_back(e.what());
+      continue;
+    }
+    log_info("resuming from %s (step %lld)", path.c_str(), (long long)step_);
+    resumed_from_ = path;
+    // Out of the way, so that pruning and the next resume ignore them; the
+    // bytes stay for a post-mortem.
+    for (const std::string& bad : unusable) {
+      std::error_code ec;
+      fs::rename(bad, bad + ".corrupt", ec);
+      log_warn("fell back past %s; %s", bad.c_str(),
+               ec ? ("could not rename it: " + ec.message()).c_str()
+                  : ("renamed it to " + bad + ".corrupt").c_str());
+    }
+    if (!cfg_.checkpoint.init_from.empty())
+      log_info("checkpoint.init_from %s is not used: the run dir has its own checkpoints, and "
+               "the run resumes from them",
+               cfg_.checkpoint.init_from.c_str());
+    if (step_ >= cfg_.train.max_steps)
+      log_info("the checkpoint is at step %lld >= train.max_steps %lld: nothing to train (raise "
+               "train.max_steps to continue)",
+               (long long)step_, (long long)cfg_.train.max_steps);
+    return;
+  }
+  std::string msg = "no usable checkpoint in " + cfg_.run.dir + "/checkpoints (" +
+                    std::to_string(found.size()) + " found, all unusable):";
+  for (const std::string& p : problems) msg += "\n  " + p;
+  throw IoError(msg + "\nmove the files away (or set run.dir to a new directory) to start over");
+}
+
+// Restores everything resume needs from one checkpoint. IoError when the
+// file is unusable (the caller falls back); UsageError when the config does
+// not fit it (the user must fix the config).
+void Trainer::restore_from(const std::string& path) {
+  CheckpointMeta meta = read_checkpoint_meta(path);
+  ModelConfig saved;
+  try {
+    saved = parse_model_config(meta.config_yaml, path + ":config");
+  } catch (const UsageError& e) {
+    throw IoError("checkpoint " + path + ": its config attribute does not parse: " + e.what());
+  }
+  std::string shape_diffs;
+  for (const ModelKeyDifference& d : model_config_differences(saved, cfg_.model)) {
+    if (in(kShapeKeys, d.key))
+      shape_diffs += (shape_diffs.empty() ? "" : "; ") + ("model." + d.key + " is " + d.a +
+                                                          " in the checkpoint but " + d.b +
+                                                          " in the config");
+    else
+      log_warn("resuming with model.%s changed from %s (checkpoint) to %s (config)",
+               d.key.c_str(), d.a.c_str(), d.b.c_str());
+  }
+  if (!shape_diffs.empty())
+    throw UsageError("cannot resume from " + path + ": " + shape_diffs +
+                     ". A run resumes only with the model shape it was trained with: restore "
+                     "those keys, or train in a new run.dir (checkpoint.init_from starts a new "
+                     "run from a checkpoint's weights)");
+  if (!meta.has_optimizer)
+    throw IoError("checkpoint " + path +
+                  ": no /optimizer group, so it cannot resume training (a weights-only file "
+                  "belongs in checkpoint.init_from, not in the run's checkpoints directory)");
+  if (!meta.optimizer_type.empty() && meta.optimizer_type != cfg_.train.optimizer.type)
+    throw UsageError("cannot resume from " + path + ": it was trained with train.optimizer.type " +
+                     meta.optimizer_type + " but the config says " +
+                     cfg_.train.optimizer.type + "; restore the optimizer type, or train in a "
+                     "new run.dir with checkpoint.init_from: " + path);
+
+  // Verifies every checksum while reading: corruption is an IoError here.
+  load_model_weights(path, *model_);
+  load_optimizer_state(path, *model_, *optimizer_);
+
+  // The data order is stateless (a function of seed, step and the data's
+  // sequence count): warn when what it depends on changed.
+  if (!meta.trainer_state_json.empty()) {
+    nlohmann::json st = nlohmann::json::parse(meta.trainer_state_json, nullptr, false);
+    if (st.is_discarded() || !st.is_object())
+      throw IoError("checkpoint " + path + ": /trainer attribute 'state' is not valid JSON");
+    const nlohmann::json d = st.value("data_order", nlohmann::json::object());
+    const nlohmann::json now = {{"num_sequences", order_->num_sequences()},
+                                {"global_batch_size", cfg_.train.global_batch_size},
+                                {"shuffle", cfg_.data.shuffle},
+                                {"seed", cfg_.run.seed}};
+    for (const auto& [k, v] : now.items())
+      if (d.contains(k) && d[k] != v)
+        log_warn("resuming with data order key %s changed from %s to %s: the run will not see "
+                 "the sequences an uninterrupted run would",
+                 k.c_str(), d[k].dump().c_str(), v.dump().c_str());
+  }
+  step_ = meta.step;
+  tokens_seen_ = meta.tokens_seen;
+  last_saved_step_ = step_;
+  nonfinite_streak_ = 0;
+}
+
+// Weights only: optimizer, step and data position start fresh (SPEC §4.4).
+void Trainer::init_from(const std::string& path) {
+  const std::string what = "checkpoint.init_from " + path;
+  CheckpointMeta meta = read_checkpoint_meta(path);
+  ModelConfig saved;
+  try {
+    saved = parse_model_config(meta.config_yaml, path + ":config");
+  } catch (const UsageError& e) {
+    throw UsageError(what + ": the checkpoint's config attribute is not a valid model "
+                            "section: " + e.what());
+  }
+  std::string diffs;
+  for (const ModelKeyDifference& d : model_config_differences(saved, cfg_.model))
+    if (!in(kInitFromMayChange, d.key))
+      diffs += (diffs.empty() ? "" : "; ") +
+               ("model." + d.key + " is " + d.a + " in the checkpoint but " + d.b +
+                " in the config");
+  if (!diffs.empty())
+    throw UsageError(what + ": " + diffs + "; the config may change only " +
+                     kInitFromMayChangeText);
+  load_model_weights(path, *model_, {"model.memory.embeddings"});
+  log_info("init_from %s: loaded weights (step %lld of that run); optimizer, step and data "
+           "position start fresh",
+           path.c_str(), (long long)meta.step);
+}
+
+std::string Trainer::trainer_state_json() const {
+  // Everything resume needs beyond the weights and moments. No RNG stream is
+  // consumed while training (weights come from run.seed at start, the data
+  // order and synthetic data are functions of (seed, step)), so the RNG state
+  // is the seed.
+  nlohmann::json st = {
+      {"step", step_},
+      {"tokens_seen", tokens_seen_},
+      {"data_order",
+       {{"kind", "stateless"},
+        {"next_step", step_},
+        {"num_sequences", order_->num_sequences()},
+        {"global_batch_size", cfg_.train.global_batch_size},
+        {"shuffle", cfg_.data.shuffle},
+        {"seed", cfg_.run.seed}}},
+      {"rng", {{"kind", "stateless"}, {"seed", cfg_.run.seed}}},
+      {"nonfinite_streak", nonfinite_streak_}};
+  return st.dump();
 }
 
 Trainer::~Trainer() = default;
@@ -151,9 +354,12 @@ void Trainer::save_checkpoint_now() {
   meta.step = step_;
   meta.tokens_seen = tokens_seen_;
   meta.config_yaml = config_to_yaml(cfg_);
+  meta.trainer_state_json = trainer_state_json();
   const std::string path = checkpoint_path(cfg_.run.dir, step_);
   const auto t0 = Clock::now();
   save_checkpoint(path, *model_, optimizer_.get(), meta);
+  last_saved_step_ = step_;
+  // Only after the save succeeded; the newest (this one) is always kept.
   prune_checkpoints(cfg_.run.dir, cfg_.checkpoint.keep_last);
   log_info("checkpoint: %s (%.2f s)", path.c_str(),
            std::chrono::duration<double>(Clock::now() - t0).count());
@@ -211,6 +417,13 @@ void Trainer::fit() {
     if (cfg_.eval.every_steps > 0 && step_ % cfg_.eval.every_steps == 0 && !last) run_eval();
     if ((cfg_.checkpoint.every_steps > 0 && step_ % cfg_.checkpoint.every_steps == 0) || last)
       save_checkpoint_now();
+    if (const int sig = stop_signal_received(); sig != 0 && !last) {
+      log_info("received %s: stopping after step %lld", sig == SIGINT ? "SIGINT" : "SIGTERM",
+               (long long)step_);
+      if (last_saved_step_ != step_) save_checkpoint_now();
+      stopped_by_signal_ = sig;
+      return;
+    }
   }
   run_eval();
 }

@@ -1,6 +1,12 @@
 // The training loop: batches from the data order, gradient accumulation over
 // micro-batches up to the global batch, clipping, the non-finite guard, the
 // optimizer step, metrics, periodic evaluation and checkpoints.
+//
+// Start-up (when the trainer writes outputs): resume from the newest usable
+// checkpoint in RUN_DIR/checkpoints (weights, AdamW moments, step,
+// tokens_seen; the data order and learning rate are functions of the step),
+// falling back past unusable ones with a warning; else, when
+// checkpoint.init_from is set, start from that file's weights only.
 #pragma once
 
 #include <chrono>
@@ -40,8 +46,16 @@ class Trainer {
   Trainer(const Config& cfg, Options opt);
   ~Trainer();
 
-  // Trains to max_steps: logs, evaluates and checkpoints on schedule.
+  // Trains to max_steps: logs, evaluates and checkpoints on schedule. Returns
+  // early, after saving a checkpoint, when a stop signal arrived (checked
+  // between steps): see stopped_by_signal().
   void fit();
+  // The signal number that stopped fit() early, 0 when it ran to max_steps.
+  int stopped_by_signal() const { return stopped_by_signal_; }
+  // Writes RUN_DIR/checkpoints/step_N.h5 now and prunes to keep_last.
+  void save_checkpoint_now();
+  // The checkpoint this run resumed from ("" for a fresh start).
+  const std::string& resumed_from() const { return resumed_from_; }
   // One optimizer step over the global batch.
   StepStats train_step();
   // Perplexity at each length on the validation data (else training data).
@@ -56,7 +70,10 @@ class Trainer {
   const std::string& run_dir() const { return cfg_.run.dir; }
 
  private:
-  void save_checkpoint_now();
+  void resume_or_init();
+  void restore_from(const std::string& path);
+  void init_from(const std::string& path);
+  std::string trainer_state_json() const;
 
   Config cfg_;
   Options opt_;
@@ -70,8 +87,18 @@ class Trainer {
   int64_t step_ = 0;
   int64_t tokens_seen_ = 0;
   int nonfinite_streak_ = 0;
+  int64_t last_saved_step_ = -1;
+  int stopped_by_signal_ = 0;
+  std::string resumed_from_;
   std::vector<int32_t> inputs_, targets_;
 };
+
+// SIGINT/SIGTERM handlers that only record the signal (a second one kills
+// the process the default way). fit() checks between steps, saves and
+// returns; single process for now (MPI ranks will agree on it later).
+void install_stop_signal_handlers();
+int stop_signal_received();  // 0, or the signal number
+void clear_stop_signal();    // tests
 
 // Creates the run dir (and parents); throws IoError when that fails.
 void make_dirs(const std::string& path);
