@@ -90,6 +90,14 @@ class Backend {
                                   const float* dout, const float* q, const float* k,
                                   const float* v, const float* out, const float* lse) = 0;
 
+  // Merge one key block's result into a running one, for the same Tq query
+  // rows (ring attention): out (Tq,H,hd), lse (H,Tq) are updated in place
+  // with blk_out (Tq,H,hd), blk_lse (H,Tq):
+  //   lse' = logaddexp(lse, blk_lse); out' = out*e^(lse-lse') + blk*e^(blk_lse-lse').
+  // -inf entries (no visible key yet) are handled; fp32 throughout.
+  virtual void attention_merge(float* out, float* lse, const float* blk_out, const float* blk_lse,
+                               int Tq, int H, int hd) = 0;
+
   // gate, up (N,F) -> out (N,F) = silu(gate) * up
   virtual void swiglu_forward(float* out, const float* gate, const float* up, size_t n) = 0;
   // dgate, dup (N,F) = (overwrite)

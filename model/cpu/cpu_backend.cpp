@@ -147,6 +147,25 @@ class CpuBackend final : public Backend {
     cpu::attention_backward(p, dq, dk, dv, dout, q, k, v, out, lse);
   }
 
+  void attention_merge(float* out, float* lse, const float* blk_out, const float* blk_lse,
+                       int Tq, int H, int hd) override {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int t = 0; t < Tq; ++t)
+      for (int h = 0; h < H; ++h) {
+        const float a = lse[size_t(h) * Tq + t], b = blk_lse[size_t(h) * Tq + t];
+        if (b == -INFINITY) continue;  // the block adds nothing to this row
+        float* o = out + (size_t(t) * H + h) * hd;
+        const float* ob = blk_out + (size_t(t) * H + h) * hd;
+        // stable log(e^a + e^b) = max + log1p(e^(min - max))
+        const float mx = std::max(a, b), mn = std::min(a, b);
+        const float merged = a == -INFINITY ? b : mx + std::log1p(std::exp(mn - mx));
+        const float wa = a == -INFINITY ? 0.f : std::exp(a - merged);
+        const float wb = std::exp(b - merged);
+        for (int j = 0; j < hd; ++j) o[j] = o[j] * wa + ob[j] * wb;
+        lse[size_t(h) * Tq + t] = merged;
+      }
+  }
+
   void swiglu_forward(float* out, const float* gate, const float* up, size_t n) override {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; ++i) {

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run ringtrain (or any MPI program) as N processes on this machine:
+#   launch/local.sh -np 4 ./build/ringtrain train configs/quickstart.yaml \
+#       --set parallel.context_parallel=2
+# Adds what plain mpirun needs here: --oversubscribe (more ranks than cores is
+# allowed, for tests and small machines), --allow-run-as-root when running as
+# root (containers, CI), no core binding (OpenMP threads pick their cores), and
+# OMP_NUM_THREADS = cores / ranks unless you set it.
+set -euo pipefail
+if [ "${1:-}" != "-np" ] || [ -z "${2:-}" ] || [ -z "${3:-}" ]; then
+  echo "usage: $0 -np N COMMAND [ARGS...]" >&2
+  exit 2
+fi
+np=$2
+shift 2
+if ! command -v mpirun >/dev/null; then
+  echo "mpirun not found: run ./setup.sh (installs openmpi-bin) or apt-get install openmpi-bin" >&2
+  exit 2
+fi
+cores=$(nproc)
+threads=${OMP_NUM_THREADS:-$(( cores / np > 0 ? cores / np : 1 ))}
+args=(--oversubscribe --bind-to none -x OMP_NUM_THREADS="$threads")
+[ "$(id -u)" -eq 0 ] && args+=(--allow-run-as-root)
+exec mpirun "${args[@]}" -np "$np" "$@"
