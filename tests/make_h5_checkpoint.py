@@ -2,15 +2,16 @@
 """Writes or checks a ringtrain checkpoint with h5py, as a user outside ringtrain would.
 
 Usage:
-  make_h5_checkpoint.py write OUT.h5 SPECS.txt [--fixed-string] [--float64]
+  make_h5_checkpoint.py write OUT.h5 SPECS.txt [--fixed-string] [--float64] [--config=CFG.yaml]
   make_h5_checkpoint.py check CKPT.h5
 
 write: a weights-only checkpoint (SPEC §8). SPECS.txt has one parameter per
 line, "name d0 d1 ...". Parameter k (0-based line) holds
 value[i] = (i % 97) * 0.0625 - 3.0 + k * 0.5 (exact in float32), in float32, or
 float64 for 1-D tensors with --float64. Root attributes: format="ringtrain",
-format_version=1, step=7, tokens_seen=1234, config="model: {}\n" (strings are
-variable-length, h5py's default; fixed-length with --fixed-string).
+format_version=1, step=7, tokens_seen=1234, config="model: {}\n" or the text of
+CFG.yaml with --config (strings are variable-length, h5py's default;
+fixed-length with --fixed-string).
 
 check: asserts a file written by ringtrain reads in h5py as the layout says:
 str attributes, int attributes, float32 /model datasets with Fletcher32.
@@ -31,12 +32,17 @@ def write(out, specs_path, flags):
             v = (np.arange(n) % 97).astype(np.float64) * 0.0625 - 3.0 + k * 0.5
             dtype = np.float64 if ("--float64" in flags and len(shape) == 1) else np.float32
             f.create_dataset("model/" + name, data=v.reshape(shape).astype(dtype))
+        config = "model: {}\n"
+        for flag in flags:
+            if flag.startswith("--config="):
+                with open(flag[len("--config="):]) as c:
+                    config = c.read()
         if "--fixed-string" in flags:
             f.attrs["format"] = np.bytes_("ringtrain")
-            f.attrs["config"] = np.bytes_("model: {}\n")
+            f.attrs["config"] = np.bytes_(config)
         else:
             f.attrs["format"] = "ringtrain"
-            f.attrs["config"] = "model: {}\n"
+            f.attrs["config"] = config
         f.attrs["format_version"] = 1
         f.attrs["step"] = 7
         f.attrs["tokens_seen"] = 1234
