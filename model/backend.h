@@ -100,7 +100,7 @@ class Backend {
 
   // gate, up (N,F) -> out (N,F) = silu(gate) * up
   virtual void swiglu_forward(float* out, const float* gate, const float* up, size_t n) = 0;
-  // dgate, dup (N,F) = (overwrite)
+  // dgate, dup (N,F) = (overwrite); dgate may alias dout (element-wise)
   virtual void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate,
                                const float* up, size_t n) = 0;
 

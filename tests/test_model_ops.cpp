@@ -133,6 +133,11 @@ TEST_F(Ops, SwiGlu) {
                "swiglu dgate");
   expect_close(du, finite_diff([&](auto& uu) { return loss(fwd(to_d(g), uu)); }, to_d(u)), 1e-5,
                "swiglu dup");
+  // the model reuses one buffer for dout and dgate: aliasing must not change results
+  std::vector<float> aliased = W, du2(n);
+  be->swiglu_backward(aliased.data(), du2.data(), aliased.data(), g.data(), u.data(), n);
+  EXPECT_EQ(aliased, dg);
+  EXPECT_EQ(du2, du);
 }
 
 TEST_F(Ops, CrossEntropyWithIgnoredTargets) {

@@ -63,7 +63,7 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
   mc.tie_word_embeddings = c.tied;
   mc.init_std = 0.1;  // larger than default so attention patterns are not uniform
   OptimizerConfig oc;
-  oc.lr = 1e-2;
+  oc.lr = 3e-3;
   oc.weight_decay = 0.1;
   oc.no_decay = {"norms"};
   const double grad_clip = 0.5;
@@ -124,16 +124,19 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
                                            RowPositions::whole(T), 0.f, &n_valid);
   EXPECT_EQ(n_valid, B * T - 1);
   std::vector<float> logits = model.logits_to_host(0, B * T);
-  EXPECT_LT(rel_err(logits.data(), ref.read_doubles("/logits")), 2e-5) << "logits";
+  const double logits_err = rel_err(logits.data(), ref.read_doubles("/logits"));
+  EXPECT_LT(logits_err, 2e-5) << "logits";
   const double ref_loss = ref.read_doubles("/loss")[0];
   EXPECT_NEAR(loss_sum / n_valid, ref_loss, 2e-5 * std::abs(ref_loss)) << "loss";
 
   // every parameter gradient
   model.forward_backward(inputs.data(), targets.data(), B, T, RowPositions::whole(T),
                          1.f / float(n_valid), nullptr);
+  double worst_grad = 0;
   for (const TensorSpec& s : model.params().specs()) {
     double e = rel_err(model.grads().get(s.name), ref.read_doubles("/grad/" + s.name));
     EXPECT_LT(e, 2e-4) << "grad of " << s.name;
+    worst_grad = std::max(worst_grad, e);
   }
   EXPECT_NEAR(grad_global_norm(model), ref.read_doubles("/grad_norm")[0],
               1e-4 * ref.read_doubles("/grad_norm")[0]);
@@ -152,10 +155,16 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
     opt.step(float(oc.lr));
     model.grads().zero();
   }
+  // Adam divides by sqrt(v): fp32 round-off in near-zero gradients is
+  // amplified, so weights get a looser bound than gradients.
+  double worst_weight = 0;
   for (const TensorSpec& s : model.params().specs()) {
     double e = rel_err(model.params().get(s.name), ref.read_doubles("/final/" + s.name));
     EXPECT_LT(e, 1e-4) << "weights after AdamW of " << s.name;
+    worst_weight = std::max(worst_weight, e);
   }
+  std::printf("parity %s: max rel err logits %.2e, gradients %.2e, weights after %d AdamW steps %.2e\n",
+              c.name.c_str(), logits_err, worst_grad, steps, worst_weight);
 }
 
 INSTANTIATE_TEST_SUITE_P(

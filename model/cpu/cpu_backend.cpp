@@ -181,8 +181,9 @@ class CpuBackend final : public Backend {
       float g = gate[i];
       float sig = 1.f / (1.f + std::exp(-g));
       float silu = g * sig;
-      dgate[i] = dout[i] * up[i] * sig * (1.f + g * (1.f - sig));
-      dup[i] = dout[i] * silu;
+      float d = dout[i];  // read first: dgate may alias dout
+      dgate[i] = d * up[i] * sig * (1.f + g * (1.f - sig));
+      dup[i] = d * silu;
     }
   }
 
