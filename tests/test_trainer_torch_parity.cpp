@@ -135,7 +135,7 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
   double worst_grad = 0;
   for (const TensorSpec& s : model.params().specs()) {
     double e = rel_err(model.grads().get(s.name), ref.read_doubles("/grad/" + s.name));
-    EXPECT_LT(e, 2e-4) << "grad of " << s.name;
+    EXPECT_LT(e, 1e-5) << "grad of " << s.name;
     worst_grad = std::max(worst_grad, e);
   }
   EXPECT_NEAR(grad_global_norm(model), ref.read_doubles("/grad_norm")[0],
@@ -160,7 +160,7 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
   double worst_weight = 0;
   for (const TensorSpec& s : model.params().specs()) {
     double e = rel_err(model.params().get(s.name), ref.read_doubles("/final/" + s.name));
-    EXPECT_LT(e, 1e-4) << "weights after AdamW of " << s.name;
+    EXPECT_LT(e, 5e-4) << "weights after AdamW of " << s.name;
     worst_weight = std::max(worst_weight, e);
   }
   std::printf("parity %s: max rel err logits %.2e, gradients %.2e, weights after %d AdamW steps %.2e\n",
