@@ -3,6 +3,7 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -24,6 +25,9 @@ class SelfComm final : public Comm {
   void allreduce_sum(double*, size_t) override {}
   void allreduce_sum(int64_t*, size_t) override {}
   void broadcast(void*, size_t, int) override {}
+  void allgather(const void* in, size_t bytes, void* out) override {
+    if (bytes) std::memcpy(out, in, bytes);
+  }
   Request isend(const void*, size_t, int, int) override {
     RT_CHECK(false, "point-to-point send in a single-process group");
   }
@@ -75,6 +79,10 @@ class MpiComm final : public Comm {
 
   void broadcast(void* data, size_t bytes, int root) override {
     RT_MPI(MPI_Bcast(data, checked_count(bytes), MPI_BYTE, root, comm_));
+  }
+  void allgather(const void* in, size_t bytes, void* out) override {
+    RT_MPI(MPI_Allgather(in, checked_count(bytes), MPI_BYTE, out, checked_count(bytes), MPI_BYTE,
+                         comm_));
   }
   Request isend(const void* data, size_t bytes, int dst, int tag) override {
     MPI_Request r;
@@ -135,6 +143,11 @@ ParallelRuntime g_runtime;
 bool g_initialised = false;
 
 }  // namespace
+
+void allreduce_in_buckets(Comm& comm, float* data, size_t n, size_t bucket) {
+  if (comm.size() == 1) return;
+  for (size_t off = 0; off < n; off += bucket) comm.allreduce_sum(data + off, std::min(bucket, n - off));
+}
 
 std::unique_ptr<Comm> make_self_comm() { return std::make_unique<SelfComm>(); }
 

@@ -28,6 +28,8 @@ class Comm {
   virtual void allreduce_sum(double* data, size_t n) = 0;
   virtual void allreduce_sum(int64_t* data, size_t n) = 0;
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
+  // out (size() * bytes) gets every rank's `bytes` bytes in rank order.
+  virtual void allgather(const void* in, size_t bytes, void* out) = 0;
   virtual Request isend(const void* data, size_t bytes, int dst, int tag) = 0;
   virtual Request irecv(void* data, size_t bytes, int src, int tag) = 0;
   virtual void wait(Request& r) = 0;
@@ -52,6 +54,10 @@ ParallelRuntime& init_parallel_runtime(int* argc, char*** argv);
 // The runtime initialised above (a single-process one if never initialised).
 ParallelRuntime& parallel_runtime();
 void finalize_parallel_runtime();
+
+// Sums data over the group in buckets of `bucket` floats (bounded message
+// size and temporary memory; the unit a future overlap with backward uses).
+void allreduce_in_buckets(Comm& comm, float* data, size_t n, size_t bucket = size_t(1) << 22);
 
 // A single-process Comm (size 1): collectives are no-ops.
 std::unique_ptr<Comm> make_self_comm();

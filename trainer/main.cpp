@@ -5,7 +5,9 @@
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
+#include <thread>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -21,6 +23,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/evaluate.h"
+#include "parallel/comm.h"
 #include "trainer/trainer.h"
 
 namespace rt {
@@ -30,7 +33,7 @@ using Clock = std::chrono::steady_clock;
 
 Config load_validated(const std::string& path, const std::vector<std::string>& overrides) {
   Config cfg = load_config(path, overrides);
-  validate_layout(cfg, /*world_size=*/1);
+  validate_layout(cfg, parallel_runtime().world->size());
   return cfg;
 }
 
@@ -90,7 +93,8 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
                       {"flops_per_s", tps * fpt},
                       {"peak_mem_bytes", peak_rss_bytes()},
                       {"seq_len", cfg.train.seq_len},
-                      {"world_size", 1},
+                      {"world_size", parallel_runtime().world->size()},
+                      {"context_parallel", cfg.parallel.context_parallel},
                       {"global_batch_size", cfg.train.global_batch_size},
                       {"micro_batch_size", cfg.train.micro_batch_size},
                       {"threads", omp_get_max_threads()},
@@ -101,7 +105,7 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
                       {"steps", steps},
                       {"warmup", warmup},
                       {"final_loss", last_loss}};
-  std::cout << j.dump() << std::endl;
+  if (parallel_runtime().world->rank() == 0) std::cout << j.dump() << std::endl;
   return kExitOk;
 }
 
@@ -332,19 +336,43 @@ int run(int argc, char** argv) {
 }  // namespace
 }  // namespace rt
 
+// Threads per rank default to this node's cores divided by its ranks
+// (SPEC §12), so that `mpirun -np 4` on 2 cores does not thrash;
+// OMP_NUM_THREADS overrides.
+static void set_default_threads(const rt::ParallelRuntime& prt) {
+  if (std::getenv("OMP_NUM_THREADS")) return;
+  const int cores = int(std::thread::hardware_concurrency());
+  omp_set_num_threads(std::max(1, cores / std::max(1, prt.local_size)));
+}
+
 int main(int argc, char** argv) {
+  rt::ParallelRuntime& prt = rt::init_parallel_runtime(&argc, &argv);
+  rt::set_log_rank(prt.world->rank());
+  set_default_threads(prt);
+  const bool many = prt.world->size() > 1;
+  const std::string who = many ? "[rank " + std::to_string(prt.world->rank()) + "] " : "";
+  int code = rt::kExitOk;
   try {
-    return rt::run(argc, argv);
+    code = rt::run(argc, argv);
   } catch (const rt::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return e.code();
+    std::fprintf(stderr, "%serror: %s\n", who.c_str(), e.what());
+    code = e.code();
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr,
-                 "error: out of memory: lower train.seq_len or train.micro_batch_size, or enable "
-                 "train.activation_checkpointing\n");
-    return rt::kExitOther;
+                 "%serror: out of memory: lower train.seq_len or train.micro_batch_size, raise "
+                 "parallel.context_parallel, or enable train.activation_checkpointing\n",
+                 who.c_str());
+    code = rt::kExitOther;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return rt::kExitOther;
+    std::fprintf(stderr, "%serror: %s\n", who.c_str(), e.what());
+    code = rt::kExitOther;
   }
+  // A failing rank brings the whole job down at once (SPEC §1): the others
+  // may be waiting for it inside a collective.
+  if (code != rt::kExitOk && many) {
+    std::fflush(stderr);
+    prt.world->abort(code);
+  }
+  rt::finalize_parallel_runtime();
+  return code;
 }

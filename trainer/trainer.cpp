@@ -84,6 +84,15 @@ std::unique_ptr<Backend> make_backend(const std::string& device) {
 }
 
 Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
+  world_ = parallel_runtime().world.get();
+  rank_ = world_->rank();
+  dims_ = ParallelDims::build(world_->size(), cfg_.parallel.data_parallel,
+                              cfg_.parallel.context_parallel);
+  writer_ = opt_.write_outputs && rank_ == 0;
+  // one ring per data-parallel index, ordered by cp index
+  cp_comm_ = split_comm(*world_, dims_.dp_index(rank_), dims_.cp_index(rank_));
+  const RingLayout layout = parse_ring_layout(cfg_.parallel.ring_layout);
+  rows_ = ring_local_rows(layout, dims_.cp, dims_.cp_index(rank_), cfg_.train.seq_len);
   backend_ = make_backend(cfg_.parallel.device);
   train_data_ = make_source(cfg_.data.train, cfg_.run.seed);
   if (cfg_.data.val) val_data_ = make_source(*cfg_.data.val, cfg_.run.seed);
@@ -97,9 +106,14 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
 
   model_ = std::make_unique<LlamaModel>(cfg_.model, *backend_);
   model_->init_weights(cfg_.run.seed);
+  if (dims_.cp > 1) {
+    ring_ = std::make_unique<RingAttention>(*cp_comm_, layout);
+    model_->set_sequence_attention(ring_.get());
+  }
   optimizer_ = std::make_unique<Optimizer>(cfg_.train.optimizer, *model_);
-  model_->plan_activations(cfg_.train.micro_batch_size, int(cfg_.train.seq_len),
+  model_->plan_activations(cfg_.train.micro_batch_size, int(cfg_.train.seq_len / dims_.cp),
                            cfg_.train.activation_checkpointing);
+  if (!opt_.quiet) print_layout_table();
   log_info("model: %lld parameters (%s), gradients %s, optimizer state %s, device %s",
            (long long)model_->num_params(),
            format_bytes(double(model_->params().bytes())).c_str(),
@@ -111,8 +125,8 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
            (long long)order_->num_sequences(), (long long)cfg_.train.seq_len,
            cfg_.data.shuffle ? ", shuffled" : "");
 
-  if (opt_.write_outputs) {
-    resume_or_init();
+  if (opt_.write_outputs) resume_or_init();  // every rank loads the same state
+  if (writer_) {
     make_dirs(cfg_.run.dir);
     std::ofstream f(cfg_.run.dir + "/config.yaml");
     f << config_to_yaml(cfg_);
@@ -282,31 +296,58 @@ std::string Trainer::trainer_state_json() const {
 
 Trainer::~Trainer() = default;
 
+// Test-only fault injection for the launch tests: RINGTRAIN_TEST_THROW_RANK=r
+// and RINGTRAIN_TEST_THROW_STEP=s make rank r throw at the start of step s.
+static void maybe_inject_test_failure(int rank, int64_t step) {
+  static const char* r = std::getenv("RINGTRAIN_TEST_THROW_RANK");
+  static const char* s = std::getenv("RINGTRAIN_TEST_THROW_STEP");
+  if (r && s && std::atoi(r) == rank && std::atoll(s) == step)
+    throw std::runtime_error("injected failure (RINGTRAIN_TEST_THROW_RANK/STEP) on rank " +
+                             std::to_string(rank) + " at step " + std::to_string(step));
+}
+
 StepStats Trainer::train_step() {
+  maybe_inject_test_failure(rank_, step_ + 1);
   const auto t0 = Clock::now();
   const TrainConfig& tc = cfg_.train;
   const int64_t T = tc.seq_len;
   const int G = tc.global_batch_size, mb = tc.micro_batch_size;
 
-  // Read the whole global batch first: the loss is normalised by the step's
-  // total count of valid targets, known only once every sequence is read.
-  inputs_.resize(size_t(G) * T);
-  targets_.resize(size_t(G) * T);
+  // This rank's share: dp rank d takes sequences [d*G/dp, (d+1)*G/dp) of the
+  // step's global batch, and of each sequence only its ring rows. The whole
+  // share is read first: the loss is normalised by the step's global count
+  // of valid targets, known only once every rank has read its rows.
+  const int64_t Tl = T / dims_.cp;
+  const int per_dp = G / dims_.dp;
+  const int first = dims_.dp_index(rank_) * per_dp;
+  inputs_.resize(size_t(per_dp) * Tl);
+  targets_.resize(size_t(per_dp) * Tl);
   int64_t n_valid = 0;
-  for (int j = 0; j < G; ++j) {
-    int32_t* in = inputs_.data() + size_t(j) * T;
-    int32_t* tg = targets_.data() + size_t(j) * T;
-    train_data_->read(order_->index(step_, j), T, 0, T, in, tg);
-    for (int64_t t = 0; t < T; ++t) n_valid += tg[t] >= 0;
+  for (int j = 0; j < per_dp; ++j) {
+    int32_t* in = inputs_.data() + size_t(j) * Tl;
+    int32_t* tg = targets_.data() + size_t(j) * Tl;
+    const int64_t index = order_->index(step_, first + j);
+    int64_t row = 0;
+    for (auto [begin, len] : rows_.chunks) {
+      train_data_->read(index, T, begin, begin + len, in + row, tg + row);
+      row += len;
+    }
+    for (int64_t t = 0; t < Tl; ++t) n_valid += tg[t] >= 0;
   }
+  world_->allreduce_sum(&n_valid, 1);
   const float scale = n_valid ? 1.f / float(n_valid) : 0.f;
 
   double loss_sum = 0;
-  for (int j = 0; j < G; j += mb) {
-    loss_sum += model_->forward_backward(inputs_.data() + size_t(j) * T,
-                                         targets_.data() + size_t(j) * T, mb, int(T),
-                                         RowPositions::whole(T), scale, nullptr);
+  for (int j = 0; j < per_dp; j += mb) {
+    loss_sum += model_->forward_backward(inputs_.data() + size_t(j) * Tl,
+                                         targets_.data() + size_t(j) * Tl, mb, int(Tl), rows_,
+                                         scale, nullptr);
   }
+  // Global loss and gradients: each rank's gradient is already scaled by
+  // 1/(global target count), so the sum over all ranks is the gradient of
+  // the global mean loss.
+  world_->allreduce_sum(&loss_sum, 1);
+  allreduce_in_buckets(*world_, model_->grads().base(), model_->grads().numel());
 
   StepStats s;
   s.loss = n_valid ? loss_sum / double(n_valid) : 0.0;
@@ -343,12 +384,15 @@ std::vector<PerplexityResult> Trainer::evaluate(const std::vector<int64_t>& seq_
                                                 int64_t max_sequences) {
   const SequenceSource& data = val_data_ ? *val_data_ : *train_data_;
   std::vector<PerplexityResult> out;
-  for (int64_t T : seq_lens) out.push_back(evaluate_perplexity(*model_, data, T, max_sequences));
+  const EvalSharding sharding{world_, dims_, parse_ring_layout(cfg_.parallel.ring_layout),
+                              rank_};
+  for (int64_t T : seq_lens)
+    out.push_back(evaluate_perplexity(*model_, data, T, max_sequences, &sharding));
   return out;
 }
 
 void Trainer::save_checkpoint_now() {
-  if (!opt_.write_outputs) return;
+  if (!writer_) return;  // rank 0 writes; checkpoints hold the full, unsharded state
   make_dirs(cfg_.run.dir + "/checkpoints");
   CheckpointMeta meta;
   meta.step = step_;
@@ -363,6 +407,22 @@ void Trainer::save_checkpoint_now() {
   prune_checkpoints(cfg_.run.dir, cfg_.checkpoint.keep_last);
   log_info("checkpoint: %s (%.2f s)", path.c_str(),
            std::chrono::duration<double>(Clock::now() - t0).count());
+}
+
+void Trainer::print_layout_table() {
+  // rank -> dp, cp, host, device; gathered so that rank 0 prints them all
+  char host[64] = {};
+  std::snprintf(host, sizeof host, "%s", parallel_runtime().host.c_str());
+  std::vector<char> hosts(size_t(dims_.world) * sizeof host);
+  world_->allgather(host, sizeof host, hosts.data());
+  log_info("layout: %s, ring layout %s, %lld tokens per rank per sequence",
+           dims_.describe().c_str(), cfg_.parallel.ring_layout.c_str(),
+           (long long)(cfg_.train.seq_len / dims_.cp));
+  if (dims_.world == 1) return;
+  log_info("  rank   dp   cp  host                 device");
+  for (int r = 0; r < dims_.world; ++r)
+    log_info("  %4d %4d %4d  %-20s %s", r, dims_.dp_index(r), dims_.cp_index(r),
+             hosts.data() + size_t(r) * sizeof host, device_name(backend_->device()));
 }
 
 void Trainer::fit() {
@@ -417,7 +477,14 @@ void Trainer::fit() {
     if (cfg_.eval.every_steps > 0 && step_ % cfg_.eval.every_steps == 0 && !last) run_eval();
     if ((cfg_.checkpoint.every_steps > 0 && step_ % cfg_.checkpoint.every_steps == 0) || last)
       save_checkpoint_now();
-    if (const int sig = stop_signal_received(); sig != 0 && !last) {
+    // every rank stops at the same step when any one of them got the signal
+    int sig = stop_signal_received();
+    if (dims_.world > 1) {
+      int64_t any = sig;
+      world_->allreduce_sum(&any, 1);
+      if (any != 0 && sig == 0) sig = SIGTERM;  // another rank was signalled
+    }
+    if (sig != 0 && !last) {
       log_info("received %s: stopping after step %lld", sig == SIGINT ? "SIGINT" : "SIGTERM",
                (long long)step_);
       if (last_saved_step_ != step_) save_checkpoint_now();

@@ -18,6 +18,9 @@
 #include "data/dataset.h"
 #include "model/backend.h"
 #include "model/llama.h"
+#include "parallel/comm.h"
+#include "parallel/parallel_dims.h"
+#include "parallel/ring_attention.h"
 #include "trainer/config.h"
 #include "trainer/evaluate.h"
 #include "trainer/metrics.h"
@@ -77,8 +80,18 @@ class Trainer {
 
   Config cfg_;
   Options opt_;
+  // parallel geometry (SPEC §6): world = dp x cp, cp fastest
+  Comm* world_ = nullptr;
+  ParallelDims dims_;
+  int rank_ = 0;
+  std::unique_ptr<Comm> cp_comm_;
+  RowPositions rows_;  // this rank's rows of a training sequence
+  bool writer_ = false;  // rank 0 of a run that writes outputs
+  void print_layout_table();
+
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<RingAttention> ring_;  // after backend_: freed through it first
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<SequenceSource> train_data_;
   std::unique_ptr<SequenceSource> val_data_;
