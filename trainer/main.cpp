@@ -76,6 +76,7 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
   Config cfg = load_validated(config, overrides);
   Trainer trainer(cfg, {.write_outputs = false, .quiet = true});
   for (int i = 0; i < warmup; ++i) trainer.train_step();
+  const int64_t ring_bytes0 = trainer.ring_bytes_sent();
   double ms = 0;
   int64_t tokens = 0;
   double last_loss = 0;
@@ -86,12 +87,33 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
     last_loss = s.loss;
   }
   const double tps = double(tokens) / (ms / 1000.0);
+  // Per-rank figures, gathered so that rank 0 reports the largest.
+  Comm& world = trainer.world();
+  const int64_t mine[2] = {peak_rss_bytes(), (trainer.ring_bytes_sent() - ring_bytes0) / steps};
+  std::vector<int64_t> all(size_t(2 * world.size()));
+  world.allgather(mine, sizeof mine, all.data());
+  int64_t max_rss = 0, max_ring = 0;
+  for (int r = 0; r < world.size(); ++r) {
+    max_rss = std::max(max_rss, all[2 * r]);
+    max_ring = std::max(max_ring, all[2 * r + 1]);
+  }
+  // Theoretical ring volume per rank and step: K,V (fp32, kv heads only) go
+  // cp-1 hops forward and cp-1 backward, dK,dV make a full turn of cp hops.
+  const int64_t cp = cfg.parallel.context_parallel;
+  const int64_t kv_bytes = 2 * int64_t(cfg.train.micro_batch_size) * (cfg.train.seq_len / cp) *
+                           cfg.model.num_key_value_heads * cfg.model.head_dim * 4;
+  const int64_t micro_steps = cfg.train.global_batch_size / (cfg.train.micro_batch_size *
+                                                             (world.size() / cp));
+  const int64_t ring_theory =
+      cp > 1 ? kv_bytes * (2 * (cp - 1) + cp) * cfg.model.num_hidden_layers * micro_steps : 0;
   const double fpt = train_flops_per_token(cfg.model, cfg.train.seq_len);
   const double sgemm = measure_sgemm_flops();
   nlohmann::json j = {{"tokens_per_s", tps},
                       {"step_ms", ms / steps},
                       {"flops_per_s", tps * fpt},
-                      {"peak_mem_bytes", peak_rss_bytes()},
+                      {"peak_mem_bytes", max_rss},
+                      {"ring_bytes_sent_per_step", max_ring},
+                      {"ring_bytes_theoretical_per_step", ring_theory},
                       {"seq_len", cfg.train.seq_len},
                       {"world_size", parallel_runtime().world->size()},
                       {"context_parallel", cfg.parallel.context_parallel},
@@ -101,7 +123,7 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
                       {"params", trainer.model().num_params()},
                       {"flops_per_token", fpt},
                       {"sgemm_flops_per_s", sgemm},
-                      {"fraction_of_sgemm", tps * fpt / sgemm},
+                      {"fraction_of_sgemm", tps * fpt / (sgemm * world.size())},
                       {"steps", steps},
                       {"warmup", warmup},
                       {"final_loss", last_loss}};

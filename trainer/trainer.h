@@ -71,6 +71,9 @@ class Trainer {
   int64_t step() const { return step_; }
   int64_t tokens_seen() const { return tokens_seen_; }
   const std::string& run_dir() const { return cfg_.run.dir; }
+  // Bytes this rank sent around its ring so far (0 when cp = 1).
+  int64_t ring_bytes_sent() const { return ring_ ? ring_->bytes_sent() : 0; }
+  Comm& world() { return *world_; }
 
  private:
   void resume_or_init();
