@@ -308,36 +308,87 @@ void LlamaModel::layer_backward(int l, LayerActs& a, const float* x_in, const fl
                        P(params_, p + "input_layernorm.weight"), a.ln1_rstd, N, d);
 }
 
-double LlamaModel::forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T,
-                                    const RowPositions& pos, float dloss_scale,
-                                    int64_t* n_valid) {
+void LlamaModel::prepare_batch(int B, int T, const RowPositions& pos, const int32_t* targets,
+                               int64_t* n_valid) {
   plan_activations(B, T, checkpointing_);
   B_ = B;
   T_ = T;
-  const int N = B * T, d = cfg_.hidden_size, V = cfg_.vocab_size, L = cfg_.num_hidden_layers;
+  const int N = B * T, V = cfg_.vocab_size;
   build_positions(pos, T);
-
-  if (size_t(N) > token_capacity_) {
-    be_.free_bytes(tokens_dev_);
-    be_.free_bytes(targets_dev_);
-    tokens_dev_ = static_cast<int32_t*>(be_.alloc_bytes(sizeof(int32_t) * N));
-    targets_dev_ = static_cast<int32_t*>(be_.alloc_bytes(sizeof(int32_t) * N));
-    token_capacity_ = N;
-  }
-  be_.copy_to_device(tokens_dev_, inputs, sizeof(int32_t) * N);
+  ensure_token_capacity(N);
   be_.copy_to_device(targets_dev_, targets, sizeof(int32_t) * N);
   int64_t valid = 0;
   for (int i = 0; i < N; ++i) {
-    RT_CHECK(inputs[i] >= 0 && inputs[i] < V, "input token out of range");
     RT_CHECK(targets[i] < V, "target token out of range");
     valid += targets[i] >= 0;
   }
   if (n_valid) *n_valid = valid;
+}
 
-  // forward
-  const bool backward = dloss_scale != 0.f;
+double LlamaModel::forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T,
+                                    const RowPositions& pos, float dloss_scale,
+                                    int64_t* n_valid) {
+  prepare_batch(B, T, pos, targets, n_valid);
+  const int N = B * T, d = cfg_.hidden_size;
+  for (int i = 0; i < N; ++i)
+    RT_CHECK(inputs[i] >= 0 && inputs[i] < cfg_.vocab_size, "input token out of range");
+  be_.copy_to_device(tokens_dev_, inputs, sizeof(int32_t) * N);
+  be_.embedding_forward(acts_.get("x.0"), tokens_dev_, P(params_, "model.embed_tokens.weight"), N,
+                        d);
+  const double loss_sum = run_layers_and_head(dloss_scale, nullptr);
+  if (dloss_scale != 0.f)
+    be_.embedding_backward(grads_.get("model.embed_tokens.weight"), scratch_.get("dresid"),
+                           tokens_dev_, N, d);
+  return loss_sum;
+}
+
+double LlamaModel::forward_backward_embeddings(const float* x0, const int32_t* targets, int B,
+                                               int T, const RowPositions& pos, float dloss_scale,
+                                               int64_t* n_valid, const float* dfinal_extra,
+                                               float* dx0) {
+  prepare_batch(B, T, pos, targets, n_valid);
+  const size_t n = size_t(B) * T * cfg_.hidden_size;
+  be_.copy(acts_.get("x.0"), x0, n);
+  const double loss_sum = run_layers_and_head(dloss_scale, dfinal_extra);
+  if (dloss_scale != 0.f && dx0) be_.copy(dx0, scratch_.get("dresid"), n);
+  return loss_sum;
+}
+
+const float* LlamaModel::final_residual() const {
+  return acts_.get("x." + std::to_string(cfg_.num_hidden_layers));
+}
+
+void LlamaModel::embed_tokens(const int32_t* tokens, int n, float* out) {
+  ensure_token_capacity(n);
+  be_.copy_to_device(tokens_dev_, tokens, sizeof(int32_t) * n);
+  be_.embedding_forward(out, tokens_dev_, P(params_, "model.embed_tokens.weight"), n,
+                        cfg_.hidden_size);
+}
+
+void LlamaModel::embed_tokens_backward(const int32_t* tokens, int n, const float* dout) {
+  ensure_token_capacity(n);
+  be_.copy_to_device(tokens_dev_, tokens, sizeof(int32_t) * n);
+  be_.embedding_backward(grads_.get("model.embed_tokens.weight"), dout, tokens_dev_, n,
+                         cfg_.hidden_size);
+}
+
+void LlamaModel::ensure_token_capacity(int n) {
+  if (size_t(n) <= token_capacity_) return;
+  be_.free_bytes(tokens_dev_);
+  be_.free_bytes(targets_dev_);
+  tokens_dev_ = static_cast<int32_t*>(be_.alloc_bytes(sizeof(int32_t) * n));
+  targets_dev_ = static_cast<int32_t*>(be_.alloc_bytes(sizeof(int32_t) * n));
+  token_capacity_ = n;
+}
+
+// x.0 holds the input embeddings of the prepared batch. Runs the layers, the
+// head and the loss; with dloss_scale != 0 also the backward, leaving
+// d(loss)/d(x.0) in scratch "dresid". dfinal_extra (N,d) or null: a gradient
+// arriving at the last layer's output from outside the loss (RMT memory).
+double LlamaModel::run_layers_and_head(float dloss_scale, const float* dfinal_extra) {
+  const int N = B_ * T_, d = cfg_.hidden_size, V = cfg_.vocab_size, L = cfg_.num_hidden_layers;
+  const bool backward = dloss_scale != 0.f || dfinal_extra;
   auto x = [&](int l) { return acts_.get("x." + std::to_string(l)); };
-  be_.embedding_forward(x(0), tokens_dev_, P(params_, "model.embed_tokens.weight"), N, d);
   for (int l = 0; l < L; ++l) {
     LayerActs a = layer_acts(checkpointing_ ? 0 : l);
     layer_forward(l, a, x(l), a.mid, x(l + 1));
@@ -357,7 +408,7 @@ double LlamaModel::forward_backward(const int32_t* inputs, const int32_t* target
   for (float v : host_losses) loss_sum += v;
   if (!backward) return loss_sum;
 
-  // backward: logits now hold dlogits
+  // backward: logits now hold dlogits (zero when dloss_scale is 0)
   float* dresid = scratch_.get("dresid");
   float* dln = scratch_.get("dln");
   float* dw_head = cfg_.tie_word_embeddings ? grads_.get("model.embed_tokens.weight")
@@ -367,12 +418,12 @@ double LlamaModel::forward_backward(const int32_t* inputs, const int32_t* target
   be_.zero(dresid, size_t(N) * d);
   be_.rmsnorm_backward(dresid, grads_.get("model.norm.weight"), dln, x(L),
                        P(params_, "model.norm.weight"), acts_.get("lnf_rstd"), N, d);
+  if (dfinal_extra) be_.add_inplace(dresid, dfinal_extra, size_t(N) * d);
   for (int l = L - 1; l >= 0; --l) {
     LayerActs a = layer_acts(checkpointing_ ? 0 : l);
     if (checkpointing_) layer_forward(l, a, x(l), a.mid, scratch_.get("xtmp"));
     layer_backward(l, a, x(l), a.mid, dresid);
   }
-  be_.embedding_backward(grads_.get("model.embed_tokens.weight"), dresid, tokens_dev_, N, d);
   return loss_sum;
 }
 

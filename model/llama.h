@@ -93,6 +93,21 @@ class LlamaModel {
   double forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T,
                           const RowPositions& pos, float dloss_scale, int64_t* n_valid);
 
+  // Same from input embeddings x0 (B*T, d) on the device instead of tokens
+  // (RMT feeds memory rows this way). dfinal_extra (B*T, d) or null: an
+  // extra gradient at the last layer's output (the residual stream before
+  // the final norm). With backward, dx0 (B*T, d) gets d(loss)/d(x0); the
+  // backward also runs when only dfinal_extra is given (dloss_scale 0).
+  double forward_backward_embeddings(const float* x0, const int32_t* targets, int B, int T,
+                                     const RowPositions& pos, float dloss_scale,
+                                     int64_t* n_valid, const float* dfinal_extra, float* dx0);
+  // The last layer's output (B*T, d) of the last forward (device).
+  const float* final_residual() const;
+  // Token embeddings (host tokens) into out (n, d) on the device, and the
+  // matching backward accumulating into the embedding gradient.
+  void embed_tokens(const int32_t* tokens, int n, float* out);
+  void embed_tokens_backward(const int32_t* tokens, int n, const float* dout);
+
   // Logits (B*T, V) of the last forward when it ran without backward (host
   // pointer on CPU; copied to host on other devices).
   std::vector<float> logits_to_host(int64_t row_begin, int64_t rows);
@@ -104,6 +119,10 @@ class LlamaModel {
   void layer_backward(int l, LayerActs& a, const float* x_in, const float* x_mid, float* dresid);
   LayerActs layer_acts(int slot) const;
   void build_positions(const RowPositions& pos, int T);
+  void prepare_batch(int B, int T, const RowPositions& pos, const int32_t* targets,
+                     int64_t* n_valid);
+  void ensure_token_capacity(int n);
+  double run_layers_and_head(float dloss_scale, const float* dfinal_extra);
 
   ModelConfig cfg_;
   Backend& be_;
