@@ -13,6 +13,7 @@
 #include "h5_test_io.h"
 #include "common/rng.h"
 #include "model/llama.h"
+#include "model/rmt.h"
 #include "trainer/optimizer.h"
 
 namespace rt {
@@ -32,6 +33,9 @@ struct Case {
   std::string position;
   int heads, kv_heads;
   bool tied;
+  int mem_tokens = 0;  // > 0: recurrent memory (SPEC §5) with these:
+  int segment = 0;
+  int bptt = -1;
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
@@ -67,12 +71,14 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
   oc.weight_decay = 0.1;
   oc.no_decay = {"norms"};
   const double grad_clip = 0.5;
-  const int steps = 4, B = 2, T = 37;
+  const int steps = 4, B = 2, T = c.mem_tokens ? 4 * c.segment : 37;
+  if (c.mem_tokens) mc.memory = MemoryConfig{"rmt", c.mem_tokens, c.segment, c.bptt};
 
   auto be = make_cpu_backend();
   LlamaModel model(mc, *be);
   model.init_weights(7);
   model.plan_activations(B, T, false);
+
 
   std::vector<int32_t> inputs(B * T), targets(B * T);
   Rng rng(3);
@@ -80,7 +86,14 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
   for (int i = 0; i < B * T; ++i)
     targets[i] = (i % T == T - 1) ? inputs[(i + 1) % (B * T)] : inputs[i + 1];
   targets[5] = -1;  // an ignored target
-
+  std::unique_ptr<RmtRunner> rmt;
+  if (c.mem_tokens) rmt = std::make_unique<RmtRunner>(model);
+  // one training forward (+ backward when scale != 0) of the batch
+  auto run = [&](float scale, int64_t* valid) {
+    if (rmt) return rmt->forward_backward(inputs.data(), targets.data(), B, T, scale, valid);
+    return model.forward_backward(inputs.data(), targets.data(), B, T, RowPositions::whole(T),
+                                  scale, valid);
+  };
   const fs::path dir = fs::path(RT_BINARY_DIR) / ("torch_parity_" + c.name);
   fs::create_directories(dir);
   {
@@ -105,6 +118,11 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
     f.attr_int("steps", steps);
     f.attr_int("no_decay_norms", 1);
     f.attr_int("no_decay_embeddings", 0);
+    if (c.mem_tokens) {
+      f.attr_int("memory_tokens", c.mem_tokens);
+      f.attr_int("segment_length", c.segment);
+      f.attr_int("bptt_segments", c.bptt);
+    }
     for (const TensorSpec& s : model.params().specs()) {
       std::vector<hsize_t> shape(s.shape.begin(), s.shape.end());
       f.write_floats("/model/" + s.name, model.params().get(s.name), shape);
@@ -120,18 +138,19 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
 
   // logits and loss (forward only)
   int64_t n_valid = 0;
-  double loss_sum = model.forward_backward(inputs.data(), targets.data(), B, T,
-                                           RowPositions::whole(T), 0.f, &n_valid);
+  double loss_sum = run(0.f, &n_valid);
   EXPECT_EQ(n_valid, B * T - 1);
-  std::vector<float> logits = model.logits_to_host(0, B * T);
-  const double logits_err = rel_err(logits.data(), ref.read_doubles("/logits"));
-  EXPECT_LT(logits_err, 2e-5) << "logits";
+  double logits_err = 0;
+  if (!rmt) {  // (with memory the reference's logits are its last segment's)
+    std::vector<float> logits = model.logits_to_host(0, B * T);
+    logits_err = rel_err(logits.data(), ref.read_doubles("/logits"));
+    EXPECT_LT(logits_err, 2e-5) << "logits";
+  }
   const double ref_loss = ref.read_doubles("/loss")[0];
   EXPECT_NEAR(loss_sum / n_valid, ref_loss, 2e-5 * std::abs(ref_loss)) << "loss";
 
   // every parameter gradient
-  model.forward_backward(inputs.data(), targets.data(), B, T, RowPositions::whole(T),
-                         1.f / float(n_valid), nullptr);
+  run(1.f / float(n_valid), nullptr);
   double worst_grad = 0;
   for (const TensorSpec& s : model.params().specs()) {
     double e = rel_err(model.grads().get(s.name), ref.read_doubles("/grad/" + s.name));
@@ -147,8 +166,7 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
   model.grads().zero();
   Optimizer opt(oc, model);
   for (int s = 0; s < steps; ++s) {
-    double l = model.forward_backward(inputs.data(), targets.data(), B, T, RowPositions::whole(T),
-                                      1.f / float(n_valid), nullptr) / double(n_valid);
+    double l = run(1.f / float(n_valid), nullptr) / double(n_valid);
     EXPECT_NEAR(l, ref_losses[s], 1e-4 * std::abs(ref_losses[s])) << "AdamW step " << s;
     double norm = grad_global_norm(model);
     clip_grad_norm(model, norm, grad_clip);
@@ -173,7 +191,12 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"rope_gqa_tied", "rope", 4, 2, true},
                       Case{"rope_mqa", "rope", 4, 1, false},
                       Case{"alibi_gqa", "alibi", 6, 3, false},
-                      Case{"nope_mha", "none", 4, 4, true}),
+                      Case{"nope_mha", "none", 4, 4, true},
+                      // recurrent memory: full BPTT, detached, windows of 2
+                      Case{"rmt_bptt_all", "rope", 4, 2, false, 3, 12, -1},
+                      Case{"rmt_bptt_detached", "rope", 4, 2, false, 3, 12, 0},
+                      Case{"rmt_bptt_2", "rope", 4, 2, false, 3, 12, 2},
+                      Case{"rmt_alibi_bptt_all", "alibi", 4, 4, true, 2, 10, -1}),
     [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
 }  // namespace

@@ -11,6 +11,8 @@ Run with Debian's /usr/bin/python3 (python3-torch, python3-h5py).
         lr, beta1, beta2, eps, weight_decay, grad_clip, steps, no_decay_norms,
         no_decay_embeddings; /model/<HF name> weights; /inputs, /targets int32
         [B,T] (target -1 is ignored).
+        Optional memory_tokens, segment_length, bptt_segments (> 0 tokens:
+        recurrent memory, SPEC §5; /logits then holds the last segment's).
       OUT.h5: /loss, /logits [B,T,V], /grad/<name>, /grad_norm (first step,
         before clipping), /adamw_losses [steps] (loss before each AdamW step on
         the same batch, constant lr, global-norm clipping), /final/<name>.
@@ -83,12 +85,11 @@ def attention(q, k, v, cfg, dtype):
     return (torch.softmax(s, dim=-1) @ v).transpose(1, 2)
 
 
-def forward(params, tokens, cfg, dtype):
-    """tokens [B,T] -> logits [B,T,V]"""
-    d, H, G, h = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+def body(params, x, cfg, dtype):
+    """input embeddings x [B,T,d] -> the last layer's output [B,T,d] (before the final norm)"""
+    H, G, h = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
     eps = cfg["rms_norm_eps"]
-    B, T = tokens.shape
-    x = params["model.embed_tokens.weight"][tokens]
+    B, T, _ = x.shape
     if cfg["position"] == "rope":
         cos, sin = rope_cos_sin(T, h, cfg["rope_theta"], dtype)
         cos, sin = cos[None, :, None, :], sin[None, :, None, :]
@@ -106,8 +107,39 @@ def forward(params, tokens, cfg, dtype):
         gate = m @ p("mlp.gate_proj.weight").T
         up = m @ p("mlp.up_proj.weight").T
         x = x + (torch.nn.functional.silu(gate) * up) @ p("mlp.down_proj.weight").T
-    head = params["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else params["lm_head.weight"]
-    return rms_norm(x, params["model.norm.weight"], eps) @ head.T
+    return x
+
+
+def head(params, x, cfg):
+    w = params["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else params["lm_head.weight"]
+    return rms_norm(x, params["model.norm.weight"], cfg["rms_norm_eps"]) @ w.T
+
+
+def forward(params, tokens, cfg, dtype):
+    """tokens [B,T] -> logits [B,T,V]"""
+    return head(params, body(params, params["model.embed_tokens.weight"][tokens], cfg, dtype), cfg)
+
+
+def rmt_loss(params, tokens, targets, cfg, dtype):
+    """SPEC §5: segments [mem; tokens; mem], positions restarting per segment,
+    mem_{k+1} = last layer's output at the write rows, loss on token rows.
+    Memory entering segment k >= 1 is detached for K = 0, or when k % K == 0."""
+    M, S, K = cfg["memory_tokens"], cfg["segment_length"], cfg["bptt_segments"]
+    B, T = tokens.shape
+    mem = params["model.memory.embeddings"][None].expand(B, M, -1)
+    total, count, logits = 0.0, 0, None
+    for k in range(T // S):
+        if k >= 1 and (K == 0 or (K > 0 and k % K == 0)):
+            mem = mem.detach()
+        emb = params["model.embed_tokens.weight"][tokens[:, k * S:(k + 1) * S]]
+        out = body(params, torch.cat([mem, emb, mem], dim=1), cfg, dtype)
+        logits = head(params, out[:, M:M + S], cfg)
+        tgt = targets[:, k * S:(k + 1) * S].reshape(-1)
+        total = total + torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), tgt, ignore_index=-1, reduction="sum")
+        count += int((tgt >= 0).sum())
+        mem = out[:, M + S:]
+    return total / count, logits
 
 
 def loss_fn(logits, targets):
@@ -129,6 +161,8 @@ def read_input(path, dtype):
     with h5py.File(path, "r") as f:
         cfg = {k: int(f.attrs[k]) for k in CONFIG_INT}
         cfg.update({k: float(f.attrs[k]) for k in CONFIG_FLOAT})
+        for k in ["memory_tokens", "segment_length", "bptt_segments"]:
+            cfg[k] = int(f.attrs[k]) if k in f.attrs else 0
         pos = f.attrs["position"]
         cfg["position"] = pos.decode() if isinstance(pos, bytes) else str(pos)
         params = {}
@@ -153,8 +187,13 @@ def decays(name, cfg):
 def golden(args):
     dtype = getattr(torch, args.dtype)
     cfg, params, tokens, targets = read_input(args.input, dtype)
-    logits = forward(params, tokens, cfg, dtype)
-    loss = loss_fn(logits, targets)
+    def model_loss():
+        if cfg["memory_tokens"] > 0:
+            return rmt_loss(params, tokens, targets, cfg, dtype)
+        logits = forward(params, tokens, cfg, dtype)
+        return loss_fn(logits, targets), logits
+
+    loss, logits = model_loss()
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in params.items()}
     grad_norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values())).item()
@@ -169,7 +208,7 @@ def golden(args):
     losses = []
     for _ in range(cfg["steps"]):
         opt.zero_grad()
-        l = loss_fn(forward(params, tokens, cfg, dtype), targets)
+        l = model_loss()[0]
         l.backward()
         if cfg["grad_clip"] > 0:
             torch.nn.utils.clip_grad_norm_(list(params.values()), cfg["grad_clip"])

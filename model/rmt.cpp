@@ -1,0 +1,135 @@
+#include "model/rmt.h"
+
+#include "common/errors.h"
+
+namespace rt {
+
+RmtRunner::RmtRunner(LlamaModel& model) : model_(model), be_(model.backend()) {
+  const ModelConfig& c = model.config();
+  RT_CHECK(c.memory.has_value(), "RmtRunner needs model.memory");
+  M_ = c.memory->num_tokens;
+  S_ = c.memory->segment_length;
+  d_ = c.hidden_size;
+  K_ = c.memory->bptt_segments;
+}
+
+RmtRunner::~RmtRunner() {
+  for (float* p : mems_) be_.free_bytes(p);
+  for (float* p : {x0_, dx0_, dextra_, dmem_, dtok_}) be_.free_bytes(p);
+}
+
+float* RmtRunner::alloc(size_t n) { return static_cast<float*>(be_.alloc_bytes(n * sizeof(float))); }
+
+bool RmtRunner::detached_before(int64_t k) const {
+  if (k <= 0 || K_ < 0) return false;
+  if (K_ == 0) return true;
+  return k % K_ == 0;
+}
+
+// One segment: builds [mem_k ; embed(tokens_k) ; mem_k] for every batch row,
+// runs the model (backward too when dloss_scale != 0 or dwrite is given) and
+// stores mem_{k+1} from the write rows.
+double RmtRunner::run_segment(int64_t k, const int32_t* inputs, const int32_t* targets, int B,
+                              int64_t T, float dloss_scale, const float* dwrite,
+                              int64_t* n_valid) {
+  const int R = S_ + 2 * M_;
+  const size_t md = size_t(M_) * d_;
+  seg_tokens_.resize(size_t(B) * S_);
+  seg_targets_.assign(size_t(B) * R, -1);
+  for (int b = 0; b < B; ++b)
+    for (int i = 0; i < S_; ++i) {
+      seg_tokens_[size_t(b) * S_ + i] = inputs[size_t(b) * T + k * S_ + i];
+      seg_targets_[size_t(b) * R + M_ + i] = targets[size_t(b) * T + k * S_ + i];
+    }
+  // token embeddings for all rows at once, then placed between the memories
+  model_.embed_tokens(seg_tokens_.data(), B * S_, dtok_);
+  for (int b = 0; b < B; ++b) {
+    float* row = x0_ + size_t(b) * R * d_;
+    const float* mem = mems_[k] + size_t(b) * md;
+    be_.copy(row, mem, md);
+    be_.copy(row + md, dtok_ + size_t(b) * S_ * d_, size_t(S_) * d_);
+    be_.copy(row + size_t(M_ + S_) * d_, mem, md);
+  }
+  float* dextra = nullptr;
+  if (dwrite) {
+    be_.zero(dextra_, size_t(B) * R * d_);
+    for (int b = 0; b < B; ++b)
+      be_.copy(dextra_ + (size_t(b) * R + M_ + S_) * d_, dwrite + size_t(b) * md, md);
+    dextra = dextra_;
+  }
+  const double loss = model_.forward_backward_embeddings(
+      x0_, seg_targets_.data(), B, R, RowPositions::whole(R), dloss_scale, n_valid, dextra,
+      (dloss_scale != 0.f || dwrite) ? dx0_ : nullptr);
+  // mem_{k+1}: the residual stream at the write rows
+  if (size_t(k + 1) < mems_.size()) {
+    const float* out = model_.final_residual();
+    for (int b = 0; b < B; ++b)
+      be_.copy(mems_[k + 1] + size_t(b) * md, out + (size_t(b) * R + M_ + S_) * d_, md);
+  }
+  return loss;
+}
+
+double RmtRunner::forward_backward(const int32_t* inputs, const int32_t* targets, int B,
+                                   int64_t T, float dloss_scale, int64_t* n_valid) {
+  RT_CHECK(T % S_ == 0, "seq_len must be a multiple of memory.segment_length");
+  const int64_t n = T / S_;
+  const int R = S_ + 2 * M_;
+  const size_t md = size_t(M_) * d_;
+  last_B_ = B;
+  // buffers: memories for every segment boundary, one segment's rows
+  while (mems_.size() < size_t(n + 1) || (cap_rows_ < size_t(B) * R)) {
+    for (float* p : mems_) be_.free_bytes(p);
+    for (float* p : {x0_, dx0_, dextra_, dmem_, dtok_}) be_.free_bytes(p);
+    mems_.assign(size_t(n + 1), nullptr);
+    for (auto& p : mems_) p = alloc(size_t(B) * md);
+    x0_ = alloc(size_t(B) * R * d_);
+    dx0_ = alloc(size_t(B) * R * d_);
+    dextra_ = alloc(size_t(B) * R * d_);
+    dmem_ = alloc(size_t(B) * md);
+    dtok_ = alloc(size_t(B) * S_ * d_);
+    cap_rows_ = size_t(B) * R;
+  }
+  const float* mem0 = model_.params().get("model.memory.embeddings");
+  for (int b = 0; b < B; ++b) be_.copy(mems_[0] + size_t(b) * md, mem0, md);
+
+  // pass 1: forward through all segments, keeping only the memories
+  double loss = 0;
+  int64_t valid = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    int64_t v = 0;
+    loss += run_segment(k, inputs, targets, B, T, 0.f, nullptr, &v);
+    valid += v;
+  }
+  if (n_valid) *n_valid = valid;
+  if (dloss_scale == 0.f) return loss;
+
+  // pass 2: replay in reverse, carrying d(mem_{k+1}) into segment k
+  bool have_dmem = false;  // dmem_ holds d(loss)/d(mem_{k+1}) from later segments
+  float* gmem = model_.grads().get("model.memory.embeddings");
+  for (int64_t k = n - 1; k >= 0; --k) {
+    run_segment(k, inputs, targets, B, T, dloss_scale, have_dmem ? dmem_ : nullptr, nullptr);
+    // token rows -> embedding gradient
+    for (int b = 0; b < B; ++b)
+      be_.copy(dtok_ + size_t(b) * S_ * d_, dx0_ + (size_t(b) * R + M_) * d_, size_t(S_) * d_);
+    model_.embed_tokens_backward(seg_tokens_.data(), B * S_, dtok_);
+    // mem_k feeds both the read rows and the write rows of segment k
+    for (int b = 0; b < B; ++b) {
+      float* dm = dmem_ + size_t(b) * md;
+      be_.copy(dm, dx0_ + size_t(b) * R * d_, md);
+      be_.add_inplace(dm, dx0_ + (size_t(b) * R + M_ + S_) * d_, md);
+    }
+    if (k == 0) {
+      for (int b = 0; b < B; ++b) be_.add_inplace(gmem, dmem_ + size_t(b) * md, md);
+    } else {
+      have_dmem = !detached_before(k);
+    }
+  }
+  return loss;
+}
+
+std::vector<float> RmtRunner::last_segment_logits(int b) {
+  const int R = S_ + 2 * M_;
+  return model_.logits_to_host(int64_t(b) * R + M_, S_);
+}
+
+}  // namespace rt

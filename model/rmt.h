@@ -1,0 +1,60 @@
+// Recurrent-state memory (RMT, SPEC §5) over a LlamaModel.
+//
+// A sequence of n*S tokens runs as n segments. Segment k's input rows are
+// [mem_k ; tokens_k ; mem_k] (M + S + M rows, positions restarting at 0);
+// mem_0 is the learned model.memory.embeddings, mem_{k+1} is the last
+// layer's output at segment k's M trailing (write) rows. The loss covers the
+// S token rows only.
+//
+// Backward is by replay: a first pass runs every segment forward keeping only
+// the memories (n+1) x (M, d); the second runs the segments in reverse, each
+// forward again and then backward, carrying d(memory) to the segment before.
+// Activation memory is therefore one segment's, whatever n is.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/llama.h"
+
+namespace rt {
+
+class RmtRunner {
+ public:
+  explicit RmtRunner(LlamaModel& model);
+  ~RmtRunner();
+  RmtRunner(const RmtRunner&) = delete;
+  RmtRunner& operator=(const RmtRunner&) = delete;
+
+  // inputs, targets: (B, T) host, T a multiple of segment_length; targets < 0
+  // are ignored. Returns the summed loss over valid targets (*n_valid gets
+  // their count). dloss_scale != 0: backward as above, accumulating into the
+  // model's gradients (memory embeddings included).
+  double forward_backward(const int32_t* inputs, const int32_t* targets, int B, int64_t T,
+                          float dloss_scale, int64_t* n_valid);
+
+  // Logits (S, V) of the token rows of the last segment of batch row b, from
+  // the last call's final forward (host). For evaluation.
+  std::vector<float> last_segment_logits(int b);
+
+  // Whether the memory entering segment k (k >= 1) is detached under the
+  // bptt_segments rule: K = -1 never, K = 0 always, K > 0 when k % K == 0.
+  // The learned initial memory always receives its gradient from segment 0.
+  bool detached_before(int64_t k) const;
+
+ private:
+  double run_segment(int64_t k, const int32_t* inputs, const int32_t* targets, int B, int64_t T,
+                     float dloss_scale, const float* dwrite, int64_t* n_valid);
+  float* alloc(size_t n);
+
+  LlamaModel& model_;
+  Backend& be_;
+  int M_, S_, d_, K_;
+  std::vector<float*> mems_;  // mem_k, (B, M, d) each
+  float *x0_ = nullptr, *dx0_ = nullptr, *dextra_ = nullptr, *dmem_ = nullptr, *dtok_ = nullptr;
+  size_t cap_rows_ = 0;
+  std::vector<int32_t> seg_targets_, seg_tokens_;
+  int last_B_ = 0;
+};
+
+}  // namespace rt
