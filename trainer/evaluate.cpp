@@ -5,11 +5,53 @@
 #include <cstdio>
 
 #include "common/errors.h"
+#include "data/synthetic.h"
 
 namespace rt {
 
+namespace {
+
+// Lengths a ring can hold: zigzag cuts the sequence into 2*cp chunks.
+int64_t ring_multiple(const EvalSharding* sh) {
+  const int cp = sh ? sh->dims.cp : 1;
+  return sh && sh->layout == RingLayout::kZigzag ? 2 * cp : cp;
+}
+
+void check_ring_length(int64_t T, const EvalSharding* sh, const std::string& what) {
+  const int64_t multiple = ring_multiple(sh);
+  if (T % multiple != 0)
+    throw UsageError(what + " " + std::to_string(T) + " is not a multiple of " +
+                     std::to_string(multiple) + " (context_parallel " +
+                     std::to_string(sh ? sh->dims.cp : 1) + ", ring layout " +
+                     (sh && sh->layout == RingLayout::kZigzag ? "zigzag: 2*cp chunks"
+                                                              : "contiguous") +
+                     "): choose lengths divisible by " + std::to_string(multiple));
+}
+
+RowPositions local_rows(int64_t T, const EvalSharding* sh) {
+  return sh && sh->dims.cp > 1 ? ring_local_rows(sh->layout, sh->dims.cp,
+                                                 sh->dims.cp_index(sh->rank), T)
+                               : RowPositions::whole(T);
+}
+
+// -log softmax(logits)[target] for one row, in double.
+double row_nll(const float* logits, int64_t V, int32_t target) {
+  float mx = logits[0];
+  for (int64_t v = 1; v < V; ++v) mx = std::max(mx, logits[v]);
+  double sum = 0;
+  for (int64_t v = 0; v < V; ++v) sum += std::exp(double(logits[v]) - mx);
+  return std::log(sum) + mx - double(logits[target]);
+}
+
+}  // namespace
+
+int64_t default_position_bucket(int64_t seq_len) {
+  return std::clamp<int64_t>(seq_len / 16, 1, 512);
+}
+
 PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& data, int64_t T,
-                                     int64_t max_sequences, const EvalSharding* sh) {
+                                     int64_t max_sequences, const EvalSharding* sh,
+                                     LossByPosition* by_position) {
   const int64_t available = data.num_sequences(T);
   const int64_t n = std::min(available, max_sequences);
   if (n < 1)
@@ -17,15 +59,21 @@ PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& da
                      std::to_string(T) + ": use a shorter --seq-len or more data");
   const int dp = sh ? sh->dims.dp : 1, cp = sh ? sh->dims.cp : 1;
   const int dp_index = sh ? sh->dims.dp_index(sh->rank) : 0;
-  const int64_t multiple = sh && sh->layout == RingLayout::kZigzag ? 2 * cp : cp;
-  if (T % multiple != 0)
-    throw UsageError("evaluation length " + std::to_string(T) + " is not a multiple of " +
-                     std::to_string(multiple) + " (context_parallel " + std::to_string(cp) +
-                     ", ring layout " + (multiple == cp ? "contiguous" : "zigzag") +
-                     "): choose lengths divisible by " + std::to_string(multiple));
-  const RowPositions rows =
-      cp > 1 ? ring_local_rows(sh->layout, cp, sh->dims.cp_index(sh->rank), T)
-             : RowPositions::whole(T);
+  check_ring_length(T, sh, "evaluation length");
+  const RowPositions rows = local_rows(T, sh);
+  const int64_t V = model.config().vocab_size;
+  int64_t bucket = 0, nb = 0;
+  std::vector<double> pos_nll;
+  std::vector<int64_t> pos_tokens;
+  if (by_position) {
+    bucket = by_position->bucket > 0 ? by_position->bucket : default_position_bucket(T);
+    if (bucket > T)
+      throw UsageError("--bucket " + std::to_string(bucket) + " is longer than the sequence (" +
+                       std::to_string(T) + "): choose a bucket <= the longest --seq-lens");
+    nb = (T + bucket - 1) / bucket;
+    pos_nll.assign(size_t(nb), 0.0);
+    pos_tokens.assign(size_t(nb), 0);
+  }
   const int64_t Tl = T / cp;
   std::vector<int32_t> inputs(Tl), targets(Tl);
   PerplexityResult r;
@@ -44,15 +92,121 @@ PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& da
     int64_t valid = 0;
     nll += model.forward_backward(inputs.data(), targets.data(), 1, int(Tl), rows, 0.f, &valid);
     tokens += valid;
+    if (!by_position) continue;
+    // Per-token NLL from the logits (the model returns only their sum),
+    // placed at each local row's global position.
+    const std::vector<float> logits = model.logits_to_host(0, Tl);
+    int64_t row_i = 0;
+    for (auto [begin, len] : rows.chunks)
+      for (int64_t k = 0; k < len; ++k, ++row_i) {
+        if (targets[size_t(row_i)] < 0) continue;
+        const size_t b = size_t((begin + k) / bucket);
+        pos_nll[b] += row_nll(logits.data() + row_i * V, V, targets[size_t(row_i)]);
+        ++pos_tokens[b];
+      }
   }
   if (sh && sh->world->size() > 1) {
     sh->world->allreduce_sum(&nll, 1);
     sh->world->allreduce_sum(&tokens, 1);
+    if (by_position) {
+      sh->world->allreduce_sum(pos_nll.data(), pos_nll.size());
+      sh->world->allreduce_sum(pos_tokens.data(), pos_tokens.size());
+    }
+  }
+  if (by_position) {
+    by_position->seq_len = T;
+    by_position->bucket = bucket;
+    by_position->tokens = pos_tokens;
+    by_position->mean_nll.assign(size_t(nb), std::nan(""));
+    for (int64_t b = 0; b < nb; ++b)
+      if (pos_tokens[size_t(b)] > 0)
+        by_position->mean_nll[size_t(b)] = pos_nll[size_t(b)] / double(pos_tokens[size_t(b)]);
   }
   r.tokens = tokens;
   r.mean_nll = r.tokens ? nll / double(r.tokens) : 0.0;
   r.ppl = std::exp(r.mean_nll);
   return r;
+}
+
+void check_passkey_grid(const std::vector<int64_t>& seq_lens, const std::vector<double>& depths,
+                        int trials, int vocab_size, const EvalSharding* sh) {
+  if (seq_lens.empty() || depths.empty())
+    throw UsageError("passkey: needs at least one length and one depth, e.g. "
+                     "--passkey-seq-lens 256,512 --passkey-depths 0,0.5,1");
+  if (trials < 1)
+    throw UsageError("passkey: trials must be >= 1, got " + std::to_string(trials));
+  if (vocab_size < 256)
+    throw UsageError("passkey: the model has vocab_size " + std::to_string(vocab_size) +
+                     " but passkey samples are byte tokens (0..255): passkey evaluation needs a "
+                     "byte-level model (vocab_size >= 256)");
+  for (int64_t L : seq_lens) {
+    if (L + 1 < passkey_min_length())
+      throw UsageError("passkey: length " + std::to_string(L) +
+                       " is too short for the intro, needle and question; use lengths >= " +
+                       std::to_string(passkey_min_length() - 1));
+    check_ring_length(L, sh, "passkey length");
+  }
+  for (double d : depths)
+    if (!(d >= 0.0 && d <= 1.0))
+      throw UsageError("passkey: depth " + std::to_string(d) +
+                       " is outside [0, 1] (0 = needle at the start, 1 = at the end)");
+}
+
+PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& seq_lens,
+                               const std::vector<double>& depths, int trials, uint64_t seed,
+                               const EvalSharding* sh) {
+  const int64_t V = model.config().vocab_size;
+  check_passkey_grid(seq_lens, depths, trials, int(V), sh);
+  const int dp = sh ? sh->dims.dp : 1;
+  const int dp_index = sh ? sh->dims.dp_index(sh->rank) : 0;
+  const size_t nL = seq_lens.size(), nD = depths.size(), nT = size_t(trials);
+  // Digits this rank predicted right, per trial: the 5 answer rows of a
+  // trial may lie on different ranks of its ring, and only one ring runs a
+  // trial, so the world sum is the trial's count of right digits.
+  std::vector<int64_t> right(nL * nD * nT, 0);
+  for (size_t i = 0; i < nL; ++i) {
+    const int64_t L = seq_lens[i];
+    const RowPositions rows = local_rows(L, sh);
+    const int64_t Tl = L / (sh ? sh->dims.cp : 1);
+    std::vector<int32_t> inputs(static_cast<size_t>(Tl)), targets(static_cast<size_t>(Tl));
+    for (size_t j = 0; j < nD; ++j)
+      for (size_t t = size_t(dp_index); t < nT; t += size_t(dp)) {
+        const PasskeySample s = make_passkey_sample(L + 1, depths[j], seed, int64_t(t));
+        const auto* bytes = reinterpret_cast<const unsigned char*>(s.text.data());
+        int64_t r = 0;
+        for (auto [begin, len] : rows.chunks)
+          for (int64_t k = 0; k < len; ++k, ++r) {
+            inputs[size_t(r)] = bytes[begin + k];
+            targets[size_t(r)] = bytes[begin + k + 1];
+          }
+        model.forward_backward(inputs.data(), targets.data(), 1, int(Tl), rows, 0.f, nullptr);
+        // Rows L-5 .. L-1 predict the answer digits (text[L-4 .. L]).
+        r = 0;
+        for (auto [begin, len] : rows.chunks) {
+          for (int64_t k = 0; k < len; ++k) {
+            const int64_t p = begin + k;
+            if (p < L - 5) continue;
+            const std::vector<float> lg = model.logits_to_host(r + k, 1);
+            const int64_t pred = std::max_element(lg.begin(), lg.end()) - lg.begin();
+            right[(i * nD + j) * nT + t] += pred == int64_t(bytes[p + 1]);
+          }
+          r += len;
+        }
+      }
+  }
+  if (sh && sh->world->size() > 1) sh->world->allreduce_sum(right.data(), right.size());
+  PasskeyResult res;
+  res.seq_lens = seq_lens;
+  res.depths = depths;
+  res.trials = trials;
+  res.accuracy.assign(nL, std::vector<double>(nD, 0.0));
+  for (size_t i = 0; i < nL; ++i)
+    for (size_t j = 0; j < nD; ++j) {
+      int64_t correct = 0;
+      for (size_t t = 0; t < nT; ++t) correct += right[(i * nD + j) * nT + t] == 5;
+      res.accuracy[i][j] = double(correct) / double(trials);
+    }
+  return res;
 }
 
 nlohmann::json perplexity_to_json(const std::vector<PerplexityResult>& results) {
@@ -73,6 +227,56 @@ std::string perplexity_table(const std::vector<PerplexityResult>& results) {
     std::snprintf(buf, sizeof buf, "  %7lld  %9lld  %9lld  %9.4f  %9.3f\n", (long long)r.seq_len,
                   (long long)r.sequences, (long long)r.tokens, r.mean_nll, r.ppl);
     s += buf;
+  }
+  return s;
+}
+
+nlohmann::json loss_by_position_to_json(const LossByPosition& r) {
+  nlohmann::json m = nlohmann::json::array();
+  for (double v : r.mean_nll) m.push_back(std::isfinite(v) ? nlohmann::json(v) : nullptr);
+  return {{"seq_len", r.seq_len}, {"bucket", r.bucket}, {"mean_nll", m}, {"tokens", r.tokens}};
+}
+
+std::string loss_by_position_table(const LossByPosition& r) {
+  std::string s = "      positions     tokens   mean_nll\n";
+  char buf[128];
+  for (size_t b = 0; b < r.mean_nll.size(); ++b) {
+    const long long lo = (long long)(int64_t(b) * r.bucket);
+    const long long hi = std::min<long long>(lo + r.bucket, r.seq_len) - 1;
+    if (std::isfinite(r.mean_nll[b]))
+      std::snprintf(buf, sizeof buf, "  %6lld-%-6lld  %9lld  %9.4f\n", lo, hi,
+                    (long long)r.tokens[b], r.mean_nll[b]);
+    else
+      std::snprintf(buf, sizeof buf, "  %6lld-%-6lld  %9lld  %9s\n", lo, hi,
+                    (long long)r.tokens[b], "-");
+    s += buf;
+  }
+  return s;
+}
+
+nlohmann::json passkey_to_json(const PasskeyResult& r) {
+  return {{"seq_lens", r.seq_lens},
+          {"depths", r.depths},
+          {"accuracy", r.accuracy},
+          {"trials", r.trials}};
+}
+
+std::string passkey_table(const PasskeyResult& r) {
+  std::string s = "  seq_len \\ depth";
+  char buf[64];
+  for (double d : r.depths) {
+    std::snprintf(buf, sizeof buf, "  %6.2f", d);
+    s += buf;
+  }
+  s += "\n";
+  for (size_t i = 0; i < r.seq_lens.size(); ++i) {
+    std::snprintf(buf, sizeof buf, "  %15lld", (long long)r.seq_lens[i]);
+    s += buf;
+    for (double a : r.accuracy[i]) {
+      std::snprintf(buf, sizeof buf, "  %6.2f", a);
+      s += buf;
+    }
+    s += "\n";
   }
   return s;
 }

@@ -1,4 +1,7 @@
-// Evaluation (SPEC §9): perplexity at one or more lengths.
+// Evaluation (SPEC §9): perplexity at one or more lengths, loss by position
+// and the passkey retrieval grid. Every function runs the same on one rank or
+// sharded over dp x cp ranks (EvalSharding) and returns the global result on
+// every rank.
 #pragma once
 
 #include <cstdint>
@@ -33,14 +36,57 @@ struct EvalSharding {
   int rank = 0;
 };
 
+// Mean next-token NLL by position bucket: mean_nll[b] averages the valid
+// targets at positions [b*bucket, (b+1)*bucket) (NaN where a bucket has none,
+// e.g. synthetic data with loss: answer).
+struct LossByPosition {
+  int64_t seq_len = 0;
+  int64_t bucket = 0;
+  std::vector<double> mean_nll;
+  std::vector<int64_t> tokens;  // valid targets per bucket
+};
+
 // mean next-token NLL over all valid targets of the first `max_sequences`
 // non-overlapping sequences of length T, in order from the start of the data.
 // With sharding, every rank returns the same global result.
 PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& data, int64_t T,
-                                     int64_t max_sequences, const EvalSharding* sharding = nullptr);
+                                     int64_t max_sequences, const EvalSharding* sharding = nullptr,
+                                     LossByPosition* by_position = nullptr);
+// Default bucket for loss by position: seq_len/16, at most 512, at least 1.
+int64_t default_position_bucket(int64_t seq_len);
+
+// Passkey retrieval (SPEC §7, §9). Trial t at (length L, depth d) is
+// make_passkey_sample(L + 1, d, seed, t): its first L bytes are one forward
+// pass (teacher forcing, the training format: inputs L tokens, the 5 answer
+// digits are the last 5 targets). A trial is correct when the greedy
+// (argmax) prediction at each of the 5 answer positions is the digit.
+struct PasskeyResult {
+  std::vector<int64_t> seq_lens;
+  std::vector<double> depths;
+  int trials = 0;
+  std::vector<std::vector<double>> accuracy;  // [seq_len][depth], in [0, 1]
+};
+// The seed stream of evaluation samples: distinct from the training and
+// validation streams (run.seed + data.*.seed_offset).
+inline uint64_t passkey_eval_seed(uint64_t run_seed) { return run_seed + 7919; }
+// UsageError unless every length fits a passkey sample (>= passkey_min_length()
+// - 1), the depths are in [0, 1], the lengths suit the ring (multiples of 2*cp
+// for zigzag, cp for contiguous) and the model has byte tokens (vocab >= 256).
+void check_passkey_grid(const std::vector<int64_t>& seq_lens, const std::vector<double>& depths,
+                        int trials, int vocab_size, const EvalSharding* sharding);
+PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& seq_lens,
+                               const std::vector<double>& depths, int trials, uint64_t seed,
+                               const EvalSharding* sharding = nullptr);
 
 nlohmann::json perplexity_to_json(const std::vector<PerplexityResult>& results);
 // Console table: seq_len | sequences | tokens | mean_nll | ppl
 std::string perplexity_table(const std::vector<PerplexityResult>& results);
+// {"seq_len", "bucket", "mean_nll": [...]} (null for empty buckets)
+nlohmann::json loss_by_position_to_json(const LossByPosition& r);
+std::string loss_by_position_table(const LossByPosition& r);
+// {"seq_lens", "depths", "accuracy": [[...]], "trials"}
+nlohmann::json passkey_to_json(const PasskeyResult& r);
+// Rows: lengths, columns: depths, cells: accuracy.
+std::string passkey_table(const PasskeyResult& r);
 
 }  // namespace rt

@@ -22,6 +22,7 @@
 #include "data/token_file.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
+#include "trainer/eval_command.h"
 #include "trainer/evaluate.h"
 #include "parallel/comm.h"
 #include "trainer/trainer.h"
@@ -131,7 +132,8 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
   return kExitOk;
 }
 
-std::vector<int64_t> parse_int_list(const std::string& s, const std::string& opt) {
+[[maybe_unused]] std::vector<int64_t> parse_int_list(const std::string& s,
+                                                     const std::string& opt) {
   std::vector<int64_t> out;
   std::stringstream ss(s);
   std::string item;
@@ -192,92 +194,6 @@ int cmd_inspect(const std::string& path) {
   return kExitOk;
 }
 
-struct EvalOptions {
-  std::string target;
-  std::vector<std::string> overrides;
-  std::string data;
-  int64_t seq_len = 0;
-  std::string seq_lens;
-  int64_t max_sequences = 64;
-  std::string json;
-};
-
-bool ends_with(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-}
-
-int cmd_eval(const EvalOptions& o) {
-  // The model: a checkpoint file, or a config whose run dir may hold checkpoints.
-  Config cfg;
-  std::string ckpt;
-  if (ends_with(o.target, ".h5")) {
-    ckpt = o.target;
-    CheckpointMeta meta = read_checkpoint_meta(ckpt);
-    cfg = parse_config(meta.config_yaml, ckpt + ":config", o.overrides);
-  } else {
-    cfg = load_config(o.target, o.overrides);
-    auto found = list_checkpoints(cfg.run.dir);
-    if (!found.empty()) ckpt = found.back().second;
-  }
-  validate_layout(cfg, 1);
-  if (o.max_sequences < 1)
-    throw UsageError("--max-sequences must be >= 1, got " + std::to_string(o.max_sequences));
-
-  std::unique_ptr<Backend> be = make_backend(cfg.parallel.device);
-  LlamaModel model(cfg.model, *be);
-  int64_t step = 0;
-  if (!ckpt.empty()) {
-    load_model_weights(ckpt, model);
-    step = read_checkpoint_meta(ckpt).step;
-    log_info("eval: checkpoint %s (step %lld)", ckpt.c_str(), (long long)step);
-  } else {
-    model.init_weights(cfg.run.seed);
-    log_warn("no checkpoint in %s/checkpoints: evaluating the randomly initialised model "
-             "(train first, or pass a checkpoint .h5)",
-             cfg.run.dir.c_str());
-  }
-
-  std::unique_ptr<SequenceSource> data;
-  if (!o.data.empty())
-    data = make_token_source(o.data);
-  else
-    data = make_source(cfg.data.val ? *cfg.data.val : cfg.data.train, cfg.run.seed);
-  if (data->vocab_size() > cfg.model.vocab_size)
-    throw UsageError("evaluation data " + data->describe() + " has vocab_size " +
-                     std::to_string(data->vocab_size()) + " > model.vocab_size " +
-                     std::to_string(cfg.model.vocab_size));
-
-  std::vector<int64_t> lens;
-  if (!o.seq_lens.empty()) lens = parse_int_list(o.seq_lens, "--seq-lens");
-  if (o.seq_len > 0) lens.push_back(o.seq_len);
-  if (lens.empty()) lens = cfg.eval.seq_lens.empty() ? std::vector<int64_t>{cfg.train.seq_len}
-                                                     : cfg.eval.seq_lens;
-
-  std::vector<PerplexityResult> results;
-  for (int64_t T : lens) {
-    model.plan_activations(1, int(T), false);
-    results.push_back(evaluate_perplexity(model, *data, T, o.max_sequences));
-  }
-  std::cout << "perplexity on " << data->describe() << ":\n" << perplexity_table(results);
-
-  nlohmann::json j = {{"checkpoint", ckpt.empty() ? nlohmann::json(nullptr) : nlohmann::json(ckpt)},
-                      {"step", step},
-                      {"perplexity", perplexity_to_json(results)}};
-  std::string out = o.json;
-  if (out.empty()) {
-    make_dirs(cfg.run.dir + "/eval");
-    out = cfg.run.dir + "/eval/step_" + std::to_string(step) + ".json";
-  } else {
-    auto parent = std::filesystem::path(out).parent_path();
-    if (!parent.empty()) make_dirs(parent.string());
-  }
-  std::ofstream f(out);
-  f << j.dump(2) << "\n";
-  if (!f) throw IoError("cannot write " + out);
-  std::cout << "wrote " << out << "\n";
-  return kExitOk;
-}
-
 int run(int argc, char** argv) {
   CLI::App app{
       "ringtrain: train and fine-tune long-context transformers.\n"
@@ -298,7 +214,11 @@ int run(int argc, char** argv) {
       ->take_all();
 
   EvalOptions eo;
-  auto* eval = app.add_subcommand("eval", "Perplexity by length of a checkpoint or config's run");
+  auto* eval = app.add_subcommand(
+      "eval",
+      "Perplexity by length, loss by position and the passkey grid of a checkpoint; writes "
+      "JSON and PNG plots beside it. Shard long sequences over a ring with mpirun -np N "
+      "... --context-parallel N");
   eval->add_option("target", eo.target,
                    "CKPT.h5, or CONFIG.yaml (uses the newest checkpoint in its run dir)")
       ->required();
@@ -308,7 +228,18 @@ int run(int argc, char** argv) {
   eval->add_option("--seq-lens", eo.seq_lens, "several lengths, e.g. 256,512,1024");
   eval->add_option("--max-sequences", eo.max_sequences,
                    "sequences per length, from the start of the data (default 64)");
+  eval->add_option("--bucket", eo.bucket,
+                   "loss-by-position bucket in tokens, at the longest length (default "
+                   "seq_len/16, at most 512)");
+  eval->add_option("--passkey-seq-lens", eo.passkey_seq_lens,
+                   "passkey grid lengths, e.g. 256,512,1024 (default: eval.passkey of the config)");
+  eval->add_option("--passkey-depths", eo.passkey_depths,
+                   "needle depths in [0,1], e.g. 0,0.5,1 (default 0,0.25,0.5,0.75,1)");
+  eval->add_option("--passkey-trials", eo.passkey_trials, "samples per grid cell (default 10)");
+  eval->add_option("--context-parallel", eo.context_parallel,
+                   "ring size: ranks sharing one sequence (world / it = data parallel)");
   eval->add_option("--json", eo.json, "output JSON (default RUN_DIR/eval/step_N.json)");
+  eval->add_flag("!--no-plots", eo.plots, "skip the PNG plots (launch/plot_eval.py)");
 
   int steps = 5, warmup = 1;
   auto* bench = app.add_subcommand(
@@ -342,7 +273,7 @@ int run(int argc, char** argv) {
   }
 
   if (train->parsed()) return cmd_train(config, overrides);
-  if (eval->parsed()) return cmd_eval(eo);
+  if (eval->parsed()) return run_eval_command(eo);
   if (bench->parsed()) return cmd_bench(config, overrides, steps, warmup);
   if (inspect->parsed()) return cmd_inspect(inspect_path);
   if (prepare->parsed()) {

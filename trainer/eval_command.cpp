@@ -1,0 +1,267 @@
+#include "trainer/eval_command.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include "common/errors.h"
+#include "common/log.h"
+#include "data/dataset.h"
+#include "parallel/comm.h"
+#include "parallel/parallel_dims.h"
+#include "parallel/ring_attention.h"
+#include "trainer/checkpoint.h"
+#include "trainer/config.h"
+#include "trainer/evaluate.h"
+#include "trainer/trainer.h"
+
+namespace rt {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(item);
+  return out;
+}
+
+std::vector<int64_t> parse_lengths(const std::string& s, const std::string& opt) {
+  std::vector<int64_t> out;
+  for (const std::string& item : split_commas(s)) {
+    try {
+      size_t used = 0;
+      const long long v = std::stoll(item, &used);
+      if (used != item.size() || v < 2) throw std::invalid_argument(item);
+      out.push_back(v);
+    } catch (const std::exception&) {
+      throw UsageError(opt + ": '" + item +
+                       "' is not a sequence length (integers >= 2, comma-separated, e.g. "
+                       "256,512,1024)");
+    }
+  }
+  if (out.empty()) throw UsageError(opt + " needs at least one length, e.g. 256,512");
+  return out;
+}
+
+std::vector<double> parse_depths(const std::string& s) {
+  std::vector<double> out;
+  for (const std::string& item : split_commas(s)) {
+    try {
+      size_t used = 0;
+      const double v = std::stod(item, &used);
+      if (used != item.size() || !(v >= 0.0 && v <= 1.0)) throw std::invalid_argument(item);
+      out.push_back(v);
+    } catch (const std::exception&) {
+      throw UsageError("--passkey-depths: '" + item +
+                       "' is not a depth (numbers in [0, 1], comma-separated, e.g. 0,0.5,1)");
+    }
+  }
+  if (out.empty()) throw UsageError("--passkey-depths needs at least one depth, e.g. 0,0.5,1");
+  return out;
+}
+
+bool ends_with(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+// launch/plot_eval.py: RINGTRAIN_PLOT_SCRIPT, else next to the source tree
+// the binary was built in (build dirs live in the repository root).
+std::string find_plot_script() {
+  if (const char* env = std::getenv("RINGTRAIN_PLOT_SCRIPT")) return env;
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec)
+    for (fs::path dir = exe.parent_path(); !dir.empty() && dir != dir.root_path();
+         dir = dir.parent_path())
+      if (fs::exists(dir / "launch" / "plot_eval.py"))
+        return (dir / "launch" / "plot_eval.py").string();
+  return "launch/plot_eval.py";
+}
+
+}  // namespace
+
+bool write_eval_plots(const std::string& json_path) {
+  const std::string script = find_plot_script();
+  const std::string python = "/usr/bin/python3";
+  const std::string command = python + " " + shell_quote(script) + " " + shell_quote(json_path);
+  auto explain = [&](const std::string& why) {
+    std::cout << "plots not written: " << why
+              << ". The JSON is complete; to get the plots, install matplotlib "
+                 "(apt-get install python3-matplotlib) and run:\n  "
+              << command << "\n";
+    return false;
+  };
+  if (access(python.c_str(), X_OK) != 0) return explain(python + " not found");
+  if (!fs::exists(script)) return explain(script + " not found");
+  if (std::system((python + " -c 'import matplotlib' >/dev/null 2>&1").c_str()) != 0)
+    return explain("matplotlib is not installed for " + python);
+  std::cout.flush();
+  if (std::system(command.c_str()) != 0) return explain("the plot script failed");
+  return true;
+}
+
+int run_eval_command(const EvalOptions& o) {
+  Comm& world = *parallel_runtime().world;
+  const int rank = world.rank();
+  // The model: a checkpoint file, or a config whose run dir may hold checkpoints.
+  Config cfg;
+  std::string ckpt;
+  if (ends_with(o.target, ".h5")) {
+    ckpt = o.target;
+    CheckpointMeta meta = read_checkpoint_meta(ckpt);
+    cfg = parse_config(meta.config_yaml, ckpt + ":config", o.overrides);
+  } else {
+    cfg = load_config(o.target, o.overrides);
+    auto found = list_checkpoints(cfg.run.dir);
+    if (!found.empty()) ckpt = found.back().second;
+  }
+  // The training layout does not matter here; the evaluation one is
+  // --context-parallel (ring size) x the rest of the world (data parallel).
+  cfg.parallel.data_parallel = 0;
+  cfg.parallel.context_parallel = 1;
+  validate_layout(cfg, 1);
+  if (o.max_sequences < 1)
+    throw UsageError("--max-sequences must be >= 1, got " + std::to_string(o.max_sequences));
+  if (o.bucket < 0) throw UsageError("--bucket must be >= 1, got " + std::to_string(o.bucket));
+  if (o.context_parallel < 1)
+    throw UsageError("--context-parallel must be >= 1, got " +
+                     std::to_string(o.context_parallel));
+  ParallelDims dims;
+  try {
+    dims = ParallelDims::build(world.size(), 0, o.context_parallel);
+  } catch (const UsageError& e) {
+    throw UsageError(std::string("eval --context-parallel: ") + e.what() +
+                     "; launch a multiple of --context-parallel ranks (mpirun -np N)");
+  }
+  const RingLayout layout = parse_ring_layout(cfg.parallel.ring_layout);
+  const EvalSharding sharding{&world, dims, layout, rank};
+
+  std::vector<int64_t> lens;
+  if (!o.seq_lens.empty()) lens = parse_lengths(o.seq_lens, "--seq-lens");
+  if (o.seq_len > 0) lens.push_back(o.seq_len);
+  if (lens.empty()) lens = cfg.eval.seq_lens.empty() ? std::vector<int64_t>{cfg.train.seq_len}
+                                                     : cfg.eval.seq_lens;
+  const int64_t longest = *std::max_element(lens.begin(), lens.end());
+  if (o.bucket > longest)
+    throw UsageError("--bucket " + std::to_string(o.bucket) + " is longer than the longest "
+                     "evaluation length " + std::to_string(longest) +
+                     ": choose a bucket <= " + std::to_string(longest));
+
+  // The passkey grid: the options, else the config's eval.passkey.
+  std::vector<int64_t> pk_lens;
+  std::vector<double> pk_depths = PasskeyEvalConfig{}.depths;
+  int pk_trials = PasskeyEvalConfig{}.trials;
+  if (cfg.eval.passkey) {
+    pk_lens = cfg.eval.passkey->seq_lens;
+    pk_depths = cfg.eval.passkey->depths;
+    pk_trials = cfg.eval.passkey->trials;
+  }
+  if (!o.passkey_seq_lens.empty()) pk_lens = parse_lengths(o.passkey_seq_lens, "--passkey-seq-lens");
+  if (!o.passkey_depths.empty()) pk_depths = parse_depths(o.passkey_depths);
+  if (o.passkey_trials != 0) pk_trials = o.passkey_trials;
+  if (pk_lens.empty() && (!o.passkey_depths.empty() || o.passkey_trials != 0))
+    throw UsageError("--passkey-depths and --passkey-trials need --passkey-seq-lens (the "
+                     "lengths of the passkey grid), e.g. --passkey-seq-lens 256,512");
+  if (!pk_lens.empty())
+    check_passkey_grid(pk_lens, pk_depths, pk_trials, cfg.model.vocab_size, &sharding);
+  for (int64_t T : lens)
+    if (T % (layout == RingLayout::kZigzag ? 2 * dims.cp : dims.cp) != 0)
+      throw UsageError("--seq-lens: length " + std::to_string(T) + " is not a multiple of " +
+                       std::to_string(layout == RingLayout::kZigzag ? 2 * dims.cp : dims.cp) +
+                       " (--context-parallel " + std::to_string(dims.cp) + ", ring layout " +
+                       cfg.parallel.ring_layout + "): choose lengths divisible by it");
+
+  std::unique_ptr<Backend> be = make_backend(cfg.parallel.device);
+  LlamaModel model(cfg.model, *be);
+  std::unique_ptr<Comm> ring_comm;
+  std::unique_ptr<RingAttention> ring;
+  if (dims.cp > 1) {
+    ring_comm = split_comm(world, dims.dp_index(rank), dims.cp_index(rank));
+    ring = std::make_unique<RingAttention>(*ring_comm, layout);
+    model.set_sequence_attention(ring.get());
+  }
+  int64_t step = 0;
+  if (!ckpt.empty()) {
+    load_model_weights(ckpt, model);
+    step = read_checkpoint_meta(ckpt).step;
+    log_info("eval: checkpoint %s (step %lld), %s", ckpt.c_str(), (long long)step,
+             dims.describe().c_str());
+  } else {
+    model.init_weights(cfg.run.seed);
+    log_warn("no checkpoint in %s/checkpoints: evaluating the randomly initialised model "
+             "(train first, or pass a checkpoint .h5)",
+             cfg.run.dir.c_str());
+  }
+
+  std::unique_ptr<SequenceSource> data;
+  if (!o.data.empty())
+    data = make_token_source(o.data);
+  else
+    data = make_source(cfg.data.val ? *cfg.data.val : cfg.data.train, cfg.run.seed);
+  if (data->vocab_size() > cfg.model.vocab_size)
+    throw UsageError("evaluation data " + data->describe() + " has vocab_size " +
+                     std::to_string(data->vocab_size()) + " > model.vocab_size " +
+                     std::to_string(cfg.model.vocab_size));
+
+  std::vector<PerplexityResult> results;
+  LossByPosition by_position;
+  by_position.bucket = o.bucket;
+  for (int64_t T : lens)
+    results.push_back(evaluate_perplexity(model, *data, T, o.max_sequences, &sharding,
+                                          T == longest && by_position.seq_len == 0
+                                              ? &by_position
+                                              : nullptr));
+  PasskeyResult passkey;
+  if (!pk_lens.empty())
+    passkey = evaluate_passkey(model, pk_lens, pk_depths, pk_trials,
+                               passkey_eval_seed(cfg.run.seed), &sharding);
+  if (rank != 0) return kExitOk;  // rank 0 prints and writes
+
+  std::cout << "perplexity on " << data->describe() << ":\n" << perplexity_table(results);
+  std::cout << "\nloss by position (seq_len " << by_position.seq_len << ", the same sequences, "
+            << "buckets of " << by_position.bucket << " positions):\n"
+            << loss_by_position_table(by_position);
+  if (!pk_lens.empty())
+    std::cout << "\npasskey accuracy (" << pk_trials << " trials per cell, greedy digits):\n"
+              << passkey_table(passkey);
+
+  nlohmann::json j = {{"checkpoint", ckpt.empty() ? nlohmann::json(nullptr) : nlohmann::json(ckpt)},
+                      {"step", step},
+                      {"perplexity", perplexity_to_json(results)},
+                      {"loss_by_position", loss_by_position_to_json(by_position)},
+                      {"passkey", pk_lens.empty() ? nlohmann::json(nullptr)
+                                                  : passkey_to_json(passkey)}};
+  std::string out = o.json;
+  if (out.empty()) {
+    make_dirs(cfg.run.dir + "/eval");
+    out = cfg.run.dir + "/eval/step_" + std::to_string(step) + ".json";
+  } else {
+    auto parent = fs::path(out).parent_path();
+    if (!parent.empty()) make_dirs(parent.string());
+  }
+  std::ofstream f(out);
+  f << j.dump(2) << "\n";
+  f.close();
+  if (!f) throw IoError("cannot write " + out + " (choose a writable --json path)");
+  std::cout << "wrote " << out << "\n";
+  if (o.plots) write_eval_plots(out);
+  return kExitOk;
+}
+
+}  // namespace rt

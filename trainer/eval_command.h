@@ -1,0 +1,37 @@
+// `ringtrain eval` (SPEC §1, §9): perplexity by length, loss by position and
+// the passkey grid of a checkpoint (or a config's newest one), on one rank or
+// sharded over `mpirun -np N ... --context-parallel C` (dp = N / C rings of C
+// ranks). Rank 0 prints the tables, writes the JSON and runs
+// launch/plot_eval.py to draw the PNGs beside it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace rt {
+
+struct EvalOptions {
+  std::string target;  // CKPT.h5 or CONFIG.yaml
+  std::vector<std::string> overrides;
+  std::string data;    // token file; default: the config's val, else train data
+  int64_t seq_len = 0;
+  std::string seq_lens;         // "256,512"
+  int64_t max_sequences = 64;
+  int64_t bucket = 0;           // loss-by-position bucket; 0 = seq_len/16, at most 512
+  std::string passkey_seq_lens;  // "256,512"; default: eval.passkey of the config
+  std::string passkey_depths;    // "0,0.5,1"
+  int passkey_trials = 0;        // 0 = eval.passkey.trials, else 10
+  int context_parallel = 1;
+  std::string json;  // default RUN_DIR/eval/step_N.json
+  bool plots = true;
+};
+
+int run_eval_command(const EvalOptions& o);
+
+// Runs launch/plot_eval.py on an eval JSON with /usr/bin/python3. Returns
+// false (after printing how to get the plots) when python3 or matplotlib is
+// missing or the script fails; the JSON stands on its own.
+bool write_eval_plots(const std::string& json_path);
+
+}  // namespace rt
