@@ -23,6 +23,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/eval_command.h"
+#include "trainer/generate.h"
 #include "trainer/evaluate.h"
 #include "parallel/comm.h"
 #include "trainer/trainer.h"
@@ -256,6 +257,17 @@ int run(int argc, char** argv) {
       "config; verifies every checksum (exit 3 naming the dataset if one fails)");
   inspect->add_option("checkpoint", inspect_path, "CKPT.h5")->required();
 
+  GenerateOptions go;
+  auto* generate = app.add_subcommand(
+      "generate", "Sample text from a checkpoint (byte tokens, KV cache); prints the prompt and "
+                  "its continuation");
+  generate->add_option("checkpoint", go.checkpoint, "CKPT.h5")->required();
+  generate->add_option("--prompt", go.prompt, "text to continue")->required();
+  generate->add_option("--max-new", go.max_new, "tokens to generate (default 64)");
+  generate->add_option("--temperature", go.temperature, "0 = greedy (default), else sampling");
+  generate->add_option("--top-k", go.top_k, "sample among the k most likely tokens (0 = all)");
+  generate->add_option("--seed", go.seed, "sampling seed (default: the run's seed)");
+
   auto* data = app.add_subcommand("data", "Data tools");
   data->require_subcommand(1);
   std::vector<std::string> inputs;
@@ -276,6 +288,7 @@ int run(int argc, char** argv) {
   if (eval->parsed()) return run_eval_command(eo);
   if (bench->parsed()) return cmd_bench(config, overrides, steps, warmup);
   if (inspect->parsed()) return cmd_inspect(inspect_path);
+  if (generate->parsed()) return run_generate_command(go);
   if (prepare->parsed()) {
     prepare_token_file(inputs, out, tokenizer);
     TokenData d = read_token_file(out);

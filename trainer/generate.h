@@ -1,0 +1,29 @@
+// `ringtrain generate` (SPEC §1): samples text from a checkpoint with a KV
+// cache (model/kv_cache.h): the prompt is prefilled in one forward, then one
+// single-token step per new token. Byte tokenizer: tokens are bytes.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace rt {
+
+class Rng;
+
+struct GenerateOptions {
+  std::string checkpoint;
+  std::string prompt;
+  int max_new = 64;
+  double temperature = 0.0;  // 0 = greedy
+  int top_k = 0;             // 0 = all tokens
+  uint64_t seed = 0;
+};
+
+// Greedy (argmax) when temperature <= 0, else a draw from
+// softmax(logits / temperature) restricted to the top_k largest (all if 0).
+int32_t sample_token(const std::vector<float>& logits, double temperature, int top_k, Rng& rng);
+
+int run_generate_command(const GenerateOptions& o);
+
+}  // namespace rt
