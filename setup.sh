@@ -15,6 +15,7 @@ packages=(
   libgtest-dev                       # tests
   libcli11-dev nlohmann-json3-dev    # CLI, JSON output
   python3 python3-torch python3-h5py python3-numpy   # PyTorch reference tests
+  python3-matplotlib                 # eval plots (launch/plot_eval.py)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -142,13 +142,14 @@ int run_eval_command(const EvalOptions& o) {
   if (o.context_parallel < 1)
     throw UsageError("--context-parallel must be >= 1, got " +
                      std::to_string(o.context_parallel));
-  ParallelDims dims;
-  try {
-    dims = ParallelDims::build(world.size(), 0, o.context_parallel);
-  } catch (const UsageError& e) {
-    throw UsageError(std::string("eval --context-parallel: ") + e.what() +
-                     "; launch a multiple of --context-parallel ranks (mpirun -np N)");
-  }
+  if (world.size() % o.context_parallel != 0)
+    throw UsageError("eval --context-parallel " + std::to_string(o.context_parallel) +
+                     " does not divide the world size " + std::to_string(world.size()) +
+                     ": launch a multiple of " + std::to_string(o.context_parallel) +
+                     " ranks, e.g. launch/local.sh -np " + std::to_string(o.context_parallel) +
+                     " ringtrain eval ... --context-parallel " +
+                     std::to_string(o.context_parallel));
+  const ParallelDims dims = ParallelDims::build(world.size(), 0, o.context_parallel);
   const RingLayout layout = parse_ring_layout(cfg.parallel.ring_layout);
   const EvalSharding sharding{&world, dims, layout, rank};
 

@@ -391,6 +391,13 @@ std::vector<PerplexityResult> Trainer::evaluate(const std::vector<int64_t>& seq_
   return out;
 }
 
+PasskeyResult Trainer::evaluate_passkey(const PasskeyEvalConfig& pk) {
+  const EvalSharding sharding{world_, dims_, parse_ring_layout(cfg_.parallel.ring_layout),
+                              rank_};
+  return rt::evaluate_passkey(*model_, pk.seq_lens, pk.depths, pk.trials,
+                              passkey_eval_seed(cfg_.run.seed), &sharding);
+}
+
 void Trainer::save_checkpoint_now() {
   if (!writer_) return;  // rank 0 writes; checkpoints hold the full, unsharded state
   make_dirs(cfg_.run.dir + "/checkpoints");
@@ -433,16 +440,32 @@ void Trainer::fit() {
   int64_t window_steps = 0, window_tokens = 0;
   const int64_t eval_lens_max = cfg_.eval.max_sequences;
 
+  // Problems with the eval lengths show now, not after hours of training.
+  const EvalSharding layout_only{world_, dims_, parse_ring_layout(cfg_.parallel.ring_layout),
+                                 rank_};
+  if (const auto& pk = cfg_.eval.passkey)
+    check_passkey_grid(pk->seq_lens, pk->depths, pk->trials, cfg_.model.vocab_size,
+                       &layout_only);
+
   auto run_eval = [&]() {
-    if (cfg_.eval.seq_lens.empty()) return;
+    const auto& pk = cfg_.eval.passkey;
+    if (cfg_.eval.seq_lens.empty() && !pk) return;
     std::vector<PerplexityResult> r = evaluate(cfg_.eval.seq_lens, eval_lens_max);
+    nlohmann::json rec = {{"type", "eval"}, {"step", step_}, {"perplexity", perplexity_to_json(r)}};
+    PasskeyResult p;
+    if (pk) {
+      p = evaluate_passkey(*pk);
+      rec["passkey"] = passkey_to_json(p);
+    }
     if (!opt_.quiet) {
       log_info("eval at step %lld (%s):", (long long)step_,
                val_data_ ? "validation data" : "training data");
-      std::fprintf(stderr, "%s", perplexity_table(r).c_str());
+      if (!r.empty()) std::fprintf(stderr, "%s", perplexity_table(r).c_str());
+      if (pk)
+        std::fprintf(stderr, "passkey accuracy (%d trials per cell):\n%s", pk->trials,
+                     passkey_table(p).c_str());
     }
-    if (metrics_)
-      metrics_->write({{"type", "eval"}, {"step", step_}, {"perplexity", perplexity_to_json(r)}});
+    if (metrics_) metrics_->write(rec);
   };
 
   while (step_ < tc.max_steps) {

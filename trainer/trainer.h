@@ -64,6 +64,9 @@ class Trainer {
   // Perplexity at each length on the validation data (else training data).
   std::vector<PerplexityResult> evaluate(const std::vector<int64_t>& seq_lens,
                                          int64_t max_sequences);
+  // The passkey grid of eval.passkey (SPEC §9) on this run's ranks, with
+  // evaluation samples (seed run.seed + 7919, distinct from the data's).
+  PasskeyResult evaluate_passkey(const PasskeyEvalConfig& pk);
 
   LlamaModel& model() { return *model_; }
   Optimizer& optimizer() { return *optimizer_; }
