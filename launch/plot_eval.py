@@ -69,6 +69,8 @@ def plot_ppl(ppl, title, out):
     ax.plot(xs, ys, marker="o")
     if len(xs) > 1 and min(xs) > 0:
         ax.set_xscale("log", base=2)
+    if min(ys) > 0 and max(ys) / min(ys) > 100:  # e.g. 1 at the training length, 1e4 beyond
+        ax.set_yscale("log")
     ax.set_xticks(xs, [str(x) for x in xs])
     ax.set_xlabel("evaluation length (tokens)")
     ax.set_ylabel("perplexity")
