@@ -443,9 +443,14 @@ void Trainer::fit() {
   // Problems with the eval lengths show now, not after hours of training.
   const EvalSharding layout_only{world_, dims_, parse_ring_layout(cfg_.parallel.ring_layout),
                                  rank_};
-  if (const auto& pk = cfg_.eval.passkey)
-    check_passkey_grid(pk->seq_lens, pk->depths, pk->trials, cfg_.model.vocab_size,
-                       &layout_only);
+  if (const auto& pk = cfg_.eval.passkey) {
+    try {
+      check_passkey_grid(pk->seq_lens, pk->depths, pk->trials, cfg_.model.vocab_size,
+                         &layout_only);
+    } catch (const UsageError& e) {
+      throw UsageError("eval.passkey: " + std::string(e.what()));
+    }
+  }
 
   auto run_eval = [&]() {
     const auto& pk = cfg_.eval.passkey;
