@@ -19,6 +19,9 @@ if ! command -v mpirun >/dev/null; then
 fi
 cores=$(nproc)
 threads=${OMP_NUM_THREADS:-$(( cores / np > 0 ? cores / np : 1 ))}
-args=(--oversubscribe --bind-to none -x OMP_NUM_THREADS="$threads")
+# Ranks share cores here: OpenMP threads sleep at barriers rather than spin
+# (spinning ranks starve each other when oversubscribed).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+args=(--oversubscribe --bind-to none -x OMP_NUM_THREADS="$threads" -x OMP_WAIT_POLICY)
 [ "$(id -u)" -eq 0 ] && args+=(--allow-run-as-root)
 exec mpirun "${args[@]}" -np "$np" "$@"

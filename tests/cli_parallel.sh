@@ -89,6 +89,8 @@ expect_usage() {  # expect_usage PATTERN NP ARGS...
 expect_usage "context_parallel\(3\) does not divide world size\(4\)" 4 --set parallel.context_parallel=3
 expect_usage "data_parallel\(2\) \* context_parallel\(1\) != world size\(4\)" 4 --set parallel.data_parallel=2
 expect_usage "seq_len\(250\).*2\*context_parallel|250.*8" 4 --set parallel.context_parallel=4 --set train.seq_len=250
+expect_usage "model.memory.*context_parallel\(2\) > 1 is not supported" 2 --set parallel.context_parallel=2 \
+  --set 'model.memory={type: rmt, num_tokens: 4, segment_length: 64}'
 expect_usage "global_batch_size" 4 --set train.global_batch_size=6 --set parallel.context_parallel=1
 
 # failure of one rank: the job ends non-zero within 10 s

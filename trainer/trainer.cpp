@@ -107,11 +107,25 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
   model_ = std::make_unique<LlamaModel>(cfg_.model, *backend_);
   model_->init_weights(cfg_.run.seed);
   if (dims_.cp > 1) {
+    if (cfg_.model.memory)
+      throw UsageError(
+          "model.memory (recurrent memory) with parallel.context_parallel(" +
+          std::to_string(dims_.cp) +
+          ") > 1 is not supported: a memory model attends only within one segment of "
+          "model.memory.segment_length + 2*num_tokens rows, so one rank holds a segment "
+          "comfortably and the segments must run one after another anyway; sharding a "
+          "segment over a ring would add a ring exchange per layer per segment for no memory "
+          "saving. Use parallel.context_parallel: 1 and scale out with data_parallel");
     ring_ = std::make_unique<RingAttention>(*cp_comm_, layout);
     model_->set_sequence_attention(ring_.get());
   }
+  if (cfg_.model.memory) rmt_ = std::make_unique<RmtRunner>(*model_);
   optimizer_ = std::make_unique<Optimizer>(cfg_.train.optimizer, *model_);
-  model_->plan_activations(cfg_.train.micro_batch_size, int(cfg_.train.seq_len / dims_.cp),
+  // activations for one micro-batch: one segment of rows with memory
+  const int rows = cfg_.model.memory ? cfg_.model.memory->segment_length +
+                                           2 * cfg_.model.memory->num_tokens
+                                     : int(cfg_.train.seq_len / dims_.cp);
+  model_->plan_activations(cfg_.train.micro_batch_size, rows,
                            cfg_.train.activation_checkpointing);
   if (!opt_.quiet) print_layout_table();
   log_info("model: %lld parameters (%s), gradients %s, optimizer state %s, device %s",
@@ -339,6 +353,12 @@ StepStats Trainer::train_step() {
 
   double loss_sum = 0;
   for (int j = 0; j < per_dp; j += mb) {
+    if (rmt_) {
+      loss_sum += rmt_->forward_backward(inputs_.data() + size_t(j) * Tl,
+                                         targets_.data() + size_t(j) * Tl, mb, Tl, scale,
+                                         nullptr);
+      continue;
+    }
     loss_sum += model_->forward_backward(inputs_.data() + size_t(j) * Tl,
                                          targets_.data() + size_t(j) * Tl, mb, int(Tl), rows_,
                                          scale, nullptr);

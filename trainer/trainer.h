@@ -18,6 +18,7 @@
 #include "data/dataset.h"
 #include "model/backend.h"
 #include "model/llama.h"
+#include "model/rmt.h"
 #include "parallel/comm.h"
 #include "parallel/parallel_dims.h"
 #include "parallel/ring_attention.h"
@@ -77,6 +78,7 @@ class Trainer {
   // Bytes this rank sent around its ring so far (0 when cp = 1).
   int64_t ring_bytes_sent() const { return ring_ ? ring_->bytes_sent() : 0; }
   Comm& world() { return *world_; }
+  RmtRunner* rmt() { return rmt_.get(); }
 
  private:
   void resume_or_init();
@@ -98,6 +100,7 @@ class Trainer {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<RingAttention> ring_;  // after backend_: freed through it first
+  std::unique_ptr<RmtRunner> rmt_;       // recurrent memory (model.memory), else null
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<SequenceSource> train_data_;
   std::unique_ptr<SequenceSource> val_data_;

@@ -1,0 +1,120 @@
+// Recurrent memory (SPEC §5) beyond the PyTorch parity cases in
+// test_trainer_torch_parity.cpp: activation memory independent of the number
+// of segments, one segment equals the plain model on [mem; tokens; mem], the
+// BPTT detach rule, and training through the Trainer.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "common/errors.h"
+#include "common/rng.h"
+#include "model/rmt.h"
+#include "trainer/config.h"
+#include "trainer/trainer.h"
+
+namespace rt {
+namespace {
+
+ModelConfig tiny_memory_model(int bptt) {
+  ModelConfig mc;
+  mc.vocab_size = 64;
+  mc.hidden_size = 32;
+  mc.intermediate_size = 48;
+  mc.num_hidden_layers = 2;
+  mc.num_attention_heads = 4;
+  mc.num_key_value_heads = 2;
+  mc.head_dim = 8;
+  mc.init_std = 0.1;
+  mc.memory = MemoryConfig{"rmt", 4, 16, bptt};
+  return mc;
+}
+
+std::vector<int32_t> random_tokens(size_t n, uint64_t seed, int V) {
+  Rng r(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = int32_t(r.below(uint64_t(V)));
+  return t;
+}
+
+TEST(Rmt, ActivationMemoryDoesNotGrowWithSegments) {
+  auto be = make_cpu_backend();
+  LlamaModel model(tiny_memory_model(-1), *be);
+  model.init_weights(1);
+  RmtRunner rmt(model);
+  const int B = 1, S = 16;
+  size_t planned[2];
+  int i = 0;
+  for (int segments : {2, 16}) {
+    const int64_t T = int64_t(segments) * S;
+    auto in = random_tokens(size_t(B) * T, 2, 64), tg = random_tokens(size_t(B) * T, 3, 64);
+    double loss = rmt.forward_backward(in.data(), tg.data(), B, T, 1.f / float(B * T), nullptr);
+    EXPECT_TRUE(std::isfinite(loss));
+    planned[i++] = model.activation_bytes();
+  }
+  // the activation arenas are sized for one segment of S + 2M rows, whatever
+  // the number of segments; only the memories (n+1) x B x M x d grow
+  EXPECT_EQ(planned[0], planned[1]);
+  EXPECT_LT(planned[1], size_t(3) << 20);
+}
+
+TEST(Rmt, OneSegmentEqualsThePlainModelOnMemTokensMem) {
+  auto be = make_cpu_backend();
+  ModelConfig mc = tiny_memory_model(-1);
+  LlamaModel model(mc, *be);
+  model.init_weights(4);
+  RmtRunner rmt(model);
+  const int S = 16, M = 4, d = mc.hidden_size, R = S + 2 * M;
+  auto in = random_tokens(S, 5, 64), tg = random_tokens(S, 6, 64);
+  int64_t valid = 0;
+  const double loss = rmt.forward_backward(in.data(), tg.data(), 1, S, 0.f, &valid);
+  EXPECT_EQ(valid, S);
+  // by hand: [mem; embed(tokens); mem] through the plain model, loss on token rows
+  std::vector<float> x0(size_t(R) * d);
+  const float* mem = model.params().get("model.memory.embeddings");
+  const float* emb = model.params().get("model.embed_tokens.weight");
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < d; ++c)
+      x0[size_t(r) * d + c] = r < M ? mem[size_t(r) * d + c]
+                              : r < M + S ? emb[size_t(in[r - M]) * d + c]
+                                          : mem[size_t(r - M - S) * d + c];
+  std::vector<int32_t> targets(R, -1);
+  for (int i = 0; i < S; ++i) targets[M + i] = tg[i];
+  const double direct = model.forward_backward_embeddings(
+      x0.data(), targets.data(), 1, R, RowPositions::whole(R), 0.f, nullptr, nullptr, nullptr);
+  EXPECT_DOUBLE_EQ(loss, direct);
+}
+
+TEST(Rmt, DetachRule) {
+  auto be = make_cpu_backend();
+  LlamaModel m_all(tiny_memory_model(-1), *be), m_none(tiny_memory_model(0), *be),
+      m_two(tiny_memory_model(2), *be);
+  RmtRunner all(m_all), none(m_none), two(m_two);
+  for (int k = 1; k < 6; ++k) {
+    EXPECT_FALSE(all.detached_before(k));
+    EXPECT_TRUE(none.detached_before(k));
+    EXPECT_EQ(two.detached_before(k), k % 2 == 0) << k;
+  }
+  EXPECT_FALSE(none.detached_before(0)) << "the learned memory always gets its gradient";
+}
+
+TEST(Rmt, TrainerTrainsAMemoryModel) {
+  const char* yaml = R"(
+run: {name: rmt, seed: 2}
+model: {vocab_size: 256, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 1,
+        num_attention_heads: 4, memory: {type: rmt, num_tokens: 4, segment_length: 64, bptt_segments: -1}}
+data: {train: {synthetic: passkey, loss: all}}
+train: {seq_len: 256, micro_batch_size: 2, global_batch_size: 2, max_steps: 3,
+        optimizer: {type: adamw, lr: 1.0e-2}, schedule: {type: constant, warmup_steps: 0}}
+)";
+  Config c = parse_config(yaml, "rmt.yaml");
+  validate_layout(c, 1);
+  Trainer t(c, {.write_outputs = false, .quiet = true});
+  const double first = t.train_step().loss;
+  t.train_step();
+  const double third = t.train_step().loss;
+  EXPECT_LT(third, first);
+
+}
+
+}  // namespace
+}  // namespace rt
