@@ -91,6 +91,45 @@ constexpr int kTagKV = 1001, kTagDKV = 1002;
 
 }  // namespace
 
+// Sizes the buffers and puts this rank's K,V in the travelling buffer.
+// Returns the floats of one of K or V.
+size_t RingAttention::load_local_kv(Backend& be, const AttentionParams& shape,
+                                    const RowPositions& pos, const float* k, const float* v) {
+  const size_t kv_half = size_t(shape.B) * shape.Tq * shape.G * shape.hd;
+  int64_t max_chunk = 0;
+  for (auto& c : pos.chunks) max_chunk = std::max(max_chunk, c.second);
+  ensure_buffers(be, 2 * kv_half, size_t(max_chunk) * shape.H * shape.hd,
+                 size_t(shape.B) * shape.H * shape.Tq);
+  be.copy(kv_cur_, k, kv_half);
+  be.copy(kv_cur_ + kv_half, v, kv_half);
+  return kv_half;
+}
+
+// Starts sending the current K,V block to r+1 and receiving the next from r-1.
+void RingAttention::send_kv_onwards(size_t kv_half, Comm::Request& send, Comm::Request& recv) {
+  const int cp = ring_.size(), r = ring_.rank();
+  const size_t bytes = 2 * kv_half * sizeof(float);
+  recv = ring_.irecv(kv_next_, bytes, (r - 1 + cp) % cp, kTagKV);
+  send = ring_.isend(kv_cur_, bytes, (r + 1) % cp, kTagKV);
+  bytes_sent_ += int64_t(bytes);
+}
+
+// lse (B, H, T) <-> chunk_lse_ (b, chunk)(H, len): the kernel reads and
+// writes contiguous LSE rows per query chunk. fn(flat offset, chunk offset, len).
+template <typename Fn>
+static void for_each_lse_run(const AttentionParams& shape, const RowPositions& pos, Fn fn) {
+  const int B = shape.B, T = shape.Tq, H = shape.H;
+  for (int b = 0; b < B; ++b) {
+    int64_t row = 0;
+    for (auto [begin, len] : pos.chunks) {
+      for (int h = 0; h < H; ++h)
+        fn((size_t(b) * H + h) * T + row, (size_t(b) * T + row) * H + size_t(h) * len,
+           size_t(len));
+      row += len;
+    }
+  }
+}
+
 // Layout reminders: q, out (B,T,H,hd); k, v (B,T,G,hd); lse (B,H,T), with T
 // the local row count. chunk_lse_ holds, per (b, query chunk), an (H, len)
 // block so that each kernel call sees contiguous LSE rows.
@@ -99,13 +138,7 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
                             const float* v) {
   const int cp = ring_.size(), r = ring_.rank();
   const int B = shape.B, T = shape.Tq, H = shape.H, G = shape.G, hd = shape.hd;
-  const size_t kv_half = size_t(B) * T * G * hd;
-  int64_t max_chunk = 0;
-  for (auto& c : pos.chunks) max_chunk = std::max(max_chunk, c.second);
-  ensure_buffers(be, 2 * kv_half, size_t(max_chunk) * H * hd, size_t(B) * H * T);
-
-  be.copy(kv_cur_, k, kv_half);
-  be.copy(kv_cur_ + kv_half, v, kv_half);
+  const size_t kv_half = load_local_kv(be, shape, pos, k, v);
   be.zero(out, size_t(B) * T * H * hd);
   {
     std::vector<float> neg(size_t(B) * H * T, -std::numeric_limits<float>::infinity());
@@ -115,11 +148,7 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
   for (int i = 0; i < cp; ++i) {
     const int src = (r - i + cp) % cp;
     Comm::Request send, recv;
-    if (i < cp - 1) {  // start moving the next block before computing this one
-      recv = ring_.irecv(kv_next_, 2 * kv_half * sizeof(float), (r - 1 + cp) % cp, kTagKV);
-      send = ring_.isend(kv_cur_, 2 * kv_half * sizeof(float), (r + 1) % cp, kTagKV);
-      bytes_sent_ += int64_t(2 * kv_half * sizeof(float));
-    }
+    if (i < cp - 1) send_kv_onwards(kv_half, send, recv);  // overlaps this step's compute
     const RowPositions k_rows = ring_local_rows(layout_, cp, src, pos.global_len);
     for (const BlockPair& p : visible_pairs(pos, k_rows, shape.causal)) {
       const AttentionParams a = block_params(shape, p);
@@ -137,16 +166,9 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
     if (i < cp - 1) std::swap(kv_cur_, kv_next_);
   }
 
-  // chunk-major (b, chunk)(H, len) -> (B, H, T)
-  for (int b = 0; b < B; ++b) {
-    int64_t row = 0;
-    for (auto [begin, len] : pos.chunks) {
-      for (int h = 0; h < H; ++h)
-        be.copy(lse + (size_t(b) * H + h) * T + row,
-                chunk_lse_ + (size_t(b) * T + row) * H + size_t(h) * len, size_t(len));
-      row += len;
-    }
-  }
+  for_each_lse_run(shape, pos, [&](size_t flat, size_t chunk, size_t len) {
+    be.copy(lse + flat, chunk_lse_ + chunk, len);
+  });
 }
 
 void RingAttention::backward(Backend& be, const AttentionParams& shape, const RowPositions& pos,
@@ -155,33 +177,16 @@ void RingAttention::backward(Backend& be, const AttentionParams& shape, const Ro
                              const float* lse) {
   const int cp = ring_.size(), r = ring_.rank();
   const int B = shape.B, T = shape.Tq, H = shape.H, G = shape.G, hd = shape.hd;
-  const size_t kv_half = size_t(B) * T * G * hd;
-  int64_t max_chunk = 0;
-  for (auto& c : pos.chunks) max_chunk = std::max(max_chunk, c.second);
-  ensure_buffers(be, 2 * kv_half, size_t(max_chunk) * H * hd, size_t(B) * H * T);
-
-  be.copy(kv_cur_, k, kv_half);
-  be.copy(kv_cur_ + kv_half, v, kv_half);
+  const size_t kv_half = load_local_kv(be, shape, pos, k, v);
   be.zero(dkv_cur_, 2 * kv_half);
-  // (B, H, T) -> chunk-major, the layout the kernel reads per query chunk
-  for (int b = 0; b < B; ++b) {
-    int64_t row = 0;
-    for (auto [begin, len] : pos.chunks) {
-      for (int h = 0; h < H; ++h)
-        be.copy(chunk_lse_ + (size_t(b) * T + row) * H + size_t(h) * len,
-                lse + (size_t(b) * H + h) * T + row, size_t(len));
-      row += len;
-    }
-  }
+  for_each_lse_run(shape, pos, [&](size_t flat, size_t chunk, size_t len) {
+    be.copy(chunk_lse_ + chunk, lse + flat, len);
+  });
 
   for (int i = 0; i < cp; ++i) {
     const int src = (r - i + cp) % cp;
     Comm::Request send, recv;
-    if (i < cp - 1) {
-      recv = ring_.irecv(kv_next_, 2 * kv_half * sizeof(float), (r - 1 + cp) % cp, kTagKV);
-      send = ring_.isend(kv_cur_, 2 * kv_half * sizeof(float), (r + 1) % cp, kTagKV);
-      bytes_sent_ += int64_t(2 * kv_half * sizeof(float));
-    }
+    if (i < cp - 1) send_kv_onwards(kv_half, send, recv);
     const RowPositions k_rows = ring_local_rows(layout_, cp, src, pos.global_len);
     for (const BlockPair& p : visible_pairs(pos, k_rows, shape.causal)) {
       const AttentionParams a = block_params(shape, p);

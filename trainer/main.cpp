@@ -133,27 +133,6 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
   return kExitOk;
 }
 
-[[maybe_unused]] std::vector<int64_t> parse_int_list(const std::string& s,
-                                                     const std::string& opt) {
-  std::vector<int64_t> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    try {
-      size_t used = 0;
-      long long v = std::stoll(item, &used);
-      if (used != item.size() || v < 2) throw std::invalid_argument(item);
-      out.push_back(v);
-    } catch (const std::exception&) {
-      throw UsageError(opt + ": '" + item +
-                       "' is not a sequence length (integers >= 2, comma-separated, e.g. "
-                       "256,512,1024)");
-    }
-  }
-  if (out.empty()) throw UsageError(opt + " needs at least one length, e.g. 256,512");
-  return out;
-}
-
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
