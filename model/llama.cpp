@@ -434,6 +434,12 @@ std::vector<float> LlamaModel::logits_to_host(int64_t row_begin, int64_t rows) {
   return out;
 }
 
+std::vector<float> LlamaModel::losses_to_host(int64_t row_begin, int64_t rows) {
+  std::vector<float> out(static_cast<size_t>(rows));
+  be_.copy_to_host(out.data(), acts_.get("losses") + row_begin, out.size() * sizeof(float));
+  return out;
+}
+
 const float* LlamaModel::logits_device() const { return acts_.get("logits"); }
 
 }  // namespace rt

@@ -112,6 +112,8 @@ class LlamaModel {
   // pointer on CPU; copied to host on other devices).
   std::vector<float> logits_to_host(int64_t row_begin, int64_t rows);
   const float* logits_device() const;
+  // Per-row losses (-log p(target), 0 for ignored rows) of the last forward.
+  std::vector<float> losses_to_host(int64_t row_begin, int64_t rows);
 
  private:
   struct LayerActs;

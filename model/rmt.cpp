@@ -1,5 +1,7 @@
 #include "model/rmt.h"
 
+#include <algorithm>
+
 #include "common/errors.h"
 
 namespace rt {
@@ -70,7 +72,8 @@ double RmtRunner::run_segment(int64_t k, const int32_t* inputs, const int32_t* t
 }
 
 double RmtRunner::forward_backward(const int32_t* inputs, const int32_t* targets, int B,
-                                   int64_t T, float dloss_scale, int64_t* n_valid) {
+                                   int64_t T, float dloss_scale, int64_t* n_valid,
+                                   float* token_losses) {
   RT_CHECK(T % S_ == 0, "seq_len must be a multiple of memory.segment_length");
   const int64_t n = T / S_;
   const int R = S_ + 2 * M_;
@@ -99,6 +102,11 @@ double RmtRunner::forward_backward(const int32_t* inputs, const int32_t* targets
     int64_t v = 0;
     loss += run_segment(k, inputs, targets, B, T, 0.f, nullptr, &v);
     valid += v;
+    if (token_losses)
+      for (int b = 0; b < B; ++b) {
+        const std::vector<float> l = model_.losses_to_host(int64_t(b) * R + M_, S_);
+        std::copy(l.begin(), l.end(), token_losses + size_t(b) * T + k * S_);
+      }
   }
   if (n_valid) *n_valid = valid;
   if (dloss_scale == 0.f) return loss;

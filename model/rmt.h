@@ -30,8 +30,10 @@ class RmtRunner {
   // are ignored. Returns the summed loss over valid targets (*n_valid gets
   // their count). dloss_scale != 0: backward as above, accumulating into the
   // model's gradients (memory embeddings included).
+  // token_losses (B, T) host or null: each token row's loss from the
+  // forward pass (for evaluation by position).
   double forward_backward(const int32_t* inputs, const int32_t* targets, int B, int64_t T,
-                          float dloss_scale, int64_t* n_valid);
+                          float dloss_scale, int64_t* n_valid, float* token_losses = nullptr);
 
   // Logits (S, V) of the token rows of the last segment of batch row b, from
   // the last call's final forward (host). For evaluation.

@@ -10,6 +10,7 @@
 #include "common/rng.h"
 #include "model/rmt.h"
 #include "trainer/config.h"
+#include "trainer/evaluate.h"
 #include "trainer/trainer.h"
 
 namespace rt {
@@ -114,6 +115,58 @@ train: {seq_len: 256, micro_batch_size: 2, global_batch_size: 2, max_steps: 3,
   const double third = t.train_step().loss;
   EXPECT_LT(third, first);
 
+}
+
+}  // namespace
+}  // namespace rt
+
+namespace rt {
+namespace {
+
+// Evaluation runs memory models with their memory: perplexity equals the
+// runner's forward, loss by position covers every token, passkey works on
+// whole segments and explains other lengths.
+TEST(Rmt, EvaluationUsesTheMemory) {
+  auto be = make_cpu_backend();
+  ModelConfig mc = tiny_memory_model(-1);
+  mc.vocab_size = 256;
+  mc.memory->segment_length = 128;
+  LlamaModel model(mc, *be);
+  model.init_weights(9);
+  DataSourceConfig src;
+  src.synthetic = "passkey";
+  auto data = make_source(src, 1);
+  const int64_t T = 256;
+  LossByPosition lbp;
+  lbp.bucket = 64;
+  PerplexityResult r = evaluate_perplexity(model, *data, T, 2, nullptr, &lbp);
+  // the same two sequences through the runner
+  RmtRunner rmt(model);
+  double nll = 0;
+  int64_t tokens = 0;
+  for (int64_t i = 0; i < 2; ++i) {
+    std::vector<int32_t> in(T), tg(T);
+    data->read(i, T, 0, T, in.data(), tg.data());
+    int64_t v = 0;
+    nll += rmt.forward_backward(in.data(), tg.data(), 1, T, 0.f, &v);
+    tokens += v;
+  }
+  EXPECT_EQ(r.tokens, tokens);
+  EXPECT_NEAR(r.mean_nll, nll / double(tokens), 1e-9);
+  ASSERT_EQ(lbp.mean_nll.size(), 4u);
+  double weighted = 0;
+  for (size_t b = 0; b < 4; ++b) weighted += lbp.mean_nll[b] * double(lbp.tokens[b]);
+  EXPECT_NEAR(weighted / double(tokens), r.mean_nll, 1e-6);
+
+  PasskeyResult pk = evaluate_passkey(model, {256, 512}, {0.0, 1.0}, 2, 3);
+  for (auto& row : pk.accuracy)
+    for (double a : row) EXPECT_TRUE(a >= 0.0 && a <= 1.0);
+  try {
+    evaluate_passkey(model, {300}, {0.0}, 1, 3);
+    FAIL() << "a length of partial segments must be refused";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("segment_length"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

@@ -210,9 +210,6 @@ int run_eval_command(const EvalOptions& o) {
              cfg.run.dir.c_str());
   }
 
-  if (cfg.model.memory)
-    log_warn("model.memory: eval runs the transformer over whole sequences without its "
-             "recurrent memory; the numbers are not those of the memory model");
   std::unique_ptr<SequenceSource> data;
   if (!o.data.empty())
     data = make_token_source(o.data);

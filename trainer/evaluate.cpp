@@ -6,6 +6,7 @@
 
 #include "common/errors.h"
 #include "data/synthetic.h"
+#include "model/rmt.h"
 
 namespace rt {
 
@@ -34,14 +35,51 @@ RowPositions local_rows(int64_t T, const EvalSharding* sh) {
                                : RowPositions::whole(T);
 }
 
-// -log softmax(logits)[target] for one row, in double.
-double row_nll(const float* logits, int64_t V, int32_t target) {
-  float mx = logits[0];
-  for (int64_t v = 1; v < V; ++v) mx = std::max(mx, logits[v]);
-  double sum = 0;
-  for (int64_t v = 0; v < V; ++v) sum += std::exp(double(logits[v]) - mx);
-  return std::log(sum) + mx - double(logits[target]);
-}
+// One evaluation forward of a sequence (batch 1): the plain model over its
+// local rows, or, for a memory model, the RMT segments in order (single
+// rank: memory models are not sharded over a ring). Afterwards, token_nll
+// gives each local row's loss and logits() a row's logits, which for a
+// memory model exist only for the last segment (where passkey answers are).
+class EvalForward {
+ public:
+  EvalForward(LlamaModel& model, const EvalSharding* sh) : model_(model) {
+    if (!model.config().memory) return;
+    if (sh && sh->dims.cp > 1)
+      throw UsageError("evaluating a memory model (model.memory) over a ring is not supported: "
+                       "run eval without --context-parallel (a memory model attends within "
+                       "one segment, which one rank holds)");
+    rmt_ = std::make_unique<RmtRunner>(model);
+  }
+  int64_t segment() const { return rmt_ ? model_.config().memory->segment_length : 0; }
+  double run(const int32_t* inputs, const int32_t* targets, int64_t T, const RowPositions& rows,
+             int64_t* valid) {
+    T_ = T;
+    if (!rmt_) return model_.forward_backward(inputs, targets, 1, int(T), rows, 0.f, valid);
+    if (T % segment() != 0)
+      throw UsageError("evaluation length " + std::to_string(T) +
+                       " is not a multiple of model.memory.segment_length (" +
+                       std::to_string(segment()) + "): choose lengths made of whole segments");
+    losses_.resize(size_t(T));
+    return rmt_->forward_backward(inputs, targets, 1, T, 0.f, valid, losses_.data());
+  }
+  std::vector<float> token_losses() {
+    return rmt_ ? losses_ : model_.losses_to_host(0, T_);
+  }
+  std::vector<float> logits(int64_t row) {
+    if (!rmt_) return model_.logits_to_host(row, 1);
+    const int64_t first = T_ - segment();
+    RT_CHECK(row >= first, "memory models keep logits of the last segment only");
+    const std::vector<float> all = rmt_->last_segment_logits(0);
+    const int64_t V = model_.config().vocab_size;
+    return std::vector<float>(all.begin() + (row - first) * V, all.begin() + (row - first + 1) * V);
+  }
+
+ private:
+  LlamaModel& model_;
+  std::unique_ptr<RmtRunner> rmt_;
+  std::vector<float> losses_;
+  int64_t T_ = 0;
+};
 
 }  // namespace
 
@@ -61,7 +99,6 @@ PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& da
   const int dp_index = sh ? sh->dims.dp_index(sh->rank) : 0;
   check_ring_length(T, sh, "evaluation length");
   const RowPositions rows = local_rows(T, sh);
-  const int64_t V = model.config().vocab_size;
   int64_t bucket = 0, nb = 0;
   std::vector<double> pos_nll;
   std::vector<int64_t> pos_tokens;
@@ -76,6 +113,7 @@ PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& da
   }
   const int64_t Tl = T / cp;
   std::vector<int32_t> inputs(Tl), targets(Tl);
+  EvalForward forward(model, sh);
   PerplexityResult r;
   r.seq_len = T;
   r.sequences = n;
@@ -90,18 +128,17 @@ PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& da
       row += len;
     }
     int64_t valid = 0;
-    nll += model.forward_backward(inputs.data(), targets.data(), 1, int(Tl), rows, 0.f, &valid);
+    nll += forward.run(inputs.data(), targets.data(), Tl, rows, &valid);
     tokens += valid;
     if (!by_position) continue;
-    // Per-token NLL from the logits (the model returns only their sum),
-    // placed at each local row's global position.
-    const std::vector<float> logits = model.logits_to_host(0, Tl);
+    // Per-token NLL placed at each local row's global position.
+    const std::vector<float> losses = forward.token_losses();
     int64_t row_i = 0;
     for (auto [begin, len] : rows.chunks)
       for (int64_t k = 0; k < len; ++k, ++row_i) {
         if (targets[size_t(row_i)] < 0) continue;
         const size_t b = size_t((begin + k) / bucket);
-        pos_nll[b] += row_nll(logits.data() + row_i * V, V, targets[size_t(row_i)]);
+        pos_nll[b] += losses[size_t(row_i)];
         ++pos_tokens[b];
       }
   }
@@ -164,6 +201,7 @@ PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& se
   // trial may lie on different ranks of its ring, and only one ring runs a
   // trial, so the world sum is the trial's count of right digits.
   std::vector<int64_t> right(nL * nD * nT, 0);
+  EvalForward forward(model, sh);
   for (size_t i = 0; i < nL; ++i) {
     const int64_t L = seq_lens[i];
     const RowPositions rows = local_rows(L, sh);
@@ -179,14 +217,14 @@ PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& se
             inputs[size_t(r)] = bytes[begin + k];
             targets[size_t(r)] = bytes[begin + k + 1];
           }
-        model.forward_backward(inputs.data(), targets.data(), 1, int(Tl), rows, 0.f, nullptr);
+        forward.run(inputs.data(), targets.data(), Tl, rows, nullptr);
         // Rows L-5 .. L-1 predict the answer digits (text[L-4 .. L]).
         r = 0;
         for (auto [begin, len] : rows.chunks) {
           for (int64_t k = 0; k < len; ++k) {
             const int64_t p = begin + k;
             if (p < L - 5) continue;
-            const std::vector<float> lg = model.logits_to_host(r + k, 1);
+            const std::vector<float> lg = forward.logits(r + k);
             const int64_t pred = std::max_element(lg.begin(), lg.end()) - lg.begin();
             right[(i * nD + j) * nT + t] += pred == int64_t(bytes[p + 1]);
           }
