@@ -25,6 +25,7 @@
 #include "trainer/eval_command.h"
 #include "trainer/generate.h"
 #include "trainer/evaluate.h"
+#include "trainer/extend.h"
 #include "parallel/comm.h"
 #include "trainer/trainer.h"
 
@@ -247,6 +248,16 @@ int run(int argc, char** argv) {
   generate->add_option("--top-k", go.top_k, "sample among the k most likely tokens (0 = all)");
   generate->add_option("--seed", go.seed, "sampling seed (default: the run's seed)");
 
+  ExtendOptions xo;
+  auto* extend = app.add_subcommand(
+      "extend", "Write a fine-tune config that extends a checkpoint's context (RoPE scaling)");
+  extend->add_option("checkpoint", xo.checkpoint, "CKPT.h5 trained with position: rope")
+      ->required();
+  extend->add_option("--to", xo.to, "new context length (tokens)")->required();
+  extend->add_option("--method", xo.method, "linear | ntk | dynamic | yarn | llama3")
+      ->required();
+  extend->add_option("--out", xo.out, "config to write (default: <run>-<method>-<to>.yaml)");
+
   auto* data = app.add_subcommand("data", "Data tools");
   data->require_subcommand(1);
   std::vector<std::string> inputs;
@@ -268,6 +279,7 @@ int run(int argc, char** argv) {
   if (bench->parsed()) return cmd_bench(config, overrides, steps, warmup);
   if (inspect->parsed()) return cmd_inspect(inspect_path);
   if (generate->parsed()) return run_generate_command(go);
+  if (extend->parsed()) return run_extend_command(xo);
   if (prepare->parsed()) {
     prepare_token_file(inputs, out, tokenizer);
     TokenData d = read_token_file(out);
