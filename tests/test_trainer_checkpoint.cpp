@@ -3,6 +3,8 @@
 // mismatches as usage errors, run-dir listing and pruning, and files written
 // by h5py (the independent writer) loading into the model.
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <hdf5.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -56,30 +58,12 @@ void write_bytes(const std::string& path, const std::vector<char>& bytes) {
   f.write(bytes.data(), std::streamsize(bytes.size()));
 }
 
-// Runs f, expects it to throw E, returns the message.
-template <class E, class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "no exception";
-  return "";
-}
+using rt::testing::error_of;
 
 class CheckpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::temp_directory_path() /
-            ("rt_ckpt_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = rt::testing::fresh_test_dir("rt_ckpt");
     be_ = make_cpu_backend();
   }
   void TearDown() override {

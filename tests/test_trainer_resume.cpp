@@ -4,6 +4,8 @@
 // with the step); unusable checkpoints are skipped with the previous one
 // used; init_from loads weights only and rejects shape changes.
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <unistd.h>
 
 #include <csignal>
@@ -29,29 +31,12 @@ std::vector<float> host_copy(Backend& be, const Arena& a) {
   return out;
 }
 
-template <class E, class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "no exception";
-  return "";
-}
+using rt::testing::error_of;
 
 class ResumeTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::temp_directory_path() /
-            ("rt_resume_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = rt::testing::fresh_test_dir("rt_resume");
   }
   void TearDown() override {
     std::error_code ec;
