@@ -16,6 +16,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev    # CLI, JSON output
   python3 python3-torch python3-h5py python3-numpy   # PyTorch reference tests
   python3-matplotlib                 # eval plots (launch/plot_eval.py)
+  python3-yaml procps                # test scripts (YAML checks, pgrep)
 )
 missing=()
 for p in "${packages[@]}"; do
