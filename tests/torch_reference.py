@@ -6,21 +6,27 @@ Run with Debian's /usr/bin/python3 (python3-torch, python3-h5py).
 
   torch_reference.py golden IN.h5 OUT.h5 [--dtype float64|float32]
       IN.h5: root attributes vocab_size, hidden_size, intermediate_size,
-        num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim,
-        rms_norm_eps, tie_word_embeddings, rope_theta, position (rope|alibi|none),
-        lr, beta1, beta2, eps, weight_decay, grad_clip, steps, no_decay_norms,
-        no_decay_embeddings; /model/<HF name> weights; /inputs, /targets int32
-        [B,T] (target -1 is ignored).
+        num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim
+        (0 or absent: hidden/heads), rms_norm_eps, tie_word_embeddings (0/1),
+        rope_theta, position (string rope|alibi|none), lr, beta1, beta2, eps,
+        weight_decay, grad_clip (0 = off), steps, no_decay_norms,
+        no_decay_embeddings (0/1); /model/<HF name> weights (any float type,
+        lm_head.weight absent when tied); /inputs, /targets int [B,T]
+        (target -1 is ignored by the loss).
         Optional memory_tokens, segment_length, bptt_segments (> 0 tokens:
         recurrent memory, SPEC §5; /logits then holds the last segment's).
-      OUT.h5: /loss, /logits [B,T,V], /grad/<name>, /grad_norm (first step,
-        before clipping), /adamw_losses [steps] (loss before each AdamW step on
-        the same batch, constant lr, global-norm clipping), /final/<name>.
-  torch_reference.py bench --seq-len T [--steps N --warmup W --threads K ...]
-      times the same model trained with torch.optim.AdamW in eager mode and
-      prints one JSON line.
+      OUT.h5: /loss (f64 scalar), /logits (f32 [B,T,V]), /grad/<name> (the
+        working dtype), /grad_norm (f64 scalar: global L2 norm of the first
+        gradient, before clipping), /adamw_losses (f64 [steps]: the loss before
+        each torch.optim.AdamW step on the same batch, constant lr,
+        clip_grad_norm_ when grad_clip > 0), /final/<name> (working dtype).
+  torch_reference.py bench --seq-len T [--steps N --warmup W --threads K --sdpa ...]
+      times the same model (fp32, RoPE, std 0.02, random tokens) trained with
+      torch.optim.AdamW and clip_grad_norm_(1.0) in eager mode; prints one JSON line.
   torch_reference.py selftest
-      checks autograd against finite differences on a tiny model.
+      checks this script: ALiBi slopes, RoPE relativity, golden's loss at init
+      (~ln V), its gradients against finite differences (float64, 1e-6
+      relative) and its AdamW against AdamW written out; exit 1 on failure.
 """
 import argparse
 import json
@@ -76,13 +82,25 @@ def attention(q, k, v, cfg, dtype):
     k = k.repeat_interleave(H // G, dim=2)
     v = v.repeat_interleave(H // G, dim=2)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B,H,T,h]
-    s = q @ k.transpose(-1, -2) / math.sqrt(h)
     i = torch.arange(T)
+    bias = None
     if cfg["position"] == "alibi":
+        # bias(i,j) = -slope_head * (i - j), added after the 1/sqrt(h) scale: [H,T,T]
         dist = (i[:, None] - i[None, :]).to(torch.float64)
-        s = s - (alibi_slopes(H)[:, None, None] * dist[None]).to(dtype)
-    s = s.masked_fill(i[None, :] > i[:, None], float("-inf"))
-    return (torch.softmax(s, dim=-1) @ v).transpose(1, 2)
+        bias = (-alibi_slopes(H)[:, None, None] * dist[None]).to(dtype)
+    causal = i[None, :] > i[:, None]  # [T,T], True where j > i (masked)
+    if cfg.get("sdpa"):
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        if bias is None:
+            o = sdpa(q, k, v, is_causal=True)
+        else:
+            o = sdpa(q, k, v, attn_mask=bias.masked_fill(causal, float("-inf")))
+        return o.transpose(1, 2)
+    s = q @ k.transpose(-1, -2) / math.sqrt(h)  # [B,H,T,T]
+    if bias is not None:
+        s = s + bias
+    s = s.masked_fill(causal, float("-inf"))
+    return (torch.softmax(s, dim=-1) @ v).transpose(1, 2)  # [B,T,H,h]
 
 
 def body(params, x, cfg, dtype):
@@ -159,8 +177,11 @@ CONFIG_FLOAT = ["rms_norm_eps", "rope_theta", "lr", "beta1", "beta2", "eps", "we
 
 def read_input(path, dtype):
     with h5py.File(path, "r") as f:
-        cfg = {k: int(f.attrs[k]) for k in CONFIG_INT}
+        cfg = {k: int(f.attrs[k]) for k in CONFIG_INT if k != "head_dim"}
+        cfg["head_dim"] = int(f.attrs.get("head_dim", 0))
         cfg.update({k: float(f.attrs[k]) for k in CONFIG_FLOAT})
+        if cfg["head_dim"] <= 0:  # SPEC §2: head_dim null -> hidden_size / heads
+            cfg["head_dim"] = cfg["hidden_size"] // cfg["num_attention_heads"]
         for k in ["memory_tokens", "segment_length", "bptt_segments"]:
             cfg[k] = int(f.attrs[k]) if k in f.attrs else 0
         pos = f.attrs["position"]
@@ -184,14 +205,18 @@ def decays(name, cfg):
     return True
 
 
+def compute_loss(params, tokens, targets, cfg, dtype):
+    """-> (loss, logits [B,T,V]; with memory, the last segment's)"""
+    if cfg.get("memory_tokens", 0) > 0:
+        return rmt_loss(params, tokens, targets, cfg, dtype)
+    logits = forward(params, tokens, cfg, dtype)
+    return loss_fn(logits, targets), logits
+
+
 def golden(args):
     dtype = getattr(torch, args.dtype)
     cfg, params, tokens, targets = read_input(args.input, dtype)
-    def model_loss():
-        if cfg["memory_tokens"] > 0:
-            return rmt_loss(params, tokens, targets, cfg, dtype)
-        logits = forward(params, tokens, cfg, dtype)
-        return loss_fn(logits, targets), logits
+    model_loss = lambda: compute_loss(params, tokens, targets, cfg, dtype)
 
     loss, logits = model_loss()
     loss.backward()
@@ -227,7 +252,7 @@ def golden(args):
 
 # ---- bench ------------------------------------------------------------------------------
 
-def random_params(cfg, dtype, std=0.02):
+def random_params(cfg, dtype, std=0.02, memory=0):
     d, f, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     qd, kvd = cfg["num_attention_heads"] * cfg["head_dim"], cfg["num_key_value_heads"] * cfg["head_dim"]
     shapes = {"model.embed_tokens.weight": (V, d), "model.norm.weight": (d,), "lm_head.weight": (V, d)}
@@ -238,6 +263,10 @@ def random_params(cfg, dtype, std=0.02):
                        p + "self_attn.v_proj.weight": (kvd, d), p + "self_attn.o_proj.weight": (d, qd),
                        p + "mlp.gate_proj.weight": (f, d), p + "mlp.up_proj.weight": (f, d),
                        p + "mlp.down_proj.weight": (d, f)})
+    if memory:
+        shapes["model.memory.embeddings"] = (memory, d)
+    if cfg["tie_word_embeddings"]:
+        del shapes["lm_head.weight"]
     params = {}
     for n, s in shapes.items():
         t = torch.ones(s, dtype=dtype) if len(s) == 1 else torch.randn(s, dtype=dtype) * std
@@ -246,12 +275,17 @@ def random_params(cfg, dtype, std=0.02):
 
 
 def bench(args):
+    if args.sdpa and not hasattr(torch.nn.functional, "scaled_dot_product_attention"):
+        print(f"error: --sdpa needs torch.nn.functional.scaled_dot_product_attention (torch >= 2.0); "
+              f"this torch is {torch.__version__}", file=sys.stderr)
+        sys.exit(2)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = {"vocab_size": args.vocab, "hidden_size": args.hidden, "intermediate_size": args.intermediate,
            "num_hidden_layers": args.layers, "num_attention_heads": args.heads,
            "num_key_value_heads": args.kv_heads, "head_dim": args.hidden // args.heads,
-           "rms_norm_eps": 1e-5, "tie_word_embeddings": 0, "rope_theta": 10000.0, "position": "rope"}
+           "rms_norm_eps": 1e-5, "tie_word_embeddings": 0, "rope_theta": 10000.0, "position": "rope",
+           "sdpa": args.sdpa}
     params = random_params(cfg, torch.float32)
     opt = torch.optim.AdamW(list(params.values()), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1))
@@ -272,6 +306,7 @@ def bench(args):
     dt = time.perf_counter() - t0
     print(json.dumps({"impl": "pytorch", "torch_version": torch.__version__, "threads": args.threads,
                       "seq_len": args.seq_len, "batch": args.batch,
+                      "attention": "sdpa" if args.sdpa else "eager",
                       "tokens_per_s": args.batch * args.seq_len * args.steps / dt,
                       "step_ms": dt / args.steps * 1000.0,
                       "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
@@ -279,36 +314,175 @@ def bench(args):
 
 # ---- selftest -----------------------------------------------------------------------------
 
-def selftest(_args):
-    """Autograd of this script's forward against finite differences, float64."""
-    torch.manual_seed(1)
-    for position in ["rope", "alibi", "none"]:
-        cfg = {"vocab_size": 13, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 2,
-               "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 4, "rms_norm_eps": 1e-5,
-               "tie_word_embeddings": 0, "rope_theta": 10000.0, "position": position}
-        params = random_params(cfg, torch.float64, std=0.3)
-        tokens = torch.randint(0, 13, (2, 7))
-        targets = torch.randint(0, 13, (2, 7))
-        loss = loss_fn(forward(params, tokens, cfg, torch.float64), targets)
-        assert abs(loss.item() - math.log(13)) < 1.0, loss.item()
+def write_input(path, cfg, params, tokens, targets):
+    """Writes an IN.h5 in the format golden reads (the C++ parity test writes the same)."""
+    with h5py.File(path, "w") as f:
+        for k in CONFIG_INT + ["memory_tokens", "segment_length", "bptt_segments"]:
+            if k in cfg:
+                f.attrs[k] = np.int64(cfg[k])
+        for k in CONFIG_FLOAT:
+            f.attrs[k] = np.float64(cfg[k])
+        f.attrs["position"] = cfg["position"]
+        for n, p in params.items():
+            if n == "lm_head.weight" and cfg["tie_word_embeddings"]:
+                continue
+            f[f"model/{n}"] = p.detach().float().numpy()
+        f["inputs"] = tokens.numpy().astype(np.int32)
+        f["targets"] = targets.numpy().astype(np.int32)
+
+
+def tiny_config(position, heads, kv_heads, tied, **extra):
+    cfg = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+           "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": 8,
+           "rms_norm_eps": 1e-5, "tie_word_embeddings": int(tied), "rope_theta": 10000.0,
+           "position": position, "lr": 1e-2, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8,
+           "weight_decay": 0.1, "grad_clip": 0.5, "steps": 3, "no_decay_norms": 1,
+           "no_decay_embeddings": 0}
+    cfg.update(extra)
+    return cfg
+
+
+def tiny_batch(cfg, B=2, T=17):
+    tokens = torch.randint(0, cfg["vocab_size"], (B, T))
+    targets = torch.randint(0, cfg["vocab_size"], (B, T))
+    targets[0, 3] = -1  # an ignored target
+    return tokens, targets
+
+
+def run_golden(tmp, tag, cfg, params, tokens, targets):
+    src, dst = os.path.join(tmp, tag + "_in.h5"), os.path.join(tmp, tag + "_out.h5")
+    write_input(src, cfg, params, tokens, targets)
+    golden(argparse.Namespace(input=src, output=dst, dtype="float64"))
+    with h5py.File(dst, "r") as f:
+        out = {n: torch.tensor(np.asarray(f[n][()])) for n in ["loss", "logits", "grad_norm", "adamw_losses"]}
+        out["grad"] = {n: torch.tensor(f["grad"][n][()]) for n in f["grad"]}
+        out["final"] = {n: torch.tensor(f["final"][n][()]) for n in f["final"]}
+    return src, out
+
+
+def manual_adamw(cfg, params, tokens, targets):
+    """AdamW written out (torch.optim.AdamW semantics, clip_grad_norm_ with its +1e-6):
+    returns the losses before each step and the final weights."""
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
+    m = {n: torch.zeros_like(p) for n, p in params.items()}
+    v = {n: torch.zeros_like(p) for n, p in params.items()}
+    lr, b1, b2, eps, wd = cfg["lr"], cfg["beta1"], cfg["beta2"], cfg["eps"], cfg["weight_decay"]
+    losses = []
+    for t in range(1, cfg["steps"] + 1):
+        for p in params.values():
+            p.grad = None
+        loss = compute_loss(params, tokens, targets, cfg, torch.float64)[0]
         loss.backward()
-        for name in ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight",
-                     "model.layers.0.input_layernorm.weight", "model.embed_tokens.weight"]:
-            p = params[name]
-            for idx in [0, p.numel() // 2, p.numel() - 1]:
-                with torch.no_grad():
-                    flat = p.view(-1)
-                    x0 = flat[idx].item()
-                    flat[idx] = x0 + 1e-6
-                    lp = loss_fn(forward(params, tokens, cfg, torch.float64), targets).item()
-                    flat[idx] = x0 - 1e-6
-                    lm = loss_fn(forward(params, tokens, cfg, torch.float64), targets).item()
-                    flat[idx] = x0
-                fd = (lp - lm) / 2e-6
-                g = p.grad.view(-1)[idx].item()
-                if abs(fd - g) > 1e-6 * max(1.0, abs(g)) + 1e-8:
-                    print(f"selftest FAILED: {position} {name}[{idx}] autograd {g} vs fd {fd}")
-                    return 1
+        losses.append(loss.item())
+        g = {n: p.grad for n, p in params.items()}
+        norm = torch.sqrt(sum((x ** 2).sum() for x in g.values()))
+        if cfg["grad_clip"] > 0:
+            coef = min(1.0, cfg["grad_clip"] / (norm.item() + 1e-6))
+            g = {n: x * coef for n, x in g.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                if decays(n, cfg):
+                    p.mul_(1 - lr * wd)
+                m[n] = b1 * m[n] + (1 - b1) * g[n]
+                v[n] = b2 * v[n] + (1 - b2) * g[n] ** 2
+                denom = (v[n] / (1 - b2 ** t)).sqrt() + eps
+                p.sub_(lr * (m[n] / (1 - b1 ** t)) / denom)
+    return losses, {n: p.detach() for n, p in params.items()}
+
+
+def finite_difference(params, name, idx, loss_at, step=1e-5):
+    """4-point central difference of the loss in one weight entry (error O(step^4))."""
+    flat = params[name].data.view(-1)
+    x0 = flat[idx].item()
+    vals = []
+    for k in (2, 1, -1, -2):
+        flat[idx] = x0 + k * step
+        vals.append(loss_at())
+    flat[idx] = x0
+    return (-vals[0] + 8 * vals[1] - 8 * vals[2] + vals[3]) / (12 * step)
+
+
+def selftest(_args):
+    """Checks this script: ALiBi slopes, RoPE relativity, the golden mode's loss at init,
+    its gradients against finite differences, and its AdamW against AdamW written out."""
+    torch.manual_seed(1)
+    failures = []
+
+    def check(ok, what):
+        if not ok:
+            failures.append(what)
+            print("FAILED:", what)
+
+    # ALiBi slopes (SPEC §4.3), power-of-two and not
+    for n, want in [(8, [2.0 ** -(k + 1) for k in range(8)]),
+                    (6, [2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8, 2.0 ** -1, 2.0 ** -3]),
+                    (12, [2.0 ** -(k + 1) for k in range(8)] + [2.0 ** -(k + 0.5) for k in range(4)])]:
+        check(torch.allclose(alibi_slopes(n), torch.tensor(want, dtype=torch.float64)), f"alibi slopes n={n}")
+
+    # RoPE: the rotated q.k depends only on i - j
+    cos, sin = rope_cos_sin(40, 8, 10000.0, torch.float64)
+    q, k = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    rot = lambda x, p: x * cos[p] + rotate_half(x) * sin[p]
+    check(abs(rot(q, 30) @ rot(k, 27) - rot(q, 5) @ rot(k, 2)) < 1e-12, "rope relative position")
+
+    cases = [("rope_gqa", tiny_config("rope", 4, 2, False)),
+             ("rope_mqa_tied", tiny_config("rope", 4, 1, True, no_decay_embeddings=1)),
+             ("alibi_6heads", tiny_config("alibi", 6, 3, False, no_decay_norms=0)),
+             ("none_tied", tiny_config("none", 4, 4, True, grad_clip=0.0)),
+             ("rmt_rope", tiny_config("rope", 4, 2, False, memory_tokens=2, segment_length=6,
+                                      bptt_segments=-1))]
+    with tempfile.TemporaryDirectory() as tmp:
+        for tag, cfg in cases:
+            T = 18 if cfg.get("memory_tokens") else 17
+            if cfg.get("memory_tokens"):
+                cfg = dict(cfg, steps=2)
+            rp = lambda std: random_params(cfg, torch.float64, std=std, memory=cfg.get("memory_tokens", 0))
+            tokens, targets = tiny_batch(cfg, T=T)
+
+            # (a) at init (std 0.02) the loss is finite and about ln V
+            _, out = run_golden(tmp, tag + "_init", cfg, rp(0.02), tokens, targets)
+            loss = out["loss"].item()
+            check(math.isfinite(loss) and abs(loss - math.log(cfg["vocab_size"])) < 0.05,
+                  f"{tag}: loss at init {loss} vs ln V {math.log(cfg['vocab_size'])}")
+
+            # (b) golden's gradients against finite differences (std 0.3: sizeable gradients)
+            params = rp(0.3)
+            with torch.no_grad():
+                for n, p in params.items():
+                    if p.dim() == 1:
+                        p.add_(0.3 * torch.randn_like(p))  # norms away from 1
+            src, out = run_golden(tmp, tag, cfg, params, tokens, targets)
+            cfg_in, p64, tok, tgt = read_input(src, torch.float64)
+            check(set(out["grad"]) == set(p64), f"{tag}: gradient names {sorted(out['grad'])}")
+            loss_at = lambda: compute_loss(p64, tok, tgt, cfg_in, torch.float64)[0].item()
+            worst = 0.0
+            with torch.no_grad():
+                for n in sorted(p64):
+                    g = out["grad"][n].reshape(-1)
+                    for idx in {int(g.abs().argmax()), int(torch.randint(0, g.numel(), ()))}:
+                        fd = finite_difference(p64, n, idx, loss_at)
+                        err = abs(fd - g[idx].item())
+                        if abs(g[idx].item()) > 1e-4:
+                            worst = max(worst, err / abs(g[idx].item()))
+                        check(err <= 1e-6 * abs(g[idx].item()) + 1e-10,
+                              f"{tag}: {n}[{idx}] autograd {g[idx].item():.12e} vs fd {fd:.12e}")
+            norm = math.sqrt(sum((x ** 2).sum().item() for x in out["grad"].values()))
+            check(abs(norm - out["grad_norm"].item()) <= 1e-12 * norm, f"{tag}: grad_norm")
+            check(abs(out["adamw_losses"][0].item() - out["loss"].item()) <= 1e-12 * loss,
+                  f"{tag}: first AdamW loss is the loss")
+
+            # (c) golden's AdamW against AdamW written out
+            losses, final = manual_adamw(cfg_in, p64, tok, tgt)
+            check(torch.allclose(out["adamw_losses"], torch.tensor(losses, dtype=torch.float64),
+                                 rtol=1e-12, atol=0), f"{tag}: AdamW losses")
+            for n in sorted(final):
+                check(torch.allclose(out["final"][n], final[n], rtol=1e-10, atol=1e-12),
+                      f"{tag}: weights after AdamW of {n}")
+            print(f"selftest {tag}: loss {out['loss'].item():.6f}, fd vs autograd worst rel err {worst:.1e}, "
+                  f"AdamW losses {[round(x, 6) for x in out['adamw_losses'].tolist()]}")
+    if failures:
+        print(f"selftest FAILED ({len(failures)} checks)")
+        return 1
     print("selftest passed")
     return 0
 
@@ -332,6 +506,8 @@ def main():
     b.add_argument("--intermediate", type=int, default=704)
     b.add_argument("--vocab", type=int, default=256)
     b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--sdpa", action="store_true",
+                   help="use torch.nn.functional.scaled_dot_product_attention (torch >= 2.0)")
     sub.add_parser("selftest")
     args = ap.parse_args()
     if args.cmd == "golden":
