@@ -23,6 +23,9 @@ Run with Debian's /usr/bin/python3 (python3-torch, python3-h5py).
   torch_reference.py bench --seq-len T [--steps N --warmup W --threads K --sdpa ...]
       times the same model (fp32, RoPE, std 0.02, random tokens) trained with
       torch.optim.AdamW and clip_grad_norm_(1.0) in eager mode; prints one JSON line.
+      On a machine shared with other busy processes, libgomp's default spinning
+      makes torch up to ~30x slower: run with OMP_WAIT_POLICY=PASSIVE there
+      (the JSON records the policy in use).
   torch_reference.py selftest
       checks this script: ALiBi slopes, RoPE relativity, golden's loss at init
       (~ln V), its gradients against finite differences (float64, 1e-6
@@ -307,6 +310,7 @@ def bench(args):
     print(json.dumps({"impl": "pytorch", "torch_version": torch.__version__, "threads": args.threads,
                       "seq_len": args.seq_len, "batch": args.batch,
                       "attention": "sdpa" if args.sdpa else "eager",
+                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
                       "tokens_per_s": args.batch * args.seq_len * args.steps / dt,
                       "step_ms": dt / args.steps * 1000.0,
                       "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
