@@ -52,8 +52,11 @@ std::string extend_config_yaml(const ExtendOptions& o) {
                      fmt(cfg.model.rope_scaling->factor) +
                      "); stacking a second scaling is not supported: extend the original "
                      "checkpoint, or edit model.rope_scaling by hand");
-  // The original length is the one the model was trained at: train.seq_len
-  // (max_position_embeddings may be set larger than anything it saw).
+  // The original length L is the one the model was trained at, train.seq_len,
+  // not max_position_embeddings: that is only a cap and may be set larger than
+  // any position the model saw (configs/tinyshakespeare.yaml: 1024 vs 256).
+  // The scaling formulas (SPEC §4.2) interpolate from the positions the
+  // weights have learned, so factor = LEN / seq_len.
   const int64_t original = cfg.train.seq_len;
   if (o.to <= original)
     throw UsageError("extend --to " + std::to_string(o.to) + " is not beyond the checkpoint's "
@@ -70,15 +73,23 @@ std::string extend_config_yaml(const ExtendOptions& o) {
   rs.original_max_position_embeddings = original;
   out.model.rope_scaling = rs;
   out.train.seq_len = o.to;
-  // Keep the tokens per optimizer step near the original run's.
+  // Keep the tokens per optimizer step near the original run's (the
+  // micro-batch shrinks with the length so activation memory stays about the
+  // same). The layout is left to the launch: data_parallel auto, and the ring
+  // size of the original run when it still divides the new length.
   const int64_t tokens = int64_t(cfg.train.global_batch_size) * cfg.train.seq_len;
   out.train.micro_batch_size = int(std::max<int64_t>(1, cfg.train.micro_batch_size * original / o.to));
   out.train.global_batch_size =
       int(std::max<int64_t>(out.train.micro_batch_size, tokens / o.to / out.train.micro_batch_size *
                                                             out.train.micro_batch_size));
-  // A short, gentle fine-tune: the YaRN and PI papers extend with a few
-  // hundred steps at a small learning rate; a tenth of this run's peak lr
-  // keeps the weights close to the checkpoint whatever its scale.
+  out.parallel.data_parallel = 0;
+  // A short, gentle fine-tune. PI fine-tunes LLaMA 7B (pre-trained at peak lr
+  // 3e-4) with 2e-5 for 1000 steps and YaRN uses 2e-5 for 400 steps: about a
+  // fifteenth of the pre-training lr. A tenth of this checkpoint's peak lr is
+  // that rule "scaled to the model": a 7B-style run at 3e-4 gets 3e-5, a tiny
+  // character model trained at 1e-3 gets 1e-4 (a fixed 2e-5 would barely move
+  // it in 200 steps). 200 steps is enough for the few-hundred-step adaptation
+  // both papers report.
   out.train.max_steps = 200;
   out.train.optimizer.lr = cfg.train.optimizer.lr / 10.0;
   out.train.schedule.type = "cosine";
@@ -98,18 +109,29 @@ std::string extend_config_yaml(const ExtendOptions& o) {
   head += "# Written by `ringtrain extend`; edit freely. What was chosen and why:\n";
   head += "#  checkpoint.init_from      weights only: optimizer, step and data start fresh (SPEC §4.4)\n";
   head += "#  model.rope_scaling        " + o.method + ", factor = " + std::to_string(o.to) + " / " +
-          std::to_string(original) + ", original_max_position_embeddings = the trained length\n";
+          std::to_string(original) + "; original_max_position_embeddings = " +
+          std::to_string(original) + ",\n";
+  head += "#                            the checkpoint's train.seq_len: the longest positions its\n";
+  head += "#                            weights have seen (its max_position_embeddings, " +
+          std::to_string(cfg.model.max_position_embeddings) + ", is only a cap)\n";
   head += "#  model.max_position_embeddings, train.seq_len = " + std::to_string(o.to) + "\n";
-  head += "#  train.optimizer.lr        " + fmt(out.train.optimizer.lr) +
-          " = a tenth of the original peak lr: a gentle fine-tune\n";
+  head += "#  train.optimizer.lr        " + fmt(out.train.optimizer.lr) + " = a tenth of the original peak lr (" +
+          fmt(cfg.train.optimizer.lr) + "): PI and YaRN fine-tune\n";
+  head += "#                            LLaMA at 2e-5, ~1/15 of its pre-training lr; gentle, so the\n";
+  head += "#                            weights stay close to the checkpoint\n";
   head += "#  train.max_steps           200 with 20 warm-up steps, cosine to lr/10 (PI and YaRN\n";
-  head += "#                            extend with a few hundred steps)\n";
-  head += "#  train.global_batch_size   " + std::to_string(out.train.global_batch_size) +
-          " sequences: about the original run's tokens per step\n";
+  head += "#                            adapt in a few hundred steps)\n";
+  head += "#  train.global_batch_size   " + std::to_string(out.train.global_batch_size) + " x " +
+          std::to_string(o.to) + " tokens: about the original run's " + std::to_string(tokens) +
+          " tokens per step\n";
+  head += "#  train.micro_batch_size    " + std::to_string(out.train.micro_batch_size) +
+          ": shrunk with the length, so activations fit as before\n";
+  head += "#  run.name, run.dir         a new run: the original run dir is left untouched\n";
   head += "#  eval.seq_lens             the original and the new length\n";
   head += "# Run:  ringtrain train THIS_FILE\n";
-  head += "# Long lengths over a ring of N ranks:\n";
+  head += "# Long lengths: shard each sequence over a ring of N ranks (N divides the length/2):\n";
   head += "#       launch/local.sh -np N ringtrain train THIS_FILE --set parallel.context_parallel=N\n";
+  head += "#       mpirun -np N ringtrain train THIS_FILE --set parallel.context_parallel=N\n";
   const std::string body = config_to_yaml(out);
   parse_config(body, "extend output");  // what we write must validate
   return head + body;
@@ -128,9 +150,11 @@ int run_extend_command(const ExtendOptions& o) {
   if (!f) throw IoError("extend: cannot write " + path + " (check the directory exists and is writable)");
   std::cout << "wrote " << path << "\n"
             << "run it:\n  ringtrain train " << path << "\n"
-            << "or over a ring of N ranks for long sequences:\n"
+            << "or shard each sequence over a ring of N ranks (long lengths; N divides " << o.to / 2
+            << "):\n"
             << "  launch/local.sh -np N ringtrain train " << path
-            << " --set parallel.context_parallel=N\n";
+            << " --set parallel.context_parallel=N\n"
+            << "  mpirun -np N ringtrain train " << path << " --set parallel.context_parallel=N\n";
   return kExitOk;
 }
 

@@ -12,7 +12,7 @@ struct ExtendOptions {
   std::string checkpoint;
   int64_t to = 0;
   std::string method;
-  std::string out;  // default: configs/extend-<run>-<method>-<to>.yaml next to nothing: cwd
+  std::string out;  // default: <run.name>-<method>-<to>.yaml in the current directory
 };
 
 // The YAML text (comments included) of the fine-tune config. Throws
