@@ -40,7 +40,7 @@ assert abs(c["train"]["optimizer"]["lr"] - 1.0e-4) < 1e-12      # a tenth of the
 assert c["train"]["max_steps"] == 200 and c["train"]["schedule"]["warmup_steps"] == 20
 assert c["train"]["global_batch_size"] * 1024 == 8 * 256          # tokens per step kept
 assert c["eval"]["seq_lens"] == [256, 1024]
-assert c["parallel"]["data_parallel"] == 0                      # layout left to the launch
+assert c["parallel"]["data_parallel"] == "auto"                 # layout left to the launch
 assert c["run"]["name"] == f"tiny-{m}-1024" and c["run"]["dir"] == f"runs/tiny-{m}-1024"
 PY
   grep -q "^# Fine-tune" $m.yaml || fail "extend $m wrote no explanatory comments"
