@@ -40,7 +40,8 @@ std::string extend_config_yaml(const ExtendOptions& o) {
   }
   if (cfg.model.position != "rope")
     throw UsageError("extend: " + ckpt + " uses model.position: " + cfg.model.position +
-                     ", and the extension methods rescale RoPE. " +
+                     "; the extension methods (linear | ntk | dynamic | yarn | llama3) rescale RoPE and "
+                     "apply to position: rope checkpoints only. " +
                      (cfg.model.position == "alibi"
                           ? "ALiBi needs no rescaling: fine-tune at the new length with "
                             "checkpoint.init_from and a longer train.seq_len"
