@@ -1,0 +1,647 @@
+// Fused attention kernels (FlashAttention-2 scheme) for sm_80 / sm_90.
+//
+// Tensor cores through mma.sync.m16n8k16 (bf16 x bf16 -> fp32); tiles move
+// global -> shared with cp.async (16 bytes per thread, zero-filled past the
+// last row, double-buffered) and shared -> registers with ldmatrix. Shared
+// tiles are rows of hd bf16 whose 16-byte chunks are XOR-swizzled by the row
+// (chunk c of row r lives at c ^ (r & 7)), so the 8 row addresses of an
+// ldmatrix hit 8 different bank groups.
+//
+// mma.m16n8k16 fragments (g = lane / 4, t = lane % 4), used throughout:
+//   A 16x16: a0 (g, 2t..2t+1)  a1 (g+8, 2t..)  a2 (g, 2t+8..)  a3 (g+8, 2t+8..)
+//   B 16x8:  b0 (k 2t..2t+1, n g)  b1 (k 2t+8.., n g)
+//   C 16x8:  c0,c1 (g, 2t..2t+1)  c2,c3 (g+8, 2t..2t+1)
+// Two adjacent C tiles of a 16-row strip are exactly one A fragment, so the
+// probabilities P (and dS) go from accumulators to the next product's A
+// operand without touching shared memory.
+//
+// Forward: one block per (query tile of 16*NW rows, head, batch); warp w owns
+// 16 query rows and walks the visible key tiles with an online softmax in the
+// log2 domain (scores pre-multiplied by log2 e, exp2). Query tiles are issued
+// last-first so that, under a causal mask, the longest ones start first.
+//
+// Backward: rowsum(dout * out) first (one warp per row), then one block per
+// (key tile of 16*NW rows, kv head, batch) that owns those dK, dV rows in
+// registers and loops over every query head of its group and every query tile
+// that can see the key tile (deterministic dK, dV; no atomics). Per query
+// tile, with the key rows as the M dimension:
+//   S^T = K Q^T,  P^T = exp(S^T - lse),  dV += P^T dO,  dP^T = V dO^T,
+//   dS^T = P^T (dP^T - D),  dK += dS^T Q,  dQ += dS K (through shared memory,
+//   fp32 atomics into the caller's dq).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common/errors.h"
+#include "model/cuda/attention.h"
+
+namespace rt::cuda {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    throw Error(kExitOther, std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
+}
+
+// ---- PTX wrappers ------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared; zero-filled when !valid (src must still be a
+// mapped address).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
+                                        uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
+                                          uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+
+// c += a * b (16x8x16, bf16 operands, fp32 accumulators)
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                    uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats -> packed bf16x2, lo in the low half (the lower column).
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// ---- shared tiles ------------------------------------------------------------
+
+// Byte offset of 16-byte chunk `c` of row `r` in a swizzled tile of HD bf16 per row.
+template <int HD>
+__device__ __forceinline__ uint32_t swz(int r, int c) {
+  return uint32_t(r * (HD * 2) + ((c ^ (r & 7)) << 4));
+}
+
+// Rows [row0, row0 + R) of a (rows, ld) bf16 tensor (head column already
+// applied to `base`) into a swizzled shared tile; rows >= nrows read as zero.
+template <int HD, int R, int NT>
+__device__ __forceinline__ void load_tile(uint32_t dst, const uint16_t* base, int64_t ld,
+                                          int row0, int nrows, int tid) {
+  constexpr int kChunks = HD / 8;
+#pragma unroll
+  for (int i = tid; i < R * kChunks; i += NT) {
+    const int r = i / kChunks, c = i % kChunks;
+    const bool valid = row0 + r < nrows;
+    const uint16_t* src = valid ? base + int64_t(row0 + r) * ld + c * 8 : base;
+    cp_async16(dst + swz<HD>(r, c), src, valid);
+  }
+}
+
+// ---- forward -----------------------------------------------------------------
+
+struct FwdArgs {
+  const uint16_t *q, *k, *v;
+  uint16_t* out;
+  float* lse;
+  int B, Tq, Tk, H, G;
+  int64_t q_offset, k_offset;
+  bool causal;
+  const float* slopes;
+  float scale_log2;  // softmax scale * log2 e
+};
+
+template <int HD, int NW, int BC>
+__global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const FwdArgs a) {
+  constexpr int BR = 16 * NW, NT = NW * 32;
+  constexpr int kTileQ = BR * HD * 2, kTileK = BC * HD * 2;
+  extern __shared__ __align__(128) uint8_t smem[];
+  const uint32_t sQ = smem_addr(smem);
+  const uint32_t sK = sQ + kTileQ;           // 2 stages
+  const uint32_t sV = sK + 2 * kTileK;       // 2 stages
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g8 = lane >> 2, t4 = lane & 3;
+  const int ntq = (a.Tq + BR - 1) / BR;
+  const int q0 = (ntq - 1 - int(blockIdx.x)) * BR;
+  const int h = blockIdx.y, b = blockIdx.z, kvh = h / (a.H / a.G);
+  const int64_t ldq = int64_t(a.H) * HD, ldk = int64_t(a.G) * HD;
+  const uint16_t* Qb = a.q + int64_t(b) * a.Tq * ldq + int64_t(h) * HD;
+  const uint16_t* Kb = a.k + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
+  const uint16_t* Vb = a.v + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
+
+  // Keys visible to the last query row of the tile bound the key loop.
+  int kend = a.Tk;
+  if (a.causal) {
+    const int64_t last = a.q_offset + min(q0 + BR, a.Tq) - 1 - a.k_offset + 1;
+    kend = int(last < 0 ? 0 : (last > a.Tk ? a.Tk : last));
+  }
+  const int nkt = (kend + BC - 1) / BC;
+
+  const float slope_log2 = a.slopes ? a.slopes[h] * kLog2e : 0.f;
+  // This thread's two rows (g8 and g8 + 8 of the warp's strip).
+  const int rloc0 = warp * 16 + g8;
+  const int64_t qpos0 = a.q_offset + q0 + rloc0;
+
+  float o[HD / 8][4];
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  uint32_t qf[HD / 16][4];
+
+  if (nkt > 0) {
+    load_tile<HD, BR, NT>(sQ, Qb, ldq, q0, a.Tq, tid);
+    load_tile<HD, BC, NT>(sK, Kb, ldk, 0, a.Tk, tid);
+    load_tile<HD, BC, NT>(sV, Vb, ldk, 0, a.Tk, tid);
+    cp_async_commit();
+  }
+  for (int j = 0; j < nkt; ++j) {
+    const int st = j & 1;
+    if (j + 1 < nkt) {
+      load_tile<HD, BC, NT>(sK + (st ^ 1) * kTileK, Kb, ldk, (j + 1) * BC, a.Tk, tid);
+      load_tile<HD, BC, NT>(sV + (st ^ 1) * kTileK, Vb, ldk, (j + 1) * BC, a.Tk, tid);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (j == 0) {
+#pragma unroll
+      for (int kk = 0; kk < HD / 16; ++kk)
+        ldsm_x4(sQ + swz<HD>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)), qf[kk][0], qf[kk][1],
+                qf[kk][2], qf[kk][3]);
+    }
+    const uint32_t k_st = sK + st * kTileK, v_st = sV + st * kTileK;
+
+    // S = Q K^T for the warp's 16 rows x BC keys.
+    float s[BC / 8][4];
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+#pragma unroll
+      for (int nn = 0; nn < BC / 16; ++nn) {
+        uint32_t b0, b1, b2, b3;
+        ldsm_x4(k_st + swz<HD>(nn * 16 + (lane & 7) + ((lane >> 4) << 3),
+                               kk * 2 + ((lane >> 3) & 1)),
+                b0, b1, b2, b3);
+        mma(s[2 * nn], qf[kk], b0, b1);
+        mma(s[2 * nn + 1], qf[kk], b2, b3);
+      }
+    }
+
+    // Scale, ALiBi, mask (log2 domain).
+    const int kcol0 = j * BC;
+    const bool need_mask = kcol0 + BC > a.Tk ||
+                           (a.causal && a.k_offset + kcol0 + BC - 1 > a.q_offset + q0);
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = kcol0 + n * 8 + 2 * t4 + (e & 1);
+        const int64_t qpos = qpos0 + ((e >> 1) << 3);
+        const int64_t kpos = a.k_offset + col;
+        float x = s[n][e] * a.scale_log2;
+        if (a.slopes) x -= slope_log2 * float(qpos - kpos);
+        if (need_mask && (col >= a.Tk || (a.causal && kpos > qpos))) x = -INFINITY;
+        s[n][e] = x;
+      }
+    }
+
+    // Online softmax: rows r = 0 (g8) and 1 (g8 + 8); a row's BC columns are
+    // spread over the 4 threads of a quad.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = m[r];
+#pragma unroll
+      for (int n = 0; n < BC / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float use = mx == -INFINITY ? 0.f : mx;
+      const float corr = exp2f(m[r] - use);
+      m[r] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < BC / 8; ++n) {
+        s[n][2 * r] = exp2f(s[n][2 * r] - use);
+        s[n][2 * r + 1] = exp2f(s[n][2 * r + 1] - use);
+        sum += s[n][2 * r] + s[n][2 * r + 1];
+      }
+      l[r] = l[r] * corr + sum;
+#pragma unroll
+      for (int n = 0; n < HD / 8; ++n) {
+        o[n][2 * r] *= corr;
+        o[n][2 * r + 1] *= corr;
+      }
+    }
+
+    // O += P V
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) {
+      const uint32_t p[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                             pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                             pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                             pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dn = 0; dn < HD / 16; ++dn) {
+        uint32_t b0, b1, b2, b3;
+        ldsm_x4_t(v_st + swz<HD>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3),
+                                 dn * 2 + (lane >> 4)),
+                  b0, b1, b2, b3);
+        mma(o[2 * dn], p, b0, b1);
+        mma(o[2 * dn + 1], p, b2, b3);
+      }
+    }
+    __syncthreads();  // this stage is refilled two iterations on
+  }
+
+  // Normalise and store.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = l[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int row = q0 + rloc0 + 8 * r;
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    if (row < a.Tq) {
+      uint16_t* orow = a.out + (int64_t(b) * a.Tq + row) * ldq + int64_t(h) * HD;
+#pragma unroll
+      for (int n = 0; n < HD / 8; ++n)
+        *reinterpret_cast<uint32_t*>(orow + n * 8 + 2 * t4) =
+            pack_bf16(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+      if (t4 == 0)
+        a.lse[(int64_t(b) * a.H + h) * a.Tq + row] =
+            sum > 0.f ? (m[r] + log2f(sum)) * kLn2 : -INFINITY;
+    }
+  }
+}
+
+// ---- backward ----------------------------------------------------------------
+
+// D[b,h,i] = sum_d dout * out, one warp per (b, i, h) row.
+template <int HD>
+__global__ void attn_bwd_dot_kernel(float* D, const uint16_t* dout, const uint16_t* out, int B,
+                                    int Tq, int H) {
+  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= int64_t(B) * Tq * H) return;
+  const uint16_t* x = dout + row * HD;
+  const uint16_t* y = out + row * HD;
+  float acc = 0.f;
+#pragma unroll
+  for (int d = 2 * lane; d < HD; d += 64) {
+    const __nv_bfloat162 xv = *reinterpret_cast<const __nv_bfloat162*>(x + d);
+    const __nv_bfloat162 yv = *reinterpret_cast<const __nv_bfloat162*>(y + d);
+    const float2 xf = __bfloat1622float2(xv), yf = __bfloat1622float2(yv);
+    acc += xf.x * yf.x + xf.y * yf.y;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (lane == 0) {
+    // row = (b * Tq + i) * H + h  ->  D index (b * H + h) * Tq + i
+    const int64_t h = row % H, bi = row / H, i = bi % Tq, b = bi / Tq;
+    D[(b * H + h) * Tq + i] = acc;
+  }
+}
+
+struct BwdArgs {
+  const uint16_t *q, *k, *v, *dout;
+  const float *lse, *D;
+  float *dq, *dk, *dv;
+  int B, Tq, Tk, H, G;
+  int64_t q_offset, k_offset;
+  bool causal;
+  const float* slopes;
+  float scale, scale_log2;
+};
+
+template <int HD, int NW, int BRQ>
+__global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
+  constexpr int BCK = 16 * NW, NT = NW * 32;
+  constexpr int kTileK = BCK * HD * 2, kTileQ = BRQ * HD * 2;
+  extern __shared__ __align__(128) uint8_t smem[];
+  const uint32_t sK = smem_addr(smem);
+  const uint32_t sV = sK + kTileK;
+  const uint32_t sQ = sV + kTileK;            // 2 stages
+  const uint32_t sO = sQ + 2 * kTileQ;        // dout, 2 stages
+  const uint32_t sS = sO + 2 * kTileQ;        // dS^T (BCK x BRQ bf16, swizzled)
+  float* sL = reinterpret_cast<float*>(smem + 2 * kTileK + 4 * kTileQ + BCK * BRQ * 2);  // 2 x BRQ
+  float* sD = sL + 2 * BRQ;                                                           // 2 x BRQ
+  static_assert(BRQ % 16 == 0 && BRQ >= 64, "dS^T rows must hold >= 8 swizzle chunks");
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g8 = lane >> 2, t4 = lane & 3;
+  const int k0 = blockIdx.x * BCK;
+  const int kvh = blockIdx.y, b = blockIdx.z, rep = a.H / a.G;
+  const int64_t ldq = int64_t(a.H) * HD, ldk = int64_t(a.G) * HD;
+  const uint16_t* Kb = a.k + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
+  const uint16_t* Vb = a.v + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
+
+  // First query tile that sees any key of this tile.
+  int i_start = 0;
+  if (a.causal) {
+    const int64_t first_row = a.k_offset + k0 - a.q_offset;  // first query row with qpos >= kpos(k0)
+    if (first_row >= a.Tq) return;                            // nothing to accumulate
+    i_start = first_row > 0 ? int(first_row / BRQ) : 0;
+  }
+  const int nq = (a.Tq + BRQ - 1) / BRQ - i_start;
+  const int n_it = nq * rep;
+  if (nq <= 0) return;
+
+  // Per-iteration operands: (query head, query tile) for linear index it.
+  auto issue = [&](int it, int st) {
+    const int h = kvh * rep + it / nq, q0 = (i_start + it % nq) * BRQ;
+    const uint16_t* Qb = a.q + int64_t(b) * a.Tq * ldq + int64_t(h) * HD;
+    const uint16_t* Ob = a.dout + int64_t(b) * a.Tq * ldq + int64_t(h) * HD;
+    load_tile<HD, BRQ, NT>(sQ + st * kTileQ, Qb, ldq, q0, a.Tq, tid);
+    load_tile<HD, BRQ, NT>(sO + st * kTileQ, Ob, ldq, q0, a.Tq, tid);
+    for (int r = tid; r < BRQ; r += NT) {
+      const int row = q0 + r;
+      float lse_l2 = INFINITY, d = 0.f;  // +inf: P = exp2(x - inf) = 0 (no such row / no key)
+      if (row < a.Tq) {
+        const int64_t idx = (int64_t(b) * a.H + h) * a.Tq + row;
+        const float lse = a.lse[idx];
+        if (lse != -INFINITY) lse_l2 = lse * kLog2e;
+        d = a.D[idx];
+      }
+      sL[st * BRQ + r] = lse_l2;
+      sD[st * BRQ + r] = d;
+    }
+  };
+
+  load_tile<HD, BCK, NT>(sK, Kb, ldk, k0, a.Tk, tid);
+  load_tile<HD, BCK, NT>(sV, Vb, ldk, k0, a.Tk, tid);
+  issue(0, 0);
+  cp_async_commit();
+
+  float dk[HD / 8][4], dv[HD / 8][4];
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
+
+  const int kr = warp * 16;  // this warp's key rows within the tile
+  const int64_t kpos0 = a.k_offset + k0 + kr + g8;
+
+  for (int it = 0; it < n_it; ++it) {
+    const int st = it & 1;
+    if (it + 1 < n_it) issue(it + 1, st ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+
+    const int h = kvh * rep + it / nq, q0 = (i_start + it % nq) * BRQ;
+    const uint32_t q_st = sQ + st * kTileQ, o_st = sO + st * kTileQ;
+    const float* L = sL + st * BRQ;
+    const float* Dd = sD + st * BRQ;
+    const float slope_log2 = a.slopes ? a.slopes[h] * kLog2e : 0.f;
+
+    // S^T = K Q^T and dP^T = V dO^T (16 key rows x BRQ queries per warp).
+    float s[BRQ / 8][4], dp[BRQ / 8][4];
+#pragma unroll
+    for (int n = 0; n < BRQ / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      uint32_t ka[4], va[4];
+      ldsm_x4(sK + swz<HD>(kr + (lane & 15), kk * 2 + (lane >> 4)), ka[0], ka[1], ka[2], ka[3]);
+      ldsm_x4(sV + swz<HD>(kr + (lane & 15), kk * 2 + (lane >> 4)), va[0], va[1], va[2], va[3]);
+#pragma unroll
+      for (int nn = 0; nn < BRQ / 16; ++nn) {
+        const int row = nn * 16 + (lane & 7) + ((lane >> 4) << 3), ch = kk * 2 + ((lane >> 3) & 1);
+        uint32_t b0, b1, b2, b3;
+        ldsm_x4(q_st + swz<HD>(row, ch), b0, b1, b2, b3);
+        mma(s[2 * nn], ka, b0, b1);
+        mma(s[2 * nn + 1], ka, b2, b3);
+        ldsm_x4(o_st + swz<HD>(row, ch), b0, b1, b2, b3);
+        mma(dp[2 * nn], va, b0, b1);
+        mma(dp[2 * nn + 1], va, b2, b3);
+      }
+    }
+
+    // P^T and dS^T (element (key g8 / g8+8, query n*8 + 2 t4 + (e & 1))).
+    const bool need_mask = k0 + BCK > a.Tk ||
+                           (a.causal && a.k_offset + k0 + BCK - 1 > a.q_offset + q0);
+#pragma unroll
+    for (int n = 0; n < BRQ / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int qcol = n * 8 + 2 * t4 + (e & 1);
+        const int64_t kpos = kpos0 + ((e >> 1) << 3);
+        const int64_t qpos = a.q_offset + q0 + qcol;
+        float x = s[n][e] * a.scale_log2;
+        if (a.slopes) x -= slope_log2 * float(qpos - kpos);
+        float p = exp2f(x - L[qcol]);
+        if (need_mask && (kpos - a.k_offset >= a.Tk || (a.causal && kpos > qpos))) p = 0.f;
+        s[n][e] = p;
+        dp[n][e] = p * (dp[n][e] - Dd[qcol]);
+      }
+    }
+
+    // dV += P^T dO, dK += dS^T Q (queries are the K dimension).
+#pragma unroll
+    for (int kk = 0; kk < BRQ / 16; ++kk) {
+      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                              pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      const uint32_t da[4] = {pack_bf16(dp[2 * kk][0], dp[2 * kk][1]),
+                              pack_bf16(dp[2 * kk][2], dp[2 * kk][3]),
+                              pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
+                              pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+#pragma unroll
+      for (int dn = 0; dn < HD / 16; ++dn) {
+        const int row = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), ch = dn * 2 + (lane >> 4);
+        uint32_t b0, b1, b2, b3;
+        ldsm_x4_t(o_st + swz<HD>(row, ch), b0, b1, b2, b3);
+        mma(dv[2 * dn], pa, b0, b1);
+        mma(dv[2 * dn + 1], pa, b2, b3);
+        ldsm_x4_t(q_st + swz<HD>(row, ch), b0, b1, b2, b3);
+        mma(dk[2 * dn], da, b0, b1);
+        mma(dk[2 * dn + 1], da, b2, b3);
+      }
+      // dS^T rows of this warp -> shared (bf16), for dQ = dS K below.
+      const int r0 = kr + g8;
+      uint8_t* base = smem + (sS - sK);
+      *reinterpret_cast<uint32_t*>(base + swz<BRQ>(r0, kk * 2) + 4 * t4) = da[0];
+      *reinterpret_cast<uint32_t*>(base + swz<BRQ>(r0 + 8, kk * 2) + 4 * t4) = da[1];
+      *reinterpret_cast<uint32_t*>(base + swz<BRQ>(r0, kk * 2 + 1) + 4 * t4) = da[2];
+      *reinterpret_cast<uint32_t*>(base + swz<BRQ>(r0 + 8, kk * 2 + 1) + 4 * t4) = da[3];
+    }
+    __syncthreads();
+
+    // dQ (BRQ x HD) += scale * dS K: warp w takes query strips w, w + NW, ...
+    // and the whole head dim, 32 columns at a time (16 accumulators).
+    for (int mq = warp; mq < BRQ / 16; mq += NW) {
+#pragma unroll
+      for (int dc = 0; dc < HD / 32; ++dc) {
+        float acc[4][4];
+#pragma unroll
+        for (int n = 0; n < 4; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < BCK / 16; ++kk) {
+          uint32_t af[4];
+          ldsm_x4_t(sS + swz<BRQ>(kk * 16 + (lane & 7) + ((lane >> 4) << 3),
+                                  mq * 2 + ((lane >> 3) & 1)),
+                    af[0], af[1], af[2], af[3]);
+#pragma unroll
+          for (int dn = 0; dn < 2; ++dn) {
+            uint32_t b0, b1, b2, b3;
+            ldsm_x4_t(sK + swz<HD>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3),
+                                   dc * 4 + dn * 2 + (lane >> 4)),
+                      b0, b1, b2, b3);
+            mma(acc[2 * dn], af, b0, b1);
+            mma(acc[2 * dn + 1], af, b2, b3);
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = q0 + mq * 16 + g8 + 8 * r;
+          if (row >= a.Tq) continue;
+          float* dst = a.dq + (int64_t(b) * a.Tq + row) * ldq + int64_t(h) * HD + dc * 32 + 2 * t4;
+#pragma unroll
+          for (int n = 0; n < 4; ++n) {
+            atomicAdd(dst + n * 8, acc[n][2 * r] * a.scale);
+            atomicAdd(dst + n * 8 + 1, acc[n][2 * r + 1] * a.scale);
+          }
+        }
+      }
+    }
+    __syncthreads();  // stages and dS^T are rewritten next iteration
+  }
+
+  // dK (scaled), dV += into the caller's fp32 buffers; this block owns the rows.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = k0 + kr + g8 + 8 * r;
+    if (row >= a.Tk) continue;
+    float* dkr = a.dk + (int64_t(b) * a.Tk + row) * ldk + int64_t(kvh) * HD + 2 * t4;
+    float* dvr = a.dv + (int64_t(b) * a.Tk + row) * ldk + int64_t(kvh) * HD + 2 * t4;
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) {
+      float2* pk = reinterpret_cast<float2*>(dkr + n * 8);
+      float2* pv = reinterpret_cast<float2*>(dvr + n * 8);
+      float2 xk = *pk, xv = *pv;
+      xk.x += dk[n][2 * r] * a.scale;
+      xk.y += dk[n][2 * r + 1] * a.scale;
+      xv.x += dv[n][2 * r];
+      xv.y += dv[n][2 * r + 1];
+      *pk = xk;
+      *pv = xv;
+    }
+  }
+}
+
+// ---- launchers -----------------------------------------------------------------
+
+template <int HD, int NW, int BC>
+void launch_fwd(const FwdArgs& a, cudaStream_t stream) {
+  constexpr int BR = 16 * NW;
+  constexpr size_t smem = size_t(BR) * HD * 2 + 4 * size_t(BC) * HD * 2;
+  auto kernel = attn_fwd_kernel<HD, NW, BC>;
+  static bool configured = false;  // per instantiation
+  if (!configured) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+               "cudaFuncSetAttribute(attention forward)");
+    configured = true;
+  }
+  const dim3 grid((a.Tq + BR - 1) / BR, a.H, a.B);
+  kernel<<<grid, NW * 32, smem, stream>>>(a);
+  check_cuda(cudaGetLastError(), "attention forward launch");
+}
+
+template <int HD, int NW, int BRQ>
+void launch_bwd(const BwdArgs& a, cudaStream_t stream) {
+  constexpr int BCK = 16 * NW;
+  constexpr size_t smem = 2 * size_t(BCK) * HD * 2 + 4 * size_t(BRQ) * HD * 2 +
+                          size_t(BCK) * BRQ * 2 + 4 * size_t(BRQ) * sizeof(float);
+  auto kernel = attn_bwd_kernel<HD, NW, BRQ>;
+  static bool configured = false;
+  if (!configured) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+               "cudaFuncSetAttribute(attention backward)");
+    configured = true;
+  }
+  const dim3 grid((a.Tk + BCK - 1) / BCK, a.G, a.B);
+  kernel<<<grid, NW * 32, smem, stream>>>(a);
+  check_cuda(cudaGetLastError(), "attention backward launch");
+}
+
+}  // namespace
+
+void check_attention_params(const AttentionParams& p) {
+  if (p.hd != 64 && p.hd != 128)
+    throw UsageError("CUDA attention supports head_dim 64 or 128, got " + std::to_string(p.hd) +
+                     ": choose model.hidden_size / model.num_heads in {64, 128}");
+  if (p.B < 0 || p.Tq < 0 || p.Tk < 0 || p.H <= 0 || p.G <= 0 || p.H % p.G != 0)
+    throw UsageError("CUDA attention: bad shape (B=" + std::to_string(p.B) +
+                     ", Tq=" + std::to_string(p.Tq) + ", Tk=" + std::to_string(p.Tk) +
+                     ", H=" + std::to_string(p.H) + ", G=" + std::to_string(p.G) +
+                     "): G must divide H and sizes must be non-negative");
+  if (p.B > 65535 || p.H > 65535)
+    throw UsageError("CUDA attention: batch and heads must each be <= 65535");
+}
+
+void attention_forward_bf16(const AttentionParams& p, uint16_t* out, float* lse,
+                            const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                            void* stream) {
+  check_attention_params(p);
+  if (p.B == 0 || p.Tq == 0) return;
+  FwdArgs a{q, k, v, out, lse, p.B, p.Tq, p.Tk, p.H, p.G, p.q_offset, p.k_offset,
+            p.causal, p.alibi_slopes, p.scale * kLog2e};
+  auto s = static_cast<cudaStream_t>(stream);
+  if (p.hd == 128)
+    launch_fwd<128, 8, 64>(a, s);
+  else
+    launch_fwd<64, 8, 64>(a, s);
+}
+
+size_t attention_backward_workspace_floats(const AttentionParams& p) {
+  return size_t(p.B) * size_t(p.H) * size_t(p.Tq);
+}
+
+void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, float* dv,
+                             const uint16_t* dout, const uint16_t* q, const uint16_t* k,
+                             const uint16_t* v, const uint16_t* out, const float* lse,
+                             float* workspace, void* stream) {
+  check_attention_params(p);
+  if (p.B == 0 || p.Tq == 0 || p.Tk == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  const int64_t rows = int64_t(p.B) * p.Tq * p.H;
+  constexpr int kWarps = 8;
+  const unsigned blocks = unsigned((rows + kWarps - 1) / kWarps);
+  if (p.hd == 128)
+    attn_bwd_dot_kernel<128><<<blocks, kWarps * 32, 0, s>>>(workspace, dout, out, p.B, p.Tq, p.H);
+  else
+    attn_bwd_dot_kernel<64><<<blocks, kWarps * 32, 0, s>>>(workspace, dout, out, p.B, p.Tq, p.H);
+  check_cuda(cudaGetLastError(), "attention backward (rowsum) launch");
+  BwdArgs a{q,      k,      v,     dout, lse,        workspace, dq,      dk, dv,
+            p.B,    p.Tq,   p.Tk,  p.H,  p.G,        p.q_offset, p.k_offset,
+            p.causal, p.alibi_slopes, p.scale, p.scale * kLog2e};
+  if (p.hd == 128)
+    launch_bwd<128, 4, 64>(a, s);
+  else
+    launch_bwd<64, 4, 64>(a, s);
+}
+
+}  // namespace rt::cuda

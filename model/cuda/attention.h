@@ -1,0 +1,51 @@
+// Fused attention on CUDA (bf16 in, fp32 accumulation): the GPU twin of the
+// CPU block attention (model/cpu/attention.cpp), with the same contract so
+// that ring attention can call either for any (local Q, travelling KV) block.
+//
+// Layout (the CPU layout, bf16 instead of fp32; rows are contiguous):
+//   q, out      (B, Tq, H, hd)   bf16
+//   k, v        (B, Tk, G, hd)   bf16   (G kv heads; query head h reads h / (H/G))
+//   lse         (B, H, Tq)       fp32   natural log; -inf for rows that see no key
+//   dq          (B, Tq, H, hd)   fp32   accumulated (+=)
+//   dk, dv      (B, Tk, G, hd)   fp32   accumulated (+=), so a ring can sum blocks
+// bf16 values are passed as their bit patterns (uint16_t), so this header
+// needs no CUDA headers. All pointers are device pointers, 16-byte aligned.
+//
+// Semantics (AttentionParams, model/backend.h): score(i, j) =
+//   scale * q_i . k_j  - slope_h * (qpos_i - kpos_j)   [ALiBi, when slopes given]
+// with qpos_i = q_offset + i, kpos_j = k_offset + j; under `causal` key j is
+// visible to query i iff kpos_j <= qpos_i. alibi_slopes, when set, is a
+// DEVICE pointer to H floats. head_dim must be 64 or 128.
+//
+// Forward writes out (softmax over visible keys, normalised, rounded to bf16)
+// and lse. Backward takes dout and the *final* out and lse of these query rows
+// (merged over all key blocks, as in the ring) and accumulates this key
+// block's dq, dk, dv. Within one call dk and dv are summed in a fixed order
+// (deterministic); dq is accumulated with fp32 atomics across key tiles, so its
+// last bits may vary from run to run.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "model/backend.h"
+
+namespace rt::cuda {
+
+// Throws UsageError naming the problem when the kernels cannot run p.
+void check_attention_params(const AttentionParams& p);
+
+// stream: a cudaStream_t (nullptr = default stream). Asynchronous.
+void attention_forward_bf16(const AttentionParams& p, uint16_t* out, float* lse,
+                            const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                            void* stream = nullptr);
+
+// Floats of device scratch the backward needs (rowsum(dout * out), B*H*Tq).
+size_t attention_backward_workspace_floats(const AttentionParams& p);
+
+void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, float* dv,
+                             const uint16_t* dout, const uint16_t* q, const uint16_t* k,
+                             const uint16_t* v, const uint16_t* out, const float* lse,
+                             float* workspace, void* stream = nullptr);
+
+}  // namespace rt::cuda

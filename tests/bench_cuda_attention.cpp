@@ -1,0 +1,216 @@
+// Benchmark of the CUDA fused attention (model/cuda/attention.cu). Prints one
+// JSON document: the device, its measured bf16 matrix rate (cuBLAS GEMM, bf16
+// in, fp32 accumulation, 8192^3 on random data) and, per (T, causal), the
+// median forward and backward times with their TFLOP/s and share of that rate.
+//
+//   bench_cuda_attention [--seq-lens 1024,4096,16384,32768] [--hd 128] [--heads 16]
+//                        [--tokens 16384] [--reps 10]
+//
+// Batch = max(1, tokens / T), so every length does about the same work per
+// row block (FlashAttention-2's benchmark convention: batch x seqlen = 16K,
+// 16 heads of 128). FLOPs count the matrix products only:
+//   forward 4 B H T^2 hd, backward 2.5x forward, halved under a causal mask.
+// The backward time includes its rowsum(dout * out) pre-pass.
+// tests/bench_sdpa.py times PyTorch's scaled_dot_product_attention on the
+// same shapes and prints both side by side.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "model/cuda/attention.h"
+
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    std::fprintf(stderr, "CUDA error in %s: %s\n", what, cudaGetErrorString(e));
+    std::exit(1);
+  }
+}
+void check(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) {
+    std::fprintf(stderr, "cuBLAS error %d in %s\n", int(s), what);
+    std::exit(1);
+  }
+}
+
+// Random bf16 bits, roughly N(0, 1)-scaled uniform in [-2, 2), never zero.
+std::vector<uint16_t> random_bf16(size_t n, uint64_t seed) {
+  std::vector<uint16_t> out(n);
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < n; ++i) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    float f = (float(x >> 40) / float(1u << 24)) * 4.f - 2.f;
+    if (f == 0.f) f = 0.25f;
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    out[i] = uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  }
+  return out;
+}
+
+template <typename F>
+float median_ms(F&& fn, int reps) {
+  cudaEvent_t a, b;
+  check(cudaEventCreate(&a), "event");
+  check(cudaEventCreate(&b), "event");
+  for (int i = 0; i < 3; ++i) fn();  // warm-up
+  check(cudaDeviceSynchronize(), "warm-up");
+  std::vector<float> t;
+  for (int i = 0; i < reps; ++i) {
+    check(cudaEventRecord(a), "record");
+    fn();
+    check(cudaEventRecord(b), "record");
+    check(cudaEventSynchronize(b), "sync");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, a, b), "elapsed");
+    t.push_back(ms);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+double matmul_tflops(int reps) {
+  const int n = 8192;
+  const size_t e = size_t(n) * n;
+  void *A, *B, *C;
+  check(cudaMalloc(&A, e * 2), "malloc");
+  check(cudaMalloc(&B, e * 2), "malloc");
+  check(cudaMalloc(&C, e * 2), "malloc");
+  const auto h = random_bf16(e, 7);
+  check(cudaMemcpy(A, h.data(), e * 2, cudaMemcpyHostToDevice), "copy");
+  check(cudaMemcpy(B, h.data(), e * 2, cudaMemcpyHostToDevice), "copy");
+  cublasHandle_t handle;
+  check(cublasCreate(&handle), "cublasCreate");
+  const float one = 1.f, zero = 0.f;
+  const float ms = median_ms(
+      [&] {
+        check(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, A, CUDA_R_16BF, n, B,
+                           CUDA_R_16BF, n, &zero, C, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F,
+                           CUBLAS_GEMM_DEFAULT),
+              "cublasGemmEx");
+      },
+      reps);
+  cublasDestroy(handle);
+  cudaFree(A);
+  cudaFree(B);
+  cudaFree(C);
+  return 2.0 * double(n) * n * n / (ms * 1e-3) / 1e12;
+}
+
+std::vector<int> parse_list(const char* s) {
+  std::vector<int> v;
+  for (const char* p = s; *p;) {
+    v.push_back(std::atoi(p));
+    while (*p && *p != ',') ++p;
+    if (*p == ',') ++p;
+  }
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int> lens = {1024, 4096, 16384, 32768};
+  int hd = 128, H = 16, tokens = 16384, reps = 10;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
+    if (a == "--help" || a == "-h") {
+      std::printf(
+          "usage: bench_cuda_attention [--seq-lens L1,L2,...] [--hd 64|128] [--heads H]\n"
+          "                            [--tokens N] [--reps R]\n");
+      return 0;
+    }
+    if (!v) {
+      std::fprintf(stderr, "option %s needs a value (see --help)\n", a.c_str());
+      return 2;
+    }
+    if (a == "--seq-lens") lens = parse_list(v);
+    else if (a == "--hd") hd = std::atoi(v);
+    else if (a == "--heads") H = std::atoi(v);
+    else if (a == "--tokens") tokens = std::atoi(v);
+    else if (a == "--reps") reps = std::atoi(v);
+    else {
+      std::fprintf(stderr, "unknown option %s (see --help)\n", a.c_str());
+      return 2;
+    }
+    ++i;
+  }
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+    std::printf("{\"skipped\": \"no CUDA device\"}\n");
+    return 0;
+  }
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, 0), "properties");
+  const double peak = matmul_tflops(reps);
+
+  std::printf("{\n  \"device\": \"%s\",\n  \"sms\": %d,\n  \"matmul_bf16_tflops\": %.1f,\n",
+              prop.name, prop.multiProcessorCount, peak);
+  std::printf("  \"hd\": %d,\n  \"heads\": %d,\n  \"results\": [", hd, H);
+  bool first = true;
+  for (int T : lens) {
+    const int B = std::max(1, tokens / T);
+    const size_t n = size_t(B) * T * H * hd;
+    const auto hq = random_bf16(n, 1), hk = random_bf16(n, 2), hv = random_bf16(n, 3),
+               hdo = random_bf16(n, 4);
+    uint16_t *q, *k, *v, *o, *dO;
+    float *lse, *dq, *dk, *dv, *work;
+    check(cudaMalloc(&q, n * 2), "malloc");
+    check(cudaMalloc(&k, n * 2), "malloc");
+    check(cudaMalloc(&v, n * 2), "malloc");
+    check(cudaMalloc(&o, n * 2), "malloc");
+    check(cudaMalloc(&dO, n * 2), "malloc");
+    check(cudaMalloc(&dq, n * 4), "malloc");
+    check(cudaMalloc(&dk, n * 4), "malloc");
+    check(cudaMalloc(&dv, n * 4), "malloc");
+    check(cudaMalloc(&lse, size_t(B) * H * T * 4), "malloc");
+    check(cudaMalloc(&work, size_t(B) * H * T * 4), "malloc");
+    check(cudaMemcpy(q, hq.data(), n * 2, cudaMemcpyHostToDevice), "copy");
+    check(cudaMemcpy(k, hk.data(), n * 2, cudaMemcpyHostToDevice), "copy");
+    check(cudaMemcpy(v, hv.data(), n * 2, cudaMemcpyHostToDevice), "copy");
+    check(cudaMemcpy(dO, hdo.data(), n * 2, cudaMemcpyHostToDevice), "copy");
+    check(cudaMemset(dq, 0, n * 4), "memset");
+    check(cudaMemset(dk, 0, n * 4), "memset");
+    check(cudaMemset(dv, 0, n * 4), "memset");
+    for (int causal = 0; causal < 2; ++causal) {
+      rt::AttentionParams p;
+      p.B = B, p.Tq = T, p.Tk = T, p.H = H, p.G = H, p.hd = hd, p.causal = causal != 0;
+      p.scale = 1.f / std::sqrt(float(hd));
+      const float fwd = median_ms([&] { rt::cuda::attention_forward_bf16(p, o, lse, q, k, v); },
+                                  reps);
+      const float bwd = median_ms(
+          [&] {
+            rt::cuda::attention_backward_bf16(p, dq, dk, dv, dO, q, k, v, o, lse, work);
+          },
+          reps);
+      check(cudaGetLastError(), "kernels");
+      const double flops = 4.0 * B * H * double(T) * T * hd * (causal ? 0.5 : 1.0);
+      const double tf = flops / (fwd * 1e-3) / 1e12, tb = 2.5 * flops / (bwd * 1e-3) / 1e12;
+      std::printf(
+          "%s\n    {\"T\": %d, \"B\": %d, \"causal\": %s, \"fwd_ms\": %.3f, \"fwd_tflops\": %.1f, "
+          "\"fwd_frac_of_matmul\": %.3f, \"bwd_ms\": %.3f, \"bwd_tflops\": %.1f, "
+          "\"bwd_frac_of_matmul\": %.3f}",
+          first ? "" : ",", T, B, causal ? "true" : "false", fwd, tf, tf / peak, bwd, tb,
+          tb / peak);
+      std::fflush(stdout);
+      first = false;
+    }
+    for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)dO, (void*)dq, (void*)dk,
+                      (void*)dv, (void*)lse, (void*)work})
+      cudaFree(ptr);
+  }
+  std::printf("\n  ]\n}\n");
+  return 0;
+}
