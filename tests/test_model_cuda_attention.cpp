@@ -272,7 +272,7 @@ TEST(CudaAttentionParams, RejectsUnsupportedShapesWithAReason) {
   GTEST_SKIP() << "skipped: built without CUDA (nvcc not found)";
 #else
   AttentionParams p;
-  p.B = 1, p.Tq = 8, p.Tk = 8, p.H = 4, p.G = 4, p.hd = 96;
+  p.B = 1, p.Tq = 8, p.Tk = 8, p.H = 4, p.G = 4, p.hd = 96, p.scale = 0.125f;
   try {
     rt::cuda::check_attention_params(p);
     FAIL() << "hd 96 accepted";
@@ -284,6 +284,11 @@ TEST(CudaAttentionParams, RejectsUnsupportedShapesWithAReason) {
   EXPECT_THROW(rt::cuda::check_attention_params(p), rt::UsageError);
   p.G = 2;
   EXPECT_NO_THROW(rt::cuda::check_attention_params(p));
+  p.scale = 0.f;
+  EXPECT_THROW(rt::cuda::check_attention_params(p), rt::UsageError);
+  p.scale = 0.125f;
+  p.q_offset = int64_t(1) << 31;  // distances beyond 32 bits
+  EXPECT_THROW(rt::cuda::check_attention_params(p), rt::UsageError);
 #endif
 }
 

@@ -32,6 +32,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "common/errors.h"
@@ -95,6 +96,13 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// 2^x on the special-function unit (flush-to-zero; 2^-inf = 0).
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // ---- shared tiles ------------------------------------------------------------
 
 // Byte offset of 16-byte chunk `c` of row `r` in a swizzled tile of HD bf16 per row.
@@ -126,14 +134,18 @@ struct FwdArgs {
   float* lse;
   int B, Tq, Tk, H, G;
   int64_t q_offset, k_offset;
+  int dpos;  // q_offset - k_offset (checked to fit, with the lengths, in 31 bits)
   bool causal;
   const float* slopes;
   float scale_log2;  // softmax scale * log2 e
 };
 
-template <int HD, int NW, int BC>
+// MT: 16-row m-tiles per warp (each K/V fragment from shared memory feeds MT
+// products); QREG: keep the Q fragments in registers instead of re-reading
+// them from shared memory for every key tile.
+template <int HD, int NW, int BC, int MT, bool QREG>
 __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const FwdArgs a) {
-  constexpr int BR = 16 * NW, NT = NW * 32;
+  constexpr int BR = 16 * MT * NW, NT = NW * 32;
   constexpr int kTileQ = BR * HD * 2, kTileK = BC * HD * 2;
   extern __shared__ __align__(128) uint8_t smem[];
   const uint32_t sQ = smem_addr(smem);
@@ -159,15 +171,17 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const FwdArgs a) {
   const int nkt = (kend + BC - 1) / BC;
 
   const float slope_log2 = a.slopes ? a.slopes[h] * kLog2e : 0.f;
-  // This thread's two rows (g8 and g8 + 8 of the warp's strip).
-  const int rloc0 = warp * 16 + g8;
-  const int64_t qpos0 = a.q_offset + q0 + rloc0;
+  const int wrow = warp * 16 * MT;  // the warp's first row in the tile
 
-  float o[HD / 8][4];
+  float o[MT][HD / 8][4];
 #pragma unroll
-  for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  uint32_t qf[HD / 16][4];
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.f;
+  float m[MT][2], l[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.f;
+  uint32_t qf[QREG ? MT : 1][QREG ? HD / 16 : 1][4];
 
   if (nkt > 0) {
     load_tile<HD, BR, NT>(sQ, Qb, ldq, q0, a.Tq, tid);
@@ -184,91 +198,137 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const FwdArgs a) {
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    if (j == 0) {
+    if constexpr (QREG) {
+      if (j == 0) {
 #pragma unroll
-      for (int kk = 0; kk < HD / 16; ++kk)
-        ldsm_x4(sQ + swz<HD>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)), qf[kk][0], qf[kk][1],
-                qf[kk][2], qf[kk][3]);
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int kk = 0; kk < HD / 16; ++kk)
+            ldsm_x4(sQ + swz<HD>(wrow + mt * 16 + (lane & 15), kk * 2 + (lane >> 4)),
+                    qf[mt][kk][0], qf[mt][kk][1], qf[mt][kk][2], qf[mt][kk][3]);
+      }
     }
     const uint32_t k_st = sK + st * kTileK, v_st = sV + st * kTileK;
 
-    // S = Q K^T for the warp's 16 rows x BC keys.
-    float s[BC / 8][4];
+    // S = Q K^T for the warp's 16 MT rows x BC keys.
+    float s[MT][BC / 8][4];
 #pragma unroll
-    for (int n = 0; n < BC / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int n = 0; n < BC / 8; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
+      uint32_t qs[QREG ? 1 : MT][4];
+      if constexpr (!QREG) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+          ldsm_x4(sQ + swz<HD>(wrow + mt * 16 + (lane & 15), kk * 2 + (lane >> 4)), qs[mt][0],
+                  qs[mt][1], qs[mt][2], qs[mt][3]);
+      }
 #pragma unroll
       for (int nn = 0; nn < BC / 16; ++nn) {
         uint32_t b0, b1, b2, b3;
         ldsm_x4(k_st + swz<HD>(nn * 16 + (lane & 7) + ((lane >> 4) << 3),
                                kk * 2 + ((lane >> 3) & 1)),
                 b0, b1, b2, b3);
-        mma(s[2 * nn], qf[kk], b0, b1);
-        mma(s[2 * nn + 1], qf[kk], b2, b3);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          if constexpr (QREG) {
+            mma(s[mt][2 * nn], qf[mt][kk], b0, b1);
+            mma(s[mt][2 * nn + 1], qf[mt][kk], b2, b3);
+          } else {
+            mma(s[mt][2 * nn], qs[mt], b0, b1);
+            mma(s[mt][2 * nn + 1], qs[mt], b2, b3);
+          }
+        }
       }
     }
 
-    // Scale, ALiBi, mask (log2 domain).
+    // Scores to the log2 domain. Tiles with masked entries or ALiBi are
+    // rewritten in place (x = scale log2e s + bias, -inf where masked, factor
+    // sc = 1 below); other tiles stay raw and the scale is folded into the
+    // exponent's FMA (sc = scale log2e > 0, which keeps the row maximum).
+    // Element (mt, n, e) is query row wrow + 16 mt + g8 + 8 (e >> 1) and key
+    // column kcol0 + 8 n + 2 t4 + (e & 1); its distance qpos - kpos is
+    // d0 + 16 mt + 8 (e >> 1) - 8 n - (e & 1).
     const int kcol0 = j * BC;
     const bool need_mask = kcol0 + BC > a.Tk ||
-                           (a.causal && a.k_offset + kcol0 + BC - 1 > a.q_offset + q0);
+                           (a.causal && a.k_offset + kcol0 + BC - 1 > a.q_offset + q0 + wrow);
+    const bool general = need_mask || a.slopes;
+    if (general) {
+      const int d0 = a.dpos + q0 + wrow + g8 - kcol0 - 2 * t4;
+      const int climit = a.Tk - kcol0 - 2 * t4;  // columns 8 n + (e & 1) >= climit are past Tk
 #pragma unroll
-    for (int n = 0; n < BC / 8; ++n) {
+      for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = kcol0 + n * 8 + 2 * t4 + (e & 1);
-        const int64_t qpos = qpos0 + ((e >> 1) << 3);
-        const int64_t kpos = a.k_offset + col;
-        float x = s[n][e] * a.scale_log2;
-        if (a.slopes) x -= slope_log2 * float(qpos - kpos);
-        if (need_mask && (col >= a.Tk || (a.causal && kpos > qpos))) x = -INFINITY;
-        s[n][e] = x;
+        for (int n = 0; n < BC / 8; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int d = d0 + 16 * mt + 8 * (e >> 1) - 8 * n - (e & 1);
+            float x = s[mt][n][e] * a.scale_log2;
+            if (a.slopes) x -= slope_log2 * float(d);
+            if (need_mask && (8 * n + (e & 1) >= climit || (a.causal && d < 0))) x = -INFINITY;
+            s[mt][n][e] = x;
+          }
+        }
       }
     }
+    const float sc = general ? 1.f : a.scale_log2;
 
-    // Online softmax: rows r = 0 (g8) and 1 (g8 + 8); a row's BC columns are
-    // spread over the 4 threads of a quad.
+    // Online softmax: rows (mt, r); a row's BC columns are spread over the 4
+    // threads of a quad.
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = m[r];
+    for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-      for (int n = 0; n < BC / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float use = mx == -INFINITY ? 0.f : mx;
-      const float corr = exp2f(m[r] - use);
-      m[r] = mx;
-      float sum = 0.f;
+      for (int r = 0; r < 2; ++r) {
+        float mx = -INFINITY;
 #pragma unroll
-      for (int n = 0; n < BC / 8; ++n) {
-        s[n][2 * r] = exp2f(s[n][2 * r] - use);
-        s[n][2 * r + 1] = exp2f(s[n][2 * r + 1] - use);
-        sum += s[n][2 * r] + s[n][2 * r + 1];
-      }
-      l[r] = l[r] * corr + sum;
+        for (int n = 0; n < BC / 8; ++n)
+          mx = fmaxf(mx, fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        mx = fmaxf(m[mt][r], mx * sc);
+        const float use = mx == -INFINITY ? 0.f : mx;
+        const float corr = ex2(m[mt][r] - use);
+        m[mt][r] = mx;
+        float sum = 0.f;
 #pragma unroll
-      for (int n = 0; n < HD / 8; ++n) {
-        o[n][2 * r] *= corr;
-        o[n][2 * r + 1] *= corr;
+        for (int n = 0; n < BC / 8; ++n) {
+          s[mt][n][2 * r] = ex2(fmaf(s[mt][n][2 * r], sc, -use));
+          s[mt][n][2 * r + 1] = ex2(fmaf(s[mt][n][2 * r + 1], sc, -use));
+          sum += s[mt][n][2 * r] + s[mt][n][2 * r + 1];
+        }
+        l[mt][r] = l[mt][r] * corr + sum;
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) {
+          o[mt][n][2 * r] *= corr;
+          o[mt][n][2 * r + 1] *= corr;
+        }
       }
     }
 
     // O += P V
 #pragma unroll
     for (int kk = 0; kk < BC / 16; ++kk) {
-      const uint32_t p[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
-                             pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                             pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t p[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        p[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        p[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        p[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        p[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int dn = 0; dn < HD / 16; ++dn) {
         uint32_t b0, b1, b2, b3;
         ldsm_x4_t(v_st + swz<HD>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3),
                                  dn * 2 + (lane >> 4)),
                   b0, b1, b2, b3);
-        mma(o[2 * dn], p, b0, b1);
-        mma(o[2 * dn + 1], p, b2, b3);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma(o[mt][2 * dn], p[mt], b0, b1);
+          mma(o[mt][2 * dn + 1], p[mt], b2, b3);
+        }
       }
     }
     __syncthreads();  // this stage is refilled two iterations on
@@ -276,24 +336,334 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const FwdArgs a) {
 
   // Normalise and store.
 #pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float sum = l[mt][r];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const int row = q0 + wrow + 16 * mt + g8 + 8 * r;
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      if (row < a.Tq) {
+        uint16_t* orow = a.out + (int64_t(b) * a.Tq + row) * ldq + int64_t(h) * HD;
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n)
+          *reinterpret_cast<uint32_t*>(orow + n * 8 + 2 * t4) =
+              pack_bf16(o[mt][n][2 * r] * inv, o[mt][n][2 * r + 1] * inv);
+        if (t4 == 0)
+          a.lse[(int64_t(b) * a.H + h) * a.Tq + row] =
+              sum > 0.f ? (m[mt][r] + log2f(sum)) * kLn2 : -INFINITY;
+      }
+    }
+  }
+}
+
+// ---- Hopper (sm_90a) warpgroup MMA --------------------------------------------
+//
+// wgmma.mma_async m64n128k16 (bf16 in, fp32 accumulators in registers): one
+// warpgroup (4 warps) multiplies 64 rows at a time. B (and A when not in
+// registers) are read from shared memory through 64-bit descriptors. Tiles use
+// the 128-byte swizzle: a tile of R rows x 128 columns is two column blocks of
+// 64 bf16 (128 B per row), block cb at cb * R * 128; chunk c (16 B) of row r
+// sits at chunk c ^ (r % 8) of its row, atoms of 8 rows x 128 B are 1024 B.
+// The accumulator of m64nNk16 gives warp w of the warpgroup rows 16 w .. 16 w + 15
+// in the mma.sync C layout, repeated every 8 columns, and a register A operand
+// uses the mma.sync A layout, so P goes from S's accumulators to the second
+// product's A registers directly (as in FlashAttention-3).
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // the wgmma helpers exist in the sm_90a pass only
+// Descriptor: start address, leading/stride byte offsets (>> 4), 128-byte swizzle.
+__device__ __forceinline__ uint64_t gmma_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
+  uint64_t d = uint64_t((saddr & 0x3FFFFu) >> 4);
+  d |= uint64_t((lbo >> 4) & 0x3FFFu) << 16;
+  d |= uint64_t((sbo >> 4) & 0x3FFFu) << 32;
+  d |= uint64_t(1) << 62;
+  return d;
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_wait0() {
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+// Keeps the compiler from moving register reads/writes across a wait.
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// d (64xN) = (scale_d ? d : 0) + A B, A and B K-major in shared memory (N = 64, 128).
+__device__ __forceinline__ void wgmma_ss(float (&d)[32], uint64_t da, uint64_t db, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(scale_d));
+}
+__device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t da, uint64_t db, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(scale_d));
+}
+
+// d (64x128) += A B, A (64x16) in registers, B N-major (transposed) in shared memory.
+__device__ __forceinline__ void wgmma_rs_tb(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
+// Shared tile for wgmma: rows [row0, row0 + R) of a (rows, ld) bf16 tensor with
+// 128 columns, in the two-column-block 128-byte-swizzled layout above; rows
+// >= nrows read as zero.
+template <int R, int NT>
+__device__ __forceinline__ void load_tile_sw128(uint32_t dst, const uint16_t* base, int64_t ld,
+                                                int row0, int nrows, int tid) {
+#pragma unroll
+  for (int i = tid; i < R * 16; i += NT) {
+    const int r = i >> 4, c = i & 15;
+    const bool valid = row0 + r < nrows;
+    const uint16_t* src = valid ? base + int64_t(row0 + r) * ld + c * 8 : base;
+    cp_async16(dst + (c >> 3) * (R * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4), src, valid);
+  }
+}
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+// Forward for head_dim 128 on sm_90a: NWG warpgroups x 64 query rows, key
+// tiles of BC (64 or 128), S = Q K^T and O += P V both on wgmma (P from
+// registers). Same masking, online softmax and outputs as attn_fwd_kernel.
+// Softmax step of the wgmma forward for key tile j: s (this thread's part of
+// the 64 x BC scores) -> P as bf16 A fragments p, with the running max m, sum l
+// and the rescaled accumulator o. Element (n, e) = s[4 n + e] is row
+// wrow + g8 + 8 (e >> 1), column j BC + 8 n + 2 t4 + (e & 1).
+template <int BC>
+__device__ __forceinline__ void wg_softmax(float (&s)[BC / 2], float (&o)[64], float (&m)[2],
+                                           float (&l)[2], uint32_t (&p)[BC / 16][4],
+                                           const FwdArgs& a, int j, int q0, int wrow, int g8,
+                                           int t4, float slope_log2) {
+  constexpr int HD = 128;
+  // Scores to the log2 domain as in attn_fwd_kernel; element (n, e) =
+  // s[4 n + e] is row wrow + g8 + 8 (e >> 1), column kcol0 + 8 n + 2 t4 + (e & 1).
+  const int kcol0 = j * BC;
+  const bool need_mask = kcol0 + BC > a.Tk ||
+                         (a.causal && a.k_offset + kcol0 + BC - 1 > a.q_offset + q0 + wrow);
+  const bool general = need_mask || a.slopes;
+  if (general) {
+    const int d0 = a.dpos + q0 + wrow + g8 - kcol0 - 2 * t4;
+    const int climit = a.Tk - kcol0 - 2 * t4;
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int d = d0 + 8 * (e >> 1) - 8 * n - (e & 1);
+        float x = s[4 * n + e] * a.scale_log2;
+        if (a.slopes) x -= slope_log2 * float(d);
+        if (need_mask && (8 * n + (e & 1) >= climit || (a.causal && d < 0))) x = -INFINITY;
+        s[4 * n + e] = x;
+      }
+    }
+  }
+  const float sc = general ? 1.f : a.scale_log2;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    mx = fmaxf(m[r], mx * sc);
+    const float use = mx == -INFINITY ? 0.f : mx;
+    const float corr = ex2(m[r] - use);
+    m[r] = mx;
+    float sum = 0.f;
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) {
+      s[4 * n + 2 * r] = ex2(fmaf(s[4 * n + 2 * r], sc, -use));
+      s[4 * n + 2 * r + 1] = ex2(fmaf(s[4 * n + 2 * r + 1], sc, -use));
+      sum += s[4 * n + 2 * r] + s[4 * n + 2 * r + 1];
+    }
+    l[r] = l[r] * corr + sum;
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) {
+      o[4 * n + 2 * r] *= corr;
+      o[4 * n + 2 * r + 1] *= corr;
+    }
+  }
+
+#pragma unroll
+  for (int kk = 0; kk < BC / 16; ++kk) {
+    p[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+    p[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+    p[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+    p[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+  }
+}
+
+template <int NWG, int BC>
+struct WgFwd {
+  static constexpr int kBR = 64 * NWG, kThreads = 128 * NWG;
+  static constexpr size_t kSmem = size_t(kBR) * 256 + 4 * size_t(BC) * 256 + 1024;
+};
+
+// PIPE: issue the next tile's S = Q K^T before this tile's softmax, so the
+// tensor cores work while the softmax runs (one more S tile in registers).
+template <int NWG, int BC, bool PIPE>
+__global__ void __launch_bounds__(128 * NWG) attn_fwd_wgmma_kernel(const FwdArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int HD = 128, BR = 64 * NWG, NT = 128 * NWG;
+  constexpr int kTileQ = BR * HD * 2, kTileK = BC * HD * 2;
+  extern __shared__ __align__(128) uint8_t smem[];
+  const uint32_t sQ = (smem_addr(smem) + 1023u) & ~1023u;  // swizzle atoms need 1024 B alignment
+  const uint32_t sK = sQ + kTileQ;      // 2 stages
+  const uint32_t sV = sK + 2 * kTileK;  // 2 stages
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wg = warp >> 2, g8 = lane >> 2, t4 = lane & 3;
+  const int ntq = (a.Tq + BR - 1) / BR;
+  const int q0 = (ntq - 1 - int(blockIdx.x)) * BR;
+  const int h = blockIdx.y, b = blockIdx.z, kvh = h / (a.H / a.G);
+  const int64_t ldq = int64_t(a.H) * HD, ldk = int64_t(a.G) * HD;
+  const uint16_t* Qb = a.q + int64_t(b) * a.Tq * ldq + int64_t(h) * HD;
+  const uint16_t* Kb = a.k + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
+  const uint16_t* Vb = a.v + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
+
+  int kend = a.Tk;
+  if (a.causal) {
+    const int64_t last = a.q_offset + min(q0 + BR, a.Tq) - 1 - a.k_offset + 1;
+    kend = int(last < 0 ? 0 : (last > a.Tk ? a.Tk : last));
+  }
+  const int nkt = (kend + BC - 1) / BC;
+  const float slope_log2 = a.slopes ? a.slopes[h] * kLog2e : 0.f;
+  const int wrow = wg * 64 + (warp & 3) * 16;  // this warp's first row in the tile
+
+  float o[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+  // S = Q K^T for the K tile in stage k_st (8 k-steps of 16 over the head dim).
+  auto issue_s = [&](float (&acc)[BC / 2], uint32_t k_st) {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      const uint64_t da =
+          gmma_desc(sQ + (kk >> 2) * (BR * 128) + wg * 64 * 128 + (kk & 3) * 32, 16, 1024);
+      const uint64_t db = gmma_desc(k_st + (kk >> 2) * (BC * 128) + (kk & 3) * 32, 16, 1024);
+      wgmma_ss(acc, da, db, kk > 0);
+    }
+    wgmma_commit();
+  };
+  // O += P V for the V tile in stage v_st (k-steps of 16 keys; V is N-major).
+  auto issue_pv = [&](const uint32_t (&p)[BC / 16][4], uint32_t v_st) {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk)
+      wgmma_rs_tb(o, p[kk], gmma_desc(v_st + kk * 16 * 128, BC * 128, 1024));
+    wgmma_commit();
+  };
+
+  float s[BC / 2];
+  if constexpr (PIPE) {
+    // cp.async groups, in order: {Q, K0}, {V0}, then per iteration j
+    // {K j+1}, {V j+1}; waiting for all but the newest leaves K j+1 and V j landed.
+    if (nkt > 0) {
+      load_tile_sw128<BR, NT>(sQ, Qb, ldq, q0, a.Tq, tid);
+      load_tile_sw128<BC, NT>(sK, Kb, ldk, 0, a.Tk, tid);
+      cp_async_commit();
+      load_tile_sw128<BC, NT>(sV, Vb, ldk, 0, a.Tk, tid);
+      cp_async_commit();
+      cp_async_wait<1>();
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
+      issue_s(s, sK);
+      wgmma_wait0();
+      fence_regs(s);
+    }
+    for (int j = 0; j < nkt; ++j) {
+      const int st = j & 1;
+      const bool more = j + 1 < nkt;
+      if (more) load_tile_sw128<BC, NT>(sK + (st ^ 1) * kTileK, Kb, ldk, (j + 1) * BC, a.Tk, tid);
+      cp_async_commit();
+      if (more) load_tile_sw128<BC, NT>(sV + (st ^ 1) * kTileK, Vb, ldk, (j + 1) * BC, a.Tk, tid);
+      cp_async_commit();
+      cp_async_wait<1>();
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
+      float sn[BC / 2];
+      if (more) issue_s(sn, sK + (st ^ 1) * kTileK);
+      uint32_t p[BC / 16][4];
+      wg_softmax<BC>(s, o, m, l, p, a, j, q0, wrow, g8, t4, slope_log2);
+      issue_pv(p, sV + st * kTileK);
+      wgmma_wait0();
+      fence_regs(o);
+      if (more) {
+        fence_regs(sn);
+#pragma unroll
+        for (int i = 0; i < BC / 2; ++i) s[i] = sn[i];
+      }
+      __syncthreads();  // stages are refilled on the next iterations
+    }
+  } else {
+    if (nkt > 0) {
+      load_tile_sw128<BR, NT>(sQ, Qb, ldq, q0, a.Tq, tid);
+      load_tile_sw128<BC, NT>(sK, Kb, ldk, 0, a.Tk, tid);
+      load_tile_sw128<BC, NT>(sV, Vb, ldk, 0, a.Tk, tid);
+      cp_async_commit();
+    }
+    for (int j = 0; j < nkt; ++j) {
+      const int st = j & 1;
+      if (j + 1 < nkt) {
+        load_tile_sw128<BC, NT>(sK + (st ^ 1) * kTileK, Kb, ldk, (j + 1) * BC, a.Tk, tid);
+        load_tile_sw128<BC, NT>(sV + (st ^ 1) * kTileK, Vb, ldk, (j + 1) * BC, a.Tk, tid);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async data -> wgmma
+      __syncthreads();
+      issue_s(s, sK + st * kTileK);
+      wgmma_wait0();
+      fence_regs(s);
+      uint32_t p[BC / 16][4];
+      wg_softmax<BC>(s, o, m, l, p, a, j, q0, wrow, g8, t4, slope_log2);
+      issue_pv(p, sV + st * kTileK);
+      wgmma_wait0();
+      fence_regs(o);
+      __syncthreads();  // this stage is refilled two iterations on
+    }
+  }
+
+#pragma unroll
   for (int r = 0; r < 2; ++r) {
     float sum = l[r];
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const int row = q0 + rloc0 + 8 * r;
+    const int row = q0 + wrow + g8 + 8 * r;
     const float inv = sum > 0.f ? 1.f / sum : 0.f;
     if (row < a.Tq) {
       uint16_t* orow = a.out + (int64_t(b) * a.Tq + row) * ldq + int64_t(h) * HD;
 #pragma unroll
       for (int n = 0; n < HD / 8; ++n)
         *reinterpret_cast<uint32_t*>(orow + n * 8 + 2 * t4) =
-            pack_bf16(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+            pack_bf16(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
       if (t4 == 0)
         a.lse[(int64_t(b) * a.H + h) * a.Tq + row] =
             sum > 0.f ? (m[r] + log2f(sum)) * kLn2 : -INFINITY;
     }
   }
+#else
+  __trap();  // launched only on sm_90 devices, for which the sm_90a code exists
+#endif
 }
+
 
 // ---- backward ----------------------------------------------------------------
 
@@ -329,6 +699,7 @@ struct BwdArgs {
   float *dq, *dk, *dv;
   int B, Tq, Tk, H, G;
   int64_t q_offset, k_offset;
+  int dpos;  // q_offset - k_offset
   bool causal;
   const float* slopes;
   float scale, scale_log2;
@@ -400,7 +771,6 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
     for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
 
   const int kr = warp * 16;  // this warp's key rows within the tile
-  const int64_t kpos0 = a.k_offset + k0 + kr + g8;
 
   for (int it = 0; it < n_it; ++it) {
     const int st = it & 1;
@@ -415,68 +785,118 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
     const float* Dd = sD + st * BRQ;
     const float slope_log2 = a.slopes ? a.slopes[h] * kLog2e : 0.f;
 
-    // S^T = K Q^T and dP^T = V dO^T (16 key rows x BRQ queries per warp).
-    float s[BRQ / 8][4], dp[BRQ / 8][4];
+    // S^T = K Q^T (16 key rows x BRQ queries per warp).
+    float s[BRQ / 8][4];
 #pragma unroll
-    for (int n = 0; n < BRQ / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
+    for (int n = 0; n < BRQ / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
-      uint32_t ka[4], va[4];
+      uint32_t ka[4];
       ldsm_x4(sK + swz<HD>(kr + (lane & 15), kk * 2 + (lane >> 4)), ka[0], ka[1], ka[2], ka[3]);
+#pragma unroll
+      for (int nn = 0; nn < BRQ / 16; ++nn) {
+        uint32_t b0, b1, b2, b3;
+        ldsm_x4(q_st + swz<HD>(nn * 16 + (lane & 7) + ((lane >> 4) << 3),
+                               kk * 2 + ((lane >> 3) & 1)),
+                b0, b1, b2, b3);
+        mma(s[2 * nn], ka, b0, b1);
+        mma(s[2 * nn + 1], ka, b2, b3);
+      }
+    }
+
+    // P^T, kept as bf16 A fragments (pk[kk] covers queries 16 kk .. 16 kk + 15)
+    // to free registers. Element (n, e) is key row kr + g8 + 8 (e >> 1) and
+    // query column 8 n + 2 t4 + (e & 1); its distance qpos - kpos is
+    // d0 + 8 n + (e & 1) - 8 (e >> 1).
+    const bool need_mask = k0 + BCK > a.Tk ||
+                           (a.causal && a.k_offset + k0 + BCK - 1 > a.q_offset + q0);
+    if (need_mask || a.slopes) {
+      const int d0 = a.dpos + q0 - k0 - kr - g8 + 2 * t4;
+      const int klimit = a.Tk - k0 - kr - g8;  // rows with 8 (e >> 1) >= klimit are past Tk
+#pragma unroll
+      for (int n = 0; n < BRQ / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qcol = n * 8 + 2 * t4 + (e & 1);
+          const int d = d0 + 8 * n + (e & 1) - 8 * (e >> 1);
+          float x = s[n][e] * a.scale_log2;
+          if (a.slopes) x -= slope_log2 * float(d);
+          float p = ex2(x - L[qcol]);
+          if (need_mask && (8 * (e >> 1) >= klimit || (a.causal && d < 0))) p = 0.f;
+          s[n][e] = p;
+        }
+      }
+    } else {
+#pragma unroll
+      for (int n = 0; n < BRQ / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          s[n][e] = ex2(fmaf(s[n][e], a.scale_log2, -L[n * 8 + 2 * t4 + (e & 1)]));
+    }
+    uint32_t pk[BRQ / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BRQ / 16; ++kk) {
+      pk[kk][0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+      pk[kk][1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+      pk[kk][2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pk[kk][3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    }
+
+    // dV += P^T dO (queries are the K dimension).
+#pragma unroll
+    for (int kk = 0; kk < BRQ / 16; ++kk) {
+#pragma unroll
+      for (int dn = 0; dn < HD / 16; ++dn) {
+        uint32_t b0, b1, b2, b3;
+        ldsm_x4_t(o_st + swz<HD>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3),
+                                 dn * 2 + (lane >> 4)),
+                  b0, b1, b2, b3);
+        mma(dv[2 * dn], pk[kk], b0, b1);
+        mma(dv[2 * dn + 1], pk[kk], b2, b3);
+      }
+    }
+
+    // dP^T = V dO^T, then dS^T = P^T (dP^T - D) (P from its bf16 copy).
+    float dp[BRQ / 8][4];
+#pragma unroll
+    for (int n = 0; n < BRQ / 8; ++n) dp[n][0] = dp[n][1] = dp[n][2] = dp[n][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      uint32_t va[4];
       ldsm_x4(sV + swz<HD>(kr + (lane & 15), kk * 2 + (lane >> 4)), va[0], va[1], va[2], va[3]);
 #pragma unroll
       for (int nn = 0; nn < BRQ / 16; ++nn) {
-        const int row = nn * 16 + (lane & 7) + ((lane >> 4) << 3), ch = kk * 2 + ((lane >> 3) & 1);
         uint32_t b0, b1, b2, b3;
-        ldsm_x4(q_st + swz<HD>(row, ch), b0, b1, b2, b3);
-        mma(s[2 * nn], ka, b0, b1);
-        mma(s[2 * nn + 1], ka, b2, b3);
-        ldsm_x4(o_st + swz<HD>(row, ch), b0, b1, b2, b3);
+        ldsm_x4(o_st + swz<HD>(nn * 16 + (lane & 7) + ((lane >> 4) << 3),
+                               kk * 2 + ((lane >> 3) & 1)),
+                b0, b1, b2, b3);
         mma(dp[2 * nn], va, b0, b1);
         mma(dp[2 * nn + 1], va, b2, b3);
       }
     }
-
-    // P^T and dS^T (element (key g8 / g8+8, query n*8 + 2 t4 + (e & 1))).
-    const bool need_mask = k0 + BCK > a.Tk ||
-                           (a.causal && a.k_offset + k0 + BCK - 1 > a.q_offset + q0);
 #pragma unroll
     for (int n = 0; n < BRQ / 8; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int qcol = n * 8 + 2 * t4 + (e & 1);
-        const int64_t kpos = kpos0 + ((e >> 1) << 3);
-        const int64_t qpos = a.q_offset + q0 + qcol;
-        float x = s[n][e] * a.scale_log2;
-        if (a.slopes) x -= slope_log2 * float(qpos - kpos);
-        float p = exp2f(x - L[qcol]);
-        if (need_mask && (kpos - a.k_offset >= a.Tk || (a.causal && kpos > qpos))) p = 0.f;
-        s[n][e] = p;
-        dp[n][e] = p * (dp[n][e] - Dd[qcol]);
+        const uint32_t u = pk[n / 2][(n & 1) * 2 + (e >> 1)];
+        const float p = __uint_as_float((e & 1) ? (u & 0xffff0000u) : (u << 16));
+        dp[n][e] = p * (dp[n][e] - Dd[n * 8 + 2 * t4 + (e & 1)]);
       }
     }
 
-    // dV += P^T dO, dK += dS^T Q (queries are the K dimension).
+    // dK += dS^T Q; dS^T rows of this warp -> shared (bf16) for dQ below.
 #pragma unroll
     for (int kk = 0; kk < BRQ / 16; ++kk) {
-      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
-                              pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
       const uint32_t da[4] = {pack_bf16(dp[2 * kk][0], dp[2 * kk][1]),
                               pack_bf16(dp[2 * kk][2], dp[2 * kk][3]),
                               pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
                               pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
 #pragma unroll
       for (int dn = 0; dn < HD / 16; ++dn) {
-        const int row = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), ch = dn * 2 + (lane >> 4);
         uint32_t b0, b1, b2, b3;
-        ldsm_x4_t(o_st + swz<HD>(row, ch), b0, b1, b2, b3);
-        mma(dv[2 * dn], pa, b0, b1);
-        mma(dv[2 * dn + 1], pa, b2, b3);
-        ldsm_x4_t(q_st + swz<HD>(row, ch), b0, b1, b2, b3);
+        ldsm_x4_t(q_st + swz<HD>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3),
+                                 dn * 2 + (lane >> 4)),
+                  b0, b1, b2, b3);
         mma(dk[2 * dn], da, b0, b1);
         mma(dk[2 * dn + 1], da, b2, b3);
       }
@@ -490,40 +910,43 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
     }
     __syncthreads();
 
-    // dQ (BRQ x HD) += scale * dS K: warp w takes query strips w, w + NW, ...
-    // and the whole head dim, 32 columns at a time (16 accumulators).
-    for (int mq = warp; mq < BRQ / 16; mq += NW) {
+    // dQ (BRQ x HD) += scale * dS K: units of 16 query rows x 32 columns
+    // (16 accumulators) are dealt out to the warps.
+    for (int u = warp; u < (BRQ / 16) * (HD / 32); u += NW) {
+      const int mq = u / (HD / 32), dc = u % (HD / 32);
+      float acc[4][4];
 #pragma unroll
-      for (int dc = 0; dc < HD / 32; ++dc) {
-        float acc[4][4];
+      for (int n = 0; n < 4; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 #pragma unroll
-        for (int n = 0; n < 4; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+      for (int kk = 0; kk < BCK / 16; ++kk) {
+        uint32_t af[4];
+        ldsm_x4_t(sS + swz<BRQ>(kk * 16 + (lane & 7) + ((lane >> 4) << 3),
+                                mq * 2 + ((lane >> 3) & 1)),
+                  af[0], af[1], af[2], af[3]);
 #pragma unroll
-        for (int kk = 0; kk < BCK / 16; ++kk) {
-          uint32_t af[4];
-          ldsm_x4_t(sS + swz<BRQ>(kk * 16 + (lane & 7) + ((lane >> 4) << 3),
-                                  mq * 2 + ((lane >> 3) & 1)),
-                    af[0], af[1], af[2], af[3]);
-#pragma unroll
-          for (int dn = 0; dn < 2; ++dn) {
-            uint32_t b0, b1, b2, b3;
-            ldsm_x4_t(sK + swz<HD>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3),
-                                   dc * 4 + dn * 2 + (lane >> 4)),
-                      b0, b1, b2, b3);
-            mma(acc[2 * dn], af, b0, b1);
-            mma(acc[2 * dn + 1], af, b2, b3);
-          }
+        for (int dn = 0; dn < 2; ++dn) {
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4_t(sK + swz<HD>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3),
+                                 dc * 4 + dn * 2 + (lane >> 4)),
+                    b0, b1, b2, b3);
+          mma(acc[2 * dn], af, b0, b1);
+          mma(acc[2 * dn + 1], af, b2, b3);
         }
+      }
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int row = q0 + mq * 16 + g8 + 8 * r;
-          if (row >= a.Tq) continue;
-          float* dst = a.dq + (int64_t(b) * a.Tq + row) * ldq + int64_t(h) * HD + dc * 32 + 2 * t4;
+      for (int r = 0; r < 2; ++r) {
+        const int row = q0 + mq * 16 + g8 + 8 * r;
+        if (row >= a.Tq) continue;
+        float* dst = a.dq + (int64_t(b) * a.Tq + row) * ldq + int64_t(h) * HD + dc * 32 + 2 * t4;
 #pragma unroll
-          for (int n = 0; n < 4; ++n) {
-            atomicAdd(dst + n * 8, acc[n][2 * r] * a.scale);
-            atomicAdd(dst + n * 8 + 1, acc[n][2 * r + 1] * a.scale);
-          }
+        for (int n = 0; n < 4; ++n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+          atomicAdd(reinterpret_cast<float2*>(dst + n * 8),
+                    make_float2(acc[n][2 * r] * a.scale, acc[n][2 * r + 1] * a.scale));
+#else
+          atomicAdd(dst + n * 8, acc[n][2 * r] * a.scale);
+          atomicAdd(dst + n * 8 + 1, acc[n][2 * r + 1] * a.scale);
+#endif
         }
       }
     }
@@ -554,11 +977,11 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
 
 // ---- launchers -----------------------------------------------------------------
 
-template <int HD, int NW, int BC>
+template <int HD, int NW, int BC, int MT, bool QREG>
 void launch_fwd(const FwdArgs& a, cudaStream_t stream) {
-  constexpr int BR = 16 * NW;
+  constexpr int BR = 16 * MT * NW;
   constexpr size_t smem = size_t(BR) * HD * 2 + 4 * size_t(BC) * HD * 2;
-  auto kernel = attn_fwd_kernel<HD, NW, BC>;
+  auto kernel = attn_fwd_kernel<HD, NW, BC, MT, QREG>;
   static bool configured = false;  // per instantiation
   if (!configured) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
@@ -568,6 +991,35 @@ void launch_fwd(const FwdArgs& a, cudaStream_t stream) {
   const dim3 grid((a.Tq + BR - 1) / BR, a.H, a.B);
   kernel<<<grid, NW * 32, smem, stream>>>(a);
   check_cuda(cudaGetLastError(), "attention forward launch");
+}
+
+template <int NWG, int BC, bool PIPE>
+void launch_fwd_wgmma(const FwdArgs& a, cudaStream_t stream) {
+  using W = WgFwd<NWG, BC>;
+  auto kernel = attn_fwd_wgmma_kernel<NWG, BC, PIPE>;
+  static bool configured = false;
+  if (!configured) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(W::kSmem)),
+               "cudaFuncSetAttribute(attention forward, wgmma)");
+    configured = true;
+  }
+  const dim3 grid((a.Tq + W::kBR - 1) / W::kBR, a.H, a.B);
+  kernel<<<grid, W::kThreads, W::kSmem, stream>>>(a);
+  check_cuda(cudaGetLastError(), "attention forward (wgmma) launch");
+}
+
+// Whether the current device runs the sm_90a code (Hopper) of this build.
+bool device_has_wgmma() {
+#if defined(RT_CUDA_SM90A)
+  int dev = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess)
+    return false;
+  return prop.major == 9 && prop.minor == 0;
+#else
+  return false;
+#endif
 }
 
 template <int HD, int NW, int BRQ>
@@ -587,6 +1039,12 @@ void launch_bwd(const BwdArgs& a, cudaStream_t stream) {
   check_cuda(cudaGetLastError(), "attention backward launch");
 }
 
+// TEMPORARY tuning hook: kernel variant from the environment.
+int tuning_variant(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::atoi(v) : 0;
+}
+
 }  // namespace
 
 void check_attention_params(const AttentionParams& p) {
@@ -598,6 +1056,14 @@ void check_attention_params(const AttentionParams& p) {
                      ", Tq=" + std::to_string(p.Tq) + ", Tk=" + std::to_string(p.Tk) +
                      ", H=" + std::to_string(p.H) + ", G=" + std::to_string(p.G) +
                      "): G must divide H and sizes must be non-negative");
+  const int64_t span = (p.q_offset > p.k_offset ? p.q_offset - p.k_offset : p.k_offset - p.q_offset) +
+                       int64_t(p.Tq) + int64_t(p.Tk);
+  if (span >= (int64_t(1) << 30))
+    throw UsageError("CUDA attention: query/key positions span " + std::to_string(span) +
+                     " >= 2^30 (positions are handled as 32-bit distances)");
+  if (!(p.scale > 0.f))
+    throw UsageError("CUDA attention: the softmax scale must be positive, got " +
+                     std::to_string(p.scale));
   if (p.B > 65535 || p.H > 65535)
     throw UsageError("CUDA attention: batch and heads must each be <= 65535");
 }
@@ -607,13 +1073,42 @@ void attention_forward_bf16(const AttentionParams& p, uint16_t* out, float* lse,
                             void* stream) {
   check_attention_params(p);
   if (p.B == 0 || p.Tq == 0) return;
-  FwdArgs a{q, k, v, out, lse, p.B, p.Tq, p.Tk, p.H, p.G, p.q_offset, p.k_offset,
-            p.causal, p.alibi_slopes, p.scale * kLog2e};
+  FwdArgs a{q,      k,        v,           out,  lse, p.B, p.Tq, p.Tk, p.H, p.G, p.q_offset,
+            p.k_offset, int(p.q_offset - p.k_offset), p.causal, p.alibi_slopes, p.scale * kLog2e};
   auto s = static_cast<cudaStream_t>(stream);
-  if (p.hd == 128)
-    launch_fwd<128, 8, 64>(a, s);
-  else
-    launch_fwd<64, 8, 64>(a, s);
+  const int variant = tuning_variant("RT_ATTN_FWD");
+  if (p.hd == 128) {
+    switch (variant) {
+      case 1: launch_fwd<128, 4, 64, 1, true>(a, s); break;
+      case 2: launch_fwd<128, 4, 64, 2, false>(a, s); break;
+      case 3: launch_fwd<128, 4, 32, 2, false>(a, s); break;
+      case 4: launch_fwd<128, 8, 32, 1, true>(a, s); break;
+      case 9:
+      case 10:
+      case 11:
+      case 12:
+      case 13:
+        if (device_has_wgmma()) {
+          if (variant == 9) launch_fwd_wgmma<2, 128, false>(a, s);
+          else if (variant == 10) launch_fwd_wgmma<1, 64, false>(a, s);
+          else if (variant == 11) launch_fwd_wgmma<2, 64, true>(a, s);
+          else if (variant == 12) launch_fwd_wgmma<2, 128, true>(a, s);
+          else launch_fwd_wgmma<3, 64, true>(a, s);
+          break;
+        }
+        [[fallthrough]];
+      default:
+        if (device_has_wgmma()) launch_fwd_wgmma<2, 128, false>(a, s);
+        else launch_fwd<128, 4, 64, 2, false>(a, s);
+    }
+  } else {
+    switch (variant) {
+      case 1: launch_fwd<64, 4, 64, 1, true>(a, s); break;
+      case 2: launch_fwd<64, 4, 64, 2, false>(a, s); break;
+      case 3: launch_fwd<64, 4, 64, 2, true>(a, s); break;
+      default: launch_fwd<64, 8, 64, 1, true>(a, s);
+    }
+  }
 }
 
 size_t attention_backward_workspace_floats(const AttentionParams& p) {
@@ -637,11 +1132,15 @@ void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, flo
   check_cuda(cudaGetLastError(), "attention backward (rowsum) launch");
   BwdArgs a{q,      k,      v,     dout, lse,        workspace, dq,      dk, dv,
             p.B,    p.Tq,   p.Tk,  p.H,  p.G,        p.q_offset, p.k_offset,
-            p.causal, p.alibi_slopes, p.scale, p.scale * kLog2e};
-  if (p.hd == 128)
-    launch_bwd<128, 4, 64>(a, s);
-  else
-    launch_bwd<64, 4, 64>(a, s);
+            int(p.q_offset - p.k_offset), p.causal, p.alibi_slopes, p.scale, p.scale * kLog2e};
+  const int variant = tuning_variant("RT_ATTN_BWD");
+  if (p.hd == 128) {
+    if (variant == 2) launch_bwd<128, 4, 64>(a, s);
+    else launch_bwd<128, 8, 64>(a, s);
+  } else {
+    if (variant == 2) launch_bwd<64, 4, 64>(a, s);
+    else launch_bwd<64, 8, 64>(a, s);
+  }
 }
 
 }  // namespace rt::cuda
