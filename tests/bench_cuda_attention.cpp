@@ -4,7 +4,7 @@
 // median forward and backward times with their TFLOP/s and share of that rate.
 //
 //   bench_cuda_attention [--seq-lens 1024,4096,16384,32768] [--hd 128] [--heads 16]
-//                        [--tokens 16384] [--reps 10]
+//                        [--tokens 16384] [--reps 10] [--impl auto|mma|wgmma]
 //
 // Batch = max(1, tokens / T), so every length does about the same work per
 // row block (FlashAttention-2's benchmark convention: batch x seqlen = 16K,
@@ -123,13 +123,14 @@ std::vector<int> parse_list(const char* s) {
 int main(int argc, char** argv) {
   std::vector<int> lens = {1024, 4096, 16384, 32768};
   int hd = 128, H = 16, tokens = 16384, reps = 10;
+  std::string impl_name = "auto";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
     if (a == "--help" || a == "-h") {
       std::printf(
           "usage: bench_cuda_attention [--seq-lens L1,L2,...] [--hd 64|128] [--heads H]\n"
-          "                            [--tokens N] [--reps R]\n");
+          "                            [--tokens N] [--reps R] [--impl auto|mma|wgmma]\n");
       return 0;
     }
     if (!v) {
@@ -141,6 +142,7 @@ int main(int argc, char** argv) {
     else if (a == "--heads") H = std::atoi(v);
     else if (a == "--tokens") tokens = std::atoi(v);
     else if (a == "--reps") reps = std::atoi(v);
+    else if (a == "--impl") impl_name = v;
     else {
       std::fprintf(stderr, "unknown option %s (see --help)\n", a.c_str());
       return 2;
@@ -152,13 +154,23 @@ int main(int argc, char** argv) {
     std::printf("{\"skipped\": \"no CUDA device\"}\n");
     return 0;
   }
+  rt::cuda::AttentionImpl impl = rt::cuda::AttentionImpl::kAuto;
+  if (impl_name == "mma") impl = rt::cuda::AttentionImpl::kMma;
+  else if (impl_name == "wgmma") impl = rt::cuda::AttentionImpl::kWgmma;
+  else if (impl_name != "auto") {
+    std::fprintf(stderr, "--impl must be auto, mma or wgmma, got %s\n", impl_name.c_str());
+    return 2;
+  }
+  if (impl == rt::cuda::AttentionImpl::kAuto)
+    impl_name = hd == 128 && rt::cuda::wgmma_available() ? "wgmma" : "mma";
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, 0), "properties");
   const double peak = matmul_tflops(reps);
 
   std::printf("{\n  \"device\": \"%s\",\n  \"sms\": %d,\n  \"matmul_bf16_tflops\": %.1f,\n",
               prop.name, prop.multiProcessorCount, peak);
-  std::printf("  \"hd\": %d,\n  \"heads\": %d,\n  \"results\": [", hd, H);
+  std::printf("  \"impl\": \"%s\",\n  \"hd\": %d,\n  \"heads\": %d,\n  \"results\": [",
+              impl_name.c_str(), hd, H);
   bool first = true;
   for (int T : lens) {
     const int B = std::max(1, tokens / T);
@@ -188,11 +200,11 @@ int main(int argc, char** argv) {
       rt::AttentionParams p;
       p.B = B, p.Tq = T, p.Tk = T, p.H = H, p.G = H, p.hd = hd, p.causal = causal != 0;
       p.scale = 1.f / std::sqrt(float(hd));
-      const float fwd = median_ms([&] { rt::cuda::attention_forward_bf16(p, o, lse, q, k, v); },
+      const float fwd = median_ms([&] { rt::cuda::attention_forward_bf16(p, o, lse, q, k, v, nullptr, impl); },
                                   reps);
       const float bwd = median_ms(
           [&] {
-            rt::cuda::attention_backward_bf16(p, dq, dk, dv, dO, q, k, v, o, lse, work);
+            rt::cuda::attention_backward_bf16(p, dq, dk, dv, dO, q, k, v, o, lse, work, nullptr, impl);
           },
           reps);
       check(cudaGetLastError(), "kernels");

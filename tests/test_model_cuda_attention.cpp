@@ -23,6 +23,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/errors.h"
@@ -126,11 +127,16 @@ size_t count_nonfinite(const vector<float>& a) {
   return n;
 }
 
-class CudaAttention : public ::testing::TestWithParam<Case> {};
+using rt::cuda::AttentionImpl;
+
+class CudaAttention : public ::testing::TestWithParam<std::tuple<Case, AttentionImpl>> {};
 
 TEST_P(CudaAttention, MatchesCpuForwardAndBackward) {
   if (!have_device()) GTEST_SKIP() << "skipped: no CUDA device";
-  const Case& c = GetParam();
+  const Case& c = std::get<0>(GetParam());
+  const AttentionImpl impl = std::get<1>(GetParam());
+  if (impl == AttentionImpl::kWgmma && (c.hd != 128 || !rt::cuda::wgmma_available()))
+    GTEST_SKIP() << "skipped: wgmma kernels need head_dim 128 on an sm_90 device";
   std::mt19937 rng(std::hash<std::string>{}(c.name));
   const size_t nq = size_t(c.B) * c.Tq * c.H * c.hd, nk = size_t(c.B) * c.Tk * c.G * c.hd;
   const size_t nl = size_t(c.B) * c.H * c.Tq;
@@ -166,7 +172,7 @@ TEST_P(CudaAttention, MatchesCpuForwardAndBackward) {
   CUDA_OK(cudaMemset(dlse.p, 0xFF, nl * 4));    // fp32 NaN
   AttentionParams pg = p;
   pg.alibi_slopes = c.alibi ? dslopes.p : nullptr;
-  rt::cuda::attention_forward_bf16(pg, dO.p, dlse.p, dq_.p, dk_.p, dv_.p);
+  rt::cuda::attention_forward_bf16(pg, dO.p, dlse.p, dq_.p, dk_.p, dv_.p, nullptr, impl);
   CUDA_OK(cudaDeviceSynchronize());
   const vector<uint16_t> ob = dO.get();
   const vector<float> lse = dlse.get();
@@ -189,7 +195,7 @@ TEST_P(CudaAttention, MatchesCpuForwardAndBackward) {
   EXPECT_LT(e_out, 1e-2) << "out relative error";
 
   // Forward is deterministic (a race would show here).
-  rt::cuda::attention_forward_bf16(pg, dO.p, dlse.p, dq_.p, dk_.p, dv_.p);
+  rt::cuda::attention_forward_bf16(pg, dO.p, dlse.p, dq_.p, dk_.p, dv_.p, nullptr, impl);
   CUDA_OK(cudaDeviceSynchronize());
   EXPECT_TRUE(dO.get() == ob) << "forward not reproducible";
 
@@ -219,7 +225,7 @@ TEST_P(CudaAttention, MatchesCpuForwardAndBackward) {
   dout_.put(dob);
   dO.put(outb);
   rt::cuda::attention_backward_bf16(pg, ddq.p, ddk.p, ddv.p, dout_.p, dq_.p, dk_.p, dv_.p, dO.p,
-                                    dlse2.p, work.p);
+                                    dlse2.p, work.p, nullptr, impl);
   CUDA_OK(cudaDeviceSynchronize());
   const vector<float> hq = ddq.get(), hk = ddk.get(), hv = ddv.get();
   EXPECT_EQ(count_nonfinite(hq) + count_nonfinite(hk) + count_nonfinite(hv), 0u);
@@ -233,22 +239,23 @@ TEST_P(CudaAttention, MatchesCpuForwardAndBackward) {
   ddv.put(gv0);
   ddq.put(gq0);
   rt::cuda::attention_backward_bf16(pg, ddq.p, ddk.p, ddv.p, dout_.p, dq_.p, dk_.p, dv_.p, dO.p,
-                                    dlse2.p, work.p);
+                                    dlse2.p, work.p, nullptr, impl);
   CUDA_OK(cudaDeviceSynchronize());
   EXPECT_TRUE(ddk.get() == hk) << "dk not reproducible";
   EXPECT_TRUE(ddv.get() == hv) << "dv not reproducible";
   const double eq2 = rel_err(ddq.get(), hq, &gq0);
   EXPECT_LT(eq2, 1e-5) << "dq varies between runs by more than atomic-order rounding";
 
-  std::printf("[%s] rel err out %.2e  dq %.2e  dk %.2e  dv %.2e\n", c.name.c_str(), e_out, eq, ek,
-              ev);
+  std::printf("[%s %s] rel err out %.2e  dq %.2e  dk %.2e  dv %.2e\n", c.name.c_str(),
+              impl == AttentionImpl::kWgmma ? "wgmma" : "mma", e_out, eq, ek, ev);
 }
 
 // Shapes: tails that are not tile multiples, GQA and MQA, both head dims,
 // ring-block offsets (fully visible, diagonal, partly and fully masked).
+// Every shape runs on both kernel families (wgmma only where it exists).
 INSTANTIATE_TEST_SUITE_P(
     Shapes, CudaAttention,
-    ::testing::Values(
+    ::testing::Combine(::testing::Values(
         Case{"hd64_causal_T200_B2", 2, 200, 200, 4, 4, 64, 0, 0, true, false},
         Case{"hd128_causal_gqa_T333", 1, 333, 333, 4, 2, 128, 0, 0, true, false},
         Case{"hd128_full_mqa_130x77", 1, 130, 77, 3, 1, 128, 0, 0, false, false},
@@ -263,7 +270,11 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"hd128_causal_T1024", 1, 1024, 1024, 2, 1, 128, 0, 0, true, false},
         Case{"hd64_peaked_T384", 1, 384, 384, 2, 2, 64, 0, 0, true, false, 4.f},
         Case{"hd128_peaked_alibi_T300", 1, 300, 300, 2, 2, 128, 0, 0, true, true, 4.f}),
-    [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
+                       ::testing::Values(AttentionImpl::kMma, AttentionImpl::kWgmma)),
+    [](const ::testing::TestParamInfo<std::tuple<Case, AttentionImpl>>& i) {
+      return std::get<0>(i.param).name +
+             (std::get<1>(i.param) == AttentionImpl::kWgmma ? "_wgmma" : "_mma");
+    });
 
 #endif  // RINGTRAIN_HAVE_CUDA
 
@@ -289,6 +300,11 @@ TEST(CudaAttentionParams, RejectsUnsupportedShapesWithAReason) {
   p.scale = 0.125f;
   p.q_offset = int64_t(1) << 31;  // distances beyond 32 bits
   EXPECT_THROW(rt::cuda::check_attention_params(p), rt::UsageError);
+  p.q_offset = 0;
+  // wgmma is Hopper + head_dim 128 only; asking for it elsewhere is an error.
+  EXPECT_THROW(rt::cuda::attention_forward_bf16(p, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                                nullptr, rt::cuda::AttentionImpl::kWgmma),
+               rt::UsageError);
 #endif
 }
 

@@ -32,13 +32,21 @@
 
 namespace rt::cuda {
 
+// Kernel family. kAuto: wgmma (warpgroup MMA, Hopper only) for head_dim 128 on
+// an sm_90 device, mma.sync otherwise. kMma forces the portable mma.sync
+// kernels (sm_80+); kWgmma forces wgmma (UsageError where it cannot run).
+enum class AttentionImpl { kAuto, kMma, kWgmma };
+
+// Whether this build has the sm_90a kernels and the current device is sm_90.
+bool wgmma_available();
+
 // Throws UsageError naming the problem when the kernels cannot run p.
 void check_attention_params(const AttentionParams& p);
 
 // stream: a cudaStream_t (nullptr = default stream). Asynchronous.
 void attention_forward_bf16(const AttentionParams& p, uint16_t* out, float* lse,
                             const uint16_t* q, const uint16_t* k, const uint16_t* v,
-                            void* stream = nullptr);
+                            void* stream = nullptr, AttentionImpl impl = AttentionImpl::kAuto);
 
 // Floats of device scratch the backward needs (rowsum(dout * out), B*H*Tq).
 size_t attention_backward_workspace_floats(const AttentionParams& p);
@@ -46,6 +54,7 @@ size_t attention_backward_workspace_floats(const AttentionParams& p);
 void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, float* dv,
                              const uint16_t* dout, const uint16_t* q, const uint16_t* k,
                              const uint16_t* v, const uint16_t* out, const float* lse,
-                             float* workspace, void* stream = nullptr);
+                             float* workspace, void* stream = nullptr,
+                             AttentionImpl impl = AttentionImpl::kAuto);
 
 }  // namespace rt::cuda
