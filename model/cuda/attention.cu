@@ -121,13 +121,17 @@ __device__ __forceinline__ uint32_t swz(int r, int c) {
 template <int HD, int R, int NT>
 __device__ __forceinline__ void load_tile(uint32_t dst, const uint16_t* base, int64_t ld,
                                           int row0, int nrows, int tid) {
-  constexpr int kChunks = HD / 8;
+  // Thread tid always copies chunk c = tid % (HD/8) of rows r0, r0 + kStep, ...;
+  // kStep is a multiple of 8, so the swizzle of its chunk never changes.
+  constexpr int kChunks = HD / 8, kStep = NT / kChunks;
+  static_assert(NT % kChunks == 0 && kStep % 8 == 0 && R % kStep == 0, "tile/thread shape");
+  const int c = tid % kChunks, r0 = tid / kChunks;
+  const uint32_t d = dst + swz<HD>(r0, c);
+  const uint16_t* src = base + int64_t(row0 + r0) * ld + c * 8;
 #pragma unroll
-  for (int i = tid; i < R * kChunks; i += NT) {
-    const int r = i / kChunks, c = i % kChunks;
-    const bool valid = row0 + r < nrows;
-    const uint16_t* src = valid ? base + int64_t(row0 + r) * ld + c * 8 : base;
-    cp_async16(dst + swz<HD>(r, c), src, valid);
+  for (int k = 0; k < R / kStep; ++k) {
+    const bool valid = row0 + r0 + k * kStep < nrows;
+    cp_async16(d + k * kStep * (HD * 2), valid ? src + k * kStep * ld : base, valid);
   }
 }
 
@@ -443,12 +447,16 @@ __device__ __forceinline__ void wgmma_rs_tb(float (&d)[64], const uint32_t (&a)[
 template <int R, int NT>
 __device__ __forceinline__ void load_tile_sw128(uint32_t dst, const uint16_t* base, int64_t ld,
                                                 int row0, int nrows, int tid) {
+  // As load_tile: fixed chunk per thread, rows 16 apart (same swizzle).
+  constexpr int kStep = NT / 16;
+  static_assert(NT % 16 == 0 && kStep % 8 == 0 && R % kStep == 0, "tile/thread shape");
+  const int c = tid & 15, r0 = tid >> 4;
+  const uint32_t d = dst + (c >> 3) * (R * 128) + r0 * 128 + (((c & 7) ^ (r0 & 7)) << 4);
+  const uint16_t* src = base + int64_t(row0 + r0) * ld + c * 8;
 #pragma unroll
-  for (int i = tid; i < R * 16; i += NT) {
-    const int r = i >> 4, c = i & 15;
-    const bool valid = row0 + r < nrows;
-    const uint16_t* src = valid ? base + int64_t(row0 + r) * ld + c * 8 : base;
-    cp_async16(dst + (c >> 3) * (R * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4), src, valid);
+  for (int k = 0; k < R / kStep; ++k) {
+    const bool valid = row0 + r0 + k * kStep < nrows;
+    cp_async16(d + k * kStep * 128, valid ? src + k * kStep * ld : base, valid);
   }
 }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
