@@ -47,7 +47,7 @@ double RmtRunner::run_segment(int64_t k, const int32_t* inputs, const int32_t* t
   model_.embed_tokens(seg_tokens_.data(), B * S_, dtok_);
   for (int b = 0; b < B; ++b) {
     float* row = x0_ + size_t(b) * R * d_;
-    const float* mem = mems_[k] + size_t(b) * md;
+    const float* mem = mems_[carry_ ? k : 0] + size_t(b) * md;
     be_.copy(row, mem, md);
     be_.copy(row + md, dtok_ + size_t(b) * S_ * d_, size_t(S_) * d_);
     be_.copy(row + size_t(M_ + S_) * d_, mem, md);
@@ -75,6 +75,7 @@ double RmtRunner::forward_backward(const int32_t* inputs, const int32_t* targets
                                    int64_t T, float dloss_scale, int64_t* n_valid,
                                    float* token_losses) {
   RT_CHECK(T % S_ == 0, "seq_len must be a multiple of memory.segment_length");
+  RT_CHECK(carry_ || dloss_scale == 0.f, "memory reset is an evaluation-only ablation");
   const int64_t n = T / S_;
   const int R = S_ + 2 * M_;
   const size_t md = size_t(M_) * d_;

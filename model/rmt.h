@@ -39,6 +39,12 @@ class RmtRunner {
   // the last call's final forward (host). For evaluation.
   std::vector<float> last_segment_logits(int b);
 
+  // Evaluation ablation: when false, every segment starts from the learned
+  // initial memory instead of the previous segment's write rows, so nothing
+  // crosses a segment boundary ("the same model without memory"). Forward
+  // only (forward_backward with dloss_scale != 0 requires carry).
+  void set_carry_memory(bool carry) { carry_ = carry; }
+
   // Whether the memory entering segment k (k >= 1) is detached under the
   // bptt_segments rule: K = -1 never, K = 0 always, K > 0 when k % K == 0.
   // The learned initial memory always receives its gradient from segment 0.
@@ -57,6 +63,7 @@ class RmtRunner {
   size_t cap_rows_ = 0;
   std::vector<int32_t> seg_targets_, seg_tokens_;
   int last_B_ = 0;
+  bool carry_ = true;
 };
 
 }  // namespace rt

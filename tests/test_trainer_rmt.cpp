@@ -169,5 +169,34 @@ TEST(Rmt, EvaluationUsesTheMemory) {
   }
 }
 
+// --memory-reset (eval ablation): each segment starts from the learned initial
+// memory, so segment k's losses are those of segment k's tokens run alone;
+// with the memory carried they differ.
+TEST(Rmt, MemoryResetRunsEverySegmentFromTheInitialMemory) {
+  auto be = make_cpu_backend();
+  LlamaModel model(tiny_memory_model(-1), *be);
+  model.init_weights(11);
+  const int S = 16;
+  const int64_t T = 3 * S;
+  auto in = random_tokens(size_t(T), 12, 64), tg = random_tokens(size_t(T), 13, 64);
+  RmtRunner carried(model), reset(model), alone(model);
+  reset.set_carry_memory(false);
+  std::vector<float> l_carry(static_cast<size_t>(T)), l_reset(l_carry.size()), l_alone(static_cast<size_t>(S));
+  carried.forward_backward(in.data(), tg.data(), 1, T, 0.f, nullptr, l_carry.data());
+  reset.forward_backward(in.data(), tg.data(), 1, T, 0.f, nullptr, l_reset.data());
+  double diff = 0;
+  for (int64_t k = 0; k < 3; ++k) {
+    alone.forward_backward(in.data() + k * S, tg.data() + k * S, 1, S, 0.f, nullptr,
+                           l_alone.data());
+    for (int i = 0; i < S; ++i) {
+      EXPECT_FLOAT_EQ(l_reset[size_t(k * S + i)], l_alone[size_t(i)]) << k << " " << i;
+      diff += std::fabs(l_carry[size_t(k * S + i)] - l_reset[size_t(k * S + i)]);
+    }
+  }
+  EXPECT_GT(diff, 1e-3) << "the carried memory must change later segments";
+  // the first segment is the same either way
+  for (int i = 0; i < S; ++i) EXPECT_FLOAT_EQ(l_carry[size_t(i)], l_reset[size_t(i)]);
+}
+
 }  // namespace
 }  // namespace rt

@@ -151,7 +151,10 @@ int run_eval_command(const EvalOptions& o) {
                      std::to_string(o.context_parallel));
   const ParallelDims dims = ParallelDims::build(world.size(), 0, o.context_parallel);
   const RingLayout layout = parse_ring_layout(cfg.parallel.ring_layout);
-  const EvalSharding sharding{&world, dims, layout, rank};
+  if (o.memory_reset && !cfg.model.memory)
+    throw UsageError("--memory-reset applies to memory models (model.memory); this checkpoint "
+                     "has none");
+  const EvalSharding sharding{&world, dims, layout, rank, o.memory_reset};
 
   std::vector<int64_t> lens;
   if (!o.seq_lens.empty()) lens = parse_lengths(o.seq_lens, "--seq-lens");
@@ -238,6 +241,8 @@ int run_eval_command(const EvalOptions& o) {
   std::cout << "\nloss by position (seq_len " << by_position.seq_len << ", the same sequences, "
             << "buckets of " << by_position.bucket << " positions):\n"
             << loss_by_position_table(by_position);
+  if (o.memory_reset && rank == 0)
+    std::cout << "\n(memory reset: every segment started from the learned initial memory)\n";
   if (!pk_lens.empty())
     std::cout << "\npasskey accuracy (" << pk_trials << " trials per cell, greedy digits):\n"
               << passkey_table(passkey);
@@ -248,6 +253,7 @@ int run_eval_command(const EvalOptions& o) {
                       {"loss_by_position", loss_by_position_to_json(by_position)},
                       {"passkey", pk_lens.empty() ? nlohmann::json(nullptr)
                                                   : passkey_to_json(passkey)}};
+  if (o.memory_reset) j["memory_reset"] = true;
   std::string out = o.json;
   if (out.empty()) {
     make_dirs(cfg.run.dir + "/eval");

@@ -25,6 +25,7 @@ struct EvalOptions {
   int context_parallel = 1;
   std::string json;  // default RUN_DIR/eval/step_N.json
   bool plots = true;
+  bool memory_reset = false;  // memory models: ablation, every segment from the initial memory
 };
 
 int run_eval_command(const EvalOptions& o);

@@ -49,6 +49,7 @@ class EvalForward {
                        "run eval without --context-parallel (a memory model attends within "
                        "one segment, which one rank holds)");
     rmt_ = std::make_unique<RmtRunner>(model);
+    if (sh && sh->memory_reset) rmt_->set_carry_memory(false);
   }
   int64_t segment() const { return rmt_ ? model_.config().memory->segment_length : 0; }
   double run(const int32_t* inputs, const int32_t* targets, int64_t T, const RowPositions& rows,

@@ -34,6 +34,9 @@ struct EvalSharding {
   ParallelDims dims;
   RingLayout layout = RingLayout::kZigzag;
   int rank = 0;
+  // Memory models: start every segment from the learned initial memory
+  // (ablation `ringtrain eval --memory-reset`: nothing crosses segments).
+  bool memory_reset = false;
 };
 
 // Mean next-token NLL by position bucket: mean_nll[b] averages the valid

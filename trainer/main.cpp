@@ -221,6 +221,9 @@ int run(int argc, char** argv) {
                    "ring size: ranks sharing one sequence (world / it = data parallel)");
   eval->add_option("--json", eo.json, "output JSON (default RUN_DIR/eval/step_N.json)");
   eval->add_flag("!--no-plots", eo.plots, "skip the PNG plots (launch/plot_eval.py)");
+  eval->add_flag("--memory-reset", eo.memory_reset,
+                 "memory models: start every segment from the learned initial memory, so "
+                 "nothing crosses a segment boundary (the same model without memory)");
 
   int steps = 5, warmup = 1;
   auto* bench = app.add_subcommand(
