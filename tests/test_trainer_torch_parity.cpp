@@ -196,7 +196,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"rmt_bptt_all", "rope", 4, 2, false, 3, 12, -1},
                       Case{"rmt_bptt_detached", "rope", 4, 2, false, 3, 12, 0},
                       Case{"rmt_bptt_2", "rope", 4, 2, false, 3, 12, 2},
-                      Case{"rmt_alibi_bptt_all", "alibi", 4, 4, true, 2, 10, -1}),
+                      Case{"rmt_alibi_bptt_all", "alibi", 4, 4, true, 2, 10, -1},
+                      Case{"rmt_nope_bptt_2", "none", 4, 2, false, 3, 12, 2}),
     [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
 }  // namespace
