@@ -33,6 +33,7 @@ inline double unit_double(uint64_t h) { return double(h >> 11) * 0x1.0p-53; }
 inline constexpr uint64_t kStreamPasskey = 0x7061737300000001ull;  // passkey digits
 inline constexpr uint64_t kStreamDepth = 0x6465707400000002ull;    // needle depth
 inline constexpr uint64_t kStreamShuffle = 0x7368756600000003ull;  // epoch permutation
+inline constexpr uint64_t kStreamRecall = 0x7265636100000004ull;   // recall keys, values, places
 
 class Rng {
  public:

@@ -56,28 +56,26 @@ class TokenSequenceSource : public SequenceSource {
   TokenData data_;
 };
 
-// Passkey sample i of length T+1 bytes: inputs = sample[0:T], targets = sample[1:T+1].
-class PasskeySource : public SequenceSource {
+// A synthetic task's sample i of length T+1 bytes: inputs = sample[0:T],
+// targets = sample[1:T+1]; with loss: answer only the targets inside the
+// answer (the sample's last bytes) count.
+class SyntheticSource : public SequenceSource {
  public:
-  PasskeySource(const DataSourceConfig& cfg, uint64_t seed)
+  SyntheticSource(const DataSourceConfig& cfg, uint64_t seed)
       : n_(cfg.num_sequences),
-        depth_(cfg.depth),
         answer_only_(cfg.loss == "answer"),
         seed_(seed + uint64_t(cfg.seed_offset)) {
     if (n_ < 1)
       throw UsageError("data: num_sequences " + std::to_string(n_) +
                        " must be >= 1 for synthetic data");
-    if (depth_ && !(*depth_ >= 0.0 && *depth_ <= 1.0))
-      throw UsageError("data: depth " + std::to_string(*depth_) + " must be in [0, 1]");
   }
 
   int64_t vocab_size() const override { return 256; }
 
   int64_t num_sequences(int64_t T) const override {
-    if (T + 1 < passkey_min_length())
-      throw UsageError("synthetic passkey: seq_len " + std::to_string(T) +
-                       " is too short; it needs at least " +
-                       std::to_string(passkey_min_length() - 1));
+    if (T + 1 < min_length())
+      throw UsageError("synthetic " + name() + ": seq_len " + std::to_string(T) +
+                       " is too short; it needs at least " + std::to_string(min_length() - 1));
     return n_;
   }
 
@@ -85,30 +83,82 @@ class PasskeySource : public SequenceSource {
             int32_t* targets) const override {
     RT_CHECK(index >= 0 && index < n_, "sequence index out of range");
     RT_CHECK(0 <= begin && begin <= end && end <= T, "bad [begin, end) range");
-    const double depth =
-        depth_ ? *depth_
-               : unit_double(mix_seed(seed_, kStreamDepth, uint64_t(index)));
-    const PasskeySample s = make_passkey_sample(T + 1, depth, seed_, index);
-    const auto* bytes = reinterpret_cast<const unsigned char*>(s.text.data());
+    int64_t answer_begin = 0;
+    const std::string text = sample(index, T + 1, &answer_begin);
+    const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
     for (int64_t k = 0; k < end - begin; ++k) {
       const int64_t t = begin + k;
       inputs[k] = bytes[t];
-      const bool in_answer = t + 1 >= s.answer_begin;  // the answer is the last 5 bytes
+      const bool in_answer = t + 1 >= answer_begin;  // the answer ends the sample
       targets[k] = (!answer_only_ || in_answer) ? int32_t(bytes[t + 1]) : -1;
     }
   }
 
   std::string describe() const override {
-    return "synthetic passkey (" + std::to_string(n_) + " sequences, depth " +
-           (depth_ ? std::to_string(*depth_) : std::string("uniform")) + ", loss " +
-           (answer_only_ ? "answer" : "all") + ")";
+    return "synthetic " + name() + " (" + std::to_string(n_) + " sequences, " + options() +
+           "loss " + (answer_only_ ? "answer" : "all") + ")";
   }
+
+ protected:
+  virtual std::string name() const = 0;
+  virtual std::string options() const = 0;  // "key value, " pairs for describe()
+  virtual int64_t min_length() const = 0;   // of a sample (T + 1)
+  virtual std::string sample(int64_t index, int64_t length, int64_t* answer_begin) const = 0;
+  uint64_t seed() const { return seed_; }
 
  private:
   int64_t n_;
-  std::optional<double> depth_;
   bool answer_only_;
   uint64_t seed_;
+};
+
+class PasskeySource : public SyntheticSource {
+ public:
+  PasskeySource(const DataSourceConfig& cfg, uint64_t seed)
+      : SyntheticSource(cfg, seed), depth_(cfg.depth) {
+    if (depth_ && !(*depth_ >= 0.0 && *depth_ <= 1.0))
+      throw UsageError("data: depth " + std::to_string(*depth_) + " must be in [0, 1]");
+  }
+
+ protected:
+  std::string name() const override { return "passkey"; }
+  std::string options() const override {
+    return "depth " + (depth_ ? std::to_string(*depth_) : std::string("uniform")) + ", ";
+  }
+  int64_t min_length() const override { return passkey_min_length(); }
+  std::string sample(int64_t index, int64_t length, int64_t* answer_begin) const override {
+    const double depth =
+        depth_ ? *depth_ : unit_double(mix_seed(seed(), kStreamDepth, uint64_t(index)));
+    PasskeySample s = make_passkey_sample(length, depth, seed(), index);
+    *answer_begin = s.answer_begin;
+    return std::move(s.text);
+  }
+
+ private:
+  std::optional<double> depth_;
+};
+
+class RecallSource : public SyntheticSource {
+ public:
+  RecallSource(const DataSourceConfig& cfg, uint64_t seed)
+      : SyntheticSource(cfg, seed), pairs_(cfg.pairs) {
+    if (pairs_ < 1 || pairs_ > kRecallMaxPairs)
+      throw UsageError("data: pairs " + std::to_string(pairs_) + " must be in [1, " +
+                       std::to_string(kRecallMaxPairs) + "] for synthetic recall");
+  }
+
+ protected:
+  std::string name() const override { return "recall"; }
+  std::string options() const override { return std::to_string(pairs_) + " pairs, "; }
+  int64_t min_length() const override { return recall_min_length(pairs_); }
+  std::string sample(int64_t index, int64_t length, int64_t* answer_begin) const override {
+    RecallSample s = make_recall_sample(length, pairs_, seed(), index);
+    *answer_begin = s.answer_begin;
+    return std::move(s.text);
+  }
+
+ private:
+  int64_t pairs_;
 };
 
 }  // namespace
@@ -122,15 +172,16 @@ std::unique_ptr<SequenceSource> make_source(const DataSourceConfig& cfg, uint64_
     if (!cfg.path.empty())
       throw UsageError("data: give either path or synthetic, not both (path " + cfg.path +
                        ", synthetic " + cfg.synthetic + ")");
-    if (cfg.synthetic != "passkey")
-      throw UsageError("data: synthetic '" + cfg.synthetic +
-                       "' is not supported (valid: passkey)");
     if (cfg.loss != "answer" && cfg.loss != "all")
       throw UsageError("data: loss '" + cfg.loss + "' is not valid (valid: answer, all)");
-    return std::make_unique<PasskeySource>(cfg, seed);
+    if (cfg.synthetic == "passkey") return std::make_unique<PasskeySource>(cfg, seed);
+    if (cfg.synthetic == "recall") return std::make_unique<RecallSource>(cfg, seed);
+    throw UsageError("data: synthetic '" + cfg.synthetic +
+                     "' is not supported (valid: passkey, recall)");
   }
   if (cfg.path.empty())
-    throw UsageError("data: a source needs a path (.h5, .bin, .txt) or synthetic: passkey");
+    throw UsageError(
+        "data: a source needs a path (.h5, .bin, .txt) or synthetic: passkey | recall");
   return make_token_source(cfg.path);
 }
 

@@ -1,5 +1,6 @@
-// Passkey retrieval samples (SPEC §7).
+// Passkey retrieval and associative-recall samples (SPEC §7).
 //
+// Passkey:
 // Layout of a sample of `length` bytes, R = length - |intro| - |needle| - |question|:
 //   intro | filler[0:p] | needle | filler[p:R] | question
 // filler = the filler block repeated and cut to R bytes; p = depth * R snapped
@@ -7,7 +8,9 @@
 #include "data/synthetic.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <numeric>
 
 #include "common/errors.h"
 #include "common/rng.h"
@@ -83,6 +86,50 @@ PasskeySample make_passkey_sample(int64_t length, double depth, uint64_t seed, i
   s.text += with_passkey(kQuestion, s.passkey);
   s.answer_begin = length - 5;
   RT_CHECK(int64_t(s.text.size()) == length, "passkey sample length");
+  return s;
+}
+
+int64_t recall_min_length(int64_t pairs) {
+  return pairs * kRecallPairBytes + kRecallQueryBytes;
+}
+
+RecallSample make_recall_sample(int64_t length, int64_t pairs, uint64_t seed, int64_t index) {
+  if (pairs < 1 || pairs > kRecallMaxPairs)
+    throw UsageError("recall: pairs " + std::to_string(pairs) + " must be in [1, " +
+                     std::to_string(kRecallMaxPairs) + "] (one lowercase letter per key)");
+  if (length < recall_min_length(pairs))
+    throw UsageError("recall: sequence length " + std::to_string(length) + " is too short for " +
+                     std::to_string(pairs) + " pairs of " + std::to_string(kRecallPairBytes) +
+                     " bytes and the query; it needs at least " +
+                     std::to_string(recall_min_length(pairs)) + " tokens");
+
+  Rng rng(mix_seed(seed, kStreamRecall, uint64_t(index)));
+  // Distinct keys: the first `pairs` letters of a Fisher-Yates shuffle.
+  std::string letters(26, 'a');
+  std::iota(letters.begin(), letters.end(), 'a');
+  for (int64_t i = 0; i < pairs; ++i)
+    std::swap(letters[size_t(i)], letters[size_t(i) + rng.below(uint64_t(26 - i))]);
+
+  RecallSample s;
+  const int64_t body = length - kRecallQueryBytes;
+  s.text.assign(size_t(body), '.');
+  std::vector<std::string> values;
+  for (int64_t i = 0; i < pairs; ++i) {
+    char digits[8];
+    std::snprintf(digits, sizeof digits, "%03u", unsigned(rng.below(1000)));
+    values.emplace_back(digits);
+    const int64_t lo = i * body / pairs, hi = (i + 1) * body / pairs;  // hi - lo >= 6
+    const int64_t at = lo + int64_t(rng.below(uint64_t(hi - lo - kRecallPairBytes + 1)));
+    s.text.replace(size_t(at), size_t(kRecallPairBytes),
+                   std::string(1, letters[size_t(i)]) + "=" + values[size_t(i)] + ";");
+    s.pair_begin.push_back(at);
+  }
+  s.queried_pair = int64_t(rng.below(uint64_t(pairs)));
+  s.key = letters[size_t(s.queried_pair)];
+  s.value = values[size_t(s.queried_pair)];
+  s.text += std::string("?") + s.key + "=" + s.value;
+  s.answer_begin = length - kRecallValueDigits;
+  RT_CHECK(int64_t(s.text.size()) == length, "recall sample length");
   return s;
 }
 

@@ -22,4 +22,33 @@ struct PasskeySample {
 PasskeySample make_passkey_sample(int64_t length, double depth, uint64_t seed, int64_t index);
 int64_t passkey_min_length();
 
+// One associative-recall sample: exactly `length` bytes, `pairs` key-value
+// pairs spread over the sequence, then a query whose answer is one value:
+//   body (length - 6 bytes) | "?" key "=" value
+// A pair is 6 bytes, key "=" value ";", e.g. "q=907;": the key a lowercase
+// letter (distinct within a sample), the value 3 digits. The body is cut into
+// `pairs` equal slots (slot i = [i*B/P, (i+1)*B/P), B the body length, P
+// pairs); pair i lies at a seeded offset inside slot i and the rest of the
+// body is '.' filler. The query asks for the key of a pair drawn uniformly,
+// so with n segments the asked pair lies in each segment about equally often.
+//   "..k=381;.......q=907;....b=055;...?q=907"   (answer "907")
+// answer_begin = length - 3; pair_begin[i] = index of pair i's key.
+struct RecallSample {
+  std::string text;
+  char key = 0;       // the queried key
+  std::string value;  // its 3-digit value: the answer
+  int64_t answer_begin = 0;
+  int64_t queried_pair = 0;          // index into pair_begin
+  std::vector<int64_t> pair_begin;  // ascending
+};
+
+inline constexpr int64_t kRecallPairBytes = 6;   // "k=ddd;"
+inline constexpr int64_t kRecallQueryBytes = 6;  // "?k=ddd"
+inline constexpr int64_t kRecallValueDigits = 3;
+inline constexpr int64_t kRecallMaxPairs = 26;  // one lowercase letter per key
+
+// Throws UsageError if pairs is outside [1, 26] or length < recall_min_length(pairs).
+RecallSample make_recall_sample(int64_t length, int64_t pairs, uint64_t seed, int64_t index);
+int64_t recall_min_length(int64_t pairs);
+
 }  // namespace rt

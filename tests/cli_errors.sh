@@ -43,6 +43,8 @@ expect 2 "train.optimizer.lr" -- $bin train ok.yaml --set train.optimizer.lr=-1
 expect 2 "model.positon.*did you mean.*position" -- $bin train ok.yaml --set model.positon=alibi
 expect 2 "global_batch_size.*micro_batch_size" -- $bin train ok.yaml --set train.micro_batch_size=4 --set train.global_batch_size=6
 expect 2 "data_parallel\(2\) \* context_parallel\(1\) != world size\(1\)" -- $bin train ok.yaml --set parallel.data_parallel=2
+expect 2 "data.train.pairs" -- $bin train ok.yaml --set 'data.train={synthetic: recall, pairs: 40}'
+expect 2 "synthetic recall: seq_len 64 is too short.*161" -- $bin train ok.yaml --set 'data.train={synthetic: recall, pairs: 26}' --set train.seq_len=64
 expect 2 "bad.bin" -- $bin train ok.yaml --set data.train=$work/bad.bin
 expect 2 "bad.h5" -- $bin train ok.yaml --set data.train=$work/bad.h5
 expect 3 "nope.txt" -- $bin train ok.yaml --set data.train=$work/nope.txt

@@ -255,6 +255,26 @@ TEST(Config, SyntheticValGetsItsOwnSeedStream) {
   EXPECT_FALSE(c.data.train.depth);
 }
 
+TEST(Config, SyntheticRecall) {
+  const std::string yaml =
+      lines({"data:", "  train: {synthetic: recall, pairs: 7, loss: answer}",
+             "  val: {synthetic: recall}"});
+  const Config c = parse_config(yaml, "config.yaml");
+  EXPECT_EQ(c.data.train.synthetic, "recall");
+  EXPECT_EQ(c.data.train.pairs, 7);
+  EXPECT_EQ(c.data.train.loss, "answer");
+  EXPECT_EQ(c.data.val->pairs, 4);  // the default
+  EXPECT_EQ(c.data.val->seed_offset, 1);
+  // the resolved config names pairs for recall and depth for passkey only
+  const std::string text = rt::config_to_yaml(c);
+  EXPECT_NE(text.find("pairs: 7"), std::string::npos) << text;
+  EXPECT_EQ(text.find("depth"), std::string::npos) << text;
+  expect_round_trip(yaml);
+  EXPECT_EQ(parse_config("", "config.yaml", {"data.train={synthetic: recall, pairs: 2}"})
+                .data.train.pairs,
+            2);
+}
+
 TEST(Config, LegacyRopeScalingTypeKey) {
   const Config c = parse_config(kMinimal + "model: {rope_scaling: {type: dynamic, factor: 2}}",
                                 "config.yaml");
@@ -464,8 +484,27 @@ TEST(ConfigErrors, NoDecayUnknownGroup) {
 
 TEST(ConfigErrors, UnknownSyntheticGenerator) {
   expect_usage_error(lines({"data:", "  train: {synthetic: needle}"}),
-                     {"config.yaml:2:", "data.train.synthetic: must be one of passkey",
+                     {"config.yaml:2:", "data.train.synthetic: must be one of passkey | recall",
                       "'needle'"});
+}
+
+TEST(ConfigErrors, SyntheticOptionOfTheOtherGenerator) {
+  expect_usage_error(lines({"data:", "  train: {synthetic: recall, depth: 0.5}"}),
+                     {"config.yaml:2:", "data.train.depth applies to synthetic: passkey only",
+                      "recall"});
+  expect_usage_error(lines({"data:", "  train: {synthetic: passkey}", "  val:",
+                            "    synthetic: passkey", "    pairs: 3"}),
+                     {"config.yaml:5:", "data.val.pairs applies to synthetic: recall only"});
+}
+
+TEST(ConfigErrors, RecallPairsOutOfRangeOrMisspelt) {
+  expect_usage_error(lines({"data:", "  train: {synthetic: recall, pairs: 27}"}),
+                     {"config.yaml:2:", "data.train.pairs", "27"});
+  expect_usage_error(lines({"data:", "  train: {synthetic: recall, pairs: 0}"}),
+                     {"config.yaml:2:", "data.train.pairs"});
+  expect_usage_error(lines({"data:", "  train: {synthetic: recall, pair: 3}"}),
+                     {"config.yaml:2:", "unknown key 'data.train.pair'", "did you mean",
+                      "'data.train.pairs'"});
 }
 
 TEST(ConfigErrors, SyntheticSourceWithoutGenerator) {

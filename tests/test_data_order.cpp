@@ -328,3 +328,121 @@ TEST(Passkey, FixedDepthAndValidation) {
   bad.depth = 1.5;
   EXPECT_THROW(make_source(bad, 1), UsageError);
 }
+
+// ---- associative recall ----------------------------------------------------------------
+
+// The pairs "k=ddd;" of a recall text, in order, found by scanning it (an
+// independent reading of the documented format, not the generator's fields).
+static std::vector<std::pair<size_t, std::string>> recall_pairs(const std::string& body) {
+  std::vector<std::pair<size_t, std::string>> pairs;
+  for (size_t i = 0; i + 6 <= body.size(); ++i)
+    if (body[i] >= 'a' && body[i] <= 'z') {
+      pairs.emplace_back(i, body.substr(i, 6));
+      i += 5;
+    }
+  return pairs;
+}
+
+TEST(Recall, ExactLengthFormatAndAnswer) {
+  for (int64_t pairs : {int64_t(1), int64_t(4), int64_t(26)}) {
+    for (int64_t len : {recall_min_length(pairs), recall_min_length(pairs) + 5, int64_t(257),
+                        int64_t(1024)}) {
+      if (len < recall_min_length(pairs)) continue;
+      for (int64_t index = 0; index < 5; ++index) {
+        const RecallSample s = make_recall_sample(len, pairs, 9, index);
+        ASSERT_EQ(int64_t(s.text.size()), len);
+        const std::string body = s.text.substr(0, size_t(len - 6));
+        const std::string query = s.text.substr(size_t(len - 6));
+        // the body is '.' filler and `pairs` pairs of "k=ddd;" with distinct keys
+        const auto found = recall_pairs(body);
+        ASSERT_EQ(int64_t(found.size()), pairs) << s.text;
+        std::set<char> keys;
+        for (size_t i = 0; i < found.size(); ++i) {
+          const std::string& p = found[i].second;
+          EXPECT_EQ(p[1], '=');
+          EXPECT_EQ(p[5], ';');
+          for (int k = 2; k < 5; ++k) EXPECT_TRUE(p[size_t(k)] >= '0' && p[size_t(k)] <= '9');
+          keys.insert(p[0]);
+          EXPECT_EQ(int64_t(found[i].first), s.pair_begin[i]);
+          // pair i lies inside slot i of the body
+          const int64_t B = len - 6, lo = int64_t(i) * B / pairs, hi = int64_t(i + 1) * B / pairs;
+          EXPECT_GE(int64_t(found[i].first), lo);
+          EXPECT_LE(int64_t(found[i].first) + 6, hi);
+        }
+        EXPECT_EQ(int64_t(keys.size()), pairs);
+        size_t filler = 0;
+        for (char c : body) filler += c == '.';
+        EXPECT_EQ(int64_t(filler), len - 6 - 6 * pairs);
+        // the query "?k=ddd" asks for a key of the body; the answer is its value
+        EXPECT_EQ(query[0], '?');
+        EXPECT_EQ(query[2], '=');
+        EXPECT_EQ(query[1], s.key);
+        EXPECT_EQ(query.substr(3), s.value);
+        EXPECT_EQ(s.answer_begin, len - 3);
+        const auto asked = std::find_if(found.begin(), found.end(),
+                                        [&](const auto& p) { return p.second[0] == query[1]; });
+        ASSERT_NE(asked, found.end());
+        EXPECT_EQ(asked->second.substr(2, 3), query.substr(3));
+        EXPECT_EQ(int64_t(asked - found.begin()), s.queried_pair);
+      }
+    }
+  }
+}
+
+TEST(Recall, DeterministicAndVaried) {
+  const auto a = make_recall_sample(300, 6, 11, 5), b = make_recall_sample(300, 6, 11, 5);
+  EXPECT_EQ(a.text, b.text);
+  EXPECT_NE(make_recall_sample(300, 6, 12, 5).text, a.text);
+  EXPECT_NE(make_recall_sample(300, 6, 11, 6).text, a.text);
+  // over samples, every pair gets asked and the pairs move inside their slots
+  std::set<int64_t> asked, first_place;
+  for (int64_t i = 0; i < 200; ++i) {
+    const auto s = make_recall_sample(300, 6, 11, i);
+    asked.insert(s.queried_pair);
+    first_place.insert(s.pair_begin[0]);
+  }
+  EXPECT_EQ(asked.size(), 6u);
+  EXPECT_GT(first_place.size(), 10u);
+}
+
+TEST(Recall, TooShortOrBadPairs) {
+  EXPECT_EQ(recall_min_length(4), 4 * 6 + 6);
+  EXPECT_THROW(make_recall_sample(recall_min_length(4) - 1, 4, 1, 0), UsageError);
+  EXPECT_THROW(make_recall_sample(100, 0, 1, 0), UsageError);
+  EXPECT_THROW(make_recall_sample(1000, 27, 1, 0), UsageError);
+  // the tightest sample: pairs back to back, no filler
+  EXPECT_EQ(make_recall_sample(recall_min_length(2), 2, 3, 0).text.find('.'), std::string::npos);
+}
+
+TEST(Recall, SourceInputsTargetsAndAnswerMask) {
+  const int64_t T = 128;
+  DataSourceConfig cfg;
+  cfg.synthetic = "recall";
+  cfg.pairs = 5;
+  cfg.num_sequences = 9;
+  cfg.loss = "answer";
+  auto src = make_source(cfg, 100);
+  EXPECT_EQ(src->vocab_size(), 256);
+  EXPECT_EQ(src->num_sequences(T), 9);
+  EXPECT_NE(src->describe().find("recall"), std::string::npos);
+  cfg.loss = "all";
+  auto all = make_source(cfg, 100);
+  for (int64_t i = 0; i < 4; ++i) {
+    std::vector<int32_t> in(T), tg(T), in2(T), tg2(T);
+    src->read(i, T, 0, T, in.data(), tg.data());
+    all->read(i, T, 0, T, in2.data(), tg2.data());
+    EXPECT_EQ(in, in2);
+    const RecallSample s = make_recall_sample(T + 1, 5, 100, i);
+    for (int64_t t = 0; t < T; ++t) {
+      EXPECT_EQ(in[size_t(t)], (unsigned char)s.text[size_t(t)]);
+      EXPECT_EQ(tg2[size_t(t)], (unsigned char)s.text[size_t(t + 1)]);
+      // answer loss: exactly the 3 value digits are targets
+      EXPECT_EQ(tg[size_t(t)], t >= T - 3 ? tg2[size_t(t)] : -1) << t;
+    }
+  }
+  EXPECT_THROW(src->num_sequences(recall_min_length(5) - 2), UsageError);
+  EXPECT_EQ(src->num_sequences(recall_min_length(5) - 1), 9);
+  DataSourceConfig bad = cfg;
+  bad.pairs = 30;
+  EXPECT_THROW(make_source(bad, 1), UsageError);
+}

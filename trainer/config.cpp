@@ -41,6 +41,7 @@
 
 #include "common/errors.h"
 #include "common/log.h"
+#include "data/synthetic.h"
 #include "parallel/parallel_dims.h"
 
 namespace rt {
@@ -51,7 +52,7 @@ const std::vector<std::string> kPositions = {"rope", "alibi", "none"};
 const std::vector<std::string> kRopeTypes = {"linear", "ntk",    "dynamic",
                                              "yarn",   "llama3", "longrope"};
 const std::vector<std::string> kMemoryTypes = {"rmt"};
-const std::vector<std::string> kSyntheticGenerators = {"passkey"};
+const std::vector<std::string> kSyntheticGenerators = {"passkey", "recall"};
 const std::vector<std::string> kSyntheticLoss = {"answer", "all"};
 const std::vector<std::string> kTokenFileExtensions = {".h5", ".bin", ".txt"};
 const std::vector<std::string> kOptimizers = {"adamw", "sgd"};
@@ -533,14 +534,23 @@ DataSourceConfig read_data_source(const MapReader& parent, const std::string& ke
     o.fail(path, path + ": expected a token file path (" + join(kTokenFileExtensions, " | ") +
                      ") or a mapping {synthetic: " + join(kSyntheticGenerators, " | ") +
                      ", ...}, got " + describe(node));
-  const MapReader r(o, node, path, {"synthetic", "loss", "num_sequences", "depth", "seed_offset"});
+  const MapReader r(o, node, path,
+                    {"synthetic", "loss", "num_sequences", "depth", "pairs", "seed_offset"});
   if (!r.present("synthetic"))
     r.fail("synthetic", r.path_of("synthetic") + " is required in a synthetic source: one of " +
                             join(kSyntheticGenerators, " | "));
   c.synthetic = r.get_enum("synthetic", "", kSyntheticGenerators);
+  // Options of one generator only: naming them for the other is an error.
+  const std::pair<const char*, const char*> own_options[] = {{"depth", "passkey"},
+                                                             {"pairs", "recall"}};
+  for (const auto& [option, generator] : own_options)
+    if (r.has(option) && c.synthetic != generator)
+      r.fail(option, r.path_of(option) + " applies to synthetic: " + generator +
+                         " only (this source is " + c.synthetic + ")");
   c.loss = r.get_enum("loss", c.loss, kSyntheticLoss);
   c.num_sequences = r.get_int("num_sequences", c.num_sequences, 1);
   c.depth = r.get_optional_double("depth", closed(0, 1));
+  c.pairs = r.get_int("pairs", c.pairs, 1, kRecallMaxPairs);
   c.seed_offset = r.get_int("seed_offset", c.seed_offset, kInt64Min);
   return c;
 }
@@ -551,7 +561,7 @@ DataConfig read_data(Origins& o, const YAML::Node& node) {
   if (!r.has("train"))
     r.fail("train", "data.train is required: write `data: {train: path/to/tokens.h5}` (" +
                         join(kTokenFileExtensions, " | ") +
-                        ") or `data: {train: {synthetic: passkey}}`");
+                        ") or `data: {train: {synthetic: passkey}}` (or recall)");
   c.train = read_data_source(r, "train", 0);
   if (r.has("val")) c.val = read_data_source(r, "val", 1);
   c.shuffle = r.get_bool("shuffle", c.shuffle);
@@ -850,7 +860,8 @@ void write_data_source(YamlWriter& w, const char* key, const DataSourceConfig& s
   w.put("synthetic", s.synthetic);
   w.put("loss", s.loss);
   w.put("num_sequences", s.num_sequences);
-  w.put("depth", s.depth);
+  if (s.synthetic == "passkey") w.put("depth", s.depth);
+  if (s.synthetic == "recall") w.put("pairs", s.pairs);
   w.put("seed_offset", s.seed_offset);
   w.end_map();
 }
