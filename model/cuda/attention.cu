@@ -135,6 +135,28 @@ __device__ __forceinline__ void load_tile(uint32_t dst, const uint16_t* base, in
   }
 }
 
+// acc (16 x N) = rows r0 .. r0 + 15 of shared tile A (HD columns) times the
+// transpose of shared tile B (N rows x HD columns), both swizzled; one warp.
+template <int HD, int N>
+__device__ __forceinline__ void rows_times_tile_t(float (&acc)[N / 8][4], uint32_t A, int r0,
+                                                  uint32_t B, int lane) {
+#pragma unroll
+  for (int n = 0; n < N / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk) {
+    uint32_t af[4];
+    ldsm_x4(A + swz<HD>(r0 + (lane & 15), kk * 2 + (lane >> 4)), af[0], af[1], af[2], af[3]);
+#pragma unroll
+    for (int nn = 0; nn < N / 16; ++nn) {
+      uint32_t b0, b1, b2, b3;
+      ldsm_x4(B + swz<HD>(nn * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)),
+              b0, b1, b2, b3);
+      mma(acc[2 * nn], af, b0, b1);
+      mma(acc[2 * nn + 1], af, b2, b3);
+    }
+  }
+}
+
 // ---- forward -----------------------------------------------------------------
 
 struct FwdArgs {
@@ -148,6 +170,65 @@ struct FwdArgs {
   const float* slopes;
   float scale_log2;  // softmax scale * log2 e
 };
+
+// ---- per-block bookkeeping shared by the kernel families ---------------------
+
+// A forward block: query tile q0 (BR rows, issued last-first so that under a
+// causal mask the longest tiles start first) of head h, batch b; the key tiles
+// it visits (those visible to its last row).
+template <int HD>
+struct FwdBlock {
+  int q0, h, b;
+  int64_t ldq, ldk;
+  const uint16_t *Qb, *Kb, *Vb;
+  int nkt;
+  float slope_log2;
+  __device__ FwdBlock(const FwdArgs& a, int BR, int BC) {
+    const int ntq = (a.Tq + BR - 1) / BR;
+    q0 = (ntq - 1 - int(blockIdx.x)) * BR;
+    h = blockIdx.y, b = blockIdx.z;
+    const int kvh = h / (a.H / a.G);
+    ldq = int64_t(a.H) * HD, ldk = int64_t(a.G) * HD;
+    Qb = a.q + int64_t(b) * a.Tq * ldq + int64_t(h) * HD;
+    Kb = a.k + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
+    Vb = a.v + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
+    int kend = a.Tk;
+    if (a.causal) {
+      const int64_t last = a.q_offset + min(q0 + BR, a.Tq) - 1 - a.k_offset + 1;
+      kend = int(last < 0 ? 0 : (last > a.Tk ? a.Tk : last));
+    }
+    nkt = (kend + BC - 1) / BC;
+    slope_log2 = a.slopes ? a.slopes[h] * kLog2e : 0.f;
+  }
+};
+
+// Final rows of a 16-row strip: thread (g8, t4) holds rows row0 (r = 0) and
+// row0 + 8 (r = 1), columns 8 n + 2 t4 + {0, 1} of o (C-fragment layout).
+// Normalises by the quad's summed l and writes out (bf16) and lse.
+template <int HD>
+__device__ __forceinline__ void store_out_rows(const FwdArgs& a, const FwdBlock<HD>& blk, int row0,
+                                               int t4, const float (&o)[HD / 8][4],
+                                               const float (&m)[2], const float (&l)[2]) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = l[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int row = row0 + 8 * r;
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    if (row < a.Tq) {
+      uint16_t* orow = a.out + (int64_t(blk.b) * a.Tq + row) * blk.ldq + int64_t(blk.h) * HD;
+#pragma unroll
+      for (int n = 0; n < HD / 8; ++n)
+        *reinterpret_cast<uint32_t*>(orow + n * 8 + 2 * t4) =
+            pack_bf16(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+      if (t4 == 0)
+        a.lse[(int64_t(blk.b) * a.H + blk.h) * a.Tq + row] =
+            sum > 0.f ? (m[r] + log2f(sum)) * kLn2 : -INFINITY;
+    }
+  }
+}
+
 
 // MT: 16-row m-tiles per warp (each K/V fragment from shared memory feeds MT
 // products); QREG: keep the Q fragments in registers instead of re-reading
@@ -163,23 +244,9 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const FwdArgs a) {
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g8 = lane >> 2, t4 = lane & 3;
-  const int ntq = (a.Tq + BR - 1) / BR;
-  const int q0 = (ntq - 1 - int(blockIdx.x)) * BR;
-  const int h = blockIdx.y, b = blockIdx.z, kvh = h / (a.H / a.G);
-  const int64_t ldq = int64_t(a.H) * HD, ldk = int64_t(a.G) * HD;
-  const uint16_t* Qb = a.q + int64_t(b) * a.Tq * ldq + int64_t(h) * HD;
-  const uint16_t* Kb = a.k + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
-  const uint16_t* Vb = a.v + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
-
-  // Keys visible to the last query row of the tile bound the key loop.
-  int kend = a.Tk;
-  if (a.causal) {
-    const int64_t last = a.q_offset + min(q0 + BR, a.Tq) - 1 - a.k_offset + 1;
-    kend = int(last < 0 ? 0 : (last > a.Tk ? a.Tk : last));
-  }
-  const int nkt = (kend + BC - 1) / BC;
-
-  const float slope_log2 = a.slopes ? a.slopes[h] * kLog2e : 0.f;
+  const FwdBlock<HD> blk(a, BR, BC);
+  const int q0 = blk.q0, nkt = blk.nkt;
+  const float slope_log2 = blk.slope_log2;
   const int wrow = warp * 16 * MT;  // the warp's first row in the tile
 
   float o[MT][HD / 8][4];
@@ -193,16 +260,16 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const FwdArgs a) {
   uint32_t qf[QREG ? MT : 1][QREG ? HD / 16 : 1][4];
 
   if (nkt > 0) {
-    load_tile<HD, BR, NT>(sQ, Qb, ldq, q0, a.Tq, tid);
-    load_tile<HD, BC, NT>(sK, Kb, ldk, 0, a.Tk, tid);
-    load_tile<HD, BC, NT>(sV, Vb, ldk, 0, a.Tk, tid);
+    load_tile<HD, BR, NT>(sQ, blk.Qb, blk.ldq, q0, a.Tq, tid);
+    load_tile<HD, BC, NT>(sK, blk.Kb, blk.ldk, 0, a.Tk, tid);
+    load_tile<HD, BC, NT>(sV, blk.Vb, blk.ldk, 0, a.Tk, tid);
     cp_async_commit();
   }
   for (int j = 0; j < nkt; ++j) {
     const int st = j & 1;
     if (j + 1 < nkt) {
-      load_tile<HD, BC, NT>(sK + (st ^ 1) * kTileK, Kb, ldk, (j + 1) * BC, a.Tk, tid);
-      load_tile<HD, BC, NT>(sV + (st ^ 1) * kTileK, Vb, ldk, (j + 1) * BC, a.Tk, tid);
+      load_tile<HD, BC, NT>(sK + (st ^ 1) * kTileK, blk.Kb, blk.ldk, (j + 1) * BC, a.Tk, tid);
+      load_tile<HD, BC, NT>(sV + (st ^ 1) * kTileK, blk.Vb, blk.ldk, (j + 1) * BC, a.Tk, tid);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -345,26 +412,8 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const FwdArgs a) {
 
   // Normalise and store.
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float sum = l[mt][r];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const int row = q0 + wrow + 16 * mt + g8 + 8 * r;
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;
-      if (row < a.Tq) {
-        uint16_t* orow = a.out + (int64_t(b) * a.Tq + row) * ldq + int64_t(h) * HD;
-#pragma unroll
-        for (int n = 0; n < HD / 8; ++n)
-          *reinterpret_cast<uint32_t*>(orow + n * 8 + 2 * t4) =
-              pack_bf16(o[mt][n][2 * r] * inv, o[mt][n][2 * r + 1] * inv);
-        if (t4 == 0)
-          a.lse[(int64_t(b) * a.H + h) * a.Tq + row] =
-              sum > 0.f ? (m[mt][r] + log2f(sum)) * kLn2 : -INFINITY;
-      }
-    }
-  }
+  for (int mt = 0; mt < MT; ++mt)
+    store_out_rows<HD>(a, blk, q0 + wrow + 16 * mt + g8, t4, o[mt], m[mt], l[mt]);
 }
 
 // ---- Hopper (sm_90a) warpgroup MMA --------------------------------------------
@@ -550,21 +599,9 @@ __global__ void __launch_bounds__(kWfThreads) attn_fwd_wgmma_kernel(const FwdArg
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wg = warp >> 2, g8 = lane >> 2, t4 = lane & 3;
-  const int ntq = (a.Tq + BR - 1) / BR;
-  const int q0 = (ntq - 1 - int(blockIdx.x)) * BR;
-  const int h = blockIdx.y, b = blockIdx.z, kvh = h / (a.H / a.G);
-  const int64_t ldq = int64_t(a.H) * HD, ldk = int64_t(a.G) * HD;
-  const uint16_t* Qb = a.q + int64_t(b) * a.Tq * ldq + int64_t(h) * HD;
-  const uint16_t* Kb = a.k + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
-  const uint16_t* Vb = a.v + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
-
-  int kend = a.Tk;
-  if (a.causal) {
-    const int64_t last = a.q_offset + min(q0 + BR, a.Tq) - 1 - a.k_offset + 1;
-    kend = int(last < 0 ? 0 : (last > a.Tk ? a.Tk : last));
-  }
-  const int nkt = (kend + BC - 1) / BC;
-  const float slope_log2 = a.slopes ? a.slopes[h] * kLog2e : 0.f;
+  const FwdBlock<HD> blk(a, BR, BC);
+  const int q0 = blk.q0, nkt = blk.nkt;
+  const float slope_log2 = blk.slope_log2;
   const int wrow = wg * 64 + (warp & 3) * 16;  // this warp's first row in the tile
 
   float o[64];
@@ -596,17 +633,18 @@ __global__ void __launch_bounds__(kWfThreads) attn_fwd_wgmma_kernel(const FwdArg
   float s[BC / 2];
   uint32_t p[BC / 16][4];
   if (nkt > 0) {
-    load_tile_sw128<BR, NT>(sQ, Qb, ldq, q0, a.Tq, tid);
-    load_tile_sw128<BC, NT>(sK, Kb, ldk, 0, a.Tk, tid);
-    load_tile_sw128<BC, NT>(sV, Vb, ldk, 0, a.Tk, tid);
+    load_tile_sw128<BR, NT>(sQ, blk.Qb, blk.ldq, q0, a.Tq, tid);
+    load_tile_sw128<BC, NT>(sK, blk.Kb, blk.ldk, 0, a.Tk, tid);
+    load_tile_sw128<BC, NT>(sV, blk.Vb, blk.ldk, 0, a.Tk, tid);
     cp_async_commit();
   }
   const bool lag = wg == 1;  // this warpgroup runs half an iteration behind
   for (int j = 0; j < nkt; ++j) {
     if (j + 1 < nkt) {
-      load_tile_sw128<BC, NT>(sK + ((j + 1) & 1) * kTileK, Kb, ldk, (j + 1) * BC, a.Tk, tid);
-      load_tile_sw128<BC, NT>(sV + ((j + 1) % kVStages) * kTileK, Vb, ldk, (j + 1) * BC, a.Tk,
+      load_tile_sw128<BC, NT>(sK + ((j + 1) & 1) * kTileK, blk.Kb, blk.ldk, (j + 1) * BC, a.Tk,
                               tid);
+      load_tile_sw128<BC, NT>(sV + ((j + 1) % kVStages) * kTileK, blk.Vb, blk.ldk, (j + 1) * BC,
+                              a.Tk, tid);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -639,24 +677,9 @@ __global__ void __launch_bounds__(kWfThreads) attn_fwd_wgmma_kernel(const FwdArg
     fence_regs(o);
   }
 
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float sum = l[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const int row = q0 + wrow + g8 + 8 * r;
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    if (row < a.Tq) {
-      uint16_t* orow = a.out + (int64_t(b) * a.Tq + row) * ldq + int64_t(h) * HD;
-#pragma unroll
-      for (int n = 0; n < HD / 8; ++n)
-        *reinterpret_cast<uint32_t*>(orow + n * 8 + 2 * t4) =
-            pack_bf16(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
-      if (t4 == 0)
-        a.lse[(int64_t(b) * a.H + h) * a.Tq + row] =
-            sum > 0.f ? (m[r] + log2f(sum)) * kLn2 : -INFINITY;
-    }
-  }
+  // o[64] is the C-fragment layout of 16 column groups of 8: o[4 n + e].
+  store_out_rows<HD>(a, blk, q0 + wrow + g8, t4, reinterpret_cast<const float(&)[HD / 8][4]>(o),
+                     m, l);
 #else
   __trap();  // launched only on sm_90 devices, for which the sm_90a code exists
 #endif
@@ -703,6 +726,113 @@ struct BwdArgs {
   float scale, scale_log2;
 };
 
+// Backward: scores S^T of this warp's 16 key rows (kr + g8, + 8) x BRQ queries
+// (columns 8 n + 2 t4 + {0, 1}) -> P^T = 2^(scale log2e S + bias - lse_log2),
+// 0 where masked. Tiles with masked entries or ALiBi take the general path;
+// the distance qpos - kpos of element (n, e) is d0 + 8 n + (e & 1) - 8 (e >> 1).
+template <int BRQ>
+__device__ __forceinline__ void probs_t(float (&s)[BRQ / 8][4], const BwdArgs& a, int k0, int BCK,
+                                        int kr, int q0, int g8, int t4, const float* L,
+                                        float slope_log2) {
+  const bool need_mask =
+      k0 + BCK > a.Tk || (a.causal && a.k_offset + k0 + BCK - 1 > a.q_offset + q0);
+  if (need_mask || a.slopes) {
+    const int d0 = a.dpos + q0 - k0 - kr - g8 + 2 * t4;
+    const int klimit = a.Tk - k0 - kr - g8;  // rows with 8 (e >> 1) >= klimit are past Tk
+#pragma unroll
+    for (int n = 0; n < BRQ / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int d = d0 + 8 * n + (e & 1) - 8 * (e >> 1);
+        float x = s[n][e] * a.scale_log2;
+        if (a.slopes) x -= slope_log2 * float(d);
+        float p = ex2(x - L[8 * n + 2 * t4 + (e & 1)]);
+        if (need_mask && (8 * (e >> 1) >= klimit || (a.causal && d < 0))) p = 0.f;
+        s[n][e] = p;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int n = 0; n < BRQ / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        s[n][e] = ex2(fmaf(s[n][e], a.scale_log2, -L[8 * n + 2 * t4 + (e & 1)]));
+  }
+}
+
+// A backward block: key tile k0 (BCK rows) of kv head kvh, batch b; it visits
+// the query heads of its group and, of each, the query tiles (BRQ rows) from
+// i_start on (under a causal mask the earlier ones see none of its keys):
+// iteration it is head kvh * rep + it / nq, query tile i_start + it % nq.
+template <int HD>
+struct BwdBlock {
+  int k0, kvh, b, rep, i_start, nq;
+  int64_t ldq, ldk;
+  const uint16_t *Kb, *Vb;
+  __device__ BwdBlock(const BwdArgs& a, int BCK, int BRQ) {
+    k0 = blockIdx.x * BCK;
+    kvh = blockIdx.y, b = blockIdx.z, rep = a.H / a.G;
+    ldq = int64_t(a.H) * HD, ldk = int64_t(a.G) * HD;
+    Kb = a.k + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
+    Vb = a.v + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
+    i_start = 0;
+    if (a.causal) {
+      const int64_t first_row = a.k_offset + k0 - a.q_offset;  // first query with qpos >= kpos(k0)
+      i_start = first_row >= a.Tq ? (a.Tq + BRQ - 1) / BRQ : first_row > 0 ? int(first_row / BRQ) : 0;
+    }
+    nq = (a.Tq + BRQ - 1) / BRQ - i_start;  // <= 0: nothing to accumulate
+  }
+  __device__ int head(int it) const { return kvh * rep + it / nq; }
+  __device__ int q0(int it, int BRQ) const { return (i_start + it % nq) * BRQ; }
+};
+
+// lse (in the log2 domain) and D of query rows q0 .. q0 + BRQ - 1 of head h
+// into shared memory; rows past Tq or without any visible key get +inf, so
+// P = 2^(x - inf) = 0 there.
+__device__ __forceinline__ void load_lse_d(const BwdArgs& a, int b, int h, int q0, int BRQ,
+                                           float* sL, float* sD, int tid, int NT) {
+  for (int r = tid; r < BRQ; r += NT) {
+    const int row = q0 + r;
+    float lse_l2 = INFINITY, d = 0.f;
+    if (row < a.Tq) {
+      const int64_t idx = (int64_t(b) * a.H + h) * a.Tq + row;
+      const float lse = a.lse[idx];
+      if (lse != -INFINITY) lse_l2 = lse * kLog2e;
+      d = a.D[idx];
+    }
+    sL[r] = lse_l2;
+    sD[r] = d;
+  }
+}
+
+// dK (times the softmax scale) and dV += into the caller's fp32 buffers for key
+// rows row0 and row0 + 8 (C-fragment layout, as store_out_rows); the block
+// owns these rows, so plain read-modify-write.
+template <int HD>
+__device__ __forceinline__ void add_dk_dv_rows(const BwdArgs& a, const BwdBlock<HD>& blk, int row0,
+                                               int t4, const float (&dk)[HD / 8][4],
+                                               const float (&dv)[HD / 8][4]) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + 8 * r;
+    if (row >= a.Tk) continue;
+    const int64_t off = (int64_t(blk.b) * a.Tk + row) * blk.ldk + int64_t(blk.kvh) * HD + 2 * t4;
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) {
+      float2* pk = reinterpret_cast<float2*>(a.dk + off + n * 8);
+      float2* pv = reinterpret_cast<float2*>(a.dv + off + n * 8);
+      float2 xk = *pk, xv = *pv;
+      xk.x += dk[n][2 * r] * a.scale;
+      xk.y += dk[n][2 * r + 1] * a.scale;
+      xv.x += dv[n][2 * r];
+      xv.y += dv[n][2 * r + 1];
+      *pk = xk;
+      *pv = xv;
+    }
+  }
+}
+
+
 template <int HD, int NW, int BRQ>
 __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
   constexpr int BCK = 16 * NW, NT = NW * 32;
@@ -719,46 +849,21 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g8 = lane >> 2, t4 = lane & 3;
-  const int k0 = blockIdx.x * BCK;
-  const int kvh = blockIdx.y, b = blockIdx.z, rep = a.H / a.G;
-  const int64_t ldq = int64_t(a.H) * HD, ldk = int64_t(a.G) * HD;
-  const uint16_t* Kb = a.k + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
-  const uint16_t* Vb = a.v + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
-
-  // First query tile that sees any key of this tile.
-  int i_start = 0;
-  if (a.causal) {
-    const int64_t first_row = a.k_offset + k0 - a.q_offset;  // first query row with qpos >= kpos(k0)
-    if (first_row >= a.Tq) return;                            // nothing to accumulate
-    i_start = first_row > 0 ? int(first_row / BRQ) : 0;
-  }
-  const int nq = (a.Tq + BRQ - 1) / BRQ - i_start;
-  const int n_it = nq * rep;
+  const BwdBlock<HD> blk(a, BCK, BRQ);
+  const int k0 = blk.k0, nq = blk.nq, n_it = nq * blk.rep;
   if (nq <= 0) return;
 
-  // Per-iteration operands: (query head, query tile) for linear index it.
+  // Per-iteration operands: Q, dO tiles and lse, D rows into stage st.
   auto issue = [&](int it, int st) {
-    const int h = kvh * rep + it / nq, q0 = (i_start + it % nq) * BRQ;
-    const uint16_t* Qb = a.q + int64_t(b) * a.Tq * ldq + int64_t(h) * HD;
-    const uint16_t* Ob = a.dout + int64_t(b) * a.Tq * ldq + int64_t(h) * HD;
-    load_tile<HD, BRQ, NT>(sQ + st * kTileQ, Qb, ldq, q0, a.Tq, tid);
-    load_tile<HD, BRQ, NT>(sO + st * kTileQ, Ob, ldq, q0, a.Tq, tid);
-    for (int r = tid; r < BRQ; r += NT) {
-      const int row = q0 + r;
-      float lse_l2 = INFINITY, d = 0.f;  // +inf: P = exp2(x - inf) = 0 (no such row / no key)
-      if (row < a.Tq) {
-        const int64_t idx = (int64_t(b) * a.H + h) * a.Tq + row;
-        const float lse = a.lse[idx];
-        if (lse != -INFINITY) lse_l2 = lse * kLog2e;
-        d = a.D[idx];
-      }
-      sL[st * BRQ + r] = lse_l2;
-      sD[st * BRQ + r] = d;
-    }
+    const int h = blk.head(it), q0 = blk.q0(it, BRQ);
+    const int64_t hoff = int64_t(blk.b) * a.Tq * blk.ldq + int64_t(h) * HD;
+    load_tile<HD, BRQ, NT>(sQ + st * kTileQ, a.q + hoff, blk.ldq, q0, a.Tq, tid);
+    load_tile<HD, BRQ, NT>(sO + st * kTileQ, a.dout + hoff, blk.ldq, q0, a.Tq, tid);
+    load_lse_d(a, blk.b, h, q0, BRQ, sL + st * BRQ, sD + st * BRQ, tid, NT);
   };
 
-  load_tile<HD, BCK, NT>(sK, Kb, ldk, k0, a.Tk, tid);
-  load_tile<HD, BCK, NT>(sV, Vb, ldk, k0, a.Tk, tid);
+  load_tile<HD, BCK, NT>(sK, blk.Kb, blk.ldk, k0, a.Tk, tid);
+  load_tile<HD, BCK, NT>(sV, blk.Vb, blk.ldk, k0, a.Tk, tid);
   issue(0, 0);
   cp_async_commit();
 
@@ -777,7 +882,7 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
     cp_async_wait<1>();
     __syncthreads();
 
-    const int h = kvh * rep + it / nq, q0 = (i_start + it % nq) * BRQ;
+    const int h = blk.head(it), q0 = blk.q0(it, BRQ);
     const uint32_t q_st = sQ + st * kTileQ, o_st = sO + st * kTileQ;
     const float* L = sL + st * BRQ;
     const float* Dd = sD + st * BRQ;
@@ -785,52 +890,11 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
 
     // S^T = K Q^T (16 key rows x BRQ queries per warp).
     float s[BRQ / 8][4];
-#pragma unroll
-    for (int n = 0; n < BRQ / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk) {
-      uint32_t ka[4];
-      ldsm_x4(sK + swz<HD>(kr + (lane & 15), kk * 2 + (lane >> 4)), ka[0], ka[1], ka[2], ka[3]);
-#pragma unroll
-      for (int nn = 0; nn < BRQ / 16; ++nn) {
-        uint32_t b0, b1, b2, b3;
-        ldsm_x4(q_st + swz<HD>(nn * 16 + (lane & 7) + ((lane >> 4) << 3),
-                               kk * 2 + ((lane >> 3) & 1)),
-                b0, b1, b2, b3);
-        mma(s[2 * nn], ka, b0, b1);
-        mma(s[2 * nn + 1], ka, b2, b3);
-      }
-    }
+    rows_times_tile_t<HD, BRQ>(s, sK, kr, q_st, lane);
 
-    // P^T, kept as bf16 A fragments (pk[kk] covers queries 16 kk .. 16 kk + 15)
-    // to free registers. Element (n, e) is key row kr + g8 + 8 (e >> 1) and
-    // query column 8 n + 2 t4 + (e & 1); its distance qpos - kpos is
-    // d0 + 8 n + (e & 1) - 8 (e >> 1).
-    const bool need_mask = k0 + BCK > a.Tk ||
-                           (a.causal && a.k_offset + k0 + BCK - 1 > a.q_offset + q0);
-    if (need_mask || a.slopes) {
-      const int d0 = a.dpos + q0 - k0 - kr - g8 + 2 * t4;
-      const int klimit = a.Tk - k0 - kr - g8;  // rows with 8 (e >> 1) >= klimit are past Tk
-#pragma unroll
-      for (int n = 0; n < BRQ / 8; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int qcol = n * 8 + 2 * t4 + (e & 1);
-          const int d = d0 + 8 * n + (e & 1) - 8 * (e >> 1);
-          float x = s[n][e] * a.scale_log2;
-          if (a.slopes) x -= slope_log2 * float(d);
-          float p = ex2(x - L[qcol]);
-          if (need_mask && (8 * (e >> 1) >= klimit || (a.causal && d < 0))) p = 0.f;
-          s[n][e] = p;
-        }
-      }
-    } else {
-#pragma unroll
-      for (int n = 0; n < BRQ / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          s[n][e] = ex2(fmaf(s[n][e], a.scale_log2, -L[n * 8 + 2 * t4 + (e & 1)]));
-    }
+    // P^T, then kept as bf16 A fragments (pk[kk] covers queries 16 kk .. 16 kk + 15)
+    // to free registers.
+    probs_t<BRQ>(s, a, k0, BCK, kr, q0, g8, t4, L, slope_log2);
     uint32_t pk[BRQ / 16][4];
 #pragma unroll
     for (int kk = 0; kk < BRQ / 16; ++kk) {
@@ -856,22 +920,7 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
 
     // dP^T = V dO^T, then dS^T = P^T (dP^T - D) (P from its bf16 copy).
     float dp[BRQ / 8][4];
-#pragma unroll
-    for (int n = 0; n < BRQ / 8; ++n) dp[n][0] = dp[n][1] = dp[n][2] = dp[n][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk) {
-      uint32_t va[4];
-      ldsm_x4(sV + swz<HD>(kr + (lane & 15), kk * 2 + (lane >> 4)), va[0], va[1], va[2], va[3]);
-#pragma unroll
-      for (int nn = 0; nn < BRQ / 16; ++nn) {
-        uint32_t b0, b1, b2, b3;
-        ldsm_x4(o_st + swz<HD>(nn * 16 + (lane & 7) + ((lane >> 4) << 3),
-                               kk * 2 + ((lane >> 3) & 1)),
-                b0, b1, b2, b3);
-        mma(dp[2 * nn], va, b0, b1);
-        mma(dp[2 * nn + 1], va, b2, b3);
-      }
-    }
+    rows_times_tile_t<HD, BRQ>(dp, sV, kr, o_st, lane);
 #pragma unroll
     for (int n = 0; n < BRQ / 8; ++n) {
 #pragma unroll
@@ -935,7 +984,8 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
       for (int r = 0; r < 2; ++r) {
         const int row = q0 + mq * 16 + g8 + 8 * r;
         if (row >= a.Tq) continue;
-        float* dst = a.dq + (int64_t(b) * a.Tq + row) * ldq + int64_t(h) * HD + dc * 32 + 2 * t4;
+        float* dst =
+            a.dq + (int64_t(blk.b) * a.Tq + row) * blk.ldq + int64_t(h) * HD + dc * 32 + 2 * t4;
 #pragma unroll
         for (int n = 0; n < 4; ++n) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -951,26 +1001,8 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
     __syncthreads();  // stages and dS^T are rewritten next iteration
   }
 
-  // dK (scaled), dV += into the caller's fp32 buffers; this block owns the rows.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = k0 + kr + g8 + 8 * r;
-    if (row >= a.Tk) continue;
-    float* dkr = a.dk + (int64_t(b) * a.Tk + row) * ldk + int64_t(kvh) * HD + 2 * t4;
-    float* dvr = a.dv + (int64_t(b) * a.Tk + row) * ldk + int64_t(kvh) * HD + 2 * t4;
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n) {
-      float2* pk = reinterpret_cast<float2*>(dkr + n * 8);
-      float2* pv = reinterpret_cast<float2*>(dvr + n * 8);
-      float2 xk = *pk, xv = *pv;
-      xk.x += dk[n][2 * r] * a.scale;
-      xk.y += dk[n][2 * r + 1] * a.scale;
-      xv.x += dv[n][2 * r];
-      xv.y += dv[n][2 * r + 1];
-      *pk = xk;
-      *pv = xv;
-    }
-  }
+  // dK (scaled), dV += into the caller's fp32 buffers.
+  add_dk_dv_rows<HD>(a, blk, k0 + kr + g8, t4, dk, dv);
 }
 
 // Backward for head_dim 128 on sm_90a: 2 warpgroups x 64 key rows (a key tile
@@ -1007,44 +1039,20 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wg = warp >> 2, g8 = lane >> 2, t4 = lane & 3;
-  const int k0 = blockIdx.x * BCK;
-  const int kvh = blockIdx.y, b = blockIdx.z, rep = a.H / a.G;
-  const int64_t ldq = int64_t(a.H) * HD, ldk = int64_t(a.G) * HD;
-  const uint16_t* Kb = a.k + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
-  const uint16_t* Vb = a.v + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
-
-  int i_start = 0;
-  if (a.causal) {
-    const int64_t first_row = a.k_offset + k0 - a.q_offset;
-    if (first_row >= a.Tq) return;
-    i_start = first_row > 0 ? int(first_row / BRQ) : 0;
-  }
-  const int nq = (a.Tq + BRQ - 1) / BRQ - i_start;
+  const BwdBlock<HD> blk(a, BCK, BRQ);
+  const int k0 = blk.k0, nq = blk.nq, n_it = nq * blk.rep;
   if (nq <= 0) return;
-  const int n_it = nq * rep;
 
   auto issue = [&](int it, int st) {
-    const int h = kvh * rep + it / nq, q0 = (i_start + it % nq) * BRQ;
-    const uint16_t* Qb = a.q + int64_t(b) * a.Tq * ldq + int64_t(h) * HD;
-    const uint16_t* Ob = a.dout + int64_t(b) * a.Tq * ldq + int64_t(h) * HD;
-    load_tile_sw128<BRQ, NT>(sQ + st * kTileQ, Qb, ldq, q0, a.Tq, tid);
-    load_tile_sw128<BRQ, NT>(sO + st * kTileQ, Ob, ldq, q0, a.Tq, tid);
-    for (int r = tid; r < BRQ; r += NT) {
-      const int row = q0 + r;
-      float lse_l2 = INFINITY, d = 0.f;  // +inf: P = 2^(x - inf) = 0
-      if (row < a.Tq) {
-        const int64_t idx = (int64_t(b) * a.H + h) * a.Tq + row;
-        const float lse = a.lse[idx];
-        if (lse != -INFINITY) lse_l2 = lse * kLog2e;
-        d = a.D[idx];
-      }
-      sL[st * BRQ + r] = lse_l2;
-      sD[st * BRQ + r] = d;
-    }
+    const int h = blk.head(it), q0 = blk.q0(it, BRQ);
+    const int64_t hoff = int64_t(blk.b) * a.Tq * blk.ldq + int64_t(h) * HD;
+    load_tile_sw128<BRQ, NT>(sQ + st * kTileQ, a.q + hoff, blk.ldq, q0, a.Tq, tid);
+    load_tile_sw128<BRQ, NT>(sO + st * kTileQ, a.dout + hoff, blk.ldq, q0, a.Tq, tid);
+    load_lse_d(a, blk.b, h, q0, BRQ, sL + st * BRQ, sD + st * BRQ, tid, NT);
   };
 
-  load_tile_sw128<BCK, NT>(sK, Kb, ldk, k0, a.Tk, tid);
-  load_tile_sw128<BCK, NT>(sV, Vb, ldk, k0, a.Tk, tid);
+  load_tile_sw128<BCK, NT>(sK, blk.Kb, blk.ldk, k0, a.Tk, tid);
+  load_tile_sw128<BCK, NT>(sV, blk.Vb, blk.ldk, k0, a.Tk, tid);
   issue(0, 0);
   cp_async_commit();
 
@@ -1061,7 +1069,7 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
 
-    const int h = kvh * rep + it / nq, q0 = (i_start + it % nq) * BRQ;
+    const int h = blk.head(it), q0 = blk.q0(it, BRQ);
     const uint32_t q_st = sQ + st * kTileQ, o_st = sO + st * kTileQ;
     const float* L = sL + st * BRQ;
     const float* Dd = sD + st * BRQ;
@@ -1082,32 +1090,9 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
     fence_regs(s);
     fence_regs(dp);
 
-    // P^T; element (n, e) = s[4 n + e] is key row kr + g8 + 8 (e >> 1), query
-    // column 8 n + 2 t4 + (e & 1), distance qpos - kpos = d0 + 8 n + (e & 1) - 8 (e >> 1).
-    const bool need_mask = k0 + BCK > a.Tk ||
-                           (a.causal && a.k_offset + k0 + BCK - 1 > a.q_offset + q0);
-    if (need_mask || a.slopes) {
-      const int d0 = a.dpos + q0 - k0 - kr - g8 + 2 * t4;
-      const int klimit = a.Tk - k0 - kr - g8;
-#pragma unroll
-      for (int n = 0; n < BRQ / 8; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int d = d0 + 8 * n + (e & 1) - 8 * (e >> 1);
-          float x = s[4 * n + e] * a.scale_log2;
-          if (a.slopes) x -= slope_log2 * float(d);
-          float p = ex2(x - L[8 * n + 2 * t4 + (e & 1)]);
-          if (need_mask && (8 * (e >> 1) >= klimit || (a.causal && d < 0))) p = 0.f;
-          s[4 * n + e] = p;
-        }
-      }
-    } else {
-#pragma unroll
-      for (int n = 0; n < BRQ / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          s[4 * n + e] = ex2(fmaf(s[4 * n + e], a.scale_log2, -L[8 * n + 2 * t4 + (e & 1)]));
-    }
+    // s[64] is the C-fragment layout of 8 column groups: s[4 n + e].
+    probs_t<BRQ>(reinterpret_cast<float(&)[BRQ / 8][4]>(s), a, k0, BCK, kr, q0, g8, t4, L,
+                 slope_log2);
     // dS^T = P^T (dP^T - D); both as bf16 A fragments, dS^T also to shared memory.
     uint32_t pk[BRQ / 16][4], da[BRQ / 16][4];
 #pragma unroll
@@ -1160,7 +1145,7 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
     for (int r = 0; r < 2; ++r) {
       const int row = q0 + (warp & 3) * 16 + g8 + 8 * r;
       if (row >= a.Tq) continue;
-      float* dst = a.dq + (int64_t(b) * a.Tq + row) * ldq + int64_t(h) * HD + wg * 64 + 2 * t4;
+      float* dst = a.dq + (int64_t(blk.b) * a.Tq + row) * blk.ldq + int64_t(h) * HD + wg * 64 + 2 * t4;
 #pragma unroll
       for (int n = 0; n < 8; ++n)
         atomicAdd(reinterpret_cast<float2*>(dst + n * 8),
@@ -1169,25 +1154,9 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
     __syncthreads();  // stages and dS^T are rewritten next iteration
   }
 
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = k0 + kr + g8 + 8 * r;
-    if (row >= a.Tk) continue;
-    float* dkr = a.dk + (int64_t(b) * a.Tk + row) * ldk + int64_t(kvh) * HD + 2 * t4;
-    float* dvr = a.dv + (int64_t(b) * a.Tk + row) * ldk + int64_t(kvh) * HD + 2 * t4;
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n) {
-      float2* pk2 = reinterpret_cast<float2*>(dkr + n * 8);
-      float2* pv2 = reinterpret_cast<float2*>(dvr + n * 8);
-      float2 xk = *pk2, xv = *pv2;
-      xk.x += dk[4 * n + 2 * r] * a.scale;
-      xk.y += dk[4 * n + 2 * r + 1] * a.scale;
-      xv.x += dv[4 * n + 2 * r];
-      xv.y += dv[4 * n + 2 * r + 1];
-      *pk2 = xk;
-      *pv2 = xv;
-    }
-  }
+  // dk[64], dv[64] are the C-fragment layout of 16 column groups of 8.
+  add_dk_dv_rows<HD>(a, blk, k0 + kr + g8, t4, reinterpret_cast<const float(&)[HD / 8][4]>(dk),
+                     reinterpret_cast<const float(&)[HD / 8][4]>(dv));
 #else
   __trap();  // launched only on sm_90 devices, for which the sm_90a code exists
 #endif
