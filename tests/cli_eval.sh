@@ -157,6 +157,7 @@ expect_usage "world size" $bin eval $ckpt --context-parallel 2 --json e.json
 expect_usage "not a multiple of 4" $launch -np 2 $bin eval $ckpt --seq-lens 250 \
   --context-parallel 2 --json e.json
 expect_usage "longer than" $bin eval $ckpt --seq-lens 256 --bucket 1000 --json e.json
+expect_usage "memory-reset applies to memory models" $bin eval $ckpt --memory-reset --json e.json
 
 # ---- no matplotlib: JSON written, instructions printed ---------------------------------
 RINGTRAIN_PLOT_SCRIPT=$work/nonexistent.py $bin eval $ckpt --seq-lens 256 --max-sequences 1 \
