@@ -7,7 +7,7 @@
 #    accuracies in [0, 1], loss by position consistent with the perplexity of
 #    the same sequences; the three plots are valid PNGs;
 #  - eval sharded over a ring (mpirun -np 2, --context-parallel 2) equals the
-#    single-rank eval (perplexity, loss by position, passkey grid);
+#    single-rank eval (perplexity, loss by position, passkey grid, recall);
 #  - user errors exit 2 with the fix; without matplotlib the JSON is still
 #    written and the message says how to get the plots.
 # usage: cli_eval.sh RINGTRAIN SOURCE_DIR
@@ -94,7 +94,8 @@ done
 head -c 20000 "$src/README.md" > text.txt
 for i in 1 2 3; do cat "$src/README.md"; done >> text.txt
 evargs=(--data text.txt --seq-lens 128,256 --max-sequences 3 --bucket 32
-        --passkey-seq-lens 256,264 --passkey-depths 0,0.5,1 --passkey-trials 3 --no-plots)
+        --passkey-seq-lens 256,264 --passkey-depths 0,0.5,1 --passkey-trials 3
+        --recall-seq-lens 128,256 --recall-pairs 5 --recall-trials 4 --no-plots)
 $bin eval $ckpt "${evargs[@]}" --json one.json > one.out || fail "eval on text"
 /usr/bin/python3 - one.json <<'PY' || fail "loss by position vs perplexity"
 import json, sys
@@ -123,6 +124,7 @@ assert la["tokens"] == lb["tokens"]
 worst = max(rel(y, x) for x, y in zip(la["mean_nll"], lb["mean_nll"]))
 assert worst < 1e-5, worst
 assert a["passkey"] == b["passkey"], (a["passkey"], b["passkey"])
+assert a["recall"] == b["recall"], (a["recall"], b["recall"])
 print(f"ring eval: max relative difference in loss by position {worst:.1e}")
 PY
 done
@@ -135,6 +137,7 @@ a, b = (json.load(open(p)) for p in sys.argv[1:3])
 for p, q in zip(a["perplexity"], b["perplexity"]):
     assert abs(p["mean_nll"] - q["mean_nll"]) < 1e-5 * p["mean_nll"], (p, q)
 assert a["passkey"] == b["passkey"]
+assert a["recall"] == b["recall"]
 PY
 
 # ---- errors ------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The associative-recall task through the CLI: a tiny memory model trains on
 # it (loss on every byte), reports validation loss on held-out recall samples
-# (loss on the answer digits), and the resolved config keeps the task.
+# (loss on the answer digits), and the resolved config keeps the task; eval
+# reports recall accuracy, overall and by the asked pair, consistently.
 # usage: cli_recall.sh RINGTRAIN SOURCE_DIR
 set -euo pipefail
 bin=$1
@@ -49,4 +50,43 @@ for e in evals:
     # the answer digits only: 3 of them per held-out sequence
     assert p["seq_len"] == 64 and p["tokens"] == 3 * 8 and math.isfinite(p["mean_nll"]), p
 PY
+# recall accuracy: pairs default to the trained task's (3); the by-pair
+# accuracies, weighted by how often each pair was asked, give the overall one
+$bin eval run/config.yaml --recall-seq-lens 64,128 --recall-trials 12 --no-plots \
+  --json ev.json > ev.out 2>&1 || { cat ev.out; fail "eval with --recall-seq-lens"; }
+grep -q "associative recall accuracy (12 trials per length, 3 pairs" ev.out ||
+  { cat ev.out; fail "eval printed no recall table"; }
+/usr/bin/python3 - ev.json <<'PY' || fail "recall JSON"
+import json, sys
+r = json.load(open(sys.argv[1]))["recall"]
+assert r["seq_lens"] == [64, 128] and r["pairs"] == 3 and r["trials"] == 12, r
+for acc, by_pair, asked in zip(r["accuracy"], r["accuracy_by_pair"], r["asked"]):
+    assert len(by_pair) == len(asked) == 3 and sum(asked) == 12, r
+    assert all((a is None) == (n == 0) for a, n in zip(by_pair, asked)), r
+    weighted = sum(a * n for a, n in zip(by_pair, asked) if n) / 12
+    assert abs(weighted - acc) < 1e-12 and 0 <= acc <= 1, r
+PY
+# the same samples every time (seeded), memory carried or not
+$bin eval run/config.yaml --recall-seq-lens 64,128 --recall-trials 12 --no-plots \
+  --json ev2.json > /dev/null 2>&1 || fail "second eval"
+/usr/bin/python3 -c "import json,sys; a,b=(json.load(open(p))['recall'] for p in sys.argv[1:]); \
+assert a == b, (a, b)" ev.json ev2.json || fail "recall eval is not deterministic"
+$bin eval run/config.yaml --recall-seq-lens 64 --recall-trials 4 --memory-reset --no-plots \
+  --json reset.json > /dev/null 2>&1 || fail "recall eval with --memory-reset"
+
+expect_usage() {  # expect_usage PATTERN CMD...
+  local pattern=$1
+  shift
+  set +e
+  "$@" > err.out 2>&1
+  local rc=$?
+  set -e
+  [ $rc -eq 2 ] || { cat err.out; fail "expected exit 2 from: $*"; }
+  grep -q -- "$pattern" err.out || { cat err.out; fail "message lacks '$pattern': $*"; }
+}
+expect_usage "need --recall-seq-lens" $bin eval run/config.yaml --recall-trials 3 --json e.json
+expect_usage "too short for 3 pairs" $bin eval run/config.yaml --recall-seq-lens 20 --json e.json
+expect_usage "pairs must be in \[1, 26\]" $bin eval run/config.yaml --recall-seq-lens 64 \
+  --recall-pairs 30 --json e.json
+expect_usage "segment_length" $bin eval run/config.yaml --recall-seq-lens 48 --json e.json
 echo "cli_recall: ok"

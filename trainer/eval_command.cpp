@@ -184,6 +184,21 @@ int run_eval_command(const EvalOptions& o) {
                      "lengths of the passkey grid), e.g. --passkey-seq-lens 256,512");
   if (!pk_lens.empty())
     check_passkey_grid(pk_lens, pk_depths, pk_trials, cfg.model.vocab_size, &sharding);
+
+  // Associative recall: pairs default to the recall task the model trained on.
+  std::vector<int64_t> rc_lens;
+  if (!o.recall_seq_lens.empty()) rc_lens = parse_lengths(o.recall_seq_lens, "--recall-seq-lens");
+  const DataSourceConfig& trained_on = cfg.data.train;
+  const int rc_pairs =
+      o.recall_pairs != 0 ? o.recall_pairs
+                          : int(trained_on.synthetic == "recall" ? trained_on.pairs
+                                                                 : DataSourceConfig{}.pairs);
+  const int rc_trials = o.recall_trials != 0 ? o.recall_trials : 20;
+  if (rc_lens.empty() && (o.recall_pairs != 0 || o.recall_trials != 0))
+    throw UsageError("--recall-pairs and --recall-trials need --recall-seq-lens (the lengths "
+                     "to test recall at), e.g. --recall-seq-lens 256,512");
+  if (!rc_lens.empty())
+    check_recall_grid(rc_lens, rc_pairs, rc_trials, cfg.model.vocab_size, &sharding);
   for (int64_t T : lens)
     if (T % (layout == RingLayout::kZigzag ? 2 * dims.cp : dims.cp) != 0)
       throw UsageError("--seq-lens: length " + std::to_string(T) + " is not a multiple of " +
@@ -235,6 +250,10 @@ int run_eval_command(const EvalOptions& o) {
   if (!pk_lens.empty())
     passkey = evaluate_passkey(model, pk_lens, pk_depths, pk_trials,
                                passkey_eval_seed(cfg.run.seed), &sharding);
+  RecallResult recall;
+  if (!rc_lens.empty())
+    recall = evaluate_recall(model, rc_lens, rc_pairs, rc_trials, recall_eval_seed(cfg.run.seed),
+                             &sharding);
   if (rank != 0) return kExitOk;  // rank 0 prints and writes
 
   std::cout << "perplexity on " << data->describe() << ":\n" << perplexity_table(results);
@@ -246,6 +265,10 @@ int run_eval_command(const EvalOptions& o) {
   if (!pk_lens.empty())
     std::cout << "\npasskey accuracy (" << pk_trials << " trials per cell, greedy digits):\n"
               << passkey_table(passkey);
+  if (!rc_lens.empty())
+    std::cout << "\nassociative recall accuracy (" << rc_trials << " trials per length, "
+              << rc_pairs << " pairs, greedy 3 digits; then by the asked pair, first to last):\n"
+              << recall_table(recall);
 
   nlohmann::json j = {{"checkpoint", ckpt.empty() ? nlohmann::json(nullptr) : nlohmann::json(ckpt)},
                       {"step", step},
@@ -253,6 +276,7 @@ int run_eval_command(const EvalOptions& o) {
                       {"loss_by_position", loss_by_position_to_json(by_position)},
                       {"passkey", pk_lens.empty() ? nlohmann::json(nullptr)
                                                   : passkey_to_json(passkey)}};
+  if (!rc_lens.empty()) j["recall"] = recall_to_json(recall);
   if (o.memory_reset) j["memory_reset"] = true;
   std::string out = o.json;
   if (out.empty()) {

@@ -1,5 +1,5 @@
-// `ringtrain eval` (SPEC §1, §9): perplexity by length, loss by position and
-// the passkey grid of a checkpoint (or a config's newest one), on one rank or
+// `ringtrain eval` (SPEC §1, §9): perplexity by length, loss by position, the
+// passkey grid and associative-recall accuracy of a checkpoint (or a config's newest one), on one rank or
 // sharded over `mpirun -np N ... --context-parallel C` (dp = N / C rings of C
 // ranks). Rank 0 prints the tables, writes the JSON and runs
 // launch/plot_eval.py to draw the PNGs beside it.
@@ -22,6 +22,9 @@ struct EvalOptions {
   std::string passkey_seq_lens;  // "256,512"; default: eval.passkey of the config
   std::string passkey_depths;    // "0,0.5,1"
   int passkey_trials = 0;        // 0 = eval.passkey.trials, else 10
+  std::string recall_seq_lens;   // "256,512": associative-recall accuracy at these lengths
+  int recall_pairs = 0;          // 0 = the config's recall data's pairs, else 4
+  int recall_trials = 0;         // 0 = 20
   int context_parallel = 1;
   std::string json;  // default RUN_DIR/eval/step_N.json
   bool plots = true;

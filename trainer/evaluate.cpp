@@ -82,6 +82,50 @@ class EvalForward {
   int64_t T_ = 0;
 };
 
+// Scores teacher-forced answers at one length L: a sample of L + 1 bytes is
+// one forward (inputs text[0:L], targets text[1:L+1]) and the answer is its
+// last n bytes, predicted by rows L-n .. L-1.
+class AnswerScorer {
+ public:
+  AnswerScorer(EvalForward& forward, int64_t L, const EvalSharding* sh)
+      : forward_(forward), L_(L), rows_(local_rows(L, sh)) {
+    const int64_t Tl = L / (sh ? sh->dims.cp : 1);
+    inputs_.resize(size_t(Tl));
+    targets_.resize(size_t(Tl));
+  }
+  // How many of the n answer bytes this rank's rows predict right (greedy).
+  int64_t right_answer_bytes(const std::string& text, int64_t n) {
+    RT_CHECK(int64_t(text.size()) == L_ + 1, "answer sample length");
+    const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
+    int64_t r = 0;
+    for (auto [begin, len] : rows_.chunks)
+      for (int64_t k = 0; k < len; ++k, ++r) {
+        inputs_[size_t(r)] = bytes[begin + k];
+        targets_[size_t(r)] = bytes[begin + k + 1];
+      }
+    forward_.run(inputs_.data(), targets_.data(), int64_t(inputs_.size()), rows_, nullptr);
+    int64_t right = 0;
+    r = 0;
+    for (auto [begin, len] : rows_.chunks) {
+      for (int64_t k = 0; k < len; ++k) {
+        const int64_t p = begin + k;
+        if (p < L_ - n) continue;
+        const std::vector<float> lg = forward_.logits(r + k);
+        const int64_t pred = std::max_element(lg.begin(), lg.end()) - lg.begin();
+        right += pred == int64_t(bytes[p + 1]);
+      }
+      r += len;
+    }
+    return right;
+  }
+
+ private:
+  EvalForward& forward_;
+  int64_t L_;
+  RowPositions rows_;
+  std::vector<int32_t> inputs_, targets_;
+};
+
 }  // namespace
 
 int64_t default_position_bucket(int64_t seq_len) {
@@ -204,34 +248,11 @@ PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& se
   std::vector<int64_t> right(nL * nD * nT, 0);
   EvalForward forward(model, sh);
   for (size_t i = 0; i < nL; ++i) {
-    const int64_t L = seq_lens[i];
-    const RowPositions rows = local_rows(L, sh);
-    const int64_t Tl = L / (sh ? sh->dims.cp : 1);
-    std::vector<int32_t> inputs(static_cast<size_t>(Tl)), targets(static_cast<size_t>(Tl));
+    AnswerScorer scorer(forward, seq_lens[i], sh);
     for (size_t j = 0; j < nD; ++j)
-      for (size_t t = size_t(dp_index); t < nT; t += size_t(dp)) {
-        const PasskeySample s = make_passkey_sample(L + 1, depths[j], seed, int64_t(t));
-        const auto* bytes = reinterpret_cast<const unsigned char*>(s.text.data());
-        int64_t r = 0;
-        for (auto [begin, len] : rows.chunks)
-          for (int64_t k = 0; k < len; ++k, ++r) {
-            inputs[size_t(r)] = bytes[begin + k];
-            targets[size_t(r)] = bytes[begin + k + 1];
-          }
-        forward.run(inputs.data(), targets.data(), Tl, rows, nullptr);
-        // Rows L-5 .. L-1 predict the answer digits (text[L-4 .. L]).
-        r = 0;
-        for (auto [begin, len] : rows.chunks) {
-          for (int64_t k = 0; k < len; ++k) {
-            const int64_t p = begin + k;
-            if (p < L - 5) continue;
-            const std::vector<float> lg = forward.logits(r + k);
-            const int64_t pred = std::max_element(lg.begin(), lg.end()) - lg.begin();
-            right[(i * nD + j) * nT + t] += pred == int64_t(bytes[p + 1]);
-          }
-          r += len;
-        }
-      }
+      for (size_t t = size_t(dp_index); t < nT; t += size_t(dp))
+        right[(i * nD + j) * nT + t] = scorer.right_answer_bytes(
+            make_passkey_sample(seq_lens[i] + 1, depths[j], seed, int64_t(t)).text, 5);
   }
   if (sh && sh->world->size() > 1) sh->world->allreduce_sum(right.data(), right.size());
   PasskeyResult res;
@@ -245,6 +266,67 @@ PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& se
       for (size_t t = 0; t < nT; ++t) correct += right[(i * nD + j) * nT + t] == 5;
       res.accuracy[i][j] = double(correct) / double(trials);
     }
+  return res;
+}
+
+void check_recall_grid(const std::vector<int64_t>& seq_lens, int pairs, int trials,
+                       int vocab_size, const EvalSharding* sh) {
+  if (seq_lens.empty())
+    throw UsageError("recall: needs at least one length, e.g. --recall-seq-lens 256,512");
+  if (trials < 1) throw UsageError("recall: trials must be >= 1, got " + std::to_string(trials));
+  if (pairs < 1 || pairs > kRecallMaxPairs)
+    throw UsageError("recall: pairs must be in [1, " + std::to_string(kRecallMaxPairs) +
+                     "], got " + std::to_string(pairs));
+  if (vocab_size < 256)
+    throw UsageError("recall: the model has vocab_size " + std::to_string(vocab_size) +
+                     " but recall samples are byte tokens (0..255): recall evaluation needs a "
+                     "byte-level model (vocab_size >= 256)");
+  for (int64_t L : seq_lens) {
+    if (L + 1 < recall_min_length(pairs))
+      throw UsageError("recall: length " + std::to_string(L) + " is too short for " +
+                       std::to_string(pairs) + " pairs and the query; use lengths >= " +
+                       std::to_string(recall_min_length(pairs) - 1) + " or fewer pairs");
+    check_ring_length(L, sh, "recall length");
+  }
+}
+
+RecallResult evaluate_recall(LlamaModel& model, const std::vector<int64_t>& seq_lens, int pairs,
+                             int trials, uint64_t seed, const EvalSharding* sh) {
+  check_recall_grid(seq_lens, pairs, trials, int(model.config().vocab_size), sh);
+  const int dp = sh ? sh->dims.dp : 1;
+  const int dp_index = sh ? sh->dims.dp_index(sh->rank) : 0;
+  const size_t nL = seq_lens.size(), nT = size_t(trials), nP = size_t(pairs);
+  std::vector<int64_t> right(nL * nT, 0);  // digits right per trial, summed over ranks as above
+  EvalForward forward(model, sh);
+  for (size_t i = 0; i < nL; ++i) {
+    AnswerScorer scorer(forward, seq_lens[i], sh);
+    for (size_t t = size_t(dp_index); t < nT; t += size_t(dp))
+      right[i * nT + t] = scorer.right_answer_bytes(
+          make_recall_sample(seq_lens[i] + 1, pairs, seed, int64_t(t)).text,
+          kRecallValueDigits);
+  }
+  if (sh && sh->world->size() > 1) sh->world->allreduce_sum(right.data(), right.size());
+  RecallResult res;
+  res.seq_lens = seq_lens;
+  res.pairs = pairs;
+  res.trials = trials;
+  res.accuracy.assign(nL, 0.0);
+  res.asked.assign(nL, std::vector<int64_t>(nP, 0));
+  res.accuracy_by_pair.assign(nL, std::vector<double>(nP, 0.0));
+  for (size_t i = 0; i < nL; ++i) {
+    std::vector<int64_t> correct(nP, 0);
+    for (size_t t = 0; t < nT; ++t) {
+      // which pair trial t asked: a property of the sample, the same on every rank
+      const size_t q = size_t(make_recall_sample(seq_lens[i] + 1, pairs, seed, int64_t(t)).queried_pair);
+      const bool ok = right[i * nT + t] == kRecallValueDigits;
+      ++res.asked[i][q];
+      correct[q] += ok;
+      res.accuracy[i] += ok ? 1.0 / double(trials) : 0.0;
+    }
+    for (size_t q = 0; q < nP; ++q)
+      res.accuracy_by_pair[i][q] = res.asked[i][q] ? double(correct[q]) / double(res.asked[i][q])
+                                                   : std::nan("");
+  }
   return res;
 }
 
@@ -313,6 +395,41 @@ std::string passkey_table(const PasskeyResult& r) {
     s += buf;
     for (double a : r.accuracy[i]) {
       std::snprintf(buf, sizeof buf, "  %6.2f", a);
+      s += buf;
+    }
+    s += "\n";
+  }
+  return s;
+}
+
+
+nlohmann::json recall_to_json(const RecallResult& r) {
+  nlohmann::json by_pair = nlohmann::json::array();
+  for (const auto& row : r.accuracy_by_pair) {
+    nlohmann::json a = nlohmann::json::array();
+    for (double v : row) a.push_back(std::isfinite(v) ? nlohmann::json(v) : nullptr);
+    by_pair.push_back(a);
+  }
+  return {{"seq_lens", r.seq_lens}, {"pairs", r.pairs},     {"trials", r.trials},
+          {"accuracy", r.accuracy}, {"accuracy_by_pair", by_pair}, {"asked", r.asked}};
+}
+
+std::string recall_table(const RecallResult& r) {
+  std::string s = "  seq_len     all";
+  char buf[64];
+  for (int q = 0; q < r.pairs; ++q) {
+    std::snprintf(buf, sizeof buf, "  %6s", ("pair" + std::to_string(q)).c_str());
+    s += buf;
+  }
+  s += "\n";
+  for (size_t i = 0; i < r.seq_lens.size(); ++i) {
+    std::snprintf(buf, sizeof buf, "  %7lld  %6.2f", (long long)r.seq_lens[i], r.accuracy[i]);
+    s += buf;
+    for (double a : r.accuracy_by_pair[i]) {
+      if (std::isfinite(a))
+        std::snprintf(buf, sizeof buf, "  %6.2f", a);
+      else
+        std::snprintf(buf, sizeof buf, "  %6s", "-");
       s += buf;
     }
     s += "\n";

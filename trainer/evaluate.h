@@ -81,6 +81,29 @@ PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& se
                                const std::vector<double>& depths, int trials, uint64_t seed,
                                const EvalSharding* sharding = nullptr);
 
+// Associative recall (data/synthetic.h). Trial t at length L is
+// make_recall_sample(L + 1, pairs, seed, t), scored like a passkey trial: it
+// is correct when the greedy predictions of the 3 answer digits are the
+// asked value. accuracy_by_pair[i][q] is the accuracy over the trials that
+// asked pair q (pairs lie in order along the sequence, so with pairs = the
+// number of memory segments, pair q lies in segment q); NaN where no trial
+// asked it.
+struct RecallResult {
+  std::vector<int64_t> seq_lens;
+  int pairs = 0;
+  int trials = 0;
+  std::vector<double> accuracy;                      // [seq_len]
+  std::vector<std::vector<double>> accuracy_by_pair;  // [seq_len][pair]
+  std::vector<std::vector<int64_t>> asked;            // [seq_len][pair]: trials asking it
+};
+inline uint64_t recall_eval_seed(uint64_t run_seed) { return run_seed + 7919; }
+// UsageError unless the lengths fit `pairs` pairs and the query and suit the
+// ring, pairs is in [1, 26], trials >= 1 and the model has byte tokens.
+void check_recall_grid(const std::vector<int64_t>& seq_lens, int pairs, int trials,
+                       int vocab_size, const EvalSharding* sharding);
+RecallResult evaluate_recall(LlamaModel& model, const std::vector<int64_t>& seq_lens, int pairs,
+                             int trials, uint64_t seed, const EvalSharding* sharding = nullptr);
+
 nlohmann::json perplexity_to_json(const std::vector<PerplexityResult>& results);
 // Console table: seq_len | sequences | tokens | mean_nll | ppl
 std::string perplexity_table(const std::vector<PerplexityResult>& results);
@@ -91,5 +114,10 @@ std::string loss_by_position_table(const LossByPosition& r);
 nlohmann::json passkey_to_json(const PasskeyResult& r);
 // Rows: lengths, columns: depths, cells: accuracy.
 std::string passkey_table(const PasskeyResult& r);
+// {"seq_lens", "pairs", "trials", "accuracy": [...], "accuracy_by_pair": [[...]] (null where
+// no trial asked the pair), "asked": [[...]]}
+nlohmann::json recall_to_json(const RecallResult& r);
+// Rows: lengths; columns: all trials, then by asked pair.
+std::string recall_table(const RecallResult& r);
 
 }  // namespace rt

@@ -197,7 +197,8 @@ int run(int argc, char** argv) {
   EvalOptions eo;
   auto* eval = app.add_subcommand(
       "eval",
-      "Perplexity by length, loss by position and the passkey grid of a checkpoint; writes "
+      "Perplexity by length, loss by position, the passkey grid and associative recall of a "
+      "checkpoint; writes "
       "JSON and PNG plots beside it. Shard long sequences over a ring with mpirun -np N "
       "... --context-parallel N");
   eval->add_option("target", eo.target,
@@ -217,6 +218,13 @@ int run(int argc, char** argv) {
   eval->add_option("--passkey-depths", eo.passkey_depths,
                    "needle depths in [0,1], e.g. 0,0.5,1 (default 0,0.25,0.5,0.75,1)");
   eval->add_option("--passkey-trials", eo.passkey_trials, "samples per grid cell (default 10)");
+  eval->add_option("--recall-seq-lens", eo.recall_seq_lens,
+                   "associative-recall accuracy at these lengths, e.g. 256,512 (overall and by "
+                   "the asked pair)");
+  eval->add_option("--recall-pairs", eo.recall_pairs,
+                   "key-value pairs per recall sample, 1-26 (default: the config's recall data, "
+                   "else 4)");
+  eval->add_option("--recall-trials", eo.recall_trials, "recall samples per length (default 20)");
   eval->add_option("--context-parallel", eo.context_parallel,
                    "ring size: ranks sharing one sequence (world / it = data parallel)");
   eval->add_option("--json", eo.json, "output JSON (default RUN_DIR/eval/step_N.json)");
