@@ -2,7 +2,8 @@
 # The associative-recall task through the CLI: a tiny memory model trains on
 # it (loss on every byte), reports validation loss on held-out recall samples
 # (loss on the answer digits), and the resolved config keeps the task; eval
-# reports recall accuracy, overall and by the asked pair, consistently.
+# reports recall accuracy, overall and by the asked pair, consistently; and
+# generate runs the memory model over a prompt of several segments.
 # usage: cli_recall.sh RINGTRAIN SOURCE_DIR
 set -euo pipefail
 bin=$1
@@ -73,6 +74,16 @@ $bin eval run/config.yaml --recall-seq-lens 64,128 --recall-trials 12 --no-plots
 assert a == b, (a, b)" ev.json ev2.json || fail "recall eval is not deterministic"
 $bin eval run/config.yaml --recall-seq-lens 64 --recall-trials 4 --memory-reset --no-plots \
   --json reset.json > /dev/null 2>&1 || fail "recall eval with --memory-reset"
+
+# generate reads a prompt of several segments through the memory (69 + 39
+# tokens appended: segments 0-2 of 32 closed, the 4th open)
+ckpt=$(ls run/checkpoints/step_*.h5 | tail -1)
+prompt="..a=123;.......b=456;.........c=789;..............................?b="
+$bin generate "$ckpt" --prompt "$prompt" --max-new 40 > gen.out 2> gen.log ||
+  { cat gen.log; fail "generate on a memory model"; }
+[ "$(head -c ${#prompt} gen.out)" = "$prompt" ] || fail "generate did not echo the prompt"
+[ "$(wc -c < gen.out)" -eq $(( ${#prompt} + 40 + 1 )) ] || fail "generate wrote $(wc -c < gen.out) bytes"
+grep -q "recurrent memory, 3 segments carried" gen.log || { cat gen.log; fail "generate log"; }
 
 expect_usage() {  # expect_usage PATTERN CMD...
   local pattern=$1

@@ -2,7 +2,9 @@
 // forward for every new token: the same greedy tokens and the same last-row
 // logits, for RoPE, ALiBi and no positions, with grouped-query attention and
 // a prompt prefilled in one call or fed token by token. And the sampler:
-// greedy is the argmax, top-k 1 is greedy, draws stay in the top k.
+// greedy is the argmax, top-k 1 is greedy, draws stay in the top k. For
+// memory models, the segment-wise decoder gives the logits of the training
+// forward (RmtRunner) at every position of every segment.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +14,8 @@
 #include "common/rng.h"
 #include "model/kv_cache.h"
 #include "model/llama.h"
+#include "model/rmt.h"
+#include "model/rmt_decoder.h"
 #include "trainer/config.h"
 #include "trainer/generate.h"
 #include "trainer/trainer.h"
@@ -100,6 +104,60 @@ TEST(KvCacheGenerate, CapacityIsAUsageError) {
   KvCacheDecoder dec(model, 4);
   const int32_t t[5] = {1, 2, 3, 4, 5};
   EXPECT_THROW(dec.append(t, 5), UsageError);
+}
+
+// The training forward of T = n*S tokens keeps the logits of its last
+// segment: row i of them belongs to token (n-1)*S + i. The decoder, fed the
+// tokens one at a time or a prompt of several segments at once, returns
+// the same logits after each token.
+TEST(RmtDecoder, EqualsTheTrainingForwardAtEveryPosition) {
+  const std::string yaml = R"(
+model: {vocab_size: 256, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 2,
+        num_attention_heads: 4, num_key_value_heads: 2, init_std: 0.3,
+        memory: {type: rmt, num_tokens: 4, segment_length: 16}}
+data: {train: {synthetic: passkey}}
+)";
+  const ModelConfig cfg = parse_config(yaml, "generate.yaml").model;
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  LlamaModel model(cfg, *be);
+  model.init_weights(5);
+  const int S = 16, n = 3, V = 256;
+  Rng rng(6);
+  std::vector<int32_t> tokens(size_t(n * S));
+  for (auto& t : tokens) t = int32_t(rng.below(256));
+  std::vector<std::vector<float>> reference;  // [segment] (S, V)
+  {
+    RmtRunner runner(model);
+    for (int k = 1; k <= n; ++k) {
+      const std::vector<int32_t> targets(size_t(k * S), -1);
+      runner.forward_backward(tokens.data(), targets.data(), 1, int64_t(k) * S, 0.f, nullptr);
+      reference.push_back(runner.last_segment_logits(0));
+    }
+  }
+  auto expected = [&](int j) {  // logits after token j
+    const auto& seg = reference[size_t(j / S)];
+    return std::vector<float>(seg.begin() + (j % S) * V, seg.begin() + (j % S + 1) * V);
+  };
+
+  RmtDecoder one_by_one(model);
+  for (int j = 0; j < n * S; ++j) {
+    const std::vector<float> got = one_by_one.append(&tokens[size_t(j)], 1);
+    ASSERT_LT(max_rel_diff(got, expected(j)), 1e-5) << "token " << j;
+    EXPECT_EQ(one_by_one.segments_done(), j / S);
+  }
+  EXPECT_EQ(one_by_one.length(), n * S);
+
+  RmtDecoder prefilled(model);  // a prompt of 1.5 segments, then token by token
+  const int prompt = S + S / 2;
+  ASSERT_LT(max_rel_diff(prefilled.append(tokens.data(), prompt), expected(prompt - 1)), 1e-5);
+  for (int j = prompt; j < n * S; ++j)
+    ASSERT_LT(max_rel_diff(prefilled.append(&tokens[size_t(j)], 1), expected(j)), 1e-5) << j;
+
+  // the memory carries something: the last segment alone, from the initial
+  // memory, predicts differently
+  RmtDecoder alone(model);
+  const std::vector<float> fresh = alone.append(&tokens[size_t((n - 1) * S)], S);
+  EXPECT_GT(max_rel_diff(fresh, expected(n * S - 1)), 1e-3);
 }
 
 TEST(Sampler, GreedyTopKAndTemperature) {

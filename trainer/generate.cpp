@@ -11,6 +11,7 @@
 #include "common/rng.h"
 #include "model/kv_cache.h"
 #include "model/llama.h"
+#include "model/rmt_decoder.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/trainer.h"
@@ -53,8 +54,6 @@ int run_generate_command(const GenerateOptions& o) {
   if (cfg.model.vocab_size < 256)
     throw UsageError("generate: the model has vocab_size " + std::to_string(cfg.model.vocab_size) +
                      "; the byte tokenizer needs >= 256 (SentencePiece models come later)");
-  if (cfg.model.memory)
-    throw UsageError("generate: models with model.memory (RMT) are not supported yet");
 
   std::unique_ptr<Backend> be = make_backend(cfg.parallel.device);
   LlamaModel model(cfg.model, *be);
@@ -62,32 +61,44 @@ int run_generate_command(const GenerateOptions& o) {
   std::vector<int32_t> tokens;
   for (unsigned char ch : o.prompt) tokens.push_back(ch);
   const int total = int(tokens.size()) + o.max_new;
-  if (total > cfg.model.max_position_embeddings)
-    log_warn("generate: %d positions exceed model.max_position_embeddings %d; quality may drop",
-             total, cfg.model.max_position_embeddings);
-  KvCacheDecoder dec(model, std::max(total, 1));
+  // Memory models read the text segment by segment through their memory
+  // (positions restart every segment); others keep every position in a KV cache.
+  std::unique_ptr<RmtDecoder> rmt;
+  std::unique_ptr<KvCacheDecoder> kv;
+  if (cfg.model.memory) {
+    rmt = std::make_unique<RmtDecoder>(model);
+  } else {
+    if (total > cfg.model.max_position_embeddings)
+      log_warn("generate: %d positions exceed model.max_position_embeddings %d; quality may drop",
+               total, cfg.model.max_position_embeddings);
+    kv = std::make_unique<KvCacheDecoder>(model, std::max(total, 1));
+  }
+  auto append = [&](const int32_t* t, int n) { return rmt ? rmt->append(t, n) : kv->append(t, n); };
   Rng rng(mix_seed(o.seed ? o.seed : cfg.run.seed, 0x67656e00000004ull));
 
   std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
   std::fflush(stdout);
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<float> logits = dec.append(tokens.data(), int(tokens.size()));
+  std::vector<float> logits = append(tokens.data(), int(tokens.size()));
   const auto t1 = std::chrono::steady_clock::now();
   for (int i = 0; i < o.max_new; ++i) {
     const int32_t next = sample_token(logits, o.temperature, o.top_k, rng);
     const char ch = char(next & 0xff);
     std::fwrite(&ch, 1, 1, stdout);
     std::fflush(stdout);
-    if (i + 1 < o.max_new) logits = dec.append(&next, 1);
+    if (i + 1 < o.max_new) logits = append(&next, 1);
   }
   std::printf("\n");
   const auto t2 = std::chrono::steady_clock::now();
   const double prefill = std::chrono::duration<double>(t1 - t0).count();
   const double decode = std::chrono::duration<double>(t2 - t1).count();
+  const std::string how = rmt ? "recurrent memory, " + std::to_string(rmt->segments_done()) +
+                                    " segments carried"
+                              : "KV cache";
   log_info("generate: step %lld checkpoint, prompt %zu tokens (prefill %.3f s), %d new tokens "
-           "(%.1f tok/s, KV cache)",
+           "(%.1f tok/s, %s)",
            (long long)meta.step, tokens.size(), prefill, o.max_new,
-           decode > 0 ? o.max_new / decode : 0.0);
+           decode > 0 ? o.max_new / decode : 0.0, how.c_str());
   return kExitOk;
 }
 

@@ -1,6 +1,9 @@
 // `ringtrain generate` (SPEC §1): samples text from a checkpoint with a KV
 // cache (model/kv_cache.h): the prompt is prefilled in one forward, then one
-// single-token step per new token. Byte tokenizer: tokens are bytes.
+// single-token step per new token; a memory model (model.memory) reads the
+// prompt segment by segment through its memory and generates within the open
+// segment, carrying the memory on at each segment boundary
+// (model/rmt_decoder.h). Byte tokenizer: tokens are bytes.
 #pragma once
 
 #include <cstdint>

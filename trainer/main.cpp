@@ -250,8 +250,9 @@ int run(int argc, char** argv) {
 
   GenerateOptions go;
   auto* generate = app.add_subcommand(
-      "generate", "Sample text from a checkpoint (byte tokens, KV cache); prints the prompt and "
-                  "its continuation");
+      "generate",
+      "Sample text from a checkpoint (byte tokens; KV cache, or segment by segment through the "
+      "memory of a model.memory checkpoint); prints the prompt and its continuation");
   generate->add_option("checkpoint", go.checkpoint, "CKPT.h5")->required();
   generate->add_option("--prompt", go.prompt, "text to continue")->required();
   generate->add_option("--max-new", go.max_new, "tokens to generate (default 64)");
