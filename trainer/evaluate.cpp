@@ -317,12 +317,14 @@ RecallResult evaluate_recall(LlamaModel& model, const std::vector<int64_t>& seq_
     std::vector<int64_t> correct(nP, 0);
     for (size_t t = 0; t < nT; ++t) {
       // which pair trial t asked: a property of the sample, the same on every rank
-      const size_t q = size_t(make_recall_sample(seq_lens[i] + 1, pairs, seed, int64_t(t)).queried_pair);
-      const bool ok = right[i * nT + t] == kRecallValueDigits;
+      const size_t q =
+          size_t(make_recall_sample(seq_lens[i] + 1, pairs, seed, int64_t(t)).queried_pair);
       ++res.asked[i][q];
-      correct[q] += ok;
-      res.accuracy[i] += ok ? 1.0 / double(trials) : 0.0;
+      correct[q] += right[i * nT + t] == kRecallValueDigits;
     }
+    int64_t all_correct = 0;
+    for (int64_t c : correct) all_correct += c;
+    res.accuracy[i] = double(all_correct) / double(trials);
     for (size_t q = 0; q < nP; ++q)
       res.accuracy_by_pair[i][q] = res.asked[i][q] ? double(correct[q]) / double(res.asked[i][q])
                                                    : std::nan("");
