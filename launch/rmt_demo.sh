@@ -5,10 +5,12 @@
 #
 #   launch/rmt_demo.sh [OUT_DIR] [SEED ...]       train + evaluate (default runs/rmt_demo, seeds 1 2 3)
 #   RMT_DEMO_EVAL_ONLY=1 launch/rmt_demo.sh ...   evaluate existing runs only
+#   RMT_DEMO_SUMMARY_ONLY=1 launch/rmt_demo.sh ... print the table of existing evaluations
+# (seeds are independent: several instances, one seed each, may share OUT_DIR)
 #
 # Per seed, four stages of configs/rmt/passkey.yaml, each initialised from the
 # previous stage's checkpoint: seq_len 256 (1 segment, 400 steps, lr 3e-3),
-# 512 (2 segments, 400 steps), 1024 (4, 400 steps), 2048 (8, 300 steps), lr 1e-3.
+# 512 (2 segments, 400 steps), 1024 (4, 300 steps), 2048 (8, 200 steps), lr 1e-3.
 # The final model is then evaluated on passkey samples (needle in segment 0,
 # question at the end) of 1, 2, 4 and 8 segments, twice: with its memory, and
 # with --memory-reset (every segment starts from the learned initial memory,
@@ -26,10 +28,11 @@ trials=${RMT_DEMO_TRIALS:-20}
 
 final_ckpt() { ls "$1"/checkpoints/step_*.h5 2>/dev/null | sort | tail -1; }
 
-if [[ "${RMT_DEMO_EVAL_ONLY:-0}" != 1 ]]; then
+summary_only=${RMT_DEMO_SUMMARY_ONLY:-0}
+if [[ "${RMT_DEMO_EVAL_ONLY:-0}" != 1 && $summary_only != 1 ]]; then
   for seed in "${seeds[@]}"; do
     prev=""
-    for stage in "256 400 3e-3" "512 400 1e-3" "1024 400 1e-3" "2048 300 1e-3"; do
+    for stage in "256 400 3e-3" "512 400 1e-3" "1024 300 1e-3" "2048 200 1e-3"; do
       read -r T steps lr <<< "$stage"
       dir=$out/seed$seed/T$T
       mkdir -p "$out/seed$seed"
@@ -49,6 +52,7 @@ fi
 
 lens=256,512,1024,2048
 for seed in "${seeds[@]}"; do
+  [[ $summary_only == 1 ]] && break
   ckpt=$(final_ckpt "$out/seed$seed/T2048")
   for mode in memory reset; do
     extra=()
