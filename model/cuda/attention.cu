@@ -230,6 +230,76 @@ __device__ __forceinline__ void store_out_rows(const FwdArgs& a, const FwdBlock<
 }
 
 
+// One forward softmax step for a 16-row strip and key tile j: the strip's
+// scores s (C-fragment layout: element (n, e) is row row0 + g8 + 8 (e >> 1),
+// column j BC + 8 n + 2 t4 + (e & 1)) -> P as bf16 A fragments p, with the
+// running row max m, sum l (this thread's part) and the rescaled accumulator o.
+// Scores go to the log2 domain: tiles with masked entries or ALiBi are
+// rewritten in place (x = scale log2e s + bias, -inf where masked; factor
+// sc = 1 below); other tiles stay raw and the scale is folded into the
+// exponent's FMA (sc = scale log2e > 0, which keeps the row maximum). The
+// distance qpos - kpos of element (n, e) is d0 + 8 (e >> 1) - 8 n - (e & 1).
+template <int HD, int BC>
+__device__ __forceinline__ void softmax_strip(float (&s)[BC / 8][4], float (&o)[HD / 8][4],
+                                              float (&m)[2], float (&l)[2],
+                                              uint32_t (&p)[BC / 16][4], const FwdArgs& a, int j,
+                                              int row0, int g8, int t4, float slope_log2) {
+  const int kcol0 = j * BC;
+  const bool need_mask =
+      kcol0 + BC > a.Tk || (a.causal && a.k_offset + kcol0 + BC - 1 > a.q_offset + row0);
+  const bool general = need_mask || a.slopes;
+  if (general) {
+    const int d0 = a.dpos + row0 + g8 - kcol0 - 2 * t4;
+    const int climit = a.Tk - kcol0 - 2 * t4;  // columns 8 n + (e & 1) >= climit are past Tk
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int d = d0 + 8 * (e >> 1) - 8 * n - (e & 1);
+        float x = s[n][e] * a.scale_log2;
+        if (a.slopes) x -= slope_log2 * float(d);
+        if (need_mask && (8 * n + (e & 1) >= climit || (a.causal && d < 0))) x = -INFINITY;
+        s[n][e] = x;
+      }
+    }
+  }
+  const float sc = general ? 1.f : a.scale_log2;
+  // Online softmax: rows r = 0 (g8) and 1 (g8 + 8); a row's BC columns are
+  // spread over the 4 threads of a quad.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    mx = fmaxf(m[r], mx * sc);
+    const float use = mx == -INFINITY ? 0.f : mx;
+    const float corr = ex2(m[r] - use);
+    m[r] = mx;
+    float sum = 0.f;
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) {
+      s[n][2 * r] = ex2(fmaf(s[n][2 * r], sc, -use));
+      s[n][2 * r + 1] = ex2(fmaf(s[n][2 * r + 1], sc, -use));
+      sum += s[n][2 * r] + s[n][2 * r + 1];
+    }
+    l[r] = l[r] * corr + sum;
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) {
+      o[n][2 * r] *= corr;
+      o[n][2 * r + 1] *= corr;
+    }
+  }
+#pragma unroll
+  for (int kk = 0; kk < BC / 16; ++kk) {
+    p[kk][0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+    p[kk][1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+    p[kk][2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    p[kk][3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+  }
+}
+
 // MT: 16-row m-tiles per warp (each K/V fragment from shared memory feeds MT
 // products); QREG: keep the Q fragments in registers instead of re-reading
 // them from shared memory for every key tile.
@@ -320,80 +390,15 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const FwdArgs a) {
       }
     }
 
-    // Scores to the log2 domain. Tiles with masked entries or ALiBi are
-    // rewritten in place (x = scale log2e s + bias, -inf where masked, factor
-    // sc = 1 below); other tiles stay raw and the scale is folded into the
-    // exponent's FMA (sc = scale log2e > 0, which keeps the row maximum).
-    // Element (mt, n, e) is query row wrow + 16 mt + g8 + 8 (e >> 1) and key
-    // column kcol0 + 8 n + 2 t4 + (e & 1); its distance qpos - kpos is
-    // d0 + 16 mt + 8 (e >> 1) - 8 n - (e & 1).
-    const int kcol0 = j * BC;
-    const bool need_mask = kcol0 + BC > a.Tk ||
-                           (a.causal && a.k_offset + kcol0 + BC - 1 > a.q_offset + q0 + wrow);
-    const bool general = need_mask || a.slopes;
-    if (general) {
-      const int d0 = a.dpos + q0 + wrow + g8 - kcol0 - 2 * t4;
-      const int climit = a.Tk - kcol0 - 2 * t4;  // columns 8 n + (e & 1) >= climit are past Tk
+    uint32_t p[MT][BC / 16][4];
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-        for (int n = 0; n < BC / 8; ++n) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int d = d0 + 16 * mt + 8 * (e >> 1) - 8 * n - (e & 1);
-            float x = s[mt][n][e] * a.scale_log2;
-            if (a.slopes) x -= slope_log2 * float(d);
-            if (need_mask && (8 * n + (e & 1) >= climit || (a.causal && d < 0))) x = -INFINITY;
-            s[mt][n][e] = x;
-          }
-        }
-      }
-    }
-    const float sc = general ? 1.f : a.scale_log2;
-
-    // Online softmax: rows (mt, r); a row's BC columns are spread over the 4
-    // threads of a quad.
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < BC / 8; ++n)
-          mx = fmaxf(mx, fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        mx = fmaxf(m[mt][r], mx * sc);
-        const float use = mx == -INFINITY ? 0.f : mx;
-        const float corr = ex2(m[mt][r] - use);
-        m[mt][r] = mx;
-        float sum = 0.f;
-#pragma unroll
-        for (int n = 0; n < BC / 8; ++n) {
-          s[mt][n][2 * r] = ex2(fmaf(s[mt][n][2 * r], sc, -use));
-          s[mt][n][2 * r + 1] = ex2(fmaf(s[mt][n][2 * r + 1], sc, -use));
-          sum += s[mt][n][2 * r] + s[mt][n][2 * r + 1];
-        }
-        l[mt][r] = l[mt][r] * corr + sum;
-#pragma unroll
-        for (int n = 0; n < HD / 8; ++n) {
-          o[mt][n][2 * r] *= corr;
-          o[mt][n][2 * r + 1] *= corr;
-        }
-      }
-    }
+    for (int mt = 0; mt < MT; ++mt)
+      softmax_strip<HD, BC>(s[mt], o[mt], m[mt], l[mt], p[mt], a, j, q0 + wrow + 16 * mt, g8, t4,
+                            slope_log2);
 
     // O += P V
 #pragma unroll
     for (int kk = 0; kk < BC / 16; ++kk) {
-      uint32_t p[MT][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        p[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        p[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        p[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        p[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-      }
 #pragma unroll
       for (int dn = 0; dn < HD / 16; ++dn) {
         uint32_t b0, b1, b2, b3;
@@ -402,8 +407,8 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const FwdArgs a) {
                   b0, b1, b2, b3);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-          mma(o[mt][2 * dn], p[mt], b0, b1);
-          mma(o[mt][2 * dn + 1], p[mt], b2, b3);
+          mma(o[mt][2 * dn], p[mt][kk], b0, b1);
+          mma(o[mt][2 * dn + 1], p[mt][kk], b2, b3);
         }
       }
     }
@@ -428,6 +433,14 @@ __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const FwdArgs a) {
 // in the mma.sync C layout, repeated every 8 columns, and a register A operand
 // uses the mma.sync A layout, so P goes from S's accumulators to the second
 // product's A registers directly (as in FlashAttention-3).
+
+// A wgmma accumulator float[N] is the C-fragment layout of N / 4 column
+// groups of 8 (element (n, e) = d[4 n + e]); this views it as float[N / 4][4],
+// the shape the mma.sync helpers take.
+template <int N>
+__device__ __forceinline__ float (&as_frags(float (&d)[N]))[N / 4][4] {
+  return reinterpret_cast<float(&)[N / 4][4]>(d);
+}
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // the wgmma helpers exist in the sm_90a pass only
 // Descriptor: start address, leading/stride byte offsets (>> 4), 128-byte swizzle.
@@ -510,72 +523,6 @@ __device__ __forceinline__ void load_tile_sw128(uint32_t dst, const uint16_t* ba
 }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-// Softmax step of the wgmma forward for key tile j: s (this thread's part of
-// the 64 x BC scores) -> P as bf16 A fragments p, with the running max m, sum l
-// and the rescaled accumulator o. Element (n, e) = s[4 n + e] is row
-// wrow + g8 + 8 (e >> 1), column j BC + 8 n + 2 t4 + (e & 1).
-template <int BC>
-__device__ __forceinline__ void wg_softmax(float (&s)[BC / 2], float (&o)[64], float (&m)[2],
-                                           float (&l)[2], uint32_t (&p)[BC / 16][4],
-                                           const FwdArgs& a, int j, int q0, int wrow, int g8,
-                                           int t4, float slope_log2) {
-  constexpr int HD = 128;
-  // Scores to the log2 domain as in attn_fwd_kernel; element (n, e) =
-  // s[4 n + e] is row wrow + g8 + 8 (e >> 1), column kcol0 + 8 n + 2 t4 + (e & 1).
-  const int kcol0 = j * BC;
-  const bool need_mask = kcol0 + BC > a.Tk ||
-                         (a.causal && a.k_offset + kcol0 + BC - 1 > a.q_offset + q0 + wrow);
-  const bool general = need_mask || a.slopes;
-  if (general) {
-    const int d0 = a.dpos + q0 + wrow + g8 - kcol0 - 2 * t4;
-    const int climit = a.Tk - kcol0 - 2 * t4;
-#pragma unroll
-    for (int n = 0; n < BC / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int d = d0 + 8 * (e >> 1) - 8 * n - (e & 1);
-        float x = s[4 * n + e] * a.scale_log2;
-        if (a.slopes) x -= slope_log2 * float(d);
-        if (need_mask && (8 * n + (e & 1) >= climit || (a.causal && d < 0))) x = -INFINITY;
-        s[4 * n + e] = x;
-      }
-    }
-  }
-  const float sc = general ? 1.f : a.scale_log2;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float mx = -INFINITY;
-#pragma unroll
-    for (int n = 0; n < BC / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    mx = fmaxf(m[r], mx * sc);
-    const float use = mx == -INFINITY ? 0.f : mx;
-    const float corr = ex2(m[r] - use);
-    m[r] = mx;
-    float sum = 0.f;
-#pragma unroll
-    for (int n = 0; n < BC / 8; ++n) {
-      s[4 * n + 2 * r] = ex2(fmaf(s[4 * n + 2 * r], sc, -use));
-      s[4 * n + 2 * r + 1] = ex2(fmaf(s[4 * n + 2 * r + 1], sc, -use));
-      sum += s[4 * n + 2 * r] + s[4 * n + 2 * r + 1];
-    }
-    l[r] = l[r] * corr + sum;
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n) {
-      o[4 * n + 2 * r] *= corr;
-      o[4 * n + 2 * r + 1] *= corr;
-    }
-  }
-
-#pragma unroll
-  for (int kk = 0; kk < BC / 16; ++kk) {
-    p[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-    p[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-    p[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-    p[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-  }
-}
 
 
 // Forward for head_dim 128 on sm_90a: 2 warpgroups x 64 query rows, key tiles
@@ -654,13 +601,15 @@ __global__ void __launch_bounds__(kWfThreads) attn_fwd_wgmma_kernel(const FwdArg
       issue_s(s, sK + (j & 1) * kTileK);
       wgmma_wait0();
       fence_regs(s);
-      wg_softmax<BC>(s, o, m, l, p, a, j, q0, wrow, g8, t4, slope_log2);
+      softmax_strip<HD, BC>(as_frags(s), as_frags(o), m, l, p, a, j, q0 + wrow, g8, t4,
+                            slope_log2);
       issue_pv(p, sV + (j % kVStages) * kTileK);
       wgmma_wait0();
       fence_regs(o);
     } else {
       if (j > 0) {
-        wg_softmax<BC>(s, o, m, l, p, a, j - 1, q0, wrow, g8, t4, slope_log2);
+        softmax_strip<HD, BC>(as_frags(s), as_frags(o), m, l, p, a, j - 1, q0 + wrow, g8, t4,
+                              slope_log2);
         issue_pv(p, sV + ((j - 1) % kVStages) * kTileK);
       }
       issue_s(s, sK + (j & 1) * kTileK);
@@ -671,15 +620,14 @@ __global__ void __launch_bounds__(kWfThreads) attn_fwd_wgmma_kernel(const FwdArg
     __syncthreads();  // stages are refilled on the next iterations
   }
   if (lag && nkt > 0) {
-    wg_softmax<BC>(s, o, m, l, p, a, nkt - 1, q0, wrow, g8, t4, slope_log2);
+    softmax_strip<HD, BC>(as_frags(s), as_frags(o), m, l, p, a, nkt - 1, q0 + wrow, g8, t4,
+                          slope_log2);
     issue_pv(p, sV + ((nkt - 1) % kVStages) * kTileK);
     wgmma_wait0();
     fence_regs(o);
   }
 
-  // o[64] is the C-fragment layout of 16 column groups of 8: o[4 n + e].
-  store_out_rows<HD>(a, blk, q0 + wrow + g8, t4, reinterpret_cast<const float(&)[HD / 8][4]>(o),
-                     m, l);
+  store_out_rows<HD>(a, blk, q0 + wrow + g8, t4, as_frags(o), m, l);
 #else
   __trap();  // launched only on sm_90 devices, for which the sm_90a code exists
 #endif
@@ -778,7 +726,9 @@ struct BwdBlock {
     i_start = 0;
     if (a.causal) {
       const int64_t first_row = a.k_offset + k0 - a.q_offset;  // first query with qpos >= kpos(k0)
-      i_start = first_row >= a.Tq ? (a.Tq + BRQ - 1) / BRQ : first_row > 0 ? int(first_row / BRQ) : 0;
+      i_start = first_row >= a.Tq ? (a.Tq + BRQ - 1) / BRQ
+                : first_row > 0     ? int(first_row / BRQ)
+                                    : 0;
     }
     nq = (a.Tq + BRQ - 1) / BRQ - i_start;  // <= 0: nothing to accumulate
   }
@@ -1090,15 +1040,14 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
     fence_regs(s);
     fence_regs(dp);
 
-    // s[64] is the C-fragment layout of 8 column groups: s[4 n + e].
-    probs_t<BRQ>(reinterpret_cast<float(&)[BRQ / 8][4]>(s), a, k0, BCK, kr, q0, g8, t4, L,
-                 slope_log2);
+    probs_t<BRQ>(as_frags(s), a, k0, BCK, kr, q0, g8, t4, L, slope_log2);
     // dS^T = P^T (dP^T - D); both as bf16 A fragments, dS^T also to shared memory.
     uint32_t pk[BRQ / 16][4], da[BRQ / 16][4];
 #pragma unroll
     for (int n = 0; n < BRQ / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) dp[4 * n + e] = s[4 * n + e] * (dp[4 * n + e] - Dd[8 * n + 2 * t4 + (e & 1)]);
+      for (int e = 0; e < 4; ++e)
+        dp[4 * n + e] = s[4 * n + e] * (dp[4 * n + e] - Dd[8 * n + 2 * t4 + (e & 1)]);
 #pragma unroll
     for (int kk = 0; kk < BRQ / 16; ++kk) {
       pk[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
@@ -1154,9 +1103,7 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
     __syncthreads();  // stages and dS^T are rewritten next iteration
   }
 
-  // dk[64], dv[64] are the C-fragment layout of 16 column groups of 8.
-  add_dk_dv_rows<HD>(a, blk, k0 + kr + g8, t4, reinterpret_cast<const float(&)[HD / 8][4]>(dk),
-                     reinterpret_cast<const float(&)[HD / 8][4]>(dv));
+  add_dk_dv_rows<HD>(a, blk, k0 + kr + g8, t4, as_frags(dk), as_frags(dv));
 #else
   __trap();  // launched only on sm_90 devices, for which the sm_90a code exists
 #endif
