@@ -404,7 +404,6 @@ std::string passkey_table(const PasskeyResult& r) {
   return s;
 }
 
-
 nlohmann::json recall_to_json(const RecallResult& r) {
   nlohmann::json by_pair = nlohmann::json::array();
   for (const auto& row : r.accuracy_by_pair) {
