@@ -15,6 +15,7 @@
 
 #include "common/errors.h"
 #include "common/log.h"
+#include "trainer/hf/hf_io.h"
 
 namespace rt {
 namespace {
@@ -136,29 +137,52 @@ class CheckpointWriter {
   void tensors(hid_t group, const std::string& group_path, Backend& be, const Arena& arena) {
     std::vector<float> host;
     for (const TensorSpec& s : arena.specs()) {
-      const std::string where = group_path + "/" + s.name;
       host.resize(s.numel);
       if (s.numel) be.copy_to_host(host.data(), arena.base() + s.offset, s.numel * sizeof(float));
-
-      std::vector<hsize_t> dims(s.shape.begin(), s.shape.end());
-      H5Id space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
-      H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
-      if (!space.valid() || !dcpl.valid()) fail("cannot describe dataset " + where);
-      if (s.numel > 0) {
-        std::vector<hsize_t> chunk = chunk_dims(dims);
-        if (H5Pset_chunk(dcpl.get(), int(chunk.size()), chunk.data()) < 0 ||
-            H5Pset_fletcher32(dcpl.get()) < 0)
-          fail("cannot set chunking/Fletcher32 for dataset " + where);
-      }
-      H5Id dset(H5Dcreate2(group, s.name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
-                           dcpl.get(), H5P_DEFAULT),
-                H5Dclose);
-      if (!dset.valid()) fail("cannot create dataset " + where);
-      if (s.numel > 0 &&
-          H5Dwrite(dset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, host.data()) < 0)
-        fail("cannot write dataset " + where);
-      if (dset.close() < 0) fail("cannot write dataset " + where);
+      tensor(group, group_path, s.name, s.shape, host.data());
     }
+  }
+
+  // One float32 dataset `name` (host data, numel of shape) under `group`.
+  void tensor(hid_t group, const std::string& group_path, const std::string& name,
+              const std::vector<int64_t>& shape, const float* host) {
+    const std::string where = group_path + "/" + name;
+    hsize_t numel = 1;
+    for (int64_t d : shape) numel *= hsize_t(d);
+    std::vector<hsize_t> dims(shape.begin(), shape.end());
+    H5Id space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
+    H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    if (!space.valid() || !dcpl.valid()) fail("cannot describe dataset " + where);
+    if (numel > 0) {
+      std::vector<hsize_t> chunk = chunk_dims(dims);
+      if (H5Pset_chunk(dcpl.get(), int(chunk.size()), chunk.data()) < 0 ||
+          H5Pset_fletcher32(dcpl.get()) < 0)
+        fail("cannot set chunking/Fletcher32 for dataset " + where);
+    }
+    H5Id dset(H5Dcreate2(group, name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
+                         dcpl.get(), H5P_DEFAULT),
+              H5Dclose);
+    if (!dset.valid()) fail("cannot create dataset " + where);
+    if (numel > 0 &&
+        H5Dwrite(dset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, host) < 0)
+      fail("cannot write dataset " + where);
+    if (dset.close() < 0) fail("cannot write dataset " + where);
+  }
+
+  // A byte string as a 1-D uint8 dataset `name` under `group`.
+  void bytes(hid_t group, const std::string& group_path, const std::string& name,
+             const std::string& data) {
+    const std::string where = group_path + "/" + name;
+    hsize_t dims[1] = {hsize_t(data.size())};
+    H5Id space(H5Screate_simple(1, dims, nullptr), H5Sclose);
+    H5Id dset(H5Dcreate2(group, name.c_str(), H5T_STD_U8LE, space.get(), H5P_DEFAULT,
+                         H5P_DEFAULT, H5P_DEFAULT),
+              H5Dclose);
+    if (!dset.valid()) fail("cannot create dataset " + where);
+    if (!data.empty() &&
+        H5Dwrite(dset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()) < 0)
+      fail("cannot write dataset " + where);
+    if (dset.close() < 0) fail("cannot write dataset " + where);
   }
 
   // Flush and close; errors that surface only now (full disk) are caught.
@@ -490,6 +514,7 @@ void save_checkpoint(const std::string& path, LlamaModel& model, Optimizer* opt,
 }
 
 CheckpointMeta read_checkpoint_meta(const std::string& path) {
+  if (is_hf_dir(path)) return hf_dir_checkpoint_meta(path);  // SPEC §13
   CheckpointReader r(path);
   check_format(r);
   CheckpointMeta meta;
@@ -514,6 +539,7 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
 
 void load_model_weights(const std::string& path, LlamaModel& model,
                         const std::vector<std::string>& optional) {
+  if (is_hf_dir(path)) return load_hf_weights(path, model, optional);  // SPEC §13
   CheckpointReader r(path);
   check_format(r);
   H5Id g = r.group(r.file(), "model", "no /model group (not a complete checkpoint)");
@@ -540,6 +566,7 @@ void load_optimizer_state(const std::string& path, LlamaModel& model, Optimizer&
 }
 
 CheckpointContents inspect_checkpoint(const std::string& path) {
+  if (is_hf_dir(path)) return inspect_hf_dir(path);  // SPEC §13
   CheckpointContents c;
   c.meta = read_checkpoint_meta(path);
   CheckpointReader r(path);
@@ -583,6 +610,136 @@ CheckpointContents inspect_checkpoint(const std::string& path) {
   std::error_code ec;
   c.file_bytes = int64_t(fs::file_size(path, ec));
   return c;
+}
+
+// ---- streaming access --------------------------------------------------------
+
+struct WeightsCheckpointWriter::Impl {
+  std::string path, tmp;
+  std::unique_ptr<CheckpointWriter> w;
+  H5Id model, files;
+  bool finished = false;
+};
+
+WeightsCheckpointWriter::WeightsCheckpointWriter(const std::string& path,
+                                                 const CheckpointMeta& meta)
+    : impl_(std::make_unique<Impl>()) {
+  silence_hdf5();
+  impl_->path = path;
+  impl_->tmp = path + ".tmp";
+  const fs::path parent = fs::path(path).parent_path();
+  if (!parent.empty()) {
+    std::error_code ec;
+    fs::create_directories(parent, ec);
+    if (ec)
+      throw IoError("checkpoint " + path + ": cannot create directory " + parent.string() + ": " +
+                    ec.message());
+  }
+  impl_->w = std::make_unique<CheckpointWriter>(impl_->tmp, path);
+  CheckpointWriter& w = *impl_->w;
+  w.string_attr(w.file(), "format", "ringtrain");
+  w.int_attr(w.file(), "format_version", kCheckpointFormatVersion, H5T_STD_I32LE);
+  w.int_attr(w.file(), "step", meta.step, H5T_STD_I64LE);
+  w.int_attr(w.file(), "tokens_seen", meta.tokens_seen, H5T_STD_I64LE);
+  w.string_attr(w.file(), "config", meta.config_yaml);
+  {
+    H5Id g = w.group(w.file(), "trainer");
+    w.string_attr(g.get(), "state", meta.trainer_state_json);
+  }
+  impl_->model = w.group(w.file(), "model");
+}
+
+WeightsCheckpointWriter::~WeightsCheckpointWriter() {
+  if (impl_ && !impl_->finished) {
+    impl_->model.close();
+    impl_->files.close();
+    impl_->w.reset();
+    std::error_code ec;
+    fs::remove(impl_->tmp, ec);
+  }
+}
+
+void WeightsCheckpointWriter::add_tensor(const std::string& name,
+                                         const std::vector<int64_t>& shape, const float* data) {
+  impl_->w->tensor(impl_->model.get(), "/model", name, shape, data);
+}
+
+void WeightsCheckpointWriter::add_file(const std::string& name, const std::string& bytes) {
+  if (!impl_->files.valid()) impl_->files = impl_->w->group(impl_->w->file(), "files");
+  impl_->w->bytes(impl_->files.get(), "/files", name, bytes);
+}
+
+void WeightsCheckpointWriter::finish() {
+  impl_->model.close();
+  impl_->files.close();
+  impl_->w->finish();
+  impl_->w.reset();
+  if (int err = fsync_path(impl_->tmp, O_RDONLY))
+    throw IoError("checkpoint " + impl_->tmp + ": fsync failed: " + std::strerror(err));
+  if (std::rename(impl_->tmp.c_str(), impl_->path.c_str()) != 0) {
+    int err = errno;
+    throw IoError("checkpoint " + impl_->path + ": cannot rename " + impl_->tmp + " to it: " +
+                  std::strerror(err));
+  }
+  impl_->finished = true;
+}
+
+struct CheckpointTensorReader::Impl {
+  std::unique_ptr<CheckpointReader> r;
+  H5Id model;
+};
+
+CheckpointTensorReader::CheckpointTensorReader(const std::string& path)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->r = std::make_unique<CheckpointReader>(path);
+  check_format(*impl_->r);
+  impl_->model = impl_->r->group(impl_->r->file(), "model",
+                                 "no /model group (not a complete checkpoint)");
+}
+
+CheckpointTensorReader::~CheckpointTensorReader() = default;
+
+std::vector<CheckpointTensorInfo> CheckpointTensorReader::model_tensors() const {
+  std::vector<CheckpointTensorInfo> out;
+  for (const std::string& name : impl_->r->link_names(impl_->model.get())) {
+    CheckpointTensorInfo t;
+    t.name = name;
+    t.shape = impl_->r->dataset_shape(impl_->model.get(), name, "/model/" + name);
+    t.numel = 1;
+    for (int64_t d : t.shape) t.numel *= d;
+    out.push_back(t);
+  }
+  return out;
+}
+
+void CheckpointTensorReader::read(const std::string& name, std::vector<float>& out) const {
+  const std::string where = "/model/" + name;
+  if (!impl_->r->exists(impl_->model.get(), name))
+    throw IoError("checkpoint " + impl_->r->path() + ": no dataset " + where);
+  int64_t numel = 1;
+  for (int64_t d : impl_->r->dataset_shape(impl_->model.get(), name, where)) numel *= d;
+  out.assign(size_t(numel), 0.f);
+  impl_->r->read_floats(impl_->model.get(), name, where, out);
+}
+
+std::vector<std::pair<std::string, std::string>> CheckpointTensorReader::files() const {
+  std::vector<std::pair<std::string, std::string>> out;
+  const CheckpointReader& r = *impl_->r;
+  if (!r.exists(r.file(), "files")) return out;
+  H5Id g = r.group(r.file(), "files", "no /files group");
+  for (const std::string& name : r.link_names(g.get())) {
+    H5Id dset(H5Dopen2(g.get(), name.c_str(), H5P_DEFAULT), H5Dclose);
+    if (!dset.valid()) r.fail("cannot open dataset /files/" + name);
+    H5Id space(H5Dget_space(dset.get()), H5Sclose);
+    const hssize_t n = H5Sget_simple_extent_npoints(space.get());
+    if (n < 0) r.fail("cannot read the size of /files/" + name);
+    std::string bytes(size_t(n), '\0');
+    if (n > 0 &&
+        H5Dread(dset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes.data()) < 0)
+      r.fail("cannot read dataset /files/" + name);
+    out.emplace_back(name, std::move(bytes));
+  }
+  return out;
 }
 
 // ---- run-dir helpers -------------------------------------------------------

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -88,6 +89,41 @@ struct CheckpointContents {
   int64_t file_bytes = 0;
 };
 CheckpointContents inspect_checkpoint(const std::string& path);
+
+// ---- streaming access (ringtrain import / export, trainer/hf/) --------------
+// Besides /model, a checkpoint may carry files the model came with:
+//   /files/<name>   uint8, the file's bytes (import keeps the Hugging Face
+//                   config.json, generation_config.json and tokenizer files)
+
+// A weights-only checkpoint written one tensor at a time, so that peak memory
+// is one tensor, not the model: the layout and atomic write of save_checkpoint.
+class WeightsCheckpointWriter {
+ public:
+  WeightsCheckpointWriter(const std::string& path, const CheckpointMeta& meta);
+  ~WeightsCheckpointWriter();  // without finish(): the temporary file is removed
+  void add_tensor(const std::string& name, const std::vector<int64_t>& shape, const float* data);
+  void add_file(const std::string& name, const std::string& bytes);
+  void finish();  // flush, fsync, rename (IoError on failure)
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Reads a checkpoint's /model tensors one at a time (checksums verified) and
+// its /files. IoError for a missing, corrupt or non-ringtrain file.
+class CheckpointTensorReader {
+ public:
+  explicit CheckpointTensorReader(const std::string& path);
+  ~CheckpointTensorReader();
+  std::vector<CheckpointTensorInfo> model_tensors() const;  // sorted by name
+  void read(const std::string& name, std::vector<float>& out) const;  // resized to numel
+  std::vector<std::pair<std::string, std::string>> files() const;    // (name, bytes); may be empty
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // ---- run-dir helpers -------------------------------------------------------
 // RUN_DIR/checkpoints/step_00001000.h5

@@ -19,6 +19,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/evaluate.h"
+#include "trainer/hf/hf_io.h"
 #include "trainer/trainer.h"
 
 namespace rt {
@@ -122,7 +123,7 @@ int run_eval_command(const EvalOptions& o) {
   // The model: a checkpoint file, or a config whose run dir may hold checkpoints.
   Config cfg;
   std::string ckpt;
-  if (ends_with(o.target, ".h5")) {
+  if (ends_with(o.target, ".h5") || is_hf_dir(o.target)) {  // a checkpoint or an HF directory
     ckpt = o.target;
     CheckpointMeta meta = read_checkpoint_meta(ckpt);
     cfg = parse_config(meta.config_yaml, ckpt + ":config", o.overrides);

@@ -26,6 +26,7 @@
 #include "trainer/generate.h"
 #include "trainer/evaluate.h"
 #include "trainer/extend.h"
+#include "trainer/hf/hf_io.h"
 #include "parallel/comm.h"
 #include "trainer/trainer.h"
 
@@ -202,7 +203,8 @@ int run(int argc, char** argv) {
       "JSON and PNG plots beside it. Shard long sequences over a ring with mpirun -np N "
       "... --context-parallel N");
   eval->add_option("target", eo.target,
-                   "CKPT.h5, or CONFIG.yaml (uses the newest checkpoint in its run dir)")
+                   "CKPT.h5, a Hugging Face model directory, or CONFIG.yaml (uses the newest checkpoint in "
+                   "its run dir)")
       ->required();
   eval->add_option("--set", eo.overrides, "override a config key")->take_all();
   eval->add_option("--data", eo.data, "token file (.h5/.bin/.txt); default: val, else train data");
@@ -246,14 +248,16 @@ int run(int argc, char** argv) {
       "inspect",
       "Print a checkpoint's step, tokens seen, parameter table, optimizer state, file size and "
       "config; verifies every checksum (exit 3 naming the dataset if one fails)");
-  inspect->add_option("checkpoint", inspect_path, "CKPT.h5")->required();
+  inspect->add_option("checkpoint", inspect_path, "CKPT.h5 or a Hugging Face model directory")
+      ->required();
 
   GenerateOptions go;
   auto* generate = app.add_subcommand(
       "generate",
       "Sample text from a checkpoint (byte tokens; KV cache, or segment by segment through the "
       "memory of a model.memory checkpoint); prints the prompt and its continuation");
-  generate->add_option("checkpoint", go.checkpoint, "CKPT.h5")->required();
+  generate->add_option("checkpoint", go.checkpoint, "CKPT.h5 or a Hugging Face model directory")
+      ->required();
   generate->add_option("--prompt", go.prompt, "text to continue")->required();
   generate->add_option("--max-new", go.max_new, "tokens to generate (default 64)");
   generate->add_option("--temperature", go.temperature, "0 = greedy (default), else sampling");
@@ -263,12 +267,42 @@ int run(int argc, char** argv) {
   ExtendOptions xo;
   auto* extend = app.add_subcommand(
       "extend", "Write a fine-tune config that extends a checkpoint's context (RoPE scaling)");
-  extend->add_option("checkpoint", xo.checkpoint, "CKPT.h5 trained with position: rope")
+  extend->add_option("checkpoint", xo.checkpoint,
+                     "CKPT.h5 trained with position: rope, or a Hugging Face Llama directory")
       ->required();
   extend->add_option("--to", xo.to, "new context length (tokens)")->required();
   extend->add_option("--method", xo.method, "linear | ntk | dynamic | yarn | llama3")
       ->required();
   extend->add_option("--out", xo.out, "config to write (default: <run>-<method>-<to>.yaml)");
+
+  ImportOptions io;
+  auto* import_cmd = app.add_subcommand(
+      "import",
+      "Convert a Hugging Face Llama directory (config.json + model.safetensors or shards listed "
+      "in model.safetensors.index.json; BF16/F16/F32) into a ringtrain checkpoint with float32 "
+      "weights. Keeps config.json, generation_config.json and the tokenizer files inside it "
+      "(/files) for export. Refuses (exit 2, naming the key) what ringtrain cannot compute: "
+      "biases, sliding window, MoE, other architectures");
+  import_cmd->add_option("dir", io.dir, "HF_DIR: a directory with config.json")->required();
+  import_cmd->add_option("--out", io.out, "CKPT.h5 to write")->required();
+
+  ExportOptions eo2;
+  auto* export_cmd = app.add_subcommand(
+      "export",
+      "Write a ringtrain checkpoint as a Hugging Face LlamaForCausalLM directory: config.json "
+      "(with the checkpoint's rope_scaling), generation_config.json, safetensors (sharded with "
+      "model.safetensors.index.json past --max-shard-size) and the tokenizer files the model "
+      "came with (from the checkpoint, else its checkpoint.init_from chain). Refuses position "
+      "alibi/none and memory models (exit 2)");
+  export_cmd->add_option("checkpoint", eo2.checkpoint, "CKPT.h5")->required();
+  export_cmd->add_option("--out", eo2.out, "HF_DIR to create (new or empty)")->required();
+  export_cmd->add_option("--dtype", eo2.dtype,
+                         "bf16 | fp32 (default: the imported model's dtype, else bf16)");
+  export_cmd->add_option("--max-shard-size", eo2.max_shard_size,
+                         "largest safetensors file, e.g. 5GB (default), 500MB, 2GiB");
+  export_cmd->add_option("--tokenizer-from", eo2.tokenizer_from,
+                         "HF_DIR or imported CKPT.h5 whose tokenizer files to copy (default: "
+                         "found from the checkpoint)");
 
   auto* data = app.add_subcommand("data", "Data tools");
   data->require_subcommand(1);
@@ -292,6 +326,8 @@ int run(int argc, char** argv) {
   if (inspect->parsed()) return cmd_inspect(inspect_path);
   if (generate->parsed()) return run_generate_command(go);
   if (extend->parsed()) return run_extend_command(xo);
+  if (import_cmd->parsed()) return run_import_command(io);
+  if (export_cmd->parsed()) return run_export_command(eo2);
   if (prepare->parsed()) {
     prepare_token_file(inputs, out, tokenizer);
     TokenData d = read_token_file(out);
