@@ -15,6 +15,7 @@ packages=(
   libgtest-dev                       # tests
   libcli11-dev nlohmann-json3-dev    # CLI, JSON output
   python3 python3-torch python3-h5py python3-numpy   # PyTorch reference tests
+  python3-venv                       # .venv for transformers (Hugging Face interop tests)
   python3-matplotlib                 # eval plots (launch/plot_eval.py)
   python3-yaml procps                # test scripts (YAML checks, pgrep)
 )
@@ -29,6 +30,15 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
+fi
+
+# transformers and safetensors (PyPI) for the Hugging Face interop test
+# (tests/hf_interop.py), in .venv on top of Debian's python3 and torch 1.13:
+# transformers 4.44 runs on torch 1.13 (4.51 does not). About 15 s.
+if ! .venv/bin/python -c "import transformers, safetensors" >/dev/null 2>&1; then
+  echo "setup: installing transformers and safetensors into .venv"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+  .venv/bin/pip install -q --disable-pip-version-check "transformers==4.44.2" "safetensors==0.8.0"
 fi
 
 # The CUDA backend builds automatically when nvcc is found (also in its

@@ -191,18 +191,7 @@ HfModelConfig parse_hf_config(const std::string& json_text, const std::string& w
   // Resolve and range-check through the config reader (the same checks as a
   // YAML model section: GQA divisibility, longrope list lengths, ...).
   try {
-    m = parse_model_config("model:\n" + [&] {
-      std::string y = model_config_to_yaml(m), out;
-      // model_config_to_yaml writes the model keys at the top level; indent them.
-      size_t start = 0;
-      while (start < y.size()) {
-        size_t end = y.find('\n', start);
-        if (end == std::string::npos) end = y.size();
-        out += "  " + y.substr(start, end - start) + "\n";
-        start = end + 1;
-      }
-      return out;
-    }(), where + " (as a ringtrain model section)");
+    m = parse_model_config(model_config_to_yaml(m), where + " (as a ringtrain model section)");
   } catch (const UsageError& e) {
     throw UsageError(std::string(e.what()) + " [from the Hugging Face config " + where + "]");
   }
@@ -254,7 +243,6 @@ nlohmann::ordered_json hf_config_json(const ModelConfig& m, const std::string& t
     } else {
       rs = nlohmann::ordered_json::object();
       rs["rope_type"] = r->rope_type;
-      rs["type"] = r->rope_type;  // transformers < 4.43 and older vLLM read `type`
       rs["factor"] = r->factor;
       const int64_t orig = r->original_max_position_embeddings.value_or(m.max_position_embeddings);
       // transformers before 4.50 takes yarn's and dynamic's original length
