@@ -1,10 +1,12 @@
 #include "trainer/extend.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "common/errors.h"
 #include "trainer/checkpoint.h"
@@ -53,6 +55,16 @@ std::string extend_config_yaml(const ExtendOptions& o) {
                      fmt(cfg.model.rope_scaling->factor) +
                      "); stacking a second scaling is not supported: extend the original "
                      "checkpoint, or edit model.rope_scaling by hand");
+  // An imported Hugging Face model (an HF directory, or `ringtrain import`'s
+  // checkpoint): its config was derived from config.json, with train.seq_len
+  // = max_position_embeddings (the context it was trained for) and an lr
+  // estimated from its width (trainer/hf/hf_io.cpp).
+  std::string imported_from;
+  {
+    const nlohmann::json st = nlohmann::json::parse(meta.trainer_state_json, nullptr, false);
+    if (st.is_object() && st.contains("imported_from") && st["imported_from"].is_string())
+      imported_from = st["imported_from"].get<std::string>();
+  }
   // The original length L is the one the model was trained at, train.seq_len,
   // not max_position_embeddings: that is only a cap and may be set larger than
   // any position the model saw (configs/tinyshakespeare.yaml: 1024 vs 256).
@@ -92,6 +104,20 @@ std::string extend_config_yaml(const ExtendOptions& o) {
   // it in 200 steps). 200 steps is enough for the few-hundred-step adaptation
   // both papers report.
   out.train.max_steps = 200;
+  // An imported model's steps scale with its size: about 0.1 fine-tuning
+  // tokens per parameter (PI: 1000 steps x 64 x 8K tokens for LLaMA 7B,
+  // ~0.08; YaRN: 400 x 64 x 64K, ~0.25), 100 to 1000 steps. TinyLlama 1.1B
+  // at 8 x 32K tokens per step: 420.
+  int64_t params = 0;
+  for (const TensorSpec& t : llama_param_specs(cfg.model)) {
+    int64_t n = 1;
+    for (int64_t d : t.shape) n *= d;
+    params += n;
+  }
+  const int64_t step_tokens = int64_t(out.train.global_batch_size) * o.to;
+  if (!imported_from.empty())
+    out.train.max_steps =
+        std::clamp<int64_t>(std::llround(0.1 * double(params) / double(step_tokens)), 100, 1000);
   out.train.optimizer.lr = cfg.train.optimizer.lr / 10.0;
   out.train.schedule.type = "cosine";
   out.train.schedule.warmup_steps = 20;
@@ -112,16 +138,36 @@ std::string extend_config_yaml(const ExtendOptions& o) {
   head += "#  model.rope_scaling        " + o.method + ", factor = " + std::to_string(o.to) + " / " +
           std::to_string(original) + "; original_max_position_embeddings = " +
           std::to_string(original) + ",\n";
-  head += "#                            the checkpoint's train.seq_len: the longest positions its\n";
-  head += "#                            weights have seen (its max_position_embeddings, " +
-          std::to_string(cfg.model.max_position_embeddings) + ", is only a cap)\n";
+  if (imported_from.empty()) {
+    head += "#                            the checkpoint's train.seq_len: the longest positions its\n";
+    head += "#                            weights have seen (its max_position_embeddings, " +
+            std::to_string(cfg.model.max_position_embeddings) + ", is only a cap)\n";
+  } else {
+    head += "#                            the max_position_embeddings of the Hugging Face model's\n";
+    head += "#                            config.json (" + imported_from + "): the context it was trained for\n";
+  }
   head += "#  model.max_position_embeddings, train.seq_len = " + std::to_string(o.to) + "\n";
-  head += "#  train.optimizer.lr        " + fmt(out.train.optimizer.lr) + " = a tenth of the original peak lr (" +
-          fmt(cfg.train.optimizer.lr) + "): PI and YaRN fine-tune\n";
+  if (imported_from.empty())
+    head += "#  train.optimizer.lr        " + fmt(out.train.optimizer.lr) + " = a tenth of the original peak lr (" +
+            fmt(cfg.train.optimizer.lr) + "): PI and YaRN fine-tune\n";
+  else
+    head += "#  train.optimizer.lr        " + fmt(out.train.optimizer.lr) + " = a tenth of the estimated pre-training lr " +
+            fmt(cfg.train.optimizer.lr) + "\n#                            (3e-4 * sqrt(4096 / hidden_size): Llama 2 7B 3e-4, TinyLlama 4e-4);\n"
+            "#                            PI and YaRN fine-tune\n";
   head += "#                            LLaMA at 2e-5, ~1/15 of its pre-training lr; gentle, so the\n";
   head += "#                            weights stay close to the checkpoint\n";
-  head += "#  train.max_steps           200 with 20 warm-up steps, cosine to lr/10 (PI and YaRN\n";
-  head += "#                            adapt in a few hundred steps)\n";
+  if (imported_from.empty()) {
+    head += "#  train.max_steps           200 with 20 warm-up steps, cosine to lr/10 (PI and YaRN\n";
+    head += "#                            adapt in a few hundred steps)\n";
+  } else {
+    head += "#  train.max_steps           " + std::to_string(out.train.max_steps) +
+            " = ~0.1 tokens per parameter (" + std::to_string(params) + " parameters,\n";
+    head += "#                            " + std::to_string(step_tokens) +
+            " tokens per step; PI used ~0.08, YaRN ~0.25), within 100..1000;\n";
+    head += "#                            20 warm-up steps, cosine to lr/10\n";
+    head += "#  data.train                SET THIS: text tokenized with the model's own tokenizer\n";
+    head += "#                            (ringtrain data prepare ... --tokenizer MODEL_DIR/tokenizer.model)\n";
+  }
   head += "#  train.global_batch_size   " + std::to_string(out.train.global_batch_size) + " x " +
           std::to_string(o.to) + " tokens: about the original run's " + std::to_string(tokens) +
           " tokens per step\n";
