@@ -116,7 +116,8 @@ PY
 mk() { /usr/bin/python3 mk.py "$@" || fail "mk.py $*"; }
 
 mk ok
-expect 0 "imported" -- "$bin" import ok --out ok.h5
+printf '{"tokenizer": "stand-in"}' > ok/tokenizer.json
+expect 0 "kept config.json, tokenizer.json" -- "$bin" import ok --out ok.h5
 mk sharded sharded
 expect 0 "2 safetensors file(s)" -- "$bin" import sharded --out sharded.h5
 
@@ -184,6 +185,28 @@ diff rp4.txt rp5.txt > /dev/null || fail "rope_parameters imports differently fr
 grep -q "rope_type: yarn" rp5.txt && grep -q "rope_theta: 5000" rp5.txt || fail "rope_parameters not read: $(cat rp5.txt)"
 mk rpd 'cfg:rope_parameters={"rope_type": "default", "rope_theta": 500000.0}'
 "$bin" inspect rpd | grep -q "rope_scaling: null" || fail "rope_parameters default is not 'no scaling'"
+
+# checkpoint.init_from takes an HF directory (or the imported checkpoint); the
+# run's checkpoints export with the tokenizer files found along init_from.
+yes "the tokenizer travels with the model, through init_from" | head -c 4000 > text.txt
+for src in ok ok.h5; do
+  cat > ft.yaml <<YAML
+run: {name: ft, dir: $work/ft-$src, seed: 1}
+model: {vocab_size: 256, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1,
+        num_attention_heads: 2, rms_norm_eps: 1.0e-5, max_position_embeddings: 64}
+data: {train: $work/text.txt}
+train: {seq_len: 32, micro_batch_size: 1, global_batch_size: 1, max_steps: 1,
+        schedule: {warmup_steps: 0}}
+checkpoint: {init_from: $work/$src}
+YAML
+  "$bin" train ft.yaml > ft.log 2>&1 || fail "training from init_from $src: $(tail -3 ft.log)"
+  grep -q "init_from $work/$src: loaded weights" ft.log || fail "init_from $src did not load: $(cat ft.log)"
+  expect 0 "copied from $work/$src: tokenizer.json" -- \
+    "$bin" export "$work/ft-$src/checkpoints/step_00000001.h5" --out "ft-$src-hf"
+  cmp -s ok/tokenizer.json "ft-$src-hf/tokenizer.json" || fail "export after init_from $src lost tokenizer.json"
+done
+expect 2 "model.hidden_size is 16 in the checkpoint but 32 in the config" -- \
+  "$bin" train ft.yaml --set model.hidden_size=32 --set model.intermediate_size=64 --set run.dir="$work/ft-bad"
 
 # Export refusals.
 cat > alibi.yaml <<YAML
