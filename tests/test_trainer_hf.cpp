@@ -142,7 +142,7 @@ TEST(HfConfig, ExportForms) {
   EXPECT_EQ(j["eos_token_id"], 2);
   EXPECT_EQ(j["torch_dtype"], "bfloat16");
   EXPECT_EQ(j["architectures"][0], "LlamaForCausalLM");
-  // ...and omitted when it is max_position_embeddings (transformers < 4.50
+  // ...and omitted when it is max_position_embeddings (transformers 4.44
   // reads yarn's original length from there).
   yarn.original_max_position_embeddings = 1024;
   m.rope_scaling = yarn;

@@ -245,11 +245,11 @@ nlohmann::ordered_json hf_config_json(const ModelConfig& m, const std::string& t
       rs["rope_type"] = r->rope_type;
       rs["factor"] = r->factor;
       const int64_t orig = r->original_max_position_embeddings.value_or(m.max_position_embeddings);
-      // transformers before 4.50 takes yarn's and dynamic's original length
-      // from max_position_embeddings; later versions and vLLM from this key
-      // (and then derive the factor as max_position_embeddings / it). Written
-      // when it differs from max_position_embeddings, and always for the
-      // types that require it.
+      // transformers 4.44 takes yarn's and dynamic's original length from
+      // max_position_embeddings; vLLM and newer transformers from this key
+      // (deriving yarn's factor as max_position_embeddings / it). Written when
+      // it differs from max_position_embeddings, and always for the types
+      // that require it.
       if (orig != m.max_position_embeddings || r->rope_type == "llama3" ||
           r->rope_type == "longrope")
         rs["original_max_position_embeddings"] = orig;
