@@ -198,7 +198,8 @@ HfModelConfig parse_hf_config(const std::string& json_text, const std::string& w
 
   HfModelConfig out;
   out.model = m;
-  if (j.contains("torch_dtype") && j["torch_dtype"].is_string()) out.torch_dtype = j["torch_dtype"];
+  for (const char* k : {"torch_dtype", "dtype"})  // transformers 5 writes `dtype`
+    if (j.contains(k) && j[k].is_string()) out.torch_dtype = j[k];
   out.carried = json::object();
   for (const char* k : {"bos_token_id", "eos_token_id", "pad_token_id"})
     if (j.contains(k)) out.carried[k] = j[k];

@@ -403,7 +403,9 @@ int run_export_command(const ExportOptions& o) {
       if (c.is_object()) {
         for (const char* k : {"bos_token_id", "eos_token_id", "pad_token_id"})
           if (c.contains(k)) carried[k] = c[k];
-        if (c.contains("torch_dtype") && c["torch_dtype"].is_string()) source_dtype = c["torch_dtype"];
+        // transformers 5 writes `dtype`, 4.x `torch_dtype`.
+        for (const char* k : {"torch_dtype", "dtype"})
+          if (c.contains(k) && c[k].is_string()) source_dtype = c[k];
       }
     }
   const std::string dtype =
