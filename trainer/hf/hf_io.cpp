@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -107,6 +108,12 @@ HfWeights open_hf_weights(const std::string& dir) {
   return w;
 }
 
+std::string shape_str(const std::vector<int64_t>& v) {
+  std::string t = "[";
+  for (size_t i = 0; i < v.size(); ++i) t += (i ? ", " : "") + std::to_string(v[i]);
+  return t + "]";
+}
+
 struct PlannedTensor {
   const TensorSpec* spec;
   size_t shard;
@@ -129,22 +136,12 @@ std::vector<PlannedTensor> plan_reads(const HfWeights& w, const std::vector<Tens
     if (it == w.tensors.end()) {
       if (!is_optional(s.name))
         problems.push_back(s.name + " is missing (config.json expects shape " +
-                           [&] {
-                             std::string t = "[";
-                             for (size_t i = 0; i < s.shape.size(); ++i)
-                               t += (i ? ", " : "") + std::to_string(s.shape[i]);
-                             return t + "]";
-                           }() + ")");
+                           shape_str(s.shape) + ")");
       continue;
     }
     if (it->second.second->shape != s.shape) {
-      auto str = [](const std::vector<int64_t>& v) {
-        std::string t = "[";
-        for (size_t i = 0; i < v.size(); ++i) t += (i ? ", " : "") + std::to_string(v[i]);
-        return t + "]";
-      };
-      problems.push_back(s.name + " has shape " + str(it->second.second->shape) +
-                         ", config.json implies " + str(s.shape));
+      problems.push_back(s.name + " has shape " + shape_str(it->second.second->shape) +
+                         ", config.json implies " + shape_str(s.shape));
       continue;
     }
     plan.push_back({&s, it->second.first, it->second.second});
@@ -423,7 +420,8 @@ int run_export_command(const ExportOptions& o) {
       auto it = have.find(s.name);
       if (it == have.end()) problems += (problems.empty() ? "" : "; ") + s.name + " is missing";
       else if (it->second != s.shape)
-        problems += (problems.empty() ? "" : "; ") + s.name + " has another shape than its config";
+        problems += (problems.empty() ? "" : "; ") + s.name + " has shape " +
+                    shape_str(it->second) + ", its config implies " + shape_str(s.shape);
       if (it != have.end()) have.erase(it);
     }
     for (const auto& [name, shape] : have)
