@@ -125,7 +125,9 @@ expect 0 "2 safetensors file(s)" -- "$bin" import sharded --out sharded.h5
 mk trunc truncate
 expect 3 "truncated or the header lies" -- "$bin" import trunc --out x.h5
 expect 3 "truncated or the header lies" -- "$bin" inspect trunc
-expect 3 "truncated or the header lies" -- "$bin" eval trunc --seq-len 8 --no-plots
+printf 'a few bytes of text to evaluate on' > d.txt
+expect 3 "truncated or the header lies" -- "$bin" eval trunc --data d.txt --seq-len 8 --no-plots
+expect 2 "pass --data FILE" -- "$bin" eval ok --seq-len 8 --no-plots
 mk tiny tiny-file
 expect 3 "shorter than the 8-byte header length" -- "$bin" import tiny --out x.h5
 mk longh long-header

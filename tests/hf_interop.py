@@ -5,7 +5,7 @@ them in .venv, over Debian's torch):
     .venv/bin/python tests/hf_interop.py RINGTRAIN WORKDIR
 
 Tiny random Llama models built by transformers itself (MHA and GQA, tied and
-untied, no scaling, llama3 and yarn rope_scaling, single-file and sharded,
+untied, no scaling, linear, dynamic, llama3 and yarn rope_scaling, single-file and sharded,
 fp32, bf16 and fp16 files):
   - `ringtrain import` + `eval` gives the per-token NLL of the transformers
     forward (relative 1e-4; bf16/fp16 weights are compared upcast to fp32,
@@ -127,6 +127,8 @@ with open(os.path.join(WORK, "text.txt"), "wb") as f:
 VARIANTS = [
     # name, heads, kv heads, tied, rope_scaling, file dtype, max_shard_size
     ("mha-untied-fp32", 4, 4, False, None, torch.float32, None),
+    # max_position_embeddings 64 < SEQ: dynamic NTK rescales for the eval.
+    ("gqa-dynamic-fp32", 4, 2, False, {"type": "dynamic", "factor": 2.0}, torch.float32, None),
     ("gqa-tied-bf16-sharded", 4, 2, True, None, torch.bfloat16, "40KB"),
     ("gqa-llama3-fp32-sharded", 4, 2, False,
      {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -139,7 +141,8 @@ for name, heads, kv, tied, scaling, dtype, shard in VARIANTS:
     d = os.path.join(WORK, name)
     cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                       num_attention_heads=heads, num_key_value_heads=kv,
-                      max_position_embeddings=128, rope_theta=10000.0, rope_scaling=scaling,
+                      max_position_embeddings=64 if "dynamic" in name else 128,
+                      rope_theta=10000.0, rope_scaling=scaling,
                       tie_word_embeddings=tied, rms_norm_eps=1e-5)
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():  # weights that make the logits far from uniform

@@ -124,6 +124,9 @@ int run_eval_command(const EvalOptions& o) {
   Config cfg;
   std::string ckpt;
   if (ends_with(o.target, ".h5") || is_hf_dir(o.target)) {  // a checkpoint or an HF directory
+    if (is_hf_dir(o.target) && o.data.empty())
+      throw UsageError("eval " + o.target + ": a Hugging Face directory has no data of its own; "
+                       "pass --data FILE (tokens from the model's tokenizer)");
     ckpt = o.target;
     CheckpointMeta meta = read_checkpoint_meta(ckpt);
     cfg = parse_config(meta.config_yaml, ckpt + ":config", o.overrides);
