@@ -5,6 +5,7 @@
 // --max-shard-size parsing. The end-to-end checks against transformers are
 // tests/hf_interop.py (cli_hf_interop) and tests/cli_hf_errors.sh.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
@@ -35,7 +36,8 @@ const char* kTinyLlamaConfig = R"({
   "use_cache": true, "vocab_size": 32000})";
 
 fs::path temp_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / ("rt_test_hf_" + name + "_" + std::to_string(::getpid()));
+  fs::path d = fs::temp_directory_path() /
+               ("rt_test_hf_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(d);
   fs::create_directories(d);
   return d;
@@ -190,7 +192,8 @@ TEST(Safetensors, WriteReadRoundTripBf16) {
   r.read_f32(*r.find("w"), out);
   // Round to nearest even, as torch's .to(torch.bfloat16) gives.
   const float want[] = {1.0f, -1.5f, 3.140625f, 0.00099945068359375f, 65536.0f, -0.0f};
-  for (int i = 0; i < 6; ++i) EXPECT_EQ(std::memcmp(&out[i], &want[i], 4), 0) << i << ": " << out[i];
+  for (int i = 0; i < 6; ++i)
+    EXPECT_EQ(std::memcmp(&out[i], &want[i], 4), 0) << i << ": " << out[i];
   fs::remove_all(dir);
 }
 

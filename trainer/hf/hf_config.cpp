@@ -103,8 +103,8 @@ std::optional<RopeScalingConfig> read_rope(const json& r, const std::string& key
   c.attention_factor = opt("attention_factor");
   c.low_freq_factor = get_double(r, "low_freq_factor", c.low_freq_factor, at);
   c.high_freq_factor = get_double(r, "high_freq_factor", c.high_freq_factor, at);
-  for (auto [k, dst] : {std::pair<const char*, std::vector<double>*>{"short_factor", &c.short_factor},
-                        {"long_factor", &c.long_factor}}) {
+  using Slot = std::pair<const char*, std::vector<double>*>;
+  for (auto [k, dst] : {Slot{"short_factor", &c.short_factor}, Slot{"long_factor", &c.long_factor}}) {
     if (!r.contains(k) || r[k].is_null()) continue;
     if (!r[k].is_array()) throw UsageError(at + "." + k + " must be a list of numbers");
     for (const json& v : r[k]) {

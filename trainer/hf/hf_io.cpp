@@ -192,7 +192,8 @@ double estimated_pretraining_lr(int hidden) {
 
 bool is_hf_dir(const std::string& path) {
   std::error_code ec;
-  return !path.empty() && fs::is_directory(path, ec) && fs::exists(fs::path(path) / "config.json", ec);
+  return !path.empty() && fs::is_directory(path, ec) &&
+         fs::exists(fs::path(path) / "config.json", ec);
 }
 
 const std::vector<std::string>& hf_side_files() {
@@ -427,7 +428,8 @@ int run_export_command(const ExportOptions& o) {
     for (const auto& [name, shape] : have)
       problems += (problems.empty() ? "" : "; ") + ("unexpected /model/" + name);
     if (!problems.empty())
-      throw UsageError("export " + o.checkpoint + ": /model does not match its config: " + problems);
+      throw UsageError("export " + o.checkpoint + ": /model does not match its config: " +
+                       problems);
   }
 
   const fs::path out(o.out);
@@ -470,8 +472,8 @@ int run_export_command(const ExportOptions& o) {
   }
   if (shards.size() > 1)
     write_text_file(out / kIndexName,
-                    json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}}.dump(2) +
-                        "\n");
+                    json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}}
+                            .dump(2) + "\n");
   const std::string torch_dtype = dtype == "fp32" ? "float32" : "bfloat16";
   write_text_file(out / "config.json", hf_config_json(m, torch_dtype, carried).dump(2) + "\n");
   bool have_generation = false;
@@ -497,8 +499,8 @@ int run_export_command(const ExportOptions& o) {
   std::cout.precision(2);
   std::cout << std::fixed << s << " s\n";
   if (m.rope_scaling)
-    std::cout << "config.json rope_scaling: " << hf_config_json(m, torch_dtype, carried)["rope_scaling"].dump()
-              << "\n";
+    std::cout << "config.json rope_scaling: "
+              << hf_config_json(m, torch_dtype, carried)["rope_scaling"].dump() << "\n";
   if (list.empty())
     std::cout << "no tokenizer files: the checkpoint came with none (a byte-level ringtrain "
                  "model, or pass --tokenizer-from HF_DIR)\n";

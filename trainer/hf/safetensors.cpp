@@ -235,7 +235,9 @@ void write_safetensors(const std::string& path, StDType dtype,
   uint64_t at = 0;
   for (const StTensorToWrite& t : tensors) {
     const uint64_t bytes = st_tensor_bytes(dtype, t.shape);
-    h[t.name] = {{"dtype", st_dtype_name(dtype)}, {"shape", t.shape}, {"data_offsets", {at, at + bytes}}};
+    h[t.name] = {{"dtype", st_dtype_name(dtype)},
+                 {"shape", t.shape},
+                 {"data_offsets", {at, at + bytes}}};
     at += bytes;
   }
   std::string header = h.dump();
