@@ -161,6 +161,21 @@ class CheckpointWriter {
     }
   }
 
+  // A 1-D uint8 dataset holding `bytes` (a file stored inside the checkpoint).
+  void bytes_dataset(hid_t group, const std::string& name, const std::string& where,
+                     const std::string& bytes) {
+    hsize_t n = bytes.size();
+    H5Id space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+    H5Id dset(H5Dcreate2(group, name.c_str(), H5T_STD_U8LE, space.get(), H5P_DEFAULT,
+                         H5P_DEFAULT, H5P_DEFAULT),
+              H5Dclose);
+    if (!dset.valid()) fail("cannot create dataset " + where);
+    if (n > 0 &&
+        H5Dwrite(dset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes.data()) < 0)
+      fail("cannot write dataset " + where);
+    if (dset.close() < 0) fail("cannot write dataset " + where);
+  }
+
   // Flush and close; errors that surface only now (full disk) are caught.
   void finish() {
     if (H5Fflush(file_.get(), H5F_SCOPE_GLOBAL) < 0) fail("cannot flush file");
@@ -466,6 +481,12 @@ void save_checkpoint(const std::string& path, LlamaModel& model, Optimizer* opt,
         H5Id g = w.group(w.file(), "trainer");
         w.string_attr(g.get(), "state", meta.trainer_state_json);
       }
+      if (!meta.tokenizer.empty()) w.string_attr(w.file(), "tokenizer", meta.tokenizer);
+      if (!meta.tokenizer_files.empty()) {
+        H5Id g = w.group(w.file(), "tokenizer");
+        for (const auto& [name, bytes] : meta.tokenizer_files)
+          w.bytes_dataset(g.get(), name, "/tokenizer/" + name, bytes);
+      }
       w.finish();
     }
     if (int err = fsync_path(tmp, O_RDONLY))
@@ -509,7 +530,40 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
     H5Id g = r.group(r.file(), "trainer", "no /trainer group");
     if (r.has_attr(g.get(), "state")) meta.trainer_state_json = r.string_attr(g.get(), "state");
   }
+  if (r.has_attr(r.file(), "tokenizer")) meta.tokenizer = r.string_attr(r.file(), "tokenizer");
   return meta;
+}
+
+std::vector<std::pair<std::string, std::string>> read_checkpoint_tokenizer_files(
+    const std::string& path) {
+  CheckpointReader r(path);
+  check_format(r);
+  std::vector<std::pair<std::string, std::string>> files;
+  if (!r.exists(r.file(), "tokenizer")) return files;
+  H5Id g = r.group(r.file(), "tokenizer", "no /tokenizer group");
+  for (const std::string& name : r.link_names(g.get())) {
+    const std::string where = "/tokenizer/" + name;
+    H5Id dset(H5Dopen2(g.get(), name.c_str(), H5P_DEFAULT), H5Dclose);
+    if (!dset.valid()) r.fail("cannot open dataset " + where);
+    H5Id type(H5Dget_type(dset.get()), H5Tclose);
+    H5Id space(H5Dget_space(dset.get()), H5Sclose);
+    if (H5Tget_class(type.get()) != H5T_INTEGER || H5Tget_size(type.get()) != 1 ||
+        H5Sget_simple_extent_ndims(space.get()) != 1)
+      throw IoError("checkpoint " + path + ": dataset " + where +
+                    " is not a 1-D uint8 array (the bytes of a tokenizer file)");
+    std::string bytes(size_t(H5Sget_simple_extent_npoints(space.get())), '\0');
+    if (!bytes.empty() && H5Dread(dset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                                  bytes.data()) < 0)
+      r.fail("cannot read dataset " + where);
+    files.emplace_back(name, std::move(bytes));
+  }
+  return files;
+}
+
+std::unique_ptr<Tokenizer> read_checkpoint_tokenizer(const std::string& path) {
+  const CheckpointMeta meta = read_checkpoint_meta(path);
+  return tokenizer_from_files(read_checkpoint_tokenizer_files(path), meta.tokenizer,
+                              "checkpoint " + path);
 }
 
 void load_model_weights(const std::string& path, LlamaModel& model,

@@ -20,6 +20,7 @@
 #include "common/log.h"
 #include "data/dataset.h"
 #include "data/token_file.h"
+#include "data/tokenizer.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/eval_command.h"
@@ -168,6 +169,8 @@ int cmd_inspect(const std::string& path) {
   std::printf("total parameters: %lld (%lld tensors, %s as float32)\n", (long long)total,
               (long long)c.model.size(), format_bytes(double(total) * 4).c_str());
   std::printf("checksums: ok\n");
+  std::printf("tokenizer: %s\n",
+              describe_tokenizer_id(c.meta.tokenizer.empty() ? "bytes" : c.meta.tokenizer).c_str());
   std::printf("\nconfig:\n%s", c.meta.config_yaml.c_str());
   if (!c.meta.config_yaml.empty() && c.meta.config_yaml.back() != '\n') std::printf("\n");
   if (!c.meta.trainer_state_json.empty())
@@ -251,14 +254,18 @@ int run(int argc, char** argv) {
   GenerateOptions go;
   auto* generate = app.add_subcommand(
       "generate",
-      "Sample text from a checkpoint (byte tokens; KV cache, or segment by segment through the "
-      "memory of a model.memory checkpoint); prints the prompt and its continuation");
+      "Sample text from a checkpoint (through its tokenizer: bytes or the SentencePiece model "
+      "stored in it; KV cache, or segment by segment through the memory of a model.memory "
+      "checkpoint); prints the prompt and its continuation");
   generate->add_option("checkpoint", go.checkpoint, "CKPT.h5")->required();
   generate->add_option("--prompt", go.prompt, "text to continue")->required();
   generate->add_option("--max-new", go.max_new, "tokens to generate (default 64)");
   generate->add_option("--temperature", go.temperature, "0 = greedy (default), else sampling");
   generate->add_option("--top-k", go.top_k, "sample among the k most likely tokens (0 = all)");
   generate->add_option("--seed", go.seed, "sampling seed (default: the run's seed)");
+  generate->add_flag("--bos", go.bos, "prepend the tokenizer's BOS token to the prompt");
+  generate->add_flag("--stop-at-eos", go.stop_at_eos,
+                     "stop when the model emits the tokenizer's EOS token");
 
   ExtendOptions xo;
   auto* extend = app.add_subcommand(
@@ -274,10 +281,14 @@ int run(int argc, char** argv) {
   data->require_subcommand(1);
   std::vector<std::string> inputs;
   std::string out, tokenizer = "bytes";
-  auto* prepare = data->add_subcommand("prepare", "Tokenize text files into a .h5 or .bin file");
+  auto* prepare = data->add_subcommand(
+      "prepare", "Tokenize text files into a .h5 or .bin file (the .h5 records the tokenizer)");
   prepare->add_option("inputs", inputs, "input text files")->required();
   prepare->add_option("--out", out, "output token file (.h5 or .bin)")->required();
-  prepare->add_option("--tokenizer", tokenizer, "tokenizer (bytes)");
+  prepare->add_option("--tokenizer", tokenizer,
+                      std::string("bytes (default), or the path of a SentencePiece model "
+                                  "(tokenizer.model, or a directory holding one). Supported: ") +
+                          kTokenizersSupported);
 
   try {
     app.parse(argc, argv);
@@ -295,8 +306,9 @@ int run(int argc, char** argv) {
   if (prepare->parsed()) {
     prepare_token_file(inputs, out, tokenizer);
     TokenData d = read_token_file(out);
-    std::cout << "wrote " << out << ": " << d.tokens.size() << " tokens, vocab " << d.vocab_size
-              << ", tokenizer " << d.tokenizer << "\n";
+    std::cout << "wrote " << out << ": " << d.tokens.size() << " tokens, vocab "
+              << load_tokenizer(tokenizer)->vocab_size() << ", tokenizer "
+              << load_tokenizer(tokenizer)->describe() << "\n";
     return kExitOk;
   }
   return kExitUsage;
