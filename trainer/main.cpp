@@ -208,7 +208,9 @@ int run(int argc, char** argv) {
                    "CKPT.h5, or CONFIG.yaml (uses the newest checkpoint in its run dir)")
       ->required();
   eval->add_option("--set", eo.overrides, "override a config key")->take_all();
-  eval->add_option("--data", eo.data, "token file (.h5/.bin/.txt); default: val, else train data");
+  eval->add_option("--data", eo.data,
+                   "token file (.h5/.bin, or .txt encoded with the model's tokenizer); default: "
+                   "val, else train data");
   eval->add_option("--seq-len", eo.seq_len, "one evaluation length");
   eval->add_option("--seq-lens", eo.seq_lens, "several lengths, e.g. 256,512,1024");
   eval->add_option("--max-sequences", eo.max_sequences,
