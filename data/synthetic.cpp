@@ -42,6 +42,30 @@ void append(std::vector<uint32_t>& to, const std::vector<uint32_t>& from) {
   to.insert(to.end(), from.begin(), from.end());
 }
 
+// Encodes the text parts of a sample. SentencePiece models with a dummy
+// prefix (Llama's) start every encoded part with a word-start mark, which
+// decodes as a space between parts: their parts drop the trailing space or
+// newline, so the sample reads "... green. The sky ..." as the whole text
+// would (the spaces between parts, like the original passkey prompt). Other
+// tokenizers (bytes) encode the parts exactly.
+class PartEncoder {
+ public:
+  explicit PartEncoder(const Tokenizer& tok) : tok_(tok) {
+    std::vector<uint32_t> ab = tok.encode("a");
+    append(ab, tok.encode("b"));
+    joins_with_space_ = tok.decode(ab) == "a b";
+  }
+  std::vector<uint32_t> operator()(std::string part) const {
+    if (joins_with_space_)
+      while (!part.empty() && (part.back() == ' ' || part.back() == '\n')) part.pop_back();
+    return tok_.encode(part);
+  }
+
+ private:
+  const Tokenizer& tok_;
+  bool joins_with_space_ = false;
+};
+
 }  // namespace
 
 void check_task_tokenizer(const Tokenizer& tok, const std::string& task) {
@@ -58,9 +82,10 @@ void check_task_tokenizer(const Tokenizer& tok, const std::string& task) {
 int64_t passkey_min_length() { return passkey_min_length(bytes_tokenizer()); }
 
 int64_t passkey_min_length(const Tokenizer& tok) {
+  const PartEncoder enc(tok);
   const int64_t needle_chars = int64_t(with_passkey(kNeedle, "12345").size());
-  return int64_t(tok.encode(kIntro).size()) + tok.max_tokens_ascii(needle_chars) +
-         int64_t(tok.encode(kQuestion).size()) + tok.max_tokens_ascii(kPasskeyDigits);
+  return int64_t(enc(kIntro).size()) + tok.max_tokens_ascii(needle_chars) +
+         int64_t(enc(kQuestion).size()) + tok.max_tokens_ascii(kPasskeyDigits);
 }
 
 PasskeySample make_passkey_sample(int64_t length, double depth, uint64_t seed, int64_t index) {
@@ -81,10 +106,11 @@ PasskeySample make_passkey_sample(const Tokenizer& tok, int64_t length, double d
   const uint64_t h = mix_seed(seed, kStreamPasskey, uint64_t(index));
   s.passkey = std::to_string(10000 + h % 90000);
 
-  const std::vector<uint32_t> intro = tok.encode(kIntro);
-  const std::vector<uint32_t> needle = tok.encode(with_passkey(kNeedle, s.passkey));
-  const std::vector<uint32_t> question = tok.encode(kQuestion);
-  const std::vector<uint32_t> answer = tok.encode(s.passkey);
+  const PartEncoder enc(tok);
+  const std::vector<uint32_t> intro = enc(kIntro);
+  const std::vector<uint32_t> needle = enc(with_passkey(kNeedle, s.passkey));
+  const std::vector<uint32_t> question = enc(kQuestion);
+  const std::vector<uint32_t> answer = enc(s.passkey);
   const size_t fixed = intro.size() + needle.size() + question.size() + answer.size();
   RT_CHECK(int64_t(fixed) <= length, "passkey_min_length bounds a sample");
   const size_t region = size_t(length) - fixed;
@@ -94,7 +120,7 @@ PasskeySample make_passkey_sample(const Tokenizer& tok, int64_t length, double d
   std::vector<size_t> starts;  // within a block
   for (const std::string& sentence : kFillerSentences) {
     starts.push_back(block.size());
-    append(block, tok.encode(sentence));
+    append(block, enc(sentence));
   }
   std::vector<uint32_t> fill;
   std::vector<bool> boundary(region + 1, false);
@@ -170,7 +196,8 @@ RecallSample make_recall_sample(const Tokenizer& tok, int64_t length, int64_t pa
   const int64_t max_query = tok.max_tokens_ascii(kRecallQueryBytes - kRecallValueDigits) +
                             tok.max_tokens_ascii(kRecallValueDigits);
   const int64_t body = length - max_query;
-  const uint32_t dot = tok.encode(".").back();
+  const PartEncoder enc(tok);
+  const uint32_t dot = enc(".").back();
   RecallSample s;
   s.tokens.assign(size_t(body), dot);
   std::vector<std::string> values;
@@ -179,7 +206,7 @@ RecallSample make_recall_sample(const Tokenizer& tok, int64_t length, int64_t pa
     std::snprintf(digits, sizeof digits, "%03u", unsigned(rng.below(1000)));
     values.emplace_back(digits);
     const std::vector<uint32_t> pair =
-        tok.encode(std::string(1, letters[size_t(i)]) + "=" + values[size_t(i)] + ";");
+        enc(std::string(1, letters[size_t(i)]) + "=" + values[size_t(i)] + ";");
     const int64_t n = int64_t(pair.size());
     const int64_t lo = i * body / pairs, hi = (i + 1) * body / pairs;  // hi - lo >= n
     RT_CHECK(hi - lo >= n, "recall_min_length bounds a pair");
@@ -190,8 +217,8 @@ RecallSample make_recall_sample(const Tokenizer& tok, int64_t length, int64_t pa
   s.queried_pair = int64_t(rng.below(uint64_t(pairs)));
   s.key = letters[size_t(s.queried_pair)];
   s.value = values[size_t(s.queried_pair)];
-  const std::vector<uint32_t> query = tok.encode(std::string("?") + s.key + "=");
-  const std::vector<uint32_t> answer = tok.encode(s.value);
+  const std::vector<uint32_t> query = enc(std::string("?") + s.key + "=");
+  const std::vector<uint32_t> answer = enc(s.value);
   // Filler up to the query, so that the sample is exactly `length` tokens.
   s.tokens.resize(size_t(length) - query.size() - answer.size(), dot);
   append(s.tokens, query);

@@ -182,12 +182,16 @@ TEST_F(SentencePiece, PasskeySamples) {
         const std::vector<uint32_t> answer(s.tokens.begin() + s.answer_begin, s.tokens.end());
         EXPECT_EQ(tok->decode(answer), s.passkey);
         EXPECT_EQ(s.text, tok->decode(s.tokens));
-        EXPECT_NE(s.text.find("The pass key is " + s.passkey + ". Remember it. " + s.passkey +
-                              " is the pass key."),
-                  std::string::npos);
-        EXPECT_NE(s.text.rfind("What is the pass key? The pass key is"), std::string::npos);
-        const std::vector<uint32_t> needle = tok->encode(
-            "The pass key is " + s.passkey + ". Remember it. " + s.passkey + " is the pass key.\n");
+        // natural text: parts joined by single spaces (the model's dummy prefix)
+        const std::string needle_text =
+            "The pass key is " + s.passkey + ". Remember it. " + s.passkey + " is the pass key.";
+        EXPECT_NE(s.text.find(needle_text), std::string::npos);
+        EXPECT_EQ(s.text.rfind("What is the pass key? The pass key is " + s.passkey),
+                  s.text.size() - 38 - 5);
+        EXPECT_EQ(s.text.find("  "), std::string::npos) << s.text;
+        EXPECT_EQ(s.text.find("\n"), std::string::npos) << s.text;
+        EXPECT_EQ(s.text.rfind("There is an important info", 0), 0u);
+        const std::vector<uint32_t> needle = tok->encode(needle_text);
         EXPECT_TRUE(std::equal(needle.begin(), needle.end(), s.tokens.begin() + s.needle_begin));
         if (len == 1025) needle_places.insert(s.needle_begin);
       }
