@@ -1,6 +1,7 @@
 // Sequence sources and their order (SPEC §7).
 #include "data/dataset.h"
 
+#include <algorithm>
 #include <numeric>
 #include <utility>
 
@@ -193,6 +194,14 @@ std::unique_ptr<SequenceSource> make_token_source(const std::string& path,
                                                   std::shared_ptr<const Tokenizer> tok) {
   TokenData data = read_token_file(path, tok.get());
   if (tok) check_token_file_tokenizer(path, data, *tok);
+  if (tok && !data.tokenizer_recorded &&
+      std::all_of(data.tokens.begin(), data.tokens.end(),
+                  [&](uint32_t t) { return int64_t(t) < tok->vocab_size(); })) {
+    // .bin records no vocabulary (its guess is for GPT-2 files): ids that fit
+    // the model's tokenizer are taken as its
+    data.vocab_size = tok->vocab_size();
+    data.tokenizer = tok->id();
+  }
   return std::make_unique<TokenSequenceSource>(path, std::move(data));
 }
 

@@ -38,7 +38,8 @@ class SequenceSource {
 // model's tokenizer (null = bytes): .txt files are encoded with it, and a
 // token file that records another tokenizer ringtrain knows ("bytes",
 // "sentencepiece:sha256=...") is a UsageError naming both (other recorded
-// names only warn; .bin files record none).
+// names only warn; .bin files record none: when their ids fit `tok`, they are
+// taken as its, with its vocab).
 std::unique_ptr<SequenceSource> make_token_source(const std::string& path,
                                                   std::shared_ptr<const Tokenizer> tok = nullptr);
 // From the config (path or synthetic). seed = run.seed. Synthetic samples are

@@ -142,6 +142,9 @@ PY
 $bin train sp.yaml --set run.dir=$work/syn --set "data.train={synthetic: passkey, loss: answer}" \
   --set train.max_steps=2 --set train.seq_len=192 2> syn.log || { cat syn.log; fail "synthetic passkey with SentencePiece"; }
 grep -q "synthetic passkey.*tokenizer sentencepiece" syn.log || { cat syn.log; fail "synthetic tokenizer"; }
+$bin train sp.yaml --set run.dir=$work/bin --set data.train=$work/sp.bin --set train.max_steps=1 \
+  2> bin.log || { cat bin.log; fail "training on a SentencePiece .bin"; }
+grep -qE "sp.bin \([0-9]+ tokens, vocab 1000, tokenizer sentencepiece" bin.log || { cat bin.log; fail ".bin vocab"; }
 $bin train sp.yaml --set run.dir=$work/rec --set "data.train={synthetic: recall, pairs: 4}" \
   --set train.max_steps=1 2> rec.log || { cat rec.log; fail "synthetic recall with SentencePiece"; }
 

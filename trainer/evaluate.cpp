@@ -124,8 +124,8 @@ class AnswerScorer {
   std::vector<int32_t> inputs_, targets_;
 };
 
-// A trial is right when the greedy predictions of the answer tokens decode
-// to the answer's text (digits); with bytes, when every byte is right.
+}  // namespace
+
 bool answer_right(const Tokenizer& tok, const std::vector<uint32_t>& tokens, int64_t answer_begin,
                   const int64_t* pred) {
   const std::vector<uint32_t> answer(tokens.begin() + answer_begin, tokens.end());
@@ -136,8 +136,6 @@ bool answer_right(const Tokenizer& tok, const std::vector<uint32_t>& tokens, int
   }
   return got == answer || tok.decode(got) == tok.decode(answer);
 }
-
-}  // namespace
 
 int64_t default_position_bucket(int64_t seq_len) {
   return std::clamp<int64_t>(seq_len / 16, 1, 512);

@@ -87,6 +87,14 @@ PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& se
                                const EvalSharding* sharding = nullptr,
                                const Tokenizer* tok = nullptr);
 
+// Scoring of one passkey or recall trial: `tokens` is the sample, its answer
+// tokens[answer_begin:]; pred[k] = 1 + the greedy prediction at answer
+// position k (0 = none). Right when the predictions decode to the answer's
+// text (another segmentation of the same digits counts); ids outside the
+// tokenizer are wrong. With bytes: every byte right.
+bool answer_right(const Tokenizer& tok, const std::vector<uint32_t>& tokens, int64_t answer_begin,
+                  const int64_t* pred);
+
 // Associative recall (data/synthetic.h). Trial t at length L is
 // make_recall_sample(tok, L + 1, pairs, seed, t), scored like a passkey
 // trial: it is correct when the greedy predictions of the answer tokens
