@@ -165,9 +165,24 @@ expect 3 "tokenizer .*missing.model: no such file" -- \
   $bin train sp.yaml --set run.dir=$work/miss --set data.tokenizer=$work/missing.model
 expect 2 "tokenizer.json is not supported yet" -- \
   $bin data prepare "$corpus" --out x.h5 --tokenizer $work/tokenizer.json
-# data.tokenizer null: checkpoint.init_from's tokenizer
-$bin train sp.yaml --set run.dir=$work/ft2 --set checkpoint.init_from=$ckpt --set data.tokenizer=null \
-  --set train.max_steps=1 2> ft2.log || { cat ft2.log; fail "init_from inherits the tokenizer"; }
+# data.tokenizer null: checkpoint.init_from's tokenizer, and the new run's
+# checkpoints carry all of init_from's tokenizer files (as an imported model's)
+cp "$ckpt" init.h5
+$py -c "
+import h5py, numpy as np
+with h5py.File('init.h5', 'a') as f:
+    f['tokenizer/tokenizer_config.json'] = np.frombuffer(b'{\"add_bos_token\": true}', np.uint8)"
+$bin train sp.yaml --set run.dir=$work/ft2 --set checkpoint.init_from=$work/init.h5 \
+  --set data.tokenizer=null --set train.max_steps=1 --set checkpoint.every_steps=1 2> ft2.log \
+  || { cat ft2.log; fail "init_from inherits the tokenizer"; }
+$py - <<'PY' || fail "the fine-tuned checkpoint lost init_from's tokenizer files"
+import h5py
+with h5py.File("init.h5") as a, h5py.File("ft2/checkpoints/step_00000001.h5") as b:
+    assert sorted(b["tokenizer"]) == ["tokenizer.model", "tokenizer_config.json"], list(b["tokenizer"])
+    for k in a["tokenizer"]:
+        assert a["tokenizer"][k][:].tobytes() == b["tokenizer"][k][:].tobytes(), k
+    assert a.attrs["tokenizer"] == b.attrs["tokenizer"]
+PY
 $bin --help > /dev/null
 $bin data prepare --help | grep -q "SentencePiece" || fail "data prepare --help names SentencePiece"
 echo "cli_tokenizer: all checks passed"

@@ -129,6 +129,12 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
   rows_ = ring_local_rows(layout, dims_.cp, dims_.cp_index(rank_), cfg_.train.seq_len);
   backend_ = make_backend(cfg_.parallel.device);
   tokenizer_ = config_tokenizer(cfg_);
+  tokenizer_files_ = tokenizer_->files();
+  if (std::error_code ec; fs::is_regular_file(cfg_.checkpoint.init_from, ec)) {
+    auto files = read_checkpoint_tokenizer_files(cfg_.checkpoint.init_from);
+    if (tokenizer_from_files(files, "", cfg_.checkpoint.init_from)->id() == tokenizer_->id())
+      tokenizer_files_ = std::move(files);
+  }
   train_data_ = make_source(cfg_.data.train, cfg_.run.seed, tokenizer_);
   if (cfg_.data.val) val_data_ = make_source(*cfg_.data.val, cfg_.run.seed, tokenizer_);
   if (train_data_->vocab_size() > cfg_.model.vocab_size)
@@ -468,7 +474,7 @@ void Trainer::save_checkpoint_now() {
   meta.config_yaml = config_to_yaml(cfg_);
   meta.trainer_state_json = trainer_state_json();
   meta.tokenizer = tokenizer_->id();
-  meta.tokenizer_files = tokenizer_->files();
+  meta.tokenizer_files = tokenizer_files_;
   const std::string path = checkpoint_path(cfg_.run.dir, step_);
   const auto t0 = Clock::now();
   save_checkpoint(path, *model_, optimizer_.get(), meta);

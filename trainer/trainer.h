@@ -105,6 +105,10 @@ class Trainer {
   std::unique_ptr<RmtRunner> rmt_;       // recurrent memory (model.memory), else null
   std::unique_ptr<Optimizer> optimizer_;
   std::shared_ptr<const Tokenizer> tokenizer_;
+  // What checkpoints store under /tokenizer: init_from's files when the
+  // model kept its tokenizer (all of them, e.g. an imported model's
+  // tokenizer_config.json too), else the tokenizer's own.
+  std::vector<std::pair<std::string, std::string>> tokenizer_files_;
   std::unique_ptr<SequenceSource> train_data_;
   std::unique_ptr<SequenceSource> val_data_;
   std::unique_ptr<SequenceOrder> order_;
