@@ -93,7 +93,8 @@ with h5py.File(sys.argv[1]) as f:
     tok = tok.decode() if isinstance(tok, bytes) else tok
     assert tok == "sentencepiece:sha256=" + hashlib.sha256(model).hexdigest(), tok
 PY
-$bin inspect "$ckpt" | grep -q "^tokenizer: sentencepiece (sha256 " || fail "inspect shows no tokenizer"
+$bin inspect "$ckpt" | grep -qE "^tokenizer: sentencepiece .*/tokenizer/tokenizer.model \(vocab 1000, sha256 [0-9a-f]{12}\)" \
+  || fail "inspect shows no tokenizer"
 
 # The checkpoint is self-contained: everything below runs without sp.model.
 mv sp.model sp.model.away

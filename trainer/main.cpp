@@ -169,8 +169,13 @@ int cmd_inspect(const std::string& path) {
   std::printf("total parameters: %lld (%lld tensors, %s as float32)\n", (long long)total,
               (long long)c.model.size(), format_bytes(double(total) * 4).c_str());
   std::printf("checksums: ok\n");
-  std::printf("tokenizer: %s\n",
-              describe_tokenizer_id(c.meta.tokenizer.empty() ? "bytes" : c.meta.tokenizer).c_str());
+  std::string tokenizer;
+  try {
+    tokenizer = read_checkpoint_tokenizer(path)->describe();
+  } catch (const UsageError& e) {  // e.g. only a tokenizer.json: shown, not fatal here
+    tokenizer = std::string("not supported: ") + e.what();
+  }
+  std::printf("tokenizer: %s\n", tokenizer.c_str());
   std::printf("\nconfig:\n%s", c.meta.config_yaml.c_str());
   if (!c.meta.config_yaml.empty() && c.meta.config_yaml.back() != '\n') std::printf("\n");
   if (!c.meta.trainer_state_json.empty())
