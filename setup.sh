@@ -14,6 +14,8 @@ packages=(
   libopenblas-openmp-dev             # sgemm (OpenMP flavour: no nested thread pools)
   libgtest-dev                       # tests
   libcli11-dev nlohmann-json3-dev    # CLI, JSON output
+  libsentencepiece-dev libssl-dev    # SentencePiece tokenizers (tokenizer.model), SHA-256
+  sentencepiece python3-sentencepiece  # tokenizer tests: spm_train, the reference encoder
   python3 python3-torch python3-h5py python3-numpy   # PyTorch reference tests
   python3-venv                       # .venv for transformers (Hugging Face interop tests)
   python3-matplotlib                 # eval plots (launch/plot_eval.py)

@@ -1,10 +1,12 @@
 // Sequence sources and their order (SPEC §7).
 #include "data/dataset.h"
 
+#include <algorithm>
 #include <numeric>
 #include <utility>
 
 #include "common/errors.h"
+#include "common/log.h"
 #include "common/rng.h"
 #include "data/synthetic.h"
 
@@ -61,16 +63,19 @@ class TokenSequenceSource : public SequenceSource {
 // answer (the sample's last bytes) count.
 class SyntheticSource : public SequenceSource {
  public:
-  SyntheticSource(const DataSourceConfig& cfg, uint64_t seed)
+  SyntheticSource(const DataSourceConfig& cfg, uint64_t seed,
+                  std::shared_ptr<const Tokenizer> tok)
       : n_(cfg.num_sequences),
         answer_only_(cfg.loss == "answer"),
-        seed_(seed + uint64_t(cfg.seed_offset)) {
+        seed_(seed + uint64_t(cfg.seed_offset)),
+        tok_(std::move(tok)) {
     if (n_ < 1)
       throw UsageError("data: num_sequences " + std::to_string(n_) +
                        " must be >= 1 for synthetic data");
+    check_task_tokenizer(*tok_, "synthetic " + cfg.synthetic);
   }
 
-  int64_t vocab_size() const override { return 256; }
+  int64_t vocab_size() const override { return tok_->vocab_size(); }
 
   int64_t num_sequences(int64_t T) const override {
     if (T + 1 < min_length())
@@ -84,38 +89,41 @@ class SyntheticSource : public SequenceSource {
     RT_CHECK(index >= 0 && index < n_, "sequence index out of range");
     RT_CHECK(0 <= begin && begin <= end && end <= T, "bad [begin, end) range");
     int64_t answer_begin = 0;
-    const std::string text = sample(index, T + 1, &answer_begin);
-    const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
+    const std::vector<uint32_t> tokens = sample(index, T + 1, &answer_begin);
     for (int64_t k = 0; k < end - begin; ++k) {
       const int64_t t = begin + k;
-      inputs[k] = bytes[t];
+      inputs[k] = int32_t(tokens[size_t(t)]);
       const bool in_answer = t + 1 >= answer_begin;  // the answer ends the sample
-      targets[k] = (!answer_only_ || in_answer) ? int32_t(bytes[t + 1]) : -1;
+      targets[k] = (!answer_only_ || in_answer) ? int32_t(tokens[size_t(t + 1)]) : -1;
     }
   }
 
   std::string describe() const override {
     return "synthetic " + name() + " (" + std::to_string(n_) + " sequences, " + options() +
-           "loss " + (answer_only_ ? "answer" : "all") + ")";
+           "loss " + (answer_only_ ? "answer" : "all") +
+           (tok_->kind() == "bytes" ? "" : ", tokenizer " + tok_->describe()) + ")";
   }
 
  protected:
   virtual std::string name() const = 0;
   virtual std::string options() const = 0;  // "key value, " pairs for describe()
   virtual int64_t min_length() const = 0;   // of a sample (T + 1)
-  virtual std::string sample(int64_t index, int64_t length, int64_t* answer_begin) const = 0;
+  virtual std::vector<uint32_t> sample(int64_t index, int64_t length,
+                                       int64_t* answer_begin) const = 0;
   uint64_t seed() const { return seed_; }
+  const Tokenizer& tok() const { return *tok_; }
 
  private:
   int64_t n_;
   bool answer_only_;
   uint64_t seed_;
+  std::shared_ptr<const Tokenizer> tok_;
 };
 
 class PasskeySource : public SyntheticSource {
  public:
-  PasskeySource(const DataSourceConfig& cfg, uint64_t seed)
-      : SyntheticSource(cfg, seed), depth_(cfg.depth) {
+  PasskeySource(const DataSourceConfig& cfg, uint64_t seed, std::shared_ptr<const Tokenizer> tok)
+      : SyntheticSource(cfg, seed, std::move(tok)), depth_(cfg.depth) {
     if (depth_ && !(*depth_ >= 0.0 && *depth_ <= 1.0))
       throw UsageError("data: depth " + std::to_string(*depth_) + " must be in [0, 1]");
   }
@@ -125,13 +133,14 @@ class PasskeySource : public SyntheticSource {
   std::string options() const override {
     return "depth " + (depth_ ? std::to_string(*depth_) : std::string("uniform")) + ", ";
   }
-  int64_t min_length() const override { return passkey_min_length(); }
-  std::string sample(int64_t index, int64_t length, int64_t* answer_begin) const override {
+  int64_t min_length() const override { return passkey_min_length(tok()); }
+  std::vector<uint32_t> sample(int64_t index, int64_t length,
+                               int64_t* answer_begin) const override {
     const double depth =
         depth_ ? *depth_ : unit_double(mix_seed(seed(), kStreamDepth, uint64_t(index)));
-    PasskeySample s = make_passkey_sample(length, depth, seed(), index);
+    PasskeySample s = make_passkey_sample(tok(), length, depth, seed(), index);
     *answer_begin = s.answer_begin;
-    return std::move(s.text);
+    return std::move(s.tokens);
   }
 
  private:
@@ -140,8 +149,8 @@ class PasskeySource : public SyntheticSource {
 
 class RecallSource : public SyntheticSource {
  public:
-  RecallSource(const DataSourceConfig& cfg, uint64_t seed)
-      : SyntheticSource(cfg, seed), pairs_(cfg.pairs) {
+  RecallSource(const DataSourceConfig& cfg, uint64_t seed, std::shared_ptr<const Tokenizer> tok)
+      : SyntheticSource(cfg, seed, std::move(tok)), pairs_(cfg.pairs) {
     if (pairs_ < 1 || pairs_ > kRecallMaxPairs)
       throw UsageError("data: pairs " + std::to_string(pairs_) + " must be in [1, " +
                        std::to_string(kRecallMaxPairs) + "] for synthetic recall");
@@ -150,11 +159,12 @@ class RecallSource : public SyntheticSource {
  protected:
   std::string name() const override { return "recall"; }
   std::string options() const override { return std::to_string(pairs_) + " pairs, "; }
-  int64_t min_length() const override { return recall_min_length(pairs_); }
-  std::string sample(int64_t index, int64_t length, int64_t* answer_begin) const override {
-    RecallSample s = make_recall_sample(length, pairs_, seed(), index);
+  int64_t min_length() const override { return recall_min_length(tok(), pairs_); }
+  std::vector<uint32_t> sample(int64_t index, int64_t length,
+                               int64_t* answer_begin) const override {
+    RecallSample s = make_recall_sample(tok(), length, pairs_, seed(), index);
     *answer_begin = s.answer_begin;
-    return std::move(s.text);
+    return std::move(s.tokens);
   }
 
  private:
@@ -163,26 +173,56 @@ class RecallSource : public SyntheticSource {
 
 }  // namespace
 
-std::unique_ptr<SequenceSource> make_token_source(const std::string& path) {
-  return std::make_unique<TokenSequenceSource>(path, read_token_file(path));
+void check_token_file_tokenizer(const std::string& path, const TokenData& data,
+                                const Tokenizer& tok) {
+  if (!data.tokenizer_recorded || data.tokenizer == tok.id()) return;
+  const bool known = data.tokenizer == "bytes" || data.tokenizer.rfind("sentencepiece:", 0) == 0;
+  const std::string what = path + " was tokenized with " + describe_tokenizer_id(data.tokenizer) +
+                           " but the model's tokenizer is " + tok.describe();
+  if (!known) {
+    log_warn("%s (attribute tokenizer '%s' is not one ringtrain writes; assuming the ids fit)",
+             what.c_str(), data.tokenizer.c_str());
+    return;
+  }
+  throw UsageError(what + ": prepare the data with the model's tokenizer (`ringtrain data "
+                          "prepare IN.txt --out OUT.h5 --tokenizer " +
+                   (tok.kind() == "bytes" ? std::string("bytes") : std::string("tokenizer.model")) +
+                   "`) or set data.tokenizer to the one the data was made with");
 }
 
-std::unique_ptr<SequenceSource> make_source(const DataSourceConfig& cfg, uint64_t seed) {
+std::unique_ptr<SequenceSource> make_token_source(const std::string& path,
+                                                  std::shared_ptr<const Tokenizer> tok) {
+  TokenData data = read_token_file(path, tok.get());
+  if (tok) check_token_file_tokenizer(path, data, *tok);
+  if (tok && !data.tokenizer_recorded &&
+      std::all_of(data.tokens.begin(), data.tokens.end(),
+                  [&](uint32_t t) { return int64_t(t) < tok->vocab_size(); })) {
+    // .bin records no vocabulary (its guess is for GPT-2 files): ids that fit
+    // the model's tokenizer are taken as its
+    data.vocab_size = tok->vocab_size();
+    data.tokenizer = tok->id();
+  }
+  return std::make_unique<TokenSequenceSource>(path, std::move(data));
+}
+
+std::unique_ptr<SequenceSource> make_source(const DataSourceConfig& cfg, uint64_t seed,
+                                            std::shared_ptr<const Tokenizer> tok) {
+  if (!tok) tok = std::shared_ptr<const Tokenizer>(make_bytes_tokenizer());
   if (cfg.is_synthetic()) {
     if (!cfg.path.empty())
       throw UsageError("data: give either path or synthetic, not both (path " + cfg.path +
                        ", synthetic " + cfg.synthetic + ")");
     if (cfg.loss != "answer" && cfg.loss != "all")
       throw UsageError("data: loss '" + cfg.loss + "' is not valid (valid: answer, all)");
-    if (cfg.synthetic == "passkey") return std::make_unique<PasskeySource>(cfg, seed);
-    if (cfg.synthetic == "recall") return std::make_unique<RecallSource>(cfg, seed);
+    if (cfg.synthetic == "passkey") return std::make_unique<PasskeySource>(cfg, seed, tok);
+    if (cfg.synthetic == "recall") return std::make_unique<RecallSource>(cfg, seed, tok);
     throw UsageError("data: synthetic '" + cfg.synthetic +
                      "' is not supported (valid: passkey, recall)");
   }
   if (cfg.path.empty())
     throw UsageError(
         "data: a source needs a path (.h5, .bin, .txt) or synthetic: passkey | recall");
-  return make_token_source(cfg.path);
+  return make_token_source(cfg.path, tok);
 }
 
 // ---- SequenceOrder -------------------------------------------------------------

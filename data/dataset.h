@@ -13,6 +13,7 @@
 
 #include "data/data_config.h"
 #include "data/token_file.h"
+#include "data/tokenizer.h"
 
 namespace rt {
 
@@ -33,10 +34,22 @@ class SequenceSource {
   virtual std::string describe() const = 0;
 };
 
-// Token-file-backed: sequence i = tokens[i*T : i*T + T + 1].
-std::unique_ptr<SequenceSource> make_token_source(const std::string& path);
-// From the config (path or synthetic). seed = run.seed.
-std::unique_ptr<SequenceSource> make_source(const DataSourceConfig& cfg, uint64_t seed);
+// Token-file-backed: sequence i = tokens[i*T : i*T + T + 1]. `tok` is the
+// model's tokenizer (null = bytes): .txt files are encoded with it, and a
+// token file that records another tokenizer ringtrain knows ("bytes",
+// "sentencepiece:sha256=...") is a UsageError naming both (other recorded
+// names only warn; .bin files record none: when their ids fit `tok`, they are
+// taken as its, with its vocab).
+std::unique_ptr<SequenceSource> make_token_source(const std::string& path,
+                                                  std::shared_ptr<const Tokenizer> tok = nullptr);
+// From the config (path or synthetic). seed = run.seed. Synthetic samples are
+// built as text and tokenized with `tok` (null = bytes).
+std::unique_ptr<SequenceSource> make_source(const DataSourceConfig& cfg, uint64_t seed,
+                                            std::shared_ptr<const Tokenizer> tok = nullptr);
+// The check make_token_source applies: UsageError when `data` records a
+// tokenizer ringtrain knows that is not `tok`.
+void check_token_file_tokenizer(const std::string& path, const TokenData& data,
+                                const Tokenizer& tok);
 
 // Order of sequences over steps: with shuffle=false step s uses sequences
 // s*G .. s*G+G-1 (mod N); with shuffle=true the global position p = s*G + j

@@ -1,12 +1,15 @@
 // Passkey retrieval and associative-recall samples (SPEC §7).
 //
 // Passkey:
-// Layout of a sample of `length` bytes, R = length - |intro| - |needle| - |question|:
-//   intro | filler[0:p] | needle | filler[p:R] | question
-// filler = the filler block repeated and cut to R bytes; p = depth * R snapped
-// to the nearest sentence start (after ". " or "\n"), or to 0 / R.
+// Layout of a sample of `length` tokens, R = length - |intro| - |needle| -
+// |question| - |answer|:
+//   intro | filler[0:p] | needle | filler[p:R] | question | answer
+// filler = the filler sentences' tokens repeated and cut to R tokens; p =
+// depth * R snapped to the nearest sentence start, or to 0 / R. With bytes
+// a sentence starts after ". " or "\n", as in the byte layout of synthetic.h.
 #include "data/synthetic.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -21,10 +24,13 @@ namespace {
 const std::string kIntro =
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
     "it. I will quiz you about the important information there.\n";
-const std::string kFiller =
-    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n";
+// The filler block, cut into its sentences (a sentence starts after ". " or "\n").
+const std::vector<std::string> kFillerSentences = {
+    "The grass is green. ", "The sky is blue. ", "The sun is yellow. ", "Here we go. ",
+    "There and back again.\n"};
 const std::string kNeedle = "The pass key is NNNNN. Remember it. NNNNN is the pass key.\n";
-const std::string kQuestion = "What is the pass key? The pass key is NNNNN";
+const std::string kQuestion = "What is the pass key? The pass key is ";  // then the answer
+constexpr int64_t kPasskeyDigits = 5;
 
 std::string with_passkey(std::string s, const std::string& key) {
   for (size_t pos = s.find("NNNNN"); pos != std::string::npos; pos = s.find("NNNNN", pos + 5))
@@ -32,24 +38,67 @@ std::string with_passkey(std::string s, const std::string& key) {
   return s;
 }
 
-// True if position p of `fill` starts a sentence (or is one of the ends).
-bool is_boundary(const std::string& fill, size_t p) {
-  if (p == 0 || p == fill.size()) return true;
-  if (fill[p - 1] == '\n') return true;
-  return p >= 2 && fill[p - 2] == '.' && fill[p - 1] == ' ';
+void append(std::vector<uint32_t>& to, const std::vector<uint32_t>& from) {
+  to.insert(to.end(), from.begin(), from.end());
 }
+
+// Encodes the text parts of a sample. SentencePiece models with a dummy
+// prefix (Llama's) start every encoded part with a word-start mark, which
+// decodes as a space between parts: their parts drop the trailing space or
+// newline, so the sample reads "... green. The sky ..." as the whole text
+// would (the spaces between parts, like the original passkey prompt). Other
+// tokenizers (bytes) encode the parts exactly.
+class PartEncoder {
+ public:
+  explicit PartEncoder(const Tokenizer& tok) : tok_(tok) {
+    std::vector<uint32_t> ab = tok.encode("a");
+    append(ab, tok.encode("b"));
+    joins_with_space_ = tok.decode(ab) == "a b";
+  }
+  std::vector<uint32_t> operator()(std::string part) const {
+    if (joins_with_space_)
+      while (!part.empty() && (part.back() == ' ' || part.back() == '\n')) part.pop_back();
+    return tok_.encode(part);
+  }
+
+ private:
+  const Tokenizer& tok_;
+  bool joins_with_space_ = false;
+};
 
 }  // namespace
 
-int64_t passkey_min_length() {
-  return int64_t(kIntro.size() + kNeedle.size() + kQuestion.size());
+void check_task_tokenizer(const Tokenizer& tok, const std::string& task) {
+  const std::string digits = "0123456789";
+  std::string back = tok.decode(tok.encode(digits));
+  while (!back.empty() && back.front() == ' ') back.erase(back.begin());
+  if (back != digits)
+    throw UsageError(task + ": tokenizer " + tok.describe() + " does not reproduce digits (\"" +
+                     digits + "\" decodes back as \"" + back + "\"); the " + task +
+                     " answers are digits: use a tokenizer that covers 0-9 (e.g. trained with "
+                     "--byte_fallback or on text with digits)");
+}
+
+int64_t passkey_min_length() { return passkey_min_length(bytes_tokenizer()); }
+
+int64_t passkey_min_length(const Tokenizer& tok) {
+  const PartEncoder enc(tok);
+  const int64_t needle_chars = int64_t(with_passkey(kNeedle, "12345").size());
+  return int64_t(enc(kIntro).size()) + tok.max_tokens_ascii(needle_chars) +
+         int64_t(enc(kQuestion).size()) + tok.max_tokens_ascii(kPasskeyDigits);
 }
 
 PasskeySample make_passkey_sample(int64_t length, double depth, uint64_t seed, int64_t index) {
-  if (length < passkey_min_length())
+  return make_passkey_sample(bytes_tokenizer(), length, depth, seed, index);
+}
+
+PasskeySample make_passkey_sample(const Tokenizer& tok, int64_t length, double depth,
+                                  uint64_t seed, int64_t index) {
+  const int64_t min_length = passkey_min_length(tok);
+  if (length < min_length)
     throw UsageError("passkey: sequence length " + std::to_string(length) +
                      " is too short; the intro, needle and question need at least " +
-                     std::to_string(passkey_min_length()) + " tokens");
+                     std::to_string(min_length) + " tokens");
   if (!(depth >= 0.0 && depth <= 1.0))
     throw UsageError("passkey: depth " + std::to_string(depth) + " must be in [0, 1]");
 
@@ -57,51 +106,84 @@ PasskeySample make_passkey_sample(int64_t length, double depth, uint64_t seed, i
   const uint64_t h = mix_seed(seed, kStreamPasskey, uint64_t(index));
   s.passkey = std::to_string(10000 + h % 90000);
 
-  const size_t region = size_t(length) - size_t(passkey_min_length());
-  std::string fill;
-  fill.reserve(region + kFiller.size());
-  while (fill.size() < region) fill += kFiller;
+  const PartEncoder enc(tok);
+  const std::vector<uint32_t> intro = enc(kIntro);
+  const std::vector<uint32_t> needle = enc(with_passkey(kNeedle, s.passkey));
+  const std::vector<uint32_t> question = enc(kQuestion);
+  const std::vector<uint32_t> answer = enc(s.passkey);
+  const size_t fixed = intro.size() + needle.size() + question.size() + answer.size();
+  RT_CHECK(int64_t(fixed) <= length, "passkey_min_length bounds a sample");
+  const size_t region = size_t(length) - fixed;
+
+  // The filler: whole blocks of sentences, cut to `region`; sentence starts noted.
+  std::vector<uint32_t> block;
+  std::vector<size_t> starts;  // within a block
+  for (const std::string& sentence : kFillerSentences) {
+    starts.push_back(block.size());
+    append(block, enc(sentence));
+  }
+  std::vector<uint32_t> fill;
+  std::vector<bool> boundary(region + 1, false);
+  boundary[0] = boundary[region] = true;
+  fill.reserve(region + block.size());
+  while (fill.size() < region) {
+    for (size_t st : starts)
+      if (fill.size() + st < region) boundary[fill.size() + st] = true;
+    append(fill, block);
+  }
   fill.resize(region);
 
   // Nearest boundary to depth * region; ties go to the earlier one.
   const size_t target = size_t(std::llround(depth * double(region)));
   size_t p = target;
   for (size_t d = 0; d <= region; ++d) {
-    if (target >= d && is_boundary(fill, target - d)) {
+    if (target >= d && boundary[target - d]) {
       p = target - d;
       break;
     }
-    if (target + d <= region && is_boundary(fill, target + d)) {
+    if (target + d <= region && boundary[target + d]) {
       p = target + d;
       break;
     }
   }
 
-  s.text.reserve(size_t(length));
-  s.text += kIntro;
-  s.text.append(fill, 0, p);
-  s.needle_begin = int64_t(s.text.size());
-  s.text += with_passkey(kNeedle, s.passkey);
-  s.text.append(fill, p, std::string::npos);
-  s.text += with_passkey(kQuestion, s.passkey);
-  s.answer_begin = length - 5;
-  RT_CHECK(int64_t(s.text.size()) == length, "passkey sample length");
+  s.tokens.reserve(size_t(length));
+  append(s.tokens, intro);
+  s.tokens.insert(s.tokens.end(), fill.begin(), fill.begin() + std::ptrdiff_t(p));
+  s.needle_begin = int64_t(s.tokens.size());
+  append(s.tokens, needle);
+  s.tokens.insert(s.tokens.end(), fill.begin() + std::ptrdiff_t(p), fill.end());
+  append(s.tokens, question);
+  s.answer_begin = int64_t(s.tokens.size());
+  append(s.tokens, answer);
+  RT_CHECK(int64_t(s.tokens.size()) == length, "passkey sample length");
+  s.text = tok.decode(s.tokens);
   return s;
 }
 
-int64_t recall_min_length(int64_t pairs) {
-  return pairs * kRecallPairBytes + kRecallQueryBytes;
+int64_t recall_min_length(int64_t pairs) { return recall_min_length(bytes_tokenizer(), pairs); }
+
+int64_t recall_min_length(const Tokenizer& tok, int64_t pairs) {
+  return pairs * tok.max_tokens_ascii(kRecallPairBytes) +
+         tok.max_tokens_ascii(kRecallQueryBytes - kRecallValueDigits) +
+         tok.max_tokens_ascii(kRecallValueDigits);
 }
 
 RecallSample make_recall_sample(int64_t length, int64_t pairs, uint64_t seed, int64_t index) {
+  return make_recall_sample(bytes_tokenizer(), length, pairs, seed, index);
+}
+
+RecallSample make_recall_sample(const Tokenizer& tok, int64_t length, int64_t pairs,
+                                uint64_t seed, int64_t index) {
   if (pairs < 1 || pairs > kRecallMaxPairs)
     throw UsageError("recall: pairs " + std::to_string(pairs) + " must be in [1, " +
                      std::to_string(kRecallMaxPairs) + "] (one lowercase letter per key)");
-  if (length < recall_min_length(pairs))
+  const int64_t min_length = recall_min_length(tok, pairs);
+  if (length < min_length)
     throw UsageError("recall: sequence length " + std::to_string(length) + " is too short for " +
                      std::to_string(pairs) + " pairs of " + std::to_string(kRecallPairBytes) +
-                     " bytes and the query; it needs at least " +
-                     std::to_string(recall_min_length(pairs)) + " tokens");
+                     " characters and the query; it needs at least " +
+                     std::to_string(min_length) + " tokens");
 
   Rng rng(mix_seed(seed, kStreamRecall, uint64_t(index)));
   // Distinct keys: the first `pairs` letters of a Fisher-Yates shuffle.
@@ -110,26 +192,40 @@ RecallSample make_recall_sample(int64_t length, int64_t pairs, uint64_t seed, in
   for (int64_t i = 0; i < pairs; ++i)
     std::swap(letters[size_t(i)], letters[size_t(i) + rng.below(uint64_t(26 - i))]);
 
+  // The body holds the pairs; the query is at most this long.
+  const int64_t max_query = tok.max_tokens_ascii(kRecallQueryBytes - kRecallValueDigits) +
+                            tok.max_tokens_ascii(kRecallValueDigits);
+  const int64_t body = length - max_query;
+  const PartEncoder enc(tok);
+  const uint32_t dot = enc(".").back();
   RecallSample s;
-  const int64_t body = length - kRecallQueryBytes;
-  s.text.assign(size_t(body), '.');
+  s.tokens.assign(size_t(body), dot);
   std::vector<std::string> values;
   for (int64_t i = 0; i < pairs; ++i) {
     char digits[8];
     std::snprintf(digits, sizeof digits, "%03u", unsigned(rng.below(1000)));
     values.emplace_back(digits);
-    const int64_t lo = i * body / pairs, hi = (i + 1) * body / pairs;  // hi - lo >= 6
-    const int64_t at = lo + int64_t(rng.below(uint64_t(hi - lo - kRecallPairBytes + 1)));
-    s.text.replace(size_t(at), size_t(kRecallPairBytes),
-                   std::string(1, letters[size_t(i)]) + "=" + values[size_t(i)] + ";");
+    const std::vector<uint32_t> pair =
+        enc(std::string(1, letters[size_t(i)]) + "=" + values[size_t(i)] + ";");
+    const int64_t n = int64_t(pair.size());
+    const int64_t lo = i * body / pairs, hi = (i + 1) * body / pairs;  // hi - lo >= n
+    RT_CHECK(hi - lo >= n, "recall_min_length bounds a pair");
+    const int64_t at = lo + int64_t(rng.below(uint64_t(hi - lo - n + 1)));
+    std::copy(pair.begin(), pair.end(), s.tokens.begin() + at);
     s.pair_begin.push_back(at);
   }
   s.queried_pair = int64_t(rng.below(uint64_t(pairs)));
   s.key = letters[size_t(s.queried_pair)];
   s.value = values[size_t(s.queried_pair)];
-  s.text += std::string("?") + s.key + "=" + s.value;
-  s.answer_begin = length - kRecallValueDigits;
-  RT_CHECK(int64_t(s.text.size()) == length, "recall sample length");
+  const std::vector<uint32_t> query = enc(std::string("?") + s.key + "=");
+  const std::vector<uint32_t> answer = enc(s.value);
+  // Filler up to the query, so that the sample is exactly `length` tokens.
+  s.tokens.resize(size_t(length) - query.size() - answer.size(), dot);
+  append(s.tokens, query);
+  s.answer_begin = int64_t(s.tokens.size());
+  append(s.tokens, answer);
+  RT_CHECK(int64_t(s.tokens.size()) == length, "recall sample length");
+  s.text = tok.decode(s.tokens);
   return s;
 }
 

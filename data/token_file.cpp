@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "common/errors.h"
+#include "data/tokenizer.h"
 
 namespace rt {
 namespace {
@@ -77,9 +78,15 @@ void check_doc_offsets(const std::string& path, const TokenData& d) {
 
 // ---- .txt ------------------------------------------------------------------
 
-TokenData read_txt(const std::string& path) {
+TokenData read_txt(const std::string& path, const Tokenizer* tok) {
   TokenData d;
-  d.tokens = tokenize_bytes(read_file_bytes(path));
+  if (!tok) {
+    d.tokens = tokenize_bytes(read_file_bytes(path));
+    return d;
+  }
+  d.tokens = tok->encode(read_file_bytes(path));
+  d.vocab_size = tok->vocab_size();
+  d.tokenizer = tok->id();
   return d;
 }
 
@@ -112,6 +119,7 @@ TokenData read_bin(const std::string& path) {
                      std::to_string(bytes.size()) + " bytes" +
                      (bytes.size() < expected ? " (truncated?)" : "") + "; " + kPrepareHint);
   TokenData d;
+  d.tokenizer_recorded = false;
   d.tokens.resize(n);
   const char* p = bytes.data() + header_bytes;
   uint32_t max_token = 0;
@@ -299,6 +307,7 @@ TokenData read_h5(const std::string& path) {
     d.tokenizer = read_string_attribute(path, file.get(), "tokenizer");
   } else {
     d.tokenizer = "unknown";
+    d.tokenizer_recorded = false;
   }
 
   if (H5Lexists(file.get(), "doc_offsets", H5P_DEFAULT) > 0) {
@@ -320,11 +329,11 @@ TokenData read_h5(const std::string& path) {
 
 }  // namespace
 
-TokenData read_token_file(const std::string& path) {
+TokenData read_token_file(const std::string& path, const Tokenizer* tok) {
   const std::string ext = lower_extension(path);
   TokenData d;
   if (ext == ".txt") {
-    d = read_txt(path);
+    d = read_txt(path, tok);
   } else if (ext == ".bin") {
     d = read_bin(path);
   } else if (ext == ".h5") {
@@ -426,20 +435,18 @@ std::string detokenize_bytes(const uint32_t* tokens, size_t n) {
 
 void prepare_token_file(const std::vector<std::string>& inputs, const std::string& out,
                         const std::string& tokenizer) {
-  if (tokenizer != "bytes")
-    throw UsageError("--tokenizer " + tokenizer +
-                     ": only 'bytes' is supported for now (SentencePiece models come later)");
   const std::string ext = lower_extension(out);
   if (ext != ".h5" && ext != ".bin")
     throw UsageError(out + ": output must end in .h5 or .bin (got '" + ext + "')");
   if (inputs.empty()) throw UsageError("data prepare: no input files given");
+  const std::unique_ptr<Tokenizer> tok = load_tokenizer(tokenizer);
   TokenData d;
-  d.vocab_size = 256;
-  d.tokenizer = "bytes";
+  d.vocab_size = tok->vocab_size();
+  d.tokenizer = tok->id();
   for (const std::string& in : inputs) {
     d.doc_offsets.push_back(d.tokens.size());
-    const std::string bytes = read_file_bytes(in);
-    for (char c : bytes) d.tokens.push_back(static_cast<unsigned char>(c));
+    const std::vector<uint32_t> ids = tok->encode(read_file_bytes(in));
+    d.tokens.insert(d.tokens.end(), ids.begin(), ids.end());
   }
   if (ext == ".h5")
     write_token_file_h5(out, d);

@@ -7,7 +7,11 @@
 //         header[2] = number of tokens), then the tokens. The format stores no
 //         vocabulary: a file whose tokens are all < 256 reads as vocab 256 /
 //         "bytes", else < 50257 as GPT-2 (vocab 50257, "gpt2"), else 65536.
-//   .txt  raw bytes: one token per byte, vocab 256, tokenizer "bytes".
+//   .txt  text: one token per byte, vocab 256, tokenizer "bytes"; or, when a
+//         tokenizer is given (the model's), encoded with it.
+//
+// The tokenizer attribute is a tokenizer id (data/tokenizer.h): "bytes" or
+// "sentencepiece:sha256=<hex>".
 //
 // Errors: missing or unreadable file -> IoError (exit 3) naming the path;
 // malformed content (unknown extension, not an HDF5 file, bad magic, wrong
@@ -22,10 +26,15 @@
 
 namespace rt {
 
+class Tokenizer;
+
 struct TokenData {
   std::vector<uint32_t> tokens;
   int64_t vocab_size = 256;
   std::string tokenizer = "bytes";
+  // The file says which tokenizer made it (.h5 with the attribute, .txt);
+  // false for .bin (a guess from the ids) and .h5 without the attribute.
+  bool tokenizer_recorded = true;
   std::vector<uint64_t> doc_offsets;  // optional (h5 only): start of each document
 };
 
@@ -34,8 +43,9 @@ inline constexpr int32_t kLlmcMagic = 20240520;
 inline constexpr int32_t kLlmcVersion = 1;  // uint16 tokens
 inline constexpr int kLlmcHeaderInts = 256;
 
-// Reads by extension (.h5, .bin, .txt; case-insensitive).
-TokenData read_token_file(const std::string& path);
+// Reads by extension (.h5, .bin, .txt; case-insensitive). .txt files are
+// encoded with `tok` (null = bytes).
+TokenData read_token_file(const std::string& path, const Tokenizer* tok = nullptr);
 
 // Writers (write `path` directly, replacing it; failure to create or write ->
 // IoError). h5 dtype: uint16 when vocab_size <= 65536, else uint32; doc_offsets
@@ -49,9 +59,10 @@ void write_token_file_bin(const std::string& path, const TokenData& data);
 std::vector<uint32_t> tokenize_bytes(const std::string& text);
 std::string detokenize_bytes(const uint32_t* tokens, size_t n);
 
-// `ringtrain data prepare IN... --out OUT`: concatenate the inputs' bytes
-// (doc_offsets = start of each input), write .h5 or .bin by OUT's extension.
-// Only tokenizer "bytes" is supported for now (else UsageError).
+// `ringtrain data prepare IN... --out OUT --tokenizer bytes|PATH`: encode
+// each input with the tokenizer (load_tokenizer: "bytes" or a SentencePiece
+// tokenizer.model) and concatenate (doc_offsets = start of each input); write
+// .h5 or .bin by OUT's extension, vocab_size and tokenizer from the tokenizer.
 void prepare_token_file(const std::vector<std::string>& inputs, const std::string& out,
                         const std::string& tokenizer);
 

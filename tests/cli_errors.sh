@@ -54,7 +54,9 @@ expect 2 "steps" -- $bin bench ok.yaml --steps 0
 expect 2 "cuda" -- $bin train ok.yaml --set parallel.device=cuda
 expect 3 "cannot create directory|cannot open|cannot write" -- $bin train ok.yaml --set run.dir=/proc/ringtrain_run
 expect 4 "non-finite|diverged" -- $bin train ok.yaml --set train.optimizer.lr=1.0e30 --set train.grad_clip=0
-expect 2 "tokenizer" -- $bin data prepare ok.yaml --out x.h5 --tokenizer sentencepiece
+expect 3 "tokenizer sentencepiece: no such file" -- $bin data prepare ok.yaml --out x.h5 --tokenizer sentencepiece
+expect 3 "tokenizer nope.model: no such file" -- $bin train ok.yaml --set data.tokenizer=nope.model
+expect 2 "data.tokenizer: must not be empty" -- $bin train ok.yaml --set "data.tokenizer=''"
 expect 2 "\.json|extension|\.h5" -- $bin data prepare ok.yaml --out x.json
 
 if [ "$failures" -ne 0 ]; then echo "cli_errors: $failures case(s) failed" >&2; exit 1; fi

@@ -240,10 +240,17 @@ TEST_F(TokenFiles, MissingFileIsIoError) {
   EXPECT_EQ(UsageError("x").code(), kExitUsage);
 }
 
-TEST_F(TokenFiles, PrepareRejectsOtherTokenizers) {
+TEST_F(TokenFiles, PrepareRejectsBadTokenizers) {
   const std::string txt = write_bytes("in.txt", "abc");
-  expect_error<UsageError>([&] { prepare_token_file({txt}, path("o.h5"), "sp.model"); },
-                           {"SentencePiece"});
+  // a missing model file is an I/O error naming it; a file that is not a
+  // SentencePiece model, or a Hugging Face tokenizer.json, a usage error
+  expect_error<IoError>([&] { prepare_token_file({txt}, path("o.h5"), path("sp.model")); },
+                        {"sp.model", "no such file"});
+  expect_error<UsageError>([&] { prepare_token_file({txt}, path("o.h5"), txt); },
+                           {"in.txt", "not a SentencePiece model"});
+  const std::string json = write_bytes("tokenizer.json", "{}");
+  expect_error<UsageError>([&] { prepare_token_file({txt}, path("o.h5"), json); },
+                           {"tokenizer.json", "not supported yet"});
 }
 
 // A file written by h5py (variable- and fixed-length tokenizer strings) loads.

@@ -490,6 +490,12 @@ void save_checkpoint(const std::string& path, LlamaModel& model, Optimizer* opt,
         H5Id g = w.group(w.file(), "trainer");
         w.string_attr(g.get(), "state", meta.trainer_state_json);
       }
+      if (!meta.tokenizer.empty()) w.string_attr(w.file(), "tokenizer", meta.tokenizer);
+      if (!meta.tokenizer_files.empty()) {
+        H5Id g = w.group(w.file(), "tokenizer");
+        for (const auto& [name, bytes] : meta.tokenizer_files)
+          w.bytes(g.get(), "/tokenizer", name, bytes);
+      }
       w.finish();
     }
     if (int err = fsync_path(tmp, O_RDONLY))
@@ -534,7 +540,41 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
     H5Id g = r.group(r.file(), "trainer", "no /trainer group");
     if (r.has_attr(g.get(), "state")) meta.trainer_state_json = r.string_attr(g.get(), "state");
   }
+  if (r.has_attr(r.file(), "tokenizer")) meta.tokenizer = r.string_attr(r.file(), "tokenizer");
   return meta;
+}
+
+std::vector<std::pair<std::string, std::string>> read_checkpoint_tokenizer_files(
+    const std::string& path) {
+  if (is_hf_dir(path)) return hf_tokenizer_files(path);  // SPEC §13
+  CheckpointReader r(path);
+  check_format(r);
+  std::vector<std::pair<std::string, std::string>> files;
+  if (!r.exists(r.file(), "tokenizer")) return files;
+  H5Id g = r.group(r.file(), "tokenizer", "no /tokenizer group");
+  for (const std::string& name : r.link_names(g.get())) {
+    const std::string where = "/tokenizer/" + name;
+    H5Id dset(H5Dopen2(g.get(), name.c_str(), H5P_DEFAULT), H5Dclose);
+    if (!dset.valid()) r.fail("cannot open dataset " + where);
+    H5Id type(H5Dget_type(dset.get()), H5Tclose);
+    H5Id space(H5Dget_space(dset.get()), H5Sclose);
+    if (H5Tget_class(type.get()) != H5T_INTEGER || H5Tget_size(type.get()) != 1 ||
+        H5Sget_simple_extent_ndims(space.get()) != 1)
+      throw IoError("checkpoint " + path + ": dataset " + where +
+                    " is not a 1-D uint8 array (the bytes of a tokenizer file)");
+    std::string bytes(size_t(H5Sget_simple_extent_npoints(space.get())), '\0');
+    if (!bytes.empty() && H5Dread(dset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                                  bytes.data()) < 0)
+      r.fail("cannot read dataset " + where);
+    files.emplace_back(name, std::move(bytes));
+  }
+  return files;
+}
+
+std::unique_ptr<Tokenizer> read_checkpoint_tokenizer(const std::string& path) {
+  const CheckpointMeta meta = read_checkpoint_meta(path);
+  return tokenizer_from_files(read_checkpoint_tokenizer_files(path), meta.tokenizer,
+                              "checkpoint " + path);
 }
 
 void load_model_weights(const std::string& path, LlamaModel& model,
@@ -646,6 +686,11 @@ WeightsCheckpointWriter::WeightsCheckpointWriter(const std::string& path,
     H5Id g = w.group(w.file(), "trainer");
     w.string_attr(g.get(), "state", meta.trainer_state_json);
   }
+  if (!meta.tokenizer.empty()) w.string_attr(w.file(), "tokenizer", meta.tokenizer);
+  if (!meta.tokenizer_files.empty()) {
+    H5Id g = w.group(w.file(), "tokenizer");
+    for (const auto& [name, bytes] : meta.tokenizer_files) w.bytes(g.get(), "/tokenizer", name, bytes);
+  }
   impl_->model = w.group(w.file(), "model");
 }
 
@@ -725,19 +770,22 @@ void CheckpointTensorReader::read(const std::string& name, std::vector<float>& o
 std::vector<std::pair<std::string, std::string>> CheckpointTensorReader::files() const {
   std::vector<std::pair<std::string, std::string>> out;
   const CheckpointReader& r = *impl_->r;
-  if (!r.exists(r.file(), "files")) return out;
-  H5Id g = r.group(r.file(), "files", "no /files group");
-  for (const std::string& name : r.link_names(g.get())) {
-    H5Id dset(H5Dopen2(g.get(), name.c_str(), H5P_DEFAULT), H5Dclose);
-    if (!dset.valid()) r.fail("cannot open dataset /files/" + name);
-    H5Id space(H5Dget_space(dset.get()), H5Sclose);
-    const hssize_t n = H5Sget_simple_extent_npoints(space.get());
-    if (n < 0) r.fail("cannot read the size of /files/" + name);
-    std::string bytes(size_t(n), '\0');
-    if (n > 0 &&
-        H5Dread(dset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes.data()) < 0)
-      r.fail("cannot read dataset /files/" + name);
-    out.emplace_back(name, std::move(bytes));
+  for (const char* group : {"files", "tokenizer"}) {
+    if (!r.exists(r.file(), group)) continue;
+    const std::string where = std::string("/") + group + "/";
+    H5Id g = r.group(r.file(), group, "no " + where + " group");
+    for (const std::string& name : r.link_names(g.get())) {
+      H5Id dset(H5Dopen2(g.get(), name.c_str(), H5P_DEFAULT), H5Dclose);
+      if (!dset.valid()) r.fail("cannot open dataset " + where + name);
+      H5Id space(H5Dget_space(dset.get()), H5Sclose);
+      const hssize_t n = H5Sget_simple_extent_npoints(space.get());
+      if (n < 0) r.fail("cannot read the size of " + where + name);
+      std::string bytes(size_t(n), '\0');
+      if (n > 0 &&
+          H5Dread(dset.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes.data()) < 0)
+        r.fail("cannot read dataset " + where + name);
+      out.emplace_back(name, std::move(bytes));
+    }
   }
   return out;
 }

@@ -8,6 +8,9 @@
 //   /optimizer        attrs step (int64), type ("adamw" | "sgd")
 //     exp_avg/<name>, exp_avg_sq/<name>   (AdamW only)
 //   /trainer          attr state (string, JSON from the trainer)
+//   /tokenizer/<file> uint8, the bytes of the model's tokenizer files (e.g.
+//                     tokenizer.model); root attr tokenizer = its id
+//                     ("bytes" or "sentencepiece:sha256=<hex>", data/tokenizer.h)
 //
 // Parameter names are SPEC §3's. Files are world-size independent: every
 // tensor is stored whole. Errors: a missing, truncated or corrupt file, or a
@@ -22,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "data/tokenizer.h"
 #include "model/llama.h"
 #include "trainer/optimizer.h"
 
@@ -37,6 +41,10 @@ struct CheckpointMeta {
   bool has_optimizer = false;       // as read: the file has /optimizer
   std::string optimizer_type;       // as read: /optimizer attribute `type` ("" when absent)
   std::string trainer_state_json;   // /trainer attribute `state` ("" when absent)
+  std::string tokenizer;            // root attribute `tokenizer` ("" when absent: bytes)
+  // Written as /tokenizer/<name> (uint8) when non-empty; not filled by
+  // read_checkpoint_meta (see read_checkpoint_tokenizer_files).
+  std::vector<std::pair<std::string, std::string>> tokenizer_files;
 };
 
 // Writes `path` atomically via `path + ".tmp"`; creates the parent directory
@@ -55,6 +63,13 @@ void save_checkpoint(const std::string& path, LlamaModel& model, Optimizer* opt,
 // `step` and `tokens_seen` default to 0 when absent (hand-made weights-only
 // files); `format`, `format_version` and `config` are required.
 CheckpointMeta read_checkpoint_meta(const std::string& path);
+
+// /tokenizer/<name> -> bytes, sorted by name; empty when there is no /tokenizer.
+std::vector<std::pair<std::string, std::string>> read_checkpoint_tokenizer_files(
+    const std::string& path);
+// The model's tokenizer (tokenizer_from_files of the above and the recorded
+// id): bytes for checkpoints that record none.
+std::unique_ptr<Tokenizer> read_checkpoint_tokenizer(const std::string& path);
 
 // /model/<name> -> model.params() for every parameter spec. Every shape is
 // checked before any data is read: a missing dataset, another shape or an
@@ -111,7 +126,7 @@ class WeightsCheckpointWriter {
 };
 
 // Reads a checkpoint's /model tensors one at a time (checksums verified) and
-// its /files. IoError for a missing, corrupt or non-ringtrain file.
+// its /files and /tokenizer (tokenizer files). IoError for a missing, corrupt or non-ringtrain file.
 class CheckpointTensorReader {
  public:
   explicit CheckpointTensorReader(const std::string& path);

@@ -14,7 +14,7 @@
 // Decisions:
 //  - `null` is accepted only where the struct has optional/auto semantics
 //    (run.dir, model.num_key_value_heads, model.head_dim, model.rope_scaling,
-//    model.memory, data.val, parallel.data_parallel, checkpoint.init_from,
+//    model.memory, data.val, data.tokenizer, parallel.data_parallel, checkpoint.init_from,
 //    eval.passkey and the optional rope_scaling/data-source fields); anywhere
 //    else null is a type error.
 //  - schedule.warmup_steps > train.max_steps only warns (short test runs keep
@@ -556,7 +556,7 @@ DataSourceConfig read_data_source(const MapReader& parent, const std::string& ke
 }
 
 DataConfig read_data(Origins& o, const YAML::Node& node) {
-  const MapReader r(o, node, "data", {"train", "val", "shuffle"});
+  const MapReader r(o, node, "data", {"train", "val", "shuffle", "tokenizer"});
   DataConfig c;
   if (!r.has("train"))
     r.fail("train", "data.train is required: write `data: {train: path/to/tokens.h5}` (" +
@@ -565,6 +565,7 @@ DataConfig read_data(Origins& o, const YAML::Node& node) {
   c.train = read_data_source(r, "train", 0);
   if (r.has("val")) c.val = read_data_source(r, "val", 1);
   c.shuffle = r.get_bool("shuffle", c.shuffle);
+  c.tokenizer = r.has("tokenizer") ? r.get_string("tokenizer", "") : "";
   return c;
 }
 
@@ -948,6 +949,10 @@ std::string config_to_yaml(const Config& c) {
   else
     w.put_null("val");
   w.put("shuffle", c.data.shuffle);
+  if (c.data.tokenizer.empty())
+    w.put_null("tokenizer");
+  else
+    w.put("tokenizer", c.data.tokenizer);
   w.end_map();
 
   const TrainConfig& t = c.train;

@@ -18,6 +18,10 @@ struct DataConfig {
   DataSourceConfig train;
   std::optional<DataSourceConfig> val;
   bool shuffle = true;
+  // "bytes" | path of a SentencePiece tokenizer.model (or a directory holding
+  // one). Empty (YAML null, the default) = checkpoint.init_from's tokenizer
+  // when it records one, else bytes. Loaded and checked by the trainer.
+  std::string tokenizer;
 };
 
 struct OptimizerConfig {

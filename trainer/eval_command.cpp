@@ -159,6 +159,10 @@ int run_eval_command(const EvalOptions& o) {
     throw UsageError("--memory-reset applies to memory models (model.memory); this checkpoint "
                      "has none");
   const EvalSharding sharding{&world, dims, layout, rank, o.memory_reset};
+  // The model's tokenizer: the checkpoint's, else the config's.
+  const std::shared_ptr<const Tokenizer> tok =
+      ckpt.empty() ? config_tokenizer(cfg)
+                   : std::shared_ptr<const Tokenizer>(read_checkpoint_tokenizer(ckpt));
 
   std::vector<int64_t> lens;
   if (!o.seq_lens.empty()) lens = parse_lengths(o.seq_lens, "--seq-lens");
@@ -187,7 +191,8 @@ int run_eval_command(const EvalOptions& o) {
     throw UsageError("--passkey-depths and --passkey-trials need --passkey-seq-lens (the "
                      "lengths of the passkey grid), e.g. --passkey-seq-lens 256,512");
   if (!pk_lens.empty())
-    check_passkey_grid(pk_lens, pk_depths, pk_trials, cfg.model.vocab_size, &sharding);
+    check_passkey_grid(pk_lens, pk_depths, pk_trials, cfg.model.vocab_size, &sharding,
+                       tok.get());
 
   // Associative recall: pairs default to the recall task the model trained on.
   std::vector<int64_t> rc_lens;
@@ -202,7 +207,7 @@ int run_eval_command(const EvalOptions& o) {
     throw UsageError("--recall-pairs and --recall-trials need --recall-seq-lens (the lengths "
                      "to test recall at), e.g. --recall-seq-lens 256,512");
   if (!rc_lens.empty())
-    check_recall_grid(rc_lens, rc_pairs, rc_trials, cfg.model.vocab_size, &sharding);
+    check_recall_grid(rc_lens, rc_pairs, rc_trials, cfg.model.vocab_size, &sharding, tok.get());
   for (int64_t T : lens)
     if (T % (layout == RingLayout::kZigzag ? 2 * dims.cp : dims.cp) != 0)
       throw UsageError("--seq-lens: length " + std::to_string(T) + " is not a multiple of " +
@@ -234,9 +239,9 @@ int run_eval_command(const EvalOptions& o) {
 
   std::unique_ptr<SequenceSource> data;
   if (!o.data.empty())
-    data = make_token_source(o.data);
+    data = make_token_source(o.data, tok);
   else
-    data = make_source(cfg.data.val ? *cfg.data.val : cfg.data.train, cfg.run.seed);
+    data = make_source(cfg.data.val ? *cfg.data.val : cfg.data.train, cfg.run.seed, tok);
   if (data->vocab_size() > cfg.model.vocab_size)
     throw UsageError("evaluation data " + data->describe() + " has vocab_size " +
                      std::to_string(data->vocab_size()) + " > model.vocab_size " +
@@ -253,11 +258,11 @@ int run_eval_command(const EvalOptions& o) {
   PasskeyResult passkey;
   if (!pk_lens.empty())
     passkey = evaluate_passkey(model, pk_lens, pk_depths, pk_trials,
-                               passkey_eval_seed(cfg.run.seed), &sharding);
+                               passkey_eval_seed(cfg.run.seed), &sharding, tok.get());
   RecallResult recall;
   if (!rc_lens.empty())
     recall = evaluate_recall(model, rc_lens, rc_pairs, rc_trials, recall_eval_seed(cfg.run.seed),
-                             &sharding);
+                             &sharding, tok.get());
   if (rank != 0) return kExitOk;  // rank 0 prints and writes
 
   std::cout << "perplexity on " << data->describe() << ":\n" << perplexity_table(results);

@@ -82,9 +82,9 @@ class EvalForward {
   int64_t T_ = 0;
 };
 
-// Scores teacher-forced answers at one length L: a sample of L + 1 bytes is
-// one forward (inputs text[0:L], targets text[1:L+1]) and the answer is its
-// last n bytes, predicted by rows L-n .. L-1.
+// Scores teacher-forced answers at one length L: a sample of L + 1 tokens is
+// one forward (inputs tokens[0:L], targets tokens[1:L+1]) and the answer is
+// its last n tokens, predicted by rows L-n .. L-1.
 class AnswerScorer {
  public:
   AnswerScorer(EvalForward& forward, int64_t L, const EvalSharding* sh)
@@ -93,30 +93,28 @@ class AnswerScorer {
     inputs_.resize(size_t(Tl));
     targets_.resize(size_t(Tl));
   }
-  // How many of the n answer bytes this rank's rows predict right (greedy).
-  int64_t right_answer_bytes(const std::string& text, int64_t n) {
-    RT_CHECK(int64_t(text.size()) == L_ + 1, "answer sample length");
-    const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
+  // pred[k] = 1 + the greedy prediction of answer token k where this rank's
+  // rows predict it, else left as is (0): summed over the ranks of a ring,
+  // every answer token is predicted by exactly one.
+  void predict_answer(const std::vector<uint32_t>& tokens, int64_t n, int64_t* pred) {
+    RT_CHECK(int64_t(tokens.size()) == L_ + 1, "answer sample length");
     int64_t r = 0;
     for (auto [begin, len] : rows_.chunks)
       for (int64_t k = 0; k < len; ++k, ++r) {
-        inputs_[size_t(r)] = bytes[begin + k];
-        targets_[size_t(r)] = bytes[begin + k + 1];
+        inputs_[size_t(r)] = int32_t(tokens[size_t(begin + k)]);
+        targets_[size_t(r)] = int32_t(tokens[size_t(begin + k + 1)]);
       }
     forward_.run(inputs_.data(), targets_.data(), int64_t(inputs_.size()), rows_, nullptr);
-    int64_t right = 0;
     r = 0;
     for (auto [begin, len] : rows_.chunks) {
       for (int64_t k = 0; k < len; ++k) {
         const int64_t p = begin + k;
         if (p < L_ - n) continue;
         const std::vector<float> lg = forward_.logits(r + k);
-        const int64_t pred = std::max_element(lg.begin(), lg.end()) - lg.begin();
-        right += pred == int64_t(bytes[p + 1]);
+        pred[p - (L_ - n)] = 1 + (std::max_element(lg.begin(), lg.end()) - lg.begin());
       }
       r += len;
     }
-    return right;
   }
 
  private:
@@ -127,6 +125,17 @@ class AnswerScorer {
 };
 
 }  // namespace
+
+bool answer_right(const Tokenizer& tok, const std::vector<uint32_t>& tokens, int64_t answer_begin,
+                  const int64_t* pred) {
+  const std::vector<uint32_t> answer(tokens.begin() + answer_begin, tokens.end());
+  std::vector<uint32_t> got(answer.size());
+  for (size_t k = 0; k < answer.size(); ++k) {
+    if (pred[k] < 1 || pred[k] - 1 >= tok.vocab_size()) return false;  // not a token of tok
+    got[k] = uint32_t(pred[k] - 1);
+  }
+  return got == answer || tok.decode(got) == tok.decode(answer);
+}
 
 int64_t default_position_bucket(int64_t seq_len) {
   return std::clamp<int64_t>(seq_len / 16, 1, 512);
@@ -211,21 +220,26 @@ PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& da
 }
 
 void check_passkey_grid(const std::vector<int64_t>& seq_lens, const std::vector<double>& depths,
-                        int trials, int vocab_size, const EvalSharding* sh) {
+                        int trials, int vocab_size, const EvalSharding* sh,
+                        const Tokenizer* tokenizer) {
+  const Tokenizer& tok = tokenizer ? *tokenizer : bytes_tokenizer();
   if (seq_lens.empty() || depths.empty())
     throw UsageError("passkey: needs at least one length and one depth, e.g. "
                      "--passkey-seq-lens 256,512 --passkey-depths 0,0.5,1");
   if (trials < 1)
     throw UsageError("passkey: trials must be >= 1, got " + std::to_string(trials));
-  if (vocab_size < 256)
+  if (vocab_size < tok.vocab_size())
     throw UsageError("passkey: the model has vocab_size " + std::to_string(vocab_size) +
-                     " but passkey samples are byte tokens (0..255): passkey evaluation needs a "
-                     "byte-level model (vocab_size >= 256)");
+                     " but passkey samples are tokens of " + tok.describe() + " (vocab " +
+                     std::to_string(tok.vocab_size()) + "): passkey evaluation needs a model "
+                     "whose vocab_size holds its tokenizer's (byte-level: vocab_size >= 256)");
+  check_task_tokenizer(tok, "passkey");
+  const int64_t min_length = passkey_min_length(tok);
   for (int64_t L : seq_lens) {
-    if (L + 1 < passkey_min_length())
+    if (L + 1 < min_length)
       throw UsageError("passkey: length " + std::to_string(L) +
                        " is too short for the intro, needle and question; use lengths >= " +
-                       std::to_string(passkey_min_length() - 1));
+                       std::to_string(min_length - 1));
     check_ring_length(L, sh, "passkey length");
   }
   for (double d : depths)
@@ -236,25 +250,32 @@ void check_passkey_grid(const std::vector<int64_t>& seq_lens, const std::vector<
 
 PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& seq_lens,
                                const std::vector<double>& depths, int trials, uint64_t seed,
-                               const EvalSharding* sh) {
+                               const EvalSharding* sh, const Tokenizer* tokenizer) {
+  const Tokenizer& tok = tokenizer ? *tokenizer : bytes_tokenizer();
   const int64_t V = model.config().vocab_size;
-  check_passkey_grid(seq_lens, depths, trials, int(V), sh);
+  check_passkey_grid(seq_lens, depths, trials, int(V), sh, &tok);
   const int dp = sh ? sh->dims.dp : 1;
   const int dp_index = sh ? sh->dims.dp_index(sh->rank) : 0;
   const size_t nL = seq_lens.size(), nD = depths.size(), nT = size_t(trials);
-  // Digits this rank predicted right, per trial: the 5 answer rows of a
-  // trial may lie on different ranks of its ring, and only one ring runs a
-  // trial, so the world sum is the trial's count of right digits.
-  std::vector<int64_t> right(nL * nD * nT, 0);
+  // The predicted answer tokens of every trial (AnswerScorer::predict_answer):
+  // the answer rows of a trial may lie on different ranks of its ring, and
+  // only one ring runs a trial, so the world sum holds every prediction.
+  const size_t slots = size_t(tok.max_tokens_ascii(5));
+  std::vector<int64_t> pred(nL * nD * nT * slots, 0);
+  auto sample = [&](size_t i, size_t j, size_t t) {
+    return make_passkey_sample(tok, seq_lens[i] + 1, depths[j], seed, int64_t(t));
+  };
   EvalForward forward(model, sh);
   for (size_t i = 0; i < nL; ++i) {
     AnswerScorer scorer(forward, seq_lens[i], sh);
     for (size_t j = 0; j < nD; ++j)
-      for (size_t t = size_t(dp_index); t < nT; t += size_t(dp))
-        right[(i * nD + j) * nT + t] = scorer.right_answer_bytes(
-            make_passkey_sample(seq_lens[i] + 1, depths[j], seed, int64_t(t)).text, 5);
+      for (size_t t = size_t(dp_index); t < nT; t += size_t(dp)) {
+        const PasskeySample s = sample(i, j, t);
+        scorer.predict_answer(s.tokens, seq_lens[i] + 1 - s.answer_begin,
+                              &pred[((i * nD + j) * nT + t) * slots]);
+      }
   }
-  if (sh && sh->world->size() > 1) sh->world->allreduce_sum(right.data(), right.size());
+  if (sh && sh->world->size() > 1) sh->world->allreduce_sum(pred.data(), pred.size());
   PasskeyResult res;
   res.seq_lens = seq_lens;
   res.depths = depths;
@@ -263,49 +284,65 @@ PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& se
   for (size_t i = 0; i < nL; ++i)
     for (size_t j = 0; j < nD; ++j) {
       int64_t correct = 0;
-      for (size_t t = 0; t < nT; ++t) correct += right[(i * nD + j) * nT + t] == 5;
+      for (size_t t = 0; t < nT; ++t) {
+        const PasskeySample s = sample(i, j, t);
+        correct += answer_right(tok, s.tokens, s.answer_begin,
+                                &pred[((i * nD + j) * nT + t) * slots]);
+      }
       res.accuracy[i][j] = double(correct) / double(trials);
     }
   return res;
 }
 
 void check_recall_grid(const std::vector<int64_t>& seq_lens, int pairs, int trials,
-                       int vocab_size, const EvalSharding* sh) {
+                       int vocab_size, const EvalSharding* sh, const Tokenizer* tokenizer) {
+  const Tokenizer& tok = tokenizer ? *tokenizer : bytes_tokenizer();
   if (seq_lens.empty())
     throw UsageError("recall: needs at least one length, e.g. --recall-seq-lens 256,512");
   if (trials < 1) throw UsageError("recall: trials must be >= 1, got " + std::to_string(trials));
   if (pairs < 1 || pairs > kRecallMaxPairs)
     throw UsageError("recall: pairs must be in [1, " + std::to_string(kRecallMaxPairs) +
                      "], got " + std::to_string(pairs));
-  if (vocab_size < 256)
+  if (vocab_size < tok.vocab_size())
     throw UsageError("recall: the model has vocab_size " + std::to_string(vocab_size) +
-                     " but recall samples are byte tokens (0..255): recall evaluation needs a "
-                     "byte-level model (vocab_size >= 256)");
+                     " but recall samples are tokens of " + tok.describe() + " (vocab " +
+                     std::to_string(tok.vocab_size()) + "): recall evaluation needs a model "
+                     "whose vocab_size holds its tokenizer's (byte-level: vocab_size >= 256)");
+  check_task_tokenizer(tok, "recall");
+  const int64_t min_length = recall_min_length(tok, pairs);
   for (int64_t L : seq_lens) {
-    if (L + 1 < recall_min_length(pairs))
+    if (L + 1 < min_length)
       throw UsageError("recall: length " + std::to_string(L) + " is too short for " +
                        std::to_string(pairs) + " pairs and the query; use lengths >= " +
-                       std::to_string(recall_min_length(pairs) - 1) + " or fewer pairs");
+                       std::to_string(min_length - 1) + " or fewer pairs");
     check_ring_length(L, sh, "recall length");
   }
 }
 
 RecallResult evaluate_recall(LlamaModel& model, const std::vector<int64_t>& seq_lens, int pairs,
-                             int trials, uint64_t seed, const EvalSharding* sh) {
-  check_recall_grid(seq_lens, pairs, trials, int(model.config().vocab_size), sh);
+                             int trials, uint64_t seed, const EvalSharding* sh,
+                             const Tokenizer* tokenizer) {
+  const Tokenizer& tok = tokenizer ? *tokenizer : bytes_tokenizer();
+  check_recall_grid(seq_lens, pairs, trials, int(model.config().vocab_size), sh, &tok);
   const int dp = sh ? sh->dims.dp : 1;
   const int dp_index = sh ? sh->dims.dp_index(sh->rank) : 0;
   const size_t nL = seq_lens.size(), nT = size_t(trials), nP = size_t(pairs);
-  std::vector<int64_t> right(nL * nT, 0);  // digits right per trial, summed over ranks as above
+  // predicted answer tokens per trial, summed over ranks as in evaluate_passkey
+  const size_t slots = size_t(tok.max_tokens_ascii(kRecallValueDigits));
+  std::vector<int64_t> pred(nL * nT * slots, 0);
+  auto sample = [&](size_t i, size_t t) {
+    return make_recall_sample(tok, seq_lens[i] + 1, pairs, seed, int64_t(t));
+  };
   EvalForward forward(model, sh);
   for (size_t i = 0; i < nL; ++i) {
     AnswerScorer scorer(forward, seq_lens[i], sh);
-    for (size_t t = size_t(dp_index); t < nT; t += size_t(dp))
-      right[i * nT + t] = scorer.right_answer_bytes(
-          make_recall_sample(seq_lens[i] + 1, pairs, seed, int64_t(t)).text,
-          kRecallValueDigits);
+    for (size_t t = size_t(dp_index); t < nT; t += size_t(dp)) {
+      const RecallSample s = sample(i, t);
+      scorer.predict_answer(s.tokens, seq_lens[i] + 1 - s.answer_begin,
+                            &pred[(i * nT + t) * slots]);
+    }
   }
-  if (sh && sh->world->size() > 1) sh->world->allreduce_sum(right.data(), right.size());
+  if (sh && sh->world->size() > 1) sh->world->allreduce_sum(pred.data(), pred.size());
   RecallResult res;
   res.seq_lens = seq_lens;
   res.pairs = pairs;
@@ -317,10 +354,10 @@ RecallResult evaluate_recall(LlamaModel& model, const std::vector<int64_t>& seq_
     std::vector<int64_t> correct(nP, 0);
     for (size_t t = 0; t < nT; ++t) {
       // which pair trial t asked: a property of the sample, the same on every rank
-      const size_t q =
-          size_t(make_recall_sample(seq_lens[i] + 1, pairs, seed, int64_t(t)).queried_pair);
+      const RecallSample s = sample(i, t);
+      const size_t q = size_t(s.queried_pair);
       ++res.asked[i][q];
-      correct[q] += right[i * nT + t] == kRecallValueDigits;
+      correct[q] += answer_right(tok, s.tokens, s.answer_begin, &pred[(i * nT + t) * slots]);
     }
     int64_t all_correct = 0;
     for (int64_t c : correct) all_correct += c;

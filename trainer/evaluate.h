@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/dataset.h"
+#include "data/tokenizer.h"
 #include "model/llama.h"
 #include "parallel/comm.h"
 #include "parallel/parallel_dims.h"
@@ -59,10 +60,12 @@ PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& da
 int64_t default_position_bucket(int64_t seq_len);
 
 // Passkey retrieval (SPEC §7, §9). Trial t at (length L, depth d) is
-// make_passkey_sample(L + 1, d, seed, t): its first L bytes are one forward
-// pass (teacher forcing, the training format: inputs L tokens, the 5 answer
-// digits are the last 5 targets). A trial is correct when the greedy
-// (argmax) prediction at each of the 5 answer positions is the digit.
+// make_passkey_sample(tok, L + 1, d, seed, t) (tok: the model's tokenizer,
+// null = bytes): its first L tokens are one forward pass (teacher forcing,
+// the training format: inputs L tokens, the answer's tokens are the last
+// targets). A trial is correct when the greedy (argmax) predictions at the
+// answer positions decode to the answer's digits (with bytes: each of the 5
+// predicted bytes is the digit).
 struct PasskeyResult {
   std::vector<int64_t> seq_lens;
   std::vector<double> depths;
@@ -72,19 +75,30 @@ struct PasskeyResult {
 // The seed stream of evaluation samples: distinct from the training and
 // validation streams (run.seed + data.*.seed_offset).
 inline uint64_t passkey_eval_seed(uint64_t run_seed) { return run_seed + 7919; }
-// UsageError unless every length fits a passkey sample (>= passkey_min_length()
+// UsageError unless every length fits a passkey sample (>= passkey_min_length(tok)
 // - 1), the depths are in [0, 1], the lengths suit the ring (multiples of 2*cp
-// for zigzag, cp for contiguous) and the model has byte tokens (vocab >= 256).
+// for zigzag, cp for contiguous) and the model's vocab holds the tokenizer's
+// (bytes: vocab >= 256), which must reproduce digits.
 void check_passkey_grid(const std::vector<int64_t>& seq_lens, const std::vector<double>& depths,
-                        int trials, int vocab_size, const EvalSharding* sharding);
+                        int trials, int vocab_size, const EvalSharding* sharding,
+                        const Tokenizer* tok = nullptr);
 PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& seq_lens,
                                const std::vector<double>& depths, int trials, uint64_t seed,
-                               const EvalSharding* sharding = nullptr);
+                               const EvalSharding* sharding = nullptr,
+                               const Tokenizer* tok = nullptr);
+
+// Scoring of one passkey or recall trial: `tokens` is the sample, its answer
+// tokens[answer_begin:]; pred[k] = 1 + the greedy prediction at answer
+// position k (0 = none). Right when the predictions decode to the answer's
+// text (another segmentation of the same digits counts); ids outside the
+// tokenizer are wrong. With bytes: every byte right.
+bool answer_right(const Tokenizer& tok, const std::vector<uint32_t>& tokens, int64_t answer_begin,
+                  const int64_t* pred);
 
 // Associative recall (data/synthetic.h). Trial t at length L is
-// make_recall_sample(L + 1, pairs, seed, t), scored like a passkey trial: it
-// is correct when the greedy predictions of the 3 answer digits are the
-// asked value. accuracy_by_pair[i][q] is the accuracy over the trials that
+// make_recall_sample(tok, L + 1, pairs, seed, t), scored like a passkey
+// trial: it is correct when the greedy predictions of the answer tokens
+// decode to the asked value. accuracy_by_pair[i][q] is the accuracy over the trials that
 // asked pair q (pairs lie in order along the sequence, so with pairs = the
 // number of memory segments, pair q lies in segment q); NaN where no trial
 // asked it.
@@ -98,11 +112,14 @@ struct RecallResult {
 };
 inline uint64_t recall_eval_seed(uint64_t run_seed) { return run_seed + 7919; }
 // UsageError unless the lengths fit `pairs` pairs and the query and suit the
-// ring, pairs is in [1, 26], trials >= 1 and the model has byte tokens.
+// ring, pairs is in [1, 26], trials >= 1 and the model's vocab holds the
+// tokenizer's (null = bytes).
 void check_recall_grid(const std::vector<int64_t>& seq_lens, int pairs, int trials,
-                       int vocab_size, const EvalSharding* sharding);
+                       int vocab_size, const EvalSharding* sharding,
+                       const Tokenizer* tok = nullptr);
 RecallResult evaluate_recall(LlamaModel& model, const std::vector<int64_t>& seq_lens, int pairs,
-                             int trials, uint64_t seed, const EvalSharding* sharding = nullptr);
+                             int trials, uint64_t seed, const EvalSharding* sharding = nullptr,
+                             const Tokenizer* tok = nullptr);
 
 nlohmann::json perplexity_to_json(const std::vector<PerplexityResult>& results);
 // Console table: seq_len | sequences | tokens | mean_nll | ppl

@@ -12,6 +12,7 @@
 #include "model/kv_cache.h"
 #include "model/llama.h"
 #include "model/rmt_decoder.h"
+#include "data/tokenizer.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/trainer.h"
@@ -40,6 +41,47 @@ int32_t sample_token(const std::vector<float>& logits, double temperature, int t
   return ids[size_t(k - 1)];
 }
 
+namespace {
+
+// Prints generated tokens as text. Bytes: each token is its byte (ids past
+// 255 print as their low byte, as before tokenizers existed). Others: the
+// decoded continuation, printed as it grows; ids the tokenizer does not have
+// (a model vocab padded past the tokenizer's) print as nothing.
+class ContinuationPrinter {
+ public:
+  explicit ContinuationPrinter(const Tokenizer& tok) : tok_(tok) {}
+  void add(int32_t id) {
+    if (tok_.kind() == "bytes") {
+      const char ch = char(id & 0xff);
+      std::fwrite(&ch, 1, 1, stdout);
+      std::fflush(stdout);
+      return;
+    }
+    if (id < 0 || id >= tok_.vocab_size()) return;
+    ids_.push_back(uint32_t(id));
+    const std::string text = tok_.decode(ids_);
+    if (text.size() > printed_.size() && text.compare(0, printed_.size(), printed_) == 0) {
+      std::fwrite(text.data() + printed_.size(), 1, text.size() - printed_.size(), stdout);
+      std::fflush(stdout);
+      printed_ = text;
+    }
+  }
+  void finish() {
+    if (ids_.empty()) return;
+    const std::string text = tok_.decode(ids_);
+    if (text.compare(0, printed_.size(), printed_) == 0)
+      std::fwrite(text.data() + printed_.size(), 1, text.size() - printed_.size(), stdout);
+    std::fflush(stdout);
+  }
+
+ private:
+  const Tokenizer& tok_;
+  std::vector<uint32_t> ids_;
+  std::string printed_;
+};
+
+}  // namespace
+
 int run_generate_command(const GenerateOptions& o) {
   if (o.prompt.empty())
     throw UsageError("generate: --prompt is empty; give the text to continue, e.g. "
@@ -51,15 +93,20 @@ int run_generate_command(const GenerateOptions& o) {
   if (o.top_k < 0) throw UsageError("--top-k must be >= 0 (0 = all tokens)");
   const CheckpointMeta meta = read_checkpoint_meta(o.checkpoint);
   const Config cfg = parse_config(meta.config_yaml, o.checkpoint + ":config");
-  if (cfg.model.vocab_size < 256)
+  const std::unique_ptr<Tokenizer> tok = read_checkpoint_tokenizer(o.checkpoint);
+  if (cfg.model.vocab_size < tok->vocab_size())
     throw UsageError("generate: the model has vocab_size " + std::to_string(cfg.model.vocab_size) +
-                     "; the byte tokenizer needs >= 256 (SentencePiece models come later)");
+                     " but its tokenizer " + tok->describe() + " has " +
+                     std::to_string(tok->vocab_size()) + " tokens");
+  if (o.bos && tok->bos_id() < 0)
+    throw UsageError("generate --bos: the tokenizer " + tok->describe() + " has no BOS token");
 
   std::unique_ptr<Backend> be = make_backend(cfg.parallel.device);
   LlamaModel model(cfg.model, *be);
   load_model_weights(o.checkpoint, model);
   std::vector<int32_t> tokens;
-  for (unsigned char ch : o.prompt) tokens.push_back(ch);
+  if (o.bos) tokens.push_back(tok->bos_id());
+  for (uint32_t id : tok->encode(o.prompt)) tokens.push_back(int32_t(id));
   const int total = int(tokens.size()) + o.max_new;
   // Memory models read the text segment by segment through their memory
   // (positions restart every segment); others keep every position in a KV cache.
@@ -81,13 +128,18 @@ int run_generate_command(const GenerateOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<float> logits = append(tokens.data(), int(tokens.size()));
   const auto t1 = std::chrono::steady_clock::now();
+  // The continuation is decoded as a whole (a piece's text can depend on its
+  // neighbours); what is new is printed as soon as the text only grows.
+  ContinuationPrinter out(*tok);
+  int generated = 0;
   for (int i = 0; i < o.max_new; ++i) {
     const int32_t next = sample_token(logits, o.temperature, o.top_k, rng);
-    const char ch = char(next & 0xff);
-    std::fwrite(&ch, 1, 1, stdout);
-    std::fflush(stdout);
+    out.add(next);
+    ++generated;
+    if (o.stop_at_eos && next == tok->eos_id()) break;
     if (i + 1 < o.max_new) logits = append(&next, 1);
   }
+  out.finish();
   std::printf("\n");
   const auto t2 = std::chrono::steady_clock::now();
   const double prefill = std::chrono::duration<double>(t1 - t0).count();
@@ -97,8 +149,8 @@ int run_generate_command(const GenerateOptions& o) {
                               : "KV cache";
   log_info("generate: step %lld checkpoint, prompt %zu tokens (prefill %.3f s), %d new tokens "
            "(%.1f tok/s, %s)",
-           (long long)meta.step, tokens.size(), prefill, o.max_new,
-           decode > 0 ? o.max_new / decode : 0.0, how.c_str());
+           (long long)meta.step, tokens.size(), prefill, generated,
+           decode > 0 ? generated / decode : 0.0, how.c_str());
   return kExitOk;
 }
 

@@ -3,7 +3,9 @@
 // single-token step per new token; a memory model (model.memory) reads the
 // prompt segment by segment through its memory and generates within the open
 // segment, carrying the memory on at each segment boundary
-// (model/rmt_decoder.h). Byte tokenizer: tokens are bytes.
+// (model/rmt_decoder.h). Text goes through the checkpoint's tokenizer
+// (bytes, or the SentencePiece model stored in it): the prompt is encoded, the
+// continuation decoded.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +23,8 @@ struct GenerateOptions {
   double temperature = 0.0;  // 0 = greedy
   int top_k = 0;             // 0 = all tokens
   uint64_t seed = 0;
+  bool bos = false;          // prepend the tokenizer's BOS token (Llama-style models)
+  bool stop_at_eos = false;  // stop when the model emits the tokenizer's EOS token
 };
 
 // Greedy (argmax) when temperature <= 0, else a draw from

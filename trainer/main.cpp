@@ -20,6 +20,7 @@
 #include "common/log.h"
 #include "data/dataset.h"
 #include "data/token_file.h"
+#include "data/tokenizer.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/eval_command.h"
@@ -170,6 +171,13 @@ int cmd_inspect(const std::string& path) {
               (long long)c.model.size(), format_bytes(double(total) * 4).c_str());
   std::printf(is_hf_dir(path) ? "data: every tensor read (safetensors has no checksums)\n"
                               : "checksums: ok\n");
+  std::string tokenizer;
+  try {
+    tokenizer = read_checkpoint_tokenizer(path)->describe();
+  } catch (const UsageError& e) {  // e.g. only a tokenizer.json: shown, not fatal here
+    tokenizer = std::string("not supported: ") + e.what();
+  }
+  std::printf("tokenizer: %s\n", tokenizer.c_str());
   std::printf("\nconfig:\n%s", c.meta.config_yaml.c_str());
   if (!c.meta.config_yaml.empty() && c.meta.config_yaml.back() != '\n') std::printf("\n");
   if (!c.meta.trainer_state_json.empty())
@@ -208,7 +216,9 @@ int run(int argc, char** argv) {
                    "its run dir)")
       ->required();
   eval->add_option("--set", eo.overrides, "override a config key")->take_all();
-  eval->add_option("--data", eo.data, "token file (.h5/.bin/.txt); default: val, else train data");
+  eval->add_option("--data", eo.data,
+                   "token file (.h5/.bin, or .txt encoded with the model's tokenizer); default: "
+                   "val, else train data");
   eval->add_option("--seq-len", eo.seq_len, "one evaluation length");
   eval->add_option("--seq-lens", eo.seq_lens, "several lengths, e.g. 256,512,1024");
   eval->add_option("--max-sequences", eo.max_sequences,
@@ -255,8 +265,9 @@ int run(int argc, char** argv) {
   GenerateOptions go;
   auto* generate = app.add_subcommand(
       "generate",
-      "Sample text from a checkpoint (byte tokens; KV cache, or segment by segment through the "
-      "memory of a model.memory checkpoint); prints the prompt and its continuation");
+      "Sample text from a checkpoint (through its tokenizer: bytes or the SentencePiece model "
+      "stored in it; KV cache, or segment by segment through the memory of a model.memory "
+      "checkpoint); prints the prompt and its continuation");
   generate->add_option("checkpoint", go.checkpoint, "CKPT.h5 or a Hugging Face model directory")
       ->required();
   generate->add_option("--prompt", go.prompt, "text to continue")->required();
@@ -264,6 +275,9 @@ int run(int argc, char** argv) {
   generate->add_option("--temperature", go.temperature, "0 = greedy (default), else sampling");
   generate->add_option("--top-k", go.top_k, "sample among the k most likely tokens (0 = all)");
   generate->add_option("--seed", go.seed, "sampling seed (default: the run's seed)");
+  generate->add_flag("--bos", go.bos, "prepend the tokenizer's BOS token to the prompt");
+  generate->add_flag("--stop-at-eos", go.stop_at_eos,
+                     "stop when the model emits the tokenizer's EOS token");
 
   ExtendOptions xo;
   auto* extend = app.add_subcommand(
@@ -309,10 +323,14 @@ int run(int argc, char** argv) {
   data->require_subcommand(1);
   std::vector<std::string> inputs;
   std::string out, tokenizer = "bytes";
-  auto* prepare = data->add_subcommand("prepare", "Tokenize text files into a .h5 or .bin file");
+  auto* prepare = data->add_subcommand(
+      "prepare", "Tokenize text files into a .h5 or .bin file (the .h5 records the tokenizer)");
   prepare->add_option("inputs", inputs, "input text files")->required();
   prepare->add_option("--out", out, "output token file (.h5 or .bin)")->required();
-  prepare->add_option("--tokenizer", tokenizer, "tokenizer (bytes)");
+  prepare->add_option("--tokenizer", tokenizer,
+                      std::string("bytes (default), or the path of a SentencePiece model "
+                                  "(tokenizer.model, or a directory holding one). Supported: ") +
+                          kTokenizersSupported);
 
   try {
     app.parse(argc, argv);
@@ -332,8 +350,9 @@ int run(int argc, char** argv) {
   if (prepare->parsed()) {
     prepare_token_file(inputs, out, tokenizer);
     TokenData d = read_token_file(out);
-    std::cout << "wrote " << out << ": " << d.tokens.size() << " tokens, vocab " << d.vocab_size
-              << ", tokenizer " << d.tokenizer << "\n";
+    std::cout << "wrote " << out << ": " << d.tokens.size() << " tokens, vocab "
+              << load_tokenizer(tokenizer)->vocab_size() << ", tokenizer "
+              << load_tokenizer(tokenizer)->describe() << "\n";
     return kExitOk;
   }
   return kExitUsage;

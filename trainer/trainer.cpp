@@ -69,6 +69,39 @@ void make_dirs(const std::string& path) {
                   " (set run.dir to a writable place)");
 }
 
+std::shared_ptr<const Tokenizer> config_tokenizer(const Config& cfg) {
+  std::shared_ptr<const Tokenizer> tok;
+  std::string where = "data.tokenizer";
+  std::unique_ptr<Tokenizer> init_tok;  // init_from's, when it has one
+  const std::string& from = cfg.checkpoint.init_from;
+  std::error_code ec;
+  if (!from.empty() && fs::is_regular_file(from, ec)) {
+    init_tok = read_checkpoint_tokenizer(from);
+  } else if (!from.empty() && fs::is_directory(from, ec) &&
+             fs::exists(fs::path(from) / "tokenizer.model", ec)) {
+    init_tok = load_tokenizer(from);  // a Hugging Face model directory
+  }
+  if (!cfg.data.tokenizer.empty()) {
+    tok = load_tokenizer(cfg.data.tokenizer);
+    if (init_tok && init_tok->id() != tok->id())
+      throw UsageError("data.tokenizer " + tok->describe() + " is not the tokenizer of "
+                       "checkpoint.init_from " + cfg.checkpoint.init_from + " (" +
+                       init_tok->describe() + "): a model keeps its tokenizer; set "
+                       "data.tokenizer to null (the checkpoint's) or to its tokenizer.model");
+  } else if (init_tok) {
+    tok = std::move(init_tok);
+    where = "the tokenizer of checkpoint.init_from " + cfg.checkpoint.init_from;
+  } else {
+    tok = make_bytes_tokenizer();
+  }
+  if (tok->vocab_size() > cfg.model.vocab_size)
+    throw UsageError(where + ": " + tok->describe() + " has " +
+                     std::to_string(tok->vocab_size()) + " tokens > model.vocab_size " +
+                     std::to_string(cfg.model.vocab_size) + ": raise model.vocab_size to at "
+                     "least " + std::to_string(tok->vocab_size()));
+  return tok;
+}
+
 std::unique_ptr<Backend> make_backend(const std::string& device) {
 #ifdef RINGTRAIN_HAVE_CUDA
   if (device == "auto" && cuda::device_count() > 0)
@@ -94,8 +127,15 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
   const RingLayout layout = parse_ring_layout(cfg_.parallel.ring_layout);
   rows_ = ring_local_rows(layout, dims_.cp, dims_.cp_index(rank_), cfg_.train.seq_len);
   backend_ = make_backend(cfg_.parallel.device);
-  train_data_ = make_source(cfg_.data.train, cfg_.run.seed);
-  if (cfg_.data.val) val_data_ = make_source(*cfg_.data.val, cfg_.run.seed);
+  tokenizer_ = config_tokenizer(cfg_);
+  tokenizer_files_ = tokenizer_->files();
+  if (std::error_code ec; fs::is_regular_file(cfg_.checkpoint.init_from, ec)) {
+    auto files = read_checkpoint_tokenizer_files(cfg_.checkpoint.init_from);
+    if (tokenizer_from_files(files, "", cfg_.checkpoint.init_from)->id() == tokenizer_->id())
+      tokenizer_files_ = std::move(files);
+  }
+  train_data_ = make_source(cfg_.data.train, cfg_.run.seed, tokenizer_);
+  if (cfg_.data.val) val_data_ = make_source(*cfg_.data.val, cfg_.run.seed, tokenizer_);
   if (train_data_->vocab_size() > cfg_.model.vocab_size)
     throw UsageError("data.train " + train_data_->describe() + " has vocab_size " +
                      std::to_string(train_data_->vocab_size()) + " > model.vocab_size " +
@@ -225,6 +265,12 @@ void Trainer::restore_from(const std::string& path) {
                      ". A run resumes only with the model shape it was trained with: restore "
                      "those keys, or train in a new run.dir (checkpoint.init_from starts a new "
                      "run from a checkpoint's weights)");
+  if (const std::string saved_tok = meta.tokenizer.empty() ? "bytes" : meta.tokenizer;
+      saved_tok != tokenizer_->id())
+    throw UsageError("cannot resume from " + path + ": it was trained with tokenizer " +
+                     describe_tokenizer_id(saved_tok) + " but the config's is " +
+                     tokenizer_->describe() + "; restore data.tokenizer, or train in a new "
+                     "run.dir");
   if (!meta.has_optimizer)
     throw IoError("checkpoint " + path +
                   ": no /optimizer group, so it cannot resume training (a weights-only file "
@@ -415,7 +461,7 @@ PasskeyResult Trainer::evaluate_passkey(const PasskeyEvalConfig& pk) {
   const EvalSharding sharding{world_, dims_, parse_ring_layout(cfg_.parallel.ring_layout),
                               rank_};
   return rt::evaluate_passkey(*model_, pk.seq_lens, pk.depths, pk.trials,
-                              passkey_eval_seed(cfg_.run.seed), &sharding);
+                              passkey_eval_seed(cfg_.run.seed), &sharding, tokenizer_.get());
 }
 
 void Trainer::save_checkpoint_now() {
@@ -426,6 +472,8 @@ void Trainer::save_checkpoint_now() {
   meta.tokens_seen = tokens_seen_;
   meta.config_yaml = config_to_yaml(cfg_);
   meta.trainer_state_json = trainer_state_json();
+  meta.tokenizer = tokenizer_->id();
+  meta.tokenizer_files = tokenizer_files_;
   const std::string path = checkpoint_path(cfg_.run.dir, step_);
   const auto t0 = Clock::now();
   save_checkpoint(path, *model_, optimizer_.get(), meta);
@@ -466,7 +514,7 @@ void Trainer::fit() {
   if (const auto& pk = cfg_.eval.passkey) {
     try {
       check_passkey_grid(pk->seq_lens, pk->depths, pk->trials, cfg_.model.vocab_size,
-                         &layout_only);
+                         &layout_only, tokenizer_.get());
     } catch (const UsageError& e) {
       throw UsageError("eval.passkey: " + std::string(e.what()));
     }

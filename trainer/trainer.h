@@ -79,6 +79,8 @@ class Trainer {
   int64_t ring_bytes_sent() const { return ring_ ? ring_->bytes_sent() : 0; }
   Comm& world() { return *world_; }
   RmtRunner* rmt() { return rmt_.get(); }
+  // The model's tokenizer (config_tokenizer): data, synthetic tasks, checkpoints.
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
 
  private:
   void resume_or_init();
@@ -102,6 +104,11 @@ class Trainer {
   std::unique_ptr<RingAttention> ring_;  // after backend_: freed through it first
   std::unique_ptr<RmtRunner> rmt_;       // recurrent memory (model.memory), else null
   std::unique_ptr<Optimizer> optimizer_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  // What checkpoints store under /tokenizer: init_from's files when the
+  // model kept its tokenizer (all of them, e.g. an imported model's
+  // tokenizer_config.json too), else the tokenizer's own.
+  std::vector<std::pair<std::string, std::string>> tokenizer_files_;
   std::unique_ptr<SequenceSource> train_data_;
   std::unique_ptr<SequenceSource> val_data_;
   std::unique_ptr<SequenceOrder> order_;
@@ -124,6 +131,13 @@ void clear_stop_signal();    // tests
 
 // Creates the run dir (and parents); throws IoError when that fails.
 void make_dirs(const std::string& path);
+
+// The tokenizer of a config (SPEC §7): data.tokenizer ("bytes" or a
+// tokenizer.model path), else checkpoint.init_from's recorded tokenizer, else
+// bytes. A missing file is an IoError (exit 3); a tokenizer whose vocab
+// exceeds model.vocab_size, or one that differs from init_from's, is a
+// UsageError (exit 2) naming both.
+std::shared_ptr<const Tokenizer> config_tokenizer(const Config& cfg);
 
 // The backend for parallel.device (auto -> cpu until CUDA lands).
 std::unique_ptr<Backend> make_backend(const std::string& device);

@@ -15,6 +15,7 @@
 
 #include "common/errors.h"
 #include "common/log.h"
+#include "data/tokenizer.h"
 #include "trainer/config.h"
 #include "trainer/hf/safetensors.h"
 
@@ -203,6 +204,23 @@ const std::vector<std::string>& hf_side_files() {
   return k;
 }
 
+bool is_tokenizer_file(const std::string& name) {
+  return name != "config.json" && name != "generation_config.json";
+}
+
+std::vector<std::pair<std::string, std::string>> hf_tokenizer_files(const std::string& dir) {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::error_code ec0;
+  if (!fs::is_regular_file(fs::path(dir) / "tokenizer.model", ec0)) return out;  // none we can load
+  for (const std::string& name : hf_side_files()) {
+    const fs::path p = fs::path(dir) / name;
+    std::error_code ec;
+    if (is_tokenizer_file(name) && fs::is_regular_file(p, ec))
+      out.emplace_back(name, read_text_file(p));
+  }
+  return out;
+}
+
 CheckpointMeta hf_dir_checkpoint_meta(const std::string& dir) {
   const std::string abs = fs::absolute(dir).lexically_normal().string();
   HfModelConfig hf = read_hf_config(dir);
@@ -224,6 +242,16 @@ CheckpointMeta hf_dir_checkpoint_meta(const std::string& dir) {
   meta.config_yaml = config_to_yaml(cfg);
   parse_config(meta.config_yaml, abs + " (config derived from config.json)");  // must validate
   meta.trainer_state_json = json{{"imported_from", abs}}.dump();
+  // The model's tokenizer (data/tokenizer.h): its files travel in the
+  // checkpoint's /tokenizer group, identified by the SentencePiece model's hash.
+  meta.tokenizer_files = hf_tokenizer_files(abs);
+  std::error_code ec;
+  if (meta.tokenizer_files.empty() && fs::is_regular_file(fs::path(abs) / "tokenizer.json", ec))
+    log_warn("%s: its tokenizer.json (Hugging Face BPE) is not supported yet, so text (.txt data, "
+             "prompts, synthetic tasks) is read as bytes; prepare token files with the model's own "
+             "tokenizer. The file is kept and exported.", abs.c_str());
+  for (const auto& [name, bytes] : meta.tokenizer_files)
+    if (name == "tokenizer.model") meta.tokenizer = sentencepiece_from_bytes(bytes, abs + "/" + name)->id();
   return meta;
 }
 
@@ -285,7 +313,8 @@ int run_import_command(const ImportOptions& o) {
     const fs::path p = fs::path(o.dir) / name;
     std::error_code ec;
     if (!fs::is_regular_file(p, ec)) continue;
-    out.add_file(name, read_text_file(p));
+    if (meta.tokenizer_files.empty() || !is_tokenizer_file(name))  // else in /tokenizer
+      out.add_file(name, read_text_file(p));
     kept.push_back(name);
   }
   out.finish();

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/llama.h"
@@ -31,6 +32,13 @@ bool is_hf_dir(const std::string& path);
 
 // The files besides the weights that import keeps and export writes.
 const std::vector<std::string>& hf_side_files();
+// Those of hf_side_files() that belong to the tokenizer (all but config.json
+// and generation_config.json): a checkpoint keeps them in /tokenizer, the
+// others in /files.
+bool is_tokenizer_file(const std::string& name);
+// The tokenizer files of an HF directory, (name, bytes), when it has a
+// tokenizer.model that ringtrain can load; else none (text is read as bytes).
+std::vector<std::pair<std::string, std::string>> hf_tokenizer_files(const std::string& dir);
 
 // The ringtrain view of an HF directory: a full config (model from
 // config.json; train defaults for a fine-tune: seq_len = the model's
