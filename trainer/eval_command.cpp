@@ -200,9 +200,9 @@ int run_eval_command(const EvalOptions& o) {
   if (!rc_lens.empty())
     check_recall_grid(rc_lens, rc_pairs, rc_trials, cfg.model.vocab_size, &sharding);
   for (int64_t T : lens)
-    if (T % (layout == RingLayout::kZigzag ? 2 * dims.cp : dims.cp) != 0)
+    if (T % dims.seq_len_divisor(layout) != 0)
       throw UsageError("--seq-lens: length " + std::to_string(T) + " is not a multiple of " +
-                       std::to_string(layout == RingLayout::kZigzag ? 2 * dims.cp : dims.cp) +
+                       std::to_string(dims.seq_len_divisor(layout)) +
                        " (--context-parallel " + std::to_string(dims.cp) + ", ring layout " +
                        cfg.parallel.ring_layout + "): choose lengths divisible by it");
 
