@@ -20,8 +20,8 @@ ProcessGroups make_process_groups(Comm& world, const ParallelDims& dims, RingLay
   g.rank = world.rank();
   // ranks with the same cp index form a data-parallel group, ordered by dp index;
   // ranks with the same dp index form a ring, ordered by cp index.
-  g.dp = split_comm(world, dims.cp_index(g.rank), dims.dp_index(g.rank));
-  g.cp = split_comm(world, dims.dp_index(g.rank), dims.cp_index(g.rank));
+  g.dp = world.split(dims.cp_index(g.rank), dims.dp_index(g.rank));
+  g.cp = world.split(dims.dp_index(g.rank), dims.cp_index(g.rank));
   return g;
 }
 

@@ -82,8 +82,6 @@ AttentionParams block_params(const AttentionParams& shape, const BlockPair& p) {
   return a;
 }
 
-constexpr int kTagKV = 1001, kTagDKV = 1002;
-
 }  // namespace
 
 // Sizes the buffers and puts this rank's K,V in the travelling buffer.
@@ -101,11 +99,9 @@ size_t RingAttention::load_local_kv(Backend& be, const AttentionParams& shape,
 }
 
 // Starts sending the current K,V block to r+1 and receiving the next from r-1.
-void RingAttention::send_kv_onwards(size_t kv_half, Comm::Request& send, Comm::Request& recv) {
-  const int cp = ring_.size(), r = ring_.rank();
+void RingAttention::send_kv_onwards(size_t kv_half) {
   const size_t bytes = 2 * kv_half * sizeof(float);
-  recv = ring_.irecv(kv_next_, bytes, (r - 1 + cp) % cp, kTagKV);
-  send = ring_.isend(kv_cur_, bytes, (r + 1) % cp, kTagKV);
+  ring_.shift_start(kv_cur_, kv_next_, bytes);
   bytes_sent_ += int64_t(bytes);
 }
 
@@ -142,8 +138,7 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
 
   for (int i = 0; i < cp; ++i) {
     const int src = (r - i + cp) % cp;
-    Comm::Request send, recv;
-    if (i < cp - 1) send_kv_onwards(kv_half, send, recv);  // overlaps this step's compute
+    if (i < cp - 1) send_kv_onwards(kv_half);  // overlaps this step's compute
     const RowPositions k_rows = ring_local_rows(layout_, cp, src, pos.global_len);
     for (const BlockPair& p : visible_pairs(pos, k_rows, shape.causal)) {
       const AttentionParams a = block_params(shape, p);
@@ -156,8 +151,7 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
                            blk_lse_, a.Tq, H, hd);
       }
     }
-    ring_.wait(send);
-    ring_.wait(recv);
+    ring_.shift_wait();
     if (i < cp - 1) std::swap(kv_cur_, kv_next_);
   }
 
@@ -180,8 +174,7 @@ void RingAttention::backward(Backend& be, const AttentionParams& shape, const Ro
 
   for (int i = 0; i < cp; ++i) {
     const int src = (r - i + cp) % cp;
-    Comm::Request send, recv;
-    if (i < cp - 1) send_kv_onwards(kv_half, send, recv);
+    if (i < cp - 1) send_kv_onwards(kv_half);
     const RowPositions k_rows = ring_local_rows(layout_, cp, src, pos.global_len);
     for (const BlockPair& p : visible_pairs(pos, k_rows, shape.causal)) {
       const AttentionParams a = block_params(shape, p);
@@ -193,17 +186,13 @@ void RingAttention::backward(Backend& be, const AttentionParams& shape, const Ro
                               out + qoff, chunk_lse_ + (size_t(b) * T + p.q_row) * H);
       }
     }
-    ring_.wait(send);
-    ring_.wait(recv);
+    ring_.shift_wait();
     if (cp > 1) {
       // The block's dK,dV accumulators follow it; after the last step this
       // hop brings this rank's own accumulators home.
-      Comm::Request ds = ring_.isend(dkv_cur_, 2 * kv_half * sizeof(float), (r + 1) % cp, kTagDKV);
-      Comm::Request dr =
-          ring_.irecv(dkv_next_, 2 * kv_half * sizeof(float), (r - 1 + cp) % cp, kTagDKV);
+      ring_.shift_start(dkv_cur_, dkv_next_, 2 * kv_half * sizeof(float));
       bytes_sent_ += int64_t(2 * kv_half * sizeof(float));
-      ring_.wait(ds);
-      ring_.wait(dr);
+      ring_.shift_wait();
       std::swap(dkv_cur_, dkv_next_);
     }
     if (i < cp - 1) std::swap(kv_cur_, kv_next_);

@@ -39,7 +39,7 @@ class RingAttention final : public SequenceAttention {
   void ensure_buffers(Backend& be, size_t kv_floats, size_t blk_floats, size_t lse_floats);
   size_t load_local_kv(Backend& be, const AttentionParams& shape, const RowPositions& pos,
                        const float* k, const float* v);
-  void send_kv_onwards(size_t kv_half, Comm::Request& send, Comm::Request& recv);
+  void send_kv_onwards(size_t kv_half);
 
   Comm& ring_;
   RingLayout layout_;
