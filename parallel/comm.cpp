@@ -180,10 +180,6 @@ void allreduce_in_buckets(Comm& comm, Buf data, size_t n, size_t bucket) {
 
 std::unique_ptr<Comm> make_self_comm() { return std::make_unique<SelfComm>(); }
 
-std::unique_ptr<Comm> split_comm(Comm& parent, int color, int key) {
-  return parent.split(color, key);
-}
-
 ParallelRuntime& init_parallel_runtime(int* argc, char*** argv) {
   if (g_initialised) return g_runtime;
   g_initialised = true;

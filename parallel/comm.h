@@ -88,7 +88,5 @@ void allreduce_in_buckets(Comm& comm, Buf data, size_t n, size_t bucket = size_t
 // A single-process Comm (size 1): collectives are no-ops, a shift copies
 // send to recv (host memory).
 std::unique_ptr<Comm> make_self_comm();
-// parent.split(color, key).
-std::unique_ptr<Comm> split_comm(Comm& parent, int color, int key);
 
 }  // namespace rt

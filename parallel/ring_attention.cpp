@@ -1,7 +1,9 @@
 #include "parallel/ring_attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <utility>
 
 #include "common/errors.h"
@@ -22,18 +24,35 @@ RowPositions ring_local_rows(RingLayout layout, int cp, int r, int64_t T) {
   return {T, {{int64_t(r) * c, c}, {int64_t(2 * cp - 1 - r) * c, c}}};
 }
 
+int64_t ring_bytes_per_layer(int cp, size_t kv_elems, DType kv_dtype) {
+  if (cp <= 1) return 0;
+  const int64_t kv = 2 * int64_t(kv_elems) * int64_t(dtype_size(kv_dtype));
+  const int64_t dkv = 2 * int64_t(kv_elems) * int64_t(dtype_size(DType::kF32));
+  return kv * 2 * (cp - 1) + dkv * cp;
+}
+
 RingAttention::RingAttention(Comm& ring, RingLayout layout) : ring_(ring), layout_(layout) {}
 
 RingAttention::~RingAttention() {
   if (!be_) return;
-  for (float* p : {kv_cur_, kv_next_, dkv_cur_, dkv_next_, blk_out_, blk_lse_, chunk_lse_})
+  for (void* p : {kv_cur_.p, kv_next_.p}) be_->free_bytes(p);
+  for (float* p : {dkv_cur_, dkv_next_, blk_out_, blk_lse_, chunk_lse_})
     be_->free_bytes(p);
 }
 
-void RingAttention::ensure_buffers(Backend& be, size_t kv_floats, size_t blk_floats,
+void RingAttention::ensure_buffers(Backend& be, DType kv_t, size_t kv_elems, size_t blk_floats,
                                    size_t lse_floats) {
   RT_CHECK(!be_ || be_ == &be, "RingAttention used with two backends");
   be_ = &be;
+  const size_t kv_bytes = kv_elems * dtype_size(kv_t);
+  if (kv_bytes > kv_cap_bytes_) {
+    for (Buf* b : {&kv_cur_, &kv_next_}) {
+      be.free_bytes(b->p);
+      *b = Buf(be.alloc_bytes(kv_bytes), kv_t);
+    }
+    kv_cap_bytes_ = kv_bytes;
+  }
+  kv_cur_.t = kv_next_.t = kv_t;
   auto grow = [&](std::initializer_list<float**> bufs, size_t& cap, size_t need) {
     if (need <= cap) return;
     for (float** b : bufs) {
@@ -42,7 +61,7 @@ void RingAttention::ensure_buffers(Backend& be, size_t kv_floats, size_t blk_flo
     }
     cap = need;
   };
-  grow({&kv_cur_, &kv_next_, &dkv_cur_, &dkv_next_}, kv_cap_, kv_floats);
+  grow({&dkv_cur_, &dkv_next_}, dkv_cap_, kv_elems);
   grow({&blk_out_}, blk_cap_, blk_floats);
   grow({&blk_lse_, &chunk_lse_}, lse_cap_, lse_floats);
 }
@@ -85,22 +104,27 @@ AttentionParams block_params(const AttentionParams& shape, const BlockPair& p) {
 }  // namespace
 
 // Sizes the buffers and puts this rank's K,V in the travelling buffer.
-// Returns the floats of one of K or V.
+// Returns the elements of one of K or V.
 size_t RingAttention::load_local_kv(Backend& be, const AttentionParams& shape,
-                                    const RowPositions& pos, const float* k, const float* v) {
+                                    const RowPositions& pos, CBuf k, CBuf v) {
+  RT_CHECK(k.t == v.t, "ring attention: K and V of different dtypes");
+  // The block kernels of the Backend take fp32 K,V today; a bf16 kernel makes
+  // the K,V payload bf16 (half the bytes) with no change here but this check.
+  RT_CHECK(k.t == DType::kF32, std::string("ring attention: no block kernel for ") +
+                                   dtype_name(k.t) + " K,V in this backend");
   const size_t kv_half = size_t(shape.B) * shape.Tq * shape.G * shape.hd;
   int64_t max_chunk = 0;
   for (auto& c : pos.chunks) max_chunk = std::max(max_chunk, c.second);
-  ensure_buffers(be, 2 * kv_half, size_t(max_chunk) * shape.H * shape.hd,
+  ensure_buffers(be, k.t, 2 * kv_half, size_t(max_chunk) * shape.H * shape.hd,
                  size_t(shape.B) * shape.H * shape.Tq);
-  be.copy(kv_cur_, k, kv_half);
-  be.copy(kv_cur_ + kv_half, v, kv_half);
+  be.copy(kv_cur_.f32(), k.f32(), kv_half);
+  be.copy(kv_cur_.f32() + kv_half, v.f32(), kv_half);
   return kv_half;
 }
 
 // Starts sending the current K,V block to r+1 and receiving the next from r-1.
-void RingAttention::send_kv_onwards(size_t kv_half) {
-  const size_t bytes = 2 * kv_half * sizeof(float);
+void RingAttention::shift_kv(size_t kv_half) {
+  const size_t bytes = 2 * kv_half * dtype_size(kv_cur_.t);
   ring_.shift_start(kv_cur_, kv_next_, bytes);
   bytes_sent_ += int64_t(bytes);
 }
@@ -130,7 +154,11 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
   const int cp = ring_.size(), r = ring_.rank();
   const int B = shape.B, T = shape.Tq, H = shape.H, G = shape.G, hd = shape.hd;
   const size_t kv_half = load_local_kv(be, shape, pos, k, v);
-  be.zero(out, size_t(B) * T * H * hd);
+  // The blocks merge into an fp32 accumulator that is rounded once to the
+  // activation dtype at the end. Activations are fp32 in this interface, so
+  // the accumulator is `out` itself and there is no rounding.
+  float* acc = out;
+  be.zero(acc, size_t(B) * T * H * hd);
   {
     std::vector<float> neg(size_t(B) * H * T, -std::numeric_limits<float>::infinity());
     be.copy_to_device(chunk_lse_, neg.data(), neg.size() * sizeof(float));
@@ -138,21 +166,23 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
 
   for (int i = 0; i < cp; ++i) {
     const int src = (r - i + cp) % cp;
-    if (i < cp - 1) send_kv_onwards(kv_half);  // overlaps this step's compute
+    if (i < cp - 1) shift_kv(kv_half);  // overlaps this step's compute
+    const float* kc = kv_cur_.f32();
     const RowPositions k_rows = ring_local_rows(layout_, cp, src, pos.global_len);
     for (const BlockPair& p : visible_pairs(pos, k_rows, shape.causal)) {
       const AttentionParams a = block_params(shape, p);
       for (int b = 0; b < B; ++b) {
         const size_t qoff = (size_t(b) * T + p.q_row) * H * hd;
         const size_t koff = (size_t(b) * T + p.k_row) * G * hd;
-        be.attention_forward(a, blk_out_, blk_lse_, q + qoff, kv_cur_ + koff,
-                             kv_cur_ + kv_half + koff);
-        be.attention_merge(out + qoff, chunk_lse_ + (size_t(b) * T + p.q_row) * H, blk_out_,
+        be.attention_forward(a, blk_out_, blk_lse_, q + qoff, kc + koff, kc + kv_half + koff);
+        be.attention_merge(acc + qoff, chunk_lse_ + (size_t(b) * T + p.q_row) * H, blk_out_,
                            blk_lse_, a.Tq, H, hd);
       }
     }
-    ring_.shift_wait();
-    if (i < cp - 1) std::swap(kv_cur_, kv_next_);
+    if (i < cp - 1) {
+      ring_.shift_wait();
+      std::swap(kv_cur_, kv_next_);
+    }
   }
 
   for_each_lse_run(shape, pos, [&](size_t flat, size_t chunk, size_t len) {
@@ -167,14 +197,15 @@ void RingAttention::backward(Backend& be, const AttentionParams& shape, const Ro
   const int cp = ring_.size(), r = ring_.rank();
   const int B = shape.B, T = shape.Tq, H = shape.H, G = shape.G, hd = shape.hd;
   const size_t kv_half = load_local_kv(be, shape, pos, k, v);
-  be.zero(dkv_cur_, 2 * kv_half);
   for_each_lse_run(shape, pos, [&](size_t flat, size_t chunk, size_t len) {
     be.copy(chunk_lse_ + chunk, lse + flat, len);
   });
 
+  be.zero(dkv_cur_, 2 * kv_half);
   for (int i = 0; i < cp; ++i) {
     const int src = (r - i + cp) % cp;
-    if (i < cp - 1) send_kv_onwards(kv_half);
+    if (i < cp - 1) shift_kv(kv_half);
+    const float* kc = kv_cur_.f32();
     const RowPositions k_rows = ring_local_rows(layout_, cp, src, pos.global_len);
     for (const BlockPair& p : visible_pairs(pos, k_rows, shape.causal)) {
       const AttentionParams a = block_params(shape, p);
@@ -182,16 +213,17 @@ void RingAttention::backward(Backend& be, const AttentionParams& shape, const Ro
         const size_t qoff = (size_t(b) * T + p.q_row) * H * hd;
         const size_t koff = (size_t(b) * T + p.k_row) * G * hd;
         be.attention_backward(a, dq + qoff, dkv_cur_ + koff, dkv_cur_ + kv_half + koff,
-                              dout + qoff, q + qoff, kv_cur_ + koff, kv_cur_ + kv_half + koff,
-                              out + qoff, chunk_lse_ + (size_t(b) * T + p.q_row) * H);
+                              dout + qoff, q + qoff, kc + koff, kc + kv_half + koff, out + qoff,
+                              chunk_lse_ + (size_t(b) * T + p.q_row) * H);
       }
     }
     ring_.shift_wait();
     if (cp > 1) {
       // The block's dK,dV accumulators follow it; after the last step this
       // hop brings this rank's own accumulators home.
-      ring_.shift_start(dkv_cur_, dkv_next_, 2 * kv_half * sizeof(float));
-      bytes_sent_ += int64_t(2 * kv_half * sizeof(float));
+      const size_t bytes = 2 * kv_half * dtype_size(DType::kF32);
+      ring_.shift_start(dkv_cur_, dkv_next_, bytes);
+      bytes_sent_ += int64_t(bytes);
       ring_.shift_wait();
       std::swap(dkv_cur_, dkv_next_);
     }

@@ -78,6 +78,7 @@ class Trainer {
   const std::string& run_dir() const { return cfg_.run.dir; }
   // Bytes this rank sent around its ring so far (0 when cp = 1).
   int64_t ring_bytes_sent() const { return ring_ ? ring_->bytes_sent() : 0; }
+  DType ring_kv_dtype() const { return ring_ ? ring_->kv_dtype() : DType::kF32; }
   Comm& world() { return *world_; }
   RmtRunner* rmt() { return rmt_.get(); }
 
