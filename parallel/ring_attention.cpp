@@ -36,7 +36,7 @@ RingAttention::RingAttention(Comm& ring, RingLayout layout) : ring_(ring), layou
 RingAttention::~RingAttention() {
   if (!be_) return;
   for (void* p : {kv_cur_.p, kv_next_.p}) be_->free_bytes(p);
-  for (float* p : {dkv_cur_, dkv_next_, blk_out_, blk_lse_, chunk_lse_})
+  for (float* p : {dkv_blk_[0], dkv_blk_[1], dkv_in_, blk_out_, blk_lse_, chunk_lse_})
     be_->free_bytes(p);
 }
 
@@ -61,7 +61,7 @@ void RingAttention::ensure_buffers(Backend& be, DType kv_t, size_t kv_elems, siz
     }
     cap = need;
   };
-  grow({&dkv_cur_, &dkv_next_}, dkv_cap_, kv_elems);
+  grow({&dkv_blk_[0], &dkv_blk_[1], &dkv_in_}, dkv_cap_, kv_elems);
   grow({&blk_out_}, blk_cap_, blk_floats);
   grow({&blk_lse_, &chunk_lse_}, lse_cap_, lse_floats);
 }
@@ -129,6 +129,13 @@ void RingAttention::shift_kv(size_t kv_half) {
   bytes_sent_ += int64_t(bytes);
 }
 
+// Starts sending a dK,dV accumulator to r+1 and receiving the next from r-1.
+void RingAttention::shift_dkv(Buf acc, size_t kv_half) {
+  const size_t bytes = 2 * kv_half * dtype_size(acc.t);
+  dkv_ring_->shift_start(acc, dkv_in_, bytes);
+  bytes_sent_ += int64_t(bytes);
+}
+
 // lse (B, H, T) <-> chunk_lse_ (b, chunk)(H, len): the kernel reads and
 // writes contiguous LSE rows per query chunk. fn(flat offset, chunk offset, len).
 template <typename Fn>
@@ -190,6 +197,11 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
   });
 }
 
+// dK,dV follow ring-flash-attn: at step i this rank's contributions for the
+// block it holds go into a zeroed buffer while the block's accumulator is
+// still on its way from r-1; then the accumulator is waited for, added, and
+// sent on to r+1 while the next step computes. After cp hops every
+// accumulator is back at its owner.
 void RingAttention::backward(Backend& be, const AttentionParams& shape, const RowPositions& pos,
                              float* dq, float* dk, float* dv, const float* dout, const float* q,
                              const float* k, const float* v, const float* out,
@@ -197,40 +209,48 @@ void RingAttention::backward(Backend& be, const AttentionParams& shape, const Ro
   const int cp = ring_.size(), r = ring_.rank();
   const int B = shape.B, T = shape.Tq, H = shape.H, G = shape.G, hd = shape.hd;
   const size_t kv_half = load_local_kv(be, shape, pos, k, v);
+  if (cp > 1 && !dkv_ring_) dkv_ring_ = ring_.split(0, ring_.rank());  // collective on the ring
   for_each_lse_run(shape, pos, [&](size_t flat, size_t chunk, size_t len) {
     be.copy(chunk_lse_ + chunk, lse + flat, len);
   });
 
-  be.zero(dkv_cur_, 2 * kv_half);
+  float* acc = nullptr;  // the accumulator of the block this step holds
   for (int i = 0; i < cp; ++i) {
     const int src = (r - i + cp) % cp;
     if (i < cp - 1) shift_kv(kv_half);
     const float* kc = kv_cur_.f32();
+    acc = dkv_blk_[i % 2];  // the other one may still be on its way to r+1
+    be.zero(acc, 2 * kv_half);
     const RowPositions k_rows = ring_local_rows(layout_, cp, src, pos.global_len);
     for (const BlockPair& p : visible_pairs(pos, k_rows, shape.causal)) {
       const AttentionParams a = block_params(shape, p);
       for (int b = 0; b < B; ++b) {
         const size_t qoff = (size_t(b) * T + p.q_row) * H * hd;
         const size_t koff = (size_t(b) * T + p.k_row) * G * hd;
-        be.attention_backward(a, dq + qoff, dkv_cur_ + koff, dkv_cur_ + kv_half + koff,
-                              dout + qoff, q + qoff, kc + koff, kc + kv_half + koff, out + qoff,
+        be.attention_backward(a, dq + qoff, acc + koff, acc + kv_half + koff, dout + qoff,
+                              q + qoff, kc + koff, kc + kv_half + koff, out + qoff,
                               chunk_lse_ + (size_t(b) * T + p.q_row) * H);
       }
     }
-    ring_.shift_wait();
     if (cp > 1) {
-      // The block's dK,dV accumulators follow it; after the last step this
-      // hop brings this rank's own accumulators home.
-      const size_t bytes = 2 * kv_half * dtype_size(DType::kF32);
-      ring_.shift_start(dkv_cur_, dkv_next_, bytes);
-      bytes_sent_ += int64_t(bytes);
-      ring_.shift_wait();
-      std::swap(dkv_cur_, dkv_next_);
+      if (i > 0) {  // the block's accumulator from the ranks before this one
+        dkv_ring_->shift_wait();
+        be.add_inplace(acc, dkv_in_, 2 * kv_half);
+      }
+      // on to r+1; after the last step this hop brings this rank's own home
+      shift_dkv(acc, kv_half);
     }
-    if (i < cp - 1) std::swap(kv_cur_, kv_next_);
+    if (i < cp - 1) {
+      ring_.shift_wait();
+      std::swap(kv_cur_, kv_next_);
+    }
   }
-  be.add_inplace(dk, dkv_cur_, kv_half);
-  be.add_inplace(dv, dkv_cur_ + kv_half, kv_half);
+  if (cp > 1) {
+    dkv_ring_->shift_wait();
+    acc = dkv_in_;
+  }
+  be.add_inplace(dk, acc, kv_half);
+  be.add_inplace(dv, acc + kv_half, kv_half);
 }
 
 }  // namespace rt

@@ -4,7 +4,8 @@
 // kernel runs, so communication overlaps compute. Partial outputs are merged
 // with their log-sum-exp into an fp32 accumulator. Backward re-circulates K,V
 // with travelling fp32 dK,dV accumulators that arrive back at their owner
-// after a full turn.
+// after a full turn; their hop, like the K,V hop, overlaps the next step's
+// compute (ring-flash-attn's scheme).
 #pragma once
 
 #include <cstdint>
@@ -53,14 +54,17 @@ class RingAttention final : public SequenceAttention {
   size_t load_local_kv(Backend& be, const AttentionParams& shape, const RowPositions& pos,
                        CBuf k, CBuf v);
   void shift_kv(size_t kv_half);
+  void shift_dkv(Buf acc, size_t kv_half);
 
   Comm& ring_;
+  std::unique_ptr<Comm> dkv_ring_;  // the dK,dV channel: waited for apart from K,V
   RingLayout layout_;
   Backend* be_ = nullptr;
   // travelling K,V ([k | v], activation dtype): current and next
   Buf kv_cur_, kv_next_;
-  // dK,dV accumulators ([dk | dv], fp32): current and next
-  float *dkv_cur_ = nullptr, *dkv_next_ = nullptr;
+  // dK,dV ([dk | dv], fp32): this step's block contributions (two, one of
+  // them may be on its way), and the accumulator arriving from r-1
+  float *dkv_blk_[2] = {nullptr, nullptr}, *dkv_in_ = nullptr;
   float *blk_out_ = nullptr, *blk_lse_ = nullptr, *chunk_lse_ = nullptr;
   size_t kv_cap_bytes_ = 0, dkv_cap_ = 0, blk_cap_ = 0, lse_cap_ = 0;
   int64_t bytes_sent_ = 0;
