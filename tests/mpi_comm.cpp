@@ -4,7 +4,9 @@
 //    rounded once, which per-step rounding would get wrong), in buckets too;
 //  - shift_start/shift_wait: a block returns to its owner after size() hops,
 //    two shifts of different sizes in flight at once do not cross;
-//  - split: groups of the right size and membership.
+//  - split: groups of the right size and membership;
+//  - make_process_groups: dp and cp groups for every cp that divides the
+//    world (SPEC §6: rank = dp_index * cp + cp_index) and each rank's rows.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +17,8 @@
 
 #include "mpi_main.h"
 #include "parallel/comm.h"
+#include "parallel/process_groups.h"
+#include "parallel/ring_attention.h"
 
 namespace rt {
 namespace {
@@ -164,6 +168,42 @@ TEST(Split, GroupsByColorOrderedByKey) {
   g->shift_wait();
   const int prev_member = g->size() == 1 ? r : (g->rank() == 0 ? r % 2 : r + 2);
   EXPECT_EQ(got, prev_member);
+}
+
+TEST(ProcessGroups, DataAndContextGroupsFromTheRankFormula) {
+  const int p = world().size(), r = world().rank();
+  for (int cp = 1; cp <= p; ++cp) {
+    if (p % cp != 0) continue;
+    for (RingLayout layout : {RingLayout::kZigzag, RingLayout::kContiguous}) {
+      const ParallelDims dims = ParallelDims::build(p, 0, cp);
+      ProcessGroups g = make_process_groups(world(), dims, layout);
+      ASSERT_EQ(g.cp->size(), cp);
+      ASSERT_EQ(g.dp->size(), p / cp);
+      EXPECT_EQ(g.cp->rank(), r % cp) << "cp index";
+      EXPECT_EQ(g.dp->rank(), r / cp) << "dp index";
+      // members: a ring is the cp consecutive ranks of one dp index, a dp
+      // group the ranks of one cp index
+      int64_t ring_sum = r, dp_sum = r;
+      g.cp->allreduce_sum(&ring_sum, 1);
+      g.dp->allreduce_sum(&dp_sum, 1);
+      int64_t want_ring = 0, want_dp = 0;
+      for (int q = 0; q < p; ++q) {
+        if (q / cp == r / cp) want_ring += q;
+        if (q % cp == r % cp) want_dp += q;
+      }
+      EXPECT_EQ(ring_sum, want_ring);
+      EXPECT_EQ(dp_sum, want_dp);
+      const int64_t T = 8 * dims.seq_len_divisor(layout);
+      const RowPositions rows = g.rows(T);
+      const RowPositions want = cp == 1 ? RowPositions::whole(T)
+                                        : ring_local_rows(layout, cp, r % cp, T);
+      EXPECT_EQ(rows.global_len, T);
+      EXPECT_EQ(rows.chunks, want.chunks);
+      int64_t held = 0;
+      for (auto [begin, len] : rows.chunks) held += len;
+      EXPECT_EQ(held, T / cp);
+    }
+  }
 }
 
 }  // namespace
