@@ -7,7 +7,8 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
-#include <unordered_map>
+#include <string>
+#include <vector>
 
 #include "common/errors.h"
 
@@ -21,22 +22,20 @@ class SelfComm final : public Comm {
  public:
   int rank() const override { return 0; }
   int size() const override { return 1; }
-  void allreduce_sum(float*, size_t) override {}
-  void allreduce_sum(double*, size_t) override {}
-  void allreduce_sum(int64_t*, size_t) override {}
   void broadcast(void*, size_t, int) override {}
   void allgather(const void* in, size_t bytes, void* out) override {
     if (bytes) std::memcpy(out, in, bytes);
   }
-  Request isend(const void*, size_t, int, int) override {
-    RT_CHECK(false, "point-to-point send in a single-process group");
-  }
-  Request irecv(void*, size_t, int, int) override {
-    RT_CHECK(false, "point-to-point receive in a single-process group");
-  }
-  void wait(Request&) override {}
+  void shift_wait() override {}
+  std::unique_ptr<Comm> split(int, int) override { return std::make_unique<SelfComm>(); }
   void barrier() override {}
   [[noreturn]] void abort(int code) override { std::_Exit(code); }
+
+ protected:
+  void do_allreduce_sum(Buf, size_t, void*) override {}
+  void do_shift_start(CBuf send, Buf recv, size_t bytes, void*) override {
+    if (bytes && send.p != recv.p) std::memcpy(recv.p, send.p, bytes);
+  }
 };
 
 // ---- MPI -----------------------------------------------------------------------
@@ -58,6 +57,18 @@ int checked_count(size_t bytes) {
   return int(bytes);
 }
 
+MPI_Datatype mpi_type(DType t) {
+  switch (t) {
+    case DType::kF32: return MPI_FLOAT;
+    case DType::kF64: return MPI_DOUBLE;
+    case DType::kI64: return MPI_INT64_T;
+    case DType::kI32: return MPI_INT32_T;
+    default: break;
+  }
+  RT_CHECK(false, std::string("allreduce_sum: no MPI sum for ") + dtype_name(t));
+  return MPI_BYTE;
+}
+
 class MpiComm final : public Comm {
  public:
   explicit MpiComm(MPI_Comm c, bool owned) : comm_(c), owned_(owned) {
@@ -67,15 +78,13 @@ class MpiComm final : public Comm {
   ~MpiComm() override {
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (owned_ && !finalized) MPI_Comm_free(&comm_);
+    if (finalized) return;
+    if (!pending_.empty())
+      MPI_Waitall(int(pending_.size()), pending_.data(), MPI_STATUSES_IGNORE);
+    if (owned_) MPI_Comm_free(&comm_);
   }
-  MPI_Comm handle() const { return comm_; }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-
-  void allreduce_sum(float* data, size_t n) override { reduce(data, n, MPI_FLOAT); }
-  void allreduce_sum(double* data, size_t n) override { reduce(data, n, MPI_DOUBLE); }
-  void allreduce_sum(int64_t* data, size_t n) override { reduce(data, n, MPI_INT64_T); }
 
   void broadcast(void* data, size_t bytes, int root) override {
     RT_MPI(MPI_Bcast(data, checked_count(bytes), MPI_BYTE, root, comm_));
@@ -84,23 +93,15 @@ class MpiComm final : public Comm {
     RT_MPI(MPI_Allgather(in, checked_count(bytes), MPI_BYTE, out, checked_count(bytes), MPI_BYTE,
                          comm_));
   }
-  Request isend(const void* data, size_t bytes, int dst, int tag) override {
-    MPI_Request r;
-    RT_MPI(MPI_Isend(data, checked_count(bytes), MPI_BYTE, dst, tag, comm_, &r));
-    return remember(r);
+  void shift_wait() override {
+    if (pending_.empty()) return;
+    RT_MPI(MPI_Waitall(int(pending_.size()), pending_.data(), MPI_STATUSES_IGNORE));
+    pending_.clear();
   }
-  Request irecv(void* data, size_t bytes, int src, int tag) override {
-    MPI_Request r;
-    RT_MPI(MPI_Irecv(data, checked_count(bytes), MPI_BYTE, src, tag, comm_, &r));
-    return remember(r);
-  }
-  void wait(Request& req) override {
-    if (!req.valid()) return;
-    auto it = pending_.find(req.id);
-    RT_CHECK(it != pending_.end(), "wait on an unknown request");
-    RT_MPI(MPI_Wait(&it->second, MPI_STATUS_IGNORE));
-    pending_.erase(it);
-    req.id = -1;
+  std::unique_ptr<Comm> split(int color, int key) override {
+    MPI_Comm out;
+    RT_MPI(MPI_Comm_split(comm_, color, key, &out));
+    return std::make_unique<MpiComm>(out, true);
   }
   void barrier() override { RT_MPI(MPI_Barrier(comm_)); }
   [[noreturn]] void abort(int code) override {
@@ -108,11 +109,28 @@ class MpiComm final : public Comm {
     std::_Exit(code);
   }
 
+ protected:
+  void do_allreduce_sum(Buf data, size_t n, void*) override {
+    if (data.t == DType::kBF16) return reduce_bf16(data.as<uint16_t>(), n);
+    reduce(data.p, n, mpi_type(data.t), dtype_size(data.t));
+  }
+  // The shift's two messages carry a tag from a per-Comm sequence number:
+  // every rank starts the same shifts in the same order, so shift k on one
+  // rank matches shift k on its neighbours even when several are in flight.
+  void do_shift_start(CBuf send, Buf recv, size_t bytes, void*) override {
+    const int next = (rank_ + 1) % size_, prev = (rank_ - 1 + size_) % size_;
+    const int tag = int(shift_seq_++ % kShiftTags);
+    MPI_Request r[2];
+    RT_MPI(MPI_Irecv(recv.p, checked_count(bytes), MPI_BYTE, prev, tag, comm_, &r[0]));
+    RT_MPI(MPI_Isend(send.p, checked_count(bytes), MPI_BYTE, next, tag, comm_, &r[1]));
+    pending_.insert(pending_.end(), r, r + 2);
+  }
+
  private:
-  void reduce(void* data, size_t n, MPI_Datatype t) {
+  static constexpr int64_t kShiftTags = 1 << 15;  // MPI guarantees tags up to 32767
+
+  void reduce(void* data, size_t n, MPI_Datatype t, size_t elem) {
     // in chunks so that the count fits an int
-    int elem = 0;
-    MPI_Type_size(t, &elem);
     const size_t chunk = size_t(INT_MAX) / 2;
     char* p = static_cast<char*>(data);
     for (size_t off = 0; off < n; off += chunk) {
@@ -120,16 +138,24 @@ class MpiComm final : public Comm {
       RT_MPI(MPI_Allreduce(MPI_IN_PLACE, p + off * elem, count, t, MPI_SUM, comm_));
     }
   }
-  Request remember(MPI_Request r) {
-    Request q{next_id_++};
-    pending_.emplace(q.id, r);
-    return q;
+  // bf16: widened to fp32, summed, rounded once (MPI has no bf16 type; this is
+  // also what summing "in fp32 then round" means on any transport).
+  void reduce_bf16(uint16_t* data, size_t n) {
+    const size_t chunk = std::min(n, size_t(1) << 20);
+    std::vector<float> wide(chunk);
+    for (size_t off = 0; off < n; off += chunk) {
+      const size_t m = std::min(chunk, n - off);
+      for (size_t i = 0; i < m; ++i) wide[i] = bf16_to_f32(data[off + i]);
+      RT_MPI(MPI_Allreduce(MPI_IN_PLACE, wide.data(), int(m), MPI_FLOAT, MPI_SUM, comm_));
+      for (size_t i = 0; i < m; ++i) data[off + i] = f32_to_bf16(wide[i]);
+    }
   }
+
   MPI_Comm comm_;
   bool owned_;
   int rank_ = 0, size_ = 1;
-  int64_t next_id_ = 0;
-  std::unordered_map<int64_t, MPI_Request> pending_;
+  int64_t shift_seq_ = 0;
+  std::vector<MPI_Request> pending_;  // the shifts started since the last shift_wait
 };
 
 bool launched_by_mpi() {
@@ -144,20 +170,15 @@ bool g_initialised = false;
 
 }  // namespace
 
-void allreduce_in_buckets(Comm& comm, float* data, size_t n, size_t bucket) {
+void allreduce_in_buckets(Comm& comm, Buf data, size_t n, size_t bucket) {
   if (comm.size() == 1) return;
-  for (size_t off = 0; off < n; off += bucket) comm.allreduce_sum(data + off, std::min(bucket, n - off));
+  const size_t elem = dtype_size(data.t);
+  for (size_t off = 0; off < n; off += bucket)
+    comm.allreduce_sum(Buf(static_cast<char*>(data.p) + off * elem, data.t),
+                       std::min(bucket, n - off));
 }
 
 std::unique_ptr<Comm> make_self_comm() { return std::make_unique<SelfComm>(); }
-
-std::unique_ptr<Comm> split_comm(Comm& parent, int color, int key) {
-  auto* mpi = dynamic_cast<MpiComm*>(&parent);
-  if (!mpi) return make_self_comm();
-  MPI_Comm out;
-  RT_MPI(MPI_Comm_split(mpi->handle(), color, key, &out));
-  return std::make_unique<MpiComm>(out, true);
-}
 
 ParallelRuntime& init_parallel_runtime(int* argc, char*** argv) {
   if (g_initialised) return g_runtime;

@@ -1,44 +1,58 @@
 #include "parallel/ring_attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <utility>
 
 #include "common/errors.h"
 
 namespace rt {
 
-RingLayout parse_ring_layout(const std::string& s) {
-  if (s == "zigzag") return RingLayout::kZigzag;
-  if (s == "contiguous") return RingLayout::kContiguous;
-  throw UsageError("parallel.ring_layout: must be zigzag or contiguous, got '" + s + "'");
-}
-
 RowPositions ring_local_rows(RingLayout layout, int cp, int r, int64_t T) {
   RT_CHECK(r >= 0 && r < cp, "cp rank out of range");
+  const ParallelDims ring{cp, 1, cp};
+  RT_CHECK(T % ring.seq_len_divisor(layout) == 0,
+           "seq_len must be a multiple of the ring's seq_len_divisor");
   if (layout == RingLayout::kContiguous) {
-    RT_CHECK(T % cp == 0, "seq_len must be a multiple of context_parallel");
     const int64_t c = T / cp;
     return {T, {{int64_t(r) * c, c}}};
   }
-  RT_CHECK(T % (2 * cp) == 0, "seq_len must be a multiple of 2*context_parallel");
   const int64_t c = T / (2 * cp);
   if (cp == 1) return {T, {{0, T}}};  // the two chunks touch: one run of rows
   return {T, {{int64_t(r) * c, c}, {int64_t(2 * cp - 1 - r) * c, c}}};
+}
+
+int64_t ring_bytes_per_layer(int cp, size_t kv_elems, DType kv_dtype) {
+  if (cp <= 1) return 0;
+  const int64_t kv = 2 * int64_t(kv_elems) * int64_t(dtype_size(kv_dtype));
+  const int64_t dkv = 2 * int64_t(kv_elems) * int64_t(dtype_size(DType::kF32));
+  return kv * 2 * (cp - 1) + dkv * cp;
 }
 
 RingAttention::RingAttention(Comm& ring, RingLayout layout) : ring_(ring), layout_(layout) {}
 
 RingAttention::~RingAttention() {
   if (!be_) return;
-  for (float* p : {kv_cur_, kv_next_, dkv_cur_, dkv_next_, blk_out_, blk_lse_, chunk_lse_})
+  for (void* p : {kv_cur_.p, kv_next_.p}) be_->free_bytes(p);
+  for (float* p : {dkv_blk_[0], dkv_blk_[1], dkv_in_, blk_out_, blk_lse_, chunk_lse_})
     be_->free_bytes(p);
 }
 
-void RingAttention::ensure_buffers(Backend& be, size_t kv_floats, size_t blk_floats,
+void RingAttention::ensure_buffers(Backend& be, DType kv_t, size_t kv_elems, size_t blk_floats,
                                    size_t lse_floats) {
   RT_CHECK(!be_ || be_ == &be, "RingAttention used with two backends");
   be_ = &be;
+  const size_t kv_bytes = kv_elems * dtype_size(kv_t);
+  if (kv_bytes > kv_cap_bytes_) {
+    for (Buf* b : {&kv_cur_, &kv_next_}) {
+      be.free_bytes(b->p);
+      *b = Buf(be.alloc_bytes(kv_bytes), kv_t);
+    }
+    kv_cap_bytes_ = kv_bytes;
+  }
+  kv_cur_.t = kv_next_.t = kv_t;
   auto grow = [&](std::initializer_list<float**> bufs, size_t& cap, size_t need) {
     if (need <= cap) return;
     for (float** b : bufs) {
@@ -47,7 +61,7 @@ void RingAttention::ensure_buffers(Backend& be, size_t kv_floats, size_t blk_flo
     }
     cap = need;
   };
-  grow({&kv_cur_, &kv_next_, &dkv_cur_, &dkv_next_}, kv_cap_, kv_floats);
+  grow({&dkv_blk_[0], &dkv_blk_[1], &dkv_in_}, dkv_cap_, kv_elems);
   grow({&blk_out_}, blk_cap_, blk_floats);
   grow({&blk_lse_, &chunk_lse_}, lse_cap_, lse_floats);
 }
@@ -87,30 +101,38 @@ AttentionParams block_params(const AttentionParams& shape, const BlockPair& p) {
   return a;
 }
 
-constexpr int kTagKV = 1001, kTagDKV = 1002;
-
 }  // namespace
 
 // Sizes the buffers and puts this rank's K,V in the travelling buffer.
-// Returns the floats of one of K or V.
+// Returns the elements of one of K or V.
 size_t RingAttention::load_local_kv(Backend& be, const AttentionParams& shape,
-                                    const RowPositions& pos, const float* k, const float* v) {
+                                    const RowPositions& pos, CBuf k, CBuf v) {
+  RT_CHECK(k.t == v.t, "ring attention: K and V of different dtypes");
+  // The block kernels of the Backend take fp32 K,V today; a bf16 kernel makes
+  // the K,V payload bf16 (half the bytes) with no change here but this check.
+  RT_CHECK(k.t == DType::kF32, std::string("ring attention: no block kernel for ") +
+                                   dtype_name(k.t) + " K,V in this backend");
   const size_t kv_half = size_t(shape.B) * shape.Tq * shape.G * shape.hd;
   int64_t max_chunk = 0;
   for (auto& c : pos.chunks) max_chunk = std::max(max_chunk, c.second);
-  ensure_buffers(be, 2 * kv_half, size_t(max_chunk) * shape.H * shape.hd,
+  ensure_buffers(be, k.t, 2 * kv_half, size_t(max_chunk) * shape.H * shape.hd,
                  size_t(shape.B) * shape.H * shape.Tq);
-  be.copy(kv_cur_, k, kv_half);
-  be.copy(kv_cur_ + kv_half, v, kv_half);
+  be.copy(kv_cur_.f32(), k.f32(), kv_half);
+  be.copy(kv_cur_.f32() + kv_half, v.f32(), kv_half);
   return kv_half;
 }
 
 // Starts sending the current K,V block to r+1 and receiving the next from r-1.
-void RingAttention::send_kv_onwards(size_t kv_half, Comm::Request& send, Comm::Request& recv) {
-  const int cp = ring_.size(), r = ring_.rank();
-  const size_t bytes = 2 * kv_half * sizeof(float);
-  recv = ring_.irecv(kv_next_, bytes, (r - 1 + cp) % cp, kTagKV);
-  send = ring_.isend(kv_cur_, bytes, (r + 1) % cp, kTagKV);
+void RingAttention::shift_kv(size_t kv_half) {
+  const size_t bytes = 2 * kv_half * dtype_size(kv_cur_.t);
+  ring_.shift_start(kv_cur_, kv_next_, bytes);
+  bytes_sent_ += int64_t(bytes);
+}
+
+// Starts sending a dK,dV accumulator to r+1 and receiving the next from r-1.
+void RingAttention::shift_dkv(Buf acc, size_t kv_half) {
+  const size_t bytes = 2 * kv_half * dtype_size(acc.t);
+  dkv_ring_->shift_start(acc, dkv_in_, bytes);
   bytes_sent_ += int64_t(bytes);
 }
 
@@ -139,7 +161,11 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
   const int cp = ring_.size(), r = ring_.rank();
   const int B = shape.B, T = shape.Tq, H = shape.H, G = shape.G, hd = shape.hd;
   const size_t kv_half = load_local_kv(be, shape, pos, k, v);
-  be.zero(out, size_t(B) * T * H * hd);
+  // The blocks merge into an fp32 accumulator that is rounded once to the
+  // activation dtype at the end. Activations are fp32 in this interface, so
+  // the accumulator is `out` itself and there is no rounding.
+  float* acc = out;
+  be.zero(acc, size_t(B) * T * H * hd);
   {
     std::vector<float> neg(size_t(B) * H * T, -std::numeric_limits<float>::infinity());
     be.copy_to_device(chunk_lse_, neg.data(), neg.size() * sizeof(float));
@@ -147,23 +173,23 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
 
   for (int i = 0; i < cp; ++i) {
     const int src = (r - i + cp) % cp;
-    Comm::Request send, recv;
-    if (i < cp - 1) send_kv_onwards(kv_half, send, recv);  // overlaps this step's compute
+    if (i < cp - 1) shift_kv(kv_half);  // overlaps this step's compute
+    const float* kc = kv_cur_.f32();
     const RowPositions k_rows = ring_local_rows(layout_, cp, src, pos.global_len);
     for (const BlockPair& p : visible_pairs(pos, k_rows, shape.causal)) {
       const AttentionParams a = block_params(shape, p);
       for (int b = 0; b < B; ++b) {
         const size_t qoff = (size_t(b) * T + p.q_row) * H * hd;
         const size_t koff = (size_t(b) * T + p.k_row) * G * hd;
-        be.attention_forward(a, blk_out_, blk_lse_, q + qoff, kv_cur_ + koff,
-                             kv_cur_ + kv_half + koff);
-        be.attention_merge(out + qoff, chunk_lse_ + (size_t(b) * T + p.q_row) * H, blk_out_,
+        be.attention_forward(a, blk_out_, blk_lse_, q + qoff, kc + koff, kc + kv_half + koff);
+        be.attention_merge(acc + qoff, chunk_lse_ + (size_t(b) * T + p.q_row) * H, blk_out_,
                            blk_lse_, a.Tq, H, hd);
       }
     }
-    ring_.wait(send);
-    ring_.wait(recv);
-    if (i < cp - 1) std::swap(kv_cur_, kv_next_);
+    if (i < cp - 1) {
+      ring_.shift_wait();
+      std::swap(kv_cur_, kv_next_);
+    }
   }
 
   for_each_lse_run(shape, pos, [&](size_t flat, size_t chunk, size_t len) {
@@ -171,6 +197,11 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
   });
 }
 
+// dK,dV follow ring-flash-attn: at step i this rank's contributions for the
+// block it holds go into a zeroed buffer while the block's accumulator is
+// still on its way from r-1; then the accumulator is waited for, added, and
+// sent on to r+1 while the next step computes. After cp hops every
+// accumulator is back at its owner.
 void RingAttention::backward(Backend& be, const AttentionParams& shape, const RowPositions& pos,
                              float* dq, float* dk, float* dv, const float* dout, const float* q,
                              const float* k, const float* v, const float* out,
@@ -178,43 +209,48 @@ void RingAttention::backward(Backend& be, const AttentionParams& shape, const Ro
   const int cp = ring_.size(), r = ring_.rank();
   const int B = shape.B, T = shape.Tq, H = shape.H, G = shape.G, hd = shape.hd;
   const size_t kv_half = load_local_kv(be, shape, pos, k, v);
-  be.zero(dkv_cur_, 2 * kv_half);
+  if (cp > 1 && !dkv_ring_) dkv_ring_ = ring_.split(0, ring_.rank());  // collective on the ring
   for_each_lse_run(shape, pos, [&](size_t flat, size_t chunk, size_t len) {
     be.copy(chunk_lse_ + chunk, lse + flat, len);
   });
 
+  float* acc = nullptr;  // the accumulator of the block this step holds
   for (int i = 0; i < cp; ++i) {
     const int src = (r - i + cp) % cp;
-    Comm::Request send, recv;
-    if (i < cp - 1) send_kv_onwards(kv_half, send, recv);
+    if (i < cp - 1) shift_kv(kv_half);
+    const float* kc = kv_cur_.f32();
+    acc = dkv_blk_[i % 2];  // the other one may still be on its way to r+1
+    be.zero(acc, 2 * kv_half);
     const RowPositions k_rows = ring_local_rows(layout_, cp, src, pos.global_len);
     for (const BlockPair& p : visible_pairs(pos, k_rows, shape.causal)) {
       const AttentionParams a = block_params(shape, p);
       for (int b = 0; b < B; ++b) {
         const size_t qoff = (size_t(b) * T + p.q_row) * H * hd;
         const size_t koff = (size_t(b) * T + p.k_row) * G * hd;
-        be.attention_backward(a, dq + qoff, dkv_cur_ + koff, dkv_cur_ + kv_half + koff,
-                              dout + qoff, q + qoff, kv_cur_ + koff, kv_cur_ + kv_half + koff,
-                              out + qoff, chunk_lse_ + (size_t(b) * T + p.q_row) * H);
+        be.attention_backward(a, dq + qoff, acc + koff, acc + kv_half + koff, dout + qoff,
+                              q + qoff, kc + koff, kc + kv_half + koff, out + qoff,
+                              chunk_lse_ + (size_t(b) * T + p.q_row) * H);
       }
     }
-    ring_.wait(send);
-    ring_.wait(recv);
     if (cp > 1) {
-      // The block's dK,dV accumulators follow it; after the last step this
-      // hop brings this rank's own accumulators home.
-      Comm::Request ds = ring_.isend(dkv_cur_, 2 * kv_half * sizeof(float), (r + 1) % cp, kTagDKV);
-      Comm::Request dr =
-          ring_.irecv(dkv_next_, 2 * kv_half * sizeof(float), (r - 1 + cp) % cp, kTagDKV);
-      bytes_sent_ += int64_t(2 * kv_half * sizeof(float));
-      ring_.wait(ds);
-      ring_.wait(dr);
-      std::swap(dkv_cur_, dkv_next_);
+      if (i > 0) {  // the block's accumulator from the ranks before this one
+        dkv_ring_->shift_wait();
+        be.add_inplace(acc, dkv_in_, 2 * kv_half);
+      }
+      // on to r+1; after the last step this hop brings this rank's own home
+      shift_dkv(acc, kv_half);
     }
-    if (i < cp - 1) std::swap(kv_cur_, kv_next_);
+    if (i < cp - 1) {
+      ring_.shift_wait();
+      std::swap(kv_cur_, kv_next_);
+    }
   }
-  be.add_inplace(dk, dkv_cur_, kv_half);
-  be.add_inplace(dv, dkv_cur_ + kv_half, kv_half);
+  if (cp > 1) {
+    dkv_ring_->shift_wait();
+    acc = dkv_in_;
+  }
+  be.add_inplace(dk, acc, kv_half);
+  be.add_inplace(dv, acc + kv_half, kv_half);
 }
 
 }  // namespace rt

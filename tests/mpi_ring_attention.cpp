@@ -114,6 +114,7 @@ TEST_P(RingVsReference, ForwardBackward) {
   // more backward, and dK,dV make a full turn
   const int64_t kv_bytes = 2 * int64_t(kl.size()) * 4;
   EXPECT_EQ(ring_attn.bytes_sent(), kv_bytes * (2 * (cp - 1) + (cp > 1 ? cp : 0)));
+  EXPECT_EQ(ring_attn.bytes_sent(), ring_bytes_per_layer(cp, kl.size(), ring_attn.kv_dtype()));
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -7,18 +7,18 @@
 #include "common/errors.h"
 #include "data/synthetic.h"
 #include "model/rmt.h"
+#include "parallel/process_groups.h"
 
 namespace rt {
 
 namespace {
 
 // Lengths a ring can hold: zigzag cuts the sequence into 2*cp chunks.
-int64_t ring_multiple(const EvalSharding* sh) {
-  const int cp = sh ? sh->dims.cp : 1;
-  return sh && sh->layout == RingLayout::kZigzag ? 2 * cp : cp;
+int64_t ring_multiple(const ProcessGroups* sh) {
+  return sh ? sh->dims.seq_len_divisor(sh->layout) : 1;
 }
 
-void check_ring_length(int64_t T, const EvalSharding* sh, const std::string& what) {
+void check_ring_length(int64_t T, const ProcessGroups* sh, const std::string& what) {
   const int64_t multiple = ring_multiple(sh);
   if (T % multiple != 0)
     throw UsageError(what + " " + std::to_string(T) + " is not a multiple of " +
@@ -29,10 +29,8 @@ void check_ring_length(int64_t T, const EvalSharding* sh, const std::string& wha
                      "): choose lengths divisible by " + std::to_string(multiple));
 }
 
-RowPositions local_rows(int64_t T, const EvalSharding* sh) {
-  return sh && sh->dims.cp > 1 ? ring_local_rows(sh->layout, sh->dims.cp,
-                                                 sh->dims.cp_index(sh->rank), T)
-                               : RowPositions::whole(T);
+RowPositions local_rows(int64_t T, const ProcessGroups* sh) {
+  return sh ? sh->rows(T) : RowPositions::whole(T);
 }
 
 // One evaluation forward of a sequence (batch 1): the plain model over its
@@ -42,14 +40,16 @@ RowPositions local_rows(int64_t T, const EvalSharding* sh) {
 // memory model exist only for the last segment (where passkey answers are).
 class EvalForward {
  public:
-  EvalForward(LlamaModel& model, const EvalSharding* sh) : model_(model) {
+  // memory_reset: memory models start every segment from the learned initial
+  // memory (ablation `ringtrain eval --memory-reset`: nothing crosses segments).
+  EvalForward(LlamaModel& model, const ProcessGroups* sh, bool memory_reset) : model_(model) {
     if (!model.config().memory) return;
     if (sh && sh->dims.cp > 1)
       throw UsageError("evaluating a memory model (model.memory) over a ring is not supported: "
                        "run eval without --context-parallel (a memory model attends within "
                        "one segment, which one rank holds)");
     rmt_ = std::make_unique<RmtRunner>(model);
-    if (sh && sh->memory_reset) rmt_->set_carry_memory(false);
+    if (memory_reset) rmt_->set_carry_memory(false);
   }
   int64_t segment() const { return rmt_ ? model_.config().memory->segment_length : 0; }
   double run(const int32_t* inputs, const int32_t* targets, int64_t T, const RowPositions& rows,
@@ -87,7 +87,7 @@ class EvalForward {
 // its last n tokens, predicted by rows L-n .. L-1.
 class AnswerScorer {
  public:
-  AnswerScorer(EvalForward& forward, int64_t L, const EvalSharding* sh)
+  AnswerScorer(EvalForward& forward, int64_t L, const ProcessGroups* sh)
       : forward_(forward), L_(L), rows_(local_rows(L, sh)) {
     const int64_t Tl = L / (sh ? sh->dims.cp : 1);
     inputs_.resize(size_t(Tl));
@@ -142,15 +142,15 @@ int64_t default_position_bucket(int64_t seq_len) {
 }
 
 PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& data, int64_t T,
-                                     int64_t max_sequences, const EvalSharding* sh,
-                                     LossByPosition* by_position) {
+                                     int64_t max_sequences, const ProcessGroups* sh,
+                                     LossByPosition* by_position, bool memory_reset) {
   const int64_t available = data.num_sequences(T);
   const int64_t n = std::min(available, max_sequences);
   if (n < 1)
     throw UsageError("evaluation data " + data.describe() + " holds no sequence of length " +
                      std::to_string(T) + ": use a shorter --seq-len or more data");
   const int dp = sh ? sh->dims.dp : 1, cp = sh ? sh->dims.cp : 1;
-  const int dp_index = sh ? sh->dims.dp_index(sh->rank) : 0;
+  const int dp_index = sh ? sh->dp_index() : 0;
   check_ring_length(T, sh, "evaluation length");
   const RowPositions rows = local_rows(T, sh);
   int64_t bucket = 0, nb = 0;
@@ -167,7 +167,7 @@ PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& da
   }
   const int64_t Tl = T / cp;
   std::vector<int32_t> inputs(Tl), targets(Tl);
-  EvalForward forward(model, sh);
+  EvalForward forward(model, sh, memory_reset);
   PerplexityResult r;
   r.seq_len = T;
   r.sequences = n;
@@ -220,7 +220,7 @@ PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& da
 }
 
 void check_passkey_grid(const std::vector<int64_t>& seq_lens, const std::vector<double>& depths,
-                        int trials, int vocab_size, const EvalSharding* sh,
+                        int trials, int vocab_size, const ProcessGroups* sh,
                         const Tokenizer* tokenizer) {
   const Tokenizer& tok = tokenizer ? *tokenizer : bytes_tokenizer();
   if (seq_lens.empty() || depths.empty())
@@ -250,12 +250,13 @@ void check_passkey_grid(const std::vector<int64_t>& seq_lens, const std::vector<
 
 PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& seq_lens,
                                const std::vector<double>& depths, int trials, uint64_t seed,
-                               const EvalSharding* sh, const Tokenizer* tokenizer) {
+                               const ProcessGroups* sh, bool memory_reset,
+                               const Tokenizer* tokenizer) {
   const Tokenizer& tok = tokenizer ? *tokenizer : bytes_tokenizer();
   const int64_t V = model.config().vocab_size;
   check_passkey_grid(seq_lens, depths, trials, int(V), sh, &tok);
   const int dp = sh ? sh->dims.dp : 1;
-  const int dp_index = sh ? sh->dims.dp_index(sh->rank) : 0;
+  const int dp_index = sh ? sh->dp_index() : 0;
   const size_t nL = seq_lens.size(), nD = depths.size(), nT = size_t(trials);
   // The predicted answer tokens of every trial (AnswerScorer::predict_answer):
   // the answer rows of a trial may lie on different ranks of its ring, and
@@ -265,7 +266,7 @@ PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& se
   auto sample = [&](size_t i, size_t j, size_t t) {
     return make_passkey_sample(tok, seq_lens[i] + 1, depths[j], seed, int64_t(t));
   };
-  EvalForward forward(model, sh);
+  EvalForward forward(model, sh, memory_reset);
   for (size_t i = 0; i < nL; ++i) {
     AnswerScorer scorer(forward, seq_lens[i], sh);
     for (size_t j = 0; j < nD; ++j)
@@ -295,7 +296,7 @@ PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& se
 }
 
 void check_recall_grid(const std::vector<int64_t>& seq_lens, int pairs, int trials,
-                       int vocab_size, const EvalSharding* sh, const Tokenizer* tokenizer) {
+                       int vocab_size, const ProcessGroups* sh, const Tokenizer* tokenizer) {
   const Tokenizer& tok = tokenizer ? *tokenizer : bytes_tokenizer();
   if (seq_lens.empty())
     throw UsageError("recall: needs at least one length, e.g. --recall-seq-lens 256,512");
@@ -320,12 +321,12 @@ void check_recall_grid(const std::vector<int64_t>& seq_lens, int pairs, int tria
 }
 
 RecallResult evaluate_recall(LlamaModel& model, const std::vector<int64_t>& seq_lens, int pairs,
-                             int trials, uint64_t seed, const EvalSharding* sh,
-                             const Tokenizer* tokenizer) {
+                             int trials, uint64_t seed, const ProcessGroups* sh,
+                             bool memory_reset, const Tokenizer* tokenizer) {
   const Tokenizer& tok = tokenizer ? *tokenizer : bytes_tokenizer();
   check_recall_grid(seq_lens, pairs, trials, int(model.config().vocab_size), sh, &tok);
   const int dp = sh ? sh->dims.dp : 1;
-  const int dp_index = sh ? sh->dims.dp_index(sh->rank) : 0;
+  const int dp_index = sh ? sh->dp_index() : 0;
   const size_t nL = seq_lens.size(), nT = size_t(trials), nP = size_t(pairs);
   // predicted answer tokens per trial, summed over ranks as in evaluate_passkey
   const size_t slots = size_t(tok.max_tokens_ascii(kRecallValueDigits));
@@ -333,7 +334,7 @@ RecallResult evaluate_recall(LlamaModel& model, const std::vector<int64_t>& seq_
   auto sample = [&](size_t i, size_t t) {
     return make_recall_sample(tok, seq_lens[i] + 1, pairs, seed, int64_t(t));
   };
-  EvalForward forward(model, sh);
+  EvalForward forward(model, sh, memory_reset);
   for (size_t i = 0; i < nL; ++i) {
     AnswerScorer scorer(forward, seq_lens[i], sh);
     for (size_t t = size_t(dp_index); t < nT; t += size_t(dp)) {

@@ -102,15 +102,16 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
     max_rss = std::max(max_rss, all[2 * r]);
     max_ring = std::max(max_ring, all[2 * r + 1]);
   }
-  // Theoretical ring volume per rank and step: K,V (fp32, kv heads only) go
-  // cp-1 hops forward and cp-1 backward, dK,dV make a full turn of cp hops.
+  // Theoretical ring volume per rank and step: K,V (activation dtype, kv heads
+  // only) go cp-1 hops forward and cp-1 backward, dK,dV (fp32) make a full
+  // turn of cp hops.
   const int64_t cp = cfg.parallel.context_parallel;
-  const int64_t kv_bytes = 2 * int64_t(cfg.train.micro_batch_size) * (cfg.train.seq_len / cp) *
-                           cfg.model.num_key_value_heads * cfg.model.head_dim * 4;
+  const size_t kv_elems = size_t(cfg.train.micro_batch_size) * size_t(cfg.train.seq_len / cp) *
+                          size_t(cfg.model.num_key_value_heads) * size_t(cfg.model.head_dim);
   const int64_t micro_steps = cfg.train.global_batch_size / (cfg.train.micro_batch_size *
                                                              (world.size() / cp));
-  const int64_t ring_theory =
-      cp > 1 ? kv_bytes * (2 * (cp - 1) + cp) * cfg.model.num_hidden_layers * micro_steps : 0;
+  const int64_t ring_theory = ring_bytes_per_layer(int(cp), kv_elems, trainer.ring_kv_dtype()) *
+                              cfg.model.num_hidden_layers * micro_steps;
   const double fpt = train_flops_per_token(cfg.model, cfg.train.seq_len);
   const double sgemm = measure_sgemm_flops();
   nlohmann::json j = {{"tokens_per_s", tps},

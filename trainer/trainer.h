@@ -21,6 +21,7 @@
 #include "model/rmt.h"
 #include "parallel/comm.h"
 #include "parallel/parallel_dims.h"
+#include "parallel/process_groups.h"
 #include "parallel/ring_attention.h"
 #include "trainer/config.h"
 #include "trainer/evaluate.h"
@@ -77,6 +78,7 @@ class Trainer {
   const std::string& run_dir() const { return cfg_.run.dir; }
   // Bytes this rank sent around its ring so far (0 when cp = 1).
   int64_t ring_bytes_sent() const { return ring_ ? ring_->bytes_sent() : 0; }
+  DType ring_kv_dtype() const { return ring_ ? ring_->kv_dtype() : DType::kF32; }
   Comm& world() { return *world_; }
   RmtRunner* rmt() { return rmt_.get(); }
   // The model's tokenizer (config_tokenizer): data, synthetic tasks, checkpoints.
@@ -90,11 +92,12 @@ class Trainer {
 
   Config cfg_;
   Options opt_;
-  // parallel geometry (SPEC §6): world = dp x cp, cp fastest
+  // parallel geometry (SPEC §6): world = dp x cp, cp fastest. The groups come
+  // from make_process_groups; world_, dims_ and rank_ are shorthands of them.
+  ProcessGroups groups_;
   Comm* world_ = nullptr;
   ParallelDims dims_;
   int rank_ = 0;
-  std::unique_ptr<Comm> cp_comm_;
   RowPositions rows_;  // this rank's rows of a training sequence
   bool writer_ = false;  // rank 0 of a run that writes outputs
   void print_layout_table();
