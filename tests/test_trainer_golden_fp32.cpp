@@ -128,7 +128,7 @@ std::vector<std::string> run_case(const Case& c) {
     lines.push_back(buf);
   }
   for (const TensorSpec& s : model.params().specs()) {
-    const float* w = model.params().get(s.name);
+    const float* w = model.params().f32(s.name);
     double sum = 0;
     for (size_t i = 0; i < s.numel; ++i) sum += std::fabs(double(w[i]));
     std::snprintf(buf, sizeof buf, "%s tensor %s %016llx %a", c.name.c_str(), s.name.c_str(),
