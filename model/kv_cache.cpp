@@ -64,8 +64,8 @@ std::vector<float> KvCacheDecoder::append(const int32_t* tokens, int n) {
                        " is outside the model's vocabulary (vocab_size " +
                        std::to_string(c.vocab_size) + ")");
   plan_work(n);
-  const int d = c.hidden_size, f = c.intermediate_size, V = c.vocab_size;
-  const int H = c.num_attention_heads, G = c.num_key_value_heads, hd = c.head_dim;
+  const int d = c.hidden_size, V = c.vocab_size;
+  const int G = c.num_key_value_heads, hd = c.head_dim;
   const float eps = float(c.rms_norm_eps);
   const Arena& P = model_.params();
   const Buf x = work_.buf("x"), mid = work_.buf("mid"), ln = work_.buf("ln"), q = work_.buf("q"),
@@ -82,49 +82,26 @@ std::vector<float> KvCacheDecoder::append(const int32_t* tokens, int n) {
     be_.copy_to_device(rope_cos_.data(), t.cos.data(), t.cos.size() * sizeof(float));
     be_.copy_to_device(rope_sin_.data(), t.sin.data(), t.sin.size() * sizeof(float));
   }
-  AttentionParams ap;
-  ap.B = 1;
-  ap.Tq = n;
-  ap.Tk = length_ + n;
-  ap.H = H;
-  ap.G = G;
-  ap.hd = hd;
-  ap.q_offset = length_;
-  ap.k_offset = 0;
-  ap.causal = true;
-  ap.alibi_slopes = alibi_dev_ ? alibi_dev_.f32() : nullptr;
-  ap.scale = 1.f / std::sqrt(float(hd));
+  const AttentionParams ap = model_attention_params(c, 1, n, length_ + n, length_, 0,
+                                                    alibi_dev_ ? alibi_dev_.f32() : nullptr);
 
-  const size_t es = dtype_size(model_.precision().act);
   for (int l = 0; l < c.num_hidden_layers; ++l) {
-    const LayerTensors& w = model_.layer_weights(l);
     const Buf kc = cache_.buf("k." + std::to_string(l));
     const Buf vc = cache_.buf("v." + std::to_string(l));
-    // this call's rows of the cache
-    const Buf k_new(static_cast<char*>(kc.p) + size_t(length_) * G * hd * es, kc.t);
-    const Buf v_new(static_cast<char*>(vc.p) + size_t(length_) * G * hd * es, vc.t);
-    be_.rmsnorm_forward(ln, rstd, x, w.ln1, n, d, eps);
-    be_.matmul_forward(q, ln, w.wq, n, d, H * hd);
-    be_.matmul_forward(k_new, ln, w.wk, n, d, G * hd);
-    be_.matmul_forward(v_new, ln, w.wv, n, d, G * hd);
-    if (c.position == "rope") {
-      be_.rope_forward(q, cos, sin, 1, n, H, hd);
-      be_.rope_forward(k_new, cos, sin, 1, n, G, hd);
-    }
-    be_.attention_forward(ap, att, lse, q, kc, vc);
-    be_.copy(mid, x, size_t(n) * d);
-    be_.matmul_forward(mid, att, w.wo, n, H * hd, d, true);
-    be_.rmsnorm_forward(ln, rstd, mid, w.ln2, n, d, eps);
-    be_.matmul_forward(gate, ln, w.gate, n, d, f);
-    be_.matmul_forward(up, ln, w.up, n, d, f);
-    be_.swiglu_forward(act, gate, up, size_t(n) * f);
-    be_.copy(x, mid, size_t(n) * d);
-    be_.matmul_forward(x, act, w.down, n, f, d, true);
+    // the new keys and values go straight into this call's rows of the cache;
+    // the queries attend over the whole cache
+    const LayerForwardBufs bufs{ln,  q,    at(kc, size_t(length_) * G * hd),
+                                at(vc, size_t(length_) * G * hd),
+                                att, ln,   gate, up, act, rstd, lse, rstd};
+    decoder_layer_forward(be_, c, model_.layer_weights(l), bufs, 1, n, cos, sin, x, mid, x,
+                          [&](Buf a_out, float* a_lse, CBuf a_q, CBuf, CBuf) {
+                            be_.attention_forward(ap, a_out, a_lse, a_q, kc, vc);
+                          });
   }
   length_ += n;
 
   // head on the last row only (fp32 logits)
-  const CBuf last(static_cast<const char*>(x.p) + size_t(n - 1) * d * es, x.t);
+  const CBuf last = at(CBuf(x), size_t(n - 1) * d);
   const Buf w_head = c.tie_word_embeddings ? P.buf("model.embed_tokens.weight")
                                            : P.buf("lm_head.weight");
   be_.rmsnorm_forward(ln, rstd, last, P.buf("model.norm.weight"), 1, d, eps);

@@ -242,45 +242,70 @@ void LlamaModel::build_positions(const RowPositions& pos, int T) {
   be_.copy_to_device(rope_sin_.data(), sin.data(), sin.size() * sizeof(float));
 }
 
-AttentionParams LlamaModel::attention_params() const {
+AttentionParams model_attention_params(const ModelConfig& cfg, int B, int Tq, int Tk,
+                                       int64_t q_offset, int64_t k_offset,
+                                       const float* alibi_slopes) {
   AttentionParams ap;
-  ap.B = B_;
-  ap.Tq = ap.Tk = T_;
-  ap.H = cfg_.num_attention_heads;
-  ap.G = cfg_.num_key_value_heads;
-  ap.hd = cfg_.head_dim;
+  ap.B = B;
+  ap.Tq = Tq;
+  ap.Tk = Tk;
+  ap.H = cfg.num_attention_heads;
+  ap.G = cfg.num_key_value_heads;
+  ap.hd = cfg.head_dim;
+  ap.q_offset = q_offset;
+  ap.k_offset = k_offset;
   ap.causal = true;
-  ap.alibi_slopes = alibi_dev_ ? alibi_dev_.f32() : nullptr;
-  ap.scale = 1.f / std::sqrt(float(cfg_.head_dim));
+  ap.alibi_slopes = alibi_slopes;
+  ap.scale = 1.f / std::sqrt(float(cfg.head_dim));
   return ap;
 }
 
-void LlamaModel::layer_forward(int l, LayerActs& a, CBuf x_in, Buf x_mid, Buf x_out) {
-  const int N = B_ * T_, d = cfg_.hidden_size, f = cfg_.intermediate_size;
-  const int H = cfg_.num_attention_heads, G = cfg_.num_key_value_heads, hd = cfg_.head_dim;
-  const LayerTensors& w = layer_w_[size_t(l)];
-  const float eps = float(cfg_.rms_norm_eps);
+// The whole local sequence; SequenceAttention places it by RowPositions.
+AttentionParams LlamaModel::attention_params() const {
+  return model_attention_params(cfg_, B_, T_, T_, 0, 0,
+                                alibi_dev_ ? alibi_dev_.f32() : nullptr);
+}
+
+void decoder_layer_forward(Backend& be, const ModelConfig& cfg, const LayerTensors& w,
+                           const LayerForwardBufs& a, int B, int T, const float* rope_cos,
+                           const float* rope_sin, CBuf x_in, Buf x_mid, Buf x_out,
+                           const LayerAttention& attend) {
+  const int N = B * T, d = cfg.hidden_size, f = cfg.intermediate_size;
+  const int H = cfg.num_attention_heads, G = cfg.num_key_value_heads, hd = cfg.head_dim;
+  const float eps = float(cfg.rms_norm_eps);
 
   // attention block: x_mid = x_in + o_proj(attn(rope(q), rope(k), v))
-  be_.rmsnorm_forward(a.ln1, a.ln1_rstd, x_in, w.ln1, N, d, eps);
-  be_.matmul_forward(a.q, a.ln1, w.wq, N, d, H * hd);
-  be_.matmul_forward(a.k, a.ln1, w.wk, N, d, G * hd);
-  be_.matmul_forward(a.v, a.ln1, w.wv, N, d, G * hd);
-  if (cfg_.position == "rope") {
-    be_.rope_forward(a.q, rope_cos_.f32(), rope_sin_.f32(), B_, T_, H, hd);
-    be_.rope_forward(a.k, rope_cos_.f32(), rope_sin_.f32(), B_, T_, G, hd);
+  be.rmsnorm_forward(a.ln1, a.ln1_rstd, x_in, w.ln1, N, d, eps);
+  be.matmul_forward(a.q, a.ln1, w.wq, N, d, H * hd);
+  be.matmul_forward(a.k, a.ln1, w.wk, N, d, G * hd);
+  be.matmul_forward(a.v, a.ln1, w.wv, N, d, G * hd);
+  if (cfg.position == "rope") {
+    be.rope_forward(a.q, rope_cos, rope_sin, B, T, H, hd);
+    be.rope_forward(a.k, rope_cos, rope_sin, B, T, G, hd);
   }
-  attention_->forward(be_, attention_params(), pos_, a.att, a.lse, a.q, a.k, a.v);
-  be_.copy(x_mid, x_in, size_t(N) * d);
-  be_.matmul_forward(x_mid, a.att, w.wo, N, H * hd, d, true);
+  attend(a.att, a.lse, a.q, a.k, a.v);
+  be.copy(x_mid, x_in, size_t(N) * d);
+  be.matmul_forward(x_mid, a.att, w.wo, N, H * hd, d, true);
 
   // MLP block: x_out = x_mid + down(silu(gate(m)) * up(m))
-  be_.rmsnorm_forward(a.ln2, a.ln2_rstd, x_mid, w.ln2, N, d, eps);
-  be_.matmul_forward(a.gate, a.ln2, w.gate, N, d, f);
-  be_.matmul_forward(a.up, a.ln2, w.up, N, d, f);
-  be_.swiglu_forward(s_.act, a.gate, a.up, size_t(N) * f);
-  be_.copy(x_out, x_mid, size_t(N) * d);
-  be_.matmul_forward(x_out, s_.act, w.down, N, f, d, true);
+  be.rmsnorm_forward(a.ln2, a.ln2_rstd, x_mid, w.ln2, N, d, eps);
+  be.matmul_forward(a.gate, a.ln2, w.gate, N, d, f);
+  be.matmul_forward(a.up, a.ln2, w.up, N, d, f);
+  be.swiglu_forward(a.act, a.gate, a.up, size_t(N) * f);
+  be.copy(x_out, x_mid, size_t(N) * d);
+  be.matmul_forward(x_out, a.act, w.down, N, f, d, true);
+}
+
+void LlamaModel::layer_forward(int l, LayerActs& a, CBuf x_in, Buf x_mid, Buf x_out) {
+  const LayerForwardBufs bufs{a.ln1,  a.q,        a.k,   a.v,       a.att, a.ln2,
+                              a.gate, a.up,       s_.act, a.ln1_rstd, a.lse, a.ln2_rstd};
+  const AttentionParams ap = attention_params();
+  const float* cos = rope_cos_ ? rope_cos_.f32() : nullptr;
+  const float* sin = rope_sin_ ? rope_sin_.f32() : nullptr;
+  decoder_layer_forward(be_, cfg_, layer_w_[size_t(l)], bufs, B_, T_, cos, sin, x_in, x_mid,
+                        x_out, [&](Buf att, float* lse, CBuf q, CBuf k, CBuf v) {
+                          attention_->forward(be_, ap, pos_, att, lse, q, k, v);
+                        });
 }
 
 // dresid: on entry d(loss)/d(x_out); on exit d(loss)/d(x_in).

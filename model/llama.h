@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -52,12 +53,42 @@ class LocalAttention final : public SequenceAttention {
                 const float* lse) override;
 };
 
+// The attention call of this model's layers: B batch rows, Tq query rows at
+// global positions [q_offset, q_offset + Tq), Tk key rows from k_offset,
+// causal, the model's heads and head_dim, scale 1/sqrt(head_dim), ALiBi
+// slopes (device, H floats) or null. The one place these fields are filled.
+AttentionParams model_attention_params(const ModelConfig& cfg, int B, int Tq, int Tk,
+                                       int64_t q_offset, int64_t k_offset,
+                                       const float* alibi_slopes);
+
 // One decoder layer's tensors in an arena laid out by llama_param_specs
 // (weights in the compute dtype, or their gradients), resolved once.
 struct LayerTensors {
   Buf ln1, wq, wk, wv, wo, ln2, gate, up, down;
 };
 LayerTensors layer_tensors(const Arena& a, int layer);
+
+// What one decoder layer's forward writes. ln1 and ln2 (and their rstd) may
+// be one buffer when nothing is kept for a backward (decoding).
+struct LayerForwardBufs {
+  Buf ln1, q, k, v, att, ln2, gate, up, act;
+  float *ln1_rstd, *lse, *ln2_rstd;
+};
+
+// A layer's attention call: "local" (one blocked-attention call), "ring"
+// (SequenceAttention across ranks) or "cache" (q attends over a KV cache that
+// k and v were just written into). att (B,T,H,hd), lse (B,H,T).
+using LayerAttention = std::function<void(Buf att, float* lse, CBuf q, CBuf k, CBuf v)>;
+
+// The decoder layer, written once for training and decoding:
+//   x_mid = x_in + o_proj(attend(rope(q), rope(k), v)),
+//   x_out = x_mid + down(silu(gate(ln2)) * up(ln2)),
+// over B x T rows; rope_cos/sin (T, hd/2) for those rows (RoPE models).
+// x_out may alias x_in.
+void decoder_layer_forward(Backend& be, const ModelConfig& cfg, const LayerTensors& w,
+                           const LayerForwardBufs& a, int B, int T, const float* rope_cos,
+                           const float* rope_sin, CBuf x_in, Buf x_mid, Buf x_out,
+                           const LayerAttention& attend);
 
 // Parameter groups, for weight-decay exclusion.
 enum class ParamKind { kMatrix, kNorm, kEmbedding, kMemory };
