@@ -13,6 +13,9 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "common/rng.h"
+#include "model/kv_cache.h"
+#include "model/rmt.h"
 #include "model/precision.h"
 #include "test_util.h"
 #include "trainer/checkpoint.h"
@@ -181,6 +184,85 @@ TEST_F(PrecisionTest, Bf16ResumeIsExact) {
   for (int i = 3; i < 6; ++i) EXPECT_EQ(c.train_step().loss, ref[size_t(i)]) << "step " << i + 1;
   EXPECT_EQ(master_copy(c.model()), ref_master);
   EXPECT_EQ(raw_copy(c.model().backend(), c.model().params()), ref_compute);
+}
+
+ModelConfig tiny(const std::string& position) {
+  ModelConfig mc;
+  mc.vocab_size = 64;
+  mc.hidden_size = 32;
+  mc.intermediate_size = 48;
+  mc.num_hidden_layers = 2;
+  mc.num_attention_heads = 4;
+  mc.num_key_value_heads = 2;
+  mc.head_dim = 8;
+  mc.position = position;
+  mc.init_std = 0.1;
+  return mc;
+}
+
+// Every model path in bf16: ALiBi with tied embeddings and activation
+// checkpointing, and recurrent memory through segments (memory rows are
+// bf16 activations, their gradients fp32): finite, and not the fp32 numbers.
+TEST(PrecisionModel, Bf16CheckpointingAlibiTiedAndMemory) {
+  const Precision bf = resolve_precision("bf16", Device::kCpu);
+  for (int variant = 0; variant < 2; ++variant) {
+    ModelConfig mc = tiny(variant == 0 ? "alibi" : "rope");
+    if (variant == 0) mc.tie_word_embeddings = true;
+    if (variant == 1) mc.memory = MemoryConfig{"rmt", 4, 16, -1};
+    const int B = variant == 0 ? 2 : 1, T = variant == 0 ? 16 : 48;
+    Rng r(3);
+    std::vector<int32_t> in(size_t(B) * T), tg(size_t(B) * T);
+    for (size_t i = 0; i < in.size(); ++i) {
+      in[i] = int32_t(r.below(64));
+      tg[i] = int32_t(r.below(64));
+    }
+    double loss[2], gnorm[2];
+    for (int p = 0; p < 2; ++p) {
+      auto be = make_cpu_backend();
+      LlamaModel model(mc, *be, p == 0 ? fp32_precision() : bf);
+      model.init_weights(9);
+      model.plan_activations(B, variant == 1 ? 16 + 8 : T, variant == 0);
+      int64_t valid = 0;
+      if (variant == 1) {
+        RmtRunner rmt(model);
+        loss[p] = rmt.forward_backward(in.data(), tg.data(), B, T, 1.f / float(B * T), &valid);
+      } else {
+        loss[p] = model.forward_backward(in.data(), tg.data(), B, T, RowPositions::whole(T),
+                                         1.f / float(B * T), &valid);
+      }
+      double ss = 0;
+      std::vector<float> g(model.grads().f32_numel());
+      be->copy_to_host(g.data(), model.grads().f32_base(), model.grads().bytes());
+      for (float x : g) ss += double(x) * x;
+      gnorm[p] = std::sqrt(ss);
+    }
+    EXPECT_TRUE(std::isfinite(loss[1]) && std::isfinite(gnorm[1])) << variant;
+    EXPECT_NE(loss[0], loss[1]) << variant;
+    EXPECT_NEAR(loss[1], loss[0], 2e-2 * loss[0]) << variant;
+    EXPECT_NEAR(gnorm[1], gnorm[0], 5e-2 * gnorm[0]) << variant;
+  }
+}
+
+// The KV-cache decoder on a bf16 model (bf16 cache) gives the logits of the
+// bf16 full forward, up to the forward's bf16 logits rounding.
+TEST(PrecisionModel, Bf16KvCacheMatchesBf16Forward) {
+  auto be = make_cpu_backend();
+  LlamaModel model(tiny("rope"), *be, resolve_precision("bf16", Device::kCpu));
+  model.init_weights(4);
+  std::vector<int32_t> seq = {1, 5, 9, 2, 7, 33, 12, 40};
+  KvCacheDecoder dec(model, int(seq.size()));
+  std::vector<float> cached = dec.append(seq.data(), 6);
+  cached = dec.append(seq.data() + 6, 2);
+  const int T = int(seq.size());
+  std::vector<int32_t> none(size_t(T), -1);
+  model.forward_backward(seq.data(), none.data(), 1, T, RowPositions::whole(T), 0.f, nullptr);
+  const std::vector<float> full = model.logits_to_host(T - 1, 1);
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < full.size(); ++i) {
+    worst = std::max(worst, std::fabs(double(cached[i]) - full[i]));
+    scale = std::max(scale, std::fabs(double(full[i])));
+  }
+  EXPECT_LT(worst, 1e-2 * scale + 1e-3) << "worst " << worst << " scale " << scale;
 }
 
 }  // namespace
