@@ -1,10 +1,17 @@
 #include "model/arena.h"
 
+#include <map>
 #include <utility>
 
 #include "common/errors.h"
+#include "common/log.h"
 
 namespace rt {
+
+std::vector<TensorSpec> with_dtype(std::vector<TensorSpec> specs, DType t) {
+  for (TensorSpec& s : specs) s.dtype = t;
+  return specs;
+}
 
 Arena::Arena(Backend& be, std::string label, std::vector<TensorSpec> specs)
     : be_(&be), label_(std::move(label)), specs_(std::move(specs)) {
@@ -13,33 +20,36 @@ Arena::Arena(Backend& be, std::string label, std::vector<TensorSpec> specs)
     TensorSpec& s = specs_[i];
     s.numel = 1;
     for (int64_t d : s.shape) s.numel *= size_t(d);
-    // 16-float (64-byte) alignment for every tensor
-    off = (off + 15) / 16 * 16;
-    s.offset = off;
-    off += s.numel;
+    // 64-byte alignment for every tensor
+    off = (off + 63) / 64 * 64;
+    s.offset_bytes = off;
+    off += s.numel * dtype_size(s.dtype);
+    numel_ += s.numel;
+    all_f32_ = all_f32_ && s.dtype == DType::kF32;
     RT_CHECK(index_.emplace(s.name, i).second, "duplicate tensor name " + s.name);
   }
-  total_ = off;
-  base_ = static_cast<float*>(be_->alloc_bytes(total_ * sizeof(float)));
+  // no padding after the last tensor: an fp32 arena is exactly the array the
+  // fp32 reductions always ran over (their thread split depends on its length)
+  mem_ = DeviceBuffer(be, (off + 3) / 4, DType::kF32);
 }
 
-Arena::~Arena() {
-  if (be_ && base_) be_->free_bytes(base_);
+size_t Arena::bytes_of(DType t) const {
+  size_t b = 0;
+  for (const TensorSpec& s : specs_)
+    if (s.dtype == t) b += s.numel * dtype_size(t);
+  return b;
 }
 
-Arena::Arena(Arena&& o) noexcept { *this = std::move(o); }
-
-Arena& Arena::operator=(Arena&& o) noexcept {
-  if (this != &o) {
-    if (be_ && base_) be_->free_bytes(base_);
-    be_ = std::exchange(o.be_, nullptr);
-    label_ = std::move(o.label_);
-    specs_ = std::move(o.specs_);
-    index_ = std::move(o.index_);
-    base_ = std::exchange(o.base_, nullptr);
-    total_ = std::exchange(o.total_, 0);
+std::string Arena::describe() const {
+  std::map<std::string, size_t> by;
+  for (const TensorSpec& s : specs_) by[dtype_name(s.dtype)] += s.numel * dtype_size(s.dtype);
+  std::string out = format_bytes(double(bytes())) + " (";
+  bool first = true;
+  for (auto& [name, b] : by) {
+    out += (first ? "" : ", ") + name + " " + format_bytes(double(b));
+    first = false;
   }
-  return *this;
+  return out + ")";
 }
 
 const TensorSpec& Arena::spec(const std::string& name) const {
@@ -48,8 +58,21 @@ const TensorSpec& Arena::spec(const std::string& name) const {
   return specs_[it->second];
 }
 
+float* Arena::f32(const TensorSpec& s) const {
+  RT_CHECK(s.dtype == DType::kF32, s.name + " in arena " + label_ + " is " +
+                                       dtype_name(s.dtype) + ", not fp32");
+  return reinterpret_cast<float*>(static_cast<char*>(mem_.data()) + s.offset_bytes);
+}
+
+float* Arena::f32(const std::string& name) const { return f32(spec(name)); }
+
+float* Arena::f32_base() const {
+  RT_CHECK(all_f32_, "arena " + label_ + " is not all fp32");
+  return static_cast<float*>(mem_.data());
+}
+
 void Arena::zero() {
-  if (base_) be_->zero(base_, total_);
+  if (mem_) be_->zero(mem_.buf(), mem_.size());
 }
 
 }  // namespace rt

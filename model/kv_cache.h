@@ -25,7 +25,6 @@ class KvCacheDecoder {
  public:
   // capacity: the most positions the cache holds (prompt + new tokens).
   KvCacheDecoder(LlamaModel& model, int capacity);
-  ~KvCacheDecoder();
   KvCacheDecoder(const KvCacheDecoder&) = delete;
   KvCacheDecoder& operator=(const KvCacheDecoder&) = delete;
 
@@ -45,10 +44,9 @@ class KvCacheDecoder {
   Arena cache_;  // k.<l>, v.<l>: (capacity, G, hd) each
   Arena work_;   // per-call activations for up to work_rows_ rows
   int work_rows_ = 0;
-  int32_t* tokens_dev_ = nullptr;
-  float* alibi_dev_ = nullptr;
-  float* rope_cos_ = nullptr;  // (rows, hd/2)
-  float* rope_sin_ = nullptr;
+  DeviceBuffer tokens_dev_;  // int32
+  DeviceBuffer alibi_dev_;
+  DeviceBuffer rope_cos_, rope_sin_;  // (rows, hd/2)
 };
 
 }  // namespace rt

@@ -74,50 +74,64 @@ static AttentionParams whole_sequence(const AttentionParams& shape, const RowPos
 }
 
 void LocalAttention::forward(Backend& be, const AttentionParams& shape, const RowPositions& pos,
-                             float* out, float* lse, const float* q, const float* k,
-                             const float* v) {
+                             Buf out, float* lse, CBuf q, CBuf k, CBuf v) {
   be.attention_forward(whole_sequence(shape, pos), out, lse, q, k, v);
 }
 
 void LocalAttention::backward(Backend& be, const AttentionParams& shape,
-                              const RowPositions& pos, float* dq, float* dk, float* dv,
-                              const float* dout, const float* q, const float* k, const float* v,
-                              const float* out, const float* lse) {
+                              const RowPositions& pos, Buf dq, Buf dk, Buf dv, CBuf dout, CBuf q,
+                              CBuf k, CBuf v, CBuf out, const float* lse) {
   be.attention_backward(whole_sequence(shape, pos), dq, dk, dv, dout, q, k, v, out, lse);
 }
 
 // ---- model ----------------------------------------------------------------------
 
-// Pointers into the activation arena for one layer slot.
-struct LlamaModel::LayerActs {
-  float *ln1, *ln1_rstd, *q, *k, *v, *att, *lse, *mid, *ln2, *ln2_rstd, *gate, *up;
-};
+LayerTensors layer_tensors(const Arena& a, int l) {
+  const std::string p = "model.layers." + std::to_string(l) + ".";
+  return {a.buf(p + "input_layernorm.weight"),          a.buf(p + "self_attn.q_proj.weight"),
+          a.buf(p + "self_attn.k_proj.weight"),         a.buf(p + "self_attn.v_proj.weight"),
+          a.buf(p + "self_attn.o_proj.weight"),         a.buf(p + "post_attention_layernorm.weight"),
+          a.buf(p + "mlp.gate_proj.weight"),            a.buf(p + "mlp.up_proj.weight"),
+          a.buf(p + "mlp.down_proj.weight")};
+}
 
-LlamaModel::LlamaModel(const ModelConfig& cfg, Backend& be) : cfg_(cfg), be_(be) {
+LlamaModel::LlamaModel(const ModelConfig& cfg, Backend& be, const Precision& prec)
+    : cfg_(cfg), prec_(prec), be_(be) {
   RT_CHECK(cfg_.head_dim > 0, "head_dim must be resolved by the config parser");
+  for (DType t : {prec_.param, prec_.act, prec_.grad})
+    RT_CHECK(be_.supports(Op::kMatmulForward, t),
+             std::string("backend ") + be_.name() + " has no " + dtype_name(t) + " ops");
+  RT_CHECK(prec_.grad == DType::kF32, "gradients are fp32 (SPEC §12)");
+  RT_CHECK(prec_.master_weights || prec_.param == DType::kF32,
+           "compute weights other than fp32 need fp32 master weights");
   std::vector<TensorSpec> specs = llama_param_specs(cfg_);
-  params_ = Arena(be_, "parameters", specs);
-  grads_ = Arena(be_, "gradients", specs);
+  params_ = Arena(be_, "parameters", with_dtype(specs, prec_.param));
+  if (prec_.master_weights) master_ = Arena(be_, "master weights", with_dtype(specs, DType::kF32));
+  grads_ = Arena(be_, "gradients", with_dtype(specs, prec_.grad));
   grads_.zero();
+  for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
+    layer_w_.push_back(layer_tensors(params_, l));
+    layer_g_.push_back(layer_tensors(grads_, l));
+  }
   if (cfg_.position == "alibi") {
     alibi_ = alibi_slopes(cfg_.num_attention_heads);
-    alibi_dev_ = static_cast<float*>(be_.alloc_bytes(alibi_.size() * sizeof(float)));
-    be_.copy_to_device(alibi_dev_, alibi_.data(), alibi_.size() * sizeof(float));
+    alibi_dev_ = DeviceBuffer(be_, alibi_.size());
+    be_.copy_to_device(alibi_dev_.data(), alibi_.data(), alibi_.size() * sizeof(float));
   }
 }
 
-LlamaModel::~LlamaModel() {
-  be_.free_bytes(alibi_dev_);
-  be_.free_bytes(rope_cos_);
-  be_.free_bytes(rope_sin_);
-  be_.free_bytes(tokens_dev_);
-  be_.free_bytes(targets_dev_);
+LlamaModel::~LlamaModel() = default;
+
+void LlamaModel::sync_compute_weights() {
+  if (!prec_.master_weights) return;
+  for (const TensorSpec& s : master_.specs()) be_.cast(params_.buf(s.name), master_.buf(s), s.numel);
 }
 
 void LlamaModel::init_weights(uint64_t seed) {
-  std::vector<float> host(params_.numel(), 0.f);
-  for (const TensorSpec& s : params_.specs()) {
-    float* p = host.data() + s.offset;
+  Arena& m = master();
+  std::vector<float> host(m.f32_numel(), 0.f);
+  for (const TensorSpec& s : m.specs()) {
+    float* p = host.data() + s.offset_bytes / sizeof(float);
     if (param_kind(s.name) == ParamKind::kNorm) {
       for (size_t i = 0; i < s.numel; ++i) p[i] = 1.f;
       continue;
@@ -129,12 +143,13 @@ void LlamaModel::init_weights(uint64_t seed) {
     Rng rng(mix_seed(seed, h));
     for (size_t i = 0; i < s.numel; ++i) p[i] = float(rng.normal() * cfg_.init_std);
   }
-  be_.copy_to_device(params_.base(), host.data(), host.size() * sizeof(float));
+  be_.copy_to_device(m.f32_base(), host.data(), host.size() * sizeof(float));
+  sync_compute_weights();
 }
 
 void LlamaModel::plan_activations(int B, int T, bool checkpointing) {
   if (B * int64_t(T) <= int64_t(planned_B_) * planned_T_ && checkpointing == checkpointing_ &&
-      acts_.base())
+      acts_.allocated())
     return;
   const int64_t N = int64_t(B) * T, d = cfg_.hidden_size, f = cfg_.intermediate_size,
                 V = cfg_.vocab_size;
@@ -142,52 +157,65 @@ void LlamaModel::plan_activations(int B, int T, bool checkpointing) {
   const int64_t kvd = int64_t(cfg_.num_key_value_heads) * cfg_.head_dim;
   const int L = cfg_.num_hidden_layers;
   const int slots = checkpointing ? 1 : L;
+  const DType act = prec_.act, st = DType::kF32, gr = prec_.grad;  // st: statistics
 
   std::vector<TensorSpec> a;
-  for (int l = 0; l <= L; ++l) a.push_back({"x." + std::to_string(l), {N, d}});
+  for (int l = 0; l <= L; ++l) a.push_back({"x." + std::to_string(l), {N, d}, act});
   for (int s = 0; s < slots; ++s) {
     std::string p = "slot" + std::to_string(s) + ".";
-    a.push_back({p + "ln1", {N, d}});
-    a.push_back({p + "ln1_rstd", {N}});
-    a.push_back({p + "q", {N, qd}});
-    a.push_back({p + "k", {N, kvd}});
-    a.push_back({p + "v", {N, kvd}});
-    a.push_back({p + "att", {N, qd}});
-    a.push_back({p + "lse", {int64_t(B) * cfg_.num_attention_heads * T}});
-    a.push_back({p + "mid", {N, d}});
-    a.push_back({p + "ln2", {N, d}});
-    a.push_back({p + "ln2_rstd", {N}});
-    a.push_back({p + "gate", {N, f}});
-    a.push_back({p + "up", {N, f}});
+    a.push_back({p + "ln1", {N, d}, act});
+    a.push_back({p + "ln1_rstd", {N}, st});
+    a.push_back({p + "q", {N, qd}, act});
+    a.push_back({p + "k", {N, kvd}, act});
+    a.push_back({p + "v", {N, kvd}, act});
+    a.push_back({p + "att", {N, qd}, act});
+    a.push_back({p + "lse", {int64_t(B) * cfg_.num_attention_heads * T}, st});
+    a.push_back({p + "mid", {N, d}, act});
+    a.push_back({p + "ln2", {N, d}, act});
+    a.push_back({p + "ln2_rstd", {N}, st});
+    a.push_back({p + "gate", {N, f}, act});
+    a.push_back({p + "up", {N, f}, act});
   }
-  a.push_back({"lnf", {N, d}});
-  a.push_back({"lnf_rstd", {N}});
-  a.push_back({"logits", {N, V}});
-  a.push_back({"losses", {N}});
+  a.push_back({"lnf", {N, d}, act});
+  a.push_back({"lnf_rstd", {N}, st});
+  a.push_back({"logits", {N, V}, act});
+  a.push_back({"losses", {N}, st});
 
-  // Backward temporaries, one set shared by all layers.
+  // Backward temporaries, one set shared by all layers: activation
+  // gradients in the gradient dtype; "act" (the recomputed SwiGLU output)
+  // and "xtmp" (a recomputed layer output) are activations.
   std::vector<TensorSpec> s = {
-      {"dresid", {N, d}}, {"dln", {N, d}},   {"datt", {N, qd}}, {"dq", {N, qd}},
-      {"dk", {N, kvd}},   {"dv", {N, kvd}},  {"dgate", {N, f}}, {"dup", {N, f}},
-      {"act", {N, f}},    {"xtmp", {N, d}},
+      {"dresid", {N, d}, gr}, {"dln", {N, d}, gr},     {"datt", {N, qd}, gr},
+      {"dq", {N, qd}, gr},    {"dk", {N, kvd}, gr},    {"dv", {N, kvd}, gr},
+      {"dgate", {N, f}, gr},  {"dup", {N, f}, gr},     {"act", {N, f}, act},
+      {"xtmp", {N, d}, act},
   };
   acts_ = Arena(be_, "activations", std::move(a));
   scratch_ = Arena(be_, "backward scratch", std::move(s));
   planned_B_ = B;
   planned_T_ = T;
   checkpointing_ = checkpointing;
-  log_info("memory: activations %s + backward scratch %s (micro-batch %d x %d tokens%s)",
-           format_bytes(double(acts_.bytes())).c_str(),
-           format_bytes(double(scratch_.bytes())).c_str(), B, T,
-           checkpointing ? ", activation checkpointing" : "");
-}
 
-LlamaModel::LayerActs LlamaModel::layer_acts(int slot) const {
-  std::string p = "slot" + std::to_string(slot) + ".";
-  return {acts_.get(p + "ln1"), acts_.get(p + "ln1_rstd"), acts_.get(p + "q"),
-          acts_.get(p + "k"),   acts_.get(p + "v"),        acts_.get(p + "att"),
-          acts_.get(p + "lse"), acts_.get(p + "mid"),      acts_.get(p + "ln2"),
-          acts_.get(p + "ln2_rstd"), acts_.get(p + "gate"), acts_.get(p + "up")};
+  x_.clear();
+  for (int l = 0; l <= L; ++l) x_.push_back(acts_.buf("x." + std::to_string(l)));
+  slots_.clear();
+  for (int sl = 0; sl < slots; ++sl) {
+    const std::string p = "slot" + std::to_string(sl) + ".";
+    slots_.push_back({acts_.buf(p + "ln1"), acts_.buf(p + "q"), acts_.buf(p + "k"),
+                      acts_.buf(p + "v"), acts_.buf(p + "att"), acts_.buf(p + "mid"),
+                      acts_.buf(p + "ln2"), acts_.buf(p + "gate"), acts_.buf(p + "up"),
+                      acts_.f32(p + "ln1_rstd"), acts_.f32(p + "lse"), acts_.f32(p + "ln2_rstd")});
+  }
+  lnf_ = acts_.buf("lnf");
+  lnf_rstd_ = acts_.f32("lnf_rstd");
+  logits_ = acts_.buf("logits");
+  losses_ = acts_.f32("losses");
+  s_ = {scratch_.buf("dresid"), scratch_.buf("dln"), scratch_.buf("datt"), scratch_.buf("dq"),
+        scratch_.buf("dk"),     scratch_.buf("dv"),  scratch_.buf("dgate"), scratch_.buf("dup"),
+        scratch_.buf("act"),    scratch_.buf("xtmp")};
+  log_info("memory: activations %s + backward scratch %s (micro-batch %d x %d tokens%s)",
+           acts_.describe().c_str(), scratch_.describe().c_str(), B, T,
+           checkpointing ? ", activation checkpointing" : "");
 }
 
 void LlamaModel::build_positions(const RowPositions& pos, int T) {
@@ -206,106 +234,116 @@ void LlamaModel::build_positions(const RowPositions& pos, int T) {
     cos.insert(cos.end(), t.cos.begin(), t.cos.end());
     sin.insert(sin.end(), t.sin.begin(), t.sin.end());
   }
-  if (cos.size() > rope_capacity_) {
-    be_.free_bytes(rope_cos_);
-    be_.free_bytes(rope_sin_);
-    rope_cos_ = static_cast<float*>(be_.alloc_bytes(cos.size() * sizeof(float)));
-    rope_sin_ = static_cast<float*>(be_.alloc_bytes(sin.size() * sizeof(float)));
-    rope_capacity_ = cos.size();
+  if (cos.size() > rope_cos_.size()) {
+    rope_cos_ = DeviceBuffer(be_, cos.size());
+    rope_sin_ = DeviceBuffer(be_, sin.size());
   }
-  be_.copy_to_device(rope_cos_, cos.data(), cos.size() * sizeof(float));
-  be_.copy_to_device(rope_sin_, sin.data(), sin.size() * sizeof(float));
+  be_.copy_to_device(rope_cos_.data(), cos.data(), cos.size() * sizeof(float));
+  be_.copy_to_device(rope_sin_.data(), sin.data(), sin.size() * sizeof(float));
 }
 
-static const float* P(const Arena& a, const std::string& n) { return a.get(n); }
+AttentionParams model_attention_params(const ModelConfig& cfg, int B, int Tq, int Tk,
+                                       int64_t q_offset, int64_t k_offset,
+                                       const float* alibi_slopes) {
+  AttentionParams ap;
+  ap.B = B;
+  ap.Tq = Tq;
+  ap.Tk = Tk;
+  ap.H = cfg.num_attention_heads;
+  ap.G = cfg.num_key_value_heads;
+  ap.hd = cfg.head_dim;
+  ap.q_offset = q_offset;
+  ap.k_offset = k_offset;
+  ap.causal = true;
+  ap.alibi_slopes = alibi_slopes;
+  ap.scale = 1.f / std::sqrt(float(cfg.head_dim));
+  return ap;
+}
 
-void LlamaModel::layer_forward(int l, LayerActs& a, const float* x_in, float* x_mid,
-                               float* x_out) {
-  const int N = B_ * T_, d = cfg_.hidden_size, f = cfg_.intermediate_size;
-  const int H = cfg_.num_attention_heads, G = cfg_.num_key_value_heads, hd = cfg_.head_dim;
-  const std::string p = "model.layers." + std::to_string(l) + ".";
-  const float eps = float(cfg_.rms_norm_eps);
+// The whole local sequence; SequenceAttention places it by RowPositions.
+AttentionParams LlamaModel::attention_params() const {
+  return model_attention_params(cfg_, B_, T_, T_, 0, 0,
+                                alibi_dev_ ? alibi_dev_.f32() : nullptr);
+}
+
+void decoder_layer_forward(Backend& be, const ModelConfig& cfg, const LayerTensors& w,
+                           const LayerForwardBufs& a, int B, int T, const float* rope_cos,
+                           const float* rope_sin, CBuf x_in, Buf x_mid, Buf x_out,
+                           const LayerAttention& attend) {
+  const int N = B * T, d = cfg.hidden_size, f = cfg.intermediate_size;
+  const int H = cfg.num_attention_heads, G = cfg.num_key_value_heads, hd = cfg.head_dim;
+  const float eps = float(cfg.rms_norm_eps);
 
   // attention block: x_mid = x_in + o_proj(attn(rope(q), rope(k), v))
-  be_.rmsnorm_forward(a.ln1, a.ln1_rstd, x_in, P(params_, p + "input_layernorm.weight"), N, d, eps);
-  be_.matmul_forward(a.q, a.ln1, P(params_, p + "self_attn.q_proj.weight"), N, d, H * hd);
-  be_.matmul_forward(a.k, a.ln1, P(params_, p + "self_attn.k_proj.weight"), N, d, G * hd);
-  be_.matmul_forward(a.v, a.ln1, P(params_, p + "self_attn.v_proj.weight"), N, d, G * hd);
-  if (cfg_.position == "rope") {
-    be_.rope_forward(a.q, rope_cos_, rope_sin_, B_, T_, H, hd);
-    be_.rope_forward(a.k, rope_cos_, rope_sin_, B_, T_, G, hd);
+  be.rmsnorm_forward(a.ln1, a.ln1_rstd, x_in, w.ln1, N, d, eps);
+  be.matmul_forward(a.q, a.ln1, w.wq, N, d, H * hd);
+  be.matmul_forward(a.k, a.ln1, w.wk, N, d, G * hd);
+  be.matmul_forward(a.v, a.ln1, w.wv, N, d, G * hd);
+  if (cfg.position == "rope") {
+    be.rope_forward(a.q, rope_cos, rope_sin, B, T, H, hd);
+    be.rope_forward(a.k, rope_cos, rope_sin, B, T, G, hd);
   }
-  AttentionParams ap;
-  ap.B = B_; ap.Tq = ap.Tk = T_; ap.H = H; ap.G = G; ap.hd = hd;
-  ap.causal = true;
-  ap.alibi_slopes = alibi_dev_;
-  ap.scale = 1.f / std::sqrt(float(hd));
-  attention_->forward(be_, ap, pos_, a.att, a.lse, a.q, a.k, a.v);
-  be_.copy(x_mid, x_in, size_t(N) * d);
-  be_.matmul_forward(x_mid, a.att, P(params_, p + "self_attn.o_proj.weight"), N, H * hd, d, true);
+  attend(a.att, a.lse, a.q, a.k, a.v);
+  be.copy(x_mid, x_in, size_t(N) * d);
+  be.matmul_forward(x_mid, a.att, w.wo, N, H * hd, d, true);
 
   // MLP block: x_out = x_mid + down(silu(gate(m)) * up(m))
-  be_.rmsnorm_forward(a.ln2, a.ln2_rstd, x_mid, P(params_, p + "post_attention_layernorm.weight"),
-                      N, d, eps);
-  be_.matmul_forward(a.gate, a.ln2, P(params_, p + "mlp.gate_proj.weight"), N, d, f);
-  be_.matmul_forward(a.up, a.ln2, P(params_, p + "mlp.up_proj.weight"), N, d, f);
-  float* act = scratch_.get("act");
-  be_.swiglu_forward(act, a.gate, a.up, size_t(N) * f);
-  be_.copy(x_out, x_mid, size_t(N) * d);
-  be_.matmul_forward(x_out, act, P(params_, p + "mlp.down_proj.weight"), N, f, d, true);
+  be.rmsnorm_forward(a.ln2, a.ln2_rstd, x_mid, w.ln2, N, d, eps);
+  be.matmul_forward(a.gate, a.ln2, w.gate, N, d, f);
+  be.matmul_forward(a.up, a.ln2, w.up, N, d, f);
+  be.swiglu_forward(a.act, a.gate, a.up, size_t(N) * f);
+  be.copy(x_out, x_mid, size_t(N) * d);
+  be.matmul_forward(x_out, a.act, w.down, N, f, d, true);
+}
+
+void LlamaModel::layer_forward(int l, LayerActs& a, CBuf x_in, Buf x_mid, Buf x_out) {
+  const LayerForwardBufs bufs{a.ln1,  a.q,        a.k,   a.v,       a.att, a.ln2,
+                              a.gate, a.up,       s_.act, a.ln1_rstd, a.lse, a.ln2_rstd};
+  const AttentionParams ap = attention_params();
+  const float* cos = rope_cos_ ? rope_cos_.f32() : nullptr;
+  const float* sin = rope_sin_ ? rope_sin_.f32() : nullptr;
+  decoder_layer_forward(be_, cfg_, layer_w_[size_t(l)], bufs, B_, T_, cos, sin, x_in, x_mid,
+                        x_out, [&](Buf att, float* lse, CBuf q, CBuf k, CBuf v) {
+                          attention_->forward(be_, ap, pos_, att, lse, q, k, v);
+                        });
 }
 
 // dresid: on entry d(loss)/d(x_out); on exit d(loss)/d(x_in).
-void LlamaModel::layer_backward(int l, LayerActs& a, const float* x_in, const float* x_mid,
-                                float* dresid) {
+void LlamaModel::layer_backward(int l, LayerActs& a, CBuf x_in, CBuf x_mid, Buf dresid) {
   const int N = B_ * T_, d = cfg_.hidden_size, f = cfg_.intermediate_size;
   const int H = cfg_.num_attention_heads, G = cfg_.num_key_value_heads, hd = cfg_.head_dim;
-  const std::string p = "model.layers." + std::to_string(l) + ".";
-  float *dln = scratch_.get("dln"), *datt = scratch_.get("datt"), *dq = scratch_.get("dq"),
-        *dk = scratch_.get("dk"), *dv = scratch_.get("dv"), *dgate = scratch_.get("dgate"),
-        *dup = scratch_.get("dup"), *act = scratch_.get("act");
+  const LayerTensors& w = layer_w_[size_t(l)];
+  const LayerTensors& g = layer_g_[size_t(l)];
+  const Scratch& s = s_;
 
   // MLP block
-  be_.swiglu_forward(act, a.gate, a.up, size_t(N) * f);  // recomputed, not stored
-  float* dact = dgate;  // reuse: dact is consumed before dgate is written
+  be_.swiglu_forward(s.act, a.gate, a.up, size_t(N) * f);  // recomputed, not stored
+  Buf dact = s.dgate;  // reuse: dact is consumed before dgate is written
   be_.zero(dact, size_t(N) * f);
-  be_.matmul_backward(dact, grads_.get(p + "mlp.down_proj.weight"), dresid, act,
-                      P(params_, p + "mlp.down_proj.weight"), N, f, d);
-  be_.swiglu_backward(dgate, dup, dact, a.gate, a.up, size_t(N) * f);
-  be_.zero(dln, size_t(N) * d);
-  be_.matmul_backward(dln, grads_.get(p + "mlp.gate_proj.weight"), dgate, a.ln2,
-                      P(params_, p + "mlp.gate_proj.weight"), N, d, f);
-  be_.matmul_backward(dln, grads_.get(p + "mlp.up_proj.weight"), dup, a.ln2,
-                      P(params_, p + "mlp.up_proj.weight"), N, d, f);
-  be_.rmsnorm_backward(dresid, grads_.get(p + "post_attention_layernorm.weight"), dln, x_mid,
-                       P(params_, p + "post_attention_layernorm.weight"), a.ln2_rstd, N, d);
+  be_.matmul_backward(dact, g.down, dresid, s.act, w.down, N, f, d);
+  be_.swiglu_backward(s.dgate, s.dup, dact, a.gate, a.up, size_t(N) * f);
+  be_.zero(s.dln, size_t(N) * d);
+  be_.matmul_backward(s.dln, g.gate, s.dgate, a.ln2, w.gate, N, d, f);
+  be_.matmul_backward(s.dln, g.up, s.dup, a.ln2, w.up, N, d, f);
+  be_.rmsnorm_backward(dresid, g.ln2, s.dln, x_mid, w.ln2, a.ln2_rstd, N, d);
 
   // attention block
-  be_.zero(datt, size_t(N) * H * hd);
-  be_.matmul_backward(datt, grads_.get(p + "self_attn.o_proj.weight"), dresid, a.att,
-                      P(params_, p + "self_attn.o_proj.weight"), N, H * hd, d);
-  be_.zero(dq, size_t(N) * H * hd);
-  be_.zero(dk, size_t(N) * G * hd);
-  be_.zero(dv, size_t(N) * G * hd);
-  AttentionParams ap;
-  ap.B = B_; ap.Tq = ap.Tk = T_; ap.H = H; ap.G = G; ap.hd = hd;
-  ap.causal = true;
-  ap.alibi_slopes = alibi_dev_;
-  ap.scale = 1.f / std::sqrt(float(hd));
-  attention_->backward(be_, ap, pos_, dq, dk, dv, datt, a.q, a.k, a.v, a.att, a.lse);
+  be_.zero(s.datt, size_t(N) * H * hd);
+  be_.matmul_backward(s.datt, g.wo, dresid, a.att, w.wo, N, H * hd, d);
+  be_.zero(s.dq, size_t(N) * H * hd);
+  be_.zero(s.dk, size_t(N) * G * hd);
+  be_.zero(s.dv, size_t(N) * G * hd);
+  attention_->backward(be_, attention_params(), pos_, s.dq, s.dk, s.dv, s.datt, a.q, a.k, a.v,
+                       a.att, a.lse);
   if (cfg_.position == "rope") {
-    be_.rope_backward(dq, rope_cos_, rope_sin_, B_, T_, H, hd);
-    be_.rope_backward(dk, rope_cos_, rope_sin_, B_, T_, G, hd);
+    be_.rope_backward(s.dq, rope_cos_.f32(), rope_sin_.f32(), B_, T_, H, hd);
+    be_.rope_backward(s.dk, rope_cos_.f32(), rope_sin_.f32(), B_, T_, G, hd);
   }
-  be_.zero(dln, size_t(N) * d);
-  be_.matmul_backward(dln, grads_.get(p + "self_attn.q_proj.weight"), dq, a.ln1,
-                      P(params_, p + "self_attn.q_proj.weight"), N, d, H * hd);
-  be_.matmul_backward(dln, grads_.get(p + "self_attn.k_proj.weight"), dk, a.ln1,
-                      P(params_, p + "self_attn.k_proj.weight"), N, d, G * hd);
-  be_.matmul_backward(dln, grads_.get(p + "self_attn.v_proj.weight"), dv, a.ln1,
-                      P(params_, p + "self_attn.v_proj.weight"), N, d, G * hd);
-  be_.rmsnorm_backward(dresid, grads_.get(p + "input_layernorm.weight"), dln, x_in,
-                       P(params_, p + "input_layernorm.weight"), a.ln1_rstd, N, d);
+  be_.zero(s.dln, size_t(N) * d);
+  be_.matmul_backward(s.dln, g.wq, s.dq, a.ln1, w.wq, N, d, H * hd);
+  be_.matmul_backward(s.dln, g.wk, s.dk, a.ln1, w.wk, N, d, G * hd);
+  be_.matmul_backward(s.dln, g.wv, s.dv, a.ln1, w.wv, N, d, G * hd);
+  be_.rmsnorm_backward(dresid, g.ln1, s.dln, x_in, w.ln1, a.ln1_rstd, N, d);
 }
 
 void LlamaModel::prepare_batch(int B, int T, const RowPositions& pos, const int32_t* targets,
@@ -316,7 +354,7 @@ void LlamaModel::prepare_batch(int B, int T, const RowPositions& pos, const int3
   const int N = B * T, V = cfg_.vocab_size;
   build_positions(pos, T);
   ensure_token_capacity(N);
-  be_.copy_to_device(targets_dev_, targets, sizeof(int32_t) * N);
+  be_.copy_to_device(targets_dev_.data(), targets, sizeof(int32_t) * N);
   int64_t valid = 0;
   for (int i = 0; i < N; ++i) {
     RT_CHECK(targets[i] < V, "target token out of range");
@@ -332,114 +370,110 @@ double LlamaModel::forward_backward(const int32_t* inputs, const int32_t* target
   const int N = B * T, d = cfg_.hidden_size;
   for (int i = 0; i < N; ++i)
     RT_CHECK(inputs[i] >= 0 && inputs[i] < cfg_.vocab_size, "input token out of range");
-  be_.copy_to_device(tokens_dev_, inputs, sizeof(int32_t) * N);
-  be_.embedding_forward(acts_.get("x.0"), tokens_dev_, P(params_, "model.embed_tokens.weight"), N,
-                        d);
-  const double loss_sum = run_layers_and_head(dloss_scale, nullptr);
+  be_.copy_to_device(tokens_dev_.data(), inputs, sizeof(int32_t) * N);
+  be_.embedding_forward(x_[0], tokens_dev_.as<int32_t>(),
+                        params_.buf("model.embed_tokens.weight"), N, d);
+  const double loss_sum = run_layers_and_head(dloss_scale, CBuf());
   if (dloss_scale != 0.f)
-    be_.embedding_backward(grads_.get("model.embed_tokens.weight"), scratch_.get("dresid"),
-                           tokens_dev_, N, d);
+    be_.embedding_backward(grads_.buf("model.embed_tokens.weight"), s_.dresid,
+                           tokens_dev_.as<int32_t>(), N, d);
   return loss_sum;
 }
 
-double LlamaModel::forward_backward_embeddings(const float* x0, const int32_t* targets, int B,
-                                               int T, const RowPositions& pos, float dloss_scale,
-                                               int64_t* n_valid, const float* dfinal_extra,
-                                               float* dx0) {
+double LlamaModel::forward_backward_embeddings(CBuf x0, const int32_t* targets, int B, int T,
+                                               const RowPositions& pos, float dloss_scale,
+                                               int64_t* n_valid, CBuf dfinal_extra, Buf dx0) {
   prepare_batch(B, T, pos, targets, n_valid);
   const size_t n = size_t(B) * T * cfg_.hidden_size;
-  be_.copy(acts_.get("x.0"), x0, n);
+  be_.copy(x_[0], x0, n);
   const double loss_sum = run_layers_and_head(dloss_scale, dfinal_extra);
-  if (dloss_scale != 0.f && dx0) be_.copy(dx0, scratch_.get("dresid"), n);
+  if (dloss_scale != 0.f && dx0) be_.copy(dx0, s_.dresid, n);
   return loss_sum;
 }
 
-const float* LlamaModel::final_residual() const {
-  return acts_.get("x." + std::to_string(cfg_.num_hidden_layers));
+CBuf LlamaModel::final_residual() const { return x_[size_t(cfg_.num_hidden_layers)]; }
+
+void LlamaModel::embed_tokens(const int32_t* tokens, int n, Buf out) {
+  ensure_token_capacity(n);
+  be_.copy_to_device(tokens_dev_.data(), tokens, sizeof(int32_t) * n);
+  be_.embedding_forward(out, tokens_dev_.as<int32_t>(), params_.buf("model.embed_tokens.weight"),
+                        n, cfg_.hidden_size);
 }
 
-void LlamaModel::embed_tokens(const int32_t* tokens, int n, float* out) {
+void LlamaModel::embed_tokens_backward(const int32_t* tokens, int n, CBuf dout) {
   ensure_token_capacity(n);
-  be_.copy_to_device(tokens_dev_, tokens, sizeof(int32_t) * n);
-  be_.embedding_forward(out, tokens_dev_, P(params_, "model.embed_tokens.weight"), n,
-                        cfg_.hidden_size);
-}
-
-void LlamaModel::embed_tokens_backward(const int32_t* tokens, int n, const float* dout) {
-  ensure_token_capacity(n);
-  be_.copy_to_device(tokens_dev_, tokens, sizeof(int32_t) * n);
-  be_.embedding_backward(grads_.get("model.embed_tokens.weight"), dout, tokens_dev_, n,
-                         cfg_.hidden_size);
+  be_.copy_to_device(tokens_dev_.data(), tokens, sizeof(int32_t) * n);
+  be_.embedding_backward(grads_.buf("model.embed_tokens.weight"), dout,
+                         tokens_dev_.as<int32_t>(), n, cfg_.hidden_size);
 }
 
 void LlamaModel::ensure_token_capacity(int n) {
-  if (size_t(n) <= token_capacity_) return;
-  be_.free_bytes(tokens_dev_);
-  be_.free_bytes(targets_dev_);
-  tokens_dev_ = static_cast<int32_t*>(be_.alloc_bytes(sizeof(int32_t) * n));
-  targets_dev_ = static_cast<int32_t*>(be_.alloc_bytes(sizeof(int32_t) * n));
-  token_capacity_ = n;
+  if (size_t(n) <= tokens_dev_.size()) return;
+  tokens_dev_ = DeviceBuffer(be_, size_t(n), DType::kI32);
+  targets_dev_ = DeviceBuffer(be_, size_t(n), DType::kI32);
 }
 
 // x.0 holds the input embeddings of the prepared batch. Runs the layers, the
 // head and the loss; with dloss_scale != 0 also the backward, leaving
 // d(loss)/d(x.0) in scratch "dresid". dfinal_extra (N,d) or null: a gradient
 // arriving at the last layer's output from outside the loss (RMT memory).
-double LlamaModel::run_layers_and_head(float dloss_scale, const float* dfinal_extra) {
+double LlamaModel::run_layers_and_head(float dloss_scale, CBuf dfinal_extra) {
   const int N = B_ * T_, d = cfg_.hidden_size, V = cfg_.vocab_size, L = cfg_.num_hidden_layers;
   const bool backward = dloss_scale != 0.f || dfinal_extra;
-  auto x = [&](int l) { return acts_.get("x." + std::to_string(l)); };
   for (int l = 0; l < L; ++l) {
-    LayerActs a = layer_acts(checkpointing_ ? 0 : l);
-    layer_forward(l, a, x(l), a.mid, x(l + 1));
+    LayerActs& a = slots_[size_t(checkpointing_ ? 0 : l)];
+    layer_forward(l, a, x_[size_t(l)], a.mid, x_[size_t(l + 1)]);
   }
-  float* lnf = acts_.get("lnf");
-  float* logits = acts_.get("logits");
-  float* losses = acts_.get("losses");
-  const float* w_head = cfg_.tie_word_embeddings ? P(params_, "model.embed_tokens.weight")
-                                                 : P(params_, "lm_head.weight");
-  be_.rmsnorm_forward(lnf, acts_.get("lnf_rstd"), x(L), P(params_, "model.norm.weight"), N, d,
-                      float(cfg_.rms_norm_eps));
-  be_.matmul_forward(logits, lnf, w_head, N, d, V);
-  be_.cross_entropy_forward_backward(logits, losses, targets_dev_, N, V, dloss_scale);
+  const Buf w_head = cfg_.tie_word_embeddings ? params_.buf("model.embed_tokens.weight")
+                                              : params_.buf("lm_head.weight");
+  const Buf w_norm = params_.buf("model.norm.weight");
+  be_.rmsnorm_forward(lnf_, lnf_rstd_, x_[size_t(L)], w_norm, N, d, float(cfg_.rms_norm_eps));
+  be_.matmul_forward(logits_, lnf_, w_head, N, d, V);
+  be_.cross_entropy_forward_backward(logits_, losses_, targets_dev_.as<int32_t>(), N, V,
+                                     dloss_scale);
   std::vector<float> host_losses(N);
-  be_.copy_to_host(host_losses.data(), losses, sizeof(float) * N);
+  be_.copy_to_host(host_losses.data(), losses_, sizeof(float) * N);
   double loss_sum = 0.0;
   for (float v : host_losses) loss_sum += v;
   if (!backward) return loss_sum;
 
   // backward: logits now hold dlogits (zero when dloss_scale is 0)
-  float* dresid = scratch_.get("dresid");
-  float* dln = scratch_.get("dln");
-  float* dw_head = cfg_.tie_word_embeddings ? grads_.get("model.embed_tokens.weight")
-                                            : grads_.get("lm_head.weight");
-  be_.zero(dln, size_t(N) * d);
-  be_.matmul_backward(dln, dw_head, logits, lnf, w_head, N, d, V);
-  be_.zero(dresid, size_t(N) * d);
-  be_.rmsnorm_backward(dresid, grads_.get("model.norm.weight"), dln, x(L),
-                       P(params_, "model.norm.weight"), acts_.get("lnf_rstd"), N, d);
-  if (dfinal_extra) be_.add_inplace(dresid, dfinal_extra, size_t(N) * d);
+  const Buf dw_head = cfg_.tie_word_embeddings ? grads_.buf("model.embed_tokens.weight")
+                                               : grads_.buf("lm_head.weight");
+  be_.zero(s_.dln, size_t(N) * d);
+  be_.matmul_backward(s_.dln, dw_head, logits_, lnf_, w_head, N, d, V);
+  be_.zero(s_.dresid, size_t(N) * d);
+  be_.rmsnorm_backward(s_.dresid, grads_.buf("model.norm.weight"), s_.dln, x_[size_t(L)], w_norm,
+                       lnf_rstd_, N, d);
+  if (dfinal_extra) be_.add_inplace(s_.dresid, dfinal_extra, size_t(N) * d);
   for (int l = L - 1; l >= 0; --l) {
-    LayerActs a = layer_acts(checkpointing_ ? 0 : l);
-    if (checkpointing_) layer_forward(l, a, x(l), a.mid, scratch_.get("xtmp"));
-    layer_backward(l, a, x(l), a.mid, dresid);
+    LayerActs& a = slots_[size_t(checkpointing_ ? 0 : l)];
+    if (checkpointing_) layer_forward(l, a, x_[size_t(l)], a.mid, s_.xtmp);
+    layer_backward(l, a, x_[size_t(l)], a.mid, s_.dresid);
   }
   return loss_sum;
 }
 
 std::vector<float> LlamaModel::logits_to_host(int64_t row_begin, int64_t rows) {
   const int64_t V = cfg_.vocab_size;
-  std::vector<float> out(size_t(rows * V));
-  be_.copy_to_host(out.data(), acts_.get("logits") + row_begin * V, out.size() * sizeof(float));
+  const size_t n = size_t(rows * V), es = dtype_size(logits_.t);
+  std::vector<float> out(n);
+  const char* src = static_cast<const char*>(logits_.p) + size_t(row_begin * V) * es;
+  if (logits_.t == DType::kF32) {
+    be_.copy_to_host(out.data(), src, n * sizeof(float));
+    return out;
+  }
+  RT_CHECK(logits_.t == DType::kBF16, "logits dtype");
+  std::vector<uint16_t> raw(n);
+  be_.copy_to_host(raw.data(), src, n * es);
+  for (size_t i = 0; i < n; ++i) out[i] = bf16_to_f32(raw[i]);
   return out;
 }
 
 std::vector<float> LlamaModel::losses_to_host(int64_t row_begin, int64_t rows) {
   std::vector<float> out(static_cast<size_t>(rows));
-  be_.copy_to_host(out.data(), acts_.get("losses") + row_begin, out.size() * sizeof(float));
+  be_.copy_to_host(out.data(), losses_ + row_begin, out.size() * sizeof(float));
   return out;
 }
-
-const float* LlamaModel::logits_device() const { return acts_.get("logits"); }
 
 }  // namespace rt

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -16,6 +17,7 @@
 #include "model/arena.h"
 #include "model/backend.h"
 #include "model/model_config.h"
+#include "model/precision.h"
 
 namespace rt {
 
@@ -33,24 +35,60 @@ struct RowPositions {
 class SequenceAttention {
  public:
   virtual ~SequenceAttention() = default;
-  // q (B,T,H,hd), k,v (B,T,G,hd) -> out (B,T,H,hd), lse (B,H,T)
+  // q (B,T,H,hd), k,v (B,T,G,hd) -> out (B,T,H,hd), lse (B,H,T) fp32
   virtual void forward(Backend& be, const AttentionParams& shape, const RowPositions& pos,
-                       float* out, float* lse, const float* q, const float* k,
-                       const float* v) = 0;
+                       Buf out, float* lse, CBuf q, CBuf k, CBuf v) = 0;
   // dq, dk, dv (+=) from dout and the saved out, lse
   virtual void backward(Backend& be, const AttentionParams& shape, const RowPositions& pos,
-                        float* dq, float* dk, float* dv, const float* dout, const float* q,
-                        const float* k, const float* v, const float* out, const float* lse) = 0;
+                        Buf dq, Buf dk, Buf dv, CBuf dout, CBuf q, CBuf k, CBuf v, CBuf out,
+                        const float* lse) = 0;
 };
 
 class LocalAttention final : public SequenceAttention {
  public:
-  void forward(Backend& be, const AttentionParams& shape, const RowPositions& pos, float* out,
-               float* lse, const float* q, const float* k, const float* v) override;
-  void backward(Backend& be, const AttentionParams& shape, const RowPositions& pos, float* dq,
-                float* dk, float* dv, const float* dout, const float* q, const float* k,
-                const float* v, const float* out, const float* lse) override;
+  void forward(Backend& be, const AttentionParams& shape, const RowPositions& pos, Buf out,
+               float* lse, CBuf q, CBuf k, CBuf v) override;
+  void backward(Backend& be, const AttentionParams& shape, const RowPositions& pos, Buf dq,
+                Buf dk, Buf dv, CBuf dout, CBuf q, CBuf k, CBuf v, CBuf out,
+                const float* lse) override;
 };
+
+// The attention call of this model's layers: B batch rows, Tq query rows at
+// global positions [q_offset, q_offset + Tq), Tk key rows from k_offset,
+// causal, the model's heads and head_dim, scale 1/sqrt(head_dim), ALiBi
+// slopes (device, H floats) or null. The one place these fields are filled.
+AttentionParams model_attention_params(const ModelConfig& cfg, int B, int Tq, int Tk,
+                                       int64_t q_offset, int64_t k_offset,
+                                       const float* alibi_slopes);
+
+// One decoder layer's tensors in an arena laid out by llama_param_specs
+// (weights in the compute dtype, or their gradients), resolved once.
+struct LayerTensors {
+  Buf ln1, wq, wk, wv, wo, ln2, gate, up, down;
+};
+LayerTensors layer_tensors(const Arena& a, int layer);
+
+// What one decoder layer's forward writes. ln1 and ln2 (and their rstd) may
+// be one buffer when nothing is kept for a backward (decoding).
+struct LayerForwardBufs {
+  Buf ln1, q, k, v, att, ln2, gate, up, act;
+  float *ln1_rstd, *lse, *ln2_rstd;
+};
+
+// A layer's attention call: "local" (one blocked-attention call), "ring"
+// (SequenceAttention across ranks) or "cache" (q attends over a KV cache that
+// k and v were just written into). att (B,T,H,hd), lse (B,H,T).
+using LayerAttention = std::function<void(Buf att, float* lse, CBuf q, CBuf k, CBuf v)>;
+
+// The decoder layer, written once for training and decoding:
+//   x_mid = x_in + o_proj(attend(rope(q), rope(k), v)),
+//   x_out = x_mid + down(silu(gate(ln2)) * up(ln2)),
+// over B x T rows; rope_cos/sin (T, hd/2) for those rows (RoPE models).
+// x_out may alias x_in.
+void decoder_layer_forward(Backend& be, const ModelConfig& cfg, const LayerTensors& w,
+                           const LayerForwardBufs& a, int B, int T, const float* rope_cos,
+                           const float* rope_sin, CBuf x_in, Buf x_mid, Buf x_out,
+                           const LayerAttention& attend);
 
 // Parameter groups, for weight-decay exclusion.
 enum class ParamKind { kMatrix, kNorm, kEmbedding, kMemory };
@@ -65,14 +103,24 @@ double train_flops_per_token(const ModelConfig& cfg, int64_t seq_len);
 
 class LlamaModel {
  public:
-  LlamaModel(const ModelConfig& cfg, Backend& be);
+  // prec: the dtypes of weights, activations and gradients (fp32 by default).
+  LlamaModel(const ModelConfig& cfg, Backend& be, const Precision& prec = fp32_precision());
   ~LlamaModel();
 
   const ModelConfig& config() const { return cfg_; }
+  const Precision& precision() const { return prec_; }
   Backend& backend() { return be_; }
+  // The compute weights (prec.param), which the ops read.
   Arena& params() { return params_; }
+  // The fp32 weights the optimizer updates and checkpoints hold: a separate
+  // arena with master weights, otherwise the compute weights themselves.
+  Arena& master() { return prec_.master_weights ? master_ : params_; }
+  // After writing master(): the compute copy = master rounded (no-op
+  // without master weights).
+  void sync_compute_weights();
   Arena& grads() { return grads_; }
   int64_t num_params() const { return int64_t(params_.numel()); }
+  const LayerTensors& layer_weights(int l) const { return layer_w_[size_t(l)]; }
 
   // Normal(0, init_std) for matrices and embeddings, ones for norms.
   // Deterministic for the seed on any platform.
@@ -98,38 +146,53 @@ class LlamaModel {
   // extra gradient at the last layer's output (the residual stream before
   // the final norm). With backward, dx0 (B*T, d) gets d(loss)/d(x0); the
   // backward also runs when only dfinal_extra is given (dloss_scale 0).
-  double forward_backward_embeddings(const float* x0, const int32_t* targets, int B, int T,
+  // x0 and final_residual are in prec.act, dfinal_extra and dx0 in prec.grad.
+  double forward_backward_embeddings(CBuf x0, const int32_t* targets, int B, int T,
                                      const RowPositions& pos, float dloss_scale,
-                                     int64_t* n_valid, const float* dfinal_extra, float* dx0);
+                                     int64_t* n_valid, CBuf dfinal_extra, Buf dx0);
   // The last layer's output (B*T, d) of the last forward (device).
-  const float* final_residual() const;
+  CBuf final_residual() const;
   // Token embeddings (host tokens) into out (n, d) on the device, and the
   // matching backward accumulating into the embedding gradient.
-  void embed_tokens(const int32_t* tokens, int n, float* out);
-  void embed_tokens_backward(const int32_t* tokens, int n, const float* dout);
+  void embed_tokens(const int32_t* tokens, int n, Buf out);
+  void embed_tokens_backward(const int32_t* tokens, int n, CBuf dout);
 
-  // Logits (B*T, V) of the last forward when it ran without backward (host
-  // pointer on CPU; copied to host on other devices).
+  // Logits (B*T, V) of the last forward when it ran without backward, as
+  // fp32 on the host (converted from the activation dtype).
   std::vector<float> logits_to_host(int64_t row_begin, int64_t rows);
-  const float* logits_device() const;
   // Per-row losses (-log p(target), 0 for ignored rows) of the last forward.
   std::vector<float> losses_to_host(int64_t row_begin, int64_t rows);
 
  private:
-  struct LayerActs;
-  void layer_forward(int l, LayerActs& a, const float* x_in, float* x_mid, float* x_out);
-  void layer_backward(int l, LayerActs& a, const float* x_in, const float* x_mid, float* dresid);
-  LayerActs layer_acts(int slot) const;
+  // Pointers into the activation arena for one layer slot (resolved once by
+  // plan_activations), and the backward temporaries.
+  struct LayerActs {
+    Buf ln1, q, k, v, att, mid, ln2, gate, up;
+    float *ln1_rstd, *lse, *ln2_rstd;
+  };
+  struct Scratch {
+    Buf dresid, dln, datt, dq, dk, dv, dgate, dup, act, xtmp;
+  };
+  void layer_forward(int l, LayerActs& a, CBuf x_in, Buf x_mid, Buf x_out);
+  void layer_backward(int l, LayerActs& a, CBuf x_in, CBuf x_mid, Buf dresid);
+  AttentionParams attention_params() const;
   void build_positions(const RowPositions& pos, int T);
   void prepare_batch(int B, int T, const RowPositions& pos, const int32_t* targets,
                      int64_t* n_valid);
   void ensure_token_capacity(int n);
-  double run_layers_and_head(float dloss_scale, const float* dfinal_extra);
+  double run_layers_and_head(float dloss_scale, CBuf dfinal_extra);
 
   ModelConfig cfg_;
+  Precision prec_;
   Backend& be_;
-  Arena params_, grads_;
+  Arena params_, master_, grads_;
+  std::vector<LayerTensors> layer_w_, layer_g_;
   Arena acts_, scratch_;
+  std::vector<LayerActs> slots_;
+  std::vector<Buf> x_;  // x.0 .. x.L, the residual stream
+  Buf lnf_, logits_;
+  float *lnf_rstd_ = nullptr, *losses_ = nullptr;
+  Scratch s_;
   int planned_B_ = 0, planned_T_ = 0;
   bool checkpointing_ = false;
   int B_ = 0, T_ = 0;  // current micro-batch
@@ -137,13 +200,9 @@ class LlamaModel {
   SequenceAttention* attention_ = &local_attention_;
   RowPositions pos_;
   std::vector<float> alibi_;  // host copy of slopes; device copy below
-  float* alibi_dev_ = nullptr;
-  float* rope_cos_ = nullptr;  // device (T, hd/2)
-  float* rope_sin_ = nullptr;
-  size_t rope_capacity_ = 0;
-  int32_t* tokens_dev_ = nullptr;
-  int32_t* targets_dev_ = nullptr;
-  size_t token_capacity_ = 0;
+  DeviceBuffer alibi_dev_;
+  DeviceBuffer rope_cos_, rope_sin_;  // device (T, hd/2)
+  DeviceBuffer tokens_dev_, targets_dev_;  // int32
 };
 
 }  // namespace rt

@@ -13,14 +13,9 @@ RmtRunner::RmtRunner(LlamaModel& model) : model_(model), be_(model.backend()) {
   S_ = c.memory->segment_length;
   d_ = c.hidden_size;
   K_ = c.memory->bptt_segments;
+  act_ = model.precision().act;
+  grad_ = model.precision().grad;
 }
-
-RmtRunner::~RmtRunner() {
-  for (float* p : mems_) be_.free_bytes(p);
-  for (float* p : {x0_, dx0_, dextra_, dmem_, dtok_}) be_.free_bytes(p);
-}
-
-float* RmtRunner::alloc(size_t n) { return static_cast<float*>(be_.alloc_bytes(n * sizeof(float))); }
 
 bool RmtRunner::detached_before(int64_t k) const {
   if (k <= 0 || K_ < 0) return false;
@@ -32,8 +27,7 @@ bool RmtRunner::detached_before(int64_t k) const {
 // runs the model (backward too when dloss_scale != 0 or dwrite is given) and
 // stores mem_{k+1} from the write rows.
 double RmtRunner::run_segment(int64_t k, const int32_t* inputs, const int32_t* targets, int B,
-                              int64_t T, float dloss_scale, const float* dwrite,
-                              int64_t* n_valid) {
+                              int64_t T, float dloss_scale, CBuf dwrite, int64_t* n_valid) {
   const int R = S_ + 2 * M_;
   const size_t md = size_t(M_) * d_;
   seg_tokens_.resize(size_t(B) * S_);
@@ -44,29 +38,30 @@ double RmtRunner::run_segment(int64_t k, const int32_t* inputs, const int32_t* t
       seg_targets_[size_t(b) * R + M_ + i] = targets[size_t(b) * T + k * S_ + i];
     }
   // token embeddings for all rows at once, then placed between the memories
-  model_.embed_tokens(seg_tokens_.data(), B * S_, dtok_);
+  model_.embed_tokens(seg_tokens_.data(), B * S_, tok_.buf());
   for (int b = 0; b < B; ++b) {
-    float* row = x0_ + size_t(b) * R * d_;
-    const float* mem = mems_[carry_ ? k : 0] + size_t(b) * md;
+    const Buf row = at(x0_.buf(), size_t(b) * R * d_);
+    const CBuf mem = at(mems_[size_t(carry_ ? k : 0)].buf(), size_t(b) * md);
     be_.copy(row, mem, md);
-    be_.copy(row + md, dtok_ + size_t(b) * S_ * d_, size_t(S_) * d_);
-    be_.copy(row + size_t(M_ + S_) * d_, mem, md);
+    be_.copy(at(row, md), at(tok_.buf(), size_t(b) * S_ * d_), size_t(S_) * d_);
+    be_.copy(at(row, size_t(M_ + S_) * d_), mem, md);
   }
-  float* dextra = nullptr;
+  CBuf dextra;
   if (dwrite) {
-    be_.zero(dextra_, size_t(B) * R * d_);
+    be_.zero(dextra_.buf(), size_t(B) * R * d_);
     for (int b = 0; b < B; ++b)
-      be_.copy(dextra_ + (size_t(b) * R + M_ + S_) * d_, dwrite + size_t(b) * md, md);
-    dextra = dextra_;
+      be_.copy(at(dextra_.buf(), (size_t(b) * R + M_ + S_) * d_), at(dwrite, size_t(b) * md), md);
+    dextra = dextra_.buf();
   }
   const double loss = model_.forward_backward_embeddings(
-      x0_, seg_targets_.data(), B, R, RowPositions::whole(R), dloss_scale, n_valid, dextra,
-      (dloss_scale != 0.f || dwrite) ? dx0_ : nullptr);
+      x0_.buf(), seg_targets_.data(), B, R, RowPositions::whole(R), dloss_scale, n_valid, dextra,
+      (dloss_scale != 0.f || dwrite) ? dx0_.buf() : Buf());
   // mem_{k+1}: the residual stream at the write rows
   if (size_t(k + 1) < mems_.size()) {
-    const float* out = model_.final_residual();
+    const CBuf out = model_.final_residual();
     for (int b = 0; b < B; ++b)
-      be_.copy(mems_[k + 1] + size_t(b) * md, out + (size_t(b) * R + M_ + S_) * d_, md);
+      be_.copy(at(mems_[size_t(k + 1)].buf(), size_t(b) * md),
+               at(out, (size_t(b) * R + M_ + S_) * d_), md);
   }
   return loss;
 }
@@ -82,26 +77,26 @@ double RmtRunner::forward_backward(const int32_t* inputs, const int32_t* targets
   last_B_ = B;
   // buffers: memories for every segment boundary, one segment's rows
   while (mems_.size() < size_t(n + 1) || (cap_rows_ < size_t(B) * R)) {
-    for (float* p : mems_) be_.free_bytes(p);
-    for (float* p : {x0_, dx0_, dextra_, dmem_, dtok_}) be_.free_bytes(p);
-    mems_.assign(size_t(n + 1), nullptr);
-    for (auto& p : mems_) p = alloc(size_t(B) * md);
-    x0_ = alloc(size_t(B) * R * d_);
-    dx0_ = alloc(size_t(B) * R * d_);
-    dextra_ = alloc(size_t(B) * R * d_);
-    dmem_ = alloc(size_t(B) * md);
-    dtok_ = alloc(size_t(B) * S_ * d_);
+    mems_.clear();
+    for (int64_t i = 0; i <= n; ++i) mems_.emplace_back(be_, size_t(B) * md, act_);
+    x0_ = DeviceBuffer(be_, size_t(B) * R * d_, act_);
+    tok_ = DeviceBuffer(be_, size_t(B) * S_ * d_, act_);
+    dx0_ = DeviceBuffer(be_, size_t(B) * R * d_, grad_);
+    dextra_ = DeviceBuffer(be_, size_t(B) * R * d_, grad_);
+    dmem_ = DeviceBuffer(be_, size_t(B) * md, grad_);
+    dtok_ = DeviceBuffer(be_, size_t(B) * S_ * d_, grad_);
     cap_rows_ = size_t(B) * R;
   }
-  const float* mem0 = model_.params().get("model.memory.embeddings");
-  for (int b = 0; b < B; ++b) be_.copy(mems_[0] + size_t(b) * md, mem0, md);
+  // the learned initial memory, in the compute dtype, as activation rows
+  const Buf mem0 = model_.params().buf("model.memory.embeddings");
+  for (int b = 0; b < B; ++b) be_.cast(at(mems_[0].buf(), size_t(b) * md), mem0, md);
 
   // pass 1: forward through all segments, keeping only the memories
   double loss = 0;
   int64_t valid = 0;
   for (int64_t k = 0; k < n; ++k) {
     int64_t v = 0;
-    loss += run_segment(k, inputs, targets, B, T, 0.f, nullptr, &v);
+    loss += run_segment(k, inputs, targets, B, T, 0.f, CBuf(), &v);
     valid += v;
     if (token_losses)
       for (int b = 0; b < B; ++b) {
@@ -114,21 +109,23 @@ double RmtRunner::forward_backward(const int32_t* inputs, const int32_t* targets
 
   // pass 2: replay in reverse, carrying d(mem_{k+1}) into segment k
   bool have_dmem = false;  // dmem_ holds d(loss)/d(mem_{k+1}) from later segments
-  float* gmem = model_.grads().get("model.memory.embeddings");
+  const Buf gmem = model_.grads().buf("model.memory.embeddings");
+  const Buf dx0 = dx0_.buf(), dtok = dtok_.buf(), dmem = dmem_.buf();
   for (int64_t k = n - 1; k >= 0; --k) {
-    run_segment(k, inputs, targets, B, T, dloss_scale, have_dmem ? dmem_ : nullptr, nullptr);
+    run_segment(k, inputs, targets, B, T, dloss_scale, have_dmem ? CBuf(dmem) : CBuf(), nullptr);
     // token rows -> embedding gradient
     for (int b = 0; b < B; ++b)
-      be_.copy(dtok_ + size_t(b) * S_ * d_, dx0_ + (size_t(b) * R + M_) * d_, size_t(S_) * d_);
-    model_.embed_tokens_backward(seg_tokens_.data(), B * S_, dtok_);
+      be_.copy(at(dtok, size_t(b) * S_ * d_), at(dx0, (size_t(b) * R + M_) * d_),
+               size_t(S_) * d_);
+    model_.embed_tokens_backward(seg_tokens_.data(), B * S_, dtok);
     // mem_k feeds both the read rows and the write rows of segment k
     for (int b = 0; b < B; ++b) {
-      float* dm = dmem_ + size_t(b) * md;
-      be_.copy(dm, dx0_ + size_t(b) * R * d_, md);
-      be_.add_inplace(dm, dx0_ + (size_t(b) * R + M_ + S_) * d_, md);
+      const Buf dm = at(dmem, size_t(b) * md);
+      be_.copy(dm, at(dx0, size_t(b) * R * d_), md);
+      be_.add_inplace(dm, at(dx0, (size_t(b) * R + M_ + S_) * d_), md);
     }
     if (k == 0) {
-      for (int b = 0; b < B; ++b) be_.add_inplace(gmem, dmem_ + size_t(b) * md, md);
+      for (int b = 0; b < B; ++b) be_.add_inplace(gmem, at(dmem, size_t(b) * md), md);
     } else {
       have_dmem = !detached_before(k);
     }

@@ -22,7 +22,6 @@ namespace rt {
 class RmtRunner {
  public:
   explicit RmtRunner(LlamaModel& model);
-  ~RmtRunner();
   RmtRunner(const RmtRunner&) = delete;
   RmtRunner& operator=(const RmtRunner&) = delete;
 
@@ -52,14 +51,15 @@ class RmtRunner {
 
  private:
   double run_segment(int64_t k, const int32_t* inputs, const int32_t* targets, int B, int64_t T,
-                     float dloss_scale, const float* dwrite, int64_t* n_valid);
-  float* alloc(size_t n);
+                     float dloss_scale, CBuf dwrite, int64_t* n_valid);
 
   LlamaModel& model_;
   Backend& be_;
   int M_, S_, d_, K_;
-  std::vector<float*> mems_;  // mem_k, (B, M, d) each
-  float *x0_ = nullptr, *dx0_ = nullptr, *dextra_ = nullptr, *dmem_ = nullptr, *dtok_ = nullptr;
+  DType act_, grad_;  // the model's activation and gradient dtypes
+  std::vector<DeviceBuffer> mems_;  // mem_k, (B, M, d) each (act)
+  DeviceBuffer x0_, tok_;               // segment input rows, token embeddings (act)
+  DeviceBuffer dx0_, dextra_, dmem_, dtok_;  // their gradients (grad)
   size_t cap_rows_ = 0;
   std::vector<int32_t> seg_targets_, seg_tokens_;
   int last_B_ = 0;

@@ -11,33 +11,30 @@ RmtDecoder::RmtDecoder(LlamaModel& model) : model_(model), be_(model.backend()) 
   S_ = c.memory->segment_length;
   d_ = c.hidden_size;
   const size_t md = size_t(M_) * d_;
-  mem_ = static_cast<float*>(be_.alloc_bytes(md * sizeof(float)));
-  x0_ = static_cast<float*>(be_.alloc_bytes(size_t(S_ + 2 * M_) * d_ * sizeof(float)));
-  be_.copy(mem_, model.params().get("model.memory.embeddings"), md);
+  const DType act = model.precision().act;
+  mem_ = DeviceBuffer(be_, md, act);
+  x0_ = DeviceBuffer(be_, size_t(S_ + 2 * M_) * d_, act);
+  be_.cast(mem_.buf(), model.params().buf("model.memory.embeddings"), md);
   open_.reserve(size_t(S_));
-}
-
-RmtDecoder::~RmtDecoder() {
-  be_.free_bytes(mem_);
-  be_.free_bytes(x0_);
 }
 
 void RmtDecoder::run_open_segment(bool with_write_rows) {
   const int len = int(open_.size());
   const size_t md = size_t(M_) * d_;
   const int R = M_ + len + (with_write_rows ? M_ : 0);
-  be_.copy(x0_, mem_, md);
-  model_.embed_tokens(open_.data(), len, x0_ + md);
-  if (with_write_rows) be_.copy(x0_ + md + size_t(len) * d_, mem_, md);
+  const Buf x0 = x0_.buf();
+  be_.copy(x0, mem_.buf(), md);
+  model_.embed_tokens(open_.data(), len, at(x0, md));
+  if (with_write_rows) be_.copy(at(x0, md + size_t(len) * d_), mem_.buf(), md);
   const std::vector<int32_t> no_targets(size_t(R), -1);
-  model_.forward_backward_embeddings(x0_, no_targets.data(), 1, R, RowPositions::whole(R), 0.f,
-                                     nullptr, nullptr, nullptr);
+  model_.forward_backward_embeddings(x0, no_targets.data(), 1, R, RowPositions::whole(R), 0.f,
+                                     nullptr, CBuf(), Buf());
 }
 
 void RmtDecoder::advance_memory() {
   RT_CHECK(int(open_.size()) == S_, "only a full segment writes the memory");
   run_open_segment(/*with_write_rows=*/true);
-  be_.copy(mem_, model_.final_residual() + size_t(M_ + S_) * d_, size_t(M_) * d_);
+  be_.copy(mem_.buf(), at(model_.final_residual(), size_t(M_ + S_) * d_), size_t(M_) * d_);
   open_.clear();
   ++segments_done_;
 }

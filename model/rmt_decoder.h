@@ -23,7 +23,6 @@ namespace rt {
 class RmtDecoder {
  public:
   explicit RmtDecoder(LlamaModel& model);  // model.config().memory must be set
-  ~RmtDecoder();
   RmtDecoder(const RmtDecoder&) = delete;
   RmtDecoder& operator=(const RmtDecoder&) = delete;
 
@@ -41,8 +40,8 @@ class RmtDecoder {
   LlamaModel& model_;
   Backend& be_;
   int M_, S_, d_;
-  float* mem_ = nullptr;  // (M, d) device: the memory entering the open segment
-  float* x0_ = nullptr;   // (S + 2M, d) device: the rows of one segment
+  DeviceBuffer mem_;  // (M, d) device, act dtype: the memory entering the open segment
+  DeviceBuffer x0_;   // (S + 2M, d) device, act dtype: the rows of one segment
   std::vector<int32_t> open_;  // tokens of the open segment (<= S)
   int64_t length_ = 0, segments_done_ = 0;
 };

@@ -70,6 +70,12 @@ struct CBuf {
   explicit operator bool() const { return p != nullptr; }
 };
 
+// The buffer from element i on (same dtype).
+inline Buf at(Buf b, size_t i) { return Buf(static_cast<char*>(b.p) + i * dtype_size(b.t), b.t); }
+inline CBuf at(CBuf b, size_t i) {
+  return CBuf(static_cast<const char*>(b.p) + i * dtype_size(b.t), b.t);
+}
+
 // bf16 <-> fp32 on the host, round to nearest even (NaN stays NaN), the
 // rounding CUDA's __float2bfloat16_rn does.
 inline uint16_t f32_to_bf16(float x) {

@@ -101,6 +101,12 @@ AttentionParams block_params(const AttentionParams& shape, const BlockPair& p) {
   return a;
 }
 
+template <class B>
+auto fp32_only(B b) {
+  RT_CHECK(b.t == DType::kF32, "ring attention runs on fp32 activations only");
+  return b.f32();
+}
+
 }  // namespace
 
 // Sizes the buffers and puts this rank's K,V in the travelling buffer.
@@ -156,8 +162,9 @@ static void for_each_lse_run(const AttentionParams& shape, const RowPositions& p
 // the local row count. chunk_lse_ holds, per (b, query chunk), an (H, len)
 // block so that each kernel call sees contiguous LSE rows.
 void RingAttention::forward(Backend& be, const AttentionParams& shape, const RowPositions& pos,
-                            float* out, float* lse, const float* q, const float* k,
-                            const float* v) {
+                            Buf out_b, float* lse, CBuf q_b, CBuf k_b, CBuf v_b) {
+  float* out = fp32_only(out_b);
+  const float *q = fp32_only(q_b), *k = fp32_only(k_b), *v = fp32_only(v_b);
   const int cp = ring_.size(), r = ring_.rank();
   const int B = shape.B, T = shape.Tq, H = shape.H, G = shape.G, hd = shape.hd;
   const size_t kv_half = load_local_kv(be, shape, pos, k, v);
@@ -203,9 +210,11 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
 // sent on to r+1 while the next step computes. After cp hops every
 // accumulator is back at its owner.
 void RingAttention::backward(Backend& be, const AttentionParams& shape, const RowPositions& pos,
-                             float* dq, float* dk, float* dv, const float* dout, const float* q,
-                             const float* k, const float* v, const float* out,
-                             const float* lse) {
+                             Buf dq_b, Buf dk_b, Buf dv_b, CBuf dout_b, CBuf q_b, CBuf k_b,
+                             CBuf v_b, CBuf out_b, const float* lse) {
+  float *dq = fp32_only(dq_b), *dk = fp32_only(dk_b), *dv = fp32_only(dv_b);
+  const float *dout = fp32_only(dout_b), *q = fp32_only(q_b), *k = fp32_only(k_b),
+              *v = fp32_only(v_b), *out = fp32_only(out_b);
   const int cp = ring_.size(), r = ring_.rank();
   const int B = shape.B, T = shape.Tq, H = shape.H, G = shape.G, hd = shape.hd;
   const size_t kv_half = load_local_kv(be, shape, pos, k, v);

@@ -36,11 +36,12 @@ class RingAttention final : public SequenceAttention {
   RingAttention(Comm& ring, RingLayout layout);
   ~RingAttention() override;
 
-  void forward(Backend& be, const AttentionParams& shape, const RowPositions& pos, float* out,
-               float* lse, const float* q, const float* k, const float* v) override;
-  void backward(Backend& be, const AttentionParams& shape, const RowPositions& pos, float* dq,
-                float* dk, float* dv, const float* dout, const float* q, const float* k,
-                const float* v, const float* out, const float* lse) override;
+  // fp32 activations only for now (typed travelling buffers: issue 12 item 4).
+  void forward(Backend& be, const AttentionParams& shape, const RowPositions& pos, Buf out,
+               float* lse, CBuf q, CBuf k, CBuf v) override;
+  void backward(Backend& be, const AttentionParams& shape, const RowPositions& pos, Buf dq,
+                Buf dk, Buf dv, CBuf dout, CBuf q, CBuf k, CBuf v, CBuf out,
+                const float* lse) override;
 
   // Bytes this rank sent since construction (for the benchmark).
   int64_t bytes_sent() const { return bytes_sent_; }

@@ -34,6 +34,7 @@
 #include <cuda_runtime.h>
 
 #include "model/cuda/attention.h"
+#include "model/cuda/attention_ops.h"
 #include "model/cuda/device_info.h"
 #endif
 
@@ -129,6 +130,9 @@ size_t count_nonfinite(const vector<float>& a) {
 }
 
 using rt::cuda::AttentionImpl;
+using rt::Buf;
+using rt::CBuf;
+using rt::DType;
 
 class CudaAttention : public ::testing::TestWithParam<std::tuple<Case, AttentionImpl>> {};
 
@@ -200,8 +204,11 @@ TEST_P(CudaAttention, MatchesCpuForwardAndBackward) {
   const double e_out = rel_err(out, out_ref, nullptr);
   EXPECT_LT(e_out, 1e-2) << "out relative error";
 
-  // Forward is deterministic (a race would show here).
-  rt::cuda::attention_forward_bf16(pg, dO.p, dlse.p, dq_.p, dk_.p, dv_.p, nullptr, impl);
+  // Forward is deterministic (a race would show here). This run goes through
+  // the typed op contract (the CUDA backend's call): the same kernel.
+  const DType bf = DType::kBF16;
+  rt::cuda::attention_forward_op(pg, Buf(dO.p, bf), dlse.p, CBuf(dq_.p, bf), CBuf(dk_.p, bf),
+                                 CBuf(dv_.p, bf), nullptr, impl);
   CUDA_OK(cudaDeviceSynchronize());
   EXPECT_TRUE(dO.get() == ob) << "forward not reproducible";
 
@@ -244,8 +251,9 @@ TEST_P(CudaAttention, MatchesCpuForwardAndBackward) {
   ddk.put(gk0);
   ddv.put(gv0);
   ddq.put(gq0);
-  rt::cuda::attention_backward_bf16(pg, ddq.p, ddk.p, ddv.p, dout_.p, dq_.p, dk_.p, dv_.p, dO.p,
-                                    dlse2.p, work.p, nullptr, impl);
+  rt::cuda::attention_backward_op(pg, ddq.p, ddk.p, ddv.p, CBuf(dout_.p, bf), CBuf(dq_.p, bf),
+                                  CBuf(dk_.p, bf), CBuf(dv_.p, bf), CBuf(dO.p, bf), dlse2.p,
+                                  work.p, nullptr, impl);
   CUDA_OK(cudaDeviceSynchronize());
   EXPECT_TRUE(ddk.get() == hk) << "dk not reproducible";
   EXPECT_TRUE(ddv.get() == hv) << "dv not reproducible";

@@ -227,8 +227,14 @@ TEST_F(Ops, AdamWMatchesTheFormula) {
   std::vector<double> pd = to_d(p), md(n, 0), vd(n, 0);
   const double lr = 0.01, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1;
   for (int step = 1; step <= 3; ++step) {
-    be->adamw_update(p.data(), g.data(), m.data(), v.data(), n, float(lr), float(b1), float(b2),
-                     float(eps), float(wd), step);
+    AdamWStep h;
+    h.lr = float(lr);
+    h.beta1 = float(b1);
+    h.beta2 = float(b2);
+    h.eps = float(eps);
+    h.weight_decay = float(wd);
+    h.step = step;
+    be->adamw_update(p.data(), p.data(), g.data(), m.data(), v.data(), n, h);
     for (size_t i = 0; i < n; ++i) {
       pd[i] *= 1 - lr * wd;
       md[i] = b1 * md[i] + (1 - b1) * g[i];

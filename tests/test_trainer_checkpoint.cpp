@@ -43,8 +43,8 @@ ModelConfig tiny_model_config() {
 }
 
 std::vector<float> host_copy(Backend& be, const Arena& a) {
-  std::vector<float> out(a.numel());
-  be.copy_to_host(out.data(), a.base(), a.bytes());
+  std::vector<float> out(a.f32_numel());
+  be.copy_to_host(out.data(), a.f32_base(), a.bytes());
   return out;
 }
 
@@ -84,9 +84,9 @@ class CheckpointTest : public ::testing::Test {
   std::unique_ptr<Optimizer> stepped_optimizer(LlamaModel& m) {
     OptimizerConfig oc;
     auto opt = std::make_unique<Optimizer>(oc, m);
-    std::vector<float> g(m.grads().numel());
+    std::vector<float> g(m.grads().f32_numel());
     for (size_t i = 0; i < g.size(); ++i) g[i] = 0.01f * float(int(i % 13) - 6);
-    be_->copy_to_device(m.grads().base(), g.data(), m.grads().bytes());
+    be_->copy_to_device(m.grads().f32_base(), g.data(), m.grads().bytes());
     opt->step(1e-3f);
     opt->step(1e-3f);
     return opt;
@@ -180,7 +180,7 @@ TEST_F(CheckpointTest, FlippedByteInWeightsIsIoErrorNamingDataset) {
 
   const std::string name = "model.layers.1.self_attn.q_proj.weight";
   std::vector<float> w = host_copy(*be_, m->params());
-  const float* first = w.data() + m->params().spec(name).offset;
+  const float* first = w.data() + m->params().spec(name).offset_bytes / sizeof(float);
   std::vector<char> bytes = read_bytes(path);
   auto it = std::search(bytes.begin(), bytes.end(), reinterpret_cast<const char*>(first),
                         reinterpret_cast<const char*>(first + 4));
@@ -368,7 +368,7 @@ TEST_F(CheckpointTest, H5pyWrittenWeightsOnlyFileLoads) {
     for (const TensorSpec& s : m->params().specs()) {
       for (size_t i = 0; i < s.numel; ++i) {
         const float want = float(i % 97) * 0.0625f - 3.0f + float(k) * 0.5f;
-        ASSERT_EQ(w[s.offset + i], want) << s.name << "[" << i << "]";
+        ASSERT_EQ(w[s.offset_bytes / sizeof(float) + i], want) << s.name << "[" << i << "]";
       }
       ++k;
     }

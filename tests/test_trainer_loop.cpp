@@ -32,7 +32,7 @@ std::vector<double> run_losses(Config c, int steps, std::vector<float>* final_we
   for (int i = 0; i < steps; ++i) losses.push_back(t.train_step().loss);
   if (final_weights) {
     Arena& p = t.model().params();
-    final_weights->assign(p.base(), p.base() + p.numel());
+    final_weights->assign(p.f32_base(), p.f32_base() + p.f32_numel());
   }
   return losses;
 }
@@ -90,11 +90,11 @@ TEST(TrainerLoop, NonFiniteStepsAreSkippedWithinToleranceThenExitCode4) {
   Trainer t(c, {.write_outputs = false, .quiet = true});
   EXPECT_FALSE(t.train_step().skipped);
   EXPECT_TRUE(t.train_step().skipped);
-  std::vector<float> frozen(t.model().params().base(),
-                            t.model().params().base() + t.model().params().numel());
+  std::vector<float> frozen(t.model().params().f32_base(),
+                            t.model().params().f32_base() + t.model().params().f32_numel());
   EXPECT_TRUE(t.train_step().skipped);
   // skipped steps leave the weights alone
-  EXPECT_EQ(0, std::memcmp(frozen.data(), t.model().params().base(), frozen.size() * 4));
+  EXPECT_EQ(0, std::memcmp(frozen.data(), t.model().params().f32_base(), frozen.size() * 4));
   try {
     t.train_step();
     FAIL() << "third consecutive non-finite step must throw";

@@ -26,8 +26,8 @@ namespace {
 namespace fs = std::filesystem;
 
 std::vector<float> host_copy(Backend& be, const Arena& a) {
-  std::vector<float> out(a.numel());
-  if (a.numel()) be.copy_to_host(out.data(), a.base(), a.bytes());
+  std::vector<float> out(a.f32_numel());
+  if (a.f32_numel()) be.copy_to_host(out.data(), a.f32_base(), a.bytes());
   return out;
 }
 

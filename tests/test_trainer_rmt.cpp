@@ -71,8 +71,8 @@ TEST(Rmt, OneSegmentEqualsThePlainModelOnMemTokensMem) {
   EXPECT_EQ(valid, S);
   // by hand: [mem; embed(tokens); mem] through the plain model, loss on token rows
   std::vector<float> x0(size_t(R) * d);
-  const float* mem = model.params().get("model.memory.embeddings");
-  const float* emb = model.params().get("model.embed_tokens.weight");
+  const float* mem = model.params().f32("model.memory.embeddings");
+  const float* emb = model.params().f32("model.embed_tokens.weight");
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < d; ++c)
       x0[size_t(r) * d + c] = r < M ? mem[size_t(r) * d + c]

@@ -125,7 +125,7 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
     }
     for (const TensorSpec& s : model.params().specs()) {
       std::vector<hsize_t> shape(s.shape.begin(), s.shape.end());
-      f.write_floats("/model/" + s.name, model.params().get(s.name), shape);
+      f.write_floats("/model/" + s.name, model.params().f32(s.name), shape);
     }
     f.write_ints("/inputs", inputs.data(), {hsize_t(B), hsize_t(T)});
     f.write_ints("/targets", targets.data(), {hsize_t(B), hsize_t(T)});
@@ -153,7 +153,7 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
   run(1.f / float(n_valid), nullptr);
   double worst_grad = 0;
   for (const TensorSpec& s : model.params().specs()) {
-    double e = rel_err(model.grads().get(s.name), ref.read_doubles("/grad/" + s.name));
+    double e = rel_err(model.grads().f32(s.name), ref.read_doubles("/grad/" + s.name));
     EXPECT_LT(e, 1e-5) << "grad of " << s.name;
     worst_grad = std::max(worst_grad, e);
   }
@@ -177,7 +177,7 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
   // amplified, so weights get a looser bound than gradients.
   double worst_weight = 0;
   for (const TensorSpec& s : model.params().specs()) {
-    double e = rel_err(model.params().get(s.name), ref.read_doubles("/final/" + s.name));
+    double e = rel_err(model.params().f32(s.name), ref.read_doubles("/final/" + s.name));
     EXPECT_LT(e, 5e-4) << "weights after AdamW of " << s.name;
     worst_weight = std::max(worst_weight, e);
   }

@@ -138,7 +138,7 @@ class CheckpointWriter {
     std::vector<float> host;
     for (const TensorSpec& s : arena.specs()) {
       host.resize(s.numel);
-      if (s.numel) be.copy_to_host(host.data(), arena.base() + s.offset, s.numel * sizeof(float));
+      if (s.numel) be.copy_to_host(host.data(), arena.f32(s), s.numel * sizeof(float));
       tensor(group, group_path, s.name, s.shape, host.data());
     }
   }
@@ -440,7 +440,7 @@ void load_tensors(const CheckpointReader& r, hid_t group, const std::string& gro
     if (is_optional(s.name) && !r.exists(group, s.name)) continue;
     host.assign(s.numel, 0.f);
     r.read_floats(group, s.name, group_path + "/" + s.name, host);
-    if (s.numel) be.copy_to_device(arena.base() + s.offset, host.data(), s.numel * sizeof(float));
+    if (s.numel) be.copy_to_device(arena.f32(s), host.data(), s.numel * sizeof(float));
   }
 }
 
@@ -473,13 +473,14 @@ void save_checkpoint(const std::string& path, LlamaModel& model, Optimizer* opt,
       be.synchronize();
       {
         H5Id g = w.group(w.file(), "model");
-        w.tensors(g.get(), "/model", be, model.params());
+        // the fp32 master weights (the compute weights themselves in fp32)
+        w.tensors(g.get(), "/model", be, model.master());
       }
       if (opt) {
         H5Id g = w.group(w.file(), "optimizer");
         w.int_attr(g.get(), "step", opt->steps_taken(), H5T_STD_I64LE);
         w.string_attr(g.get(), "type", opt->config().type);
-        if (opt->exp_avg().base()) {
+        if (opt->exp_avg().allocated()) {
           H5Id m = w.group(g.get(), "exp_avg");
           w.tensors(m.get(), "/optimizer/exp_avg", be, opt->exp_avg());
           H5Id v = w.group(g.get(), "exp_avg_sq");
@@ -583,7 +584,8 @@ void load_model_weights(const std::string& path, LlamaModel& model,
   CheckpointReader r(path);
   check_format(r);
   H5Id g = r.group(r.file(), "model", "no /model group (not a complete checkpoint)");
-  load_tensors(r, g.get(), "/model", model.backend(), model.params(), optional);
+  load_tensors(r, g.get(), "/model", model.backend(), model.master(), optional);
+  model.sync_compute_weights();
 }
 
 void load_optimizer_state(const std::string& path, LlamaModel& model, Optimizer& opt) {
@@ -595,7 +597,7 @@ void load_optimizer_state(const std::string& path, LlamaModel& model, Optimizer&
   if (!r.has_attr(g.get(), "step"))
     throw IoError("checkpoint " + path + ": /optimizer has no attribute 'step'");
   const int64_t step = r.int_attr(g.get(), "step");
-  if (opt.exp_avg().base()) {
+  if (opt.exp_avg().allocated()) {
     const std::string hint = " (the checkpoint has no AdamW moments; was it written with SGD?)";
     H5Id m = r.group(g.get(), "exp_avg", "no /optimizer/exp_avg group" + hint);
     H5Id v = r.group(g.get(), "exp_avg_sq", "no /optimizer/exp_avg_sq group" + hint);

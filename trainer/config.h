@@ -49,7 +49,11 @@ struct TrainConfig {
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
   double grad_clip = 1.0;         // 0 disables
-  std::string precision = "auto";  // auto | fp32 | bf16
+  // auto | fp32 | bf16 (SPEC §12), resolved by model/precision.h: bf16 =
+  // bf16 compute weights and activations, fp32 master weights, gradients,
+  // optimizer state, statistics and reductions (CPU: storage emulation);
+  // auto = fp32 on the CPU, bf16 on CUDA.
+  std::string precision = "auto";
   bool activation_checkpointing = false;
   int nonfinite_tolerance = 0;
 };

@@ -19,8 +19,9 @@ double learning_rate_at(const TrainConfig& t, int64_t step) {
 
 Optimizer::Optimizer(const OptimizerConfig& cfg, LlamaModel& model) : cfg_(cfg), model_(model) {
   if (cfg_.type == "adamw") {
-    m_ = Arena(model.backend(), "optimizer exp_avg", model.params().specs());
-    v_ = Arena(model.backend(), "optimizer exp_avg_sq", model.params().specs());
+    const std::vector<TensorSpec> specs = with_dtype(model.master().specs(), DType::kF32);
+    m_ = Arena(model.backend(), "optimizer exp_avg", specs);
+    v_ = Arena(model.backend(), "optimizer exp_avg_sq", specs);
     m_.zero();
     v_.zero();
   }
@@ -40,28 +41,39 @@ bool Optimizer::decays(const std::string& name) const {
 void Optimizer::step(float lr) {
   ++t_;
   Backend& be = model_.backend();
-  for (const TensorSpec& s : model_.params().specs()) {
-    float* p = model_.params().base() + s.offset;
-    const float* g = model_.grads().base() + s.offset;
+  // The fp32 master is updated; the compute copy (when it is another
+  // arena) is written from it, rounded to its dtype, by the same op.
+  Arena& master = model_.master();
+  for (const TensorSpec& s : master.specs()) {
+    float* p = master.f32(s);
+    const Buf compute = model_.params().buf(s.name);
+    const float* g = model_.grads().f32(s.name);
     const float wd = decays(s.name) ? float(cfg_.weight_decay) : 0.f;
     if (cfg_.type == "adamw") {
-      be.adamw_update(p, g, m_.base() + s.offset, v_.base() + s.offset, s.numel, lr,
-                      float(cfg_.beta1), float(cfg_.beta2), float(cfg_.eps), wd, t_);
+      AdamWStep h;
+      h.lr = lr;
+      h.beta1 = float(cfg_.beta1);
+      h.beta2 = float(cfg_.beta2);
+      h.eps = float(cfg_.eps);
+      h.weight_decay = wd;
+      h.step = t_;
+      be.adamw_update(p, compute, g, m_.f32(s.name), v_.f32(s.name), s.numel, h);
     } else {
-      be.sgd_update(p, g, s.numel, lr, wd);
+      be.sgd_update(p, compute, g, s.numel, lr, wd);
     }
   }
 }
 
 double grad_global_norm(LlamaModel& model) {
-  return std::sqrt(model.backend().sum_squares(model.grads().base(), model.grads().numel()));
+  return std::sqrt(
+      model.backend().sum_squares(model.grads().f32_base(), model.grads().f32_numel()));
 }
 
 float clip_grad_norm(LlamaModel& model, double norm, double max_norm) {
   if (max_norm <= 0) return 1.f;
   double coef = max_norm / (norm + 1e-6);
   if (coef >= 1.0) return 1.f;
-  model.backend().scale(model.grads().base(), model.grads().numel(), float(coef));
+  model.backend().scale(model.grads().f32_base(), model.grads().f32_numel(), float(coef));
   return float(coef);
 }
 

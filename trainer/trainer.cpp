@@ -9,6 +9,7 @@
 
 #include "common/errors.h"
 #include "common/log.h"
+#include "model/precision.h"
 #include "trainer/checkpoint.h"
 #ifdef RINGTRAIN_HAVE_CUDA
 #include "model/cuda/device_info.h"
@@ -142,7 +143,13 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
                                            cfg_.train.global_batch_size, cfg_.data.shuffle,
                                            cfg_.run.seed);
 
-  model_ = std::make_unique<LlamaModel>(cfg_.model, *backend_);
+  const Precision prec = resolve_precision(cfg_.train.precision, backend_->device());
+  if (prec.act != DType::kF32 && dims_.cp > 1)
+    throw UsageError("train.precision: " + cfg_.train.precision + " (" + prec.name() +
+                     ") with parallel.context_parallel(" + std::to_string(dims_.cp) +
+                     ") > 1 is not supported yet: ring attention carries fp32 activations "
+                     "only. Use train.precision: fp32, or context_parallel: 1");
+  model_ = std::make_unique<LlamaModel>(cfg_.model, *backend_, prec);
   model_->init_weights(cfg_.run.seed);
   if (dims_.cp > 1) {
     if (cfg_.model.memory)
@@ -166,10 +173,14 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
   model_->plan_activations(cfg_.train.micro_batch_size, rows,
                            cfg_.train.activation_checkpointing);
   if (!opt_.quiet) print_layout_table();
-  log_info("model: %lld parameters (%s), gradients %s, optimizer state %s, device %s",
-           (long long)model_->num_params(),
-           format_bytes(double(model_->params().bytes())).c_str(),
-           format_bytes(double(model_->grads().bytes())).c_str(),
+  log_info("precision: %s (train.precision %s on %s)", prec.name().c_str(),
+           cfg_.train.precision.c_str(), device_name(backend_->device()));
+  log_info("model: %lld parameters (%s), %sgradients %s, optimizer state %s, device %s",
+           (long long)model_->num_params(), model_->params().describe().c_str(),
+           prec.master_weights
+               ? ("master weights " + model_->master().describe() + ", ").c_str()
+               : "",
+           model_->grads().describe().c_str(),
            format_bytes(double(optimizer_->exp_avg().bytes() + optimizer_->exp_avg_sq().bytes()))
                .c_str(),
            device_name(backend_->device()));
@@ -411,7 +422,7 @@ StepStats Trainer::train_step() {
   // 1/(global target count), so the sum over all ranks is the gradient of
   // the global mean loss.
   world_->allreduce_sum(&loss_sum, 1);
-  allreduce_in_buckets(*world_, model_->grads().base(), model_->grads().numel());
+  allreduce_in_buckets(*world_, model_->grads().f32_base(), model_->grads().f32_numel());
 
   StepStats s;
   s.loss = n_valid ? loss_sum / double(n_valid) : 0.0;

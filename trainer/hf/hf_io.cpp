@@ -259,16 +259,16 @@ void load_hf_weights(const std::string& dir, LlamaModel& model,
                      const std::vector<std::string>& optional) {
   HfWeights w = open_hf_weights(dir);
   const ModelConfig& m = model.config();
-  const std::vector<TensorSpec>& specs = model.params().specs();
+  const std::vector<TensorSpec>& specs = model.master().specs();  // fp32 (the master copy)
   std::vector<PlannedTensor> plan = plan_reads(w, specs, m, dir, optional);
   std::vector<float> host;
   Backend& be = model.backend();
   for (const PlannedTensor& p : plan) {
     host.resize(size_t(p.info->numel));
     w.shards[p.shard]->read_f32(*p.info, host.data());
-    be.copy_to_device(model.params().base() + p.spec->offset, host.data(),
-                      host.size() * sizeof(float));
+    be.copy_to_device(model.master().f32(*p.spec), host.data(), host.size() * sizeof(float));
   }
+  model.sync_compute_weights();
 }
 
 CheckpointContents inspect_hf_dir(const std::string& dir) {
