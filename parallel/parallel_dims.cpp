@@ -6,6 +6,16 @@
 
 namespace rt {
 
+RingLayout parse_ring_layout(const std::string& s) {
+  if (s == "zigzag") return RingLayout::kZigzag;
+  if (s == "contiguous") return RingLayout::kContiguous;
+  throw UsageError("parallel.ring_layout: must be zigzag or contiguous, got '" + s + "'");
+}
+
+const char* ring_layout_name(RingLayout layout) {
+  return layout == RingLayout::kZigzag ? "zigzag" : "contiguous";
+}
+
 ParallelDims ParallelDims::build(int world, int data_parallel, int context_parallel) {
   if (world < 1) throw UsageError("world size must be >= 1, got " + std::to_string(world));
   if (context_parallel < 1)

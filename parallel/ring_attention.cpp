@@ -8,20 +8,15 @@
 
 namespace rt {
 
-RingLayout parse_ring_layout(const std::string& s) {
-  if (s == "zigzag") return RingLayout::kZigzag;
-  if (s == "contiguous") return RingLayout::kContiguous;
-  throw UsageError("parallel.ring_layout: must be zigzag or contiguous, got '" + s + "'");
-}
-
 RowPositions ring_local_rows(RingLayout layout, int cp, int r, int64_t T) {
   RT_CHECK(r >= 0 && r < cp, "cp rank out of range");
+  const ParallelDims ring{cp, 1, cp};
+  RT_CHECK(T % ring.seq_len_divisor(layout) == 0,
+           "seq_len must be a multiple of the ring's seq_len_divisor");
   if (layout == RingLayout::kContiguous) {
-    RT_CHECK(T % cp == 0, "seq_len must be a multiple of context_parallel");
     const int64_t c = T / cp;
     return {T, {{int64_t(r) * c, c}}};
   }
-  RT_CHECK(T % (2 * cp) == 0, "seq_len must be a multiple of 2*context_parallel");
   const int64_t c = T / (2 * cp);
   if (cp == 1) return {T, {{0, T}}};  // the two chunks touch: one run of rows
   return {T, {{int64_t(r) * c, c}, {int64_t(2 * cp - 1 - r) * c, c}}};

@@ -12,11 +12,9 @@
 
 #include "model/llama.h"
 #include "parallel/comm.h"
+#include "parallel/parallel_dims.h"
 
 namespace rt {
-
-enum class RingLayout { kZigzag, kContiguous };
-RingLayout parse_ring_layout(const std::string& s);
 
 // Global rows held by cp rank r of a sequence of T tokens:
 // zigzag: chunks r and 2*cp-1-r of T/(2*cp); contiguous: chunk r of T/cp.

@@ -918,8 +918,9 @@ void validate_layout(Config& cfg, int world_size) {
                      ") is not a multiple of data_parallel(" + std::to_string(dims.dp) +
                      ") * train.micro_batch_size(" + std::to_string(t.micro_batch_size) +
                      ") = " + std::to_string(per_step));
-  const bool zigzag = p.ring_layout == "zigzag";
-  const int64_t chunks = zigzag ? 2 * static_cast<int64_t>(dims.cp) : dims.cp;
+  const RingLayout layout = parse_ring_layout(p.ring_layout);
+  const bool zigzag = layout == RingLayout::kZigzag;
+  const int64_t chunks = dims.seq_len_divisor(layout);
   if (t.seq_len % chunks != 0)
     throw UsageError(where + ": train.seq_len(" + std::to_string(t.seq_len) +
                      ") is not a multiple of " + (zigzag ? "2 * " : "") +

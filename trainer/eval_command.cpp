@@ -15,6 +15,7 @@
 #include "data/dataset.h"
 #include "parallel/comm.h"
 #include "parallel/parallel_dims.h"
+#include "parallel/process_groups.h"
 #include "parallel/ring_attention.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
@@ -154,7 +155,7 @@ int run_eval_command(const EvalOptions& o) {
   if (o.memory_reset && !cfg.model.memory)
     throw UsageError("--memory-reset applies to memory models (model.memory); this checkpoint "
                      "has none");
-  const EvalSharding sharding{&world, dims, layout, rank, o.memory_reset};
+  const ProcessGroups groups = make_process_groups(world, dims, layout);
 
   std::vector<int64_t> lens;
   if (!o.seq_lens.empty()) lens = parse_lengths(o.seq_lens, "--seq-lens");
@@ -183,7 +184,7 @@ int run_eval_command(const EvalOptions& o) {
     throw UsageError("--passkey-depths and --passkey-trials need --passkey-seq-lens (the "
                      "lengths of the passkey grid), e.g. --passkey-seq-lens 256,512");
   if (!pk_lens.empty())
-    check_passkey_grid(pk_lens, pk_depths, pk_trials, cfg.model.vocab_size, &sharding);
+    check_passkey_grid(pk_lens, pk_depths, pk_trials, cfg.model.vocab_size, &groups);
 
   // Associative recall: pairs default to the recall task the model trained on.
   std::vector<int64_t> rc_lens;
@@ -198,21 +199,19 @@ int run_eval_command(const EvalOptions& o) {
     throw UsageError("--recall-pairs and --recall-trials need --recall-seq-lens (the lengths "
                      "to test recall at), e.g. --recall-seq-lens 256,512");
   if (!rc_lens.empty())
-    check_recall_grid(rc_lens, rc_pairs, rc_trials, cfg.model.vocab_size, &sharding);
+    check_recall_grid(rc_lens, rc_pairs, rc_trials, cfg.model.vocab_size, &groups);
   for (int64_t T : lens)
-    if (T % (layout == RingLayout::kZigzag ? 2 * dims.cp : dims.cp) != 0)
+    if (T % dims.seq_len_divisor(layout) != 0)
       throw UsageError("--seq-lens: length " + std::to_string(T) + " is not a multiple of " +
-                       std::to_string(layout == RingLayout::kZigzag ? 2 * dims.cp : dims.cp) +
+                       std::to_string(dims.seq_len_divisor(layout)) +
                        " (--context-parallel " + std::to_string(dims.cp) + ", ring layout " +
                        cfg.parallel.ring_layout + "): choose lengths divisible by it");
 
   std::unique_ptr<Backend> be = make_backend(cfg.parallel.device);
   LlamaModel model(cfg.model, *be);
-  std::unique_ptr<Comm> ring_comm;
   std::unique_ptr<RingAttention> ring;
   if (dims.cp > 1) {
-    ring_comm = split_comm(world, dims.dp_index(rank), dims.cp_index(rank));
-    ring = std::make_unique<RingAttention>(*ring_comm, layout);
+    ring = std::make_unique<RingAttention>(*groups.cp, layout);
     model.set_sequence_attention(ring.get());
   }
   int64_t step = 0;
@@ -242,18 +241,19 @@ int run_eval_command(const EvalOptions& o) {
   LossByPosition by_position;
   by_position.bucket = o.bucket;
   for (int64_t T : lens)
-    results.push_back(evaluate_perplexity(model, *data, T, o.max_sequences, &sharding,
+    results.push_back(evaluate_perplexity(model, *data, T, o.max_sequences, &groups,
                                           T == longest && by_position.seq_len == 0
                                               ? &by_position
-                                              : nullptr));
+                                              : nullptr,
+                                          o.memory_reset));
   PasskeyResult passkey;
   if (!pk_lens.empty())
     passkey = evaluate_passkey(model, pk_lens, pk_depths, pk_trials,
-                               passkey_eval_seed(cfg.run.seed), &sharding);
+                               passkey_eval_seed(cfg.run.seed), &groups, o.memory_reset);
   RecallResult recall;
   if (!rc_lens.empty())
     recall = evaluate_recall(model, rc_lens, rc_pairs, rc_trials, recall_eval_seed(cfg.run.seed),
-                             &sharding);
+                             &groups, o.memory_reset);
   if (rank != 0) return kExitOk;  // rank 0 prints and writes
 
   std::cout << "perplexity on " << data->describe() << ":\n" << perplexity_table(results);

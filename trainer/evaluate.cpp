@@ -7,18 +7,18 @@
 #include "common/errors.h"
 #include "data/synthetic.h"
 #include "model/rmt.h"
+#include "parallel/process_groups.h"
 
 namespace rt {
 
 namespace {
 
 // Lengths a ring can hold: zigzag cuts the sequence into 2*cp chunks.
-int64_t ring_multiple(const EvalSharding* sh) {
-  const int cp = sh ? sh->dims.cp : 1;
-  return sh && sh->layout == RingLayout::kZigzag ? 2 * cp : cp;
+int64_t ring_multiple(const ProcessGroups* sh) {
+  return sh ? sh->dims.seq_len_divisor(sh->layout) : 1;
 }
 
-void check_ring_length(int64_t T, const EvalSharding* sh, const std::string& what) {
+void check_ring_length(int64_t T, const ProcessGroups* sh, const std::string& what) {
   const int64_t multiple = ring_multiple(sh);
   if (T % multiple != 0)
     throw UsageError(what + " " + std::to_string(T) + " is not a multiple of " +
@@ -29,10 +29,8 @@ void check_ring_length(int64_t T, const EvalSharding* sh, const std::string& wha
                      "): choose lengths divisible by " + std::to_string(multiple));
 }
 
-RowPositions local_rows(int64_t T, const EvalSharding* sh) {
-  return sh && sh->dims.cp > 1 ? ring_local_rows(sh->layout, sh->dims.cp,
-                                                 sh->dims.cp_index(sh->rank), T)
-                               : RowPositions::whole(T);
+RowPositions local_rows(int64_t T, const ProcessGroups* sh) {
+  return sh ? sh->rows(T) : RowPositions::whole(T);
 }
 
 // One evaluation forward of a sequence (batch 1): the plain model over its
@@ -42,14 +40,16 @@ RowPositions local_rows(int64_t T, const EvalSharding* sh) {
 // memory model exist only for the last segment (where passkey answers are).
 class EvalForward {
  public:
-  EvalForward(LlamaModel& model, const EvalSharding* sh) : model_(model) {
+  // memory_reset: memory models start every segment from the learned initial
+  // memory (ablation `ringtrain eval --memory-reset`: nothing crosses segments).
+  EvalForward(LlamaModel& model, const ProcessGroups* sh, bool memory_reset) : model_(model) {
     if (!model.config().memory) return;
     if (sh && sh->dims.cp > 1)
       throw UsageError("evaluating a memory model (model.memory) over a ring is not supported: "
                        "run eval without --context-parallel (a memory model attends within "
                        "one segment, which one rank holds)");
     rmt_ = std::make_unique<RmtRunner>(model);
-    if (sh && sh->memory_reset) rmt_->set_carry_memory(false);
+    if (memory_reset) rmt_->set_carry_memory(false);
   }
   int64_t segment() const { return rmt_ ? model_.config().memory->segment_length : 0; }
   double run(const int32_t* inputs, const int32_t* targets, int64_t T, const RowPositions& rows,
@@ -87,7 +87,7 @@ class EvalForward {
 // last n bytes, predicted by rows L-n .. L-1.
 class AnswerScorer {
  public:
-  AnswerScorer(EvalForward& forward, int64_t L, const EvalSharding* sh)
+  AnswerScorer(EvalForward& forward, int64_t L, const ProcessGroups* sh)
       : forward_(forward), L_(L), rows_(local_rows(L, sh)) {
     const int64_t Tl = L / (sh ? sh->dims.cp : 1);
     inputs_.resize(size_t(Tl));
@@ -133,15 +133,15 @@ int64_t default_position_bucket(int64_t seq_len) {
 }
 
 PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& data, int64_t T,
-                                     int64_t max_sequences, const EvalSharding* sh,
-                                     LossByPosition* by_position) {
+                                     int64_t max_sequences, const ProcessGroups* sh,
+                                     LossByPosition* by_position, bool memory_reset) {
   const int64_t available = data.num_sequences(T);
   const int64_t n = std::min(available, max_sequences);
   if (n < 1)
     throw UsageError("evaluation data " + data.describe() + " holds no sequence of length " +
                      std::to_string(T) + ": use a shorter --seq-len or more data");
   const int dp = sh ? sh->dims.dp : 1, cp = sh ? sh->dims.cp : 1;
-  const int dp_index = sh ? sh->dims.dp_index(sh->rank) : 0;
+  const int dp_index = sh ? sh->dp_index() : 0;
   check_ring_length(T, sh, "evaluation length");
   const RowPositions rows = local_rows(T, sh);
   int64_t bucket = 0, nb = 0;
@@ -158,7 +158,7 @@ PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& da
   }
   const int64_t Tl = T / cp;
   std::vector<int32_t> inputs(Tl), targets(Tl);
-  EvalForward forward(model, sh);
+  EvalForward forward(model, sh, memory_reset);
   PerplexityResult r;
   r.seq_len = T;
   r.sequences = n;
@@ -211,7 +211,7 @@ PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& da
 }
 
 void check_passkey_grid(const std::vector<int64_t>& seq_lens, const std::vector<double>& depths,
-                        int trials, int vocab_size, const EvalSharding* sh) {
+                        int trials, int vocab_size, const ProcessGroups* sh) {
   if (seq_lens.empty() || depths.empty())
     throw UsageError("passkey: needs at least one length and one depth, e.g. "
                      "--passkey-seq-lens 256,512 --passkey-depths 0,0.5,1");
@@ -236,17 +236,17 @@ void check_passkey_grid(const std::vector<int64_t>& seq_lens, const std::vector<
 
 PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& seq_lens,
                                const std::vector<double>& depths, int trials, uint64_t seed,
-                               const EvalSharding* sh) {
+                               const ProcessGroups* sh, bool memory_reset) {
   const int64_t V = model.config().vocab_size;
   check_passkey_grid(seq_lens, depths, trials, int(V), sh);
   const int dp = sh ? sh->dims.dp : 1;
-  const int dp_index = sh ? sh->dims.dp_index(sh->rank) : 0;
+  const int dp_index = sh ? sh->dp_index() : 0;
   const size_t nL = seq_lens.size(), nD = depths.size(), nT = size_t(trials);
   // Digits this rank predicted right, per trial: the 5 answer rows of a
   // trial may lie on different ranks of its ring, and only one ring runs a
   // trial, so the world sum is the trial's count of right digits.
   std::vector<int64_t> right(nL * nD * nT, 0);
-  EvalForward forward(model, sh);
+  EvalForward forward(model, sh, memory_reset);
   for (size_t i = 0; i < nL; ++i) {
     AnswerScorer scorer(forward, seq_lens[i], sh);
     for (size_t j = 0; j < nD; ++j)
@@ -270,7 +270,7 @@ PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& se
 }
 
 void check_recall_grid(const std::vector<int64_t>& seq_lens, int pairs, int trials,
-                       int vocab_size, const EvalSharding* sh) {
+                       int vocab_size, const ProcessGroups* sh) {
   if (seq_lens.empty())
     throw UsageError("recall: needs at least one length, e.g. --recall-seq-lens 256,512");
   if (trials < 1) throw UsageError("recall: trials must be >= 1, got " + std::to_string(trials));
@@ -291,13 +291,14 @@ void check_recall_grid(const std::vector<int64_t>& seq_lens, int pairs, int tria
 }
 
 RecallResult evaluate_recall(LlamaModel& model, const std::vector<int64_t>& seq_lens, int pairs,
-                             int trials, uint64_t seed, const EvalSharding* sh) {
+                             int trials, uint64_t seed, const ProcessGroups* sh,
+                             bool memory_reset) {
   check_recall_grid(seq_lens, pairs, trials, int(model.config().vocab_size), sh);
   const int dp = sh ? sh->dims.dp : 1;
-  const int dp_index = sh ? sh->dims.dp_index(sh->rank) : 0;
+  const int dp_index = sh ? sh->dp_index() : 0;
   const size_t nL = seq_lens.size(), nT = size_t(trials), nP = size_t(pairs);
   std::vector<int64_t> right(nL * nT, 0);  // digits right per trial, summed over ranks as above
-  EvalForward forward(model, sh);
+  EvalForward forward(model, sh, memory_reset);
   for (size_t i = 0; i < nL; ++i) {
     AnswerScorer scorer(forward, seq_lens[i], sh);
     for (size_t t = size_t(dp_index); t < nT; t += size_t(dp))

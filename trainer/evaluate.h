@@ -1,6 +1,6 @@
 // Evaluation (SPEC §9): perplexity at one or more lengths, loss by position
 // and the passkey retrieval grid. Every function runs the same on one rank or
-// sharded over dp x cp ranks (EvalSharding) and returns the global result on
+// sharded over dp x cp ranks (ProcessGroups) and returns the global result on
 // every rank.
 #pragma once
 
@@ -12,9 +12,6 @@
 
 #include "data/dataset.h"
 #include "model/llama.h"
-#include "parallel/comm.h"
-#include "parallel/parallel_dims.h"
-#include "parallel/ring_attention.h"
 
 namespace rt {
 
@@ -26,18 +23,10 @@ struct PerplexityResult {
   double ppl = 0;
 };
 
-// How evaluation is spread over ranks: dp ranks take every dp-th sequence,
-// the cp ranks of a ring each hold their rows of it (the model's attention
-// must be the ring's when cp > 1).
-struct EvalSharding {
-  Comm* world = nullptr;
-  ParallelDims dims;
-  RingLayout layout = RingLayout::kZigzag;
-  int rank = 0;
-  // Memory models: start every segment from the learned initial memory
-  // (ablation `ringtrain eval --memory-reset`: nothing crosses segments).
-  bool memory_reset = false;
-};
+// How evaluation is spread over ranks: a `const ProcessGroups*` (null = one
+// rank). dp ranks take every dp-th sequence, the cp ranks of a ring each hold
+// their rows of it (the model's attention must be the ring's when cp > 1).
+struct ProcessGroups;
 
 // Mean next-token NLL by position bucket: mean_nll[b] averages the valid
 // targets at positions [b*bucket, (b+1)*bucket) (NaN where a bucket has none,
@@ -53,8 +42,9 @@ struct LossByPosition {
 // non-overlapping sequences of length T, in order from the start of the data.
 // With sharding, every rank returns the same global result.
 PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& data, int64_t T,
-                                     int64_t max_sequences, const EvalSharding* sharding = nullptr,
-                                     LossByPosition* by_position = nullptr);
+                                     int64_t max_sequences, const ProcessGroups* groups = nullptr,
+                                     LossByPosition* by_position = nullptr,
+                                     bool memory_reset = false);
 // Default bucket for loss by position: seq_len/16, at most 512, at least 1.
 int64_t default_position_bucket(int64_t seq_len);
 
@@ -76,10 +66,10 @@ inline uint64_t passkey_eval_seed(uint64_t run_seed) { return run_seed + 7919; }
 // - 1), the depths are in [0, 1], the lengths suit the ring (multiples of 2*cp
 // for zigzag, cp for contiguous) and the model has byte tokens (vocab >= 256).
 void check_passkey_grid(const std::vector<int64_t>& seq_lens, const std::vector<double>& depths,
-                        int trials, int vocab_size, const EvalSharding* sharding);
+                        int trials, int vocab_size, const ProcessGroups* groups);
 PasskeyResult evaluate_passkey(LlamaModel& model, const std::vector<int64_t>& seq_lens,
                                const std::vector<double>& depths, int trials, uint64_t seed,
-                               const EvalSharding* sharding = nullptr);
+                               const ProcessGroups* groups = nullptr, bool memory_reset = false);
 
 // Associative recall (data/synthetic.h). Trial t at length L is
 // make_recall_sample(L + 1, pairs, seed, t), scored like a passkey trial: it
@@ -100,9 +90,10 @@ inline uint64_t recall_eval_seed(uint64_t run_seed) { return run_seed + 7919; }
 // UsageError unless the lengths fit `pairs` pairs and the query and suit the
 // ring, pairs is in [1, 26], trials >= 1 and the model has byte tokens.
 void check_recall_grid(const std::vector<int64_t>& seq_lens, int pairs, int trials,
-                       int vocab_size, const EvalSharding* sharding);
+                       int vocab_size, const ProcessGroups* groups);
 RecallResult evaluate_recall(LlamaModel& model, const std::vector<int64_t>& seq_lens, int pairs,
-                             int trials, uint64_t seed, const EvalSharding* sharding = nullptr);
+                             int trials, uint64_t seed, const ProcessGroups* groups = nullptr,
+                             bool memory_reset = false);
 
 nlohmann::json perplexity_to_json(const std::vector<PerplexityResult>& results);
 // Console table: seq_len | sequences | tokens | mean_nll | ppl

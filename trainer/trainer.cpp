@@ -90,10 +90,8 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
   dims_ = ParallelDims::build(world_->size(), cfg_.parallel.data_parallel,
                               cfg_.parallel.context_parallel);
   writer_ = opt_.write_outputs && rank_ == 0;
-  // one ring per data-parallel index, ordered by cp index
-  cp_comm_ = split_comm(*world_, dims_.dp_index(rank_), dims_.cp_index(rank_));
-  const RingLayout layout = parse_ring_layout(cfg_.parallel.ring_layout);
-  rows_ = ring_local_rows(layout, dims_.cp, dims_.cp_index(rank_), cfg_.train.seq_len);
+  groups_ = make_process_groups(*world_, dims_, parse_ring_layout(cfg_.parallel.ring_layout));
+  rows_ = groups_.rows(cfg_.train.seq_len);
   backend_ = make_backend(cfg_.parallel.device);
   train_data_ = make_source(cfg_.data.train, cfg_.run.seed);
   if (cfg_.data.val) val_data_ = make_source(*cfg_.data.val, cfg_.run.seed);
@@ -123,7 +121,7 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
           "comfortably and the segments must run one after another anyway; sharding a "
           "segment over a ring would add a ring exchange per layer per segment for no memory "
           "saving. Use parallel.context_parallel: 1 and scale out with data_parallel");
-    ring_ = std::make_unique<RingAttention>(*cp_comm_, layout);
+    ring_ = std::make_unique<RingAttention>(*groups_.cp, groups_.layout);
     model_->set_sequence_attention(ring_.get());
   }
   if (cfg_.model.memory) rmt_ = std::make_unique<RmtRunner>(*model_);
@@ -415,18 +413,14 @@ std::vector<PerplexityResult> Trainer::evaluate(const std::vector<int64_t>& seq_
                                                 int64_t max_sequences) {
   const SequenceSource& data = val_data_ ? *val_data_ : *train_data_;
   std::vector<PerplexityResult> out;
-  const EvalSharding sharding{world_, dims_, parse_ring_layout(cfg_.parallel.ring_layout),
-                              rank_};
   for (int64_t T : seq_lens)
-    out.push_back(evaluate_perplexity(*model_, data, T, max_sequences, &sharding));
+    out.push_back(evaluate_perplexity(*model_, data, T, max_sequences, &groups_));
   return out;
 }
 
 PasskeyResult Trainer::evaluate_passkey(const PasskeyEvalConfig& pk) {
-  const EvalSharding sharding{world_, dims_, parse_ring_layout(cfg_.parallel.ring_layout),
-                              rank_};
   return rt::evaluate_passkey(*model_, pk.seq_lens, pk.depths, pk.trials,
-                              passkey_eval_seed(cfg_.run.seed), &sharding);
+                              passkey_eval_seed(cfg_.run.seed), &groups_);
 }
 
 void Trainer::save_checkpoint_now() {
@@ -472,12 +466,10 @@ void Trainer::fit() {
   const int64_t eval_lens_max = cfg_.eval.max_sequences;
 
   // Problems with the eval lengths show now, not after hours of training.
-  const EvalSharding layout_only{world_, dims_, parse_ring_layout(cfg_.parallel.ring_layout),
-                                 rank_};
   if (const auto& pk = cfg_.eval.passkey) {
     try {
       check_passkey_grid(pk->seq_lens, pk->depths, pk->trials, cfg_.model.vocab_size,
-                         &layout_only);
+                         &groups_);
     } catch (const UsageError& e) {
       throw UsageError("eval.passkey: " + std::string(e.what()));
     }

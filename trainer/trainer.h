@@ -21,6 +21,7 @@
 #include "model/rmt.h"
 #include "parallel/comm.h"
 #include "parallel/parallel_dims.h"
+#include "parallel/process_groups.h"
 #include "parallel/ring_attention.h"
 #include "trainer/config.h"
 #include "trainer/evaluate.h"
@@ -88,11 +89,12 @@ class Trainer {
 
   Config cfg_;
   Options opt_;
-  // parallel geometry (SPEC §6): world = dp x cp, cp fastest
+  // parallel geometry (SPEC §6): world = dp x cp, cp fastest. The groups come
+  // from make_process_groups; world_, dims_ and rank_ are shorthands of them.
+  ProcessGroups groups_;
   Comm* world_ = nullptr;
   ParallelDims dims_;
   int rank_ = 0;
-  std::unique_ptr<Comm> cp_comm_;
   RowPositions rows_;  // this rank's rows of a training sequence
   bool writer_ = false;  // rank 0 of a run that writes outputs
   void print_layout_table();
