@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -70,6 +71,14 @@ int64_t non_embedding_params(const ModelConfig& cfg);
 // FLOPs per token of one training step: 6*N_nonembed + 6*L*d*T (SPEC §11).
 double train_flops_per_token(const ModelConfig& cfg, int64_t seq_len);
 
+// The activation arena and the backward scratch for micro-batches of B x T
+// rows (what plan_activations allocates; memory plans size them here too).
+struct ActivationSpecs {
+  std::vector<TensorSpec> acts, scratch;
+};
+ActivationSpecs activation_specs(const ModelConfig& cfg, const Precision& prec, int B, int T,
+                                 bool checkpointing);
+
 class LlamaModel {
  public:
   // prec: the dtypes of weights, activations and gradients (fp32 by default).
@@ -99,6 +108,15 @@ class LlamaModel {
   // checkpointing: keep only each layer's input, recompute in backward.
   void plan_activations(int B, int T, bool checkpointing);
   size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
+  const Arena& activations() const { return acts_; }
+  const Arena& backward_scratch() const { return scratch_; }
+
+  // Gradient readiness for overlapped reduction (parallel/grad_reducer.h):
+  // during a backward, hook(b) says every gradient at byte offset >= b of
+  // grads() is final for this backward (after the head, after each layer,
+  // and 0 after the token embeddings). Only forward_backward's gradients are
+  // then complete; a model with memory (RMT) must not use it. Empty: none.
+  void set_grad_ready_hook(std::function<void(size_t)> hook) { grad_ready_ = std::move(hook); }
 
   // The attention over the sequence (default LocalAttention). Not owned.
   void set_sequence_attention(SequenceAttention* a) { attention_ = a; }
@@ -167,6 +185,7 @@ class LlamaModel {
   int B_ = 0, T_ = 0;  // current micro-batch
   LocalAttention local_attention_;
   SequenceAttention* attention_ = &local_attention_;
+  std::function<void(size_t)> grad_ready_;
   RowPositions pos_;
   std::vector<float> alibi_;  // host copy of slopes; device copy below
   DeviceBuffer alibi_dev_;

@@ -202,3 +202,14 @@ void finalize_parallel_runtime() {
 }
 
 }  // namespace rt
+
+#include "parallel/mpi_handle.h"
+
+namespace rt {
+
+MPI_Comm mpi_handle(const Comm& c) {
+  const auto* mpi = dynamic_cast<const MpiComm*>(&c);
+  return mpi ? mpi->handle() : MPI_COMM_NULL;
+}
+
+}  // namespace rt

@@ -1,5 +1,7 @@
 #include "parallel/ring_attention.h"
 
+#include <chrono>
+
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -106,6 +108,12 @@ size_t RingAttention::load_local_kv(Backend& be, const AttentionParams& shape,
   return kv_half;
 }
 
+void RingAttention::timed_wait(Comm::Request& r) {
+  const auto t0 = std::chrono::steady_clock::now();
+  ring_.wait(r);
+  wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 // Starts sending the current K,V block to r+1 and receiving the next from r-1.
 void RingAttention::send_kv_onwards(size_t kv_half, Comm::Request& send, Comm::Request& recv) {
   const int cp = ring_.size(), r = ring_.rank();
@@ -163,8 +171,8 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
                            blk_lse_, a.Tq, H, hd);
       }
     }
-    ring_.wait(send);
-    ring_.wait(recv);
+    timed_wait(send);
+    timed_wait(recv);
     if (i < cp - 1) std::swap(kv_cur_, kv_next_);
   }
 
@@ -202,8 +210,8 @@ void RingAttention::backward(Backend& be, const AttentionParams& shape, const Ro
                               out + qoff, chunk_lse_ + (size_t(b) * T + p.q_row) * H);
       }
     }
-    ring_.wait(send);
-    ring_.wait(recv);
+    timed_wait(send);
+    timed_wait(recv);
     if (cp > 1) {
       // The block's dK,dV accumulators follow it; after the last step this
       // hop brings this rank's own accumulators home.
@@ -211,8 +219,8 @@ void RingAttention::backward(Backend& be, const AttentionParams& shape, const Ro
       Comm::Request dr =
           ring_.irecv(dkv_next_, 2 * kv_half * sizeof(float), (r - 1 + cp) % cp, kTagDKV);
       bytes_sent_ += int64_t(2 * kv_half * sizeof(float));
-      ring_.wait(ds);
-      ring_.wait(dr);
+      timed_wait(ds);
+      timed_wait(dr);
       std::swap(dkv_cur_, dkv_next_);
     }
     if (i < cp - 1) std::swap(kv_cur_, kv_next_);

@@ -35,6 +35,9 @@ class RingAttention final : public SequenceAttention {
 
   // Bytes this rank sent since construction (for the benchmark).
   int64_t bytes_sent() const { return bytes_sent_; }
+  // Seconds spent waiting for ring transfers (exposed, not hidden behind
+  // the block computations) since construction.
+  double wait_seconds() const { return wait_s_; }
 
  private:
   void ensure_buffers(Backend& be, size_t kv_floats, size_t blk_floats, size_t lse_floats);
@@ -50,6 +53,8 @@ class RingAttention final : public SequenceAttention {
   float *blk_out_ = nullptr, *blk_lse_ = nullptr, *chunk_lse_ = nullptr;
   size_t kv_cap_ = 0, blk_cap_ = 0, lse_cap_ = 0;
   int64_t bytes_sent_ = 0;
+  double wait_s_ = 0;
+  void timed_wait(Comm::Request& r);
 };
 
 }  // namespace rt
