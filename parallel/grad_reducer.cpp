@@ -75,7 +75,6 @@ GradReducer::GradReducer(Comm& comm, const Arena& grads, size_t bucket_bytes, bo
     hi_ = n_;
   buckets_ = gradient_buckets(grads.specs(), n_, bucket_bytes);
   if (sharded_) {
-    staging_.resize(hi_ - lo_);
     for (int r = 0; r < world_; ++r) {
       auto [a, b] = shard_range(n_, world_, r);
       counts_.push_back(as_count(b - a));
@@ -111,11 +110,10 @@ void GradReducer::start(size_t b) {
     bytes_sent_ += int64_t(2.0 * frac * double(n * sizeof(float)));
     return;
   }
-  // this rank's part of the bucket lands at its offset in the staging shard
-  const size_t mine = std::max(lo_, std::min(blo, hi_));
-  float* recv = staging_.empty() ? data_ : staging_.data() + (mine - lo_);
-  check_mpi(MPI_Ireduce_scatter(data_ + blo, recv, impl_->recvcounts[b].data(), MPI_FLOAT,
-                                MPI_SUM, impl_->comm, &impl_->reqs[b]),
+  // in place: this rank's part of the bucket arrives at the bucket's start;
+  // finish() moves it to its place in the shard
+  check_mpi(MPI_Ireduce_scatter(MPI_IN_PLACE, data_ + blo, impl_->recvcounts[b].data(),
+                                MPI_FLOAT, MPI_SUM, impl_->comm, &impl_->reqs[b]),
             "MPI_Ireduce_scatter");
   bytes_sent_ += int64_t(frac * double(n * sizeof(float)));
 }
@@ -139,8 +137,12 @@ void GradReducer::finish() {
   if (impl_->comm != MPI_COMM_NULL && world_ > 1) {
     check_mpi(MPI_Waitall(int(impl_->reqs.size()), impl_->reqs.data(), MPI_STATUSES_IGNORE),
               "MPI_Waitall");
-    if (sharded_ && !staging_.empty())
-      std::memcpy(data_ + lo_, staging_.data(), staging_.size() * sizeof(float));
+    if (sharded_)  // each bucket's part of the shard, from the bucket's start to its place
+      for (size_t b = 0; b < buckets_.size(); ++b) {
+        const size_t c = size_t(impl_->recvcounts[b][size_t(rank_)]);
+        const size_t blo = buckets_[b].first, mine = std::max(blo, lo_);
+        if (c > 0 && mine != blo) std::memmove(data_ + mine, data_ + blo, c * sizeof(float));
+      }
   }
   exposed_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
 }

@@ -13,10 +13,11 @@
 // exposed time (what compute did not hide).
 //
 // Shards (ZeRO-1): rank r owns the contiguous range shard_range(n, world, r)
-// of the flat arena, near-equal in size. A bucket's reduce-scatter gives
-// each rank the part of the bucket inside its shard (zero elements for most
-// ranks), so after finish() a rank holds the fully reduced gradient of its
-// shard, in place in the arena; the rest of its arena is stale.
+// of the flat arena, near-equal in size. A bucket's reduce-scatter (in
+// place, no staging memory) gives each rank the part of the bucket inside
+// its shard (zero elements for most ranks), so after finish() a rank holds
+// the fully reduced gradient of its shard, in place in the arena; the rest
+// of its arena is stale.
 //
 // Bytes sent are counted as the ring algorithm sends them (what NCCL and
 // large-message MPI collectives do): all-reduce 2(W-1)/W, reduce-scatter and
@@ -73,8 +74,6 @@ class GradReducer {
   size_t shard_hi() const { return hi_; }
   size_t numel() const { return n_; }
   size_t num_buckets() const { return buckets_.size(); }
-  // Bytes of this rank's reduce-scatter staging buffer (0 without sharding).
-  size_t staging_bytes() const { return staging_.size() * sizeof(float); }
   // Totals since construction.
   double exposed_seconds() const { return exposed_s_; }
   int64_t bytes_sent() const { return bytes_sent_; }
@@ -91,7 +90,6 @@ class GradReducer {
   size_t lo_ = 0, hi_ = 0;
   std::vector<std::pair<size_t, size_t>> buckets_;
   size_t next_ = 0;  // buckets [0, next_) started this backward
-  std::vector<float> staging_;  // this rank's reduced shard (sharded only)
   std::vector<int> counts_, displs_;  // per rank, for the all-gather
   struct Impl;
   Impl* impl_;  // the MPI requests (keeps mpi.h out of this header)

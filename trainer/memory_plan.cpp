@@ -64,13 +64,11 @@ MemoryPlan plan_memory(const Config& cfg, int world, Device device) {
       if (adamw)
         m.optimizer =
             2 * int64_t(layout_bytes({{"shard", {int64_t(hi - lo)}, DType::kF32}}));
-      m.workspace += int64_t((hi - lo) * sizeof(float));  // reduce-scatter staging
     } else if (adamw) {
       m.optimizer = 2 * int64_t(layout_bytes(with_dtype(specs, DType::kF32)));
     }
     p.ranks.push_back(m);
   }
-  p.workspace_other += p.ranks[0].workspace - scratch;
   return p;
 }
 

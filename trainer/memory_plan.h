@@ -23,7 +23,7 @@ struct RankMemory {
   int64_t grads = 0;        // fp32 gradients (whole model: the backward writes them all)
   int64_t optimizer = 0;    // AdamW moments (this rank's shard when sharded)
   int64_t activations = 0;  // activation arena for one micro-batch
-  int64_t workspace = 0;    // backward scratch + reduce-scatter staging
+  int64_t workspace = 0;    // backward scratch
   int64_t total() const { return params + master + grads + optimizer + activations + workspace; }
 };
 

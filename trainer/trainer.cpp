@@ -492,7 +492,7 @@ RankMemory Trainer::rank_memory() const {
   m.grads = int64_t(model_->grads().bytes());
   m.optimizer = int64_t(optimizer_->state_bytes());
   m.activations = int64_t(model_->activations().bytes());
-  m.workspace = int64_t(model_->backward_scratch().bytes() + reducer_->staging_bytes());
+  m.workspace = int64_t(model_->backward_scratch().bytes());
   return m;
 }
 
