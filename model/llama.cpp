@@ -122,6 +122,12 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, Backend& be, const Precision& pre
 
 LlamaModel::~LlamaModel() = default;
 
+void LlamaModel::restore_master() {
+  if (!prec_.master_weights || master_.allocated()) return;
+  master_ = Arena(be_, "master weights", with_dtype(llama_param_specs(cfg_), DType::kF32));
+  master_.zero();
+}
+
 void LlamaModel::sync_compute_weights() {
   if (!prec_.master_weights) return;
   for (const TensorSpec& s : master_.specs()) be_.cast(params_.buf(s.name), master_.buf(s), s.numel);

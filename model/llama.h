@@ -96,6 +96,14 @@ class LlamaModel {
   // After writing master(): the compute copy = master rounded (no-op
   // without master weights).
   void sync_compute_weights();
+  // A sharded optimizer (ZeRO-1) holds its shard of the master weights:
+  // the full master copy is dropped, and brought back (zeroed) only around
+  // checkpoint I/O. master() is unallocated in between. No-ops without
+  // master weights.
+  void release_master() {
+    if (prec_.master_weights) master_ = Arena();
+  }
+  void restore_master();
   Arena& grads() { return grads_; }
   int64_t num_params() const { return int64_t(params_.numel()); }
   const LayerTensors& layer_weights(int l) const { return layer_w_[size_t(l)]; }

@@ -74,6 +74,7 @@ GradReducer::GradReducer(Comm& comm, const Arena& grads, size_t bucket_bytes, bo
   else
     hi_ = n_;
   buckets_ = gradient_buckets(grads.specs(), n_, bucket_bytes);
+  specs_ = grads.specs();
   if (sharded_) {
     for (int r = 0; r < world_; ++r) {
       auto [a, b] = shard_range(n_, world_, r);
@@ -154,6 +155,31 @@ void GradReducer::allgather_shards(float* data) {
                            displs_.data(), MPI_FLOAT, impl_->comm),
             "MPI_Allgatherv");
   bytes_sent_ += int64_t(double(world_ - 1) / double(world_) * double(n_ * sizeof(float)));
+  exposed_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+void GradReducer::allgather_shards(const Arena& a) {
+  if (impl_->comm == MPI_COMM_NULL || world_ == 1) return;
+  const auto t0 = Clock::now();
+  std::vector<int> counts(static_cast<size_t>(world_)), displs(static_cast<size_t>(world_));
+  size_t bytes = 0;
+  for (const TensorSpec& g : specs_) {
+    const TensorSpec& s = a.spec(g.name);
+    const size_t base = g.offset_bytes / sizeof(float);
+    for (int r = 0; r < world_; ++r) {
+      auto [lo, hi] = shard_range(n_, world_, r);
+      const size_t x = std::max(lo, base), y = std::min(hi, base + g.numel);
+      counts[size_t(r)] = y > x ? as_count(y - x) : 0;
+      displs[size_t(r)] = y > x ? as_count(x - base) : 0;
+    }
+    const size_t es = dtype_size(s.dtype);
+    RT_CHECK(es == 2 || es == 4, "all-gather of a tensor of element size " + std::to_string(es));
+    check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, a.buf(s).p, counts.data(),
+                             displs.data(), es == 2 ? MPI_UINT16_T : MPI_FLOAT, impl_->comm),
+              "MPI_Allgatherv");
+    bytes += s.numel * es;
+  }
+  bytes_sent_ += int64_t(double(world_ - 1) / double(world_) * double(bytes));
   exposed_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
 }
 

@@ -65,6 +65,9 @@ class GradReducer {
   // array laid out like the gradients): every rank gets every shard
   // (in-place all-gather). Counted as reduction time and bytes.
   void allgather_shards(float* data);
+  // The same for an arena with the gradients' tensor table in other dtypes
+  // (bf16 compute weights): per tensor, every rank's part of its shard.
+  void allgather_shards(const Arena& a);
   // Gathers every rank's shard of a flat array to root (full, n elements,
   // read on root only; may be null elsewhere). shard: this rank's part.
   void gather_to_root(const float* shard, float* full, int root);
@@ -89,6 +92,7 @@ class GradReducer {
   bool sharded_;
   size_t lo_ = 0, hi_ = 0;
   std::vector<std::pair<size_t, size_t>> buckets_;
+  std::vector<TensorSpec> specs_;  // the gradient arena's table
   size_t next_ = 0;  // buckets [0, next_) started this backward
   std::vector<int> counts_, displs_;  // per rank, for the all-gather
   struct Impl;

@@ -4,10 +4,12 @@
 #  - sharded vs unsharded: same loss at every step and same final weights and
 #    AdamW moments (relative 1e-6) for dp2, cp2 and dp2 x cp2;
 #  - reduction overlapped with the backward vs after it: same weights (1e-6);
+#  - bf16 compute weights (the optimizer holds the fp32 master shard): sharded
+#    vs unsharded, and resume of a sharded run, bit for bit;
 #  - resume from a sharded dp2 checkpoint onto dp1 x cp2 (unsharded) and onto
 #    4 ranks (dp2 x cp2, sharded) equals the run that never stopped (1e-5);
-#  - per-rank optimizer bytes: sharded = unsharded total / world, from the
-#    start-up log;
+#  - per-rank optimizer (and bf16 master weight) bytes: sharded = unsharded
+#    total / world, from the start-up log;
 #  - `ringtrain plan` prints the same per-rank memory lines as the run's
 #    start-up log; bad layouts and keys exit 2.
 # usage: cli_zero.sh RINGTRAIN SOURCE_DIR
@@ -49,6 +51,9 @@ run cp2_u 2 $unsh --set parallel.context_parallel=2
 run cp2_s 2 --set parallel.context_parallel=2
 run dp2cp2_u 4 $unsh --set parallel.context_parallel=2
 run dp2cp2_s 4 --set parallel.context_parallel=2
+# bf16 compute weights: the optimizer holds the fp32 master shard
+run bf_u 2 $unsh --set train.precision=bf16
+run bf_s 2 --set train.precision=bf16
 grep -q "reduce-scatter (sharded optimizer, ZeRO-1), overlapped with the backward" dp2_s.log \
   || fail "dp2_s did not log a sharded, overlapped reduction"
 run u_noovl 2 $unsh --set parallel.overlap_grad_reduce=false --set train.max_steps=1
@@ -61,8 +66,12 @@ cp dp2_s/checkpoints/step_00000006.h5 res_cp2/checkpoints/
 cp dp2_s/checkpoints/step_00000006.h5 res_4/checkpoints/
 run res_cp2 2 $unsh --set parallel.context_parallel=2
 run res_4 4 --set parallel.context_parallel=2
+mkdir -p res_bf/checkpoints
+cp bf_s/checkpoints/step_00000006.h5 res_bf/checkpoints/
+run res_bf 2 --set train.precision=bf16
 grep -q "resuming from" res_cp2.log || fail "res_cp2 did not resume"
 grep -q "resuming from" res_4.log || fail "res_4 did not resume"
+grep -q "resuming from" res_bf.log || fail "res_bf did not resume"
 
 /usr/bin/python3 - "$work" <<'PY' || fail "equivalence"
 import json, sys
@@ -86,7 +95,7 @@ def check(a, b, tol, what):
     print(f"{what}: {a} vs {b}: losses {lo:.1e}, weights+moments {w:.1e}")
     if not (lo <= tol and w <= tol):
         bad.append(what)
-for lay in ["dp2", "cp2", "dp2cp2"]:
+for lay in ["dp2", "cp2", "dp2cp2", "bf"]:
     check(f"{lay}_s", f"{lay}_u", 1e-6, f"sharded vs unsharded {lay}")
 check("dp2_s", "dp2_s_noovl", 1e-6, "overlapped vs after-backward reduction")
 # resumed runs: their metrics hold steps 7..12 only
@@ -98,6 +107,13 @@ for name in ["res_cp2", "res_4"]:
     print(f"resume from sharded dp2 step 6 onto {name}: losses {lo:.1e}, weights+moments {w:.1e}")
     if not (lo <= 1e-5 and w <= 1e-5):
         bad.append(name)
+# bf16, sharded master: resumed on the same layout, bit for bit
+got, full = losses("res_bf"), losses("bf_u")[6:]
+w = rel(state("res_bf"), state("bf_u"))
+print(f"resume from sharded bf16 dp2 step 6 onto sharded bf16 dp2: losses equal {got == full}, "
+      f"weights+moments {w:.1e}")
+if got != full or w != 0.0:
+    bad.append("res_bf")
 assert not bad, bad
 PY
 
@@ -105,9 +121,14 @@ PY
 /usr/bin/python3 - "$work" <<'PY' || fail "optimizer bytes per rank"
 import re, sys
 work = sys.argv[1]
-def opt(name):
-    return [int(m.group(1)) for m in re.finditer(r"memory rank \d+: .*optimizer state (\d+) B",
+def field(name, what):
+    return [int(m.group(1)) for m in re.finditer(r"memory rank \d+: .*" + what + r" (\d+) B",
                                                  open(f"{work}/{name}.log").read())]
+def opt(name):
+    return field(name, "optimizer state")
+u, s = field("bf_u", "master weights"), field("bf_s", "master weights")
+print(f"bf16 dp2: master weight bytes per rank unsharded {u[0]}, sharded {s}")
+assert len(s) == 2 and sum(s) == u[0] and max(s) - min(s) <= 4, (u, s)
 for lay, world in [("dp2", 2), ("dp2cp2", 4)]:
     u, s = opt(f"{lay}_u"), opt(f"{lay}_s")
     assert len(u) == world and len(s) == world, (u, s)
@@ -116,7 +137,8 @@ for lay, world in [("dp2", 2), ("dp2cp2", 4)]:
 PY
 
 # plan prints the run's start-up memory lines
-for lay in "dp2cp2_s 4 --set parallel.context_parallel=2" "dp2_u 2 $unsh"; do
+for lay in "dp2cp2_s 4 --set parallel.context_parallel=2" "dp2_u 2 $unsh" \
+  "bf_s 2 --set train.precision=bf16"; do
   set -- $lay
   name=$1 world=$2
   shift 2

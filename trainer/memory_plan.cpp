@@ -61,6 +61,8 @@ MemoryPlan plan_memory(const Config& cfg, int world, Device device) {
     m.workspace = scratch;
     if (p.sharded) {
       const auto [lo, hi] = shard_range(grad_floats, world, r);
+      if (p.prec.master_weights)  // held by the optimizer, as its shard
+        m.master = int64_t(layout_bytes({{"shard", {int64_t(hi - lo)}, DType::kF32}}));
       if (adamw)
         m.optimizer =
             2 * int64_t(layout_bytes({{"shard", {int64_t(hi - lo)}, DType::kF32}}));

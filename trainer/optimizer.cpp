@@ -43,11 +43,22 @@ Optimizer::Optimizer(const OptimizerConfig& cfg, LlamaModel& model, OptimizerSha
     m_.zero();
     v_.zero();
   }
+  if (model.precision().master_weights) {
+    master_shard_ = Arena(model.backend(), "master weights shard",
+                          {{"shard", {int64_t(shard.hi - shard.lo)}, DType::kF32}});
+    take_master_shard();
+  }
+}
+
+void Optimizer::take_master_shard() {
+  if (!owns_master()) return;
+  model_.backend().copy(Buf(master_shard_.f32_base()),
+                        CBuf(model_.master().f32_base() + shard_.lo), shard_.hi - shard_.lo);
 }
 
 void Optimizer::allocate_full_state() {
   if (!sharded_ || cfg_.type != "adamw") return;
-  const std::vector<TensorSpec> specs = with_dtype(model_.master().specs(), DType::kF32);
+  const std::vector<TensorSpec> specs = with_dtype(model_.grads().specs(), DType::kF32);
   full_m_ = Arena(model_.backend(), "optimizer exp_avg (gathered)", specs);
   full_v_ = Arena(model_.backend(), "optimizer exp_avg_sq (gathered)", specs);
   full_m_.zero();
@@ -85,8 +96,10 @@ void Optimizer::step(float lr) {
   // arena) is written from it, rounded to its dtype, by the same op.
   // Sharded: only the part of each tensor inside the shard (elements of the
   // flat arena; the moments are indexed from the shard's start).
+  // (The gradient arena's table: the master's fp32 layout, also when the
+  // optimizer holds the master shard and the model's copy is released.)
   Arena& master = model_.master();
-  for (const TensorSpec& s : master.specs()) {
+  for (const TensorSpec& s : model_.grads().specs()) {
     size_t a = 0, b = s.numel;
     float *m = nullptr, *v = nullptr;
     if (sharded_) {
@@ -103,7 +116,9 @@ void Optimizer::step(float lr) {
       m = m_.f32(s.name);
       v = v_.f32(s.name);
     }
-    float* p = master.f32(s) + a;
+    float* p = owns_master()
+                   ? master_shard_.f32_base() + (s.offset_bytes / sizeof(float) + a - shard_.lo)
+                   : master.f32(s.name) + a;
     const Buf compute = at(model_.params().buf(s.name), a);
     const float* g = model_.grads().f32(s.name) + a;
     const float wd = decays(s.name) ? float(cfg_.weight_decay) : 0.f;

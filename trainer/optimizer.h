@@ -45,6 +45,13 @@ class Optimizer {
   // Sharded AdamW: this rank's moments (shard().hi - shard().lo floats),
   // k = 0 exp_avg, 1 exp_avg_sq.
   float* shard_state(int k) { return (k == 0 ? m_ : v_).f32_base(); }
+  // Sharded with fp32 master weights beside the compute copy: the optimizer
+  // holds this rank's shard of them (the model's full copy is released).
+  bool owns_master() const { return master_shard_.allocated(); }
+  float* master_shard() { return master_shard_.f32_base(); }
+  size_t master_bytes() const { return master_shard_.bytes(); }
+  // model.master()'s shard -> the optimizer's master shard.
+  void take_master_shard();
   void allocate_full_state();
   void release_full_state();
   // The full moments' shard -> this rank's moments.
@@ -60,6 +67,7 @@ class Optimizer {
   bool sharded_ = false;
   OptimizerShard shard_;
   Arena full_m_, full_v_;
+  Arena master_shard_;
 };
 
 // sqrt(sum of squares) over all gradients.

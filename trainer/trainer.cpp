@@ -168,6 +168,7 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
       log_info("%s", memory_line({r, a[0], a[1], a[2], a[3], a[4], a[5]}).c_str());
     }
   }
+  if (optimizer_->owns_master()) model_->release_master();  // the optimizer holds its shard
   log_info("data: train %s, %lld sequences of %lld tokens%s", train_data_->describe().c_str(),
            (long long)order_->num_sequences(), (long long)cfg_.train.seq_len,
            cfg_.data.shuffle ? ", shuffled" : "");
@@ -188,6 +189,24 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
 // ---- resume and init_from ----------------------------------------------------
 
 void Trainer::resume_or_init() {
+  // With the master weights sharded, loading fills a full master copy (the
+  // current weights, all-gathered from the shards, so that tensors a file
+  // may lack keep their values), and each rank then keeps its shard.
+  struct Reshard {
+    Trainer* t;
+    ~Reshard() {
+      if (!t->optimizer_->owns_master()) return;
+      t->optimizer_->take_master_shard();
+      t->model_->release_master();
+    }
+  } reshard{this};
+  if (optimizer_->owns_master()) {
+    model_->restore_master();
+    float* full = model_->master().f32_base();
+    backend_->copy(Buf(full + reducer_->shard_lo()), CBuf(optimizer_->master_shard()),
+                   reducer_->shard_hi() - reducer_->shard_lo());
+    reducer_->allgather_shards(full);
+  }
   const auto found = list_checkpoints(cfg_.run.dir);
   if (found.empty()) {
     if (!cfg_.checkpoint.init_from.empty()) init_from(cfg_.checkpoint.init_from);
@@ -454,9 +473,13 @@ StepStats Trainer::train_step() {
     if (sharded) {
       clip_grad_range(*model_, s.grad_norm, tc.grad_clip, lo, hi);
       optimizer_->step(float(s.lr));
-      // every rank's updated shard into every rank's weights
-      reducer_->allgather_shards(model_->master().f32_base());
-      model_->sync_compute_weights();
+      // every rank's updated shard into every rank's weights: the compute
+      // copy (written, rounded, by the update) when the optimizer holds the
+      // master shard, else the fp32 weights themselves
+      if (optimizer_->owns_master())
+        reducer_->allgather_shards(model_->params());
+      else
+        reducer_->allgather_shards(model_->master().f32_base());
     } else {
       clip_grad_norm(*model_, s.grad_norm, tc.grad_clip);
       optimizer_->step(float(s.lr));
@@ -488,7 +511,9 @@ RankMemory Trainer::rank_memory() const {
   RankMemory m;
   m.rank = rank_;
   m.params = int64_t(model_->params().bytes());
-  m.master = model_->precision().master_weights ? int64_t(model_->master().bytes()) : 0;
+  m.master = optimizer_->owns_master()            ? int64_t(optimizer_->master_bytes())
+             : model_->precision().master_weights ? int64_t(model_->master().bytes())
+                                                  : 0;
   m.grads = int64_t(model_->grads().bytes());
   m.optimizer = int64_t(optimizer_->state_bytes());
   m.activations = int64_t(model_->activations().bytes());
@@ -503,9 +528,17 @@ void Trainer::save_checkpoint_now() {
   const bool gather = opt_.write_outputs && optimizer_->sharded() &&
                       cfg_.train.optimizer.type == "adamw";
   struct Release {
-    Optimizer* o;
-    ~Release() { o->release_full_state(); }
-  } release{optimizer_.get()};
+    Trainer* t;
+    ~Release() {
+      t->optimizer_->release_full_state();
+      if (t->optimizer_->owns_master()) t->model_->release_master();
+    }
+  } release{this};
+  if (opt_.write_outputs && optimizer_->owns_master()) {  // master weights the same way
+    if (writer_) model_->restore_master();
+    reducer_->gather_to_root(optimizer_->master_shard(),
+                             writer_ ? model_->master().f32_base() : nullptr, 0);
+  }
   if (gather) {
     if (writer_) optimizer_->allocate_full_state();
     reducer_->gather_to_root(optimizer_->shard_state(0),
