@@ -13,24 +13,31 @@ std::vector<TensorSpec> with_dtype(std::vector<TensorSpec> specs, DType t) {
   return specs;
 }
 
-Arena::Arena(Backend& be, std::string label, std::vector<TensorSpec> specs)
-    : be_(&be), label_(std::move(label)), specs_(std::move(specs)) {
+size_t layout_specs(std::vector<TensorSpec>& specs) {
   size_t off = 0;
-  for (size_t i = 0; i < specs_.size(); ++i) {
-    TensorSpec& s = specs_[i];
+  for (TensorSpec& s : specs) {
     s.numel = 1;
     for (int64_t d : s.shape) s.numel *= size_t(d);
     // 64-byte alignment for every tensor
     off = (off + 63) / 64 * 64;
     s.offset_bytes = off;
     off += s.numel * dtype_size(s.dtype);
+  }
+  // no padding after the last tensor: an fp32 arena is exactly the array the
+  // fp32 reductions always ran over (their thread split depends on its length)
+  return (off + 3) / 4 * 4;
+}
+
+Arena::Arena(Backend& be, std::string label, std::vector<TensorSpec> specs)
+    : be_(&be), label_(std::move(label)), specs_(std::move(specs)) {
+  const size_t bytes = layout_specs(specs_);
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    const TensorSpec& s = specs_[i];
     numel_ += s.numel;
     all_f32_ = all_f32_ && s.dtype == DType::kF32;
     RT_CHECK(index_.emplace(s.name, i).second, "duplicate tensor name " + s.name);
   }
-  // no padding after the last tensor: an fp32 arena is exactly the array the
-  // fp32 reductions always ran over (their thread split depends on its length)
-  mem_ = DeviceBuffer(be, (off + 3) / 4, DType::kF32);
+  mem_ = DeviceBuffer(be, bytes / 4, DType::kF32);
 }
 
 size_t Arena::bytes_of(DType t) const {

@@ -26,6 +26,12 @@ struct TensorSpec {
 // out like the parameters).
 std::vector<TensorSpec> with_dtype(std::vector<TensorSpec> specs, DType t);
 
+// Lays specs out as an Arena does (numel, 64-byte aligned offset_bytes) and
+// returns the bytes the arena allocates for them: the one sizing rule, for
+// the Arena constructor and for memory plans made without allocating.
+size_t layout_specs(std::vector<TensorSpec>& specs);
+inline size_t layout_bytes(std::vector<TensorSpec> specs) { return layout_specs(specs); }
+
 class Arena {
  public:
   Arena() = default;

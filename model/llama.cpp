@@ -122,6 +122,12 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, Backend& be, const Precision& pre
 
 LlamaModel::~LlamaModel() = default;
 
+void LlamaModel::restore_master() {
+  if (!prec_.master_weights || master_.allocated()) return;
+  master_ = Arena(be_, "master weights", with_dtype(llama_param_specs(cfg_), DType::kF32));
+  master_.zero();
+}
+
 void LlamaModel::sync_compute_weights() {
   if (!prec_.master_weights) return;
   for (const TensorSpec& s : master_.specs()) be_.cast(params_.buf(s.name), master_.buf(s), s.numel);
@@ -147,17 +153,15 @@ void LlamaModel::init_weights(uint64_t seed) {
   sync_compute_weights();
 }
 
-void LlamaModel::plan_activations(int B, int T, bool checkpointing) {
-  if (B * int64_t(T) <= int64_t(planned_B_) * planned_T_ && checkpointing == checkpointing_ &&
-      acts_.allocated())
-    return;
-  const int64_t N = int64_t(B) * T, d = cfg_.hidden_size, f = cfg_.intermediate_size,
-                V = cfg_.vocab_size;
-  const int64_t qd = int64_t(cfg_.num_attention_heads) * cfg_.head_dim;
-  const int64_t kvd = int64_t(cfg_.num_key_value_heads) * cfg_.head_dim;
-  const int L = cfg_.num_hidden_layers;
+ActivationSpecs activation_specs(const ModelConfig& cfg, const Precision& prec, int B, int T,
+                                 bool checkpointing) {
+  const int64_t N = int64_t(B) * T, d = cfg.hidden_size, f = cfg.intermediate_size,
+                V = cfg.vocab_size;
+  const int64_t qd = int64_t(cfg.num_attention_heads) * cfg.head_dim;
+  const int64_t kvd = int64_t(cfg.num_key_value_heads) * cfg.head_dim;
+  const int L = cfg.num_hidden_layers;
   const int slots = checkpointing ? 1 : L;
-  const DType act = prec_.act, st = DType::kF32, gr = prec_.grad;  // st: statistics
+  const DType act = prec.act, st = DType::kF32, gr = prec.grad;  // st: statistics
 
   std::vector<TensorSpec> a;
   for (int l = 0; l <= L; ++l) a.push_back({"x." + std::to_string(l), {N, d}, act});
@@ -169,7 +173,7 @@ void LlamaModel::plan_activations(int B, int T, bool checkpointing) {
     a.push_back({p + "k", {N, kvd}, act});
     a.push_back({p + "v", {N, kvd}, act});
     a.push_back({p + "att", {N, qd}, act});
-    a.push_back({p + "lse", {int64_t(B) * cfg_.num_attention_heads * T}, st});
+    a.push_back({p + "lse", {int64_t(B) * cfg.num_attention_heads * T}, st});
     a.push_back({p + "mid", {N, d}, act});
     a.push_back({p + "ln2", {N, d}, act});
     a.push_back({p + "ln2_rstd", {N}, st});
@@ -190,8 +194,18 @@ void LlamaModel::plan_activations(int B, int T, bool checkpointing) {
       {"dgate", {N, f}, gr},  {"dup", {N, f}, gr},     {"act", {N, f}, act},
       {"xtmp", {N, d}, act},
   };
-  acts_ = Arena(be_, "activations", std::move(a));
-  scratch_ = Arena(be_, "backward scratch", std::move(s));
+  return {std::move(a), std::move(s)};
+}
+
+void LlamaModel::plan_activations(int B, int T, bool checkpointing) {
+  if (B * int64_t(T) <= int64_t(planned_B_) * planned_T_ && checkpointing == checkpointing_ &&
+      acts_.allocated())
+    return;
+  const int L = cfg_.num_hidden_layers;
+  const int slots = checkpointing ? 1 : L;
+  ActivationSpecs specs = activation_specs(cfg_, prec_, B, T, checkpointing);
+  acts_ = Arena(be_, "activations", std::move(specs.acts));
+  scratch_ = Arena(be_, "backward scratch", std::move(specs.scratch));
   planned_B_ = B;
   planned_T_ = T;
   checkpointing_ = checkpointing;
@@ -374,9 +388,11 @@ double LlamaModel::forward_backward(const int32_t* inputs, const int32_t* target
   be_.embedding_forward(x_[0], tokens_dev_.as<int32_t>(),
                         params_.buf("model.embed_tokens.weight"), N, d);
   const double loss_sum = run_layers_and_head(dloss_scale, CBuf());
-  if (dloss_scale != 0.f)
+  if (dloss_scale != 0.f) {
     be_.embedding_backward(grads_.buf("model.embed_tokens.weight"), s_.dresid,
                            tokens_dev_.as<int32_t>(), N, d);
+    if (grad_ready_) grad_ready_(0);
+  }
   return loss_sum;
 }
 
@@ -446,10 +462,14 @@ double LlamaModel::run_layers_and_head(float dloss_scale, CBuf dfinal_extra) {
   be_.rmsnorm_backward(s_.dresid, grads_.buf("model.norm.weight"), s_.dln, x_[size_t(L)], w_norm,
                        lnf_rstd_, N, d);
   if (dfinal_extra) be_.add_inplace(s_.dresid, dfinal_extra, size_t(N) * d);
+  if (grad_ready_) grad_ready_(grads_.spec("model.norm.weight").offset_bytes);
   for (int l = L - 1; l >= 0; --l) {
     LayerActs& a = slots_[size_t(checkpointing_ ? 0 : l)];
     if (checkpointing_) layer_forward(l, a, x_[size_t(l)], a.mid, s_.xtmp);
     layer_backward(l, a, x_[size_t(l)], a.mid, s_.dresid);
+    if (grad_ready_)
+      grad_ready_(
+          grads_.spec("model.layers." + std::to_string(l) + ".input_layernorm.weight").offset_bytes);
   }
   return loss_sum;
 }

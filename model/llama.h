@@ -101,6 +101,14 @@ int64_t non_embedding_params(const ModelConfig& cfg);
 // FLOPs per token of one training step: 6*N_nonembed + 6*L*d*T (SPEC §11).
 double train_flops_per_token(const ModelConfig& cfg, int64_t seq_len);
 
+// The activation arena and the backward scratch for micro-batches of B x T
+// rows (what plan_activations allocates; memory plans size them here too).
+struct ActivationSpecs {
+  std::vector<TensorSpec> acts, scratch;
+};
+ActivationSpecs activation_specs(const ModelConfig& cfg, const Precision& prec, int B, int T,
+                                 bool checkpointing);
+
 class LlamaModel {
  public:
   // prec: the dtypes of weights, activations and gradients (fp32 by default).
@@ -118,6 +126,14 @@ class LlamaModel {
   // After writing master(): the compute copy = master rounded (no-op
   // without master weights).
   void sync_compute_weights();
+  // A sharded optimizer (ZeRO-1) holds its shard of the master weights:
+  // the full master copy is dropped, and brought back (zeroed) only around
+  // checkpoint I/O. master() is unallocated in between. No-ops without
+  // master weights.
+  void release_master() {
+    if (prec_.master_weights) master_ = Arena();
+  }
+  void restore_master();
   Arena& grads() { return grads_; }
   int64_t num_params() const { return int64_t(params_.numel()); }
   const LayerTensors& layer_weights(int l) const { return layer_w_[size_t(l)]; }
@@ -130,6 +146,15 @@ class LlamaModel {
   // checkpointing: keep only each layer's input, recompute in backward.
   void plan_activations(int B, int T, bool checkpointing);
   size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
+  const Arena& activations() const { return acts_; }
+  const Arena& backward_scratch() const { return scratch_; }
+
+  // Gradient readiness for overlapped reduction (parallel/grad_reducer.h):
+  // during a backward, hook(b) says every gradient at byte offset >= b of
+  // grads() is final for this backward (after the head, after each layer,
+  // and 0 after the token embeddings). Only forward_backward's gradients are
+  // then complete; a model with memory (RMT) must not use it. Empty: none.
+  void set_grad_ready_hook(std::function<void(size_t)> hook) { grad_ready_ = std::move(hook); }
 
   // The attention over the sequence (default LocalAttention). Not owned.
   void set_sequence_attention(SequenceAttention* a) { attention_ = a; }
@@ -198,6 +223,7 @@ class LlamaModel {
   int B_ = 0, T_ = 0;  // current micro-batch
   LocalAttention local_attention_;
   SequenceAttention* attention_ = &local_attention_;
+  std::function<void(size_t)> grad_ready_;
   RowPositions pos_;
   std::vector<float> alibi_;  // host copy of slopes; device copy below
   DeviceBuffer alibi_dev_;

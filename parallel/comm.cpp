@@ -71,6 +71,7 @@ MPI_Datatype mpi_type(DType t) {
 
 class MpiComm final : public Comm {
  public:
+  MPI_Comm handle() const { return comm_; }
   explicit MpiComm(MPI_Comm c, bool owned) : comm_(c), owned_(owned) {
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
@@ -220,6 +221,17 @@ void finalize_parallel_runtime() {
     if (!finalized) MPI_Finalize();
     g_runtime.mpi = false;
   }
+}
+
+}  // namespace rt
+
+#include "parallel/mpi_handle.h"
+
+namespace rt {
+
+MPI_Comm mpi_handle(const Comm& c) {
+  const auto* mpi = dynamic_cast<const MpiComm*>(&c);
+  return mpi ? mpi->handle() : MPI_COMM_NULL;
 }
 
 }  // namespace rt

@@ -1,6 +1,7 @@
 #include "parallel/ring_attention.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -128,6 +129,12 @@ size_t RingAttention::load_local_kv(Backend& be, const AttentionParams& shape,
   return kv_half;
 }
 
+void RingAttention::timed_shift_wait(Comm& c) {
+  const auto t0 = std::chrono::steady_clock::now();
+  c.shift_wait();
+  wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 // Starts sending the current K,V block to r+1 and receiving the next from r-1.
 void RingAttention::shift_kv(size_t kv_half) {
   const size_t bytes = 2 * kv_half * dtype_size(kv_cur_.t);
@@ -194,7 +201,7 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
       }
     }
     if (i < cp - 1) {
-      ring_.shift_wait();
+      timed_shift_wait(ring_);
       std::swap(kv_cur_, kv_next_);
     }
   }
@@ -243,19 +250,19 @@ void RingAttention::backward(Backend& be, const AttentionParams& shape, const Ro
     }
     if (cp > 1) {
       if (i > 0) {  // the block's accumulator from the ranks before this one
-        dkv_ring_->shift_wait();
+        timed_shift_wait(*dkv_ring_);
         be.add_inplace(acc, dkv_in_, 2 * kv_half);
       }
       // on to r+1; after the last step this hop brings this rank's own home
       shift_dkv(acc, kv_half);
     }
     if (i < cp - 1) {
-      ring_.shift_wait();
+      timed_shift_wait(ring_);
       std::swap(kv_cur_, kv_next_);
     }
   }
   if (cp > 1) {
-    dkv_ring_->shift_wait();
+    timed_shift_wait(*dkv_ring_);
     acc = dkv_in_;
   }
   be.add_inplace(dk, acc, kv_half);

@@ -48,6 +48,9 @@ class RingAttention final : public SequenceAttention {
   // The dtype of the K,V blocks that travel (the activation dtype; fp32 before
   // the first call).
   DType kv_dtype() const { return kv_cur_.t; }
+  // Seconds spent waiting for ring transfers (exposed, not hidden behind
+  // the block computations) since construction.
+  double wait_seconds() const { return wait_s_; }
 
  private:
   void ensure_buffers(Backend& be, DType kv_t, size_t kv_elems, size_t blk_floats,
@@ -69,6 +72,8 @@ class RingAttention final : public SequenceAttention {
   float *blk_out_ = nullptr, *blk_lse_ = nullptr, *chunk_lse_ = nullptr;
   size_t kv_cap_bytes_ = 0, dkv_cap_ = 0, blk_cap_ = 0, lse_cap_ = 0;
   int64_t bytes_sent_ = 0;
+  double wait_s_ = 0;
+  void timed_shift_wait(Comm& c);  // shift_wait, its time added to wait_s_
 };
 
 }  // namespace rt

@@ -61,6 +61,7 @@ const std::vector<std::string> kNoDecayGroups = {"norms", "embeddings"};
 const std::vector<std::string> kPrecisions = {"auto", "fp32", "bf16"};
 const std::vector<std::string> kRingLayouts = {"zigzag", "contiguous"};
 const std::vector<std::string> kDevices = {"auto", "cpu", "cuda"};
+const std::vector<std::string> kShardOptimizer = {"auto", "true", "false"};
 
 constexpr int64_t kIntMax = INT_MAX;
 constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
@@ -621,7 +622,8 @@ TrainConfig read_train(Origins& o, const YAML::Node& node) {
 
 ParallelConfig read_parallel(Origins& o, const YAML::Node& node) {
   const MapReader r(o, node, "parallel",
-                    {"context_parallel", "data_parallel", "ring_layout", "device"});
+                    {"context_parallel", "data_parallel", "ring_layout", "device",
+                     "shard_optimizer", "bucket_mb", "overlap_grad_reduce"});
   ParallelConfig c;
   c.context_parallel = r.get_int32("context_parallel", c.context_parallel, 1);
   const YAML::Node dp = r.at("data_parallel");
@@ -634,6 +636,9 @@ ParallelConfig read_parallel(Origins& o, const YAML::Node& node) {
   }
   c.ring_layout = r.get_enum("ring_layout", c.ring_layout, kRingLayouts);
   c.device = r.get_enum("device", c.device, kDevices);
+  c.shard_optimizer = r.get_enum("shard_optimizer", c.shard_optimizer, kShardOptimizer);
+  c.bucket_mb = r.get_double("bucket_mb", c.bucket_mb, above(0));
+  c.overlap_grad_reduce = r.get_bool("overlap_grad_reduce", c.overlap_grad_reduce);
   return c;
 }
 
@@ -989,6 +994,9 @@ std::string config_to_yaml(const Config& c) {
     w.put("data_parallel", "auto");
   w.put("ring_layout", c.parallel.ring_layout);
   w.put("device", c.parallel.device);
+  w.put("shard_optimizer", c.parallel.shard_optimizer);
+  w.put("bucket_mb", c.parallel.bucket_mb);
+  w.put("overlap_grad_reduce", c.parallel.overlap_grad_reduce);
   w.end_map();
 
   w.begin_map("checkpoint");

@@ -63,6 +63,16 @@ struct ParallelConfig {
   int data_parallel = 0;  // 0 = auto (world / context_parallel); resolved by validate_layout
   std::string ring_layout = "zigzag";  // zigzag | contiguous
   std::string device = "auto";         // auto | cpu | cuda
+  // Sharded optimizer (ZeRO-1): auto | true | false; auto = on when world > 1.
+  std::string shard_optimizer = "auto";
+  // Gradient-reduction bucket size in MiB (DDP's 25 MB default).
+  double bucket_mb = 25.0;
+  // Start each bucket's reduction during the backward (false: after it).
+  bool overlap_grad_reduce = true;
+  // shard_optimizer resolved for a world size.
+  bool shards_optimizer(int world_size) const {
+    return shard_optimizer == "true" || (shard_optimizer == "auto" && world_size > 1);
+  }
 };
 
 struct CheckpointConfig {

@@ -25,6 +25,7 @@
 #include "trainer/config.h"
 #include "trainer/eval_command.h"
 #include "trainer/generate.h"
+#include "trainer/memory_plan.h"
 #include "trainer/evaluate.h"
 #include "trainer/extend.h"
 #include "trainer/hf/hf_io.h"
@@ -82,6 +83,9 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
   Trainer trainer(cfg, {.write_outputs = false, .quiet = true});
   for (int i = 0; i < warmup; ++i) trainer.train_step();
   const int64_t ring_bytes0 = trainer.ring_bytes_sent();
+  const int64_t reduce_bytes0 = trainer.reduce_bytes_sent();
+  const double ring_wait0 = trainer.ring_wait_seconds();
+  const double reduce_wait0 = trainer.reduce_wait_seconds();
   double ms = 0;
   int64_t tokens = 0;
   double last_loss = 0;
@@ -94,14 +98,26 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
   const double tps = double(tokens) / (ms / 1000.0);
   // Per-rank figures, gathered so that rank 0 reports the largest.
   Comm& world = trainer.world();
-  const int64_t mine[2] = {peak_rss_bytes(), (trainer.ring_bytes_sent() - ring_bytes0) / steps};
-  std::vector<int64_t> all(size_t(2 * world.size()));
+  // exposed (waited-for) communication in microseconds per step
+  const RankMemory mem = trainer.rank_memory();
+  constexpr int kF = 10;
+  const int64_t mine[kF] = {
+      peak_rss_bytes(),
+      (trainer.ring_bytes_sent() - ring_bytes0) / steps,
+      (trainer.reduce_bytes_sent() - reduce_bytes0) / steps,
+      int64_t((trainer.ring_wait_seconds() - ring_wait0) * 1e6 / steps),
+      int64_t((trainer.reduce_wait_seconds() - reduce_wait0) * 1e6 / steps),
+      mem.params,
+      mem.master,
+      mem.grads,
+      mem.optimizer,
+      mem.activations};
+  std::vector<int64_t> all(size_t(kF * world.size()));
   world.allgather(mine, sizeof mine, all.data());
-  int64_t max_rss = 0, max_ring = 0;
-  for (int r = 0; r < world.size(); ++r) {
-    max_rss = std::max(max_rss, all[2 * r]);
-    max_ring = std::max(max_ring, all[2 * r + 1]);
-  }
+  int64_t most[kF] = {};
+  for (int r = 0; r < world.size(); ++r)
+    for (int k = 0; k < kF; ++k) most[k] = std::max(most[k], all[size_t(kF * r + k)]);
+  const int64_t max_rss = most[0], max_ring = most[1];
   // Theoretical ring volume per rank and step: K,V (activation dtype, kv heads
   // only) go cp-1 hops forward and cp-1 backward, dK,dV (fp32) make a full
   // turn of cp hops.
@@ -120,6 +136,16 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
                       {"peak_mem_bytes", max_rss},
                       {"ring_bytes_sent_per_step", max_ring},
                       {"ring_bytes_theoretical_per_step", ring_theory},
+                      {"reduce_bytes_sent_per_step", most[2]},
+                      {"ring_exposed_ms_per_step", double(most[3]) / 1e3},
+                      {"reduce_exposed_ms_per_step", double(most[4]) / 1e3},
+                      {"param_bytes_per_rank", most[5]},
+                      {"master_bytes_per_rank", most[6]},
+                      {"grad_bytes_per_rank", most[7]},
+                      {"optimizer_bytes_per_rank", most[8]},
+                      {"activation_bytes_per_rank", most[9]},
+                      {"shard_optimizer", cfg.parallel.shards_optimizer(world.size())},
+                      {"overlap_grad_reduce", cfg.parallel.overlap_grad_reduce},
                       {"seq_len", cfg.train.seq_len},
                       {"world_size", parallel_runtime().world->size()},
                       {"context_parallel", cfg.parallel.context_parallel},
@@ -134,6 +160,68 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
                       {"warmup", warmup},
                       {"final_loss", last_loss}};
   if (parallel_runtime().world->rank() == 0) std::cout << j.dump() << std::endl;
+  return kExitOk;
+}
+
+// Validates the config and layout for a world size and prints every rank's
+// memory without training: the figures come from the functions that size a
+// real run's arenas (trainer/memory_plan.h), so they equal its start-up log.
+int cmd_plan(const std::string& config, const std::vector<std::string>& overrides, int world,
+             const std::string& device_opt, const std::string& gpu_memory) {
+  if (world < 1) throw UsageError("--world must be >= 1, got " + std::to_string(world));
+  Config cfg = load_config(config, overrides);
+  validate_layout(cfg, world);
+  std::string device = device_opt;
+  if (device.empty()) device = cfg.parallel.device == "cuda" ? "cuda" : "cpu";
+  if (device != "cpu" && device != "cuda")
+    throw UsageError("--device must be cpu or cuda, got '" + device + "'");
+  const Device dev = device == "cuda" ? Device::kCuda : Device::kCpu;
+  if (!gpu_memory.empty() && dev != Device::kCuda)
+    throw UsageError("--gpu-memory applies to --device cuda only");
+  const int64_t gpu_bytes =
+      dev == Device::kCuda ? parse_bytes(gpu_memory.empty() ? "80GiB" : gpu_memory,
+                                         "--gpu-memory")
+                           : 0;
+  const MemoryPlan p = plan_memory(cfg, world, dev);
+  const bool ckpt = cfg.train.activation_checkpointing;
+  std::printf("config: %s (valid)\n", config.c_str());
+  std::printf("layout: %s, ring layout %s, %lld tokens per rank per sequence\n",
+              p.dims.describe().c_str(), cfg.parallel.ring_layout.c_str(),
+              (long long)(cfg.train.seq_len / p.dims.cp));
+  std::printf("device: %s, precision: %s\n", device.c_str(), p.prec.name().c_str());
+  std::printf("optimizer: %s, %s\n", cfg.train.optimizer.type.c_str(),
+              p.sharded ? ("sharded over " + std::to_string(world) + " ranks (ZeRO-1)").c_str()
+                        : "not sharded (every rank holds all of its state)");
+  std::printf("activations: micro-batch %d x %d rows, activation checkpointing %s\n",
+              cfg.train.micro_batch_size, activation_rows(cfg, p.dims), ckpt ? "on" : "off");
+  int64_t most = 0, sum = 0;
+  for (const RankMemory& m : p.ranks) {
+    std::printf("%s\n", memory_line(m).c_str());
+    most = std::max(most, m.total());
+    sum += m.total();
+  }
+  const RankMemory& r0 = p.ranks[0];
+  const int64_t other_total =
+      r0.total() - r0.activations - r0.workspace + p.activations_other + p.workspace_other;
+  std::printf("with activation checkpointing %s: activations %lld B, workspace %lld B, rank 0 "
+              "total %lld B (%s)\n",
+              ckpt ? "off" : "on", (long long)p.activations_other, (long long)p.workspace_other,
+              (long long)other_total, format_bytes(double(other_total)).c_str());
+  std::printf("not counted: ring attention's travelling K/V buffers (context_parallel > 1), "
+              "the checkpoint writer's temporary copy, allocator and library overheads\n");
+  if (dev == Device::kCuda) {
+    const bool fits = most <= gpu_bytes;
+    std::printf("fits: %s (largest rank %s of %s GPU memory)\n", fits ? "yes" : "no",
+                format_bytes(double(most)).c_str(), format_bytes(double(gpu_bytes)).c_str());
+  } else {
+    const int64_t avail = available_ram_bytes();
+    if (avail <= 0)
+      std::printf("fits: unknown (no MemAvailable in /proc/meminfo)\n");
+    else
+      std::printf("fits: %s (all %d ranks on this machine: %s of %s available RAM)\n",
+                  sum <= avail ? "yes" : "no", world, format_bytes(double(sum)).c_str(),
+                  format_bytes(double(avail)).c_str());
+  }
   return kExitOk;
 }
 
@@ -256,6 +344,22 @@ int run(int argc, char** argv) {
   bench->add_option("--warmup", warmup, "untimed warm-up steps (default 1)");
 
   std::string inspect_path;
+  int plan_world = 1;
+  std::string plan_device, plan_gpu_memory;
+  auto* plan = app.add_subcommand(
+      "plan",
+      "Validate a config and layout for --world ranks without training, and print each "
+      "rank's bytes for parameters, master weights, gradients, optimizer state, activations "
+      "(with and without activation checkpointing) and workspace, and whether they fit");
+  plan->add_option("config", config, "config YAML")->required();
+  plan->add_option("--set", overrides, "override a config key")->take_all();
+  plan->add_option("--world", plan_world, "number of ranks (default 1)");
+  plan->add_option("--device", plan_device,
+                   "cpu | cuda (default: parallel.device, cpu for auto); sets what "
+                   "train.precision auto means");
+  plan->add_option("--gpu-memory", plan_gpu_memory,
+                   "GPU memory per rank for the fit check with --device cuda (default 80GiB)");
+
   auto* inspect = app.add_subcommand(
       "inspect",
       "Print a checkpoint's step, tokens seen, parameter table, optimizer state, file size and "
@@ -343,6 +447,8 @@ int run(int argc, char** argv) {
   if (train->parsed()) return cmd_train(config, overrides);
   if (eval->parsed()) return run_eval_command(eo);
   if (bench->parsed()) return cmd_bench(config, overrides, steps, warmup);
+  if (plan->parsed())
+    return cmd_plan(config, overrides, plan_world, plan_device, plan_gpu_memory);
   if (inspect->parsed()) return cmd_inspect(inspect_path);
   if (generate->parsed()) return run_generate_command(go);
   if (extend->parsed()) return run_extend_command(xo);

@@ -165,12 +165,19 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
     model_->set_sequence_attention(ring_.get());
   }
   if (cfg_.model.memory) rmt_ = std::make_unique<RmtRunner>(*model_);
-  optimizer_ = std::make_unique<Optimizer>(cfg_.train.optimizer, *model_);
+  // Gradients are summed over the world in buckets; with a sharded
+  // optimizer (ZeRO-1) reduce-scattered onto near-equal contiguous shards of
+  // the flat arena, each rank updating its shard.
+  const bool sharded = cfg_.parallel.shards_optimizer(dims_.world);
+  reducer_ = std::make_unique<GradReducer>(
+      *world_, model_->grads(), size_t(cfg_.parallel.bucket_mb * 1024 * 1024), sharded);
+  if (sharded)
+    optimizer_ = std::make_unique<Optimizer>(
+        cfg_.train.optimizer, *model_, OptimizerShard{reducer_->shard_lo(), reducer_->shard_hi()});
+  else
+    optimizer_ = std::make_unique<Optimizer>(cfg_.train.optimizer, *model_);
   // activations for one micro-batch: one segment of rows with memory
-  const int rows = cfg_.model.memory ? cfg_.model.memory->segment_length +
-                                           2 * cfg_.model.memory->num_tokens
-                                     : int(cfg_.train.seq_len / dims_.cp);
-  model_->plan_activations(cfg_.train.micro_batch_size, rows,
+  model_->plan_activations(cfg_.train.micro_batch_size, activation_rows(cfg_, dims_),
                            cfg_.train.activation_checkpointing);
   if (!opt_.quiet) print_layout_table();
   log_info("precision: %s (train.precision %s on %s)", prec.name().c_str(),
@@ -181,9 +188,27 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
                ? ("master weights " + model_->master().describe() + ", ").c_str()
                : "",
            model_->grads().describe().c_str(),
-           format_bytes(double(optimizer_->exp_avg().bytes() + optimizer_->exp_avg_sq().bytes()))
-               .c_str(),
+           format_bytes(double(optimizer_->state_bytes())).c_str(),
            device_name(backend_->device()));
+  log_info("gradient reduction: %zu buckets of <= %g MiB over %d ranks, %s, %s%s",
+           reducer_->num_buckets(), cfg_.parallel.bucket_mb, dims_.world,
+           sharded ? "reduce-scatter (sharded optimizer, ZeRO-1)" : "all-reduce",
+           cfg_.parallel.overlap_grad_reduce && !rmt_ ? "overlapped with the backward"
+                                                      : "after the backward",
+           cfg_.parallel.overlap_grad_reduce && rmt_ ? " (memory models reduce after it)" : "");
+  {
+    // every rank's memory, printed by rank 0 (`ringtrain plan` prints the same lines)
+    const RankMemory mine = rank_memory();
+    const int64_t v[6] = {mine.params,      mine.master,      mine.grads,
+                          mine.optimizer,   mine.activations, mine.workspace};
+    std::vector<int64_t> all(size_t(6 * dims_.world));
+    world_->allgather(v, sizeof v, all.data());
+    for (int r = 0; r < dims_.world; ++r) {
+      const int64_t* a = all.data() + 6 * r;
+      log_info("%s", memory_line({r, a[0], a[1], a[2], a[3], a[4], a[5]}).c_str());
+    }
+  }
+  if (optimizer_->owns_master()) model_->release_master();  // the optimizer holds its shard
   log_info("data: train %s, %lld sequences of %lld tokens%s", train_data_->describe().c_str(),
            (long long)order_->num_sequences(), (long long)cfg_.train.seq_len,
            cfg_.data.shuffle ? ", shuffled" : "");
@@ -204,6 +229,24 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
 // ---- resume and init_from ----------------------------------------------------
 
 void Trainer::resume_or_init() {
+  // With the master weights sharded, loading fills a full master copy (the
+  // current weights, all-gathered from the shards, so that tensors a file
+  // may lack keep their values), and each rank then keeps its shard.
+  struct Reshard {
+    Trainer* t;
+    ~Reshard() {
+      if (!t->optimizer_->owns_master()) return;
+      t->optimizer_->take_master_shard();
+      t->model_->release_master();
+    }
+  } reshard{this};
+  if (optimizer_->owns_master()) {
+    model_->restore_master();
+    float* full = model_->master().f32_base();
+    backend_->copy(Buf(full + reducer_->shard_lo()), CBuf(optimizer_->master_shard()),
+                   reducer_->shard_hi() - reducer_->shard_lo());
+    reducer_->allgather_shards(full);
+  }
   const auto found = list_checkpoints(cfg_.run.dir);
   if (found.empty()) {
     if (!cfg_.checkpoint.init_from.empty()) init_from(cfg_.checkpoint.init_from);
@@ -292,7 +335,20 @@ void Trainer::restore_from(const std::string& path) {
 
   // Verifies every checksum while reading: corruption is an IoError here.
   load_model_weights(path, *model_);
-  load_optimizer_state(path, *model_, *optimizer_);
+  if (optimizer_->sharded()) {
+    // every rank reads the whole moments and keeps its shard
+    optimizer_->allocate_full_state();
+    try {
+      load_optimizer_state(path, *model_, *optimizer_);
+    } catch (...) {
+      optimizer_->release_full_state();
+      throw;
+    }
+    optimizer_->copy_full_state_to_shard();
+    optimizer_->release_full_state();
+  } else {
+    load_optimizer_state(path, *model_, *optimizer_);
+  }
 
   // The data order is stateless (a function of seed, step and the data's
   // sequence count): warn when what it depends on changed.
@@ -406,8 +462,15 @@ StepStats Trainer::train_step() {
   world_->allreduce_sum(&n_valid, 1);
   const float scale = n_valid ? 1.f / float(n_valid) : 0.f;
 
+  // Gradient buckets start their reduction during the last micro-batch's
+  // backward, as soon as the backward completes them (earlier micro-batches
+  // only accumulate).
+  const bool overlap = cfg_.parallel.overlap_grad_reduce && !rmt_ && dims_.world > 1;
+  reducer_->begin();
   double loss_sum = 0;
   for (int j = 0; j < per_dp; j += mb) {
+    if (overlap && j + mb >= per_dp)
+      model_->set_grad_ready_hook([this](size_t from) { reducer_->ready_from(from); });
     if (rmt_) {
       loss_sum += rmt_->forward_backward(inputs_.data() + size_t(j) * Tl,
                                          targets_.data() + size_t(j) * Tl, mb, Tl, scale,
@@ -421,12 +484,21 @@ StepStats Trainer::train_step() {
   // Global loss and gradients: each rank's gradient is already scaled by
   // 1/(global target count), so the sum over all ranks is the gradient of
   // the global mean loss.
+  model_->set_grad_ready_hook({});
   world_->allreduce_sum(&loss_sum, 1);
-  allreduce_in_buckets(*world_, model_->grads().f32_base(), model_->grads().f32_numel());
+  reducer_->finish();
+  const bool sharded = optimizer_->sharded();
+  const size_t lo = reducer_->shard_lo(), hi = reducer_->shard_hi();
 
   StepStats s;
   s.loss = n_valid ? loss_sum / double(n_valid) : 0.0;
-  s.grad_norm = grad_global_norm(*model_);
+  if (sharded) {  // the global norm: sums of squares over the shards
+    double ss = grad_sum_squares(*model_, lo, hi);
+    world_->allreduce_sum(&ss, 1);
+    s.grad_norm = std::sqrt(ss);
+  } else {
+    s.grad_norm = grad_global_norm(*model_);
+  }
   s.lr = learning_rate_at(tc, step_);
   s.tokens = int64_t(G) * T;
   if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
@@ -444,8 +516,20 @@ StepStats Trainer::train_step() {
           "); lower train.optimizer.lr, enable train.grad_clip, or raise the tolerance");
   } else {
     nonfinite_streak_ = 0;
-    clip_grad_norm(*model_, s.grad_norm, tc.grad_clip);
-    optimizer_->step(float(s.lr));
+    if (sharded) {
+      clip_grad_range(*model_, s.grad_norm, tc.grad_clip, lo, hi);
+      optimizer_->step(float(s.lr));
+      // every rank's updated shard into every rank's weights: the compute
+      // copy (written, rounded, by the update) when the optimizer holds the
+      // master shard, else the fp32 weights themselves
+      if (optimizer_->owns_master())
+        reducer_->allgather_shards(model_->params());
+      else
+        reducer_->allgather_shards(model_->master().f32_base());
+    } else {
+      clip_grad_norm(*model_, s.grad_norm, tc.grad_clip);
+      optimizer_->step(float(s.lr));
+    }
   }
   model_->grads().zero();
   ++step_;
@@ -470,7 +554,45 @@ PasskeyResult Trainer::evaluate_passkey(const PasskeyEvalConfig& pk) {
                               tokenizer_.get());
 }
 
+RankMemory Trainer::rank_memory() const {
+  RankMemory m;
+  m.rank = rank_;
+  m.params = int64_t(model_->params().bytes());
+  m.master = optimizer_->owns_master()            ? int64_t(optimizer_->master_bytes())
+             : model_->precision().master_weights ? int64_t(model_->master().bytes())
+                                                  : 0;
+  m.grads = int64_t(model_->grads().bytes());
+  m.optimizer = int64_t(optimizer_->state_bytes());
+  m.activations = int64_t(model_->activations().bytes());
+  m.workspace = int64_t(model_->backward_scratch().bytes());
+  return m;
+}
+
 void Trainer::save_checkpoint_now() {
+  // Sharded moments reach the file through rank 0: each is gathered whole
+  // (MPI_Gatherv of the shards) into a temporary arena there, written by
+  // the one checkpoint writer, and freed.
+  const bool gather = opt_.write_outputs && optimizer_->sharded() &&
+                      cfg_.train.optimizer.type == "adamw";
+  struct Release {
+    Trainer* t;
+    ~Release() {
+      t->optimizer_->release_full_state();
+      if (t->optimizer_->owns_master()) t->model_->release_master();
+    }
+  } release{this};
+  if (opt_.write_outputs && optimizer_->owns_master()) {  // master weights the same way
+    if (writer_) model_->restore_master();
+    reducer_->gather_to_root(optimizer_->master_shard(),
+                             writer_ ? model_->master().f32_base() : nullptr, 0);
+  }
+  if (gather) {
+    if (writer_) optimizer_->allocate_full_state();
+    reducer_->gather_to_root(optimizer_->shard_state(0),
+                             writer_ ? optimizer_->exp_avg().f32_base() : nullptr, 0);
+    reducer_->gather_to_root(optimizer_->shard_state(1),
+                             writer_ ? optimizer_->exp_avg_sq().f32_base() : nullptr, 0);
+  }
   if (!writer_) return;  // rank 0 writes; checkpoints hold the full, unsharded state
   make_dirs(cfg_.run.dir + "/checkpoints");
   CheckpointMeta meta;

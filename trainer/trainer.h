@@ -20,11 +20,13 @@
 #include "model/llama.h"
 #include "model/rmt.h"
 #include "parallel/comm.h"
+#include "parallel/grad_reducer.h"
 #include "parallel/parallel_dims.h"
 #include "parallel/process_groups.h"
 #include "parallel/ring_attention.h"
 #include "trainer/config.h"
 #include "trainer/evaluate.h"
+#include "trainer/memory_plan.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
 
@@ -79,6 +81,14 @@ class Trainer {
   // Bytes this rank sent around its ring so far (0 when cp = 1).
   int64_t ring_bytes_sent() const { return ring_ ? ring_->bytes_sent() : 0; }
   DType ring_kv_dtype() const { return ring_ ? ring_->kv_dtype() : DType::kF32; }
+  // Seconds this rank waited on ring transfers so far (exposed ring time).
+  double ring_wait_seconds() const { return ring_ ? ring_->wait_seconds() : 0; }
+  // Gradient reduction (and, when sharded, the weight all-gather): bytes
+  // this rank sent and seconds it waited for them, so far.
+  int64_t reduce_bytes_sent() const { return reducer_->bytes_sent(); }
+  double reduce_wait_seconds() const { return reducer_->exposed_seconds(); }
+  // This rank's memory as allocated (the start-up log's figures).
+  RankMemory rank_memory() const;
   Comm& world() { return *world_; }
   RmtRunner* rmt() { return rmt_.get(); }
   // The model's tokenizer (config_tokenizer): data, synthetic tasks, checkpoints.
@@ -112,6 +122,7 @@ class Trainer {
   // model kept its tokenizer (all of them, e.g. an imported model's
   // tokenizer_config.json too), else the tokenizer's own.
   std::vector<std::pair<std::string, std::string>> tokenizer_files_;
+  std::unique_ptr<GradReducer> reducer_;  // over the world; shards when sharded
   std::unique_ptr<SequenceSource> train_data_;
   std::unique_ptr<SequenceSource> val_data_;
   std::unique_ptr<SequenceOrder> order_;

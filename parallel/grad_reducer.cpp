@@ -1,0 +1,196 @@
+#include "parallel/grad_reducer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cstring>
+#include <tuple>
+
+#include "common/errors.h"
+#include "parallel/mpi_handle.h"
+
+namespace rt {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void check_mpi(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  RT_CHECK(false, std::string("MPI error in ") + what + ": " + msg);
+}
+
+int as_count(size_t n) {
+  RT_CHECK(n <= size_t(INT_MAX), "gradient bucket of more than 2^31 elements: lower parallel.bucket_mb");
+  return int(n);
+}
+
+}  // namespace
+
+std::pair<size_t, size_t> shard_range(size_t n, int world, int r) {
+  const size_t w = size_t(world), base = n / w, extra = n % w, i = size_t(r);
+  const size_t lo = i * base + std::min(i, extra);
+  return {lo, lo + base + (i < extra ? 1 : 0)};
+}
+
+std::vector<std::pair<size_t, size_t>> gradient_buckets(const std::vector<TensorSpec>& specs,
+                                                        size_t numel, size_t bucket_bytes) {
+  std::vector<std::pair<size_t, size_t>> out;
+  const size_t cap = std::max<size_t>(1, bucket_bytes / sizeof(float));
+  size_t hi = numel;
+  for (size_t i = specs.size(); i-- > 0;) {
+    const size_t lo = specs[i].offset_bytes / sizeof(float);
+    // cut at this tensor's start once the bucket is full (the first tensor
+    // always closes the last bucket)
+    if (hi - lo >= cap || i == 0) {
+      out.push_back({i == 0 ? 0 : lo, hi});
+      hi = i == 0 ? 0 : lo;
+    }
+  }
+  if (hi > 0) out.push_back({0, hi});
+  return out;
+}
+
+struct GradReducer::Impl {
+  MPI_Comm comm = MPI_COMM_NULL;
+  std::vector<MPI_Request> reqs;
+  std::vector<std::vector<int>> recvcounts;  // per bucket (sharded)
+};
+
+GradReducer::GradReducer(Comm& comm, const Arena& grads, size_t bucket_bytes, bool sharded)
+    : comm_(comm),
+      data_(grads.f32_base()),
+      n_(grads.f32_numel()),
+      world_(comm.size()),
+      rank_(comm.rank()),
+      sharded_(sharded),
+      impl_(new Impl) {
+  impl_->comm = mpi_handle(comm);
+  if (sharded_)
+    std::tie(lo_, hi_) = shard_range(n_, world_, rank_);
+  else
+    hi_ = n_;
+  buckets_ = gradient_buckets(grads.specs(), n_, bucket_bytes);
+  specs_ = grads.specs();
+  if (sharded_) {
+    for (int r = 0; r < world_; ++r) {
+      auto [a, b] = shard_range(n_, world_, r);
+      counts_.push_back(as_count(b - a));
+      displs_.push_back(as_count(a));
+    }
+    for (auto [blo, bhi] : buckets_) {
+      std::vector<int> c(static_cast<size_t>(world_), 0);
+      for (int r = 0; r < world_; ++r) {
+        auto [a, b] = shard_range(n_, world_, r);
+        const size_t x = std::max(a, blo), y = std::min(b, bhi);
+        c[size_t(r)] = y > x ? as_count(y - x) : 0;
+      }
+      impl_->recvcounts.push_back(std::move(c));
+    }
+  }
+  impl_->reqs.assign(buckets_.size(), MPI_REQUEST_NULL);
+  next_ = buckets_.size();  // nothing to wait for before the first begin()
+}
+
+GradReducer::~GradReducer() { delete impl_; }
+
+void GradReducer::begin() { next_ = 0; }
+
+void GradReducer::start(size_t b) {
+  auto [blo, bhi] = buckets_[b];
+  const size_t n = bhi - blo;
+  const double frac = double(world_ - 1) / double(world_);
+  if (world_ == 1 || impl_->comm == MPI_COMM_NULL) return;
+  if (!sharded_) {
+    check_mpi(MPI_Iallreduce(MPI_IN_PLACE, data_ + blo, as_count(n), MPI_FLOAT, MPI_SUM,
+                             impl_->comm, &impl_->reqs[b]),
+              "MPI_Iallreduce");
+    bytes_sent_ += int64_t(2.0 * frac * double(n * sizeof(float)));
+    return;
+  }
+  // in place: this rank's part of the bucket arrives at the bucket's start;
+  // finish() moves it to its place in the shard
+  check_mpi(MPI_Ireduce_scatter(MPI_IN_PLACE, data_ + blo, impl_->recvcounts[b].data(),
+                                MPI_FLOAT, MPI_SUM, impl_->comm, &impl_->reqs[b]),
+            "MPI_Ireduce_scatter");
+  bytes_sent_ += int64_t(frac * double(n * sizeof(float)));
+}
+
+void GradReducer::progress() {
+  if (impl_->comm == MPI_COMM_NULL || next_ == 0) return;
+  int flag = 0;
+  check_mpi(MPI_Testall(int(next_), impl_->reqs.data(), &flag, MPI_STATUSES_IGNORE),
+            "MPI_Testall");
+}
+
+void GradReducer::ready_from(size_t from_byte) {
+  const size_t from = from_byte / sizeof(float);
+  while (next_ < buckets_.size() && buckets_[next_].first >= from) start(next_++);
+  progress();
+}
+
+void GradReducer::finish() {
+  const auto t0 = Clock::now();
+  while (next_ < buckets_.size()) start(next_++);
+  if (impl_->comm != MPI_COMM_NULL && world_ > 1) {
+    check_mpi(MPI_Waitall(int(impl_->reqs.size()), impl_->reqs.data(), MPI_STATUSES_IGNORE),
+              "MPI_Waitall");
+    if (sharded_)  // each bucket's part of the shard, from the bucket's start to its place
+      for (size_t b = 0; b < buckets_.size(); ++b) {
+        const size_t c = size_t(impl_->recvcounts[b][size_t(rank_)]);
+        const size_t blo = buckets_[b].first, mine = std::max(blo, lo_);
+        if (c > 0 && mine != blo) std::memmove(data_ + mine, data_ + blo, c * sizeof(float));
+      }
+  }
+  exposed_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+void GradReducer::allgather_shards(float* data) {
+  if (impl_->comm == MPI_COMM_NULL || world_ == 1) return;
+  const auto t0 = Clock::now();
+  check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, counts_.data(),
+                           displs_.data(), MPI_FLOAT, impl_->comm),
+            "MPI_Allgatherv");
+  bytes_sent_ += int64_t(double(world_ - 1) / double(world_) * double(n_ * sizeof(float)));
+  exposed_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+void GradReducer::allgather_shards(const Arena& a) {
+  if (impl_->comm == MPI_COMM_NULL || world_ == 1) return;
+  const auto t0 = Clock::now();
+  std::vector<int> counts(static_cast<size_t>(world_)), displs(static_cast<size_t>(world_));
+  size_t bytes = 0;
+  for (const TensorSpec& g : specs_) {
+    const TensorSpec& s = a.spec(g.name);
+    const size_t base = g.offset_bytes / sizeof(float);
+    for (int r = 0; r < world_; ++r) {
+      auto [lo, hi] = shard_range(n_, world_, r);
+      const size_t x = std::max(lo, base), y = std::min(hi, base + g.numel);
+      counts[size_t(r)] = y > x ? as_count(y - x) : 0;
+      displs[size_t(r)] = y > x ? as_count(x - base) : 0;
+    }
+    const size_t es = dtype_size(s.dtype);
+    RT_CHECK(es == 2 || es == 4, "all-gather of a tensor of element size " + std::to_string(es));
+    check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, a.buf(s).p, counts.data(),
+                             displs.data(), es == 2 ? MPI_UINT16_T : MPI_FLOAT, impl_->comm),
+              "MPI_Allgatherv");
+    bytes += s.numel * es;
+  }
+  bytes_sent_ += int64_t(double(world_ - 1) / double(world_) * double(bytes));
+  exposed_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+void GradReducer::gather_to_root(const float* shard, float* full, int root) {
+  if (impl_->comm == MPI_COMM_NULL || world_ == 1) {
+    if (full && full != shard) std::memcpy(full, shard, (hi_ - lo_) * sizeof(float));
+    return;
+  }
+  check_mpi(MPI_Gatherv(shard, as_count(hi_ - lo_), MPI_FLOAT, full, counts_.data(),
+                        displs_.data(), MPI_FLOAT, root, impl_->comm),
+            "MPI_Gatherv");
+}
+
+}  // namespace rt
