@@ -555,9 +555,14 @@ DataSourceConfig read_data_source(const MapReader& parent, const std::string& ke
   return c;
 }
 
-DataConfig read_data(Origins& o, const YAML::Node& node) {
+DataConfig read_data(Origins& o, const YAML::Node& node, ConfigUse use) {
   const MapReader r(o, node, "data", {"train", "val", "shuffle"});
   DataConfig c;
+  if (!r.has("train") && use == ConfigUse::kNoTraining) {
+    if (r.has("val")) c.val = read_data_source(r, "val", 1);
+    c.shuffle = r.get_bool("shuffle", c.shuffle);
+    return c;
+  }
   if (!r.has("train"))
     r.fail("train", "data.train is required: write `data: {train: path/to/tokens.h5}` (" +
                         join(kTokenFileExtensions, " | ") +
@@ -673,7 +678,7 @@ LogConfig read_log(Origins& o, const YAML::Node& node) {
 }
 
 // Checks across sections (single process); the model's own are in read_model.
-void check_cross_sections(const Config& c, const Origins& o) {
+void check_cross_sections(const Config& c, const Origins& o, ConfigUse use) {
   const TrainConfig& t = c.train;
   if (t.global_batch_size % t.micro_batch_size != 0)
     o.fail("train.global_batch_size",
@@ -684,7 +689,7 @@ void check_cross_sections(const Config& c, const Origins& o) {
     o.fail("train.schedule.min_lr", "train.schedule.min_lr(" + shortest_double(t.schedule.min_lr) +
                                         ") must be <= train.optimizer.lr(" +
                                         shortest_double(t.optimizer.lr) + ")");
-  if (t.max_steps > 0 && t.schedule.warmup_steps > t.max_steps)
+  if (use == ConfigUse::kTrain && t.max_steps > 0 && t.schedule.warmup_steps > t.max_steps)
     log_warn("%s: train.schedule.warmup_steps(%lld) > train.max_steps(%lld): the learning rate "
              "never reaches train.optimizer.lr",
              o.where("train.schedule.warmup_steps").c_str(),
@@ -697,19 +702,19 @@ void check_cross_sections(const Config& c, const Origins& o) {
                std::to_string(c.model.memory->segment_length) + ")");
 }
 
-Config read_config(Origins& o, const YAML::Node& root) {
+Config read_config(Origins& o, const YAML::Node& root, ConfigUse use) {
   const MapReader r(o, root, "",
                     {"run", "model", "data", "train", "parallel", "checkpoint", "eval", "log"});
   Config c;
   c.run = read_run(o, r.at("run"));
   c.model = read_model(o, r.at("model"));
-  c.data = read_data(o, r.at("data"));
+  c.data = read_data(o, r.at("data"), use);
   c.train = read_train(o, r.at("train"));
   c.parallel = read_parallel(o, r.at("parallel"));
   c.checkpoint = read_checkpoint(o, r.at("checkpoint"));
   c.eval = read_eval(o, r.at("eval"));
   c.log = read_log(o, r.at("log"));
-  check_cross_sections(c, o);
+  check_cross_sections(c, o, use);
   return c;
 }
 
@@ -852,6 +857,10 @@ void write_model(YamlWriter& w, const ModelConfig& m) {
 }
 
 void write_data_source(YamlWriter& w, const char* key, const DataSourceConfig& s) {
+  if (!has_data(s)) {
+    w.put_null(key);  // a kNoTraining config without data
+    return;
+  }
   if (!s.is_synthetic()) {
     w.put(key, s.path);
     return;
@@ -871,7 +880,7 @@ void write_data_source(YamlWriter& w, const char* key, const DataSourceConfig& s
 // ---- public API ------------------------------------------------------------------
 
 Config parse_config(const std::string& yaml_text, const std::string& path,
-                    const std::vector<std::string>& overrides) {
+                    const std::vector<std::string>& overrides, ConfigUse use) {
   YAML::Node root;
   try {
     root = YAML::Load(yaml_text);
@@ -885,18 +894,19 @@ Config parse_config(const std::string& yaml_text, const std::string& path,
     origins.fail("", "the config must be a mapping of sections (run, model, data, ...), got " +
                          describe(root));
   for (const auto& spec : overrides) apply_override(root, spec, origins);
-  Config c = read_config(origins, root);
+  Config c = read_config(origins, root, use);
   c.source_path = path;
   return c;
 }
 
-Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+Config load_config(const std::string& path, const std::vector<std::string>& overrides,
+                   ConfigUse use) {
   std::ifstream in(path);
   if (!in)
     throw UsageError("cannot read config file '" + path + "': " + std::strerror(errno));
   std::stringstream text;
   text << in.rdbuf();
-  return parse_config(text.str(), path, overrides);
+  return parse_config(text.str(), path, overrides, use);
 }
 
 void validate_layout(Config& cfg, int world_size) {

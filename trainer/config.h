@@ -98,14 +98,24 @@ struct Config {
   std::string source_path;  // the YAML file this came from (for messages)
 };
 
+// What a config is read for. kTrain requires data.train; kNoTraining (eval,
+// generate, extend: commands that only run a model) accepts a config without
+// training data, such as a weights-only checkpoint's `model:`-only config.
+enum class ConfigUse { kTrain, kNoTraining };
+
 // Parse a YAML file strictly, apply `--set a.b=c` overrides (each validated as
 // if it were in the file), fill defaults, run the single-process cross-field
 // checks. Throws UsageError (exit 2) with file:line, the key and what is valid.
-Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {},
+                   ConfigUse use = ConfigUse::kTrain);
 
 // Same, from YAML text (path used only in messages). For tests.
 Config parse_config(const std::string& yaml_text, const std::string& path,
-                    const std::vector<std::string>& overrides = {});
+                    const std::vector<std::string>& overrides = {},
+                    ConfigUse use = ConfigUse::kTrain);
+
+// Whether a data source is set (a kNoTraining config may have no data.train).
+inline bool has_data(const DataSourceConfig& s) { return s.is_synthetic() || !s.path.empty(); }
 
 // Checks that need the world size: data_parallel * context_parallel == world,
 // global batch divisible by dp * micro batch, seq_len divisible for the ring

@@ -134,6 +134,33 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
   return kExitOk;
 }
 
+// Levenshtein distance, for "did you mean".
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string closest_word(const std::string& word, const std::vector<std::string>& names) {
+  std::string best;
+  size_t best_d = SIZE_MAX;
+  for (const std::string& n : names)
+    if (size_t d = edit_distance(word, n); d < best_d) best_d = d, best = n;
+  return best;
+}
+
+std::string join_words(const std::vector<std::string>& names) {
+  std::string s;
+  for (const std::string& n : names) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -198,9 +225,11 @@ int run(int argc, char** argv) {
   auto* eval = app.add_subcommand(
       "eval",
       "Perplexity by length, loss by position, the passkey grid and associative recall of a "
-      "checkpoint; writes "
-      "JSON and PNG plots beside it. Shard long sequences over a ring with mpirun -np N "
-      "... --context-parallel N");
+      "checkpoint; prints the tables (stdout) and writes JSON and PNG plots into the "
+      "checkpoint's run dir (RUN_DIR/eval/step_N.json, RUN_DIR = the folder holding its "
+      "checkpoints/ folder; with --data, --set or --memory-reset the name gets a hash of them: "
+      "step_N_HASH.json). Shard long sequences over a ring with mpirun -np N ... "
+      "--context-parallel N");
   eval->add_option("target", eo.target,
                    "CKPT.h5, or CONFIG.yaml (uses the newest checkpoint in its run dir)")
       ->required();
@@ -209,7 +238,8 @@ int run(int argc, char** argv) {
   eval->add_option("--seq-len", eo.seq_len, "one evaluation length");
   eval->add_option("--seq-lens", eo.seq_lens, "several lengths, e.g. 256,512,1024");
   eval->add_option("--max-sequences", eo.max_sequences,
-                   "sequences per length, from the start of the data (default 64)");
+                   "sequences per length, from the start of the data (default: the config's "
+                   "eval.max_sequences, 16 unless set)");
   eval->add_option("--bucket", eo.bucket,
                    "loss-by-position bucket in tokens, at the longest length (default "
                    "seq_len/16, at most 512)");
@@ -227,7 +257,12 @@ int run(int argc, char** argv) {
   eval->add_option("--recall-trials", eo.recall_trials, "recall samples per length (default 20)");
   eval->add_option("--context-parallel", eo.context_parallel,
                    "ring size: ranks sharing one sequence (world / it = data parallel)");
-  eval->add_option("--json", eo.json, "output JSON (default RUN_DIR/eval/step_N.json)");
+  eval->add_option("--json", eo.json,
+                   "output JSON (default RUN_DIR/eval/step_N.json, or step_N_HASH.json with "
+                   "--data/--set/--memory-reset); the plots go beside it");
+  eval->add_flag("--allow-random-init", eo.allow_random_init,
+                 "CONFIG.yaml whose run has no checkpoint yet: evaluate the randomly initialised "
+                 "model (without this flag that is exit 3)");
   eval->add_flag("!--no-plots", eo.plots, "skip the PNG plots (launch/plot_eval.py)");
   eval->add_flag("--memory-reset", eo.memory_reset,
                  "memory models: start every segment from the learned initial memory, so "
@@ -279,6 +314,14 @@ int run(int argc, char** argv) {
   prepare->add_option("--out", out, "output token file (.h5 or .bin)")->required();
   prepare->add_option("--tokenizer", tokenizer, "tokenizer (bytes)");
 
+  if (argc > 1 && argv[1][0] != '-') {
+    const std::string word = argv[1];
+    std::vector<std::string> names;
+    for (const CLI::App* sub : app.get_subcommands({})) names.push_back(sub->get_name());
+    if (std::find(names.begin(), names.end(), word) == names.end())
+      throw UsageError("unknown command '" + word + "'; did you mean '" + closest_word(word, names) +
+                       "'? (commands: " + join_words(names) + "; see ringtrain --help)");
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -289,9 +332,13 @@ int run(int argc, char** argv) {
   if (train->parsed()) return cmd_train(config, overrides);
   if (eval->parsed()) return run_eval_command(eo);
   if (bench->parsed()) return cmd_bench(config, overrides, steps, warmup);
-  if (inspect->parsed()) return cmd_inspect(inspect_path);
-  if (generate->parsed()) return run_generate_command(go);
-  if (extend->parsed()) return run_extend_command(xo);
+  // Commands without collectives run on rank 0 only under mpirun (one
+  // printout, one writer of each file); the other ranks wait for it.
+  const bool rank0 = parallel_runtime().world->rank() == 0;
+  if (inspect->parsed()) return rank0 ? cmd_inspect(inspect_path) : kExitOk;
+  if (generate->parsed()) return rank0 ? run_generate_command(go) : kExitOk;
+  if (extend->parsed()) return rank0 ? run_extend_command(xo) : kExitOk;
+  if (prepare->parsed() && !rank0) return kExitOk;
   if (prepare->parsed()) {
     prepare_token_file(inputs, out, tokenizer);
     TokenData d = read_token_file(out);

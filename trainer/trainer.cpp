@@ -472,7 +472,9 @@ void Trainer::fit() {
     }
   }
 
-  auto run_eval = [&]() {
+  // Periodic evaluations are progress (stderr); the final one is the run's
+  // result (stdout).
+  auto run_eval = [&](bool final_eval) {
     const auto& pk = cfg_.eval.passkey;
     if (cfg_.eval.seq_lens.empty() && !pk) return;
     std::vector<PerplexityResult> r = evaluate(cfg_.eval.seq_lens, eval_lens_max);
@@ -482,13 +484,16 @@ void Trainer::fit() {
       p = evaluate_passkey(*pk);
       rec["passkey"] = passkey_to_json(p);
     }
-    if (!opt_.quiet) {
-      log_info("eval at step %lld (%s):", (long long)step_,
-               val_data_ ? "validation data" : "training data");
-      if (!r.empty()) std::fprintf(stderr, "%s", perplexity_table(r).c_str());
+    if (!opt_.quiet && rank_ == 0) {
+      std::FILE* out = final_eval ? stdout : stderr;
+      std::fflush(stderr);
+      std::fprintf(out, "%s at step %lld (%s):\n", final_eval ? "final evaluation" : "eval",
+                   (long long)step_, val_data_ ? "validation data" : "training data");
+      if (!r.empty()) std::fprintf(out, "%s", perplexity_table(r).c_str());
       if (pk)
-        std::fprintf(stderr, "passkey accuracy (%d trials per cell):\n%s", pk->trials,
+        std::fprintf(out, "passkey accuracy (%d trials per cell):\n%s", pk->trials,
                      passkey_table(p).c_str());
+      std::fflush(out);
     }
     if (metrics_) metrics_->write(rec);
   };
@@ -522,7 +527,7 @@ void Trainer::fit() {
       window_ms = window_loss = 0;
       window_steps = window_tokens = 0;
     }
-    if (cfg_.eval.every_steps > 0 && step_ % cfg_.eval.every_steps == 0 && !last) run_eval();
+    if (cfg_.eval.every_steps > 0 && step_ % cfg_.eval.every_steps == 0 && !last) run_eval(false);
     if ((cfg_.checkpoint.every_steps > 0 && step_ % cfg_.checkpoint.every_steps == 0) || last)
       save_checkpoint_now();
     // every rank stops at the same step when any one of them got the signal
@@ -540,7 +545,7 @@ void Trainer::fit() {
       return;
     }
   }
-  run_eval();
+  run_eval(true);
 }
 
 }  // namespace rt
