@@ -124,6 +124,10 @@ class Backend {
                             int64_t step) = 0;
   virtual void sgd_update(float* param, const float* grad, size_t n, float lr,
                           float weight_decay) = 0;
+  // torch.optim.SGD with momentum (dampening 0, not Nesterov): d = g + wd * p;
+  // buf = momentum * buf + d; p -= lr * buf.
+  virtual void sgd_momentum_update(float* param, const float* grad, float* buf, size_t n,
+                                   float lr, float weight_decay, float momentum) = 0;
 };
 
 // The CPU backend (fp32, BLAS, OpenMP). Always available.

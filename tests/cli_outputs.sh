@@ -135,6 +135,25 @@ grep -q "set data.train" ext.yaml || fail "extend output does not say to set dat
 expect 0 "step 1/1" -- $bin train ext.yaml --set data.train=$work/text.txt \
   --set train.max_steps=1 --set run.dir=$work/ext --set eval.seq_lens=[]
 
+# ---- 12: metrics.jsonl after a resume holds each step once --------------------------
+$bin train tiny.yaml --set run.dir=$work/res --set train.max_steps=4 \
+  --set checkpoint.every_steps=2 > /dev/null 2>&1 || fail "train for the resume test"
+rm $work/res/checkpoints/step_00000004.h5      # as if killed after step 4's metrics
+printf '{"step": 5, "loss": 1.0' >> $work/res/metrics.jsonl   # and a torn last line
+$bin train tiny.yaml --set run.dir=$work/res --set train.max_steps=4 \
+  --set checkpoint.every_steps=2 > /dev/null 2> res.err || { cat res.err; fail "resume"; }
+grep -q "dropped 4 records after step 2" res.err || { cat res.err; fail "no note of dropped rows"; }
+/usr/bin/python3 - $work/res/metrics.jsonl <<'PY' || fail "metrics.jsonl after resume"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]   # every line whole
+steps = [r["step"] for r in rows if "type" not in r]
+assert steps == [1, 2, 3, 4], steps
+evals = [r["step"] for r in rows if r.get("type") == "eval"]
+assert evals == [4], evals
+resume = [r for r in rows if r.get("type") == "resume"]
+assert len(resume) == 1 and resume[0]["step"] == 2 and resume[0]["dropped_records"] == 4, resume
+PY
+
 # ---- 10: under mpirun, rank 0 speaks --------------------------------------------
 if command -v mpirun > /dev/null; then
   $launch -np 2 $bin generate $ckpt --prompt "Hello" --max-new 4 > mpi_gen.out 2>/dev/null \

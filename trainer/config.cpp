@@ -575,10 +575,19 @@ DataConfig read_data(Origins& o, const YAML::Node& node, ConfigUse use) {
 
 OptimizerConfig read_optimizer(const MapReader& parent) {
   const MapReader r(parent.origins(), parent.at("optimizer"), parent.path_of("optimizer"),
-                    {"type", "lr", "betas", "eps", "weight_decay", "no_decay"});
+                    {"type", "lr", "betas", "eps", "momentum", "weight_decay", "no_decay"});
   OptimizerConfig c;
   c.type = r.get_enum("type", c.type, kOptimizers);
+  // Keys of one optimizer only: naming them for the other is an error.
+  const std::pair<const char*, const char*> own_keys[] = {
+      {"betas", "adamw"}, {"eps", "adamw"}, {"momentum", "sgd"}};
+  for (const auto& [key, type] : own_keys)
+    if (r.present(key) && c.type != type)
+      r.fail(key, r.path_of(key) + " applies to type: " + type + " only (this optimizer is " +
+                      c.type + ")");
   c.lr = r.get_double("lr", c.lr, above(0));
+  c.momentum = r.get_double("momentum", c.momentum, half_open(0, 1));
+  if (c.type == "sgd") c.weight_decay = 0.0;  // torch.optim.SGD's default
   const std::vector<double> betas = r.get_double_list("betas", {c.beta1, c.beta2}, half_open(0, 1));
   if (betas.size() != 2)
     r.fail("betas", r.path_of("betas") + ": expected a list of 2 numbers [beta1, beta2], got " +
@@ -969,8 +978,12 @@ std::string config_to_yaml(const Config& c) {
   w.begin_map("optimizer");
   w.put("type", t.optimizer.type);
   w.put("lr", t.optimizer.lr);
-  w.put("betas", std::vector<double>{t.optimizer.beta1, t.optimizer.beta2});
-  w.put("eps", t.optimizer.eps);
+  if (t.optimizer.type == "sgd") {  // each optimizer shows its own keys only
+    w.put("momentum", t.optimizer.momentum);
+  } else {
+    w.put("betas", std::vector<double>{t.optimizer.beta1, t.optimizer.beta2});
+    w.put("eps", t.optimizer.eps);
+  }
   w.put("weight_decay", t.optimizer.weight_decay);
   w.put("no_decay", t.optimizer.no_decay);
   w.end_map();

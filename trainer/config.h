@@ -23,9 +23,12 @@ struct DataConfig {
 struct OptimizerConfig {
   std::string type = "adamw";  // adamw | sgd
   double lr = 3e-4;
-  double beta1 = 0.9;   // YAML: betas: [beta1, beta2]
-  double beta2 = 0.95;
-  double eps = 1e-8;
+  double beta1 = 0.9;   // adamw; YAML: betas: [beta1, beta2]
+  double beta2 = 0.95;  // adamw
+  double eps = 1e-8;    // adamw
+  double momentum = 0;  // sgd (torch semantics: buf = momentum * buf + g; p -= lr * buf)
+  // adamw: decoupled, default 0.1; sgd: added to the gradient (torch's L2),
+  // default 0 (torch's). The reader resolves the default by type.
   double weight_decay = 0.1;
   // Parameter groups excluded from weight decay: subset of {norms, embeddings}.
   std::vector<std::string> no_decay = {"norms"};

@@ -167,10 +167,6 @@ int run_eval_command(const EvalOptions& o) {
     auto found = list_checkpoints(cfg.run.dir);
     if (!found.empty()) ckpt = found.back().second;
     run_dir = cfg.run.dir;
-    if (ckpt.empty() && !o.allow_random_init)
-      throw IoError("no checkpoint in " + cfg.run.dir + "/checkpoints to evaluate: train first "
-                    "(ringtrain train " + o.target + "), pass a checkpoint .h5, or add "
-                    "--allow-random-init to score the randomly initialised model");
   }
   if (!o.data.empty() || !has_data(cfg.data.val ? *cfg.data.val : cfg.data.train)) {
     if (o.data.empty())
@@ -295,6 +291,11 @@ int run_eval_command(const EvalOptions& o) {
                        "): choose lengths made of whole segments");
   }
 
+  // (after every usage check: a bad option is reported first)
+  if (ckpt.empty() && !o.allow_random_init)
+    throw IoError("no checkpoint in " + cfg.run.dir + "/checkpoints to evaluate: train first "
+                  "(ringtrain train " + o.target + "), pass a checkpoint .h5, or add "
+                  "--allow-random-init to score the randomly initialised model");
   int64_t step = 0;
   if (!ckpt.empty()) {
     load_model_weights(ckpt, model);

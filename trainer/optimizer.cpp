@@ -23,6 +23,9 @@ Optimizer::Optimizer(const OptimizerConfig& cfg, LlamaModel& model) : cfg_(cfg),
     v_ = Arena(model.backend(), "optimizer exp_avg_sq", model.params().specs());
     m_.zero();
     v_.zero();
+  } else if (cfg_.momentum > 0) {
+    buf_ = Arena(model.backend(), "optimizer momentum_buffer", model.params().specs());
+    buf_.zero();
   }
 }
 
@@ -47,6 +50,8 @@ void Optimizer::step(float lr) {
     if (cfg_.type == "adamw") {
       be.adamw_update(p, g, m_.base() + s.offset, v_.base() + s.offset, s.numel, lr,
                       float(cfg_.beta1), float(cfg_.beta2), float(cfg_.eps), wd, t_);
+    } else if (cfg_.momentum > 0) {
+      be.sgd_momentum_update(p, g, buf_.base() + s.offset, s.numel, lr, wd, float(cfg_.momentum));
     } else {
       be.sgd_update(p, g, s.numel, lr, wd);
     }

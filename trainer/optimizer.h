@@ -26,13 +26,17 @@ class Optimizer {
   // AdamW moments (same layout as the parameters); empty arenas for SGD.
   Arena& exp_avg() { return m_; }
   Arena& exp_avg_sq() { return v_; }
+  // SGD with momentum > 0: torch's momentum_buffer (zero before the first
+  // step, which makes torch's "buf = g on the first step" the same update);
+  // an empty arena otherwise.
+  Arena& momentum_buffer() { return buf_; }
   const OptimizerConfig& config() const { return cfg_; }
   bool decays(const std::string& param_name) const;
 
  private:
   OptimizerConfig cfg_;
   LlamaModel& model_;
-  Arena m_, v_;
+  Arena m_, v_, buf_;
   int64_t t_ = 0;
 };
 

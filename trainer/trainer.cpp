@@ -145,10 +145,18 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
     std::ofstream f(cfg_.run.dir + "/config.yaml");
     f << config_to_yaml(cfg_);
     if (!f) throw IoError("cannot write " + cfg_.run.dir + "/config.yaml");
+    // The steps after the one (re)started from are about to be written again.
+    const int64_t dropped = drop_metrics_after(cfg_.run.dir + "/metrics.jsonl", step_);
+    if (dropped > 0)
+      log_info("metrics.jsonl: dropped %lld records after step %lld (this run writes them again)",
+               (long long)dropped, (long long)step_);
     metrics_ = std::make_unique<MetricsWriter>(cfg_.run.dir + "/metrics.jsonl");
     log_info("run dir: %s", cfg_.run.dir.c_str());
     if (!resumed_from_.empty())
-      metrics_->write({{"type", "resume"}, {"step", step_}, {"checkpoint", resumed_from_}});
+      metrics_->write({{"type", "resume"},
+                       {"step", step_},
+                       {"checkpoint", resumed_from_},
+                       {"dropped_records", dropped}});
   }
 }
 

@@ -254,6 +254,16 @@ class CpuBackend final : public Backend {
     for (size_t i = 0; i < n; ++i) param[i] = param[i] * decay - lr * grad[i];
   }
 
+  void sgd_momentum_update(float* param, const float* grad, float* buf, size_t n, float lr,
+                           float weight_decay, float momentum) override {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) {
+      const float d = grad[i] + weight_decay * param[i];
+      buf[i] = momentum * buf[i] + d;
+      param[i] -= lr * buf[i];
+    }
+  }
+
  private:
   // sign = +1: y = rotate(x, +angle); sign = -1: rotate by -angle.
   static void rope_apply(float* x, const float* cos, const float* sin, int B, int T, int nh,
