@@ -16,6 +16,7 @@ RingLayout parse_ring_layout(const std::string& s) {
 
 RowPositions ring_local_rows(RingLayout layout, int cp, int r, int64_t T) {
   RT_CHECK(r >= 0 && r < cp, "cp rank out of range");
+  if (cp == 1) return {T, {{0, T}}};  // no ring: the whole sequence, any length
   if (layout == RingLayout::kContiguous) {
     RT_CHECK(T % cp == 0, "seq_len must be a multiple of context_parallel");
     const int64_t c = T / cp;
@@ -23,7 +24,6 @@ RowPositions ring_local_rows(RingLayout layout, int cp, int r, int64_t T) {
   }
   RT_CHECK(T % (2 * cp) == 0, "seq_len must be a multiple of 2*context_parallel");
   const int64_t c = T / (2 * cp);
-  if (cp == 1) return {T, {{0, T}}};  // the two chunks touch: one run of rows
   return {T, {{int64_t(r) * c, c}, {int64_t(2 * cp - 1 - r) * c, c}}};
 }
 

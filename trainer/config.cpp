@@ -33,6 +33,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -221,13 +222,20 @@ Bounds closed(double lo, double hi) { return {lo, hi, false, false}; }
 Bounds half_open(double lo, double hi) { return {lo, hi, false, true}; }
 
 std::string int_range_text(int64_t lo, int64_t hi) {
-  if (hi == kInt64Max || hi == kIntMax) return ">= " + std::to_string(lo);
   return "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+}
+
+// An integer too large for int64 ("99999999999999999999"): all digits.
+bool is_integer_text(std::string s) {
+  if (!s.empty() && (s[0] == '+' || s[0] == '-')) s.erase(0, 1);
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
 }
 
 int64_t to_int(const Origins& o, const YAML::Node& n, const std::string& path, int64_t lo,
                int64_t hi) {
   int64_t v = 0;
+  if (n.IsScalar() && !parse_number(n.Scalar(), v) && is_integer_text(n.Scalar()))
+    o.fail(path, path + ": must be " + int_range_text(lo, hi) + ", got " + n.Scalar());
   if (!n.IsScalar() || !parse_number(n.Scalar(), v))
     o.fail(path, path + ": expected an integer, got " + describe(n));
   if (v < lo || v > hi)
@@ -238,7 +246,9 @@ int64_t to_int(const Origins& o, const YAML::Node& n, const std::string& path, i
 uint64_t to_uint64(const Origins& o, const YAML::Node& n, const std::string& path) {
   uint64_t v = 0;
   if (!n.IsScalar() || !parse_number(n.Scalar(), v))
-    o.fail(path, path + ": expected an integer >= 0, got " + describe(n));
+    o.fail(path, path + ": expected an integer in [0, " +
+                     std::to_string(std::numeric_limits<uint64_t>::max()) + "], got " +
+                     describe(n));
   return v;
 }
 
@@ -462,7 +472,13 @@ ModelConfig read_model(Origins& o, const YAML::Node& node) {
   m.max_position_embeddings = r.get_int32("max_position_embeddings", m.max_position_embeddings, 1);
   m.position = r.get_enum("position", m.position, kPositions);
   m.rope_theta = r.get_double("rope_theta", m.rope_theta, above(0));
-  if (r.has("rope_scaling")) m.rope_scaling = read_rope_scaling(r, m.max_position_embeddings);
+  // HF configs write {rope_type: default} (or type: default) for "no scaling".
+  const YAML::Node rs_node = r.at("rope_scaling");
+  const bool rs_default =
+      rs_node.IsMap() && ((rs_node["rope_type"].IsScalar() && rs_node["rope_type"].Scalar() == "default") ||
+                          (rs_node["type"].IsScalar() && rs_node["type"].Scalar() == "default"));
+  if (r.has("rope_scaling") && !rs_default)
+    m.rope_scaling = read_rope_scaling(r, m.max_position_embeddings);
   if (r.has("memory")) m.memory = read_memory(r);
   m.init_std = r.get_double("init_std", m.init_std, above(0));
 
@@ -704,6 +720,13 @@ void check_cross_sections(const Config& c, const Origins& o, ConfigUse use) {
              o.where("train.schedule.warmup_steps").c_str(),
              static_cast<long long>(t.schedule.warmup_steps),
              static_cast<long long>(t.max_steps));
+  if (use == ConfigUse::kTrain && !c.model.memory &&
+      t.seq_len > c.model.max_position_embeddings)
+    log_warn("%s: train.seq_len(%lld) > model.max_position_embeddings(%d): the model is trained "
+             "at positions beyond its declared maximum (raise max_position_embeddings, or lower "
+             "seq_len)",
+             o.where("train.seq_len").c_str(), static_cast<long long>(t.seq_len),
+             c.model.max_position_embeddings);
   if (c.model.memory && t.seq_len % c.model.memory->segment_length != 0)
     o.fail("model.memory.segment_length",
            "train.seq_len(" + std::to_string(t.seq_len) +
@@ -892,6 +915,14 @@ Config parse_config(const std::string& yaml_text, const std::string& path,
                     const std::vector<std::string>& overrides, ConfigUse use) {
   YAML::Node root;
   try {
+    // A config is one YAML document; a second one (after `---`) would be
+    // ignored silently by a plain load, so it is an error.
+    std::vector<YAML::Node> docs = YAML::LoadAll(yaml_text);
+    std::erase_if(docs, [](const YAML::Node& d) { return !d.IsDefined() || d.IsNull(); });
+    if (docs.size() > 1)
+      throw UsageError(path + ": holds " + std::to_string(docs.size()) +
+                       " YAML documents (separated by ---); a config is one document: keep one "
+                       "(for several runs, write one file each or use --set)");
     root = YAML::Load(yaml_text);
   } catch (const YAML::ParserException& e) {
     throw UsageError(path + ":" + std::to_string(e.mark.line + 1) + ":" +
@@ -910,12 +941,27 @@ Config parse_config(const std::string& yaml_text, const std::string& path,
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides,
                    ConfigUse use) {
+  const std::string expected =
+      "; expected a YAML config file (sections run, model, data, train, ...), e.g. "
+      "configs/quickstart.yaml";
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw UsageError(path + " is a directory" + expected);
   std::ifstream in(path);
   if (!in)
     throw UsageError("cannot read config file '" + path + "': " + std::strerror(errno));
   std::stringstream text;
   text << in.rdbuf();
-  return parse_config(text.str(), path, overrides, use);
+  const std::string s = text.str();
+  if (s.find_first_not_of(" \t\r\n") == std::string::npos)
+    throw UsageError(path + " is empty" + expected);
+  if (s.rfind("\x89HDF\r\n\x1a\n", 0) == 0)
+    throw UsageError(path + " is an HDF5 file (a checkpoint or token file), not a config" +
+                     expected + ". A checkpoint goes to `ringtrain eval CKPT.h5`, `generate`, "
+                     "`inspect` or `extend`, or into a config as checkpoint.init_from");
+  if (s.find('\0') != std::string::npos)
+    throw UsageError(path + " is a binary file, not a config" + expected);
+  return parse_config(s, path, overrides, use);
 }
 
 void validate_layout(Config& cfg, int world_size) {
@@ -937,7 +983,9 @@ void validate_layout(Config& cfg, int world_size) {
                      ") is not a multiple of data_parallel(" + std::to_string(dims.dp) +
                      ") * train.micro_batch_size(" + std::to_string(t.micro_batch_size) +
                      ") = " + std::to_string(per_step));
-  const bool zigzag = p.ring_layout == "zigzag";
+  // Without a ring (context_parallel 1) any length works; a ring cuts the
+  // sequence into cp (contiguous) or 2*cp (zigzag) equal chunks.
+  const bool zigzag = p.ring_layout == "zigzag" && dims.cp > 1;
   const int64_t chunks = zigzag ? 2 * static_cast<int64_t>(dims.cp) : dims.cp;
   if (t.seq_len % chunks != 0)
     throw UsageError(where + ": train.seq_len(" + std::to_string(t.seq_len) +

@@ -17,6 +17,7 @@
 #include "parallel/parallel_dims.h"
 #include "parallel/ring_attention.h"
 #include "trainer/checkpoint.h"
+#include "trainer/command_name.h"
 #include "trainer/config.h"
 #include "trainer/evaluate.h"
 #include "trainer/trainer.h"
@@ -201,7 +202,7 @@ int run_eval_command(const EvalOptions& o) {
                      " does not divide the world size " + std::to_string(world.size()) +
                      ": launch a multiple of " + std::to_string(o.context_parallel) +
                      " ranks, e.g. launch/local.sh -np " + std::to_string(o.context_parallel) +
-                     " ringtrain eval ... --context-parallel " +
+                     " " + ringtrain_command() + " eval ... --context-parallel " +
                      std::to_string(o.context_parallel));
   const ParallelDims dims = ParallelDims::build(world.size(), 0, o.context_parallel);
   const RingLayout layout = parse_ring_layout(cfg.parallel.ring_layout);
@@ -253,10 +254,17 @@ int run_eval_command(const EvalOptions& o) {
                      "to test recall at), e.g. --recall-seq-lens 256,512");
   if (!rc_lens.empty())
     check_recall_grid(rc_lens, rc_pairs, rc_trials, cfg.model.vocab_size, &sharding);
+  const int64_t ring_multiple =
+      layout == RingLayout::kZigzag && dims.cp > 1 ? 2 * dims.cp : dims.cp;
+  // Name the option the user gave (the lengths may also come from the config).
+  const std::string lens_from = !o.seq_lens.empty() ? "--seq-lens"
+                                : o.seq_len > 0      ? "--seq-len"
+                                : cfg.eval.seq_lens.empty() ? "train.seq_len"
+                                                            : "eval.seq_lens";
   for (int64_t T : lens)
-    if (T % (layout == RingLayout::kZigzag ? 2 * dims.cp : dims.cp) != 0)
-      throw UsageError("--seq-lens: length " + std::to_string(T) + " is not a multiple of " +
-                       std::to_string(layout == RingLayout::kZigzag ? 2 * dims.cp : dims.cp) +
+    if (T % ring_multiple != 0)
+      throw UsageError(lens_from + ": length " + std::to_string(T) + " is not a multiple of " +
+                       std::to_string(ring_multiple) +
                        " (--context-parallel " + std::to_string(dims.cp) + ", ring layout " +
                        cfg.parallel.ring_layout + "): choose lengths divisible by it");
 
@@ -294,7 +302,7 @@ int run_eval_command(const EvalOptions& o) {
   // (after every usage check: a bad option is reported first)
   if (ckpt.empty() && !o.allow_random_init)
     throw IoError("no checkpoint in " + cfg.run.dir + "/checkpoints to evaluate: train first "
-                  "(ringtrain train " + o.target + "), pass a checkpoint .h5, or add "
+                  "(" + ringtrain_command() + " train " + o.target + "), pass a checkpoint .h5, or add "
                   "--allow-random-init to score the randomly initialised model");
   int64_t step = 0;
   if (!ckpt.empty()) {

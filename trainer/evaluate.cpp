@@ -15,7 +15,7 @@ namespace {
 // Lengths a ring can hold: zigzag cuts the sequence into 2*cp chunks.
 int64_t ring_multiple(const EvalSharding* sh) {
   const int cp = sh ? sh->dims.cp : 1;
-  return sh && sh->layout == RingLayout::kZigzag ? 2 * cp : cp;
+  return sh && sh->layout == RingLayout::kZigzag && cp > 1 ? 2 * cp : cp;
 }
 
 void check_ring_length(int64_t T, const EvalSharding* sh, const std::string& what) {

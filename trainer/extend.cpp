@@ -10,6 +10,7 @@
 
 #include "common/errors.h"
 #include "trainer/checkpoint.h"
+#include "trainer/command_name.h"
 #include "trainer/config.h"
 
 namespace rt {
@@ -146,10 +147,11 @@ std::string extend_config_yaml(const ExtendOptions& o) {
           ": shrunk with the length, so activations fit as before\n";
   head += "#  run.name, run.dir         a new run: the original run dir is left untouched\n";
   head += "#  eval.seq_lens             the original and the new length\n";
-  head += "# Run:  ringtrain train THIS_FILE\n";
+  const std::string self = ringtrain_command();
+  head += "# Run:  " + self + " train THIS_FILE\n";
   head += "# Long lengths: shard each sequence over a ring of N ranks (N divides the length/2):\n";
-  head += "#       launch/local.sh -np N ringtrain train THIS_FILE --set parallel.context_parallel=N\n";
-  head += "#       mpirun -np N ringtrain train THIS_FILE --set parallel.context_parallel=N\n";
+  head += "#       launch/local.sh -np N " + self + " train THIS_FILE --set parallel.context_parallel=N\n";
+  head += "#       mpirun -np N " + self + " train THIS_FILE --set parallel.context_parallel=N\n";
   const std::string body = config_to_yaml(out);
   std::string data_note;
   if (!has_data(out.data.train))
@@ -170,13 +172,14 @@ int run_extend_command(const ExtendOptions& o) {
   f << yaml;
   f.close();
   if (!f) throw IoError("extend: cannot write " + path + " (check the directory exists and is writable)");
+  const std::string self = ringtrain_command();
   std::cout << "wrote " << path << "\n"
-            << "run it:\n  ringtrain train " << path << "\n"
+            << "run it:\n  " << self << " train " << path << "\n"
             << "or shard each sequence over a ring of N ranks (long lengths; N divides " << o.to / 2
             << "):\n"
-            << "  launch/local.sh -np N ringtrain train " << path
+            << "  launch/local.sh -np N " << self << " train " << path
             << " --set parallel.context_parallel=N\n"
-            << "  mpirun -np N ringtrain train " << path << " --set parallel.context_parallel=N\n";
+            << "  mpirun -np N " << self << " train " << path << " --set parallel.context_parallel=N\n";
   return kExitOk;
 }
 

@@ -21,11 +21,13 @@
 #include "data/dataset.h"
 #include "data/token_file.h"
 #include "trainer/checkpoint.h"
+#include "trainer/command_name.h"
 #include "trainer/config.h"
 #include "trainer/eval_command.h"
 #include "trainer/generate.h"
 #include "trainer/evaluate.h"
 #include "trainer/extend.h"
+#include "trainer/memory_check.h"
 #include "parallel/comm.h"
 #include "trainer/trainer.h"
 
@@ -37,6 +39,7 @@ using Clock = std::chrono::steady_clock;
 Config load_validated(const std::string& path, const std::vector<std::string>& overrides) {
   Config cfg = load_config(path, overrides);
   validate_layout(cfg, parallel_runtime().world->size());
+  check_model_state_fits(cfg, parallel_runtime().local_size);
   return cfg;
 }
 
@@ -320,7 +323,8 @@ int run(int argc, char** argv) {
     for (const CLI::App* sub : app.get_subcommands({})) names.push_back(sub->get_name());
     if (std::find(names.begin(), names.end(), word) == names.end())
       throw UsageError("unknown command '" + word + "'; did you mean '" + closest_word(word, names) +
-                       "'? (commands: " + join_words(names) + "; see ringtrain --help)");
+                       "'? (commands: " + join_words(names) + "; see " + ringtrain_command() +
+                       " --help)");
   }
   try {
     app.parse(argc, argv);
@@ -374,8 +378,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%serror: %s\n", who.c_str(), e.what());
     code = e.code();
   } catch (const std::bad_alloc&) {
+    // Parameters and optimizer state were checked to fit before allocating
+    // (memory_check.h), so what did not fit is the activations.
     std::fprintf(stderr,
-                 "%serror: out of memory: lower train.seq_len or train.micro_batch_size, raise "
+                 "%serror: out of memory (the parameters and optimizer state fit; the "
+                 "activations did not): lower train.seq_len or train.micro_batch_size, raise "
                  "parallel.context_parallel, or enable train.activation_checkpointing\n",
                  who.c_str());
     code = rt::kExitOther;
