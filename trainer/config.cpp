@@ -221,7 +221,10 @@ Bounds above(double lo) { return {lo, std::numeric_limits<double>::infinity(), t
 Bounds closed(double lo, double hi) { return {lo, hi, false, false}; }
 Bounds half_open(double lo, double hi) { return {lo, hi, false, true}; }
 
-std::string int_range_text(int64_t lo, int64_t hi) {
+// Below the minimum: ">= lo" (the type's own maximum is no news); above the
+// maximum: the whole range, so that the upper bound is named.
+std::string int_range_text(int64_t lo, int64_t hi, bool above_max = false) {
+  if (!above_max && (hi == kInt64Max || hi == kIntMax)) return ">= " + std::to_string(lo);
   return "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
 }
 
@@ -235,11 +238,12 @@ int64_t to_int(const Origins& o, const YAML::Node& n, const std::string& path, i
                int64_t hi) {
   int64_t v = 0;
   if (n.IsScalar() && !parse_number(n.Scalar(), v) && is_integer_text(n.Scalar()))
-    o.fail(path, path + ": must be " + int_range_text(lo, hi) + ", got " + n.Scalar());
+    o.fail(path, path + ": must be " + int_range_text(lo, hi, n.Scalar()[0] != '-') + ", got " +
+                     n.Scalar());
   if (!n.IsScalar() || !parse_number(n.Scalar(), v))
     o.fail(path, path + ": expected an integer, got " + describe(n));
   if (v < lo || v > hi)
-    o.fail(path, path + ": must be " + int_range_text(lo, hi) + ", got " + n.Scalar());
+    o.fail(path, path + ": must be " + int_range_text(lo, hi, v > hi) + ", got " + n.Scalar());
   return v;
 }
 
@@ -474,9 +478,11 @@ ModelConfig read_model(Origins& o, const YAML::Node& node) {
   m.rope_theta = r.get_double("rope_theta", m.rope_theta, above(0));
   // HF configs write {rope_type: default} (or type: default) for "no scaling".
   const YAML::Node rs_node = r.at("rope_scaling");
-  const bool rs_default =
-      rs_node.IsMap() && ((rs_node["rope_type"].IsScalar() && rs_node["rope_type"].Scalar() == "default") ||
-                          (rs_node["type"].IsScalar() && rs_node["type"].Scalar() == "default"));
+  auto is_default = [&](const char* key) {
+    const YAML::Node v = rs_node[key];
+    return v.IsDefined() && v.IsScalar() && v.Scalar() == "default";
+  };
+  const bool rs_default = rs_node.IsMap() && (is_default("rope_type") || is_default("type"));
   if (r.has("rope_scaling") && !rs_default)
     m.rope_scaling = read_rope_scaling(r, m.max_position_embeddings);
   if (r.has("memory")) m.memory = read_memory(r);

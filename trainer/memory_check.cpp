@@ -33,7 +33,11 @@ std::string gib(int64_t bytes) {
 
 int64_t model_state_bytes(const Config& cfg) {
   int64_t params = 0;
-  for (const TensorSpec& s : llama_param_specs(cfg.model)) params += int64_t(s.numel);
+  for (const TensorSpec& s : llama_param_specs(cfg.model)) {
+    int64_t numel = 1;  // (the arena fills TensorSpec::numel; the shape is what the specs hold)
+    for (int64_t d : s.shape) numel *= d;
+    params += numel;
+  }
   const OptimizerConfig& o = cfg.train.optimizer;
   const int64_t copies = 2 + (o.type == "adamw" ? 2 : o.momentum > 0 ? 1 : 0);
   return params * copies * int64_t(sizeof(float));
