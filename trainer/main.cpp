@@ -312,10 +312,15 @@ int run(int argc, char** argv) {
   data->require_subcommand(1);
   std::vector<std::string> inputs;
   std::string out, tokenizer = "bytes";
+  double val_fraction = 0.0;
   auto* prepare = data->add_subcommand("prepare", "Tokenize text files into a .h5 or .bin file");
   prepare->add_option("inputs", inputs, "input text files")->required();
   prepare->add_option("--out", out, "output token file (.h5 or .bin)")->required();
   prepare->add_option("--tokenizer", tokenizer, "tokenizer (bytes)");
+  prepare->add_option("--val-fraction", val_fraction,
+                      "hold out the last fraction of the tokens, e.g. 0.1: writes OUT (the "
+                      "first 90%) and OUT with .val before its extension (the last 10%, for "
+                      "data.val)");
 
   if (argc > 1 && argv[1][0] != '-') {
     const std::string word = argv[1];
@@ -344,10 +349,11 @@ int run(int argc, char** argv) {
   if (extend->parsed()) return rank0 ? run_extend_command(xo) : kExitOk;
   if (prepare->parsed() && !rank0) return kExitOk;
   if (prepare->parsed()) {
-    prepare_token_file(inputs, out, tokenizer);
-    TokenData d = read_token_file(out);
-    std::cout << "wrote " << out << ": " << d.tokens.size() << " tokens, vocab " << d.vocab_size
-              << ", tokenizer " << d.tokenizer << "\n";
+    for (const std::string& path : prepare_token_file(inputs, out, tokenizer, val_fraction)) {
+      TokenData d = read_token_file(path);
+      std::cout << "wrote " << path << ": " << d.tokens.size() << " tokens, vocab "
+                << d.vocab_size << ", tokenizer " << d.tokenizer << "\n";
+    }
     return kExitOk;
   }
   return kExitUsage;
