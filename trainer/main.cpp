@@ -180,8 +180,8 @@ int cmd_inspect(const std::string& path) {
   std::printf("step: %lld\n", (long long)c.meta.step);
   std::printf("tokens seen: %lld\n", (long long)c.meta.tokens_seen);
   if (c.optimizer_type.empty())
-    std::printf("optimizer state: none (weights only: usable for eval and init_from, not for "
-                "resuming)\n");
+    std::printf("optimizer state: none (weights only: usable for eval, generate, extend and "
+                "init_from, not for resuming)\n");
   else
     std::printf("optimizer state: %s, step %lld, %lld moment tensors\n",
                 c.optimizer_type.c_str(), (long long)c.optimizer_step,
