@@ -20,6 +20,8 @@ void log_info(const char* fmt, ...) {
 }
 
 void log_warn(const char* fmt, ...) {
+  // Every rank runs the same code and meets the same conditions: rank 0 speaks.
+  if (g_rank != 0) return;
   std::fprintf(stderr, "warning: ");
   va_list ap;
   va_start(ap, fmt);

@@ -1,5 +1,6 @@
-// Minimal logging: rank-0-only info lines and always-on warnings, to stderr
-// (stdout stays clean for JSON from `bench`).
+// Minimal logging: rank-0-only info lines and warnings, to stderr (stdout is
+// for results: tables, JSON, generated text). Errors are printed by main() on
+// the rank that raised them.
 #pragma once
 
 #include <cstdarg>
@@ -8,7 +9,8 @@
 
 namespace rt {
 
-// The process's rank; set once by the parallel layer. Only rank 0 prints info.
+// The process's rank; set once by the parallel layer. Only rank 0 prints info
+// and warnings (under mpirun every rank meets the same conditions).
 void set_log_rank(int rank);
 int log_rank();
 

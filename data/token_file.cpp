@@ -433,8 +433,19 @@ std::string detokenize_bytes(const uint32_t* tokens, size_t n) {
   return out;
 }
 
-void prepare_token_file(const std::vector<std::string>& inputs, const std::string& out,
-                        const std::string& tokenizer) {
+std::string val_output_path(const std::string& out) {
+  const size_t dot = out.find_last_of('.');
+  const size_t slash = out.find_last_of('/');
+  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return out + ".val";
+  return out.substr(0, dot) + ".val" + out.substr(dot);
+}
+
+std::vector<std::string> prepare_token_file(const std::vector<std::string>& inputs,
+                                            const std::string& out, const std::string& tokenizer,
+                                            double val_fraction) {
+  if (!(val_fraction >= 0.0 && val_fraction < 1.0))
+    throw UsageError("--val-fraction must be in [0, 1) (e.g. 0.1: the last tenth of the text "
+                     "for validation), got " + std::to_string(val_fraction));
   const std::string ext = lower_extension(out);
   if (ext != ".h5" && ext != ".bin")
     throw UsageError(out + ": output must end in .h5 or .bin (got '" + ext + "')");
@@ -448,10 +459,39 @@ void prepare_token_file(const std::vector<std::string>& inputs, const std::strin
     const std::vector<uint32_t> ids = tok->encode(read_file_bytes(in));
     d.tokens.insert(d.tokens.end(), ids.begin(), ids.end());
   }
-  if (ext == ".h5")
-    write_token_file_h5(out, d);
-  else
-    write_token_file_bin(out, d);
+  auto write = [&](const std::string& path, const TokenData& t) {
+    if (ext == ".h5")
+      write_token_file_h5(path, t);
+    else
+      write_token_file_bin(path, t);
+  };
+  if (val_fraction == 0.0) {
+    write(out, d);
+    return {out};
+  }
+  const size_t n = d.tokens.size();
+  const size_t n_val = size_t(double(n) * val_fraction + 0.5);
+  if (n_val == 0 || n_val >= n)
+    throw UsageError("--val-fraction " + std::to_string(val_fraction) + " of " +
+                     std::to_string(n) + " tokens leaves an empty " +
+                     (n_val == 0 ? "validation" : "training") + " part");
+  const size_t n_train = n - n_val;
+  TokenData train, val;
+  train.vocab_size = val.vocab_size = d.vocab_size;
+  train.tokenizer = val.tokenizer = d.tokenizer;
+  train.tokens.assign(d.tokens.begin(), d.tokens.begin() + std::ptrdiff_t(n_train));
+  val.tokens.assign(d.tokens.begin() + std::ptrdiff_t(n_train), d.tokens.end());
+  val.doc_offsets.push_back(0);  // the validation part starts inside (or at) a document
+  for (uint64_t off : d.doc_offsets) {
+    if (off < n_train)
+      train.doc_offsets.push_back(off);
+    else if (off > n_train)
+      val.doc_offsets.push_back(off - n_train);
+  }
+  const std::string val_path = val_output_path(out);
+  write(out, train);
+  write(val_path, val);
+  return {out, val_path};
 }
 
 }  // namespace rt

@@ -63,7 +63,14 @@ std::string detokenize_bytes(const uint32_t* tokens, size_t n);
 // each input with the tokenizer (load_tokenizer: "bytes" or a SentencePiece
 // tokenizer.model) and concatenate (doc_offsets = start of each input); write
 // .h5 or .bin by OUT's extension, vocab_size and tokenizer from the tokenizer.
-void prepare_token_file(const std::vector<std::string>& inputs, const std::string& out,
-                        const std::string& tokenizer);
+// val_fraction in (0, 1): the last val_fraction of the tokens go to a
+// validation file, val_output_path(out), and the rest to out (a held-out
+// split for data.val). Returns the files written.
+std::vector<std::string> prepare_token_file(const std::vector<std::string>& inputs,
+                                            const std::string& out, const std::string& tokenizer,
+                                            double val_fraction = 0.0);
+
+// "train.h5" -> "train.val.h5" (the validation half of a --val-fraction split).
+std::string val_output_path(const std::string& out);
 
 }  // namespace rt

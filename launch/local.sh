@@ -13,6 +13,10 @@ if [ "${1:-}" != "-np" ] || [ -z "${2:-}" ] || [ -z "${3:-}" ]; then
 fi
 np=$2
 shift 2
+if ! [[ "$np" =~ ^[0-9]+$ ]] || [ "$np" -lt 1 ]; then
+  echo "$0: -np needs a number of processes >= 1, got '$np' (e.g. $0 -np 2 ./build/ringtrain train CONFIG.yaml)" >&2
+  exit 2
+fi
 if ! command -v mpirun >/dev/null; then
   echo "mpirun not found: run ./setup.sh (installs openmpi-bin) or apt-get install openmpi-bin" >&2
   exit 2

@@ -49,7 +49,7 @@ enum class Op : uint8_t {
   kAttentionForward, kAttentionBackward, kAttentionMerge,
   kSwigluForward, kSwigluBackward,
   kAddInplace, kCrossEntropy,
-  kSumSquares, kScale, kAdamwUpdate, kSgdUpdate,
+  kSumSquares, kScale, kAdamwUpdate, kSgdUpdate, kSgdMomentumUpdate,
   kCount
 };
 const char* op_name(Op op);
@@ -167,6 +167,11 @@ class Backend {
                             size_t n, const AdamWStep& h) = 0;
   virtual void sgd_update(float* master, Buf param, const float* grad, size_t n, float lr,
                           float weight_decay) = 0;
+  // torch.optim.SGD with momentum (dampening 0, not Nesterov) on the fp32
+  // master: d = g + wd * p; buf = momentum * buf + d; p -= lr * buf; then the
+  // compute copy param = round(master) as for sgd_update.
+  virtual void sgd_momentum_update(float* master, Buf param, const float* grad, float* buf,
+                                   size_t n, float lr, float weight_decay, float momentum) = 0;
 };
 
 // One allocation on a backend, freed through it (RAII; movable).

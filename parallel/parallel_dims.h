@@ -32,6 +32,7 @@ struct ParallelDims {
   // the cp ranks must have a length that is a multiple of this (zigzag 2*cp,
   // contiguous cp; 1 without context parallelism).
   int64_t seq_len_divisor(RingLayout layout) const {
+    if (cp == 1) return 1;  // no ring: the whole sequence, any length
     return layout == RingLayout::kZigzag ? 2 * int64_t(cp) : int64_t(cp);
   }
   std::string describe() const;

@@ -13,6 +13,7 @@ namespace rt {
 
 RowPositions ring_local_rows(RingLayout layout, int cp, int r, int64_t T) {
   RT_CHECK(r >= 0 && r < cp, "cp rank out of range");
+  if (cp == 1) return {T, {{0, T}}};  // no ring: the whole sequence, any length
   const ParallelDims ring{cp, 1, cp};
   RT_CHECK(T % ring.seq_len_divisor(layout) == 0,
            "seq_len must be a multiple of the ring's seq_len_divisor");
@@ -21,7 +22,6 @@ RowPositions ring_local_rows(RingLayout layout, int cp, int r, int64_t T) {
     return {T, {{int64_t(r) * c, c}}};
   }
   const int64_t c = T / (2 * cp);
-  if (cp == 1) return {T, {{0, T}}};  // the two chunks touch: one run of rows
   return {T, {{int64_t(r) * c, c}, {int64_t(2 * cp - 1 - r) * c, c}}};
 }
 

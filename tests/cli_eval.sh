@@ -164,7 +164,7 @@ expect_usage "memory-reset applies to memory models" $bin eval $ckpt --memory-re
 
 # ---- no matplotlib: JSON written, instructions printed ---------------------------------
 RINGTRAIN_PLOT_SCRIPT=$work/nonexistent.py $bin eval $ckpt --seq-lens 256 --max-sequences 1 \
-  --json noplot/ev.json > noplot.out || fail "eval without the plot script"
+  --json noplot/ev.json > noplot.out 2>&1 || fail "eval without the plot script"
 test -s noplot/ev.json || fail "JSON not written when plotting is impossible"
 grep -q "apt-get install python3-matplotlib" noplot.out || fail "no hint how to get the plots"
 echo "cli_eval: all checks passed"

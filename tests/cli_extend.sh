@@ -45,7 +45,7 @@ assert c["run"]["name"] == f"tiny-{m}-1024" and c["run"]["dir"] == f"runs/tiny-{
 PY
   grep -q "^# Fine-tune" $m.yaml || fail "extend $m wrote no explanatory comments"
   grep -q "train.seq_len: the longest positions" $m.yaml || fail "extend $m does not say why L = seq_len"
-  grep -q "mpirun -np N ringtrain train $m.yaml --set parallel.context_parallel=N" $m.out \
+  grep -qE "mpirun -np N \S*ringtrain train $m.yaml --set parallel.context_parallel=N" $m.out \
     || fail "extend $m does not print the ring launch"
 done
 "$bin" train yarn.yaml --set train.max_steps=2 --set run.dir="$work/ft" > ft.log 2>&1 \

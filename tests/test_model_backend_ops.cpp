@@ -327,6 +327,14 @@ std::vector<Case> all_cases() {
                  be.sgd_update(b.f("master"), b["param"], b.f("g"), n, 0.1f, 0.01f);
                }});
   c.back().nmse_bf16 = 1e-5;
+  c.push_back({Op::kSgdMomentumUpdate, "sgd_momentum_update (master + buffer + compute copy)",
+               {{"master", n, R::kF32, I::kInOut}, {"param", n, R::kTyped, I::kOut},
+                {"g", n, R::kF32, I::kIn}, {"buf", n, R::kF32, I::kInOut}},
+               [=](Backend& be, const Bufs& b, std::vector<double>&) {
+                 be.sgd_momentum_update(b.f("master"), b["param"], b.f("g"), b.f("buf"), n, 0.1f,
+                                        0.01f, 0.9f);
+               }});
+  c.back().nmse_bf16 = 1e-5;
   return c;
 }
 
@@ -568,6 +576,7 @@ class BrokenCpu : public Backend {
   void scale(float*, size_t, float) override {}
   void adamw_update(float*, Buf, const float*, float*, float*, size_t, const AdamWStep&) override {}
   void sgd_update(float*, Buf, const float*, size_t, float, float) override {}
+  void sgd_momentum_update(float*, Buf, const float*, float*, size_t, float, float, float) override {}
 
  private:
   Fault f_;

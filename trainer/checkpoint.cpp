@@ -486,6 +486,10 @@ void save_checkpoint(const std::string& path, LlamaModel& model, Optimizer* opt,
           H5Id v = w.group(g.get(), "exp_avg_sq");
           w.tensors(v.get(), "/optimizer/exp_avg_sq", be, opt->exp_avg_sq());
         }
+        if (opt->momentum_buffer().allocated()) {  // SGD with momentum
+          H5Id b = w.group(g.get(), "momentum_buffer");
+          w.tensors(b.get(), "/optimizer/momentum_buffer", be, opt->momentum_buffer());
+        }
       }
       {
         H5Id g = w.group(w.file(), "trainer");
@@ -604,6 +608,17 @@ void load_optimizer_state(const std::string& path, LlamaModel& model, Optimizer&
     load_tensors(r, m.get(), "/optimizer/exp_avg", model.backend(), opt.exp_avg());
     load_tensors(r, v.get(), "/optimizer/exp_avg_sq", model.backend(), opt.exp_avg_sq());
   }
+  if (opt.momentum_buffer().allocated()) {
+    if (r.exists(g.get(), "momentum_buffer")) {
+      H5Id b = r.group(g.get(), "momentum_buffer", "no /optimizer/momentum_buffer group");
+      load_tensors(r, b.get(), "/optimizer/momentum_buffer", model.backend(),
+                   opt.momentum_buffer());
+    } else {
+      log_warn("checkpoint %s has no SGD momentum buffer (written without momentum): it starts "
+               "from zero",
+               path.c_str());
+    }
+  }
   opt.set_steps_taken(step);
 }
 
@@ -643,7 +658,7 @@ CheckpointContents inspect_checkpoint(const std::string& path) {
     H5Id g = r.group(r.file(), "optimizer", "no /optimizer group");
     c.optimizer_type = r.has_attr(g.get(), "type") ? r.string_attr(g.get(), "type") : "unknown";
     c.optimizer_step = r.has_attr(g.get(), "step") ? r.int_attr(g.get(), "step") : 0;
-    for (const char* sub : {"exp_avg", "exp_avg_sq"})
+    for (const char* sub : {"exp_avg", "exp_avg_sq", "momentum_buffer"})
       if (r.exists(g.get(), sub)) {
         H5Id m = r.group(g.get(), sub, "");
         c.optimizer_tensors += read_group(m.get(), std::string("/optimizer/") + sub, nullptr);

@@ -33,6 +33,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -221,25 +222,38 @@ Bounds above(double lo) { return {lo, std::numeric_limits<double>::infinity(), t
 Bounds closed(double lo, double hi) { return {lo, hi, false, false}; }
 Bounds half_open(double lo, double hi) { return {lo, hi, false, true}; }
 
-std::string int_range_text(int64_t lo, int64_t hi) {
-  if (hi == kInt64Max || hi == kIntMax) return ">= " + std::to_string(lo);
+// Below the minimum: ">= lo" (the type's own maximum is no news); above the
+// maximum: the whole range, so that the upper bound is named.
+std::string int_range_text(int64_t lo, int64_t hi, bool above_max = false) {
+  if (!above_max && (hi == kInt64Max || hi == kIntMax)) return ">= " + std::to_string(lo);
   return "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+}
+
+// An integer too large for int64 ("99999999999999999999"): all digits.
+bool is_integer_text(std::string s) {
+  if (!s.empty() && (s[0] == '+' || s[0] == '-')) s.erase(0, 1);
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
 }
 
 int64_t to_int(const Origins& o, const YAML::Node& n, const std::string& path, int64_t lo,
                int64_t hi) {
   int64_t v = 0;
+  if (n.IsScalar() && !parse_number(n.Scalar(), v) && is_integer_text(n.Scalar()))
+    o.fail(path, path + ": must be " + int_range_text(lo, hi, n.Scalar()[0] != '-') + ", got " +
+                     n.Scalar());
   if (!n.IsScalar() || !parse_number(n.Scalar(), v))
     o.fail(path, path + ": expected an integer, got " + describe(n));
   if (v < lo || v > hi)
-    o.fail(path, path + ": must be " + int_range_text(lo, hi) + ", got " + n.Scalar());
+    o.fail(path, path + ": must be " + int_range_text(lo, hi, v > hi) + ", got " + n.Scalar());
   return v;
 }
 
 uint64_t to_uint64(const Origins& o, const YAML::Node& n, const std::string& path) {
   uint64_t v = 0;
   if (!n.IsScalar() || !parse_number(n.Scalar(), v))
-    o.fail(path, path + ": expected an integer >= 0, got " + describe(n));
+    o.fail(path, path + ": expected an integer in [0, " +
+                     std::to_string(std::numeric_limits<uint64_t>::max()) + "], got " +
+                     describe(n));
   return v;
 }
 
@@ -463,7 +477,15 @@ ModelConfig read_model(Origins& o, const YAML::Node& node) {
   m.max_position_embeddings = r.get_int32("max_position_embeddings", m.max_position_embeddings, 1);
   m.position = r.get_enum("position", m.position, kPositions);
   m.rope_theta = r.get_double("rope_theta", m.rope_theta, above(0));
-  if (r.has("rope_scaling")) m.rope_scaling = read_rope_scaling(r, m.max_position_embeddings);
+  // HF configs write {rope_type: default} (or type: default) for "no scaling".
+  const YAML::Node rs_node = r.at("rope_scaling");
+  auto is_default = [&](const char* key) {
+    const YAML::Node v = rs_node[key];
+    return v.IsDefined() && v.IsScalar() && v.Scalar() == "default";
+  };
+  const bool rs_default = rs_node.IsMap() && (is_default("rope_type") || is_default("type"));
+  if (r.has("rope_scaling") && !rs_default)
+    m.rope_scaling = read_rope_scaling(r, m.max_position_embeddings);
   if (r.has("memory")) m.memory = read_memory(r);
   m.init_std = r.get_double("init_std", m.init_std, above(0));
 
@@ -556,9 +578,14 @@ DataSourceConfig read_data_source(const MapReader& parent, const std::string& ke
   return c;
 }
 
-DataConfig read_data(Origins& o, const YAML::Node& node) {
+DataConfig read_data(Origins& o, const YAML::Node& node, ConfigUse use) {
   const MapReader r(o, node, "data", {"train", "val", "shuffle", "tokenizer"});
   DataConfig c;
+  if (!r.has("train") && use == ConfigUse::kNoTraining) {
+    if (r.has("val")) c.val = read_data_source(r, "val", 1);
+    c.shuffle = r.get_bool("shuffle", c.shuffle);
+    return c;
+  }
   if (!r.has("train"))
     r.fail("train", "data.train is required: write `data: {train: path/to/tokens.h5}` (" +
                         join(kTokenFileExtensions, " | ") +
@@ -572,10 +599,19 @@ DataConfig read_data(Origins& o, const YAML::Node& node) {
 
 OptimizerConfig read_optimizer(const MapReader& parent) {
   const MapReader r(parent.origins(), parent.at("optimizer"), parent.path_of("optimizer"),
-                    {"type", "lr", "betas", "eps", "weight_decay", "no_decay"});
+                    {"type", "lr", "betas", "eps", "momentum", "weight_decay", "no_decay"});
   OptimizerConfig c;
   c.type = r.get_enum("type", c.type, kOptimizers);
+  // Keys of one optimizer only: naming them for the other is an error.
+  const std::pair<const char*, const char*> own_keys[] = {
+      {"betas", "adamw"}, {"eps", "adamw"}, {"momentum", "sgd"}};
+  for (const auto& [key, type] : own_keys)
+    if (r.present(key) && c.type != type)
+      r.fail(key, r.path_of(key) + " applies to type: " + type + " only (this optimizer is " +
+                      c.type + ")");
   c.lr = r.get_double("lr", c.lr, above(0));
+  c.momentum = r.get_double("momentum", c.momentum, half_open(0, 1));
+  if (c.type == "sgd") c.weight_decay = 0.0;  // torch.optim.SGD's default
   const std::vector<double> betas = r.get_double_list("betas", {c.beta1, c.beta2}, half_open(0, 1));
   if (betas.size() != 2)
     r.fail("betas", r.path_of("betas") + ": expected a list of 2 numbers [beta1, beta2], got " +
@@ -679,7 +715,7 @@ LogConfig read_log(Origins& o, const YAML::Node& node) {
 }
 
 // Checks across sections (single process); the model's own are in read_model.
-void check_cross_sections(const Config& c, const Origins& o) {
+void check_cross_sections(const Config& c, const Origins& o, ConfigUse use) {
   const TrainConfig& t = c.train;
   if (t.global_batch_size % t.micro_batch_size != 0)
     o.fail("train.global_batch_size",
@@ -690,12 +726,19 @@ void check_cross_sections(const Config& c, const Origins& o) {
     o.fail("train.schedule.min_lr", "train.schedule.min_lr(" + shortest_double(t.schedule.min_lr) +
                                         ") must be <= train.optimizer.lr(" +
                                         shortest_double(t.optimizer.lr) + ")");
-  if (t.max_steps > 0 && t.schedule.warmup_steps > t.max_steps)
+  if (use == ConfigUse::kTrain && t.max_steps > 0 && t.schedule.warmup_steps > t.max_steps)
     log_warn("%s: train.schedule.warmup_steps(%lld) > train.max_steps(%lld): the learning rate "
              "never reaches train.optimizer.lr",
              o.where("train.schedule.warmup_steps").c_str(),
              static_cast<long long>(t.schedule.warmup_steps),
              static_cast<long long>(t.max_steps));
+  if (use == ConfigUse::kTrain && !c.model.memory &&
+      t.seq_len > c.model.max_position_embeddings)
+    log_warn("%s: train.seq_len(%lld) > model.max_position_embeddings(%d): the model is trained "
+             "at positions beyond its declared maximum (raise max_position_embeddings, or lower "
+             "seq_len)",
+             o.where("train.seq_len").c_str(), static_cast<long long>(t.seq_len),
+             c.model.max_position_embeddings);
   if (c.model.memory && t.seq_len % c.model.memory->segment_length != 0)
     o.fail("model.memory.segment_length",
            "train.seq_len(" + std::to_string(t.seq_len) +
@@ -703,19 +746,19 @@ void check_cross_sections(const Config& c, const Origins& o) {
                std::to_string(c.model.memory->segment_length) + ")");
 }
 
-Config read_config(Origins& o, const YAML::Node& root) {
+Config read_config(Origins& o, const YAML::Node& root, ConfigUse use) {
   const MapReader r(o, root, "",
                     {"run", "model", "data", "train", "parallel", "checkpoint", "eval", "log"});
   Config c;
   c.run = read_run(o, r.at("run"));
   c.model = read_model(o, r.at("model"));
-  c.data = read_data(o, r.at("data"));
+  c.data = read_data(o, r.at("data"), use);
   c.train = read_train(o, r.at("train"));
   c.parallel = read_parallel(o, r.at("parallel"));
   c.checkpoint = read_checkpoint(o, r.at("checkpoint"));
   c.eval = read_eval(o, r.at("eval"));
   c.log = read_log(o, r.at("log"));
-  check_cross_sections(c, o);
+  check_cross_sections(c, o, use);
   return c;
 }
 
@@ -858,6 +901,10 @@ void write_model(YamlWriter& w, const ModelConfig& m) {
 }
 
 void write_data_source(YamlWriter& w, const char* key, const DataSourceConfig& s) {
+  if (!has_data(s)) {
+    w.put_null(key);  // a kNoTraining config without data
+    return;
+  }
   if (!s.is_synthetic()) {
     w.put(key, s.path);
     return;
@@ -877,9 +924,17 @@ void write_data_source(YamlWriter& w, const char* key, const DataSourceConfig& s
 // ---- public API ------------------------------------------------------------------
 
 Config parse_config(const std::string& yaml_text, const std::string& path,
-                    const std::vector<std::string>& overrides) {
+                    const std::vector<std::string>& overrides, ConfigUse use) {
   YAML::Node root;
   try {
+    // A config is one YAML document; a second one (after `---`) would be
+    // ignored silently by a plain load, so it is an error.
+    std::vector<YAML::Node> docs = YAML::LoadAll(yaml_text);
+    std::erase_if(docs, [](const YAML::Node& d) { return !d.IsDefined() || d.IsNull(); });
+    if (docs.size() > 1)
+      throw UsageError(path + ": holds " + std::to_string(docs.size()) +
+                       " YAML documents (separated by ---); a config is one document: keep one "
+                       "(for several runs, write one file each or use --set)");
     root = YAML::Load(yaml_text);
   } catch (const YAML::ParserException& e) {
     throw UsageError(path + ":" + std::to_string(e.mark.line + 1) + ":" +
@@ -891,18 +946,34 @@ Config parse_config(const std::string& yaml_text, const std::string& path,
     origins.fail("", "the config must be a mapping of sections (run, model, data, ...), got " +
                          describe(root));
   for (const auto& spec : overrides) apply_override(root, spec, origins);
-  Config c = read_config(origins, root);
+  Config c = read_config(origins, root, use);
   c.source_path = path;
   return c;
 }
 
-Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+Config load_config(const std::string& path, const std::vector<std::string>& overrides,
+                   ConfigUse use) {
+  const std::string expected =
+      "; expected a YAML config file (sections run, model, data, train, ...), e.g. "
+      "configs/quickstart.yaml";
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw UsageError(path + " is a directory" + expected);
   std::ifstream in(path);
   if (!in)
     throw UsageError("cannot read config file '" + path + "': " + std::strerror(errno));
   std::stringstream text;
   text << in.rdbuf();
-  return parse_config(text.str(), path, overrides);
+  const std::string s = text.str();
+  if (s.find_first_not_of(" \t\r\n") == std::string::npos)
+    throw UsageError(path + " is empty" + expected);
+  if (s.rfind("\x89HDF\r\n\x1a\n", 0) == 0)
+    throw UsageError(path + " is an HDF5 file (a checkpoint or token file), not a config" +
+                     expected + ". A checkpoint goes to `ringtrain eval CKPT.h5`, `generate`, "
+                     "`inspect` or `extend`, or into a config as checkpoint.init_from");
+  if (s.find('\0') != std::string::npos)
+    throw UsageError(path + " is a binary file, not a config" + expected);
+  return parse_config(s, path, overrides, use);
 }
 
 void validate_layout(Config& cfg, int world_size) {
@@ -924,8 +995,10 @@ void validate_layout(Config& cfg, int world_size) {
                      ") is not a multiple of data_parallel(" + std::to_string(dims.dp) +
                      ") * train.micro_batch_size(" + std::to_string(t.micro_batch_size) +
                      ") = " + std::to_string(per_step));
+  // Without a ring (context_parallel 1) any length works; a ring cuts the
+  // sequence into cp (contiguous) or 2*cp (zigzag) equal chunks.
   const RingLayout layout = parse_ring_layout(p.ring_layout);
-  const bool zigzag = layout == RingLayout::kZigzag;
+  const bool zigzag = layout == RingLayout::kZigzag && dims.cp > 1;
   const int64_t chunks = dims.seq_len_divisor(layout);
   if (t.seq_len % chunks != 0)
     throw UsageError(where + ": train.seq_len(" + std::to_string(t.seq_len) +
@@ -970,8 +1043,12 @@ std::string config_to_yaml(const Config& c) {
   w.begin_map("optimizer");
   w.put("type", t.optimizer.type);
   w.put("lr", t.optimizer.lr);
-  w.put("betas", std::vector<double>{t.optimizer.beta1, t.optimizer.beta2});
-  w.put("eps", t.optimizer.eps);
+  if (t.optimizer.type == "sgd") {  // each optimizer shows its own keys only
+    w.put("momentum", t.optimizer.momentum);
+  } else {
+    w.put("betas", std::vector<double>{t.optimizer.beta1, t.optimizer.beta2});
+    w.put("eps", t.optimizer.eps);
+  }
   w.put("weight_decay", t.optimizer.weight_decay);
   w.put("no_decay", t.optimizer.no_decay);
   w.end_map();

@@ -27,9 +27,12 @@ struct DataConfig {
 struct OptimizerConfig {
   std::string type = "adamw";  // adamw | sgd
   double lr = 3e-4;
-  double beta1 = 0.9;   // YAML: betas: [beta1, beta2]
-  double beta2 = 0.95;
-  double eps = 1e-8;
+  double beta1 = 0.9;   // adamw; YAML: betas: [beta1, beta2]
+  double beta2 = 0.95;  // adamw
+  double eps = 1e-8;    // adamw
+  double momentum = 0;  // sgd (torch semantics: buf = momentum * buf + g; p -= lr * buf)
+  // adamw: decoupled, default 0.1; sgd: added to the gradient (torch's L2),
+  // default 0 (torch's). The reader resolves the default by type.
   double weight_decay = 0.1;
   // Parameter groups excluded from weight decay: subset of {norms, embeddings}.
   std::vector<std::string> no_decay = {"norms"};
@@ -114,16 +117,34 @@ struct Config {
   EvalConfig eval;
   LogConfig log;
   std::string source_path;  // the YAML file this came from (for messages)
+  // parallel.shard_optimizer resolved for a world size: `auto` is on when
+  // world > 1, except for SGD with momentum (its buffer is not sharded yet).
+  bool shards_optimizer(int world_size) const {
+    if (parallel.shard_optimizer == "auto" && train.optimizer.type == "sgd" &&
+        train.optimizer.momentum > 0)
+      return false;
+    return parallel.shards_optimizer(world_size);
+  }
 };
+
+// What a config is read for. kTrain requires data.train; kNoTraining (eval,
+// generate, extend: commands that only run a model) accepts a config without
+// training data, such as a weights-only checkpoint's `model:`-only config.
+enum class ConfigUse { kTrain, kNoTraining };
 
 // Parse a YAML file strictly, apply `--set a.b=c` overrides (each validated as
 // if it were in the file), fill defaults, run the single-process cross-field
 // checks. Throws UsageError (exit 2) with file:line, the key and what is valid.
-Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {},
+                   ConfigUse use = ConfigUse::kTrain);
 
 // Same, from YAML text (path used only in messages). For tests.
 Config parse_config(const std::string& yaml_text, const std::string& path,
-                    const std::vector<std::string>& overrides = {});
+                    const std::vector<std::string>& overrides = {},
+                    ConfigUse use = ConfigUse::kTrain);
+
+// Whether a data source is set (a kNoTraining config may have no data.train).
+inline bool has_data(const DataSourceConfig& s) { return s.is_synthetic() || !s.path.empty(); }
 
 // Checks that need the world size: data_parallel * context_parallel == world,
 // global batch divisible by dp * micro batch, seq_len divisible for the ring

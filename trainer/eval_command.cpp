@@ -18,6 +18,7 @@
 #include "parallel/process_groups.h"
 #include "parallel/ring_attention.h"
 #include "trainer/checkpoint.h"
+#include "trainer/command_name.h"
 #include "trainer/config.h"
 #include "trainer/evaluate.h"
 #include "trainer/hf/hf_io.h"
@@ -96,14 +97,49 @@ std::string find_plot_script() {
   return "launch/plot_eval.py";
 }
 
+// FNV-1a, 64 bits: a stable short name for what an evaluation measured.
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
 }  // namespace
+
+std::string checkpoint_run_dir(const std::string& ckpt_path) {
+  const fs::path dir = fs::path(ckpt_path).parent_path();
+  if (dir.filename() == "checkpoints") {
+    const fs::path run = dir.parent_path();
+    return run.empty() ? "." : run.string();
+  }
+  return dir.empty() ? "." : dir.string();
+}
+
+std::string eval_json_path(const std::string& run_dir, int64_t step, const EvalOptions& o) {
+  std::string key;
+  if (!o.data.empty()) {
+    std::error_code ec;
+    const fs::path abs = fs::weakly_canonical(fs::absolute(o.data), ec);
+    key += "data=" + (ec ? o.data : abs.string()) + "\n";
+  }
+  for (const std::string& s : o.overrides) key += "set=" + s + "\n";
+  if (o.memory_reset) key += "memory_reset\n";
+  char name[64];
+  if (key.empty())
+    std::snprintf(name, sizeof name, "step_%lld.json", (long long)step);
+  else
+    std::snprintf(name, sizeof name, "step_%lld_%08llx.json", (long long)step,
+                  (unsigned long long)(fnv1a(key) >> 32));
+  return run_dir + "/eval/" + name;
+}
 
 bool write_eval_plots(const std::string& json_path) {
   const std::string script = find_plot_script();
   const std::string python = "/usr/bin/python3";
   const std::string command = python + " " + shell_quote(script) + " " + shell_quote(json_path);
   auto explain = [&](const std::string& why) {
-    std::cout << "plots not written: " << why
+    std::cout.flush();
+    std::cerr << "plots not written: " << why
               << ". The JSON is complete; to get the plots, install matplotlib "
                  "(apt-get install python3-matplotlib) and run:\n  "
               << command << "\n";
@@ -123,27 +159,46 @@ int run_eval_command(const EvalOptions& o) {
   const int rank = world.rank();
   // The model: a checkpoint file, or a config whose run dir may hold checkpoints.
   Config cfg;
-  std::string ckpt;
+  std::string ckpt, run_dir;
   if (ends_with(o.target, ".h5") || is_hf_dir(o.target)) {  // a checkpoint or an HF directory
     if (is_hf_dir(o.target) && o.data.empty())
       throw UsageError("eval " + o.target + ": a Hugging Face directory has no data of its own; "
                        "pass --data FILE (tokens from the model's tokenizer)");
     ckpt = o.target;
     CheckpointMeta meta = read_checkpoint_meta(ckpt);
-    cfg = parse_config(meta.config_yaml, ckpt + ":config", o.overrides);
+    cfg = parse_config(meta.config_yaml, ckpt + ":config", o.overrides, ConfigUse::kNoTraining);
+    run_dir = checkpoint_run_dir(ckpt);
   } else {
-    cfg = load_config(o.target, o.overrides);
+    cfg = load_config(o.target, o.overrides, ConfigUse::kNoTraining);
     auto found = list_checkpoints(cfg.run.dir);
     if (!found.empty()) ckpt = found.back().second;
+    run_dir = cfg.run.dir;
+  }
+  if (!o.data.empty() || !has_data(cfg.data.val ? *cfg.data.val : cfg.data.train)) {
+    if (o.data.empty())
+      throw UsageError("eval: " + o.target + " names no evaluation data (its config has neither "
+                       "data.val nor data.train): give one with --data FILE (.h5 | .bin | .txt)");
   }
   // The training layout does not matter here; the evaluation one is
   // --context-parallel (ring size) x the rest of the world (data parallel).
   cfg.parallel.data_parallel = 0;
   cfg.parallel.context_parallel = 1;
   validate_layout(cfg, 1);
-  if (o.max_sequences < 1)
+  // Options left unset are -1; an explicit value must be valid (0 never means "default").
+  if (o.max_sequences != -1 && o.max_sequences < 1)
     throw UsageError("--max-sequences must be >= 1, got " + std::to_string(o.max_sequences));
-  if (o.bucket < 0) throw UsageError("--bucket must be >= 1, got " + std::to_string(o.bucket));
+  const int64_t max_sequences = o.max_sequences != -1 ? o.max_sequences : cfg.eval.max_sequences;
+  if (o.bucket != -1 && o.bucket < 1)
+    throw UsageError("--bucket must be >= 1 (tokens per loss-by-position bucket; leave it out for "
+                     "seq_len/16, at most 512), got " + std::to_string(o.bucket));
+  if (o.passkey_trials != -1 && o.passkey_trials < 1)
+    throw UsageError("--passkey-trials must be >= 1 (leave it out for eval.passkey.trials, else "
+                     "10), got " + std::to_string(o.passkey_trials));
+  if (o.recall_trials != -1 && o.recall_trials < 1)
+    throw UsageError("--recall-trials must be >= 1 (leave it out for 20), got " +
+                     std::to_string(o.recall_trials));
+  if (o.recall_pairs != -1 && o.recall_pairs < 1)
+    throw UsageError("--recall-pairs must be in [1, 26], got " + std::to_string(o.recall_pairs));
   if (o.context_parallel < 1)
     throw UsageError("--context-parallel must be >= 1, got " +
                      std::to_string(o.context_parallel));
@@ -152,7 +207,7 @@ int run_eval_command(const EvalOptions& o) {
                      " does not divide the world size " + std::to_string(world.size()) +
                      ": launch a multiple of " + std::to_string(o.context_parallel) +
                      " ranks, e.g. launch/local.sh -np " + std::to_string(o.context_parallel) +
-                     " ringtrain eval ... --context-parallel " +
+                     " " + ringtrain_command() + " eval ... --context-parallel " +
                      std::to_string(o.context_parallel));
   const ParallelDims dims = ParallelDims::build(world.size(), 0, o.context_parallel);
   const RingLayout layout = parse_ring_layout(cfg.parallel.ring_layout);
@@ -171,7 +226,7 @@ int run_eval_command(const EvalOptions& o) {
   if (lens.empty()) lens = cfg.eval.seq_lens.empty() ? std::vector<int64_t>{cfg.train.seq_len}
                                                      : cfg.eval.seq_lens;
   const int64_t longest = *std::max_element(lens.begin(), lens.end());
-  if (o.bucket > longest)
+  if (o.bucket != -1 && o.bucket > longest)
     throw UsageError("--bucket " + std::to_string(o.bucket) + " is longer than the longest "
                      "evaluation length " + std::to_string(longest) +
                      ": choose a bucket <= " + std::to_string(longest));
@@ -187,8 +242,8 @@ int run_eval_command(const EvalOptions& o) {
   }
   if (!o.passkey_seq_lens.empty()) pk_lens = parse_lengths(o.passkey_seq_lens, "--passkey-seq-lens");
   if (!o.passkey_depths.empty()) pk_depths = parse_depths(o.passkey_depths);
-  if (o.passkey_trials != 0) pk_trials = o.passkey_trials;
-  if (pk_lens.empty() && (!o.passkey_depths.empty() || o.passkey_trials != 0))
+  if (o.passkey_trials != -1) pk_trials = o.passkey_trials;
+  if (pk_lens.empty() && (!o.passkey_depths.empty() || o.passkey_trials != -1))
     throw UsageError("--passkey-depths and --passkey-trials need --passkey-seq-lens (the "
                      "lengths of the passkey grid), e.g. --passkey-seq-lens 256,512");
   if (!pk_lens.empty())
@@ -200,19 +255,25 @@ int run_eval_command(const EvalOptions& o) {
   if (!o.recall_seq_lens.empty()) rc_lens = parse_lengths(o.recall_seq_lens, "--recall-seq-lens");
   const DataSourceConfig& trained_on = cfg.data.train;
   const int rc_pairs =
-      o.recall_pairs != 0 ? o.recall_pairs
+      o.recall_pairs != -1 ? o.recall_pairs
                           : int(trained_on.synthetic == "recall" ? trained_on.pairs
                                                                  : DataSourceConfig{}.pairs);
-  const int rc_trials = o.recall_trials != 0 ? o.recall_trials : 20;
-  if (rc_lens.empty() && (o.recall_pairs != 0 || o.recall_trials != 0))
+  const int rc_trials = o.recall_trials != -1 ? o.recall_trials : 20;
+  if (rc_lens.empty() && (o.recall_pairs != -1 || o.recall_trials != -1))
     throw UsageError("--recall-pairs and --recall-trials need --recall-seq-lens (the lengths "
                      "to test recall at), e.g. --recall-seq-lens 256,512");
   if (!rc_lens.empty())
     check_recall_grid(rc_lens, rc_pairs, rc_trials, cfg.model.vocab_size, &groups, tok.get());
+  const int64_t ring_multiple = dims.seq_len_divisor(layout);
+  // Name the option the user gave (the lengths may also come from the config).
+  const std::string lens_from = !o.seq_lens.empty() ? "--seq-lens"
+                                : o.seq_len > 0      ? "--seq-len"
+                                : cfg.eval.seq_lens.empty() ? "train.seq_len"
+                                                            : "eval.seq_lens";
   for (int64_t T : lens)
-    if (T % dims.seq_len_divisor(layout) != 0)
-      throw UsageError("--seq-lens: length " + std::to_string(T) + " is not a multiple of " +
-                       std::to_string(dims.seq_len_divisor(layout)) +
+    if (T % ring_multiple != 0)
+      throw UsageError(lens_from + ": length " + std::to_string(T) + " is not a multiple of " +
+                       std::to_string(ring_multiple) +
                        " (--context-parallel " + std::to_string(dims.cp) + ", ring layout " +
                        cfg.parallel.ring_layout + "): choose lengths divisible by it");
 
@@ -223,19 +284,6 @@ int run_eval_command(const EvalOptions& o) {
     ring = std::make_unique<RingAttention>(*groups.cp, layout);
     model.set_sequence_attention(ring.get());
   }
-  int64_t step = 0;
-  if (!ckpt.empty()) {
-    load_model_weights(ckpt, model);
-    step = read_checkpoint_meta(ckpt).step;
-    log_info("eval: checkpoint %s (step %lld), %s", ckpt.c_str(), (long long)step,
-             dims.describe().c_str());
-  } else {
-    model.init_weights(cfg.run.seed);
-    log_warn("no checkpoint in %s/checkpoints: evaluating the randomly initialised model "
-             "(train first, or pass a checkpoint .h5)",
-             cfg.run.dir.c_str());
-  }
-
   std::unique_ptr<SequenceSource> data;
   if (!o.data.empty())
     data = make_token_source(o.data, tok);
@@ -245,12 +293,42 @@ int run_eval_command(const EvalOptions& o) {
     throw UsageError("evaluation data " + data->describe() + " has vocab_size " +
                      std::to_string(data->vocab_size()) + " > model.vocab_size " +
                      std::to_string(cfg.model.vocab_size));
+  // Every length is checked before any is evaluated, so that a bad last one
+  // does not cost the results of the others.
+  for (int64_t T : lens) {
+    if (data->num_sequences(T) < 1)
+      throw UsageError("evaluation data " + data->describe() + " holds no sequence of length " +
+                       std::to_string(T) + ": use shorter --seq-lens or more data");
+    if (cfg.model.memory && T % cfg.model.memory->segment_length != 0)
+      throw UsageError("evaluation length " + std::to_string(T) +
+                       " is not a multiple of model.memory.segment_length (" +
+                       std::to_string(cfg.model.memory->segment_length) +
+                       "): choose lengths made of whole segments");
+  }
+
+  // (after every usage check: a bad option is reported first)
+  if (ckpt.empty() && !o.allow_random_init)
+    throw IoError("no checkpoint in " + cfg.run.dir + "/checkpoints to evaluate: train first "
+                  "(" + ringtrain_command() + " train " + o.target + "), pass a checkpoint .h5, or add "
+                  "--allow-random-init to score the randomly initialised model");
+  int64_t step = 0;
+  if (!ckpt.empty()) {
+    load_model_weights(ckpt, model);
+    step = read_checkpoint_meta(ckpt).step;
+    log_info("eval: checkpoint %s (step %lld), %s", ckpt.c_str(), (long long)step,
+             dims.describe().c_str());
+  } else {
+    model.init_weights(cfg.run.seed);
+    log_warn("no checkpoint in %s/checkpoints: evaluating the randomly initialised model "
+             "(--allow-random-init)",
+             cfg.run.dir.c_str());
+  }
 
   std::vector<PerplexityResult> results;
   LossByPosition by_position;
-  by_position.bucket = o.bucket;
+  by_position.bucket = std::max<int64_t>(o.bucket, 0);
   for (int64_t T : lens)
-    results.push_back(evaluate_perplexity(model, *data, T, o.max_sequences, &groups,
+    results.push_back(evaluate_perplexity(model, *data, T, max_sequences, &groups,
                                           T == longest && by_position.seq_len == 0
                                               ? &by_position
                                               : nullptr,
@@ -288,11 +366,14 @@ int run_eval_command(const EvalOptions& o) {
                                                   : passkey_to_json(passkey)}};
   if (!rc_lens.empty()) j["recall"] = recall_to_json(recall);
   if (o.memory_reset) j["memory_reset"] = true;
+  // What was measured: the data and the --set overrides (zero-shot comparisons).
+  j["data"] = data->describe();
+  j["data_file"] = o.data.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.data);
+  j["overrides"] = o.overrides;
+  j["max_sequences"] = max_sequences;
   std::string out = o.json;
-  if (out.empty()) {
-    make_dirs(cfg.run.dir + "/eval");
-    out = cfg.run.dir + "/eval/step_" + std::to_string(step) + ".json";
-  } else {
+  if (out.empty()) out = eval_json_path(run_dir, step, o);
+  {
     auto parent = fs::path(out).parent_path();
     if (!parent.empty()) make_dirs(parent.string());
   }

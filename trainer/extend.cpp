@@ -8,8 +8,11 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include <yaml-cpp/yaml.h>
+
 #include "common/errors.h"
 #include "trainer/checkpoint.h"
+#include "trainer/command_name.h"
 #include "trainer/config.h"
 
 namespace rt {
@@ -17,6 +20,17 @@ namespace rt {
 namespace {
 
 const char* const kMethods[] = {"linear", "ntk", "dynamic", "yarn", "llama3"};
+
+// Whether a config text sets section.key (the parsed Config cannot tell a
+// default from an explicit value).
+bool config_text_has_key(const std::string& yaml, const char* section, const char* key) {
+  try {
+    const YAML::Node root = YAML::Load(yaml);
+    return root.IsMap() && root[section].IsMap() && root[section][key].IsDefined();
+  } catch (const YAML::Exception&) {
+    return false;
+  }
+}
 
 std::string fmt(double v) {
   char buf[64];
@@ -34,7 +48,7 @@ std::string extend_config_yaml(const ExtendOptions& o) {
   CheckpointMeta meta = read_checkpoint_meta(ckpt);  // IoError when missing or corrupt
   Config cfg;
   try {
-    cfg = parse_config(meta.config_yaml, ckpt + ":config");
+    cfg = parse_config(meta.config_yaml, ckpt + ":config", {}, ConfigUse::kNoTraining);
   } catch (const UsageError& e) {
     throw UsageError("extend: the checkpoint's config attribute is not a full ringtrain config "
                      "(" + std::string(e.what()) + "); write the fine-tune config by hand with "
@@ -70,7 +84,11 @@ std::string extend_config_yaml(const ExtendOptions& o) {
   // any position the model saw (configs/tinyshakespeare.yaml: 1024 vs 256).
   // The scaling formulas (SPEC §4.2) interpolate from the positions the
   // weights have learned, so factor = LEN / seq_len.
-  const int64_t original = cfg.train.seq_len;
+  // A weights-only file whose config holds only `model:` (SPEC §8) has no
+  // train.seq_len: then max_position_embeddings is the best knowledge of it.
+  const bool has_seq_len = config_text_has_key(meta.config_yaml, "train", "seq_len");
+  const int64_t original = has_seq_len ? cfg.train.seq_len : cfg.model.max_position_embeddings;
+  if (!has_seq_len) cfg.train.seq_len = original;
   if (o.to <= original)
     throw UsageError("extend --to " + std::to_string(o.to) + " is not beyond the checkpoint's "
                      "training length " + std::to_string(original) + ": choose a longer length");
@@ -175,33 +193,39 @@ std::string extend_config_yaml(const ExtendOptions& o) {
           ": shrunk with the length, so activations fit as before\n";
   head += "#  run.name, run.dir         a new run: the original run dir is left untouched\n";
   head += "#  eval.seq_lens             the original and the new length\n";
-  head += "# Run:  ringtrain train THIS_FILE\n";
+  const std::string self = ringtrain_command();
+  head += "# Run:  " + self + " train THIS_FILE\n";
   head += "# Long lengths: shard each sequence over a ring of N ranks (N divides the length/2):\n";
-  head += "#       launch/local.sh -np N ringtrain train THIS_FILE --set parallel.context_parallel=N\n";
-  head += "#       mpirun -np N ringtrain train THIS_FILE --set parallel.context_parallel=N\n";
+  head += "#       launch/local.sh -np N " + self + " train THIS_FILE --set parallel.context_parallel=N\n";
+  head += "#       mpirun -np N " + self + " train THIS_FILE --set parallel.context_parallel=N\n";
   const std::string body = config_to_yaml(out);
-  parse_config(body, "extend output");  // what we write must validate
-  return head + body;
+  std::string data_note;
+  if (!has_data(out.data.train))
+    data_note = "# The checkpoint's config names no training data: set data.train before training\n"
+                "#       (edit data.train below, or --set data.train=FILE on the command line).\n";
+  parse_config(body, "extend output", {}, ConfigUse::kNoTraining);  // what we write must validate
+  return head + data_note + body;
 }
 
 int run_extend_command(const ExtendOptions& o) {
   const std::string yaml = extend_config_yaml(o);
   std::string path = o.out;
   if (path.empty()) {
-    Config c = parse_config(yaml, "extend output");
+    Config c = parse_config(yaml, "extend output", {}, ConfigUse::kNoTraining);
     path = c.run.name + ".yaml";
   }
   std::ofstream f(path);
   f << yaml;
   f.close();
   if (!f) throw IoError("extend: cannot write " + path + " (check the directory exists and is writable)");
+  const std::string self = ringtrain_command();
   std::cout << "wrote " << path << "\n"
-            << "run it:\n  ringtrain train " << path << "\n"
+            << "run it:\n  " << self << " train " << path << "\n"
             << "or shard each sequence over a ring of N ranks (long lengths; N divides " << o.to / 2
             << "):\n"
-            << "  launch/local.sh -np N ringtrain train " << path
+            << "  launch/local.sh -np N " << self << " train " << path
             << " --set parallel.context_parallel=N\n"
-            << "  mpirun -np N ringtrain train " << path << " --set parallel.context_parallel=N\n";
+            << "  mpirun -np N " << self << " train " << path << " --set parallel.context_parallel=N\n";
   return kExitOk;
 }
 

@@ -92,7 +92,8 @@ int run_generate_command(const GenerateOptions& o) {
                      std::to_string(o.temperature));
   if (o.top_k < 0) throw UsageError("--top-k must be >= 0 (0 = all tokens)");
   const CheckpointMeta meta = read_checkpoint_meta(o.checkpoint);
-  const Config cfg = parse_config(meta.config_yaml, o.checkpoint + ":config");
+  const Config cfg = parse_config(meta.config_yaml, o.checkpoint + ":config", {},
+                                  ConfigUse::kNoTraining);
   const std::unique_ptr<Tokenizer> tok = read_checkpoint_tokenizer(o.checkpoint);
   if (cfg.model.vocab_size < tok->vocab_size())
     throw UsageError("generate: the model has vocab_size " + std::to_string(cfg.model.vocab_size) +

@@ -22,6 +22,7 @@
 #include "data/token_file.h"
 #include "data/tokenizer.h"
 #include "trainer/checkpoint.h"
+#include "trainer/command_name.h"
 #include "trainer/config.h"
 #include "trainer/eval_command.h"
 #include "trainer/generate.h"
@@ -29,6 +30,7 @@
 #include "trainer/evaluate.h"
 #include "trainer/extend.h"
 #include "trainer/hf/hf_io.h"
+#include "trainer/memory_check.h"
 #include "parallel/comm.h"
 #include "trainer/trainer.h"
 
@@ -40,6 +42,7 @@ using Clock = std::chrono::steady_clock;
 Config load_validated(const std::string& path, const std::vector<std::string>& overrides) {
   Config cfg = load_config(path, overrides);
   validate_layout(cfg, parallel_runtime().world->size());
+  check_model_state_fits(cfg, parallel_runtime().local_size);
   return cfg;
 }
 
@@ -144,7 +147,7 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
                       {"grad_bytes_per_rank", most[7]},
                       {"optimizer_bytes_per_rank", most[8]},
                       {"activation_bytes_per_rank", most[9]},
-                      {"shard_optimizer", cfg.parallel.shards_optimizer(world.size())},
+                      {"shard_optimizer", cfg.shards_optimizer(world.size())},
                       {"overlap_grad_reduce", cfg.parallel.overlap_grad_reduce},
                       {"seq_len", cfg.train.seq_len},
                       {"world_size", parallel_runtime().world->size()},
@@ -225,6 +228,33 @@ int cmd_plan(const std::string& config, const std::vector<std::string>& override
   return kExitOk;
 }
 
+// Levenshtein distance, for "did you mean".
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string closest_word(const std::string& word, const std::vector<std::string>& names) {
+  std::string best;
+  size_t best_d = SIZE_MAX;
+  for (const std::string& n : names)
+    if (size_t d = edit_distance(word, n); d < best_d) best_d = d, best = n;
+  return best;
+}
+
+std::string join_words(const std::vector<std::string>& names) {
+  std::string s;
+  for (const std::string& n : names) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -241,8 +271,8 @@ int cmd_inspect(const std::string& path) {
   std::printf("step: %lld\n", (long long)c.meta.step);
   std::printf("tokens seen: %lld\n", (long long)c.meta.tokens_seen);
   if (c.optimizer_type.empty())
-    std::printf("optimizer state: none (weights only: usable for eval and init_from, not for "
-                "resuming)\n");
+    std::printf("optimizer state: none (weights only: usable for eval, generate, extend and "
+                "init_from, not for resuming)\n");
   else
     std::printf("optimizer state: %s, step %lld, %lld moment tensors\n",
                 c.optimizer_type.c_str(), (long long)c.optimizer_step,
@@ -297,9 +327,11 @@ int run(int argc, char** argv) {
   auto* eval = app.add_subcommand(
       "eval",
       "Perplexity by length, loss by position, the passkey grid and associative recall of a "
-      "checkpoint; writes "
-      "JSON and PNG plots beside it. Shard long sequences over a ring with mpirun -np N "
-      "... --context-parallel N");
+      "checkpoint; prints the tables (stdout) and writes JSON and PNG plots into the "
+      "checkpoint's run dir (RUN_DIR/eval/step_N.json, RUN_DIR = the folder holding its "
+      "checkpoints/ folder; with --data, --set or --memory-reset the name gets a hash of them: "
+      "step_N_HASH.json). Shard long sequences over a ring with mpirun -np N ... "
+      "--context-parallel N");
   eval->add_option("target", eo.target,
                    "CKPT.h5, a Hugging Face model directory, or CONFIG.yaml (uses the newest checkpoint in "
                    "its run dir)")
@@ -311,7 +343,8 @@ int run(int argc, char** argv) {
   eval->add_option("--seq-len", eo.seq_len, "one evaluation length");
   eval->add_option("--seq-lens", eo.seq_lens, "several lengths, e.g. 256,512,1024");
   eval->add_option("--max-sequences", eo.max_sequences,
-                   "sequences per length, from the start of the data (default 64)");
+                   "sequences per length, from the start of the data (default: the config's "
+                   "eval.max_sequences, 16 unless set)");
   eval->add_option("--bucket", eo.bucket,
                    "loss-by-position bucket in tokens, at the longest length (default "
                    "seq_len/16, at most 512)");
@@ -329,7 +362,12 @@ int run(int argc, char** argv) {
   eval->add_option("--recall-trials", eo.recall_trials, "recall samples per length (default 20)");
   eval->add_option("--context-parallel", eo.context_parallel,
                    "ring size: ranks sharing one sequence (world / it = data parallel)");
-  eval->add_option("--json", eo.json, "output JSON (default RUN_DIR/eval/step_N.json)");
+  eval->add_option("--json", eo.json,
+                   "output JSON (default RUN_DIR/eval/step_N.json, or step_N_HASH.json with "
+                   "--data/--set/--memory-reset); the plots go beside it");
+  eval->add_flag("--allow-random-init", eo.allow_random_init,
+                 "CONFIG.yaml whose run has no checkpoint yet: evaluate the randomly initialised "
+                 "model (without this flag that is exit 3)");
   eval->add_flag("!--no-plots", eo.plots, "skip the PNG plots (launch/plot_eval.py)");
   eval->add_flag("--memory-reset", eo.memory_reset,
                  "memory models: start every segment from the learned initial memory, so "
@@ -428,6 +466,7 @@ int run(int argc, char** argv) {
   data->require_subcommand(1);
   std::vector<std::string> inputs;
   std::string out, tokenizer = "bytes";
+  double val_fraction = 0.0;
   auto* prepare = data->add_subcommand(
       "prepare", "Tokenize text files into a .h5 or .bin file (the .h5 records the tokenizer)");
   prepare->add_option("inputs", inputs, "input text files")->required();
@@ -436,7 +475,20 @@ int run(int argc, char** argv) {
                       std::string("bytes (default), or the path of a SentencePiece model "
                                   "(tokenizer.model, or a directory holding one). Supported: ") +
                           kTokenizersSupported);
+  prepare->add_option("--val-fraction", val_fraction,
+                      "hold out the last fraction of the tokens, e.g. 0.1: writes OUT (the "
+                      "first 90%) and OUT with .val before its extension (the last 10%, for "
+                      "data.val)");
 
+  if (argc > 1 && argv[1][0] != '-') {
+    const std::string word = argv[1];
+    std::vector<std::string> names;
+    for (const CLI::App* sub : app.get_subcommands({})) names.push_back(sub->get_name());
+    if (std::find(names.begin(), names.end(), word) == names.end())
+      throw UsageError("unknown command '" + word + "'; did you mean '" + closest_word(word, names) +
+                       "'? (commands: " + join_words(names) + "; see " + ringtrain_command() +
+                       " --help)");
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -449,17 +501,22 @@ int run(int argc, char** argv) {
   if (bench->parsed()) return cmd_bench(config, overrides, steps, warmup);
   if (plan->parsed())
     return cmd_plan(config, overrides, plan_world, plan_device, plan_gpu_memory);
-  if (inspect->parsed()) return cmd_inspect(inspect_path);
-  if (generate->parsed()) return run_generate_command(go);
-  if (extend->parsed()) return run_extend_command(xo);
-  if (import_cmd->parsed()) return run_import_command(io);
-  if (export_cmd->parsed()) return run_export_command(eo2);
+  // Commands without collectives run on rank 0 only under mpirun (one
+  // printout, one writer of each file); the other ranks wait for it.
+  const bool rank0 = parallel_runtime().world->rank() == 0;
+  if (inspect->parsed()) return rank0 ? cmd_inspect(inspect_path) : kExitOk;
+  if (generate->parsed()) return rank0 ? run_generate_command(go) : kExitOk;
+  if (extend->parsed()) return rank0 ? run_extend_command(xo) : kExitOk;
+  if (import_cmd->parsed()) return rank0 ? run_import_command(io) : kExitOk;
+  if (export_cmd->parsed()) return rank0 ? run_export_command(eo2) : kExitOk;
+  if (prepare->parsed() && !rank0) return kExitOk;
   if (prepare->parsed()) {
-    prepare_token_file(inputs, out, tokenizer);
-    TokenData d = read_token_file(out);
-    std::cout << "wrote " << out << ": " << d.tokens.size() << " tokens, vocab "
-              << load_tokenizer(tokenizer)->vocab_size() << ", tokenizer "
-              << load_tokenizer(tokenizer)->describe() << "\n";
+    const std::string described = load_tokenizer(tokenizer)->describe();
+    for (const std::string& path : prepare_token_file(inputs, out, tokenizer, val_fraction)) {
+      TokenData d = read_token_file(path);
+      std::cout << "wrote " << path << ": " << d.tokens.size() << " tokens, vocab "
+                << d.vocab_size << ", tokenizer " << described << "\n";
+    }
     return kExitOk;
   }
   return kExitUsage;
@@ -490,8 +547,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%serror: %s\n", who.c_str(), e.what());
     code = e.code();
   } catch (const std::bad_alloc&) {
+    // Parameters and optimizer state were checked to fit before allocating
+    // (memory_check.h), so what did not fit is the activations.
     std::fprintf(stderr,
-                 "%serror: out of memory: lower train.seq_len or train.micro_batch_size, raise "
+                 "%serror: out of memory (the parameters and optimizer state fit; the "
+                 "activations did not): lower train.seq_len or train.micro_batch_size, raise "
                  "parallel.context_parallel, or enable train.activation_checkpointing\n",
                  who.c_str());
     code = rt::kExitOther;

@@ -32,7 +32,7 @@ MemoryPlan plan_memory(const Config& cfg, int world, Device device) {
   MemoryPlan p;
   p.dims = ParallelDims::build(world, cfg.parallel.data_parallel, cfg.parallel.context_parallel);
   p.prec = resolve_precision(cfg.train.precision, device);
-  p.sharded = cfg.parallel.shards_optimizer(world);
+  p.sharded = cfg.shards_optimizer(world);
   const std::vector<TensorSpec> specs = llama_param_specs(cfg.model);
   const int64_t params = int64_t(layout_bytes(with_dtype(specs, p.prec.param)));
   const int64_t master =

@@ -2,6 +2,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
+#include <vector>
 
 #include "common/errors.h"
 
@@ -23,6 +26,38 @@ void MetricsWriter::write(const nlohmann::json& record) {
   std::string line = record.dump() + "\n";
   if (std::fwrite(line.data(), 1, line.size(), f_) != line.size() || std::fflush(f_) != 0)
     throw IoError("cannot write " + path_ + ": " + std::strerror(errno));
+}
+
+int64_t drop_metrics_after(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return 0;
+  std::vector<std::string> keep;
+  int64_t dropped = 0;
+  bool unterminated = false;  // a last line without its '\n' would be glued to the next record
+  for (std::string line; std::getline(in, line);) {
+    if (in.eof()) unterminated = true;
+    if (line.empty()) continue;
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object() || (j.contains("step") && j["step"].is_number_integer() &&
+                           j["step"].get<int64_t>() > step)) {
+      ++dropped;
+      continue;
+    }
+    keep.push_back(line);
+  }
+  in.close();
+  if (dropped == 0 && !unterminated) return 0;
+  const std::string tmp = path + ".tmp";
+  std::FILE* f = std::fopen(tmp.c_str(), "w");
+  if (!f) throw IoError("cannot rewrite " + path + ": " + std::strerror(errno));
+  bool ok = true;
+  for (const std::string& line : keep)
+    ok = ok && std::fputs(line.c_str(), f) >= 0 && std::fputc('\n', f) != EOF;
+  ok = std::fclose(f) == 0 && ok;
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0)
+    throw IoError("cannot rewrite " + path + ": " + std::strerror(errno) +
+                  " (check that the run directory is writable)");
+  return dropped;
 }
 
 std::string format_duration(double s) {

@@ -26,6 +26,10 @@ Optimizer::Optimizer(const OptimizerConfig& cfg, LlamaModel& model) : cfg_(cfg),
     v_ = Arena(model.backend(), "optimizer exp_avg_sq", specs);
     m_.zero();
     v_.zero();
+  } else if (cfg_.momentum > 0) {
+    buf_ = Arena(model.backend(), "optimizer momentum_buffer",
+                 with_dtype(model.master().specs(), DType::kF32));
+    buf_.zero();
   }
 }
 
@@ -35,6 +39,9 @@ Optimizer::Optimizer(const OptimizerConfig& cfg, LlamaModel& model, OptimizerSha
            "optimizer shard outside the master arena");
   RT_CHECK(model.master().f32_numel() == model.grads().f32_numel(),
            "master weights and gradients must share one flat layout");
+  if (cfg_.type == "sgd" && cfg_.momentum > 0)
+    throw UsageError("train.optimizer.momentum with a sharded optimizer is not supported yet (the "
+                     "momentum buffer is not sharded): set parallel.shard_optimizer: false");
   if (cfg_.type == "adamw") {
     const std::vector<TensorSpec> specs = {
         {"shard", {int64_t(shard.hi - shard.lo)}, DType::kF32}};
@@ -131,6 +138,9 @@ void Optimizer::step(float lr) {
       h.weight_decay = wd;
       h.step = t_;
       be.adamw_update(p, compute, g, m, v, b - a, h);
+    } else if (cfg_.momentum > 0) {  // unsharded only (the constructor refuses sharding)
+      be.sgd_momentum_update(p, compute, g, buf_.f32(s.name) + a, b - a, lr, wd,
+                             float(cfg_.momentum));
     } else {
       be.sgd_update(p, compute, g, b - a, lr, wd);
     }

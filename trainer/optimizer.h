@@ -41,7 +41,7 @@ class Optimizer {
   bool sharded() const { return sharded_; }
   const OptimizerShard& shard() const { return shard_; }
   // Bytes of optimizer state this rank holds (the shard when sharded).
-  size_t state_bytes() const { return m_.bytes() + v_.bytes(); }
+  size_t state_bytes() const { return m_.bytes() + v_.bytes() + buf_.bytes(); }
   // Sharded AdamW: this rank's moments (shard().hi - shard().lo floats),
   // k = 0 exp_avg, 1 exp_avg_sq.
   float* shard_state(int k) { return (k == 0 ? m_ : v_).f32_base(); }
@@ -56,13 +56,17 @@ class Optimizer {
   void release_full_state();
   // The full moments' shard -> this rank's moments.
   void copy_full_state_to_shard();
+  // SGD with momentum > 0: torch's momentum_buffer (zero before the first
+  // step, which makes torch's "buf = g on the first step" the same update);
+  // an empty arena otherwise.
+  Arena& momentum_buffer() { return buf_; }
   const OptimizerConfig& config() const { return cfg_; }
   bool decays(const std::string& param_name) const;
 
  private:
   OptimizerConfig cfg_;
   LlamaModel& model_;
-  Arena m_, v_;
+  Arena m_, v_, buf_;
   int64_t t_ = 0;
   bool sharded_ = false;
   OptimizerShard shard_;

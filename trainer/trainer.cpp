@@ -168,7 +168,7 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
   // Gradients are summed over the world in buckets; with a sharded
   // optimizer (ZeRO-1) reduce-scattered onto near-equal contiguous shards of
   // the flat arena, each rank updating its shard.
-  const bool sharded = cfg_.parallel.shards_optimizer(dims_.world);
+  const bool sharded = cfg_.shards_optimizer(dims_.world);
   reducer_ = std::make_unique<GradReducer>(
       *world_, model_->grads(), size_t(cfg_.parallel.bucket_mb * 1024 * 1024), sharded);
   if (sharded)
@@ -219,10 +219,18 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
     std::ofstream f(cfg_.run.dir + "/config.yaml");
     f << config_to_yaml(cfg_);
     if (!f) throw IoError("cannot write " + cfg_.run.dir + "/config.yaml");
+    // The steps after the one (re)started from are about to be written again.
+    const int64_t dropped = drop_metrics_after(cfg_.run.dir + "/metrics.jsonl", step_);
+    if (dropped > 0)
+      log_info("metrics.jsonl: dropped %lld records after step %lld (this run writes them again)",
+               (long long)dropped, (long long)step_);
     metrics_ = std::make_unique<MetricsWriter>(cfg_.run.dir + "/metrics.jsonl");
     log_info("run dir: %s", cfg_.run.dir.c_str());
     if (!resumed_from_.empty())
-      metrics_->write({{"type", "resume"}, {"step", step_}, {"checkpoint", resumed_from_}});
+      metrics_->write({{"type", "resume"},
+                       {"step", step_},
+                       {"checkpoint", resumed_from_},
+                       {"dropped_records", dropped}});
   }
 }
 
@@ -646,7 +654,9 @@ void Trainer::fit() {
     }
   }
 
-  auto run_eval = [&]() {
+  // Periodic evaluations are progress (stderr); the final one is the run's
+  // result (stdout).
+  auto run_eval = [&](bool final_eval) {
     const auto& pk = cfg_.eval.passkey;
     if (cfg_.eval.seq_lens.empty() && !pk) return;
     std::vector<PerplexityResult> r = evaluate(cfg_.eval.seq_lens, eval_lens_max);
@@ -656,13 +666,16 @@ void Trainer::fit() {
       p = evaluate_passkey(*pk);
       rec["passkey"] = passkey_to_json(p);
     }
-    if (!opt_.quiet) {
-      log_info("eval at step %lld (%s):", (long long)step_,
-               val_data_ ? "validation data" : "training data");
-      if (!r.empty()) std::fprintf(stderr, "%s", perplexity_table(r).c_str());
+    if (!opt_.quiet && rank_ == 0) {
+      std::FILE* out = final_eval ? stdout : stderr;
+      std::fflush(stderr);
+      std::fprintf(out, "%s at step %lld (%s):\n", final_eval ? "final evaluation" : "eval",
+                   (long long)step_, val_data_ ? "validation data" : "training data");
+      if (!r.empty()) std::fprintf(out, "%s", perplexity_table(r).c_str());
       if (pk)
-        std::fprintf(stderr, "passkey accuracy (%d trials per cell):\n%s", pk->trials,
+        std::fprintf(out, "passkey accuracy (%d trials per cell):\n%s", pk->trials,
                      passkey_table(p).c_str());
+      std::fflush(out);
     }
     if (metrics_) metrics_->write(rec);
   };
@@ -696,7 +709,7 @@ void Trainer::fit() {
       window_ms = window_loss = 0;
       window_steps = window_tokens = 0;
     }
-    if (cfg_.eval.every_steps > 0 && step_ % cfg_.eval.every_steps == 0 && !last) run_eval();
+    if (cfg_.eval.every_steps > 0 && step_ % cfg_.eval.every_steps == 0 && !last) run_eval(false);
     if ((cfg_.checkpoint.every_steps > 0 && step_ % cfg_.checkpoint.every_steps == 0) || last)
       save_checkpoint_now();
     // every rank stops at the same step when any one of them got the signal
@@ -714,7 +727,7 @@ void Trainer::fit() {
       return;
     }
   }
-  run_eval();
+  run_eval(true);
 }
 
 }  // namespace rt

@@ -430,6 +430,17 @@ class CpuBackend final : public Backend {
     write_compute_copy(compute, param, n);
   }
 
+  void sgd_momentum_update(float* param, Buf compute, const float* grad, float* buf, size_t n,
+                           float lr, float weight_decay, float momentum) override {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) {
+      const float d = grad[i] + weight_decay * param[i];
+      buf[i] = momentum * buf[i] + d;
+      param[i] -= lr * buf[i];
+    }
+    write_compute_copy(compute, param, n);
+  }
+
  private:
   // The compute copy of master weights: nothing when it is the master itself.
   void write_compute_copy(Buf compute, const float* master, size_t n) {
