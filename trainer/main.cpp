@@ -20,6 +20,7 @@
 #include "common/log.h"
 #include "data/dataset.h"
 #include "data/token_file.h"
+#include "trainer/ablate.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/eval_command.h"
@@ -270,6 +271,19 @@ int run(int argc, char** argv) {
       ->required();
   extend->add_option("--out", xo.out, "config to write (default: <run>-<method>-<to>.yaml)");
 
+  AblateOptions ao;
+  auto* ablate = app.add_subcommand(
+      "ablate",
+      "Run a sweep of variants (SPEC §10): grid, named, eval-only (from:) and follow-up "
+      "(init_from:) variants, seeds; each as its own train + eval process in "
+      "runs/<sweep>/<variant>/, resumable; writes summary.md, summary.csv and plots. Exit 0 all "
+      "complete, 1 some failed or interrupted, 2 invalid sweep (nothing runs)");
+  ablate->add_option("sweep", ao.sweep, "SWEEP.yaml")->required();
+  ablate->add_flag("--dry-run", ao.dry_run,
+                   "validate every variant and print what would run; run nothing");
+  ablate->add_option("--only", ao.only, "run only these variants (and those they need)")
+      ->take_all();
+
   auto* data = app.add_subcommand("data", "Data tools");
   data->require_subcommand(1);
   std::vector<std::string> inputs;
@@ -292,6 +306,7 @@ int run(int argc, char** argv) {
   if (inspect->parsed()) return cmd_inspect(inspect_path);
   if (generate->parsed()) return run_generate_command(go);
   if (extend->parsed()) return run_extend_command(xo);
+  if (ablate->parsed()) return run_ablate_command(ao);
   if (prepare->parsed()) {
     prepare_token_file(inputs, out, tokenizer);
     TokenData d = read_token_file(out);
