@@ -110,6 +110,7 @@ std::string fnv1a_hex(const std::string& s) {
 // A YAML node as one line of flow YAML (what `--set key=VALUE` takes).
 std::string flow_yaml(const YAML::Node& n) {
   YAML::Emitter e;
+  e.SetNullFormat(YAML::LowerNull);
   e.SetMapFormat(YAML::Flow);
   e.SetSeqFormat(YAML::Flow);
   e << n;
@@ -157,7 +158,12 @@ std::string self_exe() {
   std::error_code ec;
   fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   if (ec) throw Error(kExitOther, "cannot find the ringtrain binary (/proc/self/exe): " + ec.message());
-  return exe.string();
+  std::string path = exe.string();
+  // rebuilt while the sweep runs: the path now names the new binary
+  const std::string deleted = " (deleted)";
+  if (path.size() > deleted.size() && path.ends_with(deleted))
+    path.resize(path.size() - deleted.size());
+  return path;
 }
 
 std::vector<std::string> tail_lines(const std::string& path, size_t n) {
@@ -449,7 +455,7 @@ std::vector<Override> read_set(const SweepReader& r, const YAML::Node& n, const 
   return out;
 }
 
-Sweep read_sweep(const std::string& path) {
+Sweep read_sweep(const std::string& path, const std::vector<std::string>& cli_sets) {
   YAML::Node root;
   try {
     root = YAML::LoadFile(path);
@@ -484,6 +490,13 @@ Sweep read_sweep(const std::string& path) {
   if (!fs::exists(s.base)) r.fail(root["base"], "base config '" + s.base + "' does not exist");
   s.dir = root["dir"] ? r.get_string(root["dir"], "dir") : "runs/" + s.name;
   if (root["set"]) s.set = read_set(r, root["set"], "set");
+  for (const std::string& spec : cli_sets) {
+    const size_t eq = spec.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw UsageError("--set " + spec + ": expected --set key.path=value, e.g. --set "
+                       "data.train=input.txt");
+    s.set.push_back({spec.substr(0, eq), spec.substr(eq + 1), 0});
+  }
   if (root["seeds"]) {
     for (int64_t v : r.get_ints(root["seeds"], "seeds", 0)) {
       if (std::find(s.seeds.begin(), s.seeds.end(), uint64_t(v)) != s.seeds.end())
@@ -700,7 +713,7 @@ void write_state(const Instance& in) {
                                         const std::string& msg) {
   int line = in.v->line;
   for (const auto& o : overrides)
-    if (msg.rfind("--set " + o.text() + ":", 0) == 0) line = o.line;
+    if (o.line > 0 && msg.rfind("--set " + o.text() + ":", 0) == 0) line = o.line;
   throw UsageError(r.at_line(line) + ": variant '" + in.name + "': " + msg);
 }
 
@@ -711,6 +724,9 @@ void check_eval_settings(const SweepReader& r, const Instance& in, int np) {
     throw UsageError(r.at_line(e.line) + ": variant '" + in.name + "': eval: " + msg);
   };
   try {
+    if (!e.data.empty() && !fs::exists(e.data))
+      fail("data file '" + e.data + "' does not exist (paths are relative to the working "
+           "directory)");
     if (np % e.context_parallel != 0)
       fail("context_parallel " + std::to_string(e.context_parallel) +
            " does not divide launch.np " + std::to_string(np));
@@ -788,6 +804,13 @@ std::vector<Instance> expand(const Sweep& s, const SweepReader& r) {
         } catch (const UsageError& e) {
           rethrow_variant_error(r, in, in.lineage, e.what());
         }
+        for (const DataSourceConfig* d :
+             {&in.cfg.data.train, in.cfg.data.val ? &*in.cfg.data.val : nullptr})
+          if (d && !d->is_synthetic() && !fs::exists(d->path))
+            throw UsageError(r.at_line(in.v->line) + ": variant '" + in.name + "': data file '" +
+                             d->path + "' does not exist (paths are relative to the working "
+                             "directory; give yours with ringtrain ablate " + r.file() +
+                             " --set data.train=PATH)");
         in.config_yaml = config_to_yaml(in.cfg);
         in.train_hash = fnv1a_hex(in.config_yaml + "\nnp=" + std::to_string(s.np) +
                                   (p ? "\nparent=" + p->train_hash : ""));
@@ -908,8 +931,9 @@ Measured measure(const Instance& in) {
   Measured r;
   if (in.trains()) {
     std::ifstream f(in.dir + "/metrics.jsonl");
-    double tps = 0, ms = 0, peak = 0, fpt = 0, loss = NAN, tokens = 0;
-    int n = 0;
+    double peak = 0, fpt = 0, loss = NAN, tokens = 0;
+    std::vector<double> tps, ms;  // per logged window
+    double first_t = 0, first_ms = 0;
     for (std::string line; std::getline(f, line);) {
       json j = json::parse(line, nullptr, false);
       if (j.is_discarded() || !j.contains("loss") || !j.contains("step")) continue;
@@ -919,19 +943,24 @@ Measured measure(const Instance& in) {
       peak = std::max(peak, j.value("peak_mem_bytes", 0.0));
       const double t = j.value("tokens_per_s", 0.0);
       if (t > 0) fpt = j.value("flops_per_s", 0.0) / t;
-      // The first logged step includes the warm-up; leave it out when there are others.
-      if (j["step"].get<int64_t>() == 1 && n == 0) {
-        tps = t, ms = j.value("step_ms", 0.0);
-        n = -1;
+      // A logged step 1 is the warm-up: left out when there are other windows.
+      if (j["step"].get<int64_t>() == 1) {
+        first_t = t, first_ms = j.value("step_ms", 0.0);
         continue;
       }
-      if (n < 0) tps = ms = 0, n = 0;
-      tps += t, ms += j.value("step_ms", 0.0), ++n;
+      tps.push_back(t);
+      ms.push_back(j.value("step_ms", 0.0));
     }
-    if (n < 0) n = 1;
-    if (n > 0) {
-      r.m["tokens_per_s"] = tps / n;
-      r.m["step_ms"] = ms / n;
+    // Medians over the logged windows: robust to other processes on a shared machine.
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      const size_t n = v.size();
+      return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+    };
+    if (tps.empty() && first_t > 0) tps.push_back(first_t), ms.push_back(first_ms);
+    if (!tps.empty()) {
+      r.m["tokens_per_s"] = median(tps);
+      r.m["step_ms"] = median(ms);
       r.m["peak_mem_mb"] = peak / 1048576.0;
       r.m["flops"] = r.flops = tokens * fpt;
       r.m["final_loss"] = loss;
@@ -1188,8 +1217,8 @@ void write_report(const Sweep& s, const std::vector<Instance>& all, bool plots) 
                          {"passkey", grids ? grid : json(nullptr)},
                          {"instances", jinst}});
   }
-  md << "\nColumns: tok/s and step ms are the training means (first logged step, the warm-up, "
-        "left out); peak MiB is the largest resident set of the training process; FLOPs are "
+  md << "\nColumns: tok/s and step ms are the medians over training's logged windows (the "
+        "first logged step, with the warm-up, left out); peak MiB is the largest resident set of the training process; FLOPs are "
         "the model FLOPs spent in training (6N + attention, per token, times tokens seen; a "
         "follow-up counts its own fine-tune only); train s / eval s are wall times; "
         "ppl@T is the perplexity at evaluation length T; passkey is the mean accuracy over the "
@@ -1280,7 +1309,7 @@ int run_ablate_command(const AblateOptions& o) {
   if (parallel_runtime().world->size() > 1)
     throw UsageError("run ablate as one process (not under mpirun): launch: {np: N} in the "
                      "sweep runs each variant under mpirun with N ranks");
-  Sweep s = read_sweep(o.sweep);
+  Sweep s = read_sweep(o.sweep, o.sets);
   SweepReader reader(o.sweep);
   std::vector<Instance> all = expand(s, reader);
   select_only(all, o.only, s);
@@ -1318,8 +1347,11 @@ int run_ablate_command(const AblateOptions& o) {
   std::cerr << "ablate: sweep " << s.name << ", " << n_sel << " runs in " << s.dir
             << " (every resolved config validated)\n";
 
+  // Children share the machine with each other's runs and whatever else runs
+  // there: OpenMP threads sleep at barriers rather than spin (as launch/local.sh).
+  setenv("OMP_WAIT_POLICY", "passive", 0);
   const std::vector<std::string> prefix = launch_prefix(s.np);
-  std::vector<double> durations;  // of runs that ran in this invocation
+  std::vector<std::pair<Kind, double>> durations;  // of runs that ran in this invocation
   size_t pos = 0, failed = 0;
   bool interrupted = false;
   for (Instance& in : all) {
@@ -1327,16 +1359,23 @@ int run_ablate_command(const AblateOptions& o) {
     ++pos;
     const std::string tag = "[ablate " + std::to_string(pos) + "/" + std::to_string(n_sel) +
                             "] " + in.name;
+    // ETA: the mean duration of the runs of each kind finished in this
+    // invocation (train / follow-up / eval-only), else of all, times what is left.
     auto eta = [&]() {
-      size_t left = 0;
+      std::map<Kind, std::pair<double, int>> by_kind;
+      double sum = 0;
+      for (const auto& [k, d] : durations) by_kind[k].first += d, by_kind[k].second++, sum += d;
+      if (durations.empty()) return std::string();
+      double left = 0;
       for (const Instance& x : all)
-        if (x.selected && x.outcome.empty() && &x != &in && !(train_complete(x) && eval_complete(x)))
-          ++left;
-      if (durations.empty() || left == 0) return std::string();
-      double mean = 0;
-      for (double d : durations) mean += d;
-      mean /= double(durations.size());
-      return " | ETA " + format_duration(mean * double(left));
+        if (x.selected && x.outcome.empty() && &x != &in &&
+            !((!x.trains() || train_complete(x)) && eval_complete(x))) {
+          auto it = by_kind.find(x.v->kind);
+          left += it != by_kind.end() ? it->second.first / it->second.second
+                                      : sum / double(durations.size());
+        }
+      if (left == 0) return std::string();
+      return " | ETA " + format_duration(left);
     };
     if (in.parent >= 0 && all[size_t(in.parent)].outcome != "complete") {
       in.outcome = "blocked";
@@ -1447,7 +1486,7 @@ int run_ablate_command(const AblateOptions& o) {
       in.state.log_tail.clear();
       write_state(in);
       const double d = std::chrono::duration<double>(Clock::now() - t0).count();
-      durations.push_back(d);
+      durations.push_back({in.v->kind, d});
       std::cerr << tag << ": complete in " << format_duration(d) << eta() << "\n";
     }
     write_report(s, all, plots);

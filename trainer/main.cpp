@@ -283,6 +283,10 @@ int run(int argc, char** argv) {
                    "validate every variant and print what would run; run nothing");
   ablate->add_option("--only", ao.only, "run only these variants (and those they need)")
       ->take_all();
+  ablate->add_option("--set", ao.sets,
+                     "override a config key in every variant (after the sweep's set:), e.g. "
+                     "--set data.train=PATH")
+      ->take_all();
 
   auto* data = app.add_subcommand("data", "Data tools");
   data->require_subcommand(1);
