@@ -422,6 +422,7 @@ struct Sweep {
   std::string base;  // resolved path
   std::string dir;   // runs/<name>
   std::vector<Override> set;  // for every variant
+  std::vector<Override> cli_set;  // ablate --set: for every variant, after its own set:
   std::vector<Variant> variants;
   std::vector<uint64_t> seeds;  // empty: one run per variant, the base's run.seed
   int np = 1;
@@ -490,12 +491,12 @@ Sweep read_sweep(const std::string& path, const std::vector<std::string>& cli_se
   if (!fs::exists(s.base)) r.fail(root["base"], "base config '" + s.base + "' does not exist");
   s.dir = root["dir"] ? r.get_string(root["dir"], "dir") : "runs/" + s.name;
   if (root["set"]) s.set = read_set(r, root["set"], "set");
-  for (const std::string& spec : cli_sets) {
+  for (const std::string& spec : cli_sets) {  // after each variant's own set:
     const size_t eq = spec.find('=');
     if (eq == std::string::npos || eq == 0)
       throw UsageError("--set " + spec + ": expected --set key.path=value, e.g. --set "
                        "data.train=input.txt");
-    s.set.push_back({spec.substr(0, eq), spec.substr(eq + 1), 0});
+    s.cli_set.push_back({spec.substr(0, eq), spec.substr(eq + 1), 0});
   }
   if (root["seeds"]) {
     for (int64_t v : r.get_ints(root["seeds"], "seeds", 0)) {
@@ -794,6 +795,7 @@ std::vector<Instance> expand(const Sweep& s, const SweepReader& r) {
         in.lineage = p ? p->lineage : s.set;
         in.lineage.insert(in.lineage.end(), v.set.begin(), v.set.end());
         for (const auto& o : in.lineage) in.sets.push_back(o.text());
+        for (const auto& o : s.cli_set) in.sets.push_back(o.text());
         in.sets.push_back("run.name=" + yaml_string(s.name + "-" + in.name));
         in.sets.push_back("run.dir=" + yaml_string(in.dir));
         if (seed) in.sets.push_back("run.seed=" + std::to_string(*seed));

@@ -16,7 +16,7 @@ struct AblateOptions {
   std::string sweep;              // SWEEP.yaml
   bool dry_run = false;           // validate and print the plan; run nothing
   std::vector<std::string> only;  // run only these variants (and what they need)
-  std::vector<std::string> sets;  // --set key=value: appended to the sweep's set:
+  std::vector<std::string> sets;  // --set key=value: every variant, after its own set:
 };
 
 // Exit codes: 0 every selected variant complete; 1 some variant failed (or

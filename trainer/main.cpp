@@ -284,8 +284,8 @@ int run(int argc, char** argv) {
   ablate->add_option("--only", ao.only, "run only these variants (and those they need)")
       ->take_all();
   ablate->add_option("--set", ao.sets,
-                     "override a config key in every variant (after the sweep's set:), e.g. "
-                     "--set data.train=PATH")
+                     "override a config key in every training variant (applied after the "
+                     "variant's own set:), e.g. --set data.train=PATH")
       ->take_all();
 
   auto* data = app.add_subcommand("data", "Data tools");
