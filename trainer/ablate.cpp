@@ -18,6 +18,7 @@
 
 #include <fcntl.h>
 #include <spawn.h>
+#include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
@@ -623,17 +624,28 @@ Sweep read_sweep(const std::string& path, const std::vector<std::string>& cli_se
   }
   if (s.variants.empty())
     throw UsageError(path + ": the sweep has no variants: add grid: or variants:");
-  // Eval settings: the sweep's, then the variant's own on top (key by key).
+  // Eval settings: the sweep's, then those of the variant's ancestors (from: /
+  // init_from:, root first), then its own, key by key.
+  std::map<std::string, KeyedNodes> merged_of;
+  std::map<std::string, int> line_of;
   for (Variant& v : s.variants) {
+    const KeyedNodes& under = v.parent.empty() ? sweep_eval : merged_of.at(v.parent);
     KeyedNodes merged;
-    for (const auto& item : sweep_eval) {
+    for (const auto& item : under) {
       const std::string k = item.first.as<std::string>();
       if (std::none_of(v.eval_items.begin(), v.eval_items.end(),
-                       [&](const std::pair<YAML::Node, YAML::Node>& o) { return o.first.as<std::string>() == k; }))
+                       [&](const std::pair<YAML::Node, YAML::Node>& o) {
+                         return o.first.as<std::string>() == k;
+                       }))
         merged.push_back(item);
     }
     merged.insert(merged.end(), v.eval_items.begin(), v.eval_items.end());
-    v.eval = read_eval(r, merged, v.eval_items.empty() ? eval_line : v.line);
+    const int line = !v.eval_items.empty() ? v.line
+                     : v.parent.empty()    ? eval_line
+                                           : line_of.at(v.parent);
+    v.eval = read_eval(r, merged, line);
+    merged_of[v.name] = std::move(merged);
+    line_of[v.name] = line;
   }
   return s;
 }
@@ -1346,6 +1358,13 @@ int run_ablate_command(const AblateOptions& o) {
     std::cerr << "ablate: plots will not be drawn: " << why
               << "; summary.md and summary.csv are written\n";
   make_dirs(s.dir);
+  // One ablate per sweep directory: a second would restart the first's runs.
+  const std::string lock_path = s.dir + "/.ablate.lock";
+  const int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd < 0) throw IoError("cannot create " + lock_path + " (is " + s.dir + " writable?)");
+  if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0)
+    throw Error(kExitOther, "another `ringtrain ablate` is running the sweep in " + s.dir +
+                                " (it holds " + lock_path + "); wait for it or stop it first");
   std::cerr << "ablate: sweep " << s.name << ", " << n_sel << " runs in " << s.dir
             << " (every resolved config validated)\n";
 
