@@ -25,7 +25,7 @@ rc=0
 [ $rc -eq 2 ] && grep -q "does not exist .*--set data.train=PATH" pos.txt ||
   fail "positions.yaml without data: exit $rc: $(cat pos.txt)"
 
-tiny=(--set train.max_steps=2 --set log.every_steps=1)
+tiny=(--no-plots --set train.max_steps=2 --set log.every_steps=1)
 "$bin" ablate "$src/configs/ablations/positions.yaml" --set data.train=text.txt \
   --set data.val=text.txt "${tiny[@]}" 2> pos.err || fail "positions.yaml: $(cat pos.err)"
 "$bin" ablate "$src/configs/ablations/memory.yaml" "${tiny[@]}" 2> mem.err ||
@@ -54,4 +54,5 @@ for name in ("bptt-full", "bptt-window2", "bptt-none", "no-memory", "bptt-full-r
 for name in ("recall-rmt", "recall-rmt-reset"):
     assert 0 <= float(m[name]["recall"]) <= 1, (name, m[name])
 PY
+[ ! -e runs/memory/passkey.png ] || fail "--no-plots drew plots"
 echo "cli_ablate_shipped: ok"

@@ -1352,9 +1352,9 @@ int run_ablate_command(const AblateOptions& o) {
   sigaction(SIGINT, &sa, &old_int);
   sigaction(SIGTERM, &sa, &old_term);
 
-  std::string why;
-  const bool plots = plots_available(&why);
-  if (!plots)
+  std::string why = "--no-plots";
+  const bool plots = o.plots && plots_available(&why);
+  if (!plots && o.plots)
     std::cerr << "ablate: plots will not be drawn: " << why
               << "; summary.md and summary.csv are written\n";
   make_dirs(s.dir);

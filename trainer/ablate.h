@@ -15,6 +15,7 @@ namespace rt {
 struct AblateOptions {
   std::string sweep;              // SWEEP.yaml
   bool dry_run = false;           // validate and print the plan; run nothing
+  bool plots = true;              // launch/plot_ablation.py after every variant
   std::vector<std::string> only;  // run only these variants (and what they need)
   std::vector<std::string> sets;  // --set key=value: every variant, after its own set:
 };

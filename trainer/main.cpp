@@ -281,6 +281,9 @@ int run(int argc, char** argv) {
   ablate->add_option("sweep", ao.sweep, "SWEEP.yaml")->required();
   ablate->add_flag("--dry-run", ao.dry_run,
                    "validate every variant and print what would run; run nothing");
+  ablate->add_flag("!--no-plots", ao.plots,
+                   "skip the PNG plots (launch/plot_ablation.py); the CSV and markdown are "
+                   "written");
   ablate->add_option("--only", ao.only, "run only these variants (and those they need)")
       ->take_all();
   ablate->add_option("--set", ao.sets,
