@@ -1377,6 +1377,10 @@ int run_ablate_command(const AblateOptions& o) {
   bool interrupted = false;
   for (Instance& in : all) {
     if (!in.selected) continue;
+    if (g_signal_count > 0) {  // arrived between children (while writing the report)
+      interrupted = true;
+      break;
+    }
     ++pos;
     const std::string tag = "[ablate " + std::to_string(pos) + "/" + std::to_string(n_sel) +
                             "] " + in.name;
