@@ -943,6 +943,9 @@ struct Measured {
 
 Measured measure(const Instance& in) {
   Measured r;
+  // What a run with another resolved config left behind is not this variant's.
+  if (in.trains() && !in.state.train_hash.empty() && in.state.train_hash != in.train_hash)
+    return r;
   if (in.trains()) {
     std::ifstream f(in.dir + "/metrics.jsonl");
     double peak = 0, fpt = 0, loss = NAN, tokens = 0;
@@ -984,7 +987,7 @@ Measured measure(const Instance& in) {
   if (in.state.params > 0) r.m["params"] = double(in.state.params);
   if (in.state.eval_wall_s > 0) r.m["eval_wall_s"] = in.state.eval_wall_s;
   std::ifstream ef(in.eval_json());
-  if (!ef || in.state.eval_status != "complete") return r;
+  if (!ef || in.state.eval_status != "complete" || in.state.eval_hash != in.eval_hash) return r;
   json e = json::parse(ef, nullptr, false);
   if (e.is_discarded()) return r;
   for (const auto& p : e.value("perplexity", json::array()))
