@@ -27,6 +27,11 @@ def metric(v, key):
     return None if m is None or m["mean"] is None else m["mean"]
 
 
+def color(i, n):
+    """Distinct colours for up to 20 lines (the default cycle repeats after 10)."""
+    return plt.cm.tab10(i % 10) if n <= 10 else plt.cm.tab20(i % 20)
+
+
 def ppl_lengths(summary):
     return sorted({int(c[4:]) for c in summary["columns"] if c.startswith("ppl@")})
 
@@ -35,13 +40,14 @@ def plot_ppl(summary, out):
     lens = ppl_lengths(summary)
     if not lens:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for v in summary["variants"]:
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    n = len(summary["variants"])
+    for i, v in enumerate(summary["variants"]):
         xs = [t for t in lens if metric(v, f"ppl@{t}") is not None]
         if not xs:
             continue
         ys = [metric(v, f"ppl@{t}") for t in xs]
-        ax.plot(xs, ys, marker="o", label=v["name"],
+        ax.plot(xs, ys, marker="o", label=v["name"], color=color(i, n),
                 linestyle="--" if v["kind"] == "eval-only" else "-")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -50,7 +56,7 @@ def plot_ppl(summary, out):
     ax.set_ylabel("perplexity")
     ax.set_title(f"{summary['sweep']}: perplexity vs length (dashed: eval-only)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -92,15 +98,13 @@ def plot_passkey(summary, out):
 
 
 def plot_loss(summary, out):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    any_curve = False
-    for v in summary["variants"]:
-        for inst in v["instances"]:
-            curve = inst.get("loss_curve") or []
-            if not curve:
-                continue
-            any_curve = True
-            ax.plot([c[0] for c in curve], [c[1] for c in curve], label=inst["name"], lw=1.2)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    insts = [i for v in summary["variants"] for i in v["instances"] if i.get("loss_curve")]
+    any_curve = bool(insts)
+    for k, inst in enumerate(insts):
+        curve = inst["loss_curve"]
+        ax.plot([c[0] for c in curve], [c[1] for c in curve], label=inst["name"], lw=1.2,
+                color=color(k, len(insts)))
     if not any_curve:
         plt.close(fig)
         return False
@@ -108,7 +112,7 @@ def plot_loss(summary, out):
     ax.set_ylabel("training loss")
     ax.set_title(f"{summary['sweep']}: training loss", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
