@@ -224,4 +224,20 @@ expect2 bad.yaml "variant 'r': eval: memory_reset applies to memory models"
 bad $'variants:\n  - {name: a}'
 expect2 bad.yaml "--only b: no such variant" --only b
 expect2 missing.yaml "cannot read sweep file 'missing.yaml'"
+# --- launch: {np: 2}: train and eval under launch/local.sh, the layout checked for 2 ranks
+if command -v mpirun > /dev/null; then
+  cat > np.yaml <<'YAML'
+name: np
+base: base.yaml
+set: {train.max_steps: 4, log.every_steps: 2}
+variants: [{name: a}]
+launch: {np: 2}
+eval: {seq_lens: [64], max_sequences: 2}
+YAML
+  expect2 np.yaml "np.yaml:4: variant 'a': .*global_batch_size(2) is not a multiple of data_parallel(2) \\* train.micro_batch_size(2)"
+  sed -i 's/log.every_steps: 2}/log.every_steps: 2, train.micro_batch_size: 1}/' np.yaml
+  "$bin" ablate np.yaml --no-plots 2> np.err || fail "np sweep: $(cat np.err)"
+  grep -q "layout: world 2 = data_parallel 2" runs/np/a/run.log || fail "train not on 2 ranks"
+  grep -q "eval: .*world 2 = data_parallel 2" runs/np/a/run.log || fail "eval not on 2 ranks"
+fi
 echo "cli_ablate: ok"
