@@ -829,7 +829,7 @@ std::vector<Instance> expand(const Sweep& s, const SweepReader& r) {
         in.train_hash = fnv1a_hex(in.config_yaml + "\nnp=" + std::to_string(s.np) +
                                   (p ? "\nparent=" + p->train_hash : ""));
         in.ckpt = checkpoint_path(in.dir, in.cfg.train.max_steps);
-        if (p) changed.push_back("init_from=" + p->name);
+        if (p) changed.push_back("init_from=" + v.parent);
         for (const auto& o : v.set) changed.push_back(o.text());
       } else {
         for (const auto& o : v.eval_set) in.sets.push_back(o.text());
@@ -841,7 +841,7 @@ std::vector<Instance> expand(const Sweep& s, const SweepReader& r) {
         in.config_yaml = config_to_yaml(in.cfg);
         in.train_hash = p->train_hash;
         in.ckpt = p->ckpt;
-        changed.push_back("from=" + p->name);
+        changed.push_back("from=" + v.parent);
         for (const auto& o : v.eval_set) changed.push_back(o.text());
       }
       if (v.eval.memory_reset) changed.push_back("eval: memory_reset");
