@@ -21,6 +21,7 @@
 #include "data/dataset.h"
 #include "data/token_file.h"
 #include "data/tokenizer.h"
+#include "trainer/ablate.h"
 #include "trainer/checkpoint.h"
 #include "trainer/command_name.h"
 #include "trainer/config.h"
@@ -307,7 +308,7 @@ int cmd_inspect(const std::string& path) {
 int run(int argc, char** argv) {
   CLI::App app{
       "ringtrain: train and fine-tune long-context transformers.\n"
-      "Launch multi-process runs with mpirun; see README.md and SPEC."};
+      "Launch multi-process runs with mpirun; see README.md and docs/cli.md."};
   app.require_subcommand(1);
   app.set_version_flag("--version", "ringtrain 0.1.0");
 
@@ -462,6 +463,26 @@ int run(int argc, char** argv) {
                          "HF_DIR or imported CKPT.h5 whose tokenizer files to copy (default: "
                          "found from the checkpoint)");
 
+  AblateOptions ao;
+  auto* ablate = app.add_subcommand(
+      "ablate",
+      "Run a sweep of variants: grid, named, eval-only (from:) and follow-up "
+      "(init_from:) variants, seeds; each as its own train + eval process in "
+      "runs/<sweep>/<variant>/, resumable; writes summary.md, summary.csv and plots. Exit 0 all "
+      "complete, 1 some failed or interrupted, 2 invalid sweep (nothing runs)");
+  ablate->add_option("sweep", ao.sweep, "SWEEP.yaml")->required();
+  ablate->add_flag("--dry-run", ao.dry_run,
+                   "validate every variant and print what would run; run nothing");
+  ablate->add_flag("!--no-plots", ao.plots,
+                   "skip the PNG plots (launch/plot_ablation.py); the CSV and markdown are "
+                   "written");
+  ablate->add_option("--only", ao.only, "run only these variants (and those they need)")
+      ->take_all();
+  ablate->add_option("--set", ao.sets,
+                     "override a config key in every training variant (applied after the "
+                     "variant's own set:), e.g. --set data.train=PATH")
+      ->take_all();
+
   auto* data = app.add_subcommand("data", "Data tools");
   data->require_subcommand(1);
   std::vector<std::string> inputs;
@@ -510,6 +531,7 @@ int run(int argc, char** argv) {
   if (import_cmd->parsed()) return rank0 ? run_import_command(io) : kExitOk;
   if (export_cmd->parsed()) return rank0 ? run_export_command(eo2) : kExitOk;
   if (prepare->parsed() && !rank0) return kExitOk;
+  if (ablate->parsed()) return run_ablate_command(ao);
   if (prepare->parsed()) {
     const std::string described = load_tokenizer(tokenizer)->describe();
     for (const std::string& path : prepare_token_file(inputs, out, tokenizer, val_fraction)) {
