@@ -168,6 +168,7 @@ int cmd_inspect(const std::string& path) {
   std::printf("total parameters: %lld (%lld tensors, %s as float32)\n", (long long)total,
               (long long)c.model.size(), format_bytes(double(total) * 4).c_str());
   std::printf("checksums: ok\n");
+  std::printf("integrity: %s\n", c.integrity.c_str());
   std::printf("\nconfig:\n%s", c.meta.config_yaml.c_str());
   if (!c.meta.config_yaml.empty() && c.meta.config_yaml.back() != '\n') std::printf("\n");
   if (!c.meta.trainer_state_json.empty())
