@@ -259,7 +259,18 @@ void Trainer::restore_from(const std::string& path) {
   step_ = meta.step;
   tokens_seen_ = meta.tokens_seen;
   last_saved_step_ = step_;
+  // The non-finite streak continues across a resume: a run that diverged
+  // must not get a fresh tolerance from every restart.
   nonfinite_streak_ = 0;
+  if (!meta.trainer_state_json.empty()) {
+    const nlohmann::json st = nlohmann::json::parse(meta.trainer_state_json, nullptr, false);
+    if (st.is_object() && st.contains("nonfinite_streak")) {
+      if (!st["nonfinite_streak"].is_number_integer() || st["nonfinite_streak"].get<int64_t>() < 0)
+        throw IoError("checkpoint " + path + ": /trainer state 'nonfinite_streak' is " +
+                      st["nonfinite_streak"].dump() + ", expected a count >= 0");
+      nonfinite_streak_ = int(std::min<int64_t>(st["nonfinite_streak"].get<int64_t>(), 1 << 30));
+    }
+  }
 }
 
 // Weights only: optimizer, step and data position start fresh (SPEC §4.4).
