@@ -89,6 +89,9 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
   dims_ = ParallelDims::build(world_->size(), cfg_.parallel.data_parallel,
                               cfg_.parallel.context_parallel);
   writer_ = opt_.write_outputs && rank_ == 0;
+  // One training process per run dir (the writer's lock; other ranks follow
+  // rank 0, whose failure aborts the job).
+  if (writer_) run_lock_ = std::make_unique<RunLock>(cfg_.run.dir);
   // one ring per data-parallel index, ordered by cp index
   cp_comm_ = split_comm(*world_, dims_.dp_index(rank_), dims_.cp_index(rank_));
   const RingLayout layout = parse_ring_layout(cfg_.parallel.ring_layout);

@@ -26,6 +26,7 @@
 #include "trainer/evaluate.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
+#include "trainer/run_lock.h"
 
 namespace rt {
 
@@ -95,6 +96,7 @@ class Trainer {
   std::unique_ptr<Comm> cp_comm_;
   RowPositions rows_;  // this rank's rows of a training sequence
   bool writer_ = false;  // rank 0 of a run that writes outputs
+  std::unique_ptr<RunLock> run_lock_;  // the writer's, for the trainer's lifetime
   void print_layout_table();
 
   std::unique_ptr<Backend> backend_;
