@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "common/errors.h"
 #include "common/log.h"
@@ -334,6 +335,22 @@ static void maybe_inject_test_failure(int rank, int64_t step) {
                              std::to_string(rank) + " at step " + std::to_string(step));
 }
 
+// Test hook for the stop tests: RINGTRAIN_TEST_STEP_SLEEP_MS=N spends N ms
+// (not interruptible by signals, like a long computation) in every
+// micro-batch of a step.
+static void sleep_in_step_if_testing() {
+  static const char* v = std::getenv("RINGTRAIN_TEST_STEP_SLEEP_MS");
+  if (!v) return;
+  const auto until = Clock::now() + std::chrono::milliseconds(std::atoll(v));
+  while (Clock::now() < until) std::this_thread::sleep_until(until);  // resumes after EINTR
+}
+
+bool Trainer::stop_requested_everywhere() {
+  int64_t any = stop_signal_received() != 0;
+  if (dims_.world > 1) world_->allreduce_sum(&any, 1);
+  return any != 0;
+}
+
 StepStats Trainer::train_step() {
   maybe_inject_test_failure(rank_, step_ + 1);
   const auto t0 = Clock::now();
@@ -367,6 +384,17 @@ StepStats Trainer::train_step() {
 
   double loss_sum = 0;
   for (int j = 0; j < per_dp; j += mb) {
+    // A stop (SIGTERM/SIGINT) abandons the step between micro-batches, so that
+    // a preempted job saves within one micro-batch rather than one step; all
+    // ranks agree (one small allreduce per micro-batch) and leave together.
+    if (j > 0 && stop_requested_everywhere()) {
+      model_->grads().zero();
+      StepStats s;
+      s.step = step_;
+      s.abandoned = true;
+      return s;
+    }
+    sleep_in_step_if_testing();
     if (rmt_) {
       loss_sum += rmt_->forward_backward(inputs_.data() + size_t(j) * Tl,
                                          targets_.data() + size_t(j) * Tl, mb, Tl, scale,
@@ -509,6 +537,15 @@ void Trainer::fit() {
 
   while (step_ < tc.max_steps) {
     StepStats s = train_step();
+    if (s.abandoned) {
+      const int sig = stop_signal_received() ? stop_signal_received() : SIGTERM;
+      log_info("received %s during step %lld: abandoned it; saving step %lld, the last "
+               "completed one",
+               sig == SIGINT ? "SIGINT" : "SIGTERM", (long long)step_ + 1, (long long)step_);
+      if (last_saved_step_ != step_) save_checkpoint_now();
+      stopped_by_signal_ = sig;
+      return;
+    }
     window_ms += s.step_ms;
     window_loss += s.loss;
     window_tokens += s.tokens;

@@ -38,6 +38,10 @@ struct StepStats {
   int64_t tokens = 0;      // input tokens processed in the step (global)
   double step_ms = 0;
   bool skipped = false;    // non-finite loss or gradient: update skipped
+  // A stop signal reached every rank between micro-batches: the step was
+  // given up before the update (weights, moments, step and tokens are those
+  // of the last completed step, a consistent state to save).
+  bool abandoned = false;
 };
 
 class Trainer {
@@ -86,6 +90,8 @@ class Trainer {
   void restore_from(const std::string& path);
   void init_from(const std::string& path);
   std::string trainer_state_json() const;
+  // Whether any rank got a stop signal (collective when world > 1).
+  bool stop_requested_everywhere();
 
   Config cfg_;
   Options opt_;
