@@ -402,7 +402,7 @@ RunConfig read_run(Origins& o, const YAML::Node& node) {
   if (r.has("dir") && r.has("name") && c.dir != "runs/" + c.name &&
       std::filesystem::path(c.dir).lexically_normal().filename() != c.name &&
       std::filesystem::path(c.dir).lexically_normal().parent_path().filename() != c.name)
-    log_warn("%s: run.dir (%s) and run.name (%s, default dir runs/%s) disagree: run.dir wins, "
+    log_info("%s: run.dir (%s) and run.name (%s, default dir runs/%s) disagree: run.dir wins, "
              "the run uses %s; drop run.dir to use runs/%s",
              o.where("run.dir").c_str(), c.dir.c_str(), c.name.c_str(), c.name.c_str(),
              c.dir.c_str(), c.name.c_str());
