@@ -189,8 +189,9 @@ int run(int argc, char** argv) {
   auto* train = app.add_subcommand(
       "train",
       "Train or fine-tune from a YAML config. Resumes from the newest usable checkpoint in the "
-      "run dir (else starts from checkpoint.init_from's weights, if set). SIGINT/SIGTERM: "
-      "finish the current step, save a checkpoint, exit 0");
+      "run dir (else starts from checkpoint.init_from's weights, if set); one train per run dir "
+      "(RUN_DIR/.lock). SIGINT/SIGTERM: stop at the next micro-batch boundary, save the last "
+      "completed step, exit 0 (under MPI signal launch/local.sh, not mpirun)");
   train->add_option("config", config, "config YAML")->required();
   train->add_option("--set", overrides, "override a config key: --set train.optimizer.lr=1e-4")
       ->take_all();
