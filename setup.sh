@@ -10,6 +10,7 @@ packages=(
   cmake ninja-build g++ pkg-config
   libopenmpi-dev openmpi-bin         # MPI (multi-process runs)
   libhdf5-dev                        # checkpoints and .h5 token files
+  libxxhash-dev                      # checkpoint integrity digests
   libyaml-cpp-dev                    # configs
   libopenblas-openmp-dev             # sgemm (OpenMP flavour: no nested thread pools)
   libgtest-dev                       # tests

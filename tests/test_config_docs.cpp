@@ -32,6 +32,7 @@ void flatten(const YAML::Node& n, const std::string& prefix, std::set<std::strin
 
 std::set<std::string> resolved_keys() {
   const std::string full = R"(
+run: {dir: elsewhere/run}
 model:
   position: rope
   rope_scaling: {rope_type: yarn, factor: 4}

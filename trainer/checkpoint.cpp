@@ -2,9 +2,14 @@
 
 #include <fcntl.h>
 #include <hdf5.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <optional>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -13,9 +18,12 @@
 #include <regex>
 #include <system_error>
 
+#include <nlohmann/json.hpp>
+
 #include "common/errors.h"
 #include "common/log.h"
 #include "trainer/hf/hf_io.h"
+#include "trainer/integrity.h"
 
 namespace rt {
 namespace {
@@ -58,6 +66,16 @@ class H5Id {
 
 void silence_hdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
 
+// HDF5 closes what is still open from an atexit handler. After a save that
+// failed half-way (a full disk), the half-closed file makes that handler
+// crash (exit 139 instead of our 3). Every file we write is closed
+// explicitly, and read-only files need no cleanup, so skip it. Must run
+// before the library's first initialisation: a static initialiser.
+const bool kHdf5NoAtexit = [] {
+  H5dont_atexit();
+  return true;
+}();
+
 herr_t collect_error(unsigned /*n*/, const H5E_error2_t* e, void* data) {
   if (e->desc && e->desc[0]) static_cast<std::vector<std::string>*>(data)->push_back(e->desc);
   return 0;
@@ -96,7 +114,14 @@ class CheckpointWriter {
  public:
   CheckpointWriter(const std::string& path, const std::string& display_path)
       : display_(display_path) {
-    hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    (void)kHdf5NoAtexit;
+    // The HDF5 1.10 file format: checksummed superblock, object headers
+    // (attributes, links) and chunk indexes (fixed arrays), on top of the
+    // Fletcher32 of the chunks. Readable by HDF5 >= 1.10 (h5py >= 2.7).
+    H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+    if (!fapl.valid() || H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V110, H5F_LIBVER_V110) < 0)
+      fail("cannot set the file format version");
+    hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
     if (f < 0) fail("cannot create temporary file " + path);
     file_ = H5Id(f, H5Fclose);
   }
@@ -123,6 +148,24 @@ class CheckpointWriter {
       fail(std::string("cannot write attribute ") + name);
   }
 
+  // A fixed-length UTF-8 string: stored inside the (checksummed) object
+  // header, never in the global heap.
+  void fixed_string_attr(hid_t obj, const char* name, const std::string& value) {
+    H5Id type(H5Tcopy(H5T_C_S1), H5Tclose);
+    if (!type.valid() || H5Tset_size(type.get(), std::max<size_t>(1, value.size())) < 0 ||
+        H5Tset_strpad(type.get(), H5T_STR_NULLPAD) < 0 ||
+        H5Tset_cset(type.get(), H5T_CSET_UTF8) < 0)
+      fail("cannot make a string type");
+    H5Id space(H5Screate(H5S_SCALAR), H5Sclose);
+    H5Id attr(H5Acreate2(obj, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
+              H5Aclose);
+    if (!attr.valid()) fail(std::string("cannot create attribute ") + name);
+    std::string buf = value;
+    buf.resize(std::max<size_t>(1, value.size()), '\0');
+    if (H5Awrite(attr.get(), type.get(), buf.data()) < 0)
+      fail(std::string("cannot write attribute ") + name);
+  }
+
   // file_type: H5T_STD_I64LE or H5T_STD_I32LE
   void int_attr(hid_t obj, const char* name, int64_t value, hid_t file_type) {
     H5Id space(H5Screate(H5S_SCALAR), H5Sclose);
@@ -134,11 +177,14 @@ class CheckpointWriter {
 
   // Every tensor of `arena` as a float32 dataset under `group` (full path
   // `group_path` for messages), chunked with Fletcher32.
-  void tensors(hid_t group, const std::string& group_path, Backend& be, const Arena& arena) {
+  void tensors(hid_t group, const std::string& group_path, Backend& be, const Arena& arena,
+               IntegrityRecord& record) {
     std::vector<float> host;
     for (const TensorSpec& s : arena.specs()) {
       host.resize(s.numel);
       if (s.numel) be.copy_to_host(host.data(), arena.f32(s), s.numel * sizeof(float));
+      record.datasets[group_path + "/" + s.name] = {
+          s.shape, digest_hex(host.data(), host.size() * sizeof(float))};
       tensor(group, group_path, s.name, s.shape, host.data());
     }
   }
@@ -257,9 +303,18 @@ class CheckpointReader {
       throw IoError("checkpoint " + path + ": cannot open (" + h5_reason() +
                     "); the file is truncated, corrupt or unreadable");
     file_ = H5Id(f, H5Fclose);
+    load_integrity_record();
   }
 
   const std::string& path() const { return path_; }
+  // The integrity record; none in files written by other tools or before it existed.
+  const std::optional<IntegrityRecord>& record() const { return record_; }
+
+  // IoError: the file fails an integrity or consistency check.
+  [[noreturn]] void bad(const std::string& what) const {
+    throw IoError("checkpoint " + path_ + ": integrity check failed: " + what +
+                  "; the file is corrupt (use an earlier checkpoint)");
+  }
   hid_t file() const { return file_.get(); }
 
   bool exists(hid_t parent, const std::string& name) const {
@@ -276,7 +331,10 @@ class CheckpointReader {
 
   bool has_attr(hid_t obj, const char* name) const { return H5Aexists(obj, name) > 0; }
 
-  std::string string_attr(hid_t obj, const char* name) const {
+  // Variable-length strings live in HDF5's global heap, which has no
+  // checksum: a damaged heap object makes HDF5 overrun a buffer or loop.
+  // Call this on them only inside read_strings_isolated().
+  std::string string_attr(hid_t obj, const char* name, bool fixed_only = false) const {
     H5Id attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
     if (!attr.valid()) fail(std::string("cannot open attribute '") + name + "'");
     H5Id type(H5Aget_type(attr.get()), H5Tclose);
@@ -284,7 +342,10 @@ class CheckpointReader {
       throw IoError("checkpoint " + path_ + ": attribute '" + name + "' is not a string");
     check_single(attr.get(), name);
     std::string out;
-    if (H5Tis_variable_str(type.get()) > 0) {
+    if (H5Tis_variable_str(type.get()) != 0) {
+      if (fixed_only)
+        throw IoError("checkpoint " + path_ + ": attribute '" + name +
+                      "' must be a fixed-length string; the file is corrupt");
       H5Id mem(H5Tcopy(H5T_C_S1), H5Tclose);
       H5Tset_size(mem.get(), H5T_VARIABLE);
       H5Tset_cset(mem.get(), H5Tget_cset(type.get()));
@@ -295,6 +356,9 @@ class CheckpointReader {
       H5free_memory(p);
     } else {
       size_t n = H5Tget_size(type.get());
+      if (n == 0 || n > (size_t(1) << 30))
+        throw IoError("checkpoint " + path_ + ": attribute '" + name + "' has an implausible "
+                      "string length " + std::to_string(n) + "; the file is corrupt");
       H5Id mem(H5Tcopy(H5T_C_S1), H5Tclose);
       H5Tset_size(mem.get(), n + 1);  // room for a terminator after NULLPAD strings
       H5Tset_cset(mem.get(), H5Tget_cset(type.get()));
@@ -341,11 +405,71 @@ class CheckpointReader {
                    std::vector<float>& out) const {
     H5Id dset(H5Dopen2(group, name.c_str(), H5P_DEFAULT), H5Dclose);
     if (!dset.valid()) fail("cannot open dataset " + where);
-    if (out.empty()) return;
+    const IntegrityDataset* recorded = nullptr;
+    if (record_) {
+      auto it = record_->datasets.find(where);
+      if (it == record_->datasets.end()) bad("dataset " + where + " is not in the integrity record");
+      recorded = &it->second;
+    }
+    if (out.empty()) {
+      if (recorded && recorded->digest != digest_hex(nullptr, 0))
+        bad("dataset " + where + " is empty but the integrity record says otherwise");
+      return;
+    }
+    // Every chunk must exist: a damaged chunk index makes HDF5 return the
+    // fill value (zeros) for the chunks it cannot find, without an error.
+    check_allocated(dset.get(), where);
+    if (recorded) {
+      // ringtrain writes float32 without compression: at least 4 bytes per element.
+      const hsize_t bytes = H5Dget_storage_size(dset.get());
+      if (bytes < hsize_t(out.size()) * sizeof(float))
+        bad("dataset " + where + " has " + std::to_string(bytes) + " bytes of storage, " +
+            std::to_string(out.size() * sizeof(float)) + " expected");
+    }
     if (H5Dread(dset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0)
       throw IoError("checkpoint " + path_ + ": checksum mismatch or unreadable data in dataset " +
                     where + " (" + h5_reason() +
                     "): the file is corrupt; use an earlier checkpoint");
+    if (recorded) {
+      const std::string got = digest_hex(out.data(), out.size() * sizeof(float));
+      if (got != recorded->digest)
+        bad("dataset " + where + " reads back with digest " + got +
+            ", the integrity record says " + recorded->digest);
+    }
+  }
+
+  // Chunked: every chunk is in the index; contiguous or compact: allocated.
+  void check_allocated(hid_t dset, const std::string& where) const {
+    H5Id dcpl(H5Dget_create_plist(dset), H5Pclose);
+    if (!dcpl.valid()) fail("cannot read the storage layout of dataset " + where);
+    const H5D_layout_t layout = H5Pget_layout(dcpl.get());
+    if (layout == H5D_CHUNKED) {
+      H5Id space(H5Dget_space(dset), H5Sclose);
+      const int rank = H5Sget_simple_extent_ndims(space.get());
+      if (rank < 0 || rank > 32) fail("cannot read the shape of dataset " + where);
+      std::vector<hsize_t> dims(static_cast<size_t>(rank)), chunk(static_cast<size_t>(rank));
+      H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+      if (H5Pget_chunk(dcpl.get(), rank, chunk.data()) != rank)
+        fail("cannot read the chunk shape of dataset " + where);
+      hsize_t expected = 1;
+      for (int i = 0; i < rank; ++i) {
+        if (chunk[size_t(i)] == 0) bad("dataset " + where + " has a zero chunk dimension");
+        expected *= (dims[size_t(i)] + chunk[size_t(i)] - 1) / chunk[size_t(i)];
+      }
+      hsize_t n = 0;
+      if (H5Dget_num_chunks(dset, space.get(), &n) < 0)
+        fail("cannot count the chunks of dataset " + where);
+      if (n != expected)
+        bad("dataset " + where + " has " + std::to_string(n) + " of its " +
+            std::to_string(expected) + " chunks in its chunk index (a damaged index, or never "
+            "written)");
+      return;
+    }
+    H5D_space_status_t status;
+    if (H5Dget_space_status(dset, &status) < 0)
+      fail("cannot read the storage status of dataset " + where);
+    if (status != H5D_SPACE_STATUS_ALLOCATED)
+      bad("dataset " + where + " has no storage allocated (never written)");
   }
 
   // Names of the links in a group, sorted.
@@ -379,15 +503,151 @@ class CheckpointReader {
                     "' must be a single value");
   }
 
+  void load_integrity_record() {
+    if (!has_attr(file(), "integrity")) return;
+    const std::string text = string_attr(file(), "integrity", true);
+    if (!has_attr(file(), "integrity_digest")) bad("attribute 'integrity_digest' is missing");
+    const std::string digest = string_attr(file(), "integrity_digest", true);
+    if (digest_hex(text.data(), text.size()) != digest)
+      bad("the integrity record does not match its digest");
+    try {
+      record_ = IntegrityRecord::from_json(text);
+    } catch (const std::runtime_error& e) {
+      bad(std::string("the integrity record is ") + e.what());
+    }
+  }
+
   std::string path_;
   H5Id file_;
+  std::optional<IntegrityRecord> record_;
 };
 
-void check_format(const CheckpointReader& r) {
+// The string attributes of SPEC §8.
+struct CheckpointStrings {
+  std::optional<std::string> format, config, optimizer_type, trainer_state;
+};
+
+// Reads the string attributes of a file without an integrity record (written
+// by h5py or an older ringtrain; variable-length strings in the unchecked
+// global heap) in a child process, so that a corrupt heap that crashes or
+// hangs HDF5 becomes an IoError here. Falls back to reading in-process when
+// fork() fails.
+CheckpointStrings read_strings_isolated(const CheckpointReader& r) {
+  auto read_all = [&r](CheckpointStrings& out) {
+    if (r.has_attr(r.file(), "format")) out.format = r.string_attr(r.file(), "format");
+    if (r.has_attr(r.file(), "config")) out.config = r.string_attr(r.file(), "config");
+    if (r.exists(r.file(), "optimizer")) {
+      H5Id g = r.group(r.file(), "optimizer", "no /optimizer group");
+      if (r.has_attr(g.get(), "type")) out.optimizer_type = r.string_attr(g.get(), "type");
+    }
+    if (r.exists(r.file(), "trainer")) {
+      H5Id g = r.group(r.file(), "trainer", "no /trainer group");
+      if (r.has_attr(g.get(), "state")) out.trainer_state = r.string_attr(g.get(), "state");
+    }
+  };
+  CheckpointStrings out;
+  int fds[2];
+  if (::pipe(fds) != 0) {
+    read_all(out);
+    return out;
+  }
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    read_all(out);
+    return out;
+  }
+  if (pid == 0) {  // child: read, send, _exit (no destructors, no atexit handlers)
+    ::close(fds[0]);
+    ::alarm(30);
+    std::string msg;
+    try {
+      CheckpointStrings got;
+      read_all(got);
+      msg = "K";
+      for (const auto* v : {&got.format, &got.config, &got.optimizer_type, &got.trainer_state}) {
+        const uint64_t n = *v ? (*v)->size() : ~uint64_t(0);
+        msg.append(reinterpret_cast<const char*>(&n), sizeof n);
+        if (*v) msg += **v;
+      }
+    } catch (const std::exception& e) {
+      msg = std::string("E") + e.what();
+    }
+    for (size_t at = 0; at < msg.size();) {
+      ssize_t n = ::write(fds[1], msg.data() + at, msg.size() - at);
+      if (n <= 0) break;
+      at += size_t(n);
+    }
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string msg;
+  bool timed_out = false;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0) {
+      timed_out = true;
+      break;
+    }
+    pollfd p{fds[0], POLLIN, 0};
+    int pr = ::poll(&p, 1, int(left));
+    if (pr < 0 && errno == EINTR) continue;
+    if (pr <= 0) continue;
+    char buf[65536];
+    ssize_t n = ::read(fds[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    msg.append(buf, size_t(n));
+  }
+  ::close(fds[0]);
+  if (timed_out) ::kill(pid, SIGKILL);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  const std::string where = "checkpoint " + r.path() + ": ";
+  if (timed_out || WIFSIGNALED(status))
+    throw IoError(where + "reading its string attributes " +
+                  (timed_out ? std::string("hung") : std::string("crashed")) +
+                  " inside HDF5 (a corrupt variable-length string); the file is corrupt (use an "
+                  "earlier checkpoint)");
+  if (msg.empty()) throw IoError(where + "cannot read its string attributes");
+  if (msg[0] == 'E') throw IoError(msg.substr(1));
+  size_t at = 1;
+  for (auto* v : {&out.format, &out.config, &out.optimizer_type, &out.trainer_state}) {
+    uint64_t n = 0;
+    if (at + sizeof n > msg.size()) throw IoError(where + "cannot read its string attributes");
+    std::memcpy(&n, msg.data() + at, sizeof n);
+    at += sizeof n;
+    if (n == ~uint64_t(0)) continue;
+    if (n > msg.size() - at) throw IoError(where + "cannot read its string attributes");
+    *v = msg.substr(at, size_t(n));
+    at += size_t(n);
+  }
+  return out;
+}
+
+// The string attributes: from the integrity record when there is one (the
+// variable-length copies are then never read), else read isolated.
+CheckpointStrings read_strings(const CheckpointReader& r) {
+  if (!r.record()) return read_strings_isolated(r);
+  const IntegrityRecord& rec = *r.record();
+  CheckpointStrings out;
+  if (r.has_attr(r.file(), "format")) out.format = rec.format;
+  if (r.has_attr(r.file(), "config")) out.config = rec.config;
+  if (rec.optimizer_step) out.optimizer_type = rec.optimizer_type;
+  out.trainer_state = rec.trainer_state;
+  return out;
+}
+
+void check_format(const CheckpointReader& r, const CheckpointStrings& str) {
   const std::string& p = r.path();
-  if (!r.has_attr(r.file(), "format"))
+  if (!str.format)
     throw IoError("checkpoint " + p + ": not a ringtrain checkpoint (missing attribute 'format')");
-  std::string format = r.string_attr(r.file(), "format");
+  const std::string& format = *str.format;
   if (format != "ringtrain")
     throw IoError("checkpoint " + p + ": not a ringtrain checkpoint (attribute 'format' is '" +
                   format + "', expected 'ringtrain')");
@@ -395,10 +655,118 @@ void check_format(const CheckpointReader& r) {
     throw IoError("checkpoint " + p +
                   ": not a ringtrain checkpoint (missing attribute 'format_version')");
   int64_t version = r.int_attr(r.file(), "format_version");
+  if (r.record() && r.record()->format_version != version)
+    r.bad("attribute 'format_version' is " + std::to_string(version) +
+          " but the integrity record says " + std::to_string(r.record()->format_version));
   if (version != kCheckpointFormatVersion)
     throw IoError("checkpoint " + p + ": format_version " + std::to_string(version) +
                   " is not supported (this build reads version " +
                   std::to_string(kCheckpointFormatVersion) + ")");
+}
+
+// The root and group attributes, checked against the integrity record and
+// against each other: the step in the file name (step_N.h5), the root `step`,
+// /optimizer's `step` and the /trainer state's `step` must agree.
+CheckpointMeta read_meta(const CheckpointReader& r, CheckpointStrings* strings_out = nullptr,
+                         int64_t* optimizer_step_out = nullptr) {
+  const std::string& path = r.path();
+  const CheckpointStrings str = read_strings(r);
+  check_format(r, str);
+  const std::optional<IntegrityRecord>& rec = r.record();
+  CheckpointMeta meta;
+  meta.format_version = kCheckpointFormatVersion;
+  auto root_int = [&](const char* name, int64_t IntegrityRecord::*field) -> int64_t {
+    const bool has = r.has_attr(r.file(), name);
+    if (rec && !has) r.bad(std::string("root attribute '") + name + "' is missing");
+    const int64_t v = has ? r.int_attr(r.file(), name) : 0;
+    if (rec && v != (*rec).*field)
+      r.bad(std::string("root attribute '") + name + "' is " + std::to_string(v) +
+            " but the integrity record says " + std::to_string((*rec).*field));
+    if (v < 0) r.bad(std::string("root attribute '") + name + "' is negative");
+    return v;
+  };
+  meta.step = root_int("step", &IntegrityRecord::step);
+  meta.tokens_seen = root_int("tokens_seen", &IntegrityRecord::tokens_seen);
+  if (!str.config)
+    throw IoError("checkpoint " + path +
+                  ": not a ringtrain checkpoint (missing attribute 'config')");
+  meta.config_yaml = *str.config;
+  meta.has_optimizer = r.exists(r.file(), "optimizer");
+  int64_t opt_step = 0;
+  if (rec && meta.has_optimizer != rec->optimizer_step.has_value())
+    r.bad(meta.has_optimizer ? "the file has an /optimizer group the integrity record does not list"
+                             : "the /optimizer group is missing");
+  if (meta.has_optimizer) {
+    H5Id g = r.group(r.file(), "optimizer", "no /optimizer group");
+    if (str.optimizer_type) meta.optimizer_type = *str.optimizer_type;
+    if (r.has_attr(g.get(), "step")) {
+      opt_step = r.int_attr(g.get(), "step");
+      if (rec && opt_step != *rec->optimizer_step)
+        r.bad("/optimizer attribute 'step' is " + std::to_string(opt_step) +
+              " but the integrity record says " + std::to_string(*rec->optimizer_step));
+      // Skipped (non-finite) steps do not count as optimizer steps.
+      if (opt_step < 0 || opt_step > meta.step)
+        r.bad("/optimizer attribute 'step' is " + std::to_string(opt_step) +
+              ", not within [0, root step " + std::to_string(meta.step) + "]");
+    } else if (rec) {
+      r.bad("/optimizer attribute 'step' is missing");
+    }
+  }
+  if (str.trainer_state) meta.trainer_state_json = *str.trainer_state;
+  if (!meta.trainer_state_json.empty()) {
+    nlohmann::json st = nlohmann::json::parse(meta.trainer_state_json, nullptr, false);
+    if (st.is_discarded() || !st.is_object())
+      r.bad("/trainer attribute 'state' is not a JSON object");
+    for (const char* key : {"step", "tokens_seen"}) {
+      if (!st.contains(key)) continue;
+      const int64_t want = std::string(key) == "step" ? meta.step : meta.tokens_seen;
+      if (!st[key].is_number_integer() || st[key].get<int64_t>() != want)
+        r.bad(std::string("/trainer state says ") + key + " " + st[key].dump() +
+              " but the root attribute '" + key + "' is " + std::to_string(want));
+    }
+  }
+  static const std::regex kName(R"(step_(\d{1,18})\.h5)");
+  std::smatch m;
+  const std::string name = fs::path(path).filename().string();
+  if (std::regex_match(name, m, kName) && std::stoll(m[1].str()) != meta.step)
+    r.bad("the file name says step " + std::to_string(std::stoll(m[1].str())) +
+          " but the root attribute 'step' is " + std::to_string(meta.step));
+  // the model's tokenizer (data/tokenizer.h), a fixed-length string
+  if (r.has_attr(r.file(), "tokenizer")) meta.tokenizer = r.string_attr(r.file(), "tokenizer", true);
+  if (strings_out) *strings_out = str;
+  if (optimizer_step_out) *optimizer_step_out = opt_step;
+  return meta;
+}
+
+// Datasets of a group: with an integrity record, the names and shapes must be
+// the recorded ones (an IoError, checked before any comparison with the
+// config, which would be a UsageError).
+void verify_group_against_record(const CheckpointReader& r, hid_t group,
+                                 const std::string& group_path) {
+  if (!r.record()) return;
+  const auto& recorded = r.record()->datasets;
+  const std::string prefix = group_path + "/";
+  std::vector<std::string> in_file;
+  for (const std::string& name : r.link_names(group)) {
+    const std::string where = prefix + name;
+    H5O_info_t oinfo;
+    if (H5Oget_info_by_name2(group, name.c_str(), &oinfo, H5O_INFO_BASIC, H5P_DEFAULT) < 0)
+      r.fail("cannot read object " + where);
+    if (oinfo.type != H5O_TYPE_DATASET) continue;
+    auto it = recorded.find(where);
+    if (it == recorded.end()) r.bad("dataset " + where + " is not in the integrity record");
+    const std::vector<int64_t> shape = r.dataset_shape(group, name, where);
+    if (shape != it->second.shape)
+      r.bad("dataset " + where + " has shape " + shape_str(shape) +
+            " but the integrity record says " + shape_str(it->second.shape));
+    in_file.push_back(where);
+  }
+  for (auto it = recorded.lower_bound(prefix); it != recorded.end(); ++it) {
+    if (it->first.compare(0, prefix.size(), prefix) != 0) break;
+    if (it->first.find('/', prefix.size()) != std::string::npos) continue;  // a subgroup's
+    if (std::find(in_file.begin(), in_file.end(), it->first) == in_file.end())
+      r.bad("dataset " + it->first + " is in the integrity record but missing from the file");
+  }
 }
 
 // Loads every tensor of `arena` from `group` (path `group_path`). All shapes
@@ -408,6 +776,7 @@ void load_tensors(const CheckpointReader& r, hid_t group, const std::string& gro
   auto is_optional = [&](const std::string& name) {
     return std::find(optional.begin(), optional.end(), name) != optional.end();
   };
+  verify_group_against_record(r, group, group_path);
   std::vector<std::string> problems;
   for (const TensorSpec& s : arena.specs()) {
     const std::string where = group_path + "/" + s.name;
@@ -463,6 +832,12 @@ void save_checkpoint(const std::string& path, LlamaModel& model, Optimizer* opt,
     }
     {
       CheckpointWriter w(tmp, path);
+      IntegrityRecord rec;
+      rec.format_version = kCheckpointFormatVersion;
+      rec.step = meta.step;
+      rec.tokens_seen = meta.tokens_seen;
+      rec.config = meta.config_yaml;
+      rec.trainer_state = meta.trainer_state_json;
       w.string_attr(w.file(), "format", "ringtrain");
       w.int_attr(w.file(), "format_version", kCheckpointFormatVersion, H5T_STD_I32LE);
       w.int_attr(w.file(), "step", meta.step, H5T_STD_I64LE);
@@ -474,33 +849,39 @@ void save_checkpoint(const std::string& path, LlamaModel& model, Optimizer* opt,
       {
         H5Id g = w.group(w.file(), "model");
         // the fp32 master weights (the compute weights themselves in fp32)
-        w.tensors(g.get(), "/model", be, model.master());
+        w.tensors(g.get(), "/model", be, model.master(), rec);
       }
       if (opt) {
         H5Id g = w.group(w.file(), "optimizer");
         w.int_attr(g.get(), "step", opt->steps_taken(), H5T_STD_I64LE);
         w.string_attr(g.get(), "type", opt->config().type);
+        rec.optimizer_step = opt->steps_taken();
+        rec.optimizer_type = opt->config().type;
         if (opt->exp_avg().allocated()) {
           H5Id m = w.group(g.get(), "exp_avg");
-          w.tensors(m.get(), "/optimizer/exp_avg", be, opt->exp_avg());
+          w.tensors(m.get(), "/optimizer/exp_avg", be, opt->exp_avg(), rec);
           H5Id v = w.group(g.get(), "exp_avg_sq");
-          w.tensors(v.get(), "/optimizer/exp_avg_sq", be, opt->exp_avg_sq());
+          w.tensors(v.get(), "/optimizer/exp_avg_sq", be, opt->exp_avg_sq(), rec);
         }
         if (opt->momentum_buffer().allocated()) {  // SGD with momentum
           H5Id b = w.group(g.get(), "momentum_buffer");
-          w.tensors(b.get(), "/optimizer/momentum_buffer", be, opt->momentum_buffer());
+          w.tensors(b.get(), "/optimizer/momentum_buffer", be, opt->momentum_buffer(), rec);
         }
       }
       {
         H5Id g = w.group(w.file(), "trainer");
         w.string_attr(g.get(), "state", meta.trainer_state_json);
       }
-      if (!meta.tokenizer.empty()) w.string_attr(w.file(), "tokenizer", meta.tokenizer);
+      // fixed-length (in the checksummed object header, like the record)
+      if (!meta.tokenizer.empty()) w.fixed_string_attr(w.file(), "tokenizer", meta.tokenizer);
       if (!meta.tokenizer_files.empty()) {
         H5Id g = w.group(w.file(), "tokenizer");
         for (const auto& [name, bytes] : meta.tokenizer_files)
           w.bytes(g.get(), "/tokenizer", name, bytes);
       }
+      const std::string text = rec.to_json();
+      w.fixed_string_attr(w.file(), "integrity", text);
+      w.fixed_string_attr(w.file(), "integrity_digest", digest_hex(text.data(), text.size()));
       w.finish();
     }
     if (int err = fsync_path(tmp, O_RDONLY))
@@ -527,33 +908,14 @@ void save_checkpoint(const std::string& path, LlamaModel& model, Optimizer* opt,
 CheckpointMeta read_checkpoint_meta(const std::string& path) {
   if (is_hf_dir(path)) return hf_dir_checkpoint_meta(path);  // SPEC §13
   CheckpointReader r(path);
-  check_format(r);
-  CheckpointMeta meta;
-  meta.format_version = kCheckpointFormatVersion;
-  meta.step = r.has_attr(r.file(), "step") ? r.int_attr(r.file(), "step") : 0;
-  meta.tokens_seen = r.has_attr(r.file(), "tokens_seen") ? r.int_attr(r.file(), "tokens_seen") : 0;
-  if (!r.has_attr(r.file(), "config"))
-    throw IoError("checkpoint " + path +
-                  ": not a ringtrain checkpoint (missing attribute 'config')");
-  meta.config_yaml = r.string_attr(r.file(), "config");
-  meta.has_optimizer = r.exists(r.file(), "optimizer");
-  if (meta.has_optimizer) {
-    H5Id g = r.group(r.file(), "optimizer", "no /optimizer group");
-    if (r.has_attr(g.get(), "type")) meta.optimizer_type = r.string_attr(g.get(), "type");
-  }
-  if (r.exists(r.file(), "trainer")) {
-    H5Id g = r.group(r.file(), "trainer", "no /trainer group");
-    if (r.has_attr(g.get(), "state")) meta.trainer_state_json = r.string_attr(g.get(), "state");
-  }
-  if (r.has_attr(r.file(), "tokenizer")) meta.tokenizer = r.string_attr(r.file(), "tokenizer");
-  return meta;
+  return read_meta(r);
 }
 
 std::vector<std::pair<std::string, std::string>> read_checkpoint_tokenizer_files(
     const std::string& path) {
   if (is_hf_dir(path)) return hf_tokenizer_files(path);  // SPEC §13
   CheckpointReader r(path);
-  check_format(r);
+  check_format(r, read_strings(r));
   std::vector<std::pair<std::string, std::string>> files;
   if (!r.exists(r.file(), "tokenizer")) return files;
   H5Id g = r.group(r.file(), "tokenizer", "no /tokenizer group");
@@ -586,7 +948,7 @@ void load_model_weights(const std::string& path, LlamaModel& model,
                         const std::vector<std::string>& optional) {
   if (is_hf_dir(path)) return load_hf_weights(path, model, optional);  // SPEC §13
   CheckpointReader r(path);
-  check_format(r);
+  read_meta(r);  // format, attribute consistency, integrity record
   H5Id g = r.group(r.file(), "model", "no /model group (not a complete checkpoint)");
   load_tensors(r, g.get(), "/model", model.backend(), model.master(), optional);
   model.sync_compute_weights();
@@ -594,7 +956,7 @@ void load_model_weights(const std::string& path, LlamaModel& model,
 
 void load_optimizer_state(const std::string& path, LlamaModel& model, Optimizer& opt) {
   CheckpointReader r(path);
-  check_format(r);
+  read_meta(r);
   H5Id g = r.group(r.file(), "optimizer",
                    "no /optimizer group (a weights-only checkpoint cannot resume training; "
                    "use checkpoint.init_from to start from its weights)");
@@ -625,12 +987,17 @@ void load_optimizer_state(const std::string& path, LlamaModel& model, Optimizer&
 CheckpointContents inspect_checkpoint(const std::string& path) {
   if (is_hf_dir(path)) return inspect_hf_dir(path);  // SPEC §13
   CheckpointContents c;
-  c.meta = read_checkpoint_meta(path);
   CheckpointReader r(path);
+  CheckpointStrings str;
+  c.meta = read_meta(r, &str, &c.optimizer_step);
+  std::error_code ec;
+  c.file_bytes = int64_t(fs::file_size(path, ec));
   std::vector<float> host;
+  int64_t datasets = 0;
   // Reads every float dataset of a group (checksums verified), recording shapes.
   auto read_group = [&](hid_t g, const std::string& group_path,
                         std::vector<CheckpointTensorInfo>* infos) {
+    verify_group_against_record(r, g, group_path);
     int64_t n = 0;
     for (const std::string& name : r.link_names(g)) {
       const std::string where = group_path + "/" + name;
@@ -642,30 +1009,43 @@ CheckpointContents inspect_checkpoint(const std::string& path) {
       t.name = name;
       t.shape = r.dataset_shape(g, name, where);
       t.numel = 1;
-      for (int64_t d : t.shape) t.numel *= d;
+      for (int64_t d : t.shape) {
+        if (d < 0 || (d > 0 && t.numel > (int64_t(1) << 40) / d))
+          r.bad("dataset " + where + " has an implausible shape " + shape_str(t.shape));
+        t.numel *= d;
+      }
       host.assign(size_t(t.numel), 0.f);
       r.read_floats(g, name, where, host);
       if (infos) infos->push_back(t);
       ++n;
     }
+    datasets += n;
     return n;
   };
   {
     H5Id g = r.group(r.file(), "model", "no /model group (not a complete checkpoint)");
     read_group(g.get(), "/model", &c.model);
   }
-  if (r.exists(r.file(), "optimizer")) {
+  if (c.meta.has_optimizer) {
     H5Id g = r.group(r.file(), "optimizer", "no /optimizer group");
-    c.optimizer_type = r.has_attr(g.get(), "type") ? r.string_attr(g.get(), "type") : "unknown";
-    c.optimizer_step = r.has_attr(g.get(), "step") ? r.int_attr(g.get(), "step") : 0;
+    c.optimizer_type = str.optimizer_type ? *str.optimizer_type : "unknown";
     for (const char* sub : {"exp_avg", "exp_avg_sq", "momentum_buffer"})
       if (r.exists(g.get(), sub)) {
         H5Id m = r.group(g.get(), sub, "");
         c.optimizer_tensors += read_group(m.get(), std::string("/optimizer/") + sub, nullptr);
       }
   }
-  std::error_code ec;
-  c.file_bytes = int64_t(fs::file_size(path, ec));
+  if (r.record()) {
+    if (int64_t(r.record()->datasets.size()) != datasets)
+      r.bad("the integrity record lists " + std::to_string(r.record()->datasets.size()) +
+            " datasets, the file has " + std::to_string(datasets));
+    c.integrity = "ok (" + std::to_string(datasets) +
+                  " datasets match their xxh3_64 digests and shapes; attributes match the record "
+                  "and agree on step " + std::to_string(c.meta.step) + ")";
+  } else {
+    c.integrity = "no integrity record (a file written by another tool or an older ringtrain): "
+                  "checked HDF5 checksums, storage allocation and attribute consistency only";
+  }
   return c;
 }
 
@@ -703,7 +1083,7 @@ WeightsCheckpointWriter::WeightsCheckpointWriter(const std::string& path,
     H5Id g = w.group(w.file(), "trainer");
     w.string_attr(g.get(), "state", meta.trainer_state_json);
   }
-  if (!meta.tokenizer.empty()) w.string_attr(w.file(), "tokenizer", meta.tokenizer);
+  if (!meta.tokenizer.empty()) w.fixed_string_attr(w.file(), "tokenizer", meta.tokenizer);
   if (!meta.tokenizer_files.empty()) {
     H5Id g = w.group(w.file(), "tokenizer");
     for (const auto& [name, bytes] : meta.tokenizer_files) w.bytes(g.get(), "/tokenizer", name, bytes);
@@ -754,7 +1134,7 @@ struct CheckpointTensorReader::Impl {
 CheckpointTensorReader::CheckpointTensorReader(const std::string& path)
     : impl_(std::make_unique<Impl>()) {
   impl_->r = std::make_unique<CheckpointReader>(path);
-  check_format(*impl_->r);
+  check_format(*impl_->r, read_strings(*impl_->r));
   impl_->model = impl_->r->group(impl_->r->file(), "model",
                                  "no /model group (not a complete checkpoint)");
 }

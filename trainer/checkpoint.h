@@ -11,6 +11,19 @@
 //   /tokenizer/<file> uint8, the bytes of the model's tokenizer files (e.g.
 //                     tokenizer.model); root attr tokenizer = its id
 //                     ("bytes" or "sentencepiece:sha256=<hex>", data/tokenizer.h)
+//   /                 attrs integrity, integrity_digest: the integrity record
+//                           (trainer/integrity.h), fixed-length strings
+//
+// Written in the HDF5 1.10 format (checksummed metadata). Every load
+// (read_checkpoint_meta, load_model_weights, load_optimizer_state,
+// inspect_checkpoint) checks: the integrity record when there is one
+// (attributes, dataset names, shapes and digests of the decoded contents);
+// always that every dataset's storage is allocated, the HDF5 checksums, and
+// that the step in the file name (step_N.h5), the root step, the optimizer's
+// step (<= root step) and the /trainer state's step agree. A failure is an
+// IoError "integrity check failed: ...". String attributes of files without a
+// record (h5py, older ringtrain) are read in a child process, so that a
+// corrupt variable-length string cannot crash or hang the caller.
 //
 // Parameter names are SPEC §3's. Files are world-size independent: every
 // tensor is stored whole. Errors: a missing, truncated or corrupt file, or a
@@ -102,6 +115,7 @@ struct CheckpointContents {
   int64_t optimizer_step = 0;
   int64_t optimizer_tensors = 0;            // datasets under /optimizer
   int64_t file_bytes = 0;
+  std::string integrity;  // "ok (...)" or "no integrity record (...)"
 };
 CheckpointContents inspect_checkpoint(const std::string& path);
 

@@ -404,7 +404,22 @@ RunConfig read_run(Origins& o, const YAML::Node& node) {
   const MapReader r(o, node, "run", {"name", "dir", "seed"});
   RunConfig c;
   c.name = r.get_string("name", c.name);
+  // run.name names a directory under runs/: one path component.
+  if (c.name.empty() || c.name.find('/') != std::string::npos ||
+      c.name.find("..") != std::string::npos || c.name == ".")
+    o.fail("run.name", "run.name '" + c.name + "' must be a plain name (no '/', no '..', not "
+                       "empty); to put the run somewhere else, set run.dir");
   c.dir = r.has("dir") ? r.get_string("dir", "") : "runs/" + c.name;
+  // Both given and pointing at different runs: run.dir wins. Say so, since
+  // a copied resolved config with a new run.name would otherwise append to
+  // the old run silently.
+  if (r.has("dir") && r.has("name") && c.dir != "runs/" + c.name &&
+      std::filesystem::path(c.dir).lexically_normal().filename() != c.name &&
+      std::filesystem::path(c.dir).lexically_normal().parent_path().filename() != c.name)
+    log_info("%s: run.dir (%s) and run.name (%s, default dir runs/%s) disagree: run.dir wins, "
+             "the run uses %s; drop run.dir to use runs/%s",
+             o.where("run.dir").c_str(), c.dir.c_str(), c.name.c_str(), c.name.c_str(),
+             c.dir.c_str(), c.name.c_str());
   c.seed = r.get_uint64("seed", c.seed);
   return c;
 }
@@ -1015,7 +1030,9 @@ std::string config_to_yaml(const Config& c) {
 
   w.begin_map("run");
   w.put("name", c.run.name);
-  w.put("dir", c.run.dir);
+  // Only a run.dir other than the default runs/<name>: a copy of this config
+  // renamed with run.name must start a new run, not resume this one.
+  if (c.run.dir != "runs/" + c.run.name) w.put("dir", c.run.dir);
   w.put("seed", c.run.seed);
   w.end_map();
 

@@ -191,7 +191,9 @@ std::string extend_config_yaml(const ExtendOptions& o) {
           " tokens per step\n";
   head += "#  train.micro_batch_size    " + std::to_string(out.train.micro_batch_size) +
           ": shrunk with the length, so activations fit as before\n";
-  head += "#  run.name, run.dir         a new run: the original run dir is left untouched\n";
+  head += "#  run.name                  a new run in runs/<run.name> (run.dir is not pinned, so a\n"
+          "#                            renamed copy starts its own run); the original run dir is\n"
+          "#                            left untouched\n";
   head += "#  eval.seq_lens             the original and the new length\n";
   const std::string self = ringtrain_command();
   head += "# Run:  " + self + " train THIS_FILE\n";

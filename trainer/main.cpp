@@ -298,6 +298,7 @@ int cmd_inspect(const std::string& path) {
     tokenizer = std::string("not supported: ") + e.what();
   }
   std::printf("tokenizer: %s\n", tokenizer.c_str());
+  std::printf("integrity: %s\n", c.integrity.c_str());
   std::printf("\nconfig:\n%s", c.meta.config_yaml.c_str());
   if (!c.meta.config_yaml.empty() && c.meta.config_yaml.back() != '\n') std::printf("\n");
   if (!c.meta.trainer_state_json.empty())
@@ -318,8 +319,9 @@ int run(int argc, char** argv) {
   auto* train = app.add_subcommand(
       "train",
       "Train or fine-tune from a YAML config. Resumes from the newest usable checkpoint in the "
-      "run dir (else starts from checkpoint.init_from's weights, if set). SIGINT/SIGTERM: "
-      "finish the current step, save a checkpoint, exit 0");
+      "run dir (else starts from checkpoint.init_from's weights, if set); one train per run dir "
+      "(RUN_DIR/.lock). SIGINT/SIGTERM: stop at the next micro-batch boundary, save the last "
+      "completed step, exit 0 (under MPI signal launch/local.sh, not mpirun)");
   train->add_option("config", config, "config YAML")->required();
   train->add_option("--set", overrides, "override a config key: --set train.optimizer.lr=1e-4")
       ->take_all();

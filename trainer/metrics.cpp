@@ -1,5 +1,9 @@
 #include "trainer/metrics.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -7,25 +11,67 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "common/log.h"
 
 namespace rt {
 
 MetricsWriter::MetricsWriter(const std::string& path) : path_(path) {
-  f_ = std::fopen(path.c_str(), "a");
-  if (!f_)
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd_ < 0)
     throw IoError("cannot open metrics file " + path + ": " + std::strerror(errno) +
                   " (check that the run directory is writable)");
+  // Repair a torn last line: keep everything up to the last newline.
+  struct stat st {};
+  if (::fstat(fd_, &st) == 0 && st.st_size > 0) {
+    off_t end = st.st_size;
+    char c = 0;
+    if (::pread(fd_, &c, 1, end - 1) == 1 && c != '\n') {
+      off_t keep = 0;
+      char buf[4096];
+      for (off_t at = end; at > 0 && keep == 0;) {
+        const off_t from = at > off_t(sizeof buf) ? at - off_t(sizeof buf) : 0;
+        const ssize_t n = ::pread(fd_, buf, size_t(at - from), from);
+        if (n <= 0) break;
+        for (ssize_t i = n - 1; i >= 0; --i)
+          if (buf[i] == '\n') {
+            keep = from + i + 1;
+            break;
+          }
+        at = from;
+      }
+      if (::ftruncate(fd_, keep) != 0)
+        throw IoError("cannot repair the torn last line of " + path + ": " +
+                      std::strerror(errno));
+      log_warn("%s: removed a torn last line (%lld bytes, from an interrupted write)",
+               path.c_str(), (long long)(end - keep));
+    }
+  }
 }
 
 MetricsWriter::~MetricsWriter() {
-  if (f_) std::fclose(f_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 void MetricsWriter::write(const nlohmann::json& record) {
-  if (!f_) return;
-  std::string line = record.dump() + "\n";
-  if (std::fwrite(line.data(), 1, line.size(), f_) != line.size() || std::fflush(f_) != 0)
-    throw IoError("cannot write " + path_ + ": " + std::strerror(errno));
+  if (fd_ < 0) return;
+  const std::string line = record.dump() + "\n";
+  struct stat st {};
+  const off_t before = ::fstat(fd_, &st) == 0 ? st.st_size : -1;
+  size_t done = 0;
+  int err = 0;
+  while (done < line.size()) {
+    const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      err = n < 0 ? errno : ENOSPC;
+      break;
+    }
+    done += size_t(n);
+  }
+  if (err == 0) return;
+  if (done > 0 && before >= 0 && ::ftruncate(fd_, before) != 0)
+    log_warn("%s: cannot remove a partly written line: %s", path_.c_str(), std::strerror(errno));
+  throw IoError("cannot write " + path_ + ": " + std::strerror(err));
 }
 
 int64_t drop_metrics_after(const std::string& path, int64_t step) {
@@ -38,6 +84,11 @@ int64_t drop_metrics_after(const std::string& path, int64_t step) {
     if (in.eof()) unterminated = true;
     if (line.empty()) continue;
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (in.eof() && !j.is_object()) {  // an interrupted write: not a record
+      log_warn("%s: removed a torn last line (%lld bytes, from an interrupted write)",
+               path.c_str(), (long long)line.size());
+      continue;
+    }
     if (!j.is_object() || (j.contains("step") && j["step"].is_number_integer() &&
                            j["step"].get<int64_t>() > step)) {
       ++dropped;

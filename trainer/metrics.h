@@ -12,16 +12,21 @@ namespace rt {
 class MetricsWriter {
  public:
   MetricsWriter() = default;
-  // Appends to path (created if missing). Throws IoError when unwritable.
+  // Appends to path (created if missing). Throws IoError when unwritable. A
+  // torn last line (a crash or a full disk in the middle of a write) is cut
+  // off first, with a warning, so the next record starts on its own line.
   explicit MetricsWriter(const std::string& path);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;
 
-  void write(const nlohmann::json& record);  // one line, flushed
+  // One whole line, in one write(2): on a short write (full disk) the partial
+  // line is truncated away again before the IoError, so the file never keeps
+  // a torn line.
+  void write(const nlohmann::json& record);
 
  private:
-  std::FILE* f_ = nullptr;
+  int fd_ = -1;
   std::string path_;
 };
 

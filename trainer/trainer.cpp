@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "common/errors.h"
 #include "common/log.h"
@@ -123,6 +124,9 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
   dims_ = ParallelDims::build(world_->size(), cfg_.parallel.data_parallel,
                               cfg_.parallel.context_parallel);
   writer_ = opt_.write_outputs && rank_ == 0;
+  // One training process per run dir (the writer's lock; other ranks follow
+  // rank 0, whose failure aborts the job).
+  if (writer_) run_lock_ = std::make_unique<RunLock>(cfg_.run.dir);
   groups_ = make_process_groups(*world_, dims_, parse_ring_layout(cfg_.parallel.ring_layout));
   rows_ = groups_.rows(cfg_.train.seq_len);
   backend_ = make_backend(cfg_.parallel.device);
@@ -378,7 +382,18 @@ void Trainer::restore_from(const std::string& path) {
   step_ = meta.step;
   tokens_seen_ = meta.tokens_seen;
   last_saved_step_ = step_;
+  // The non-finite streak continues across a resume: a run that diverged
+  // must not get a fresh tolerance from every restart.
   nonfinite_streak_ = 0;
+  if (!meta.trainer_state_json.empty()) {
+    const nlohmann::json st = nlohmann::json::parse(meta.trainer_state_json, nullptr, false);
+    if (st.is_object() && st.contains("nonfinite_streak")) {
+      if (!st["nonfinite_streak"].is_number_integer() || st["nonfinite_streak"].get<int64_t>() < 0)
+        throw IoError("checkpoint " + path + ": /trainer state 'nonfinite_streak' is " +
+                      st["nonfinite_streak"].dump() + ", expected a count >= 0");
+      nonfinite_streak_ = int(std::min<int64_t>(st["nonfinite_streak"].get<int64_t>(), 1 << 30));
+    }
+  }
 }
 
 // Weights only: optimizer, step and data position start fresh (SPEC §4.4).
@@ -439,6 +454,22 @@ static void maybe_inject_test_failure(int rank, int64_t step) {
                              std::to_string(rank) + " at step " + std::to_string(step));
 }
 
+// Test hook for the stop tests: RINGTRAIN_TEST_STEP_SLEEP_MS=N spends N ms
+// (not interruptible by signals, like a long computation) in every
+// micro-batch of a step.
+static void sleep_in_step_if_testing() {
+  static const char* v = std::getenv("RINGTRAIN_TEST_STEP_SLEEP_MS");
+  if (!v) return;
+  const auto until = Clock::now() + std::chrono::milliseconds(std::atoll(v));
+  while (Clock::now() < until) std::this_thread::sleep_until(until);  // resumes after EINTR
+}
+
+bool Trainer::stop_requested_everywhere() {
+  int64_t any = stop_signal_received() != 0;
+  if (dims_.world > 1) world_->allreduce_sum(&any, 1);
+  return any != 0;
+}
+
 StepStats Trainer::train_step() {
   maybe_inject_test_failure(rank_, step_ + 1);
   const auto t0 = Clock::now();
@@ -477,6 +508,17 @@ StepStats Trainer::train_step() {
   reducer_->begin();
   double loss_sum = 0;
   for (int j = 0; j < per_dp; j += mb) {
+    // A stop (SIGTERM/SIGINT) abandons the step between micro-batches, so that
+    // a preempted job saves within one micro-batch rather than one step; all
+    // ranks agree (one small allreduce per micro-batch) and leave together.
+    if (j > 0 && stop_requested_everywhere()) {
+      model_->grads().zero();
+      StepStats s;
+      s.step = step_;
+      s.abandoned = true;
+      return s;
+    }
+    sleep_in_step_if_testing();
     if (overlap && j + mb >= per_dp)
       model_->set_grad_ready_hook([this](size_t from) { reducer_->ready_from(from); });
     if (rmt_) {
@@ -601,7 +643,13 @@ void Trainer::save_checkpoint_now() {
     reducer_->gather_to_root(optimizer_->shard_state(1),
                              writer_ ? optimizer_->exp_avg_sq().f32_base() : nullptr, 0);
   }
-  if (!writer_) return;  // rank 0 writes; checkpoints hold the full, unsharded state
+  if (!writer_) {  // rank 0 writes; checkpoints hold the full, unsharded state
+    // Every rank records the save: with a sharded optimizer a save is a
+    // collective (the gathers above), so all ranks must agree on whether the
+    // current step still needs one (a stop right after a periodic save).
+    last_saved_step_ = step_;
+    return;
+  }
   make_dirs(cfg_.run.dir + "/checkpoints");
   CheckpointMeta meta;
   meta.step = step_;
@@ -682,6 +730,15 @@ void Trainer::fit() {
 
   while (step_ < tc.max_steps) {
     StepStats s = train_step();
+    if (s.abandoned) {
+      const int sig = stop_signal_received() ? stop_signal_received() : SIGTERM;
+      log_info("received %s during step %lld: abandoned it; saving step %lld, the last "
+               "completed one",
+               sig == SIGINT ? "SIGINT" : "SIGTERM", (long long)step_ + 1, (long long)step_);
+      if (last_saved_step_ != step_) save_checkpoint_now();
+      stopped_by_signal_ = sig;
+      return;
+    }
     window_ms += s.step_ms;
     window_loss += s.loss;
     window_tokens += s.tokens;

@@ -29,6 +29,7 @@
 #include "trainer/memory_plan.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
+#include "trainer/run_lock.h"
 
 namespace rt {
 
@@ -40,6 +41,10 @@ struct StepStats {
   int64_t tokens = 0;      // input tokens processed in the step (global)
   double step_ms = 0;
   bool skipped = false;    // non-finite loss or gradient: update skipped
+  // A stop signal reached every rank between micro-batches: the step was
+  // given up before the update (weights, moments, step and tokens are those
+  // of the last completed step, a consistent state to save).
+  bool abandoned = false;
 };
 
 class Trainer {
@@ -99,6 +104,8 @@ class Trainer {
   void restore_from(const std::string& path);
   void init_from(const std::string& path);
   std::string trainer_state_json() const;
+  // Whether any rank got a stop signal (collective when world > 1).
+  bool stop_requested_everywhere();
 
   Config cfg_;
   Options opt_;
@@ -110,6 +117,7 @@ class Trainer {
   int rank_ = 0;
   RowPositions rows_;  // this rank's rows of a training sequence
   bool writer_ = false;  // rank 0 of a run that writes outputs
+  std::unique_ptr<RunLock> run_lock_;  // the writer's, for the trainer's lifetime
   void print_layout_table();
 
   std::unique_ptr<Backend> backend_;
