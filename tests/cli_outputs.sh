@@ -152,7 +152,7 @@ assert steps == [1, 2, 3, 4], steps
 evals = [r["step"] for r in rows if r.get("type") == "eval"]
 assert evals == [4], evals
 resume = [r for r in rows if r.get("type") == "resume"]
-assert len(resume) == 1 and resume[0]["step"] == 2 and resume[0]["dropped_records"] == 4, resume
+assert len(resume) == 1 and resume[0]["step"] == 2 and resume[0]["dropped_records"] == 3, resume
 PY
 
 # ---- 10: under mpirun, rank 0 speaks --------------------------------------------
