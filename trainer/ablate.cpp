@@ -71,29 +71,6 @@ using Clock = std::chrono::steady_clock;
 
 // ---- small helpers -------------------------------------------------------------
 
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diag = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      const size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
-
-std::string closest(const std::string& word, const std::vector<std::string>& candidates) {
-  std::string best;
-  size_t best_d = SIZE_MAX;
-  for (const auto& c : candidates)
-    if (size_t d = edit_distance(word, c); d < best_d) best_d = d, best = c;
-  return best;
-}
-
 std::string join(const std::vector<std::string>& v, const std::string& sep) {
   std::string s;
   for (size_t i = 0; i < v.size(); ++i) s += (i ? sep : "") + v[i];
@@ -223,7 +200,7 @@ class SweepReader {
       if (!seen.insert(key).second) fail(it->first, "duplicate key '" + key + "' in " + what);
       if (std::find(valid.begin(), valid.end(), key) == valid.end())
         fail(it->first, "unknown key '" + key + "' in " + what + "; did you mean '" +
-                            closest(key, valid) + "'? (valid keys: " + join(valid, ", ") + ")");
+                            closest_match(key, valid) + "'? (valid keys: " + join(valid, ", ") + ")");
     }
   }
 
@@ -393,7 +370,7 @@ EvalSettings read_eval(const SweepReader& r, const KeyedNodes& items, int line) 
     } else if (key == "context_parallel") {
       e.context_parallel = r.get_int(v, what, 1);
     } else {
-      r.fail(k, "unknown key '" + key + "' in eval; did you mean '" + closest(key, kKeys) +
+      r.fail(k, "unknown key '" + key + "' in eval; did you mean '" + closest_match(key, kKeys) +
                     "'? (valid keys: " + join(kKeys, ", ") + ")");
     }
   }
@@ -606,7 +583,7 @@ Sweep read_sweep(const std::string& path, const std::vector<std::string>& cli_se
           r.fail(vn[v.kind == Kind::kEvalOnly ? "from" : "init_from"],
                  what + ": '" + v.parent + "' is not a variant defined before this one" +
                      (known.empty() ? std::string()
-                                    : "; did you mean '" + closest(v.parent, known) +
+                                    : "; did you mean '" + closest_match(v.parent, known) +
                                           "'? (grid variants come first; defined: " +
                                           join(known, ", ") + ")"));
         }
@@ -1280,7 +1257,7 @@ void select_only(std::vector<Instance>& all, const std::vector<std::string>& onl
       if (in.name == want || in.v->name == want) in.selected = hit = true;
     if (!hit)
       throw UsageError("--only " + want + ": no such variant in " + s.file + "; did you mean '" +
-                       closest(want, known) + "'? (variants: " + join(known, ", ") + ")");
+                       closest_match(want, known) + "'? (variants: " + join(known, ", ") + ")");
   }
   // what the selected ones need
   for (size_t i = all.size(); i-- > 0;)

@@ -936,6 +936,10 @@ void write_data_source(YamlWriter& w, const char* key, const DataSourceConfig& s
 
 }  // namespace
 
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
+  return closest(word, candidates);
+}
+
 // ---- public API ------------------------------------------------------------------
 
 Config parse_config(const std::string& yaml_text, const std::string& path,

@@ -132,6 +132,10 @@ struct Config {
 // training data, such as a weights-only checkpoint's `model:`-only config.
 enum class ConfigUse { kTrain, kNoTraining };
 
+// The candidate nearest to `word` by edit distance (first of equals): the
+// "did you mean" of config keys, sweep keys and command names.
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
+
 // Parse a YAML file strictly, apply `--set a.b=c` overrides (each validated as
 // if it were in the file), fill defaults, run the single-process cross-field
 // checks. Throws UsageError (exit 2) with file:line, the key and what is valid.

@@ -229,27 +229,6 @@ int cmd_plan(const std::string& config, const std::vector<std::string>& override
   return kExitOk;
 }
 
-// Levenshtein distance, for "did you mean".
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j)
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
-    std::swap(prev, cur);
-  }
-  return prev[b.size()];
-}
-
-std::string closest_word(const std::string& word, const std::vector<std::string>& names) {
-  std::string best;
-  size_t best_d = SIZE_MAX;
-  for (const std::string& n : names)
-    if (size_t d = edit_distance(word, n); d < best_d) best_d = d, best = n;
-  return best;
-}
-
 std::string join_words(const std::vector<std::string>& names) {
   std::string s;
   for (const std::string& n : names) s += (s.empty() ? "" : ", ") + n;
@@ -508,7 +487,7 @@ int run(int argc, char** argv) {
     std::vector<std::string> names;
     for (const CLI::App* sub : app.get_subcommands({})) names.push_back(sub->get_name());
     if (std::find(names.begin(), names.end(), word) == names.end())
-      throw UsageError("unknown command '" + word + "'; did you mean '" + closest_word(word, names) +
+      throw UsageError("unknown command '" + word + "'; did you mean '" + closest_match(word, names) +
                        "'? (commands: " + join_words(names) + "; see " + ringtrain_command() +
                        " --help)");
   }
