@@ -25,12 +25,27 @@ struct RopeScalingConfig {
   std::vector<double> long_factor;
 };
 
-// SPEC §5.
+// SPEC §5: the memory of model.memory.type, processed segment by segment
+// (docs/memory.md has the exact math of every type).
 struct MemoryConfig {
-  std::string type = "rmt";
-  int num_tokens = 16;       // M >= 1
-  int segment_length = 128;  // S >= 1; train.seq_len % S == 0
-  int bptt_segments = -1;    // -1 all, 0 detached, K > 0 windows of K
+  std::string type = "rmt";  // rmt | knn | compressive
+  int num_tokens = 16;       // rmt: M >= 1
+  int segment_length = 128;  // S >= 1; train.seq_len % S == 0 (every type)
+  int bptt_segments = -1;    // rmt: -1 all, 0 detached, K > 0 windows of K
+  // knn and compressive: the decoder layers (0-based) that have memory;
+  // empty in YAML means the default, one layer at (3L-1)/4 (resolved by the
+  // config parser, so never empty here for these types)
+  std::vector<int> layers;
+  // knn
+  int memory_size = 4096;     // stored (key, value) rows per sequence, FIFO
+  int top_k = 32;             // retrieved rows per query, <= memory_size
+  std::string index = "exact";  // exact (BLAS) | flat | ivf | hnsw (FAISS)
+  // compressive
+  int memory_segments = 1;        // >= 0 full-resolution segments kept (FIFO)
+  int rate = 4;                   // >= 2 compression rate per level
+  int levels = 1;                 // >= 1 compressed levels
+  int compressed_size = 64;       // compressed slots over all levels
+  std::string compression = "mean";  // mean | conv (learned, attention-reconstruction loss)
 };
 
 struct ModelConfig {
