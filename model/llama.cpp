@@ -7,6 +7,7 @@
 #include "common/log.h"
 #include "common/rng.h"
 #include "model/alibi.h"
+#include "model/memory/layer_memory.h"
 #include "model/rope.h"
 
 namespace rt {
@@ -33,7 +34,19 @@ std::vector<TensorSpec> llama_param_specs(const ModelConfig& c) {
   }
   s.push_back({"model.norm.weight", {d}});
   if (!c.tie_word_embeddings) s.push_back({"lm_head.weight", {V, d}});
-  if (c.memory) s.push_back({"model.memory.embeddings", {c.memory->num_tokens, d}});
+  if (c.memory && c.memory->type == "rmt")
+    s.push_back({"model.memory.embeddings", {c.memory->num_tokens, d}});
+  if (c.memory && c.memory->type == "knn")
+    for (int l : c.memory->layers)
+      s.push_back({"model.layers." + std::to_string(l) + ".self_attn.memory_gate",
+                   {c.num_attention_heads}});
+  if (c.memory && c.memory->type == "compressive" && c.memory->compression == "conv")
+    for (int l : c.memory->layers)
+      for (int lv = 0; lv < c.memory->levels; ++lv)
+        for (const char* kv : {"key", "value"})
+          s.push_back({"model.layers." + std::to_string(l) + ".self_attn.compress." +
+                           std::to_string(lv) + "." + kv + ".weight",
+                       {kvd, int64_t(c.memory->rate) * kvd}});
   return s;
 }
 
@@ -45,6 +58,8 @@ ParamKind param_kind(const std::string& name) {
   if (ends_with("layernorm.weight") || name == "model.norm.weight") return ParamKind::kNorm;
   if (name == "model.embed_tokens.weight") return ParamKind::kEmbedding;
   if (name == "model.memory.embeddings") return ParamKind::kMemory;
+  if (ends_with(".self_attn.memory_gate") || name.find(".self_attn.compress.") != std::string::npos)
+    return ParamKind::kMemoryLayer;
   return ParamKind::kMatrix;
 }
 
@@ -140,6 +155,16 @@ void LlamaModel::init_weights(uint64_t seed) {
     float* p = host.data() + s.offset_bytes / sizeof(float);
     if (param_kind(s.name) == ParamKind::kNorm) {
       for (size_t i = 0; i < s.numel; ++i) p[i] = 1.f;
+      continue;
+    }
+    if (param_kind(s.name) == ParamKind::kMemoryLayer) {
+      // knn gates start at 0 (sigmoid 1/2); compression weights [kvd, r*kvd]
+      // start as mean pooling: r blocks of I/r (docs/memory.md)
+      if (s.shape.size() == 2) {
+        const int64_t kvd = s.shape[0], r = s.shape[1] / kvd;
+        for (int64_t o = 0; o < kvd; ++o)
+          for (int64_t j = 0; j < r; ++j) p[o * r * kvd + j * kvd + o] = 1.f / float(r);
+      }
       continue;
     }
     // One stream per tensor, keyed by its name: adding a tensor elsewhere
@@ -293,7 +318,7 @@ void decoder_layer_forward(Backend& be, const ModelConfig& cfg, const LayerTenso
   be.matmul_forward(a.q, a.ln1, w.wq, N, d, H * hd);
   be.matmul_forward(a.k, a.ln1, w.wk, N, d, G * hd);
   be.matmul_forward(a.v, a.ln1, w.wv, N, d, G * hd);
-  if (cfg.position == "rope") {
+  if (cfg.position == "rope" && rope_cos) {
     be.rope_forward(a.q, rope_cos, rope_sin, B, T, H, hd);
     be.rope_forward(a.k, rope_cos, rope_sin, B, T, G, hd);
   }
@@ -316,6 +341,14 @@ void LlamaModel::layer_forward(int l, LayerActs& a, CBuf x_in, Buf x_mid, Buf x_
   const AttentionParams ap = attention_params();
   const float* cos = rope_cos_ ? rope_cos_.f32() : nullptr;
   const float* sin = rope_sin_ ? rope_sin_.f32() : nullptr;
+  if (layer_memory_ && layer_memory_->handles(l)) {  // positions and attention by the memory
+    const LayerMemoryCall call{B_, T_, cos, sin};
+    decoder_layer_forward(be_, cfg_, layer_w_[size_t(l)], bufs, B_, T_, nullptr, nullptr, x_in,
+                          x_mid, x_out, [&](Buf att, float* lse, Buf q, Buf k, CBuf v) {
+                            layer_memory_->forward(l, call, att, lse, q, k, v);
+                          });
+    return;
+  }
   decoder_layer_forward(be_, cfg_, layer_w_[size_t(l)], bufs, B_, T_, cos, sin, x_in, x_mid,
                         x_out, [&](Buf att, float* lse, CBuf q, CBuf k, CBuf v) {
                           attention_->forward(be_, ap, pos_, att, lse, q, k, v);
@@ -347,9 +380,14 @@ void LlamaModel::layer_backward(int l, LayerActs& a, CBuf x_in, CBuf x_mid, Buf 
   be_.zero(s.dq, size_t(N) * H * hd);
   be_.zero(s.dk, size_t(N) * G * hd);
   be_.zero(s.dv, size_t(N) * G * hd);
-  attention_->backward(be_, attention_params(), pos_, s.dq, s.dk, s.dv, s.datt, a.q, a.k, a.v,
-                       a.att, a.lse);
-  if (cfg_.position == "rope") {
+  if (layer_memory_ && layer_memory_->handles(l)) {  // gradients before positions
+    const LayerMemoryCall call{B_, T_, rope_cos(), rope_sin()};
+    layer_memory_->backward(l, call, s.dq, s.dk, s.dv, s.datt, a.q, a.k, a.v, a.att, a.lse);
+  } else {
+    attention_->backward(be_, attention_params(), pos_, s.dq, s.dk, s.dv, s.datt, a.q, a.k,
+                         a.v, a.att, a.lse);
+  }
+  if (cfg_.position == "rope" && !(layer_memory_ && layer_memory_->handles(l))) {
     be_.rope_backward(s.dq, rope_cos_.f32(), rope_sin_.f32(), B_, T_, H, hd);
     be_.rope_backward(s.dk, rope_cos_.f32(), rope_sin_.f32(), B_, T_, G, hd);
   }

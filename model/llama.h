@@ -78,20 +78,24 @@ struct LayerForwardBufs {
 // A layer's attention call: "local" (one blocked-attention call), "ring"
 // (SequenceAttention across ranks) or "cache" (q attends over a KV cache that
 // k and v were just written into). att (B,T,H,hd), lse (B,H,T).
-using LayerAttention = std::function<void(Buf att, float* lse, CBuf q, CBuf k, CBuf v)>;
+// q and k may be changed in place (a memory layer rotates them itself).
+using LayerAttention = std::function<void(Buf att, float* lse, Buf q, Buf k, CBuf v)>;
 
 // The decoder layer, written once for training and decoding:
 //   x_mid = x_in + o_proj(attend(rope(q), rope(k), v)),
 //   x_out = x_mid + down(silu(gate(ln2)) * up(ln2)),
-// over B x T rows; rope_cos/sin (T, hd/2) for those rows (RoPE models).
-// x_out may alias x_in.
+// over B x T rows; rope_cos/sin (T, hd/2) for those rows (RoPE models), or
+// null: q and k reach attend unrotated (a memory layer that encodes
+// positions itself, model/memory/layer_memory.h). x_out may alias x_in.
 void decoder_layer_forward(Backend& be, const ModelConfig& cfg, const LayerTensors& w,
                            const LayerForwardBufs& a, int B, int T, const float* rope_cos,
                            const float* rope_sin, CBuf x_in, Buf x_mid, Buf x_out,
                            const LayerAttention& attend);
 
 // Parameter groups, for weight-decay exclusion.
-enum class ParamKind { kMatrix, kNorm, kEmbedding, kMemory };
+// kMemory: RMT's memory embeddings; kMemoryLayer: a memory layer's gate or
+// compression weights (docs/memory.md: no weight decay).
+enum class ParamKind { kMatrix, kNorm, kEmbedding, kMemory, kMemoryLayer };
 
 // HF Llama parameter table for a config, in arena order (SPEC §3 names).
 std::vector<TensorSpec> llama_param_specs(const ModelConfig& cfg);
@@ -108,6 +112,8 @@ struct ActivationSpecs {
 };
 ActivationSpecs activation_specs(const ModelConfig& cfg, const Precision& prec, int B, int T,
                                  bool checkpointing);
+
+class LayerMemory;
 
 class LlamaModel {
  public:
@@ -158,6 +164,15 @@ class LlamaModel {
 
   // The attention over the sequence (default LocalAttention). Not owned.
   void set_sequence_attention(SequenceAttention* a) { attention_ = a; }
+  // The memory that provides the attention of its layers (knn,
+  // compressive), or null. Not owned; set by SegmentRunner / SegmentDecoder.
+  void set_layer_memory(LayerMemory* m) { layer_memory_ = m; }
+  LayerMemory* layer_memory() const { return layer_memory_; }
+  // The RoPE tables (T, hd/2) of the prepared rows (RoPE models), else null.
+  const float* rope_cos() const { return rope_cos_ ? rope_cos_.f32() : nullptr; }
+  const float* rope_sin() const { return rope_sin_ ? rope_sin_.f32() : nullptr; }
+  // ALiBi slopes on the device (H), else null.
+  const float* alibi_device() const { return alibi_dev_ ? alibi_dev_.f32() : nullptr; }
 
   // Forward over B x T tokens (host arrays). targets < 0 are ignored. When
   // dloss_scale != 0 also runs backward with d(loss_sum) scaled by
@@ -223,6 +238,7 @@ class LlamaModel {
   int B_ = 0, T_ = 0;  // current micro-batch
   LocalAttention local_attention_;
   SequenceAttention* attention_ = &local_attention_;
+  LayerMemory* layer_memory_ = nullptr;
   std::function<void(size_t)> grad_ready_;
   RowPositions pos_;
   std::vector<float> alibi_;  // host copy of slopes; device copy below

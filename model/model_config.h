@@ -46,6 +46,14 @@ struct MemoryConfig {
   int levels = 1;                 // >= 1 compressed levels
   int compressed_size = 64;       // compressed slots over all levels
   std::string compression = "mean";  // mean | conv (learned, attention-reconstruction loss)
+
+  static MemoryConfig rmt(int num_tokens, int segment_length, int bptt_segments = -1) {
+    MemoryConfig c;
+    c.num_tokens = num_tokens;
+    c.segment_length = segment_length;
+    c.bptt_segments = bptt_segments;
+    return c;
+  }
 };
 
 struct ModelConfig {

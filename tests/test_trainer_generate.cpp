@@ -12,10 +12,10 @@
 
 #include "common/errors.h"
 #include "common/rng.h"
-#include "model/kv_cache.h"
+#include "model/decode/kv_cache.h"
 #include "model/llama.h"
-#include "model/rmt.h"
-#include "model/rmt_decoder.h"
+#include "model/memory/rmt.h"
+#include "model/memory/rmt_decoder.h"
 #include "trainer/config.h"
 #include "trainer/generate.h"
 #include "trainer/trainer.h"

@@ -27,7 +27,7 @@
 
 #include "common/rng.h"
 #include "model/llama.h"
-#include "model/rmt.h"
+#include "model/memory/rmt.h"
 #include "trainer/optimizer.h"
 
 namespace rt {
@@ -80,7 +80,7 @@ std::vector<Case> cases() {
   }
   {
     Case k{"rmt", tiny("rope", 2), {}};
-    k.model.memory = MemoryConfig{"rmt", 4, 16, -1};
+    k.model.memory = MemoryConfig::rmt(4, 16, -1);
     k.opt.lr = 1e-2;
     k.B = 1;
     k.T = 48;

@@ -14,8 +14,8 @@
 
 #include "common/errors.h"
 #include "common/rng.h"
-#include "model/kv_cache.h"
-#include "model/rmt.h"
+#include "model/decode/kv_cache.h"
+#include "model/memory/rmt.h"
 #include "model/precision.h"
 #include "test_util.h"
 #include "trainer/checkpoint.h"
@@ -208,7 +208,7 @@ TEST(PrecisionModel, Bf16CheckpointingAlibiTiedAndMemory) {
   for (int variant = 0; variant < 2; ++variant) {
     ModelConfig mc = tiny(variant == 0 ? "alibi" : "rope");
     if (variant == 0) mc.tie_word_embeddings = true;
-    if (variant == 1) mc.memory = MemoryConfig{"rmt", 4, 16, -1};
+    if (variant == 1) mc.memory = MemoryConfig::rmt(4, 16, -1);
     const int B = variant == 0 ? 2 : 1, T = variant == 0 ? 16 : 48;
     Rng r(3);
     std::vector<int32_t> in(size_t(B) * T), tg(size_t(B) * T);

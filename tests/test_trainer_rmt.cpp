@@ -8,7 +8,7 @@
 
 #include "common/errors.h"
 #include "common/rng.h"
-#include "model/rmt.h"
+#include "model/memory/rmt.h"
 #include "trainer/config.h"
 #include "trainer/evaluate.h"
 #include "trainer/trainer.h"
@@ -26,7 +26,7 @@ ModelConfig tiny_memory_model(int bptt) {
   mc.num_key_value_heads = 2;
   mc.head_dim = 8;
   mc.init_std = 0.1;
-  mc.memory = MemoryConfig{"rmt", 4, 16, bptt};
+  mc.memory = MemoryConfig::rmt(4, 16, bptt);
   return mc;
 }
 

@@ -13,7 +13,7 @@
 #include "h5_test_io.h"
 #include "common/rng.h"
 #include "model/llama.h"
-#include "model/rmt.h"
+#include "model/memory/rmt.h"
 #include "trainer/optimizer.h"
 
 namespace rt {
@@ -72,7 +72,7 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
   oc.no_decay = {"norms"};
   const double grad_clip = 0.5;
   const int steps = 4, B = 2, T = c.mem_tokens ? 4 * c.segment : 37;
-  if (c.mem_tokens) mc.memory = MemoryConfig{"rmt", c.mem_tokens, c.segment, c.bptt};
+  if (c.mem_tokens) mc.memory = MemoryConfig::rmt(c.mem_tokens, c.segment, c.bptt);
 
   auto be = make_cpu_backend();
   LlamaModel model(mc, *be);

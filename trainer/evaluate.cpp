@@ -6,7 +6,7 @@
 
 #include "common/errors.h"
 #include "data/synthetic.h"
-#include "model/rmt.h"
+#include "model/memory/sequence_runner.h"
 #include "parallel/process_groups.h"
 
 namespace rt {
@@ -33,53 +33,48 @@ RowPositions local_rows(int64_t T, const ProcessGroups* sh) {
   return sh ? sh->rows(T) : RowPositions::whole(T);
 }
 
-// One evaluation forward of a sequence (batch 1): the plain model over its
-// local rows, or, for a memory model, the RMT segments in order (single
-// rank: memory models are not sharded over a ring). Afterwards, token_nll
-// gives each local row's loss and logits() a row's logits, which for a
-// memory model exist only for the last segment (where passkey answers are).
+// One evaluation forward of a sequence (batch 1) through the model's
+// SequenceRunner: the plain model over its local rows, or a memory model's
+// segments in order (single rank: memory models are not sharded over a
+// ring). Afterwards, token_nll gives each local row's loss and logits() a
+// row's logits, which for a memory model exist only for the last segment
+// (where passkey answers are).
 class EvalForward {
  public:
-  // memory_reset: memory models start every segment from the learned initial
-  // memory (ablation `ringtrain eval --memory-reset`: nothing crosses segments).
-  EvalForward(LlamaModel& model, const ProcessGroups* sh, bool memory_reset) : model_(model) {
-    if (!model.config().memory) return;
-    if (sh && sh->dims.cp > 1)
+  // memory_reset: nothing crosses a segment boundary (ablation
+  // `ringtrain eval --memory-reset`; docs/memory.md per memory type).
+  EvalForward(LlamaModel& model, const ProcessGroups* sh, bool memory_reset)
+      : runner_(make_sequence_runner(model)) {
+    if (model.config().memory && sh && sh->dims.cp > 1)
       throw UsageError("evaluating a memory model (model.memory) over a ring is not supported: "
-                       "run eval without --context-parallel (a memory model attends within "
-                       "one segment, which one rank holds)");
-    rmt_ = std::make_unique<RmtRunner>(model);
-    if (memory_reset) rmt_->set_carry_memory(false);
+                       "run eval without --context-parallel (a memory model reads its segments "
+                       "in order on one rank)");
+    if (memory_reset) runner_->set_memory_reset(true);
   }
-  int64_t segment() const { return rmt_ ? model_.config().memory->segment_length : 0; }
+  int64_t segment() const { return runner_->segment_length(); }
   double run(const int32_t* inputs, const int32_t* targets, int64_t T, const RowPositions& rows,
              int64_t* valid) {
-    T_ = T;
-    if (!rmt_) return model_.forward_backward(inputs, targets, 1, int(T), rows, 0.f, valid);
-    if (T % segment() != 0)
+    if (segment() > 0 && T % segment() != 0)
       throw UsageError("evaluation length " + std::to_string(T) +
                        " is not a multiple of model.memory.segment_length (" +
                        std::to_string(segment()) + "): choose lengths made of whole segments");
-    losses_.resize(size_t(T));
-    return rmt_->forward_backward(inputs, targets, 1, T, 0.f, valid, losses_.data());
+    int64_t local = 0;
+    for (const auto& c : rows.chunks) local += c.second;
+    losses_.resize(size_t(local));
+    SequenceBatch b;
+    b.inputs = inputs;
+    b.targets = targets;
+    b.B = 1;
+    b.T = local;
+    b.rows = &rows;
+    return runner_->forward_backward(b, 0.f, valid, losses_.data());
   }
-  std::vector<float> token_losses() {
-    return rmt_ ? losses_ : model_.losses_to_host(0, T_);
-  }
-  std::vector<float> logits(int64_t row) {
-    if (!rmt_) return model_.logits_to_host(row, 1);
-    const int64_t first = T_ - segment();
-    RT_CHECK(row >= first, "memory models keep logits of the last segment only");
-    const std::vector<float> all = rmt_->last_segment_logits(0);
-    const int64_t V = model_.config().vocab_size;
-    return std::vector<float>(all.begin() + (row - first) * V, all.begin() + (row - first + 1) * V);
-  }
+  std::vector<float> token_losses() { return losses_; }
+  std::vector<float> logits(int64_t row) { return runner_->logits(0, row); }
 
  private:
-  LlamaModel& model_;
-  std::unique_ptr<RmtRunner> rmt_;
+  std::unique_ptr<SequenceRunner> runner_;
   std::vector<float> losses_;
-  int64_t T_ = 0;
 };
 
 // Scores teacher-forced answers at one length L: a sample of L + 1 tokens is

@@ -9,9 +9,8 @@
 #include "common/errors.h"
 #include "common/log.h"
 #include "common/rng.h"
-#include "model/kv_cache.h"
+#include "model/decode/decoder.h"
 #include "model/llama.h"
-#include "model/rmt_decoder.h"
 #include "data/tokenizer.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
@@ -111,17 +110,11 @@ int run_generate_command(const GenerateOptions& o) {
   const int total = int(tokens.size()) + o.max_new;
   // Memory models read the text segment by segment through their memory
   // (positions restart every segment); others keep every position in a KV cache.
-  std::unique_ptr<RmtDecoder> rmt;
-  std::unique_ptr<KvCacheDecoder> kv;
-  if (cfg.model.memory) {
-    rmt = std::make_unique<RmtDecoder>(model);
-  } else {
-    if (total > cfg.model.max_position_embeddings)
-      log_warn("generate: %d positions exceed model.max_position_embeddings %d; quality may drop",
-               total, cfg.model.max_position_embeddings);
-    kv = std::make_unique<KvCacheDecoder>(model, std::max(total, 1));
-  }
-  auto append = [&](const int32_t* t, int n) { return rmt ? rmt->append(t, n) : kv->append(t, n); };
+  if (!cfg.model.memory && total > cfg.model.max_position_embeddings)
+    log_warn("generate: %d positions exceed model.max_position_embeddings %d; quality may drop",
+             total, cfg.model.max_position_embeddings);
+  const std::unique_ptr<Decoder> decoder = make_decoder(model, std::max(total, 1));
+  auto append = [&](const int32_t* t, int n) { return decoder->append(t, n); };
   Rng rng(mix_seed(o.seed ? o.seed : cfg.run.seed, 0x67656e00000004ull));
 
   std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
@@ -145,9 +138,7 @@ int run_generate_command(const GenerateOptions& o) {
   const auto t2 = std::chrono::steady_clock::now();
   const double prefill = std::chrono::duration<double>(t1 - t0).count();
   const double decode = std::chrono::duration<double>(t2 - t1).count();
-  const std::string how = rmt ? "recurrent memory, " + std::to_string(rmt->segments_done()) +
-                                    " segments carried"
-                              : "KV cache";
+  const std::string how = decoder->describe();
   log_info("generate: step %lld checkpoint, prompt %zu tokens (prefill %.3f s), %d new tokens "
            "(%.1f tok/s, %s)",
            (long long)meta.step, tokens.size(), prefill, generated,

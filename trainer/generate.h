@@ -1,9 +1,9 @@
 // `ringtrain generate` (SPEC §1): samples text from a checkpoint with a KV
-// cache (model/kv_cache.h): the prompt is prefilled in one forward, then one
+// cache (model/decode/kv_cache.h): the prompt is prefilled in one forward, then one
 // single-token step per new token; a memory model (model.memory) reads the
 // prompt segment by segment through its memory and generates within the open
 // segment, carrying the memory on at each segment boundary
-// (model/rmt_decoder.h). Text goes through the checkpoint's tokenizer
+// (model/memory/rmt_decoder.h; knn and compressive memories: model/memory/segment_decoder.h). Text goes through the checkpoint's tokenizer
 // (bytes, or the SentencePiece model stored in it): the prompt is encoded, the
 // continuation decoded.
 #pragma once

@@ -24,8 +24,10 @@ std::string memory_line(const RankMemory& m) {
 }
 
 int activation_rows(const Config& cfg, const ParallelDims& dims) {
-  return cfg.model.memory ? cfg.model.memory->segment_length + 2 * cfg.model.memory->num_tokens
-                          : int(cfg.train.seq_len / dims.cp);
+  const auto& mem = cfg.model.memory;
+  if (!mem) return int(cfg.train.seq_len / dims.cp);
+  // one segment: rmt adds its read and write memory rows
+  return mem->segment_length + (mem->type == "rmt" ? 2 * mem->num_tokens : 0);
 }
 
 MemoryPlan plan_memory(const Config& cfg, int world, Device device) {

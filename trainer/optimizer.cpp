@@ -92,6 +92,7 @@ bool Optimizer::decays(const std::string& name) const {
   switch (param_kind(name)) {
     case ParamKind::kNorm: return !excluded("norms");
     case ParamKind::kEmbedding: return !excluded("embeddings");
+    case ParamKind::kMemoryLayer: return false;  // gates, compression (docs/memory.md)
     default: return true;
   }
 }

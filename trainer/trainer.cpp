@@ -168,7 +168,7 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
     ring_ = std::make_unique<RingAttention>(*groups_.cp, groups_.layout);
     model_->set_sequence_attention(ring_.get());
   }
-  if (cfg_.model.memory) rmt_ = std::make_unique<RmtRunner>(*model_);
+  runner_ = make_sequence_runner(*model_);
   // Gradients are summed over the world in buckets; with a sharded
   // optimizer (ZeRO-1) reduce-scattered onto near-equal contiguous shards of
   // the flat arena, each rank updating its shard.
@@ -197,9 +197,12 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
   log_info("gradient reduction: %zu buckets of <= %g MiB over %d ranks, %s, %s%s",
            reducer_->num_buckets(), cfg_.parallel.bucket_mb, dims_.world,
            sharded ? "reduce-scatter (sharded optimizer, ZeRO-1)" : "all-reduce",
-           cfg_.parallel.overlap_grad_reduce && !rmt_ ? "overlapped with the backward"
-                                                      : "after the backward",
-           cfg_.parallel.overlap_grad_reduce && rmt_ ? " (memory models reduce after it)" : "");
+           cfg_.parallel.overlap_grad_reduce && runner_->single_backward()
+               ? "overlapped with the backward"
+               : "after the backward",
+           cfg_.parallel.overlap_grad_reduce && !runner_->single_backward()
+               ? " (memory models reduce after it)"
+               : "");
   {
     // every rank's memory, printed by rank 0 (`ringtrain plan` prints the same lines)
     const RankMemory mine = rank_memory();
@@ -504,7 +507,8 @@ StepStats Trainer::train_step() {
   // Gradient buckets start their reduction during the last micro-batch's
   // backward, as soon as the backward completes them (earlier micro-batches
   // only accumulate).
-  const bool overlap = cfg_.parallel.overlap_grad_reduce && !rmt_ && dims_.world > 1;
+  const bool overlap =
+      cfg_.parallel.overlap_grad_reduce && runner_->single_backward() && dims_.world > 1;
   reducer_->begin();
   double loss_sum = 0;
   for (int j = 0; j < per_dp; j += mb) {
@@ -521,15 +525,13 @@ StepStats Trainer::train_step() {
     sleep_in_step_if_testing();
     if (overlap && j + mb >= per_dp)
       model_->set_grad_ready_hook([this](size_t from) { reducer_->ready_from(from); });
-    if (rmt_) {
-      loss_sum += rmt_->forward_backward(inputs_.data() + size_t(j) * Tl,
-                                         targets_.data() + size_t(j) * Tl, mb, Tl, scale,
-                                         nullptr);
-      continue;
-    }
-    loss_sum += model_->forward_backward(inputs_.data() + size_t(j) * Tl,
-                                         targets_.data() + size_t(j) * Tl, mb, int(Tl), rows_,
-                                         scale, nullptr);
+    SequenceBatch batch;
+    batch.inputs = inputs_.data() + size_t(j) * Tl;
+    batch.targets = targets_.data() + size_t(j) * Tl;
+    batch.B = mb;
+    batch.T = Tl;
+    batch.rows = &rows_;
+    loss_sum += runner_->forward_backward(batch, scale, nullptr);
   }
   // Global loss and gradients: each rank's gradient is already scaled by
   // 1/(global target count), so the sum over all ranks is the gradient of

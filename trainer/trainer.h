@@ -18,7 +18,7 @@
 #include "data/dataset.h"
 #include "model/backend.h"
 #include "model/llama.h"
-#include "model/rmt.h"
+#include "model/memory/sequence_runner.h"
 #include "parallel/comm.h"
 #include "parallel/grad_reducer.h"
 #include "parallel/parallel_dims.h"
@@ -95,7 +95,7 @@ class Trainer {
   // This rank's memory as allocated (the start-up log's figures).
   RankMemory rank_memory() const;
   Comm& world() { return *world_; }
-  RmtRunner* rmt() { return rmt_.get(); }
+  SequenceRunner& runner() { return *runner_; }
   // The model's tokenizer (config_tokenizer): data, synthetic tasks, checkpoints.
   const Tokenizer& tokenizer() const { return *tokenizer_; }
 
@@ -123,7 +123,7 @@ class Trainer {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<RingAttention> ring_;  // after backend_: freed through it first
-  std::unique_ptr<RmtRunner> rmt_;       // recurrent memory (model.memory), else null
+  std::unique_ptr<SequenceRunner> runner_;  // how a sequence is read (model.memory.type)
   std::unique_ptr<Optimizer> optimizer_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   // What checkpoints store under /tokenizer: init_from's files when the

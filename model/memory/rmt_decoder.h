@@ -14,20 +14,25 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
+#include "model/decode/decoder.h"
 #include "model/llama.h"
 
 namespace rt {
 
-class RmtDecoder {
+class RmtDecoder final : public Decoder {
  public:
   explicit RmtDecoder(LlamaModel& model);  // model.config().memory must be set
   RmtDecoder(const RmtDecoder&) = delete;
   RmtDecoder& operator=(const RmtDecoder&) = delete;
 
   // tokens (n >= 1) host -> logits (V) after the last of them, on the host.
-  std::vector<float> append(const int32_t* tokens, int n);
+  std::vector<float> append(const int32_t* tokens, int n) override;
+  std::string describe() const override {
+    return "recurrent memory, " + std::to_string(segments_done_) + " segments carried";
+  }
   int64_t length() const { return length_; }
   // Segments whose memory has been carried forward (k of the open segment).
   int64_t segments_done() const { return segments_done_; }

@@ -17,11 +17,12 @@
 #include <vector>
 
 #include "model/arena.h"
+#include "model/decode/decoder.h"
 #include "model/llama.h"
 
 namespace rt {
 
-class KvCacheDecoder {
+class KvCacheDecoder final : public Decoder {
  public:
   // capacity: the most positions the cache holds (prompt + new tokens).
   KvCacheDecoder(LlamaModel& model, int capacity);
@@ -29,7 +30,8 @@ class KvCacheDecoder {
   KvCacheDecoder& operator=(const KvCacheDecoder&) = delete;
 
   // tokens (n) host -> logits (V) of the last of them, on the host.
-  std::vector<float> append(const int32_t* tokens, int n);
+  std::vector<float> append(const int32_t* tokens, int n) override;
+  std::string describe() const override { return "KV cache"; }
   int length() const { return length_; }
   int capacity() const { return capacity_; }
   void reset() { length_ = 0; }

@@ -1,4 +1,4 @@
-#include "model/kv_cache.h"
+#include "model/decode/kv_cache.h"
 
 #include <cmath>
 #include <string>

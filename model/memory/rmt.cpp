@@ -1,4 +1,4 @@
-#include "model/rmt.h"
+#include "model/memory/rmt.h"
 
 #include <algorithm>
 
@@ -131,6 +131,28 @@ double RmtRunner::forward_backward(const int32_t* inputs, const int32_t* targets
     }
   }
   return loss;
+}
+
+double RmtRunner::forward_backward(const SequenceBatch& batch, float dloss_scale,
+                                   int64_t* n_valid, float* token_losses) {
+  RT_CHECK(!batch.rows || (batch.rows->chunks.size() == 1 && batch.rows->chunks[0].first == 0 &&
+                           batch.rows->global_len == batch.T),
+           "a memory model reads whole sequences (no context parallelism)");
+  last_T_ = batch.T;
+  return forward_backward(batch.inputs, batch.targets, batch.B, batch.T, dloss_scale, n_valid,
+                          token_losses);
+}
+
+std::vector<float> RmtRunner::logits(int b, int64_t row) {
+  const int64_t first = last_T_ - S_;
+  RT_CHECK(row >= first && row < last_T_, "memory models keep logits of the last segment only");
+  const int R = S_ + 2 * M_;
+  return model_.logits_to_host(int64_t(b) * R + M_ + (row - first), 1);
+}
+
+size_t RmtRunner::memory_bytes() const {
+  // the memories carried between segments, per sequence: (n+1) x (M, d)
+  return mems_.empty() || last_B_ == 0 ? 0 : mems_.size() * mems_[0].bytes() / size_t(last_B_);
 }
 
 std::vector<float> RmtRunner::last_segment_logits(int b) {

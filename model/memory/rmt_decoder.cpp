@@ -1,4 +1,4 @@
-#include "model/rmt_decoder.h"
+#include "model/memory/rmt_decoder.h"
 
 #include "common/errors.h"
 

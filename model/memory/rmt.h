@@ -16,12 +16,23 @@
 #include <vector>
 
 #include "model/llama.h"
+#include "model/memory/sequence_runner.h"
 
 namespace rt {
 
-class RmtRunner {
+class RmtRunner final : public SequenceRunner {
  public:
   explicit RmtRunner(LlamaModel& model);
+  const char* kind() const override { return "rmt"; }
+  // SequenceRunner: the whole sequence (batch.rows null or whole).
+  double forward_backward(const SequenceBatch& batch, float dloss_scale, int64_t* n_valid,
+                          float* token_losses) override;
+  std::vector<float> logits(int b, int64_t row) override;
+  int64_t segment_length() const override { return S_; }
+  void set_memory_reset(bool reset) override { carry_ = !reset; }
+  bool single_backward() const override { return false; }
+  size_t memory_bytes() const override;
+
   RmtRunner(const RmtRunner&) = delete;
   RmtRunner& operator=(const RmtRunner&) = delete;
 
@@ -63,6 +74,7 @@ class RmtRunner {
   size_t cap_rows_ = 0;
   std::vector<int32_t> seg_targets_, seg_tokens_;
   int last_B_ = 0;
+  int64_t last_T_ = 0;
   bool carry_ = true;
 };
 
