@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Independent PyTorch reference for ringtrain's model (SPEC §3, §4.1, §4.3).
+"""Independent PyTorch reference for ringtrain's model (SPEC §3, §4.1, §4.3, §5, docs/memory.md).
 
 Written from the SPEC's math in plain torch ops; imports nothing of ringtrain.
 Run with Debian's /usr/bin/python3 (python3-torch, python3-h5py).
@@ -15,6 +15,23 @@ Run with Debian's /usr/bin/python3 (python3-torch, python3-h5py).
         (target -1 is ignored by the loss).
         Optional memory_tokens, segment_length, bptt_segments (> 0 tokens:
         recurrent memory, SPEC §5; /logits then holds the last segment's).
+        Optional memory_type (string rmt|knn|compressive; absent: rmt when
+        memory_tokens > 0, else no memory), for knn and compressive
+        (docs/memory.md: segments of segment_length tokens, positions restarting,
+        per-row stores empty at the start of every forward, no gradient through
+        them; /logits the last segment's): memory_layers (int array, 0-based;
+        absent: [(3L-1)/4]); knn: memory_size, top_k (exact retrieval);
+        compressive: memory_segments, rate, levels, compressed_size,
+        compression (string mean|conv). Their parameters in /model/:
+        model.layers.{l}.self_attn.memory_gate [H] (knn layers),
+        model.layers.{l}.self_attn.compress.{i}.{key,value}.weight
+        [kvd, rate*kvd] (compressive conv, i = 0-based level the slots go to);
+        neither gets weight decay.
+        Optional /doc_starts int [B, D]: each row's document start positions
+        (0..T-1; -1 pads), which prune the knn/compressive stores.
+        Compressive conv: the gradient (and AdamW's) is that of loss +
+        rec / n_valid (rec: the attention-reconstruction loss, reaching only the
+        conv weights); /loss and /adamw_losses are the main loss.
       OUT.h5: /loss (f64 scalar), /logits (f32 [B,T,V]), /grad/<name> (the
         working dtype), /grad_norm (f64 scalar: global L2 norm of the first
         gradient, before clipping), /adamw_losses (f64 [steps]: the loss before
@@ -29,7 +46,12 @@ Run with Debian's /usr/bin/python3 (python3-torch, python3-h5py).
   torch_reference.py selftest
       checks this script: ALiBi slopes, RoPE relativity, golden's loss at init
       (~ln V), its gradients against finite differences (float64, 1e-6
-      relative) and its AdamW against AdamW written out; exit 1 on failure.
+      relative; knn/compressive with the stores replayed as constants) and its
+      AdamW against AdamW written out, for plain, RMT, knn and compressive
+      models; knn retrieval against brute force (ties: older row first), the
+      store bounds and contents, knn with a shut gate = the plain model by
+      segments, compressive without compression = the plain model, bad
+      memory settings; exit 1 on failure.
 """
 import argparse
 import json
@@ -525,6 +547,10 @@ def golden(args):
         check_memory_config(cfg, tokens.shape[1])
     except ValueError as e:
         print(f"error: {args.input}: {e}", file=sys.stderr)
+        sys.exit(2)
+    missing = sorted(set(memory_params(cfg, dtype)) - set(params))
+    if missing:
+        print(f"error: {args.input}: /model/ lacks the memory parameters {missing}", file=sys.stderr)
         sys.exit(2)
     model_loss = lambda: compute_loss(params, tokens, targets, cfg, dtype)
 
