@@ -20,7 +20,7 @@ Run with Debian's /usr/bin/python3 (python3-torch, python3-h5py).
         (docs/memory.md: segments of segment_length tokens, positions restarting,
         per-row stores empty at the start of every forward, no gradient through
         them; /logits the last segment's): memory_layers (int array, 0-based;
-        absent: [(3L-1)/4]); knn: memory_size, top_k (exact retrieval);
+        absent: [(3L-1)/4]; a scalar or a string "0,2" also do); knn: memory_size, top_k (exact retrieval);
         compressive: memory_segments, rate, levels, compressed_size,
         compression (string mean|conv). Their parameters in /model/:
         model.layers.{l}.self_attn.memory_gate [H] (knn layers),
@@ -462,8 +462,13 @@ def memory_config(attrs, cfg):
     cfg["memory_type"] = mt
     cfg["compression"] = as_str(attrs["compression"]) if "compression" in attrs else "mean"
     L = cfg["num_hidden_layers"]
-    cfg["memory_layers"] = ([int(x) for x in np.atleast_1d(attrs["memory_layers"])]
-                            if "memory_layers" in attrs else [(3 * L - 1) // 4])
+    layers = attrs.get("memory_layers")
+    if layers is None:
+        cfg["memory_layers"] = [(3 * L - 1) // 4]
+    elif isinstance(layers, (bytes, str)):  # also "0,2" (a string attribute)
+        cfg["memory_layers"] = [int(x) for x in as_str(layers).split(",") if x.strip()]
+    else:
+        cfg["memory_layers"] = [int(x) for x in np.atleast_1d(layers)]
 
 
 def check_memory_config(cfg, T):
