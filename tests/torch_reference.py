@@ -20,9 +20,9 @@ Run with Debian's /usr/bin/python3 (python3-torch, python3-h5py).
         (docs/memory.md: segments of segment_length tokens, positions restarting,
         per-row stores empty at the start of every forward, no gradient through
         them; /logits the last segment's): memory_layers (int array, 0-based;
-        absent: [(3L-1)/4]; a scalar or a string "0,2" also do); knn: memory_size, top_k (exact retrieval);
-        compressive: memory_segments, rate, levels, compressed_size,
-        compression (string mean|conv). Their parameters in /model/:
+        a scalar or a string "0,2" also do; absent: [(3L-1)/4]); knn:
+        memory_size, top_k (exact retrieval); compressive: memory_segments,
+        rate, levels, compressed_size, compression (string mean|conv). Their parameters in /model/:
         model.layers.{l}.self_attn.memory_gate [H] (knn layers),
         model.layers.{l}.self_attn.compress.{i}.{key,value}.weight
         [kvd, rate*kvd] (compressive conv, i = 0-based level the slots go to);
@@ -429,7 +429,9 @@ def memory_loss(params, tokens, targets, cfg, dtype, replay=None):
         total = total + torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), tgt, ignore_index=-1, reduction="sum")
         count += int((tgt >= 0).sum())
-        mem.write()  # after the segment: the store gets no gradient
+        if replay is None:  # (a replay reads the recorded stores)
+            mem.write()  # after the segment: the store gets no gradient
+        mem.pending = {}
     return total / count, logits, mem.aux_loss() / count, mem.record()
 
 
@@ -458,8 +460,10 @@ def memory_config(attrs, cfg):
     """the memory attributes of IN.h5 (absent: no memory); memory_layers defaults to (3L-1)/4"""
     for k in MEMORY_INT:
         cfg[k] = int(attrs[k]) if k in attrs else 0
-    mt = as_str(attrs["memory_type"]) if "memory_type" in attrs else ("rmt" if cfg["memory_tokens"] > 0 else "")
-    cfg["memory_type"] = mt
+    if "memory_type" in attrs:
+        cfg["memory_type"] = as_str(attrs["memory_type"])
+    else:
+        cfg["memory_type"] = "rmt" if cfg["memory_tokens"] > 0 else ""
     cfg["compression"] = as_str(attrs["compression"]) if "compression" in attrs else "mean"
     L = cfg["num_hidden_layers"]
     layers = attrs.get("memory_layers")
@@ -482,18 +486,22 @@ def check_memory_config(cfg, T):
     if S < 1 or T % S:
         raise ValueError(f"segment_length {S}: must be >= 1 and divide the sequence length {T}")
     if not cfg["memory_layers"] or any(not 0 <= l < cfg["num_hidden_layers"] for l in cfg["memory_layers"]):
-        raise ValueError(f"memory_layers {cfg['memory_layers']}: layers are 0..{cfg['num_hidden_layers'] - 1}")
+        raise ValueError(f"memory_layers {cfg['memory_layers']}: "
+                         f"layers are 0..{cfg['num_hidden_layers'] - 1}")
     if mt == "knn":
         if cfg["top_k"] < 1 or cfg["memory_size"] < cfg["top_k"]:
-            raise ValueError(f"top_k {cfg['top_k']}, memory_size {cfg['memory_size']}: need 1 <= top_k <= memory_size")
+            raise ValueError(f"top_k {cfg['top_k']}, memory_size {cfg['memory_size']}: "
+                             "need 1 <= top_k <= memory_size")
         return
     r, n, c = cfg["rate"], cfg["levels"], cfg["compressed_size"]
     if r < 2:
         raise ValueError(f"rate {r}: must be >= 2")
     if n < 1 or cfg["memory_segments"] < 0:
-        raise ValueError(f"levels {n}, memory_segments {cfg['memory_segments']}: need levels >= 1, memory_segments >= 0")
+        raise ValueError(f"levels {n}, memory_segments {cfg['memory_segments']}: "
+                         "need levels >= 1, memory_segments >= 0")
     if c % n or c // n < S // r:
-        raise ValueError(f"compressed_size {c}: must be a multiple of levels ({n}) with compressed_size/levels >= segment_length/rate ({S // r})")
+        raise ValueError(f"compressed_size {c}: must be a multiple of levels ({n}) with "
+                         f"compressed_size/levels >= segment_length/rate ({S // r})")
     if S % r ** n:
         raise ValueError(f"segment_length {S}: must be a multiple of rate^levels ({r ** n})")
     if cfg["compression"] not in ("mean", "conv"):
@@ -518,7 +526,8 @@ def read_input(path, dtype):
         tokens = torch.tensor(f["inputs"][()].astype(np.int64))
         targets = torch.tensor(f["targets"][()].astype(np.int64))
         if "doc_starts" in f:  # [B, D] document start positions in each row, -1 = none
-            cfg["doc_starts"] = [[int(d) for d in row if d >= 0] for row in np.atleast_2d(f["doc_starts"][()])]
+            rows = np.atleast_2d(f["doc_starts"][()])
+            cfg["doc_starts"] = [[int(d) for d in row if d >= 0] for row in rows]
     return cfg, params, tokens, targets
 
 
@@ -627,7 +636,8 @@ def memory_params(cfg, dtype):
     L = cfg["num_hidden_layers"]
     for l in cfg.get("memory_layers", [(3 * L - 1) // 4]) if mt in ("knn", "compressive") else []:
         if mt == "knn":
-            out[f"model.layers.{l}.self_attn.memory_gate"] = torch.zeros(cfg["num_attention_heads"], dtype=dtype)
+            H = cfg["num_attention_heads"]
+            out[f"model.layers.{l}.self_attn.memory_gate"] = torch.zeros(H, dtype=dtype)
         elif cfg["compression"] == "conv":
             kvd, r = cfg["num_key_value_heads"] * cfg["head_dim"], cfg["rate"]
             for i in range(cfg["levels"]):
@@ -806,7 +816,8 @@ def selftest_memory(check):
     for k in range(6):
         mem.begin_segment(k)
         if k == 3:  # p0 = 12: row 0's document started at 10 -> rows before 10 dropped
-            check(mem.store[0][0]["pos"].tolist() == [10, 11], f"knn doc start prune: {mem.store[0][0]['pos']}")
+            check(mem.store[0][0]["pos"].tolist() == [10, 11],
+                  f"knn doc start prune: {mem.store[0][0]['pos']}")
             check(mem.store[0][1]["pos"].tolist() == list(range(5, 12)), "knn doc start: other row kept")
         kk, vv = torch.randn(B, 4, G, h, dtype=f64), torch.randn(B, 4, G, h, dtype=f64)
         mem.attention(0, torch.randn(B, 4, 4, h, dtype=f64), kk, vv)
@@ -815,7 +826,8 @@ def selftest_memory(check):
         st = mem.store[0][1]
         n = min(4 * (k + 1), 7)
         check(st["k"].shape[0] == n and st["pos"].tolist() == list(range(4 * (k + 1)))[-n:]
-              and torch.equal(st["k"], torch.cat(rows)[-n:]), f"knn FIFO after segment {k}: {st['pos'].tolist()}")
+              and torch.equal(st["k"], torch.cat(rows)[-n:]),
+              f"knn FIFO after segment {k}: {st['pos'].tolist()}")
         check(mem.store[0][0]["k"].shape[0] <= 7, "knn store bound")
 
     # (3) compressive store: FIFO of 2 segments, level 1 (cap 4 = one chunk of S/2), level 2
@@ -846,11 +858,13 @@ def selftest_memory(check):
         ok = ok and all(torch.allclose(u[0], pool(x, 2), atol=1e-14) for u, x in zip(st["levels"][0], l1))
         ok = ok and all(torch.allclose(u[0], pool(x, 4), atol=1e-14) and torch.allclose(u[1], pool(x, 4) + 1)
                         for u, x in zip(st["levels"][1], l2))
-        check(ok, f"compressive levels after segment {k}: {[[u[2].tolist() for u in lev] for lev in st['levels']]}")
+        check(ok, f"compressive levels after segment {k}: "
+                  f"{[[u[2].tolist() for u in lev] for lev in st['levels']]}")
         pos = torch.cat([u[2] for u in mem.units(st)])
         check(bool((pos[1:] > pos[:-1]).all()), "compressive: concatenation oldest first")
         if k >= 4:  # slot positions: the newest row each summarises
-            check(st["levels"][1][0][2].tolist() == [8 * (k - 4) + 3, 8 * (k - 4) + 7], "compressed slot positions")
+            check(st["levels"][1][0][2].tolist() == [8 * (k - 4) + 3, 8 * (k - 4) + 7],
+                  "compressed slot positions")
 
     # (4) limits where the memory models equal the plain model, for every position scheme
     for position in ("rope", "alibi", "none"):
@@ -889,13 +903,15 @@ def selftest_memory(check):
             tokens, targets = tiny_batch(cfg, T=24)
             l1, lg1 = compute_loss(prm, tokens[:, :6], targets[:, :6], cfg, f64)[:2]
             w1 = forward(prm, tokens[:, :6], cfg, f64)
-            check(close(l1, loss_fn(w1, targets[:, :6]), 1e-12) and torch.allclose(lg1, w1, rtol=0, atol=1e-10),
+            check(close(l1, loss_fn(w1, targets[:, :6]), 1e-12)
+                  and torch.allclose(lg1, w1, rtol=0, atol=1e-10),
                   f"compressive {position} {compression}: one segment equals the plain model")
             lw, lgw, aux = compute_loss(prm, tokens, targets, cfg, f64)[:3]
             w = forward(prm, tokens, cfg, f64)
             check(close(lw, loss_fn(w, targets), 1e-12) and torch.allclose(lgw, w[:, -6:], rtol=0, atol=1e-10)
                   and aux == 0.0, f"compressive {position} {compression}: full-resolution memory of all "
-                  f"segments equals the plain model on the sequence ({lw.item()} vs {loss_fn(w, targets).item()})")
+                  f"segments equals the plain model on the sequence "
+                  f"({lw.item()} vs {loss_fn(w, targets).item()})")
             lc = compute_loss(prm, tokens, targets, dict(cfg, memory_segments=1), f64)[0]
             check(not close(lc, lw, 1e-6), f"compressive {position}: compression changes the loss")
 
