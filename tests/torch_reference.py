@@ -747,14 +747,15 @@ MEMORY_CASES = [
     ("knn_alibi_docs", knn_config("alibi", tie_word_embeddings=1, segment_length=6, memory_size=12, top_k=12,
                                   memory_layers=[1], doc_starts=[[0, 9], [0, 13]], _T=24)),
     ("knn_none", knn_config("none", segment_length=5, memory_size=6, top_k=3, memory_layers=[0], _T=20)),
-    # two levels: FIFO -> level 1 -> level 2 -> dropped, conv at both levels, both layers
+    # two levels: FIFO -> level 1 (4-slot chunks) -> level 2 (2-slot chunks: a 1-slot chunk would
+    # leave its key weights without gradient), conv at both levels, both layers
     ("compressive_rope_conv", compressive_config(
-        "rope", segment_length=4, memory_segments=1, rate=2, levels=2, compressed_size=4,
-        compression="conv", memory_layers=[0, 1], _T=20)),
+        "rope", segment_length=8, memory_segments=1, rate=2, levels=2, compressed_size=8,
+        compression="conv", memory_layers=[0, 1], _T=32)),
     ("compressive_alibi_mean_docs", compressive_config(
         "alibi", segment_length=8, memory_segments=0, rate=2, levels=1, compressed_size=8,
         compression="mean", memory_layers=[1], doc_starts=[[0, 13], [0]], _T=32)),
-    # default layer ((3L-1)/4 = 1), rate 2 into 2 slots, the oldest chunk dropped
+    # default layer ((3L-1)/4 = 1), rate 2 into 2 slots, the last level drops its oldest chunk
     ("compressive_none_conv", tiny_config("none", 4, 2, False, memory_type="compressive", steps=2,
                                           segment_length=4, memory_segments=1, rate=2, levels=1,
                                           compressed_size=2, compression="conv", _T=20)),
@@ -1041,6 +1042,9 @@ def selftest(_args):
             src, out = run_golden(tmp, tag, cfg, params, tokens, targets)
             cfg_in, p64, tok, tgt = read_input(src, torch.float64)
             check(set(out["grad"]) == set(p64), f"{tag}: gradient names {sorted(out['grad'])}")
+            for n in p64:  # (else their finite-difference check below would be vacuous)
+                if "memory_gate" in n or ".compress." in n:
+                    check(out["grad"][n].abs().max() > 1e-4, f"{tag}: {n} has a gradient")
             # the gradient treats the stores as constants (no gradient through a store), so the
             # finite differences replay the stores (and compression events) of the unperturbed run;
             # they differentiate the loss plus aux (rec / n_valid), as golden's backward does
