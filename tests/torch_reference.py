@@ -916,6 +916,24 @@ def selftest_memory(check):
             lc = compute_loss(prm, tokens, targets, dict(cfg, memory_segments=1), f64)[0]
             check(not close(lc, lw, 1e-6), f"compressive {position}: compression changes the loss")
 
+    # conv at its initialisation (mean pooling) stores what mean does: the same main loss, while
+    # rec > 0 (a mean-pooled chunk attends differently) stays out of it and reaches only the weights
+    cfg = compressive_config("alibi", segment_length=8, memory_segments=0, rate=2, levels=2,
+                             compressed_size=8, compression="conv", memory_layers=[0, 1])
+    prm = random_params(cfg, f64, std=0.3)
+    tokens, targets = tiny_batch(cfg, T=32)
+    lc, _, aux, _ = compute_loss(prm, tokens, targets, cfg, f64)
+    lm = compute_loss(prm, tokens, targets, dict(cfg, compression="mean"), f64)[0]
+    check(close(lc, lm, 1e-13) and float(aux) > 0,
+          f"compressive conv at init = mean ({lc} vs {lm}), rec {aux}")
+    conv = [prm[n] for n in prm if ".compress." in n]
+    g_main = torch.autograd.grad(lc, conv, allow_unused=True, retain_graph=True)
+    g_all = torch.autograd.grad(lc + aux, conv, retain_graph=True)
+    g_rec = torch.autograd.grad(aux, conv)
+    check(all(g is None for g in g_main) and all(torch.equal(a, b) and a.abs().max() > 0
+                                                 for a, b in zip(g_all, g_rec)),
+          "compressive conv: the conv weights' gradient is that of rec / n_valid alone")
+
     # (5) bad settings are refused, naming the attribute
     base = knn_config("rope", segment_length=6, memory_size=4, top_k=8, memory_layers=[1])
     for bad, key in [(base, "top_k"), (dict(base, top_k=2, memory_layers=[2]), "memory_layers"),
