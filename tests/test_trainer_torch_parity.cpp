@@ -13,7 +13,7 @@
 #include "h5_test_io.h"
 #include "common/rng.h"
 #include "model/llama.h"
-#include "model/memory/rmt.h"
+#include "model/memory/sequence_runner.h"
 #include "trainer/optimizer.h"
 
 namespace rt {
@@ -36,7 +36,43 @@ struct Case {
   int mem_tokens = 0;  // > 0: recurrent memory (SPEC §5) with these:
   int segment = 0;
   int bptt = -1;
+  // knn or compressive memory (docs/memory.md) when layer_memory.type is set
+  MemoryConfig layer_memory = no_layer_memory();
+  bool doc_starts = false;  // document boundaries inside the sequences
+  static MemoryConfig no_layer_memory() {
+    MemoryConfig m;
+    m.type = "";
+    return m;
+  }
 };
+
+Case knn_case(const std::string& name, const std::string& position, std::vector<int> layers,
+              int memory_size, int top_k, bool docs = false) {
+  Case c{name, position, 4, 2, false};
+  MemoryConfig& m = c.layer_memory;
+  m.type = "knn";
+  m.segment_length = 6;
+  m.layers = std::move(layers);
+  m.memory_size = memory_size;
+  m.top_k = top_k;
+  c.doc_starts = docs;
+  return c;
+}
+
+Case compressive_case(const std::string& name, const std::string& position,
+                      const std::string& compression, int levels) {
+  Case c{name, position, 4, 2, false};
+  MemoryConfig& m = c.layer_memory;
+  m.type = "compressive";
+  m.segment_length = 8;
+  m.layers = {0, 1};
+  m.memory_segments = 1;
+  m.rate = 2;
+  m.levels = levels;
+  m.compressed_size = 4 * levels;
+  m.compression = compression;
+  return c;
+}
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 // max |a - b| / max |b|  (relative to the reference's scale)
@@ -71,13 +107,25 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
   oc.weight_decay = 0.1;
   oc.no_decay = {"norms"};
   const double grad_clip = 0.5;
-  const int steps = 4, B = 2, T = c.mem_tokens ? 4 * c.segment : 37;
+  const bool layer_mem = !c.layer_memory.type.empty();
+  const int steps = 4, B = 2,
+            T = c.mem_tokens ? 4 * c.segment : layer_mem ? 4 * c.layer_memory.segment_length : 37;
   if (c.mem_tokens) mc.memory = MemoryConfig::rmt(c.mem_tokens, c.segment, c.bptt);
+  if (layer_mem) mc.memory = c.layer_memory;
 
   auto be = make_cpu_backend();
   LlamaModel model(mc, *be);
   model.init_weights(7);
-  model.plan_activations(B, T, false);
+  {  // memory-layer parameters away from their neutral init (gate 0, mean pooling)
+    Rng prng(11);
+    for (const TensorSpec& s : model.params().specs()) {
+      if (param_kind(s.name) != ParamKind::kMemoryLayer) continue;
+      float* p = model.params().f32(s.name);
+      const double sd = s.shape.size() == 1 ? 1.0 : 0.05;
+      for (size_t i = 0; i < s.numel; ++i) p[i] += float(prng.normal() * sd);
+    }
+  }
+  model.plan_activations(B, layer_mem ? c.layer_memory.segment_length : T, false);
 
 
   std::vector<int32_t> inputs(B * T), targets(B * T);
@@ -86,13 +134,19 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
   for (int i = 0; i < B * T; ++i)
     targets[i] = (i % T == T - 1) ? inputs[(i + 1) % (B * T)] : inputs[i + 1];
   targets[5] = -1;  // an ignored target
-  std::unique_ptr<RmtRunner> rmt;
-  if (c.mem_tokens) rmt = std::make_unique<RmtRunner>(model);
+  // document starts (row 0: two documents, row 1: three)
+  std::vector<std::vector<int64_t>> docs = {{0, T / 2 + 1}, {0, T / 4 - 1, 3 * T / 4}};
+  const std::unique_ptr<SequenceRunner> runner = make_sequence_runner(model);
+  const bool memory = c.mem_tokens || layer_mem;
   // one training forward (+ backward when scale != 0) of the batch
   auto run = [&](float scale, int64_t* valid) {
-    if (rmt) return rmt->forward_backward(inputs.data(), targets.data(), B, T, scale, valid);
-    return model.forward_backward(inputs.data(), targets.data(), B, T, RowPositions::whole(T),
-                                  scale, valid);
+    SequenceBatch b;
+    b.inputs = inputs.data();
+    b.targets = targets.data();
+    b.B = B;
+    b.T = T;
+    if (c.doc_starts) b.doc_starts = &docs;
+    return runner->forward_backward(b, scale, valid);
   };
   const fs::path dir = fs::path(RT_BINARY_DIR) / ("torch_parity_" + c.name);
   fs::create_directories(dir);
@@ -123,6 +177,30 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
       f.attr_int("segment_length", c.segment);
       f.attr_int("bptt_segments", c.bptt);
     }
+    if (layer_mem) {
+      const MemoryConfig& m = c.layer_memory;
+      f.attr_string("memory_type", m.type);
+      f.attr_int("segment_length", m.segment_length);
+      std::string layers;
+      for (int l : m.layers) layers += (layers.empty() ? "" : ",") + std::to_string(l);
+      f.attr_string("memory_layers", layers);
+      if (m.type == "knn") {
+        f.attr_int("memory_size", m.memory_size);
+        f.attr_int("top_k", m.top_k);
+      } else {
+        f.attr_int("memory_segments", m.memory_segments);
+        f.attr_int("rate", m.rate);
+        f.attr_int("levels", m.levels);
+        f.attr_int("compressed_size", m.compressed_size);
+        f.attr_string("compression", m.compression);
+      }
+    }
+    if (c.doc_starts) {
+      std::vector<int32_t> d(size_t(B) * 3, -1);
+      for (int b = 0; b < B; ++b)
+        for (size_t i = 0; i < docs[size_t(b)].size(); ++i) d[size_t(b) * 3 + i] = int32_t(docs[size_t(b)][i]);
+      f.write_ints("/doc_starts", d.data(), {hsize_t(B), 3});
+    }
     for (const TensorSpec& s : model.params().specs()) {
       std::vector<hsize_t> shape(s.shape.begin(), s.shape.end());
       f.write_floats("/model/" + s.name, model.params().f32(s.name), shape);
@@ -141,7 +219,7 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
   double loss_sum = run(0.f, &n_valid);
   EXPECT_EQ(n_valid, B * T - 1);
   double logits_err = 0;
-  if (!rmt) {  // (with memory the reference's logits are its last segment's)
+  if (!memory) {  // (with memory the reference's logits are its last segment's)
     std::vector<float> logits = model.logits_to_host(0, B * T);
     logits_err = rel_err(logits.data(), ref.read_doubles("/logits"));
     EXPECT_LT(logits_err, 2e-5) << "logits";
@@ -197,7 +275,15 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"rmt_bptt_detached", "rope", 4, 2, false, 3, 12, 0},
                       Case{"rmt_bptt_2", "rope", 4, 2, false, 3, 12, 2},
                       Case{"rmt_alibi_bptt_all", "alibi", 4, 4, true, 2, 10, -1},
-                      Case{"rmt_nope_bptt_2", "none", 4, 2, false, 3, 12, 2}),
+                      Case{"rmt_nope_bptt_2", "none", 4, 2, false, 3, 12, 2},
+                      // external vector memory: FIFO dropping rows, two layers, top_k = store
+                      knn_case("knn_rope", "rope", {1}, 10, 4),
+                      knn_case("knn_alibi_two_layers", "alibi", {0, 1}, 12, 12),
+                      knn_case("knn_nope_docs", "none", {1}, 14, 5, true),
+                      // compressive: mean and learned (conv) compression, one and two levels
+                      compressive_case("compressive_rope_mean", "rope", "mean", 2),
+                      compressive_case("compressive_alibi_conv", "alibi", "conv", 1),
+                      compressive_case("compressive_nope_conv_2levels", "none", "conv", 2)),
     [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
 }  // namespace

@@ -16,11 +16,4 @@ std::unique_ptr<LayerMemory> make_layer_memory(LlamaModel& model) {
   throw UsageError("model.memory.type: unknown memory type '" + mem->type + "'");
 }
 
-std::unique_ptr<LayerMemory> make_knn_memory(LlamaModel&) {
-  throw UsageError("knn memory: not built yet");
-}
-std::unique_ptr<LayerMemory> make_compressive_memory(LlamaModel&) {
-  throw UsageError("compressive memory: not built yet");
-}
-
 }  // namespace rt
