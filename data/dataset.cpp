@@ -47,6 +47,15 @@ class TokenSequenceSource : public SequenceSource {
     }
   }
 
+  std::vector<int64_t> doc_starts(int64_t index, int64_t T) const override {
+    std::vector<int64_t> out;
+    const uint64_t lo = uint64_t(index * T), hi = lo + uint64_t(T);
+    const auto& d = data_.doc_offsets;
+    for (auto it = std::lower_bound(d.begin(), d.end(), lo); it != d.end() && *it < hi; ++it)
+      if (out.empty() || out.back() != int64_t(*it - lo)) out.push_back(int64_t(*it - lo));
+    return out;
+  }
+
   std::string describe() const override {
     return "token file " + path_ + " (" + std::to_string(data_.tokens.size()) +
            " tokens, vocab " + std::to_string(data_.vocab_size) + ", tokenizer " +

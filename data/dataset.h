@@ -31,6 +31,10 @@ class SequenceSource {
   // writes inputs[0..end-begin) and targets[0..end-begin).
   virtual void read(int64_t index, int64_t T, int64_t begin, int64_t end, int32_t* inputs,
                     int32_t* targets) const = 0;
+  // Positions in [0, T) of sequence `index` where a document starts (token
+  // files with /doc_offsets; memory stores are cleared there, docs/memory.md).
+  // Empty when the source records no documents.
+  virtual std::vector<int64_t> doc_starts(int64_t index, int64_t T) const { return {}; }
   virtual std::string describe() const = 0;
 };
 

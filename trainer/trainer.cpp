@@ -489,11 +489,13 @@ StepStats Trainer::train_step() {
   const int first = dims_.dp_index(rank_) * per_dp;
   inputs_.resize(size_t(per_dp) * Tl);
   targets_.resize(size_t(per_dp) * Tl);
+  doc_starts_.assign(size_t(per_dp), {});
   int64_t n_valid = 0;
   for (int j = 0; j < per_dp; ++j) {
     int32_t* in = inputs_.data() + size_t(j) * Tl;
     int32_t* tg = targets_.data() + size_t(j) * Tl;
     const int64_t index = order_->index(step_, first + j);
+    if (cfg_.model.memory) doc_starts_[size_t(j)] = train_data_->doc_starts(index, T);
     int64_t row = 0;
     for (auto [begin, len] : rows_.chunks) {
       train_data_->read(index, T, begin, begin + len, in + row, tg + row);
@@ -531,6 +533,9 @@ StepStats Trainer::train_step() {
     batch.B = mb;
     batch.T = Tl;
     batch.rows = &rows_;
+    const std::vector<std::vector<int64_t>> docs(doc_starts_.begin() + j,
+                                                 doc_starts_.begin() + j + mb);
+    batch.doc_starts = &docs;
     loss_sum += runner_->forward_backward(batch, scale, nullptr);
   }
   // Global loss and gradients: each rank's gradient is already scaled by
