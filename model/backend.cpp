@@ -26,6 +26,7 @@ const char* op_name(Op op) {
     case Op::kSwigluBackward: return "swiglu_backward";
     case Op::kAddInplace: return "add_inplace";
     case Op::kCrossEntropy: return "cross_entropy_forward_backward";
+    case Op::kLossSum: return "loss_sum";
     case Op::kSumSquares: return "sum_squares";
     case Op::kScale: return "scale";
     case Op::kAdamwUpdate: return "adamw_update";

@@ -48,7 +48,7 @@ enum class Op : uint8_t {
   kRopeForward, kRopeBackward,
   kAttentionForward, kAttentionBackward, kAttentionMerge,
   kSwigluForward, kSwigluBackward,
-  kAddInplace, kCrossEntropy,
+  kAddInplace, kCrossEntropy, kLossSum,
   kSumSquares, kScale, kAdamwUpdate, kSgdUpdate, kSgdMomentumUpdate,
   kCount
 };
@@ -155,6 +155,10 @@ class Backend {
   // dlogits = (softmax - onehot) * dloss_scale (zero for ignored rows).
   virtual void cross_entropy_forward_backward(Buf logits, float* losses, const int32_t* targets,
                                               int N, int V, float dloss_scale) = 0;
+  // acc (one fp64 on the device) += the sum of losses (N fp32), summed in
+  // order in fp64 then added once: the loss is summed where it is computed
+  // and read once per step (LlamaModel::take_loss_sum).
+  virtual void loss_sum(double* acc, const float* losses, int N) = 0;
 
   // ---- optimizer (fp32 state) -----------------------------------------------
   // sum of squares, accumulated in double

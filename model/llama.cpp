@@ -128,6 +128,9 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, Backend& be, const Precision& pre
     layer_w_.push_back(layer_tensors(params_, l));
     layer_g_.push_back(layer_tensors(grads_, l));
   }
+  loss_acc_ = DeviceBuffer(be_, 1, DType::kF64);
+  const double zero = 0.0;
+  be_.copy_to_device(loss_acc_.data(), &zero, sizeof(double));
   if (cfg_.position == "alibi") {
     alibi_ = alibi_slopes(cfg_.num_attention_heads);
     alibi_dev_ = DeviceBuffer(be_, alibi_.size());
@@ -445,6 +448,14 @@ double LlamaModel::forward_backward_embeddings(CBuf x0, const int32_t* targets, 
   return loss_sum;
 }
 
+double LlamaModel::take_loss_sum() {
+  double sum = 0.0;
+  be_.copy_to_host(&sum, loss_acc_.data(), sizeof(double));
+  const double zero = 0.0;
+  be_.copy_to_device(loss_acc_.data(), &zero, sizeof(double));
+  return sum;
+}
+
 CBuf LlamaModel::final_residual() const { return x_[size_t(cfg_.num_hidden_layers)]; }
 
 void LlamaModel::embed_tokens(const int32_t* tokens, int n, Buf out) {
@@ -485,10 +496,8 @@ double LlamaModel::run_layers_and_head(float dloss_scale, CBuf dfinal_extra) {
   be_.matmul_forward(logits_, lnf_, w_head, N, d, V);
   be_.cross_entropy_forward_backward(logits_, losses_, targets_dev_.as<int32_t>(), N, V,
                                      dloss_scale);
-  std::vector<float> host_losses(N);
-  be_.copy_to_host(host_losses.data(), losses_, sizeof(float) * N);
-  double loss_sum = 0.0;
-  for (float v : host_losses) loss_sum += v;
+  if (count_loss_) be_.loss_sum(loss_acc_.as<double>(), losses_, N);
+  const double loss_sum = count_loss_ && !defer_loss_ ? take_loss_sum() : 0.0;
   if (!backward) return loss_sum;
 
   // backward: logits now hold dlogits (zero when dloss_scale is 0)

@@ -177,7 +177,8 @@ class LlamaModel {
   // Forward over B x T tokens (host arrays). targets < 0 are ignored. When
   // dloss_scale != 0 also runs backward with d(loss_sum) scaled by
   // dloss_scale, accumulating into grads(). Returns the sum of the per-token
-  // losses over valid targets; *n_valid gets their count.
+  // losses over valid targets (0 while the loss is deferred, below); *n_valid
+  // gets their count.
   double forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T,
                           const RowPositions& pos, float dloss_scale, int64_t* n_valid);
 
@@ -190,6 +191,14 @@ class LlamaModel {
   double forward_backward_embeddings(CBuf x0, const int32_t* targets, int B, int T,
                                      const RowPositions& pos, float dloss_scale,
                                      int64_t* n_valid, CBuf dfinal_extra, Buf dx0);
+  // The loss is summed on the device where it is computed. By default every
+  // forward reads its own sum back (one scalar); deferred, the sums of
+  // every forward accumulate until take_loss_sum() reads them once (the
+  // training step). Counting off: forwards leave the sum alone (RMT's
+  // replay pass recomputes losses already counted).
+  void set_defer_loss(bool defer) { defer_loss_ = defer; }
+  void set_count_loss(bool count) { count_loss_ = count; }
+  double take_loss_sum();
   // The last layer's output (B*T, d) of the last forward (device).
   CBuf final_residual() const;
   // Token embeddings (host tokens) into out (n, d) on the device, and the
@@ -245,6 +254,8 @@ class LlamaModel {
   DeviceBuffer alibi_dev_;
   DeviceBuffer rope_cos_, rope_sin_;  // device (T, hd/2)
   DeviceBuffer tokens_dev_, targets_dev_;  // int32
+  DeviceBuffer loss_acc_;                  // one fp64: summed losses not yet read
+  bool defer_loss_ = false, count_loss_ = true;
 };
 
 }  // namespace rt

@@ -301,6 +301,17 @@ std::vector<Case> all_cases() {
                  [](Host& h, DType, Rng&) { h.i["tgt"][2] = -1; }});  // an ignored row
     c.back().nmse_f32 = 1e-12;
   }
+  c.push_back({Op::kLossSum, "loss_sum (fp32 losses into an fp64 accumulator)",
+               {{"x", n, R::kF32, I::kIn}},
+               [=](Backend& be, const Bufs& b, std::vector<double>& s) {
+                 DeviceBuffer acc(be, 1, DType::kF64);
+                 const double start = 0.25;
+                 be.copy_to_device(acc.data(), &start, sizeof(double));
+                 be.loss_sum(acc.as<double>(), b.f("x"), int(n));
+                 double got = 0;
+                 be.copy_to_host(&got, acc.data(), sizeof(double));
+                 s.push_back(got);
+               }});
   c.push_back({Op::kSumSquares, "sum_squares (fp32 state)", {{"x", n, R::kF32, I::kIn}},
                [=](Backend& be, const Bufs& b, std::vector<double>& s) { s.push_back(be.sum_squares(b.f("x"), n)); }});
   c.push_back({Op::kScale, "scale (fp32 state)", {{"x", n, R::kF32, I::kInOut}},
@@ -572,6 +583,7 @@ class BrokenCpu : public Backend {
   void swiglu_backward(Buf, Buf, CBuf, CBuf, CBuf, size_t) override {}
   void add_inplace(Buf, CBuf, size_t) override {}
   void cross_entropy_forward_backward(Buf, float*, const int32_t*, int, int, float) override {}
+  void loss_sum(double*, const float*, int) override {}
   double sum_squares(const float*, size_t) override { return 0; }
   void scale(float*, size_t, float) override {}
   void adamw_update(float*, Buf, const float*, float*, float*, size_t, const AdamWStep&) override {}

@@ -349,7 +349,11 @@ int run_eval_command(const EvalOptions& o) {
             << "buckets of " << by_position.bucket << " positions):\n"
             << loss_by_position_table(by_position);
   if (o.memory_reset && rank == 0)
-    std::cout << "\n(memory reset: every segment started from the learned initial memory)\n";
+    std::cout << "\n(memory reset: nothing crossed a segment boundary: "
+              << (cfg.model.memory->type == "rmt"
+                      ? "every segment started from the learned initial memory"
+                      : "the " + cfg.model.memory->type + " store stayed empty")
+              << ")\n";
   if (!pk_lens.empty())
     std::cout << "\npasskey accuracy (" << pk_trials << " trials per cell, greedy digits):\n"
               << passkey_table(passkey);

@@ -352,8 +352,9 @@ int run(int argc, char** argv) {
                  "model (without this flag that is exit 3)");
   eval->add_flag("!--no-plots", eo.plots, "skip the PNG plots (launch/plot_eval.py)");
   eval->add_flag("--memory-reset", eo.memory_reset,
-                 "memory models: start every segment from the learned initial memory, so "
-                 "nothing crosses a segment boundary (the same model without memory)");
+                 "memory models: nothing crosses a segment boundary (rmt: every segment "
+                 "starts from the learned initial memory; knn, compressive: the store stays "
+                 "empty): the same model without memory");
 
   int steps = 5, warmup = 1;
   auto* bench = app.add_subcommand(

@@ -512,13 +512,17 @@ StepStats Trainer::train_step() {
   const bool overlap =
       cfg_.parallel.overlap_grad_reduce && runner_->single_backward() && dims_.world > 1;
   reducer_->begin();
-  double loss_sum = 0;
+  // the step's loss is summed on the device and read once, after its
+  // micro-batches (evaluation reads each forward's)
+  model_->set_defer_loss(true);
   for (int j = 0; j < per_dp; j += mb) {
     // A stop (SIGTERM/SIGINT) abandons the step between micro-batches, so that
     // a preempted job saves within one micro-batch rather than one step; all
     // ranks agree (one small allreduce per micro-batch) and leave together.
     if (j > 0 && stop_requested_everywhere()) {
       model_->grads().zero();
+      model_->take_loss_sum();
+      model_->set_defer_loss(false);
       StepStats s;
       s.step = step_;
       s.abandoned = true;
@@ -536,12 +540,14 @@ StepStats Trainer::train_step() {
     const std::vector<std::vector<int64_t>> docs(doc_starts_.begin() + j,
                                                  doc_starts_.begin() + j + mb);
     batch.doc_starts = &docs;
-    loss_sum += runner_->forward_backward(batch, scale, nullptr);
+    runner_->forward_backward(batch, scale, nullptr);
   }
   // Global loss and gradients: each rank's gradient is already scaled by
   // 1/(global target count), so the sum over all ranks is the gradient of
   // the global mean loss.
   model_->set_grad_ready_hook({});
+  double loss_sum = model_->take_loss_sum();
+  model_->set_defer_loss(false);
   world_->allreduce_sum(&loss_sum, 1);
   reducer_->finish();
   const bool sharded = optimizer_->sharded();

@@ -107,7 +107,9 @@ double RmtRunner::forward_backward(const int32_t* inputs, const int32_t* targets
   if (n_valid) *n_valid = valid;
   if (dloss_scale == 0.f) return loss;
 
-  // pass 2: replay in reverse, carrying d(mem_{k+1}) into segment k
+  // pass 2: replay in reverse, carrying d(mem_{k+1}) into segment k (its
+  // losses were counted in pass 1)
+  model_.set_count_loss(false);
   bool have_dmem = false;  // dmem_ holds d(loss)/d(mem_{k+1}) from later segments
   const Buf gmem = model_.grads().buf("model.memory.embeddings");
   const Buf dx0 = dx0_.buf(), dtok = dtok_.buf(), dmem = dmem_.buf();
@@ -130,6 +132,7 @@ double RmtRunner::forward_backward(const int32_t* inputs, const int32_t* targets
       have_dmem = !detached_before(k);
     }
   }
+  model_.set_count_loss(true);
   return loss;
 }
 
