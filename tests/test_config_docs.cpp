@@ -1,7 +1,8 @@
 // docs/config.md lists exactly the keys of the resolved config: every key
-// the writer emits (with every optional section present, for both optimizers)
-// has a row, and every row is such a key (or HF's legacy `type` alias), so
-// the reference cannot fall behind the schema in config.cpp.
+// the writer emits (with every optional section present, for both optimizers
+// and every memory type) has a row, and every row is such a key (or HF's
+// legacy `type` alias), so the reference cannot fall behind the schema in
+// config.cpp.
 #include <gtest/gtest.h>
 #include <yaml-cpp/yaml.h>
 
@@ -49,6 +50,10 @@ eval: {passkey: {seq_lens: [128]}}
               full + "\n", "sgd.yaml", {"train.optimizer={type: sgd, lr: 0.1}",
                                         "train.schedule.min_lr=0"}))),
           "", keys);
+  // Each memory type writes only its own keys: the other two types too.
+  for (const char* memory : {"model.memory={type: knn, segment_length: 64}",
+                             "model.memory={type: compressive, segment_length: 64}"})
+    flatten(YAML::Load(config_to_yaml(parse_config(full, "memory.yaml", {memory}))), "", keys);
   return keys;
 }
 

@@ -14,13 +14,18 @@
 // Decisions:
 //  - `null` is accepted only where the struct has optional/auto semantics
 //    (run.dir, model.num_key_value_heads, model.head_dim, model.rope_scaling,
-//    model.memory, data.val, data.tokenizer, parallel.data_parallel, checkpoint.init_from,
+//    model.memory, model.memory.layers (null or [] = the default layer),
+//    data.val, data.tokenizer, parallel.data_parallel, checkpoint.init_from,
 //    eval.passkey and the optional rope_scaling/data-source fields); anywhere
 //    else null is a type error.
 //  - schedule.warmup_steps > train.max_steps only warns (short test runs keep
 //    the default warmup); min_lr > lr is an error.
 //  - data.val's seed_offset defaults to 1 (train's to 0), so synthetic
 //    validation data is a different stream from training data.
+//  - model.memory: the type decides the valid keys; a key of another type is
+//    an error naming its type (not a did-you-mean). knn and compressive with
+//    parallel.context_parallel > 1 are refused here; rmt over a ring is refused
+//    by the trainer.
 //  - rope_scaling.original_max_position_embeddings is resolved to
 //    model.max_position_embeddings when absent, so the written config pins it.
 #include "trainer/config.h"
@@ -38,6 +43,7 @@
 #include <limits>
 #include <map>
 #include <sstream>
+#include <stdexcept>
 #include <utility>
 
 #include "common/errors.h"
@@ -52,7 +58,9 @@ namespace {
 const std::vector<std::string> kPositions = {"rope", "alibi", "none"};
 const std::vector<std::string> kRopeTypes = {"linear", "ntk",    "dynamic",
                                              "yarn",   "llama3", "longrope"};
-const std::vector<std::string> kMemoryTypes = {"rmt"};
+const std::vector<std::string> kMemoryTypes = {"rmt", "knn", "compressive"};
+const std::vector<std::string> kKnnIndexes = {"exact", "flat", "ivf", "hnsw"};
+const std::vector<std::string> kCompressions = {"mean", "conv"};
 const std::vector<std::string> kSyntheticGenerators = {"passkey", "recall"};
 const std::vector<std::string> kSyntheticLoss = {"answer", "all"};
 const std::vector<std::string> kTokenFileExtensions = {".h5", ".bin", ".txt"};
@@ -294,8 +302,12 @@ class MapReader {
   // `node` must be a mapping; absent or null means "all defaults". Unknown and
   // duplicate keys are rejected here, before any value is looked at, so a typo
   // is reported as a typo rather than as a missing value.
+  // `foreign`: keys valid in this mapping only under another setting (a key
+  // of another memory type), each with its message; they are reported with
+  // it instead of as a typo.
   MapReader(Origins& o, const YAML::Node& node, std::string path,
-            std::vector<std::string> keys)
+            std::vector<std::string> keys,
+            const std::map<std::string, std::string>& foreign = {})
       : o_(o), path_(std::move(path)), keys_(std::move(keys)) {
     if (!node.IsDefined() || node.IsNull()) return;
     if (!node.IsMap())
@@ -310,6 +322,7 @@ class MapReader {
       }
       o_.set_line(full, it->first.Mark());
       if (!contains(keys_, key)) {
+        if (auto f = foreign.find(key); f != foreign.end()) o_.fail(full, f->second);
         const std::string near = closest(key, keys_);
         o_.fail(full, "unknown key '" + full + "'; did you mean '" + dotted(path_, near) +
                           "'? (valid keys" + (path_.empty() ? "" : " in " + path_) + ": " +
@@ -461,14 +474,127 @@ RopeScalingConfig read_rope_scaling(const MapReader& parent, int max_position_em
   return c;
 }
 
-MemoryConfig read_memory(const MapReader& parent) {
-  const MapReader r(parent.origins(), parent.at("memory"), parent.path_of("memory"),
-                    {"type", "num_tokens", "segment_length", "bptt_segments"});
+// The keys of each memory type (docs/memory.md); a key of another type is an
+// error that names its type.
+const std::vector<std::pair<std::string, std::vector<std::string>>> kMemoryKeys = {
+    {"rmt", {"type", "num_tokens", "segment_length", "bptt_segments"}},
+    {"knn", {"type", "segment_length", "layers", "memory_size", "top_k", "index"}},
+    {"compressive",
+     {"type", "segment_length", "layers", "memory_segments", "rate", "levels", "compressed_size",
+      "compression"}},
+};
+
+const std::vector<std::string>& memory_keys(const std::string& type) {
+  for (const auto& [t, keys] : kMemoryKeys)
+    if (t == type) return keys;
+  throw std::logic_error("memory_keys: unknown memory type " + type);
+}
+
+// The default memory layer of knn and compressive: one layer at (3L-1)/4.
+int default_memory_layer(int num_hidden_layers) { return (3 * num_hidden_layers - 1) / 4; }
+
+// model.memory.layers: distinct 0-based layer indices below num_hidden_layers;
+// absent, null or [] resolves to the default layer.
+std::vector<int> read_memory_layers(const MapReader& r, int num_hidden_layers) {
+  const int L = num_hidden_layers;
+  const std::vector<int> layers = r.has("layers")
+      ? r.get_list<int>("layers", {},
+                        [&](const YAML::Node& n, const std::string& p) {
+                          const int64_t v = to_int(r.origins(), n, p, INT_MIN, INT_MAX);
+                          if (v < 0 || v >= L)
+                            r.origins().fail(p, p + ": must be in [0, " + std::to_string(L - 1) +
+                                                    "] (a 0-based layer index below "
+                                                    "model.num_hidden_layers(" +
+                                                    std::to_string(L) + ")), got " + n.Scalar());
+                          return static_cast<int>(v);
+                        })
+      : std::vector<int>{};
+  for (size_t i = 0; i < layers.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (layers[i] == layers[j]) {
+        const std::string p = r.path_of("layers") + "[" + std::to_string(i) + "]";
+        r.origins().fail(p, p + ": layer " + std::to_string(layers[i]) +
+                                " is listed twice (also at [" + std::to_string(j) +
+                                "]); list each layer once");
+      }
+  if (layers.empty()) return {default_memory_layer(L)};
+  return layers;
+}
+
+MemoryConfig read_memory(const MapReader& parent, int num_hidden_layers) {
+  Origins& o = parent.origins();
+  const std::string path = parent.path_of("memory");
+  const YAML::Node node = parent.at("memory");
   MemoryConfig c;
-  c.type = r.get_enum("type", c.type, kMemoryTypes);
-  c.num_tokens = r.get_int32("num_tokens", c.num_tokens, 1);
+  // The type first: it decides which keys are valid.
+  if (node.IsMap())
+    for (auto it = node.begin(); it != node.end(); ++it)
+      if (it->first.IsScalar() && it->first.Scalar() == "type") {
+        o.set_line(dotted(path, "type"), it->first.Mark());
+        c.type = to_enum(o, it->second, dotted(path, "type"), kMemoryTypes);
+        break;
+      }
+  const std::vector<std::string>& keys = memory_keys(c.type);
+  std::map<std::string, std::vector<std::string>> owners;  // other types' keys -> their types
+  for (const auto& [type, type_keys] : kMemoryKeys)
+    for (const auto& k : type_keys)
+      if (!contains(keys, k)) owners[k].push_back(type);
+  std::map<std::string, std::string> foreign;
+  for (const auto& [k, types] : owners)
+    foreign[k] = dotted(path, k) + " is a " + join(types, " and ") + " key; this memory is " +
+                 c.type + " (set " + dotted(path, "type") + ": " + types.front() +
+                 ", or remove " + k + "; " + c.type + " keys: " + join(keys, ", ") + ")";
+  const MapReader r(o, node, path, keys, foreign);
   c.segment_length = r.get_int32("segment_length", c.segment_length, 1);
-  c.bptt_segments = r.get_int32("bptt_segments", c.bptt_segments, -1);
+  const std::string S = std::to_string(c.segment_length);
+  if (c.type == "rmt") {
+    c.num_tokens = r.get_int32("num_tokens", c.num_tokens, 1);
+    c.bptt_segments = r.get_int32("bptt_segments", c.bptt_segments, -1);
+    return c;
+  }
+  c.layers = read_memory_layers(r, num_hidden_layers);
+  if (c.type == "knn") {
+    c.memory_size = r.get_int32("memory_size", c.memory_size, 1);
+    c.top_k = r.get_int32("top_k", c.top_k, 1);
+    c.index = r.get_enum("index", c.index, kKnnIndexes);
+    if (c.top_k > c.memory_size)
+      r.fail("top_k", r.path_of("top_k") + "(" + std::to_string(c.top_k) +
+                          ") is larger than the store: " + r.path_of("memory_size") + "(" +
+                          std::to_string(c.memory_size) +
+                          ") rows; lower top_k or raise memory_size");
+    return c;
+  }
+  // compressive
+  c.memory_segments = r.get_int32("memory_segments", c.memory_segments, 0);
+  c.rate = r.get_int32("rate", c.rate, 2);
+  c.levels = r.get_int32("levels", c.levels, 1);
+  c.compressed_size = r.get_int32("compressed_size", c.compressed_size, 1);
+  c.compression = r.get_enum("compression", c.compression, kCompressions);
+  // rate^levels, stopping once it exceeds segment_length (no overflow).
+  int64_t chunk = 1;
+  for (int i = 0; i < c.levels && chunk <= c.segment_length; ++i) chunk *= c.rate;
+  if (chunk > c.segment_length || c.segment_length % chunk != 0) {
+    const std::string pow = std::to_string(c.rate) + "^" + std::to_string(c.levels);
+    const std::string value = chunk > c.segment_length ? "more than " + S : std::to_string(chunk);
+    r.fail("segment_length",
+           r.path_of("segment_length") + "(" + S + ") is not a multiple of rate^levels = " + pow +
+               " = " + value + ": every level compresses by " + r.path_of("rate") +
+               "; change segment_length to a multiple of " + pow + ", or lower rate or levels");
+  }
+  const int per_level = c.compressed_size / c.levels;
+  const std::string L = std::to_string(c.levels), C = std::to_string(c.compressed_size);
+  if (c.compressed_size % c.levels != 0)
+    r.fail("compressed_size", r.path_of("compressed_size") + "(" + C +
+                                  ") is not a multiple of " + r.path_of("levels") + "(" + L +
+                                  "): every level holds compressed_size / levels slots");
+  const int segment_slots = c.segment_length / c.rate;
+  if (per_level < segment_slots)
+    r.fail("compressed_size",
+           r.path_of("compressed_size") + "(" + C + ") / levels(" + L + ") = " +
+               std::to_string(per_level) + " slots per level is fewer than segment_length(" + S +
+               ") / rate(" + std::to_string(c.rate) + ") = " + std::to_string(segment_slots) +
+               ", the slots of one compressed segment; raise compressed_size to at least " +
+               std::to_string(static_cast<int64_t>(segment_slots) * c.levels));
   return c;
 }
 
@@ -501,7 +627,7 @@ ModelConfig read_model(Origins& o, const YAML::Node& node) {
   const bool rs_default = rs_node.IsMap() && (is_default("rope_type") || is_default("type"));
   if (r.has("rope_scaling") && !rs_default)
     m.rope_scaling = read_rope_scaling(r, m.max_position_embeddings);
-  if (r.has("memory")) m.memory = read_memory(r);
+  if (r.has("memory")) m.memory = read_memory(r, m.num_hidden_layers);
   m.init_std = r.get_double("init_std", m.init_std, above(0));
 
   // Cross-field checks inside the model, every factor named.
@@ -754,6 +880,16 @@ void check_cross_sections(const Config& c, const Origins& o, ConfigUse use) {
              "seq_len)",
              o.where("train.seq_len").c_str(), static_cast<long long>(t.seq_len),
              c.model.max_position_embeddings);
+  // knn and compressive over a ring: refused here (rmt is refused by the
+  // trainer, with its own reason).
+  if (c.model.memory && c.model.memory->type != "rmt" && c.parallel.context_parallel > 1)
+    o.fail("parallel.context_parallel",
+           "model.memory.type: " + c.model.memory->type + " with parallel.context_parallel(" +
+               std::to_string(c.parallel.context_parallel) +
+               ") > 1 is not supported: segments are processed in order and every segment "
+               "needs the store written by all earlier ones, so a ring over the sequence would "
+               "serialize. Use parallel.context_parallel: 1 and scale out with "
+               "parallel.data_parallel");
   if (c.model.memory && t.seq_len % c.model.memory->segment_length != 0)
     o.fail("model.memory.segment_length",
            "train.seq_len(" + std::to_string(t.seq_len) +
@@ -856,6 +992,9 @@ class YamlWriter {
     for (double d : v) text.push_back(format_double(d));
     put(key, text);
   }
+  void put(const char* key, const std::vector<int>& v) {
+    out_ << YAML::Key << key << YAML::Value << YAML::Flow << v;
+  }
   void put(const char* key, const std::vector<int64_t>& v) {
     out_ << YAML::Key << key << YAML::Value << YAML::Flow << v;
   }
@@ -903,10 +1042,27 @@ void write_model(YamlWriter& w, const ModelConfig& m) {
   }
   if (const auto& mem = m.memory) {
     w.begin_map("memory");
-    w.put("type", mem->type);
-    w.put("num_tokens", mem->num_tokens);
-    w.put("segment_length", mem->segment_length);
-    w.put("bptt_segments", mem->bptt_segments);
+    w.put("type", mem->type);  // each type writes exactly its own keys
+    if (mem->type == "rmt") {
+      w.put("num_tokens", mem->num_tokens);
+      w.put("segment_length", mem->segment_length);
+      w.put("bptt_segments", mem->bptt_segments);
+    } else {
+      w.put("segment_length", mem->segment_length);
+      w.put("layers", mem->layers);
+    }
+    if (mem->type == "knn") {
+      w.put("memory_size", mem->memory_size);
+      w.put("top_k", mem->top_k);
+      w.put("index", mem->index);
+    }
+    if (mem->type == "compressive") {
+      w.put("memory_segments", mem->memory_segments);
+      w.put("rate", mem->rate);
+      w.put("levels", mem->levels);
+      w.put("compressed_size", mem->compressed_size);
+      w.put("compression", mem->compression);
+    }
     w.end_map();
   } else {
     w.put_null("memory");
