@@ -40,6 +40,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <sstream>
@@ -411,6 +413,222 @@ class MapReader {
   std::map<std::string, YAML::Node> values_;
 };
 
+// ---- writing ---------------------------------------------------------------------
+
+// Thin layer over YAML::Emitter: one call per key.
+class YamlWriter {
+ public:
+  YamlWriter() { out_.SetNullFormat(YAML::LowerNull); }
+
+  void begin_map() { out_ << YAML::BeginMap; }
+  void begin_map(const char* key) { out_ << YAML::Key << key << YAML::Value << YAML::BeginMap; }
+  void end_map() { out_ << YAML::EndMap; }
+
+  void put(const char* key, bool v) { out_ << YAML::Key << key << YAML::Value << v; }
+  void put(const char* key, int v) { out_ << YAML::Key << key << YAML::Value << v; }
+  void put(const char* key, int64_t v) { out_ << YAML::Key << key << YAML::Value << v; }
+  void put(const char* key, uint64_t v) { out_ << YAML::Key << key << YAML::Value << v; }
+  void put(const char* key, double v) {
+    out_ << YAML::Key << key << YAML::Value << format_double(v);
+  }
+  void put(const char* key, const std::string& v) {
+    out_ << YAML::Key << key << YAML::Value << v;  // the emitter quotes "null", "a: b", ...
+  }
+  void put(const char* key, const char* v) { put(key, std::string(v)); }
+  void put_null(const char* key) { out_ << YAML::Key << key << YAML::Value << YAML::Null; }
+  template <class T>
+  void put(const char* key, const std::optional<T>& v) {
+    if (v)
+      put(key, *v);
+    else
+      put_null(key);
+  }
+  void put(const char* key, const std::vector<double>& v) {
+    std::vector<std::string> text;
+    for (double d : v) text.push_back(format_double(d));
+    put(key, text);
+  }
+  void put(const char* key, const std::vector<int>& v) {
+    out_ << YAML::Key << key << YAML::Value << YAML::Flow << v;
+  }
+  void put(const char* key, const std::vector<int64_t>& v) {
+    out_ << YAML::Key << key << YAML::Value << YAML::Flow << v;
+  }
+  void put(const char* key, const std::vector<std::string>& v) {
+    out_ << YAML::Key << key << YAML::Value << YAML::Flow << v;
+  }
+
+  std::string str() const { return std::string(out_.c_str()) + "\n"; }
+
+ private:
+  YAML::Emitter out_;
+};
+
+// ---- the schema: each key declared once, in a table per section ------------------
+// A section's table lists its fields in order: the order of the valid keys
+// (in messages), of reading (so, of which error comes first) and of the
+// written config. The table drives the MapReader's key list, the reading and
+// the writing; a struct's defaults are its member initialisers (a field is read
+// into a default-constructed struct, so an absent key keeps the default).
+// Rules across fields stay explicit code after the table's pass.
+template <class S>
+struct Field {
+  const char* key;
+  std::function<void(const MapReader&, S&)> read;    // empty: read by explicit code
+  std::function<void(YamlWriter&, const S&)> write;  // empty: not written
+  // Empty: always. Otherwise the key belongs to some settings of the section
+  // only (a key of one optimizer or memory type): read and written only then.
+  std::function<bool(const S&)> when = {};
+};
+
+template <class S>
+class Section {
+ public:
+  Section(std::initializer_list<Field<S>> fields) : fields_(fields) {}
+
+  // Every key of the section (what a MapReader accepts).
+  std::vector<std::string> keys() const {
+    std::vector<std::string> out;
+    for (const auto& f : fields_) out.push_back(f.key);
+    return out;
+  }
+  // The keys that apply to `s` (its type decides them).
+  std::vector<std::string> keys_for(const S& s) const {
+    std::vector<std::string> out;
+    for (const auto& f : fields_)
+      if (applies(f, s)) out.push_back(f.key);
+    return out;
+  }
+  void read(const MapReader& r, S& s) const {
+    for (const auto& f : fields_)
+      if (f.read && applies(f, s)) f.read(r, s);
+  }
+  void write(YamlWriter& w, const S& s) const {
+    for (const auto& f : fields_)
+      if (f.write && applies(f, s)) f.write(w, s);
+  }
+  // A mapping `key:` holding the section.
+  void write(YamlWriter& w, const char* key, const S& s) const {
+    w.begin_map(key);
+    write(w, s);
+    w.end_map();
+  }
+
+ private:
+  static bool applies(const Field<S>& f, const S& s) { return !f.when || f.when(s); }
+  std::vector<Field<S>> fields_;
+};
+
+// Field makers, one per kind of value: the key, the member, the range.
+template <class S>
+Field<S> int_field(const char* key, int S::*m, int lo, int hi = INT_MAX) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_int32(key, s.*m, lo, hi); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+template <class S>
+Field<S> int64_field(const char* key, int64_t S::*m, int64_t lo, int64_t hi = kInt64Max) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_int(key, s.*m, lo, hi); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+template <class S>
+Field<S> uint64_field(const char* key, uint64_t S::*m) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_uint64(key, s.*m); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+template <class S>
+Field<S> double_field(const char* key, double S::*m, Bounds b) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_double(key, s.*m, b); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+// null (or absent) = std::nullopt.
+template <class S>
+Field<S> optional_double_field(const char* key, std::optional<double> S::*m, Bounds b) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_optional_double(key, b); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+template <class S>
+Field<S> bool_field(const char* key, bool S::*m) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_bool(key, s.*m); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+template <class S>
+Field<S> enum_field(const char* key, std::string S::*m, const std::vector<std::string>& allowed) {
+  const std::vector<std::string>* a = &allowed;
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_enum(key, s.*m, *a); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+template <class S>
+Field<S> string_field(const char* key, std::string S::*m) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_string(key, s.*m); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+// A path, or null (= empty: none).
+template <class S>
+Field<S> path_or_null_field(const char* key, std::string S::*m) {
+  return {key,
+          [=](const MapReader& r, S& s) { s.*m = r.has(key) ? r.get_string(key, "") : ""; },
+          [=](YamlWriter& w, const S& s) {
+            if ((s.*m).empty())
+              w.put_null(key);
+            else
+              w.put(key, s.*m);
+          }};
+}
+template <class S>
+Field<S> int64_list_field(const char* key, std::vector<int64_t> S::*m, int64_t lo) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_int_list(key, s.*m, lo); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+template <class S>
+Field<S> double_list_field(const char* key, std::vector<double> S::*m, Bounds b) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_double_list(key, s.*m, b); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+template <class S>
+Field<S> enum_list_field(const char* key, std::vector<std::string> S::*m,
+                         const std::vector<std::string>& allowed) {
+  const std::vector<std::string>* a = &allowed;
+  return {key,
+          [=](const MapReader& r, S& s) {
+            s.*m = r.get_list<std::string>(key, s.*m,
+                                           [&](const YAML::Node& n, const std::string& p) {
+                                             return to_enum(r.origins(), n, p, *a);
+                                           });
+          },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+// An optional sub-mapping (null or absent: none), read and written by its own
+// section.
+template <class S, class T>
+Field<S> optional_section_field(const char* key, std::optional<T> S::*m, const Section<T>& sec) {
+  const Section<T>* t = &sec;
+  return {key,
+          [=](const MapReader& r, S& s) {
+            if (!r.has(key)) return;
+            const MapReader sub(r.origins(), r.at(key), r.path_of(key), t->keys());
+            T v;
+            t->read(sub, v);
+            s.*m = v;
+          },
+          [=](YamlWriter& w, const S& s) {
+            if (s.*m)
+              t->write(w, key, *(s.*m));
+            else
+              w.put_null(key);
+          }};
+}
+// A sub-mapping that is always there (absent or null: all defaults).
+template <class S, class T>
+Field<S> section_field(const char* key, T S::*m, const Section<T>& sec) {
+  const Section<T>* t = &sec;
+  return {key,
+          [=](const MapReader& r, S& s) {
+            const MapReader sub(r.origins(), r.at(key), r.path_of(key), t->keys());
+            t->read(sub, s.*m);
+          },
+          [=](YamlWriter& w, const S& s) { t->write(w, key, s.*m); }};
+}
+
 // ---- sections -----------------------------------------------------------------
 
 RunConfig read_run(Origins& o, const YAML::Node& node) {
@@ -768,15 +986,11 @@ OptimizerConfig read_optimizer(const MapReader& parent) {
   return c;
 }
 
-ScheduleConfig read_schedule(const MapReader& parent) {
-  const MapReader r(parent.origins(), parent.at("schedule"), parent.path_of("schedule"),
-                    {"type", "warmup_steps", "min_lr"});
-  ScheduleConfig c;
-  c.type = r.get_enum("type", c.type, kSchedules);
-  c.warmup_steps = r.get_int("warmup_steps", c.warmup_steps, 0);
-  c.min_lr = r.get_double("min_lr", c.min_lr, at_least(0));
-  return c;
-}
+const Section<ScheduleConfig> kScheduleSection = {
+    enum_field("type", &ScheduleConfig::type, kSchedules),
+    int64_field("warmup_steps", &ScheduleConfig::warmup_steps, 0),
+    double_field("min_lr", &ScheduleConfig::min_lr, at_least(0)),
+};
 
 TrainConfig read_train(Origins& o, const YAML::Node& node) {
   const MapReader r(o, node, "train",
@@ -789,7 +1003,9 @@ TrainConfig read_train(Origins& o, const YAML::Node& node) {
   c.global_batch_size = r.get_int32("global_batch_size", c.global_batch_size, 1);
   c.max_steps = r.get_int("max_steps", c.max_steps, 0);
   c.optimizer = read_optimizer(r);
-  c.schedule = read_schedule(r);
+  kScheduleSection.read(
+      MapReader(r.origins(), r.at("schedule"), r.path_of("schedule"), kScheduleSection.keys()),
+      c.schedule);
   c.grad_clip = r.get_double("grad_clip", c.grad_clip, at_least(0));
   c.precision = r.get_enum("precision", c.precision, kPrecisions);
   c.activation_checkpointing = r.get_bool("activation_checkpointing", c.activation_checkpointing);
@@ -819,41 +1035,28 @@ ParallelConfig read_parallel(Origins& o, const YAML::Node& node) {
   return c;
 }
 
-CheckpointConfig read_checkpoint(Origins& o, const YAML::Node& node) {
-  const MapReader r(o, node, "checkpoint", {"every_steps", "keep_last", "init_from"});
-  CheckpointConfig c;
-  c.every_steps = r.get_int("every_steps", c.every_steps, 0);
-  c.keep_last = r.get_int32("keep_last", c.keep_last, 1);
-  c.init_from = r.has("init_from") ? r.get_string("init_from", "") : "";
-  return c;
-}
+const Section<CheckpointConfig> kCheckpointSection = {
+    int64_field("every_steps", &CheckpointConfig::every_steps, 0),
+    int_field("keep_last", &CheckpointConfig::keep_last, 1),
+    path_or_null_field("init_from", &CheckpointConfig::init_from),
+};
 
-PasskeyEvalConfig read_passkey_eval(const MapReader& parent) {
-  const MapReader r(parent.origins(), parent.at("passkey"), parent.path_of("passkey"),
-                    {"seq_lens", "depths", "trials"});
-  PasskeyEvalConfig c;
-  c.seq_lens = r.get_int_list("seq_lens", c.seq_lens, 2);
-  c.depths = r.get_double_list("depths", c.depths, closed(0, 1));
-  c.trials = r.get_int32("trials", c.trials, 1);
-  return c;
-}
+const Section<PasskeyEvalConfig> kPasskeyEvalSection = {
+    int64_list_field("seq_lens", &PasskeyEvalConfig::seq_lens, 2),
+    double_list_field("depths", &PasskeyEvalConfig::depths, closed(0, 1)),
+    int_field("trials", &PasskeyEvalConfig::trials, 1),
+};
 
-EvalConfig read_eval(Origins& o, const YAML::Node& node) {
-  const MapReader r(o, node, "eval", {"every_steps", "seq_lens", "passkey", "max_sequences"});
-  EvalConfig c;
-  c.every_steps = r.get_int("every_steps", c.every_steps, 0);
-  c.seq_lens = r.get_int_list("seq_lens", c.seq_lens, 2);
-  if (r.has("passkey")) c.passkey = read_passkey_eval(r);
-  c.max_sequences = r.get_int("max_sequences", c.max_sequences, 1);
-  return c;
-}
+const Section<EvalConfig> kEvalSection = {
+    int64_field("every_steps", &EvalConfig::every_steps, 0),
+    int64_list_field("seq_lens", &EvalConfig::seq_lens, 2),
+    optional_section_field("passkey", &EvalConfig::passkey, kPasskeyEvalSection),
+    int64_field("max_sequences", &EvalConfig::max_sequences, 1),
+};
 
-LogConfig read_log(Origins& o, const YAML::Node& node) {
-  const MapReader r(o, node, "log", {"every_steps"});
-  LogConfig c;
-  c.every_steps = r.get_int("every_steps", c.every_steps, 1);
-  return c;
-}
+const Section<LogConfig> kLogSection = {
+    int64_field("every_steps", &LogConfig::every_steps, 1),
+};
 
 // Checks across sections (single process); the model's own are in read_model.
 void check_cross_sections(const Config& c, const Origins& o, ConfigUse use) {
@@ -906,9 +1109,10 @@ Config read_config(Origins& o, const YAML::Node& root, ConfigUse use) {
   c.data = read_data(o, r.at("data"), use);
   c.train = read_train(o, r.at("train"));
   c.parallel = read_parallel(o, r.at("parallel"));
-  c.checkpoint = read_checkpoint(o, r.at("checkpoint"));
-  c.eval = read_eval(o, r.at("eval"));
-  c.log = read_log(o, r.at("log"));
+  kCheckpointSection.read(MapReader(o, r.at("checkpoint"), "checkpoint", kCheckpointSection.keys()),
+                          c.checkpoint);
+  kEvalSection.read(MapReader(o, r.at("eval"), "eval", kEvalSection.keys()), c.eval);
+  kLogSection.read(MapReader(o, r.at("log"), "log", kLogSection.keys()), c.log);
   check_cross_sections(c, o, use);
   return c;
 }
@@ -958,55 +1162,6 @@ void apply_override(YAML::Node root, const std::string& spec, Origins& o) {
 }
 
 // ---- writing ---------------------------------------------------------------------
-
-// Thin layer over YAML::Emitter: one call per key.
-class YamlWriter {
- public:
-  YamlWriter() { out_.SetNullFormat(YAML::LowerNull); }
-
-  void begin_map() { out_ << YAML::BeginMap; }
-  void begin_map(const char* key) { out_ << YAML::Key << key << YAML::Value << YAML::BeginMap; }
-  void end_map() { out_ << YAML::EndMap; }
-
-  void put(const char* key, bool v) { out_ << YAML::Key << key << YAML::Value << v; }
-  void put(const char* key, int v) { out_ << YAML::Key << key << YAML::Value << v; }
-  void put(const char* key, int64_t v) { out_ << YAML::Key << key << YAML::Value << v; }
-  void put(const char* key, uint64_t v) { out_ << YAML::Key << key << YAML::Value << v; }
-  void put(const char* key, double v) {
-    out_ << YAML::Key << key << YAML::Value << format_double(v);
-  }
-  void put(const char* key, const std::string& v) {
-    out_ << YAML::Key << key << YAML::Value << v;  // the emitter quotes "null", "a: b", ...
-  }
-  void put(const char* key, const char* v) { put(key, std::string(v)); }
-  void put_null(const char* key) { out_ << YAML::Key << key << YAML::Value << YAML::Null; }
-  template <class T>
-  void put(const char* key, const std::optional<T>& v) {
-    if (v)
-      put(key, *v);
-    else
-      put_null(key);
-  }
-  void put(const char* key, const std::vector<double>& v) {
-    std::vector<std::string> text;
-    for (double d : v) text.push_back(format_double(d));
-    put(key, text);
-  }
-  void put(const char* key, const std::vector<int>& v) {
-    out_ << YAML::Key << key << YAML::Value << YAML::Flow << v;
-  }
-  void put(const char* key, const std::vector<int64_t>& v) {
-    out_ << YAML::Key << key << YAML::Value << YAML::Flow << v;
-  }
-  void put(const char* key, const std::vector<std::string>& v) {
-    out_ << YAML::Key << key << YAML::Value << YAML::Flow << v;
-  }
-
-  std::string str() const { return std::string(out_.c_str()) + "\n"; }
-
- private:
-  YAML::Emitter out_;
-};
 
 void write_model(YamlWriter& w, const ModelConfig& m) {
   w.begin_map("model");
@@ -1229,11 +1384,7 @@ std::string config_to_yaml(const Config& c) {
   w.put("weight_decay", t.optimizer.weight_decay);
   w.put("no_decay", t.optimizer.no_decay);
   w.end_map();
-  w.begin_map("schedule");
-  w.put("type", t.schedule.type);
-  w.put("warmup_steps", t.schedule.warmup_steps);
-  w.put("min_lr", t.schedule.min_lr);
-  w.end_map();
+  kScheduleSection.write(w, "schedule", t.schedule);
   w.put("grad_clip", t.grad_clip);
   w.put("precision", t.precision);
   w.put("activation_checkpointing", t.activation_checkpointing);
@@ -1253,33 +1404,9 @@ std::string config_to_yaml(const Config& c) {
   w.put("overlap_grad_reduce", c.parallel.overlap_grad_reduce);
   w.end_map();
 
-  w.begin_map("checkpoint");
-  w.put("every_steps", c.checkpoint.every_steps);
-  w.put("keep_last", c.checkpoint.keep_last);
-  if (c.checkpoint.init_from.empty())
-    w.put_null("init_from");
-  else
-    w.put("init_from", c.checkpoint.init_from);
-  w.end_map();
-
-  w.begin_map("eval");
-  w.put("every_steps", c.eval.every_steps);
-  w.put("seq_lens", c.eval.seq_lens);
-  if (const auto& pk = c.eval.passkey) {
-    w.begin_map("passkey");
-    w.put("seq_lens", pk->seq_lens);
-    w.put("depths", pk->depths);
-    w.put("trials", pk->trials);
-    w.end_map();
-  } else {
-    w.put_null("passkey");
-  }
-  w.put("max_sequences", c.eval.max_sequences);
-  w.end_map();
-
-  w.begin_map("log");
-  w.put("every_steps", c.log.every_steps);
-  w.end_map();
+  kCheckpointSection.write(w, "checkpoint", c.checkpoint);
+  kEvalSection.write(w, "eval", c.eval);
+  kLogSection.write(w, "log", c.log);
 
   w.end_map();
   return w.str();
