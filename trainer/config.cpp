@@ -476,27 +476,54 @@ struct Field {
   const char* key;
   std::function<void(const MapReader&, S&)> read;    // empty: read by explicit code
   std::function<void(YamlWriter&, const S&)> write;  // empty: not written
-  // Empty: always. Otherwise the key belongs to some settings of the section
-  // only (a key of one optimizer or memory type): read and written only then.
-  std::function<bool(const S&)> when = {};
+  // Empty: always. Otherwise the values of the section's discriminator (an
+  // optimizer's or a memory's type) that the key belongs to: it is read and
+  // written only for those.
+  std::vector<std::string> only = {};
 };
+
+// The key belongs to these values of the section's discriminator only.
+template <class S>
+Field<S> only(std::vector<std::string> values, Field<S> f) {
+  f.only = std::move(values);
+  return f;
+}
 
 template <class S>
 class Section {
  public:
   Section(std::initializer_list<Field<S>> fields) : fields_(fields) {}
+  // A section whose keys depend on the value of `discriminator` (a type).
+  Section(std::string S::*discriminator, std::initializer_list<Field<S>> fields)
+      : discriminator_(discriminator), fields_(fields) {}
 
-  // Every key of the section (what a MapReader accepts).
+  // Every key of the section.
   std::vector<std::string> keys() const {
     std::vector<std::string> out;
     for (const auto& f : fields_) out.push_back(f.key);
     return out;
   }
-  // The keys that apply to `s` (its type decides them).
+  // The keys that apply to `s` (its discriminator decides them).
   std::vector<std::string> keys_for(const S& s) const {
     std::vector<std::string> out;
     for (const auto& f : fields_)
       if (applies(f, s)) out.push_back(f.key);
+    return out;
+  }
+  // The first key (in table order) given in `r` (`given(key)`) that does not
+  // apply to `s`, with the discriminator values it belongs to.
+  template <class Given>
+  std::optional<std::pair<std::string, std::vector<std::string>>> misplaced(const S& s,
+                                                                            Given given) const {
+    for (const auto& f : fields_)
+      if (!applies(f, s) && given(f.key)) return std::pair{std::string(f.key), f.only};
+    return std::nullopt;
+  }
+  // Each key that does not apply to `s`, with the values it belongs to.
+  std::map<std::string, std::vector<std::string>> owners_of_other_keys(const S& s) const {
+    std::map<std::string, std::vector<std::string>> out;
+    for (const auto& f : fields_)
+      if (!applies(f, s)) out[f.key] = f.only;
     return out;
   }
   void read(const MapReader& r, S& s) const {
@@ -515,7 +542,10 @@ class Section {
   }
 
  private:
-  static bool applies(const Field<S>& f, const S& s) { return !f.when || f.when(s); }
+  bool applies(const Field<S>& f, const S& s) const {
+    return f.only.empty() || !discriminator_ || contains(f.only, s.*discriminator_);
+  }
+  std::string S::*discriminator_ = nullptr;
   std::vector<Field<S>> fields_;
 };
 
@@ -629,31 +659,51 @@ Field<S> section_field(const char* key, T S::*m, const Section<T>& sec) {
           [=](YamlWriter& w, const S& s) { t->write(w, key, s.*m); }};
 }
 
+// A section read from its mapping (absent or null: all defaults).
+template <class S>
+S read_section(Origins& o, const YAML::Node& node, const std::string& path,
+               const Section<S>& sec) {
+  const MapReader r(o, node, path, sec.keys());
+  S s;
+  sec.read(r, s);
+  return s;
+}
+
 // ---- sections -----------------------------------------------------------------
 
-RunConfig read_run(Origins& o, const YAML::Node& node) {
-  const MapReader r(o, node, "run", {"name", "dir", "seed"});
-  RunConfig c;
-  c.name = r.get_string("name", c.name);
-  // run.name names a directory under runs/: one path component.
-  if (c.name.empty() || c.name.find('/') != std::string::npos ||
-      c.name.find("..") != std::string::npos || c.name == ".")
-    o.fail("run.name", "run.name '" + c.name + "' must be a plain name (no '/', no '..', not "
-                       "empty); to put the run somewhere else, set run.dir");
-  c.dir = r.has("dir") ? r.get_string("dir", "") : "runs/" + c.name;
-  // Both given and pointing at different runs: run.dir wins. Say so, since
-  // a copied resolved config with a new run.name would otherwise append to
-  // the old run silently.
-  if (r.has("dir") && r.has("name") && c.dir != "runs/" + c.name &&
-      std::filesystem::path(c.dir).lexically_normal().filename() != c.name &&
-      std::filesystem::path(c.dir).lexically_normal().parent_path().filename() != c.name)
-    log_info("%s: run.dir (%s) and run.name (%s, default dir runs/%s) disagree: run.dir wins, "
-             "the run uses %s; drop run.dir to use runs/%s",
-             o.where("run.dir").c_str(), c.dir.c_str(), c.name.c_str(), c.name.c_str(),
-             c.dir.c_str(), c.name.c_str());
-  c.seed = r.get_uint64("seed", c.seed);
-  return c;
-}
+const Section<RunConfig> kRunSection = {
+    {"name",
+     [](const MapReader& r, RunConfig& c) {
+       c.name = r.get_string("name", c.name);
+       // run.name names a directory under runs/: one path component.
+       if (c.name.empty() || c.name.find('/') != std::string::npos ||
+           c.name.find("..") != std::string::npos || c.name == ".")
+         r.fail("name", "run.name '" + c.name +
+                            "' must be a plain name (no '/', no '..', not "
+                            "empty); to put the run somewhere else, set run.dir");
+     },
+     [](YamlWriter& w, const RunConfig& c) { w.put("name", c.name); }},
+    {"dir",
+     [](const MapReader& r, RunConfig& c) {
+       c.dir = r.has("dir") ? r.get_string("dir", "") : "runs/" + c.name;
+       // Both given and pointing at different runs: run.dir wins. Say so, since
+       // a copied resolved config with a new run.name would otherwise append to
+       // the old run silently.
+       if (r.has("dir") && r.has("name") && c.dir != "runs/" + c.name &&
+           std::filesystem::path(c.dir).lexically_normal().filename() != c.name &&
+           std::filesystem::path(c.dir).lexically_normal().parent_path().filename() != c.name)
+         log_info("%s: run.dir (%s) and run.name (%s, default dir runs/%s) disagree: run.dir "
+                  "wins, the run uses %s; drop run.dir to use runs/%s",
+                  r.origins().where("run.dir").c_str(), c.dir.c_str(), c.name.c_str(),
+                  c.name.c_str(), c.dir.c_str(), c.name.c_str());
+     },
+     [](YamlWriter& w, const RunConfig& c) {
+       // Only a run.dir other than the default runs/<name>: a copy of this config
+       // renamed with run.name must start a new run, not resume this one.
+       if (c.dir != "runs/" + c.name) w.put("dir", c.dir);
+     }},
+    uint64_field("seed", &RunConfig::seed),
+};
 
 RopeScalingConfig read_rope_scaling(const MapReader& parent, int max_position_embeddings) {
   // `type` is HF's legacy spelling of `rope_type`.
@@ -956,35 +1006,42 @@ DataConfig read_data(Origins& o, const YAML::Node& node, ConfigUse use) {
   return c;
 }
 
-OptimizerConfig read_optimizer(const MapReader& parent) {
-  const MapReader r(parent.origins(), parent.at("optimizer"), parent.path_of("optimizer"),
-                    {"type", "lr", "betas", "eps", "momentum", "weight_decay", "no_decay"});
-  OptimizerConfig c;
-  c.type = r.get_enum("type", c.type, kOptimizers);
-  // Keys of one optimizer only: naming them for the other is an error.
-  const std::pair<const char*, const char*> own_keys[] = {
-      {"betas", "adamw"}, {"eps", "adamw"}, {"momentum", "sgd"}};
-  for (const auto& [key, type] : own_keys)
-    if (r.present(key) && c.type != type)
-      r.fail(key, r.path_of(key) + " applies to type: " + type + " only (this optimizer is " +
-                      c.type + ")");
-  c.lr = r.get_double("lr", c.lr, above(0));
-  c.momentum = r.get_double("momentum", c.momentum, half_open(0, 1));
-  if (c.type == "sgd") c.weight_decay = 0.0;  // torch.optim.SGD's default
-  const std::vector<double> betas = r.get_double_list("betas", {c.beta1, c.beta2}, half_open(0, 1));
-  if (betas.size() != 2)
-    r.fail("betas", r.path_of("betas") + ": expected a list of 2 numbers [beta1, beta2], got " +
-                        std::to_string(betas.size()) + " entries");
-  c.beta1 = betas[0];
-  c.beta2 = betas[1];
-  c.eps = r.get_double("eps", c.eps, above(0));
-  c.weight_decay = r.get_double("weight_decay", c.weight_decay, at_least(0));
-  c.no_decay = r.get_list<std::string>(
-      "no_decay", c.no_decay, [&](const YAML::Node& n, const std::string& p) {
-        return to_enum(r.origins(), n, p, kNoDecayGroups);
-      });
-  return c;
-}
+const Section<OptimizerConfig> kOptimizerSection = {
+    &OptimizerConfig::type,
+    {
+        {"type",
+         [](const MapReader& r, OptimizerConfig& c) {
+           c.type = r.get_enum("type", c.type, kOptimizers);
+           // Keys of one optimizer only: naming them for the other is an error.
+           if (const auto m = kOptimizerSection.misplaced(
+                   c, [&](const std::string& key) { return r.present(key); }))
+             r.fail(m->first, r.path_of(m->first) + " applies to type: " + m->second.front() +
+                                  " only (this optimizer is " + c.type + ")");
+           if (c.type == "sgd") c.weight_decay = 0.0;  // torch.optim.SGD's default
+         },
+         [](YamlWriter& w, const OptimizerConfig& c) { w.put("type", c.type); }},
+        double_field("lr", &OptimizerConfig::lr, above(0)),
+        only({"adamw"},
+             Field<OptimizerConfig>{
+                 "betas",
+                 [](const MapReader& r, OptimizerConfig& c) {
+                   const std::vector<double> betas =
+                       r.get_double_list("betas", {c.beta1, c.beta2}, half_open(0, 1));
+                   if (betas.size() != 2)
+                     r.fail("betas", r.path_of("betas") +
+                                         ": expected a list of 2 numbers [beta1, beta2], got " +
+                                         std::to_string(betas.size()) + " entries");
+                   c.beta1 = betas[0];
+                   c.beta2 = betas[1];
+                 },
+                 [](YamlWriter& w, const OptimizerConfig& c) {
+                   w.put("betas", std::vector<double>{c.beta1, c.beta2});
+                 }}),
+        only({"adamw"}, double_field("eps", &OptimizerConfig::eps, above(0))),
+        only({"sgd"}, double_field("momentum", &OptimizerConfig::momentum, half_open(0, 1))),
+        double_field("weight_decay", &OptimizerConfig::weight_decay, at_least(0)),
+        enum_list_field("no_decay", &OptimizerConfig::no_decay, kNoDecayGroups),
+    }};
 
 const Section<ScheduleConfig> kScheduleSection = {
     enum_field("type", &ScheduleConfig::type, kSchedules),
@@ -992,48 +1049,45 @@ const Section<ScheduleConfig> kScheduleSection = {
     double_field("min_lr", &ScheduleConfig::min_lr, at_least(0)),
 };
 
-TrainConfig read_train(Origins& o, const YAML::Node& node) {
-  const MapReader r(o, node, "train",
-                    {"seq_len", "micro_batch_size", "global_batch_size", "max_steps", "optimizer",
-                     "schedule", "grad_clip", "precision", "activation_checkpointing",
-                     "nonfinite_tolerance"});
-  TrainConfig c;
-  c.seq_len = r.get_int("seq_len", c.seq_len, 2);
-  c.micro_batch_size = r.get_int32("micro_batch_size", c.micro_batch_size, 1);
-  c.global_batch_size = r.get_int32("global_batch_size", c.global_batch_size, 1);
-  c.max_steps = r.get_int("max_steps", c.max_steps, 0);
-  c.optimizer = read_optimizer(r);
-  kScheduleSection.read(
-      MapReader(r.origins(), r.at("schedule"), r.path_of("schedule"), kScheduleSection.keys()),
-      c.schedule);
-  c.grad_clip = r.get_double("grad_clip", c.grad_clip, at_least(0));
-  c.precision = r.get_enum("precision", c.precision, kPrecisions);
-  c.activation_checkpointing = r.get_bool("activation_checkpointing", c.activation_checkpointing);
-  c.nonfinite_tolerance = r.get_int32("nonfinite_tolerance", c.nonfinite_tolerance, 0);
-  return c;
-}
+const Section<TrainConfig> kTrainSection = {
+    int64_field("seq_len", &TrainConfig::seq_len, 2),
+    int_field("micro_batch_size", &TrainConfig::micro_batch_size, 1),
+    int_field("global_batch_size", &TrainConfig::global_batch_size, 1),
+    int64_field("max_steps", &TrainConfig::max_steps, 0),
+    section_field("optimizer", &TrainConfig::optimizer, kOptimizerSection),
+    section_field("schedule", &TrainConfig::schedule, kScheduleSection),
+    double_field("grad_clip", &TrainConfig::grad_clip, at_least(0)),
+    enum_field("precision", &TrainConfig::precision, kPrecisions),
+    bool_field("activation_checkpointing", &TrainConfig::activation_checkpointing),
+    int_field("nonfinite_tolerance", &TrainConfig::nonfinite_tolerance, 0),
+};
 
-ParallelConfig read_parallel(Origins& o, const YAML::Node& node) {
-  const MapReader r(o, node, "parallel",
-                    {"context_parallel", "data_parallel", "ring_layout", "device",
-                     "shard_optimizer", "bucket_mb", "overlap_grad_reduce"});
-  ParallelConfig c;
-  c.context_parallel = r.get_int32("context_parallel", c.context_parallel, 1);
-  const YAML::Node dp = r.at("data_parallel");
-  if (r.has("data_parallel") && !(dp.IsScalar() && dp.Scalar() == "auto")) {
-    int64_t v = 0;
-    if (!dp.IsScalar() || !parse_number(dp.Scalar(), v) || v < 1 || v > kIntMax)
-      r.fail("data_parallel", "parallel.data_parallel: expected an integer >= 1 or auto, got " +
-                                  describe(dp));
-    c.data_parallel = static_cast<int>(v);
-  }
-  c.ring_layout = r.get_enum("ring_layout", c.ring_layout, kRingLayouts);
-  c.device = r.get_enum("device", c.device, kDevices);
-  c.shard_optimizer = r.get_enum("shard_optimizer", c.shard_optimizer, kShardOptimizer);
-  c.bucket_mb = r.get_double("bucket_mb", c.bucket_mb, above(0));
-  c.overlap_grad_reduce = r.get_bool("overlap_grad_reduce", c.overlap_grad_reduce);
-  return c;
-}
+const Section<ParallelConfig> kParallelSection = {
+    int_field("context_parallel", &ParallelConfig::context_parallel, 1),
+    {"data_parallel",
+     [](const MapReader& r, ParallelConfig& c) {
+       const YAML::Node dp = r.at("data_parallel");
+       if (r.has("data_parallel") && !(dp.IsScalar() && dp.Scalar() == "auto")) {
+         int64_t v = 0;
+         if (!dp.IsScalar() || !parse_number(dp.Scalar(), v) || v < 1 || v > kIntMax)
+           r.fail("data_parallel",
+                  "parallel.data_parallel: expected an integer >= 1 or auto, got " +
+                      describe(dp));
+         c.data_parallel = static_cast<int>(v);
+       }
+     },
+     [](YamlWriter& w, const ParallelConfig& c) {
+       if (c.data_parallel > 0)
+         w.put("data_parallel", c.data_parallel);
+       else
+         w.put("data_parallel", "auto");
+     }},
+    enum_field("ring_layout", &ParallelConfig::ring_layout, kRingLayouts),
+    enum_field("device", &ParallelConfig::device, kDevices),
+    enum_field("shard_optimizer", &ParallelConfig::shard_optimizer, kShardOptimizer),
+    double_field("bucket_mb", &ParallelConfig::bucket_mb, above(0)),
+    bool_field("overlap_grad_reduce", &ParallelConfig::overlap_grad_reduce),
+};
 
 const Section<CheckpointConfig> kCheckpointSection = {
     int64_field("every_steps", &CheckpointConfig::every_steps, 0),
@@ -1104,11 +1158,11 @@ Config read_config(Origins& o, const YAML::Node& root, ConfigUse use) {
   const MapReader r(o, root, "",
                     {"run", "model", "data", "train", "parallel", "checkpoint", "eval", "log"});
   Config c;
-  c.run = read_run(o, r.at("run"));
+  c.run = read_section(o, r.at("run"), "run", kRunSection);
   c.model = read_model(o, r.at("model"));
   c.data = read_data(o, r.at("data"), use);
-  c.train = read_train(o, r.at("train"));
-  c.parallel = read_parallel(o, r.at("parallel"));
+  c.train = read_section(o, r.at("train"), "train", kTrainSection);
+  c.parallel = read_section(o, r.at("parallel"), "parallel", kParallelSection);
   kCheckpointSection.read(MapReader(o, r.at("checkpoint"), "checkpoint", kCheckpointSection.keys()),
                           c.checkpoint);
   kEvalSection.read(MapReader(o, r.at("eval"), "eval", kEvalSection.keys()), c.eval);
@@ -1343,14 +1397,7 @@ std::string config_to_yaml(const Config& c) {
   YamlWriter w;
   w.begin_map();
 
-  w.begin_map("run");
-  w.put("name", c.run.name);
-  // Only a run.dir other than the default runs/<name>: a copy of this config
-  // renamed with run.name must start a new run, not resume this one.
-  if (c.run.dir != "runs/" + c.run.name) w.put("dir", c.run.dir);
-  w.put("seed", c.run.seed);
-  w.end_map();
-
+  kRunSection.write(w, "run", c.run);
   write_model(w, c.model);
 
   w.begin_map("data");
@@ -1366,44 +1413,8 @@ std::string config_to_yaml(const Config& c) {
     w.put("tokenizer", c.data.tokenizer);
   w.end_map();
 
-  const TrainConfig& t = c.train;
-  w.begin_map("train");
-  w.put("seq_len", t.seq_len);
-  w.put("micro_batch_size", t.micro_batch_size);
-  w.put("global_batch_size", t.global_batch_size);
-  w.put("max_steps", t.max_steps);
-  w.begin_map("optimizer");
-  w.put("type", t.optimizer.type);
-  w.put("lr", t.optimizer.lr);
-  if (t.optimizer.type == "sgd") {  // each optimizer shows its own keys only
-    w.put("momentum", t.optimizer.momentum);
-  } else {
-    w.put("betas", std::vector<double>{t.optimizer.beta1, t.optimizer.beta2});
-    w.put("eps", t.optimizer.eps);
-  }
-  w.put("weight_decay", t.optimizer.weight_decay);
-  w.put("no_decay", t.optimizer.no_decay);
-  w.end_map();
-  kScheduleSection.write(w, "schedule", t.schedule);
-  w.put("grad_clip", t.grad_clip);
-  w.put("precision", t.precision);
-  w.put("activation_checkpointing", t.activation_checkpointing);
-  w.put("nonfinite_tolerance", t.nonfinite_tolerance);
-  w.end_map();
-
-  w.begin_map("parallel");
-  w.put("context_parallel", c.parallel.context_parallel);
-  if (c.parallel.data_parallel > 0)
-    w.put("data_parallel", c.parallel.data_parallel);
-  else
-    w.put("data_parallel", "auto");
-  w.put("ring_layout", c.parallel.ring_layout);
-  w.put("device", c.parallel.device);
-  w.put("shard_optimizer", c.parallel.shard_optimizer);
-  w.put("bucket_mb", c.parallel.bucket_mb);
-  w.put("overlap_grad_reduce", c.parallel.overlap_grad_reduce);
-  w.end_map();
-
+  kTrainSection.write(w, "train", c.train);
+  kParallelSection.write(w, "parallel", c.parallel);
   kCheckpointSection.write(w, "checkpoint", c.checkpoint);
   kEvalSection.write(w, "eval", c.eval);
   kLogSection.write(w, "log", c.log);
