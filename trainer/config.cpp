@@ -172,7 +172,11 @@ std::string describe(const YAML::Node& n) {
 // A path without its own entry reports its nearest recorded parent.
 class Origins {
  public:
-  explicit Origins(std::string file) : file_(std::move(file)) {}
+  explicit Origins(std::string file, ConfigUse use = ConfigUse::kTrain)
+      : file_(std::move(file)), use_(use) {}
+
+  // What the config is read for (data.train is optional for kNoTraining).
+  ConfigUse use() const { return use_; }
 
   void set_line(const std::string& path, const YAML::Mark& mark) {
     if (mark.line >= 0) lines_[path] = mark.line + 1;
@@ -203,6 +207,7 @@ class Origins {
   }
 
   std::string file_;
+  ConfigUse use_;
   std::map<std::string, int> lines_;
   std::map<std::string, std::string> overrides_;
 };
@@ -526,9 +531,11 @@ class Section {
       if (!applies(f, s)) out[f.key] = f.only;
     return out;
   }
+  // A key that does not apply but is given anyway (what the section's own
+  // check lets through, e.g. a null) is still read, so its value is checked.
   void read(const MapReader& r, S& s) const {
     for (const auto& f : fields_)
-      if (f.read && applies(f, s)) f.read(r, s);
+      if (f.read && (applies(f, s) || r.present(f.key))) f.read(r, s);
   }
   void write(YamlWriter& w, const S& s) const {
     for (const auto& f : fields_)
@@ -657,6 +664,15 @@ Field<S> section_field(const char* key, T S::*m, const Section<T>& sec) {
             t->read(sub, s.*m);
           },
           [=](YamlWriter& w, const S& s) { t->write(w, key, s.*m); }};
+}
+
+// `f`, not read when `skip(r)` (it keeps its default).
+template <class S>
+Field<S> read_unless(bool (*skip)(const MapReader&), Field<S> f) {
+  f.read = [skip, read = f.read](const MapReader& r, S& s) {
+    if (!skip(r)) read(r, s);
+  };
+  return f;
 }
 
 // A section read from its mapping (absent or null: all defaults).
@@ -942,6 +958,32 @@ ModelConfig read_model(Origins& o, const YAML::Node& node) {
   return m;
 }
 
+// A synthetic source (the mapping form of a data source).
+const Section<DataSourceConfig> kSyntheticSourceSection = {
+    &DataSourceConfig::synthetic,
+    {
+        {"synthetic",
+         [](const MapReader& r, DataSourceConfig& c) {
+           if (!r.present("synthetic"))
+             r.fail("synthetic", r.path_of("synthetic") +
+                                     " is required in a synthetic source: one of " +
+                                     join(kSyntheticGenerators, " | "));
+           c.synthetic = r.get_enum("synthetic", "", kSyntheticGenerators);
+           // Options of one generator only: naming them for the other is an error.
+           if (const auto m = kSyntheticSourceSection.misplaced(
+                   c, [&](const std::string& key) { return r.has(key); }))
+             r.fail(m->first, r.path_of(m->first) + " applies to synthetic: " +
+                                  m->second.front() + " only (this source is " + c.synthetic +
+                                  ")");
+         },
+         [](YamlWriter& w, const DataSourceConfig& c) { w.put("synthetic", c.synthetic); }},
+        enum_field("loss", &DataSourceConfig::loss, kSyntheticLoss),
+        int64_field("num_sequences", &DataSourceConfig::num_sequences, 1),
+        only({"passkey"}, optional_double_field("depth", &DataSourceConfig::depth, closed(0, 1))),
+        only({"recall"}, int64_field("pairs", &DataSourceConfig::pairs, 1, kRecallMaxPairs)),
+        int64_field("seed_offset", &DataSourceConfig::seed_offset, kInt64Min),
+    }};
+
 DataSourceConfig read_data_source(const MapReader& parent, const std::string& key,
                                   int64_t default_seed_offset) {
   Origins& o = parent.origins();
@@ -966,45 +1008,51 @@ DataSourceConfig read_data_source(const MapReader& parent, const std::string& ke
     o.fail(path, path + ": expected a token file path (" + join(kTokenFileExtensions, " | ") +
                      ") or a mapping {synthetic: " + join(kSyntheticGenerators, " | ") +
                      ", ...}, got " + describe(node));
-  const MapReader r(o, node, path,
-                    {"synthetic", "loss", "num_sequences", "depth", "pairs", "seed_offset"});
-  if (!r.present("synthetic"))
-    r.fail("synthetic", r.path_of("synthetic") + " is required in a synthetic source: one of " +
-                            join(kSyntheticGenerators, " | "));
-  c.synthetic = r.get_enum("synthetic", "", kSyntheticGenerators);
-  // Options of one generator only: naming them for the other is an error.
-  const std::pair<const char*, const char*> own_options[] = {{"depth", "passkey"},
-                                                             {"pairs", "recall"}};
-  for (const auto& [option, generator] : own_options)
-    if (r.has(option) && c.synthetic != generator)
-      r.fail(option, r.path_of(option) + " applies to synthetic: " + generator +
-                         " only (this source is " + c.synthetic + ")");
-  c.loss = r.get_enum("loss", c.loss, kSyntheticLoss);
-  c.num_sequences = r.get_int("num_sequences", c.num_sequences, 1);
-  c.depth = r.get_optional_double("depth", closed(0, 1));
-  c.pairs = r.get_int("pairs", c.pairs, 1, kRecallMaxPairs);
-  c.seed_offset = r.get_int("seed_offset", c.seed_offset, kInt64Min);
+  kSyntheticSourceSection.read(MapReader(o, node, path, kSyntheticSourceSection.keys()), c);
   return c;
 }
 
-DataConfig read_data(Origins& o, const YAML::Node& node, ConfigUse use) {
-  const MapReader r(o, node, "data", {"train", "val", "shuffle", "tokenizer"});
-  DataConfig c;
-  if (!r.has("train") && use == ConfigUse::kNoTraining) {
-    if (r.has("val")) c.val = read_data_source(r, "val", 1);
-    c.shuffle = r.get_bool("shuffle", c.shuffle);
-    return c;
+void write_data_source(YamlWriter& w, const char* key, const DataSourceConfig& s) {
+  if (!has_data(s)) {
+    w.put_null(key);  // a kNoTraining config without data
+    return;
   }
-  if (!r.has("train"))
-    r.fail("train", "data.train is required: write `data: {train: path/to/tokens.h5}` (" +
-                        join(kTokenFileExtensions, " | ") +
-                        ") or `data: {train: {synthetic: passkey}}` (or recall)");
-  c.train = read_data_source(r, "train", 0);
-  if (r.has("val")) c.val = read_data_source(r, "val", 1);
-  c.shuffle = r.get_bool("shuffle", c.shuffle);
-  c.tokenizer = r.has("tokenizer") ? r.get_string("tokenizer", "") : "";
-  return c;
+  if (!s.is_synthetic()) {
+    w.put(key, s.path);
+    return;
+  }
+  kSyntheticSourceSection.write(w, key, s);
 }
+
+// kNoTraining without data.train: only val and shuffle are read.
+bool no_training_data(const MapReader& r) {
+  return !r.has("train") && r.origins().use() == ConfigUse::kNoTraining;
+}
+
+const Section<DataConfig> kDataSection = {
+    {"train",
+     [](const MapReader& r, DataConfig& c) {
+       if (no_training_data(r)) return;
+       if (!r.has("train"))
+         r.fail("train", "data.train is required: write `data: {train: path/to/tokens.h5}` (" +
+                             join(kTokenFileExtensions, " | ") +
+                             ") or `data: {train: {synthetic: passkey}}` (or recall)");
+       c.train = read_data_source(r, "train", 0);
+     },
+     [](YamlWriter& w, const DataConfig& c) { write_data_source(w, "train", c.train); }},
+    {"val",
+     [](const MapReader& r, DataConfig& c) {
+       if (r.has("val")) c.val = read_data_source(r, "val", 1);
+     },
+     [](YamlWriter& w, const DataConfig& c) {
+       if (c.val)
+         write_data_source(w, "val", *c.val);
+       else
+         w.put_null("val");
+     }},
+    bool_field("shuffle", &DataConfig::shuffle),
+    read_unless(no_training_data, path_or_null_field("tokenizer", &DataConfig::tokenizer)),
+};
 
 const Section<OptimizerConfig> kOptimizerSection = {
     &OptimizerConfig::type,
@@ -1160,7 +1208,7 @@ Config read_config(Origins& o, const YAML::Node& root, ConfigUse use) {
   Config c;
   c.run = read_section(o, r.at("run"), "run", kRunSection);
   c.model = read_model(o, r.at("model"));
-  c.data = read_data(o, r.at("data"), use);
+  c.data = read_section(o, r.at("data"), "data", kDataSection);
   c.train = read_section(o, r.at("train"), "train", kTrainSection);
   c.parallel = read_section(o, r.at("parallel"), "parallel", kParallelSection);
   kCheckpointSection.read(MapReader(o, r.at("checkpoint"), "checkpoint", kCheckpointSection.keys()),
@@ -1280,25 +1328,6 @@ void write_model(YamlWriter& w, const ModelConfig& m) {
   w.end_map();
 }
 
-void write_data_source(YamlWriter& w, const char* key, const DataSourceConfig& s) {
-  if (!has_data(s)) {
-    w.put_null(key);  // a kNoTraining config without data
-    return;
-  }
-  if (!s.is_synthetic()) {
-    w.put(key, s.path);
-    return;
-  }
-  w.begin_map(key);
-  w.put("synthetic", s.synthetic);
-  w.put("loss", s.loss);
-  w.put("num_sequences", s.num_sequences);
-  if (s.synthetic == "passkey") w.put("depth", s.depth);
-  if (s.synthetic == "recall") w.put("pairs", s.pairs);
-  w.put("seed_offset", s.seed_offset);
-  w.end_map();
-}
-
 }  // namespace
 
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
@@ -1325,7 +1354,7 @@ Config parse_config(const std::string& yaml_text, const std::string& path,
                      std::to_string(e.mark.column + 1) + ": invalid YAML: " + e.msg);
   }
   if (!root.IsDefined() || root.IsNull()) root.reset(YAML::Node(YAML::NodeType::Map));
-  Origins origins(path);
+  Origins origins(path, use);
   if (!overrides.empty() && !root.IsMap())
     origins.fail("", "the config must be a mapping of sections (run, model, data, ...), got " +
                          describe(root));
@@ -1400,19 +1429,7 @@ std::string config_to_yaml(const Config& c) {
   kRunSection.write(w, "run", c.run);
   write_model(w, c.model);
 
-  w.begin_map("data");
-  write_data_source(w, "train", c.data.train);
-  if (c.data.val)
-    write_data_source(w, "val", *c.data.val);
-  else
-    w.put_null("val");
-  w.put("shuffle", c.data.shuffle);
-  if (c.data.tokenizer.empty())
-    w.put_null("tokenizer");
-  else
-    w.put("tokenizer", c.data.tokenizer);
-  w.end_map();
-
+  kDataSection.write(w, "data", c.data);
   kTrainSection.write(w, "train", c.train);
   kParallelSection.write(w, "parallel", c.parallel);
   kCheckpointSection.write(w, "checkpoint", c.checkpoint);
