@@ -45,7 +45,6 @@
 #include <limits>
 #include <map>
 #include <sstream>
-#include <stdexcept>
 #include <utility>
 
 #include "common/errors.h"
@@ -583,6 +582,13 @@ Field<S> optional_double_field(const char* key, std::optional<double> S::*m, Bou
   return {key, [=](const MapReader& r, S& s) { s.*m = r.get_optional_double(key, b); },
           [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
 }
+// null (or absent) = std::nullopt.
+template <class S>
+Field<S> optional_int64_field(const char* key, std::optional<int64_t> S::*m, int64_t lo,
+                              int64_t hi = kInt64Max) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_optional_int(key, lo, hi); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
 template <class S>
 Field<S> bool_field(const char* key, bool S::*m) {
   return {key, [=](const MapReader& r, S& s) { s.*m = r.get_bool(key, s.*m); },
@@ -721,35 +727,49 @@ const Section<RunConfig> kRunSection = {
     uint64_field("seed", &RunConfig::seed),
 };
 
+const Section<RopeScalingConfig> kRopeScalingSection = {
+    {"rope_type",
+     [](const MapReader& r, RopeScalingConfig& c) {
+       if (!r.present("rope_type") && !r.present("type"))
+         r.fail("rope_type", r.path_of("rope_type") + " is required: one of " +
+                                 join(kRopeTypes, " | ") + ", e.g. {rope_type: yarn, factor: 4}");
+       const std::string key = r.present("rope_type") ? "rope_type" : "type";
+       c.rope_type = r.get_enum(key, c.rope_type, kRopeTypes);
+       if (r.present("rope_type") && r.present("type") &&
+           r.get_enum("type", c.rope_type, kRopeTypes) != c.rope_type)
+         r.fail("type", r.path_of("type") + "(" + r.at("type").Scalar() + ") contradicts " +
+                            r.path_of("rope_type") + "(" + c.rope_type + "); keep only rope_type");
+     },
+     [](YamlWriter& w, const RopeScalingConfig& c) { w.put("rope_type", c.rope_type); }},
+    // HF's legacy spelling of `rope_type`: read with it, never written.
+    {"type", {}, {}},
+    {"factor",
+     [](const MapReader& r, RopeScalingConfig& c) {
+       c.factor =
+           r.get_double("factor", c.factor, c.rope_type == "longrope" ? above(0) : at_least(1));
+     },
+     [](YamlWriter& w, const RopeScalingConfig& c) { w.put("factor", c.factor); }},
+    // Resolved to model.max_position_embeddings when absent (read_rope_scaling).
+    optional_int64_field("original_max_position_embeddings",
+                         &RopeScalingConfig::original_max_position_embeddings, 1, kIntMax),
+    double_field("beta_fast", &RopeScalingConfig::beta_fast, above(0)),
+    double_field("beta_slow", &RopeScalingConfig::beta_slow, above(0)),
+    optional_double_field("mscale", &RopeScalingConfig::mscale, above(0)),
+    optional_double_field("mscale_all_dim", &RopeScalingConfig::mscale_all_dim, above(0)),
+    optional_double_field("attention_factor", &RopeScalingConfig::attention_factor, above(0)),
+    double_field("low_freq_factor", &RopeScalingConfig::low_freq_factor, above(0)),
+    double_field("high_freq_factor", &RopeScalingConfig::high_freq_factor, above(0)),
+    double_list_field("short_factor", &RopeScalingConfig::short_factor, above(0)),
+    double_list_field("long_factor", &RopeScalingConfig::long_factor, above(0)),
+};
+
 RopeScalingConfig read_rope_scaling(const MapReader& parent, int max_position_embeddings) {
-  // `type` is HF's legacy spelling of `rope_type`.
   const MapReader r(parent.origins(), parent.at("rope_scaling"), parent.path_of("rope_scaling"),
-                    {"rope_type", "type", "factor", "original_max_position_embeddings",
-                     "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
-                     "low_freq_factor", "high_freq_factor", "short_factor", "long_factor"});
+                    kRopeScalingSection.keys());
   RopeScalingConfig c;
-  if (!r.present("rope_type") && !r.present("type"))
-    r.fail("rope_type", r.path_of("rope_type") + " is required: one of " +
-                            join(kRopeTypes, " | ") + ", e.g. {rope_type: yarn, factor: 4}");
-  const std::string key = r.present("rope_type") ? "rope_type" : "type";
-  c.rope_type = r.get_enum(key, c.rope_type, kRopeTypes);
-  if (r.present("rope_type") && r.present("type") &&
-      r.get_enum("type", c.rope_type, kRopeTypes) != c.rope_type)
-    r.fail("type", r.path_of("type") + "(" + r.at("type").Scalar() + ") contradicts " +
-                       r.path_of("rope_type") + "(" + c.rope_type + "); keep only rope_type");
-  c.factor = r.get_double("factor", c.factor, c.rope_type == "longrope" ? above(0) : at_least(1));
-  c.original_max_position_embeddings =
-      r.get_optional_int("original_max_position_embeddings", 1, kIntMax)
-          .value_or(max_position_embeddings);
-  c.beta_fast = r.get_double("beta_fast", c.beta_fast, above(0));
-  c.beta_slow = r.get_double("beta_slow", c.beta_slow, above(0));
-  c.mscale = r.get_optional_double("mscale", above(0));
-  c.mscale_all_dim = r.get_optional_double("mscale_all_dim", above(0));
-  c.attention_factor = r.get_optional_double("attention_factor", above(0));
-  c.low_freq_factor = r.get_double("low_freq_factor", c.low_freq_factor, above(0));
-  c.high_freq_factor = r.get_double("high_freq_factor", c.high_freq_factor, above(0));
-  c.short_factor = r.get_double_list("short_factor", {}, above(0));
-  c.long_factor = r.get_double_list("long_factor", {}, above(0));
+  kRopeScalingSection.read(r, c);
+  if (!c.original_max_position_embeddings)
+    c.original_max_position_embeddings = max_position_embeddings;
   if (c.rope_type == "llama3" && !(c.high_freq_factor > c.low_freq_factor))
     r.fail("high_freq_factor", r.path_of("high_freq_factor") + "(" +
                                    shortest_double(c.high_freq_factor) + ") must be > " +
@@ -758,21 +778,30 @@ RopeScalingConfig read_rope_scaling(const MapReader& parent, int max_position_em
   return c;
 }
 
-// The keys of each memory type (docs/memory.md); a key of another type is an
-// error that names its type.
-const std::vector<std::pair<std::string, std::vector<std::string>>> kMemoryKeys = {
-    {"rmt", {"type", "num_tokens", "segment_length", "bptt_segments"}},
-    {"knn", {"type", "segment_length", "layers", "memory_size", "top_k", "index"}},
-    {"compressive",
-     {"type", "segment_length", "layers", "memory_segments", "rate", "levels", "compressed_size",
-      "compression"}},
-};
-
-const std::vector<std::string>& memory_keys(const std::string& type) {
-  for (const auto& [t, keys] : kMemoryKeys)
-    if (t == type) return keys;
-  throw std::logic_error("memory_keys: unknown memory type " + type);
-}
+// The keys of each memory type (docs/memory.md): `only` names the types of a
+// key; a key of another type is an error that names its type. model.memory.layers
+// needs model.num_hidden_layers and is read by read_memory.
+const Section<MemoryConfig> kMemorySection = {
+    &MemoryConfig::type,
+    {
+        enum_field("type", &MemoryConfig::type, kMemoryTypes),
+        only({"rmt"}, int_field("num_tokens", &MemoryConfig::num_tokens, 1)),
+        int_field("segment_length", &MemoryConfig::segment_length, 1),
+        only({"rmt"}, int_field("bptt_segments", &MemoryConfig::bptt_segments, -1)),
+        only({"knn", "compressive"},
+             Field<MemoryConfig>{"layers", {},
+                                 [](YamlWriter& w, const MemoryConfig& c) {
+                                   w.put("layers", c.layers);
+                                 }}),
+        only({"knn"}, int_field("memory_size", &MemoryConfig::memory_size, 1)),
+        only({"knn"}, int_field("top_k", &MemoryConfig::top_k, 1)),
+        only({"knn"}, enum_field("index", &MemoryConfig::index, kKnnIndexes)),
+        only({"compressive"}, int_field("memory_segments", &MemoryConfig::memory_segments, 0)),
+        only({"compressive"}, int_field("rate", &MemoryConfig::rate, 2)),
+        only({"compressive"}, int_field("levels", &MemoryConfig::levels, 1)),
+        only({"compressive"}, int_field("compressed_size", &MemoryConfig::compressed_size, 1)),
+        only({"compressive"}, enum_field("compression", &MemoryConfig::compression, kCompressions)),
+    }};
 
 // The default memory layer of knn and compressive: one layer at (3L-1)/4.
 int default_memory_layer(int num_hidden_layers) { return (3 * num_hidden_layers - 1) / 4; }
@@ -818,29 +847,17 @@ MemoryConfig read_memory(const MapReader& parent, int num_hidden_layers) {
         c.type = to_enum(o, it->second, dotted(path, "type"), kMemoryTypes);
         break;
       }
-  const std::vector<std::string>& keys = memory_keys(c.type);
-  std::map<std::string, std::vector<std::string>> owners;  // other types' keys -> their types
-  for (const auto& [type, type_keys] : kMemoryKeys)
-    for (const auto& k : type_keys)
-      if (!contains(keys, k)) owners[k].push_back(type);
+  const std::vector<std::string> keys = kMemorySection.keys_for(c);
   std::map<std::string, std::string> foreign;
-  for (const auto& [k, types] : owners)
+  for (const auto& [k, types] : kMemorySection.owners_of_other_keys(c))
     foreign[k] = dotted(path, k) + " is a " + join(types, " and ") + " key; this memory is " +
                  c.type + " (set " + dotted(path, "type") + ": " + types.front() +
                  ", or remove " + k + "; " + c.type + " keys: " + join(keys, ", ") + ")";
   const MapReader r(o, node, path, keys, foreign);
-  c.segment_length = r.get_int32("segment_length", c.segment_length, 1);
-  const std::string S = std::to_string(c.segment_length);
-  if (c.type == "rmt") {
-    c.num_tokens = r.get_int32("num_tokens", c.num_tokens, 1);
-    c.bptt_segments = r.get_int32("bptt_segments", c.bptt_segments, -1);
-    return c;
-  }
+  kMemorySection.read(r, c);
+  if (c.type == "rmt") return c;
   c.layers = read_memory_layers(r, num_hidden_layers);
   if (c.type == "knn") {
-    c.memory_size = r.get_int32("memory_size", c.memory_size, 1);
-    c.top_k = r.get_int32("top_k", c.top_k, 1);
-    c.index = r.get_enum("index", c.index, kKnnIndexes);
     if (c.top_k > c.memory_size)
       r.fail("top_k", r.path_of("top_k") + "(" + std::to_string(c.top_k) +
                           ") is larger than the store: " + r.path_of("memory_size") + "(" +
@@ -848,13 +865,8 @@ MemoryConfig read_memory(const MapReader& parent, int num_hidden_layers) {
                           ") rows; lower top_k or raise memory_size");
     return c;
   }
-  // compressive
-  c.memory_segments = r.get_int32("memory_segments", c.memory_segments, 0);
-  c.rate = r.get_int32("rate", c.rate, 2);
-  c.levels = r.get_int32("levels", c.levels, 1);
-  c.compressed_size = r.get_int32("compressed_size", c.compressed_size, 1);
-  c.compression = r.get_enum("compression", c.compression, kCompressions);
-  // rate^levels, stopping once it exceeds segment_length (no overflow).
+  // compressive: rate^levels, stopping once it exceeds segment_length (no overflow).
+  const std::string S = std::to_string(c.segment_length);
   int64_t chunk = 1;
   for (int i = 0; i < c.levels && chunk <= c.segment_length; ++i) chunk *= c.rate;
   if (chunk > c.segment_length || c.segment_length % chunk != 0) {
@@ -882,37 +894,63 @@ MemoryConfig read_memory(const MapReader& parent, int num_hidden_layers) {
   return c;
 }
 
+const Section<ModelConfig> kModelSection = {
+    int_field("vocab_size", &ModelConfig::vocab_size, 2),
+    int_field("hidden_size", &ModelConfig::hidden_size, 1),
+    int_field("intermediate_size", &ModelConfig::intermediate_size, 1),
+    int_field("num_hidden_layers", &ModelConfig::num_hidden_layers, 1),
+    int_field("num_attention_heads", &ModelConfig::num_attention_heads, 1),
+    {"num_key_value_heads",
+     [](const MapReader& r, ModelConfig& m) {  // null: num_attention_heads
+       m.num_key_value_heads = static_cast<int>(
+           r.get_optional_int("num_key_value_heads", 1, kIntMax).value_or(m.num_attention_heads));
+     },
+     [](YamlWriter& w, const ModelConfig& m) { w.put("num_key_value_heads", m.num_key_value_heads); }},
+    {"head_dim",
+     [](const MapReader& r, ModelConfig& m) {  // null: 0 here, resolved by read_model
+       m.head_dim = static_cast<int>(r.get_optional_int("head_dim", 1, kIntMax).value_or(0));
+     },
+     [](YamlWriter& w, const ModelConfig& m) { w.put("head_dim", m.head_dim); }},
+    double_field("rms_norm_eps", &ModelConfig::rms_norm_eps, above(0)),
+    bool_field("tie_word_embeddings", &ModelConfig::tie_word_embeddings),
+    int_field("max_position_embeddings", &ModelConfig::max_position_embeddings, 1),
+    enum_field("position", &ModelConfig::position, kPositions),
+    double_field("rope_theta", &ModelConfig::rope_theta, above(0)),
+    {"rope_scaling",
+     [](const MapReader& r, ModelConfig& m) {
+       // HF configs write {rope_type: default} (or type: default) for "no scaling".
+       const YAML::Node rs_node = r.at("rope_scaling");
+       auto is_default = [&](const char* key) {
+         const YAML::Node v = rs_node[key];
+         return v.IsDefined() && v.IsScalar() && v.Scalar() == "default";
+       };
+       const bool rs_default = rs_node.IsMap() && (is_default("rope_type") || is_default("type"));
+       if (r.has("rope_scaling") && !rs_default)
+         m.rope_scaling = read_rope_scaling(r, m.max_position_embeddings);
+     },
+     [](YamlWriter& w, const ModelConfig& m) {
+       if (m.rope_scaling)
+         kRopeScalingSection.write(w, "rope_scaling", *m.rope_scaling);
+       else
+         w.put_null("rope_scaling");
+     }},
+    {"memory",
+     [](const MapReader& r, ModelConfig& m) {
+       if (r.has("memory")) m.memory = read_memory(r, m.num_hidden_layers);
+     },
+     [](YamlWriter& w, const ModelConfig& m) {
+       if (m.memory)  // each type writes exactly its own keys
+         kMemorySection.write(w, "memory", *m.memory);
+       else
+         w.put_null("memory");
+     }},
+    double_field("init_std", &ModelConfig::init_std, above(0)),
+};
+
 ModelConfig read_model(Origins& o, const YAML::Node& node) {
-  const MapReader r(o, node, "model",
-                    {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
-                     "tie_word_embeddings", "max_position_embeddings", "position", "rope_theta",
-                     "rope_scaling", "memory", "init_std"});
-  ModelConfig m;
-  m.vocab_size = r.get_int32("vocab_size", m.vocab_size, 2);
-  m.hidden_size = r.get_int32("hidden_size", m.hidden_size, 1);
-  m.intermediate_size = r.get_int32("intermediate_size", m.intermediate_size, 1);
-  m.num_hidden_layers = r.get_int32("num_hidden_layers", m.num_hidden_layers, 1);
-  m.num_attention_heads = r.get_int32("num_attention_heads", m.num_attention_heads, 1);
-  m.num_key_value_heads = static_cast<int>(
-      r.get_optional_int("num_key_value_heads", 1, kIntMax).value_or(m.num_attention_heads));
-  const std::optional<int64_t> head_dim = r.get_optional_int("head_dim", 1, kIntMax);
-  m.rms_norm_eps = r.get_double("rms_norm_eps", m.rms_norm_eps, above(0));
-  m.tie_word_embeddings = r.get_bool("tie_word_embeddings", m.tie_word_embeddings);
-  m.max_position_embeddings = r.get_int32("max_position_embeddings", m.max_position_embeddings, 1);
-  m.position = r.get_enum("position", m.position, kPositions);
-  m.rope_theta = r.get_double("rope_theta", m.rope_theta, above(0));
-  // HF configs write {rope_type: default} (or type: default) for "no scaling".
-  const YAML::Node rs_node = r.at("rope_scaling");
-  auto is_default = [&](const char* key) {
-    const YAML::Node v = rs_node[key];
-    return v.IsDefined() && v.IsScalar() && v.Scalar() == "default";
-  };
-  const bool rs_default = rs_node.IsMap() && (is_default("rope_type") || is_default("type"));
-  if (r.has("rope_scaling") && !rs_default)
-    m.rope_scaling = read_rope_scaling(r, m.max_position_embeddings);
-  if (r.has("memory")) m.memory = read_memory(r, m.num_hidden_layers);
-  m.init_std = r.get_double("init_std", m.init_std, above(0));
+  ModelConfig m = read_section(o, node, "model", kModelSection);
+  const std::optional<int64_t> head_dim =
+      m.head_dim > 0 ? std::optional<int64_t>(m.head_dim) : std::nullopt;
 
   // Cross-field checks inside the model, every factor named.
   const int H = m.num_attention_heads, G = m.num_key_value_heads;
@@ -1265,68 +1303,7 @@ void apply_override(YAML::Node root, const std::string& spec, Origins& o) {
 
 // ---- writing ---------------------------------------------------------------------
 
-void write_model(YamlWriter& w, const ModelConfig& m) {
-  w.begin_map("model");
-  w.put("vocab_size", m.vocab_size);
-  w.put("hidden_size", m.hidden_size);
-  w.put("intermediate_size", m.intermediate_size);
-  w.put("num_hidden_layers", m.num_hidden_layers);
-  w.put("num_attention_heads", m.num_attention_heads);
-  w.put("num_key_value_heads", m.num_key_value_heads);
-  w.put("head_dim", m.head_dim);
-  w.put("rms_norm_eps", m.rms_norm_eps);
-  w.put("tie_word_embeddings", m.tie_word_embeddings);
-  w.put("max_position_embeddings", m.max_position_embeddings);
-  w.put("position", m.position);
-  w.put("rope_theta", m.rope_theta);
-  if (const auto& rs = m.rope_scaling) {
-    w.begin_map("rope_scaling");
-    w.put("rope_type", rs->rope_type);
-    w.put("factor", rs->factor);
-    w.put("original_max_position_embeddings", rs->original_max_position_embeddings);
-    w.put("beta_fast", rs->beta_fast);
-    w.put("beta_slow", rs->beta_slow);
-    w.put("mscale", rs->mscale);
-    w.put("mscale_all_dim", rs->mscale_all_dim);
-    w.put("attention_factor", rs->attention_factor);
-    w.put("low_freq_factor", rs->low_freq_factor);
-    w.put("high_freq_factor", rs->high_freq_factor);
-    w.put("short_factor", rs->short_factor);
-    w.put("long_factor", rs->long_factor);
-    w.end_map();
-  } else {
-    w.put_null("rope_scaling");
-  }
-  if (const auto& mem = m.memory) {
-    w.begin_map("memory");
-    w.put("type", mem->type);  // each type writes exactly its own keys
-    if (mem->type == "rmt") {
-      w.put("num_tokens", mem->num_tokens);
-      w.put("segment_length", mem->segment_length);
-      w.put("bptt_segments", mem->bptt_segments);
-    } else {
-      w.put("segment_length", mem->segment_length);
-      w.put("layers", mem->layers);
-    }
-    if (mem->type == "knn") {
-      w.put("memory_size", mem->memory_size);
-      w.put("top_k", mem->top_k);
-      w.put("index", mem->index);
-    }
-    if (mem->type == "compressive") {
-      w.put("memory_segments", mem->memory_segments);
-      w.put("rate", mem->rate);
-      w.put("levels", mem->levels);
-      w.put("compressed_size", mem->compressed_size);
-      w.put("compression", mem->compression);
-    }
-    w.end_map();
-  } else {
-    w.put_null("memory");
-  }
-  w.put("init_std", m.init_std);
-  w.end_map();
-}
+void write_model(YamlWriter& w, const ModelConfig& m) { kModelSection.write(w, "model", m); }
 
 }  // namespace
 
