@@ -6,10 +6,14 @@
 // as the file, so their validation is identical; only the location in
 // messages differs ("config.yaml:12" vs "--set a.b=c").
 //
-// Every section reader is a MapReader over one YAML mapping: it is given the
-// mapping's valid keys up front (the schema, section by section), rejects
-// unknown and duplicate keys with a did-you-mean, and converts each value with
-// a typed getter that range-checks it.
+// The schema is one table per section (a Section of Fields: key, member, kind
+// and range, in order), declared once: it gives the section's valid keys, reads
+// it and writes it (config_to_yaml), and through the writer it is what
+// tests/test_config_docs.cpp checks docs/config.md against. Rules across
+// fields are explicit code after a table's pass. Every section is read by a
+// MapReader over one YAML mapping: it is given the mapping's valid keys up
+// front, rejects unknown and duplicate keys with a did-you-mean, and converts
+// each value with a typed getter that range-checks it.
 //
 // Decisions:
 //  - `null` is accepted only where the struct has optional/auto semantics
@@ -1240,19 +1244,22 @@ void check_cross_sections(const Config& c, const Origins& o, ConfigUse use) {
                std::to_string(c.model.memory->segment_length) + ")");
 }
 
+// The sections of a config file.
+const Section<Config> kConfigSection = {
+    section_field("run", &Config::run, kRunSection),
+    {"model",
+     [](const MapReader& r, Config& c) { c.model = read_model(r.origins(), r.at("model")); },
+     [](YamlWriter& w, const Config& c) { kModelSection.write(w, "model", c.model); }},
+    section_field("data", &Config::data, kDataSection),
+    section_field("train", &Config::train, kTrainSection),
+    section_field("parallel", &Config::parallel, kParallelSection),
+    section_field("checkpoint", &Config::checkpoint, kCheckpointSection),
+    section_field("eval", &Config::eval, kEvalSection),
+    section_field("log", &Config::log, kLogSection),
+};
+
 Config read_config(Origins& o, const YAML::Node& root, ConfigUse use) {
-  const MapReader r(o, root, "",
-                    {"run", "model", "data", "train", "parallel", "checkpoint", "eval", "log"});
-  Config c;
-  c.run = read_section(o, r.at("run"), "run", kRunSection);
-  c.model = read_model(o, r.at("model"));
-  c.data = read_section(o, r.at("data"), "data", kDataSection);
-  c.train = read_section(o, r.at("train"), "train", kTrainSection);
-  c.parallel = read_section(o, r.at("parallel"), "parallel", kParallelSection);
-  kCheckpointSection.read(MapReader(o, r.at("checkpoint"), "checkpoint", kCheckpointSection.keys()),
-                          c.checkpoint);
-  kEvalSection.read(MapReader(o, r.at("eval"), "eval", kEvalSection.keys()), c.eval);
-  kLogSection.read(MapReader(o, r.at("log"), "log", kLogSection.keys()), c.log);
+  Config c = read_section(o, root, "", kConfigSection);
   check_cross_sections(c, o, use);
   return c;
 }
@@ -1300,10 +1307,6 @@ void apply_override(YAML::Node root, const std::string& spec, Origins& o) {
   cur[parts.back()] = value;
   o.set_override(dotted(path, parts.back()), label);
 }
-
-// ---- writing ---------------------------------------------------------------------
-
-void write_model(YamlWriter& w, const ModelConfig& m) { kModelSection.write(w, "model", m); }
 
 }  // namespace
 
@@ -1402,17 +1405,7 @@ void validate_layout(Config& cfg, int world_size) {
 std::string config_to_yaml(const Config& c) {
   YamlWriter w;
   w.begin_map();
-
-  kRunSection.write(w, "run", c.run);
-  write_model(w, c.model);
-
-  kDataSection.write(w, "data", c.data);
-  kTrainSection.write(w, "train", c.train);
-  kParallelSection.write(w, "parallel", c.parallel);
-  kCheckpointSection.write(w, "checkpoint", c.checkpoint);
-  kEvalSection.write(w, "eval", c.eval);
-  kLogSection.write(w, "log", c.log);
-
+  kConfigSection.write(w, c);
   w.end_map();
   return w.str();
 }
@@ -1420,7 +1413,7 @@ std::string config_to_yaml(const Config& c) {
 std::string model_config_to_yaml(const ModelConfig& m) {
   YamlWriter w;
   w.begin_map();
-  write_model(w, m);
+  kModelSection.write(w, "model", m);
   w.end_map();
   return w.str();
 }
