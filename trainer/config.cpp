@@ -485,8 +485,8 @@ struct Field {
   std::function<void(const MapReader&, S&)> read;    // empty: read by explicit code
   std::function<void(YamlWriter&, const S&)> write;  // empty: not written
   // Empty: always. Otherwise the values of the section's discriminator (an
-  // optimizer's or a memory's type) that the key belongs to: it is read and
-  // written only for those.
+  // optimizer's or a memory's type) that the key belongs to: it is written
+  // only for those, and read only for those unless given (Section::read).
   std::vector<std::string> only = {};
 };
 
@@ -909,7 +909,9 @@ const Section<ModelConfig> kModelSection = {
        m.num_key_value_heads = static_cast<int>(
            r.get_optional_int("num_key_value_heads", 1, kIntMax).value_or(m.num_attention_heads));
      },
-     [](YamlWriter& w, const ModelConfig& m) { w.put("num_key_value_heads", m.num_key_value_heads); }},
+     [](YamlWriter& w, const ModelConfig& m) {
+       w.put("num_key_value_heads", m.num_key_value_heads);
+     }},
     {"head_dim",
      [](const MapReader& r, ModelConfig& m) {  // null: 0 here, resolved by read_model
        m.head_dim = static_cast<int>(r.get_optional_int("head_dim", 1, kIntMax).value_or(0));
