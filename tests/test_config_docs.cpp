@@ -78,5 +78,27 @@ TEST(ConfigDocs, ReferenceListsEveryKeyOfTheSchema) {
         << "docs/config.md documents `" << k << "`, which the config does not have";
 }
 
+// The other direction of the same check, from the parser's side: every key
+// the schema tables accept (config_keys(), including keys that are never
+// written, such as those of the other optimizer or memory types) has a row,
+// and every row is such a key.
+TEST(ConfigDocs, ReferenceListsEveryKeyTheParserAccepts) {
+  std::set<std::string> schema;
+  for (std::string key : config_keys()) {
+    if (key.rfind("data.val.", 0) == 0) key = "data.train." + key.substr(9);
+    schema.insert(key);
+  }
+  const std::set<std::string> docs = documented_keys();
+  ASSERT_GT(schema.size(), 60u);
+  EXPECT_TRUE(schema.count("model.memory.top_k") && schema.count("train.optimizer.momentum") &&
+              schema.count("data.train.pairs") && !schema.count("train.optimizer"));
+  for (const std::string& k : schema)
+    EXPECT_TRUE(docs.count(k) || k == "model.rope_scaling.type")  // in rope_type's row
+        << "docs/config.md has no row for `" << k << "`, which the parser accepts";
+  for (const std::string& k : docs)
+    EXPECT_TRUE(schema.count(k)) << "docs/config.md documents `" << k
+                                 << "`, which the parser does not accept";
+}
+
 }  // namespace
 }  // namespace rt

@@ -488,7 +488,22 @@ struct Field {
   // optimizer's or a memory's type) that the key belongs to: it is written
   // only for those, and read only for those unless given (Section::read).
   std::vector<std::string> only = {};
+  // A mapping-valued key: the keys inside it (for config_keys()).
+  std::function<std::vector<std::string>()> inner = {};
+  // A section that is always there (a heading in the docs, not a key).
+  bool heading = false;
 };
+
+template <class S>
+class Section;
+
+// `f` holds the mapping `sec` (its keys are listed under f's).
+template <class S, class T>
+Field<S> holding(const Section<T>& sec, Field<S> f) {
+  const Section<T>* t = &sec;
+  f.inner = [t] { return t->schema_keys(); };
+  return f;
+}
 
 // The key belongs to these values of the section's discriminator only.
 template <class S>
@@ -505,6 +520,17 @@ class Section {
   Section(std::string S::*discriminator, std::initializer_list<Field<S>> fields)
       : discriminator_(discriminator), fields_(fields) {}
 
+  // Every key of the section and, dotted, of the mappings inside it; a
+  // section that is always there is not listed itself (its keys are).
+  std::vector<std::string> schema_keys() const {
+    std::vector<std::string> out;
+    for (const auto& f : fields_) {
+      if (!f.heading) out.push_back(f.key);
+      if (f.inner)
+        for (const std::string& k : f.inner()) out.push_back(std::string(f.key) + "." + k);
+    }
+    return out;
+  }
   // Every key of the section.
   std::vector<std::string> keys() const {
     std::vector<std::string> out;
@@ -649,7 +675,7 @@ Field<S> enum_list_field(const char* key, std::vector<std::string> S::*m,
 template <class S, class T>
 Field<S> optional_section_field(const char* key, std::optional<T> S::*m, const Section<T>& sec) {
   const Section<T>* t = &sec;
-  return {key,
+  return holding(sec, Field<S>{key,
           [=](const MapReader& r, S& s) {
             if (!r.has(key)) return;
             const MapReader sub(r.origins(), r.at(key), r.path_of(key), t->keys());
@@ -662,18 +688,21 @@ Field<S> optional_section_field(const char* key, std::optional<T> S::*m, const S
               t->write(w, key, *(s.*m));
             else
               w.put_null(key);
-          }};
+          }});
 }
 // A sub-mapping that is always there (absent or null: all defaults).
 template <class S, class T>
 Field<S> section_field(const char* key, T S::*m, const Section<T>& sec) {
   const Section<T>* t = &sec;
-  return {key,
-          [=](const MapReader& r, S& s) {
-            const MapReader sub(r.origins(), r.at(key), r.path_of(key), t->keys());
-            t->read(sub, s.*m);
-          },
-          [=](YamlWriter& w, const S& s) { t->write(w, key, s.*m); }};
+  Field<S> f = holding(sec, Field<S>{key,
+                                     [=](const MapReader& r, S& s) {
+                                       const MapReader sub(r.origins(), r.at(key),
+                                                           r.path_of(key), t->keys());
+                                       t->read(sub, s.*m);
+                                     },
+                                     [=](YamlWriter& w, const S& s) { t->write(w, key, s.*m); }});
+  f.heading = true;
+  return f;
 }
 
 // `f`, not read when `skip(r)` (it keeps its default).
@@ -922,7 +951,7 @@ const Section<ModelConfig> kModelSection = {
     int_field("max_position_embeddings", &ModelConfig::max_position_embeddings, 1),
     enum_field("position", &ModelConfig::position, kPositions),
     double_field("rope_theta", &ModelConfig::rope_theta, above(0)),
-    {"rope_scaling",
+    holding(kRopeScalingSection, Field<ModelConfig>{"rope_scaling",
      [](const MapReader& r, ModelConfig& m) {
        // HF configs write {rope_type: default} (or type: default) for "no scaling".
        const YAML::Node rs_node = r.at("rope_scaling");
@@ -939,8 +968,8 @@ const Section<ModelConfig> kModelSection = {
          kRopeScalingSection.write(w, "rope_scaling", *m.rope_scaling);
        else
          w.put_null("rope_scaling");
-     }},
-    {"memory",
+     }}),
+    holding(kMemorySection, Field<ModelConfig>{"memory",
      [](const MapReader& r, ModelConfig& m) {
        if (r.has("memory")) m.memory = read_memory(r, m.num_hidden_layers);
      },
@@ -949,7 +978,7 @@ const Section<ModelConfig> kModelSection = {
          kMemorySection.write(w, "memory", *m.memory);
        else
          w.put_null("memory");
-     }},
+     }}),
     double_field("init_std", &ModelConfig::init_std, above(0)),
 };
 
@@ -1074,7 +1103,7 @@ bool no_training_data(const MapReader& r) {
 }
 
 const Section<DataConfig> kDataSection = {
-    {"train",
+    holding(kSyntheticSourceSection, Field<DataConfig>{"train",
      [](const MapReader& r, DataConfig& c) {
        if (no_training_data(r)) return;
        if (!r.has("train"))
@@ -1083,8 +1112,8 @@ const Section<DataConfig> kDataSection = {
                              ") or `data: {train: {synthetic: passkey}}` (or recall)");
        c.train = read_data_source(r, "train", 0);
      },
-     [](YamlWriter& w, const DataConfig& c) { write_data_source(w, "train", c.train); }},
-    {"val",
+     [](YamlWriter& w, const DataConfig& c) { write_data_source(w, "train", c.train); }}),
+    holding(kSyntheticSourceSection, Field<DataConfig>{"val",
      [](const MapReader& r, DataConfig& c) {
        if (r.has("val")) c.val = read_data_source(r, "val", 1);
      },
@@ -1093,7 +1122,7 @@ const Section<DataConfig> kDataSection = {
          write_data_source(w, "val", *c.val);
        else
          w.put_null("val");
-     }},
+     }}),
     bool_field("shuffle", &DataConfig::shuffle),
     read_unless(no_training_data, path_or_null_field("tokenizer", &DataConfig::tokenizer)),
 };
@@ -1249,9 +1278,15 @@ void check_cross_sections(const Config& c, const Origins& o, ConfigUse use) {
 // The sections of a config file.
 const Section<Config> kConfigSection = {
     section_field("run", &Config::run, kRunSection),
-    {"model",
-     [](const MapReader& r, Config& c) { c.model = read_model(r.origins(), r.at("model")); },
-     [](YamlWriter& w, const Config& c) { kModelSection.write(w, "model", c.model); }},
+    holding(kModelSection,
+            Field<Config>{"model",
+                          [](const MapReader& r, Config& c) {
+                            c.model = read_model(r.origins(), r.at("model"));
+                          },
+                          [](YamlWriter& w, const Config& c) {
+                            kModelSection.write(w, "model", c.model);
+                          },
+                          {}, {}, /*heading=*/true}),
     section_field("data", &Config::data, kDataSection),
     section_field("train", &Config::train, kTrainSection),
     section_field("parallel", &Config::parallel, kParallelSection),
@@ -1315,6 +1350,8 @@ void apply_override(YAML::Node root, const std::string& spec, Origins& o) {
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
   return closest(word, candidates);
 }
+
+std::vector<std::string> config_keys() { return kConfigSection.schema_keys(); }
 
 // ---- public API ------------------------------------------------------------------
 
