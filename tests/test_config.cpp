@@ -3,11 +3,13 @@
 // test per class of bad config, each checking that the message names the key
 // and where it came from (config.yaml:<line> or the --set).
 #include <gtest/gtest.h>
+#include <yaml-cpp/yaml.h>
 
 #include <cstdio>
 #include <fstream>
 #include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/errors.h"
@@ -629,6 +631,253 @@ TEST(ConfigErrors, OverrideIntoScalar) {
   expect_usage_error(kMinimal, {"--set data.train.loss=all", "data.train is 't.bin'",
                                 "not a mapping"},
                      {"data.train=t.bin", "data.train.loss=all"});
+}
+
+// ---- model.memory: rmt, knn, compressive (docs/memory.md) --------------------------
+
+// A model of `layers` layers with the given memory mapping (flow YAML) and a
+// seq_len of 256.
+std::string memory_config(const std::string& memory, int layers = 4) {
+  return lines({"data: {train: t.bin}", "train: {seq_len: 256}"}) + "model:\n" +
+         "  num_hidden_layers: " + std::to_string(layers) + "\n" + "  memory: " + memory + "\n";
+}
+
+// The keys of model.memory in the resolved config, in order.
+std::vector<std::string> written_memory_keys(const Config& c) {
+  const YAML::Node mem = YAML::Load(rt::config_to_yaml(c))["model"]["memory"];
+  std::vector<std::string> keys;
+  for (const auto& kv : mem) keys.push_back(kv.first.Scalar());
+  return keys;
+}
+
+TEST(ConfigMemory, KnnParsesAndWritesExactlyItsKeys) {
+  const std::string yaml = memory_config(
+      "{type: knn, segment_length: 64, layers: [3, 1], memory_size: 512, top_k: 8, index: hnsw}");
+  const Config c = parse_config(yaml, "config.yaml");
+  ASSERT_TRUE(c.model.memory);
+  const rt::MemoryConfig& m = *c.model.memory;
+  EXPECT_EQ(m.type, "knn");
+  EXPECT_EQ(m.segment_length, 64);
+  EXPECT_EQ(m.layers, (std::vector<int>{3, 1}));
+  EXPECT_EQ(m.memory_size, 512);
+  EXPECT_EQ(m.top_k, 8);
+  EXPECT_EQ(m.index, "hnsw");
+  EXPECT_EQ(written_memory_keys(c),
+            (std::vector<std::string>{"type", "segment_length", "layers", "memory_size", "top_k",
+                                      "index"}));
+  expect_round_trip(yaml);
+  const Config back = parse_config(rt::config_to_yaml(c), "resolved.yaml");
+  EXPECT_EQ(back.model.memory->layers, m.layers);
+  EXPECT_EQ(back.model.memory->memory_size, 512);
+  EXPECT_EQ(back.model.memory->top_k, 8);
+  EXPECT_EQ(back.model.memory->index, "hnsw");
+  // Defaults: every knn key but the type may be left out.
+  const Config d = parse_config(memory_config("{type: knn, segment_length: 128}"), "config.yaml");
+  const rt::MemoryConfig defaults;
+  EXPECT_EQ(d.model.memory->memory_size, defaults.memory_size);
+  EXPECT_EQ(d.model.memory->top_k, defaults.top_k);
+  EXPECT_EQ(d.model.memory->index, "exact");
+  for (const char* index : {"exact", "flat", "ivf", "hnsw"})
+    EXPECT_EQ(parse_config(memory_config(std::string("{type: knn, segment_length: 64, index: ") +
+                                         index + "}"),
+                           "config.yaml")
+                  .model.memory->index,
+              index);
+}
+
+TEST(ConfigMemory, CompressiveParsesAndWritesExactlyItsKeys) {
+  const std::string yaml = memory_config(
+      "{type: compressive, segment_length: 32, layers: [0, 2], memory_segments: 0, rate: 2, "
+      "levels: 3, compressed_size: 48, compression: conv}");
+  const Config c = parse_config(yaml, "config.yaml");
+  ASSERT_TRUE(c.model.memory);
+  const rt::MemoryConfig& m = *c.model.memory;
+  EXPECT_EQ(m.type, "compressive");
+  EXPECT_EQ(m.segment_length, 32);
+  EXPECT_EQ(m.layers, (std::vector<int>{0, 2}));
+  EXPECT_EQ(m.memory_segments, 0);
+  EXPECT_EQ(m.rate, 2);
+  EXPECT_EQ(m.levels, 3);
+  EXPECT_EQ(m.compressed_size, 48);
+  EXPECT_EQ(m.compression, "conv");
+  EXPECT_EQ(written_memory_keys(c),
+            (std::vector<std::string>{"type", "segment_length", "layers", "memory_segments",
+                                      "rate", "levels", "compressed_size", "compression"}));
+  expect_round_trip(yaml);
+  const Config back = parse_config(rt::config_to_yaml(c), "resolved.yaml");
+  EXPECT_EQ(back.model.memory->layers, m.layers);
+  EXPECT_EQ(back.model.memory->memory_segments, 0);
+  EXPECT_EQ(back.model.memory->rate, 2);
+  EXPECT_EQ(back.model.memory->levels, 3);
+  EXPECT_EQ(back.model.memory->compressed_size, 48);
+  EXPECT_EQ(back.model.memory->compression, "conv");
+  // The defaults (S 128, rate 4, one level of 64 slots) are a valid memory.
+  const Config d = parse_config(memory_config("{type: compressive}"), "config.yaml");
+  EXPECT_EQ(d.model.memory->compression, "mean");
+  EXPECT_EQ(d.model.memory->compressed_size, 64);
+  expect_round_trip(memory_config("{type: compressive}"));
+  // Edge: compressed_size / levels == segment_length / rate exactly.
+  EXPECT_NO_THROW(parse_config(
+      memory_config("{type: compressive, segment_length: 64, rate: 4, levels: 2, "
+                    "compressed_size: 32}"),
+      "config.yaml"));
+}
+
+TEST(ConfigMemory, RmtWritesExactlyItsKeys) {
+  const Config c = parse_config(kFull, "config.yaml");
+  EXPECT_EQ(written_memory_keys(c),
+            (std::vector<std::string>{"type", "num_tokens", "segment_length", "bptt_segments"}));
+  EXPECT_TRUE(c.model.memory->layers.empty());
+}
+
+TEST(ConfigMemory, DefaultLayerIsThreeQuartersDeep) {
+  // (3L-1)/4 with integer division, for knn and compressive alike; absent,
+  // null and [] all resolve to it.
+  const std::pair<int, int> expected[] = {{1, 0}, {2, 1}, {4, 2}, {12, 8}};
+  for (const auto& [L, layer] : expected)
+    for (const char* type : {"knn", "compressive"})
+      for (const char* layers : {"", ", layers: null", ", layers: []"}) {
+        const std::string memory =
+            std::string("{type: ") + type + ", segment_length: 64" + layers + "}";
+        const Config c = parse_config(memory_config(memory, L), "config.yaml");
+        EXPECT_EQ(c.model.memory->layers, std::vector<int>{layer})
+            << "num_hidden_layers " << L << ", " << memory;
+        // Written resolved, so the dump pins it.
+        EXPECT_NE(rt::config_to_yaml(c).find("layers: [" + std::to_string(layer) + "]"),
+                  std::string::npos);
+      }
+}
+
+TEST(ConfigMemory, RmtOverARingIsLeftToTheTrainer) {
+  // rmt with context_parallel > 1 is refused by the trainer (with its own
+  // reason), as before; the config itself is valid.
+  EXPECT_NO_THROW(parse_config(memory_config("{type: rmt, segment_length: 64}") +
+                                   "parallel: {context_parallel: 2}\n",
+                               "config.yaml"));
+}
+
+TEST(ConfigMemoryErrors, KnnAndCompressiveRefuseContextParallel) {
+  for (const char* type : {"knn", "compressive"})
+    expect_usage_error(
+        memory_config(std::string("{type: ") + type + ", segment_length: 64}") +
+            "parallel:\n  context_parallel: 2\n",
+        {"config.yaml:7:", std::string("model.memory.type: ") + type +
+                               " with parallel.context_parallel(2) > 1 is not supported",
+         "every segment needs the store written by all earlier ones",
+         "a ring over the sequence would serialize", "parallel.data_parallel"});
+  expect_usage_error(memory_config("{type: knn, segment_length: 64}"),
+                     {"--set parallel.context_parallel=4", "not supported"},
+                     {"parallel.context_parallel=4"});
+}
+
+TEST(ConfigMemoryErrors, KeyOfAnotherType) {
+  // config.yaml:5 is the memory line of memory_config().
+  expect_usage_error(memory_config("{type: rmt, segment_length: 64, top_k: 4}"),
+                     {"config.yaml:5:", "model.memory.top_k is a knn key; this memory is rmt",
+                      "set model.memory.type: knn"});
+  // No type: rmt, the default.
+  expect_usage_error(memory_config("{segment_length: 64, rate: 2}"),
+                     {"model.memory.rate is a compressive key; this memory is rmt"});
+  expect_usage_error(memory_config("{type: knn, segment_length: 64, num_tokens: 4}"),
+                     {"model.memory.num_tokens is a rmt key; this memory is knn"});
+  expect_usage_error(memory_config("{type: knn, segment_length: 64, compression: conv}"),
+                     {"model.memory.compression is a compressive key; this memory is knn"});
+  expect_usage_error(memory_config("{type: compressive, segment_length: 64, index: flat}"),
+                     {"model.memory.index is a knn key; this memory is compressive"});
+  expect_usage_error(memory_config("{type: compressive, segment_length: 64, bptt_segments: 1}"),
+                     {"model.memory.bptt_segments is a rmt key; this memory is compressive"});
+  expect_usage_error(memory_config("{type: rmt, segment_length: 64, layers: [1]}"),
+                     {"model.memory.layers is a knn and compressive key; this memory is rmt"});
+  // The line of the key itself, and a --set names itself.
+  expect_usage_error(
+      lines({"data: {train: t.bin}", "model:", "  memory:", "    type: knn",
+             "    segment_length: 64", "    num_tokens: 4"}),
+      {"config.yaml:6:", "model.memory.num_tokens is a rmt key; this memory is knn"});
+  expect_usage_error(memory_config("{type: rmt, segment_length: 64}"),
+                     {"--set model.memory.top_k=4", "model.memory.top_k is a knn key"},
+                     {"model.memory.top_k=4"});
+}
+
+TEST(ConfigMemoryErrors, TyposStillGetADidYouMean) {
+  expect_usage_error(memory_config("{type: knn, segment_length: 64, top_kk: 4}"),
+                     {"unknown key 'model.memory.top_kk'", "did you mean 'model.memory.top_k'?",
+                      "valid keys in model.memory: type, segment_length, layers, memory_size, "
+                      "top_k, index"});
+  expect_usage_error(memory_config("{type: compressive, segment_length: 64, level: 2}"),
+                     {"unknown key 'model.memory.level'", "did you mean 'model.memory.levels'?"});
+  expect_usage_error(memory_config("{type: rmt, num_token: 4}"),
+                     {"unknown key 'model.memory.num_token'",
+                      "did you mean 'model.memory.num_tokens'?"});
+  expect_usage_error(memory_config("{type: knnn}"),
+                     {"config.yaml:5:", "model.memory.type: must be one of rmt | knn | "
+                                        "compressive, got 'knnn'"});
+}
+
+TEST(ConfigMemoryErrors, EveryBadSettingNamesItsKey) {
+  const std::pair<std::string, std::vector<std::string>> cases[] = {
+      // every type
+      {"{type: knn, segment_length: 0}", {"model.memory.segment_length: must be >= 1, got 0"}},
+      {"{type: compressive, segment_length: -4}",
+       {"model.memory.segment_length: must be >= 1, got -4"}},
+      // layers
+      {"{type: knn, segment_length: 64, layers: [1, 4]}",
+       {"model.memory.layers[1]: must be in [0, 3]", "model.num_hidden_layers(4)", "got 4"}},
+      {"{type: compressive, segment_length: 64, layers: [-1]}",
+       {"model.memory.layers[0]: must be in [0, 3]", "got -1"}},
+      {"{type: knn, segment_length: 64, layers: [2, 0, 2]}",
+       {"model.memory.layers[2]: layer 2 is listed twice (also at [0])"}},
+      {"{type: knn, segment_length: 64, layers: 2}",
+       {"model.memory.layers: expected a list, got '2'"}},
+      {"{type: knn, segment_length: 64, layers: [one]}",
+       {"model.memory.layers[0]: expected an integer, got 'one'"}},
+      // knn
+      {"{type: knn, segment_length: 64, memory_size: 0}",
+       {"model.memory.memory_size: must be >= 1, got 0"}},
+      {"{type: knn, segment_length: 64, top_k: 0}", {"model.memory.top_k: must be >= 1, got 0"}},
+      {"{type: knn, segment_length: 64, memory_size: 16, top_k: 17}",
+       {"model.memory.top_k(17) is larger than the store: model.memory.memory_size(16)"}},
+      {"{type: knn, segment_length: 64, memory_size: 16}",  // the default top_k, 32
+       {"model.memory.top_k(32) is larger than the store"}},
+      {"{type: knn, segment_length: 64, index: faiss}",
+       {"model.memory.index: must be one of exact | flat | ivf | hnsw, got 'faiss'"}},
+      // compressive
+      {"{type: compressive, segment_length: 64, memory_segments: -1}",
+       {"model.memory.memory_segments: must be >= 0, got -1"}},
+      {"{type: compressive, segment_length: 64, rate: 1}",
+       {"model.memory.rate: must be >= 2, got 1"}},
+      {"{type: compressive, segment_length: 64, levels: 0}",
+       {"model.memory.levels: must be >= 1, got 0"}},
+      {"{type: compressive, segment_length: 64, compressed_size: 0}",
+       {"model.memory.compressed_size: must be >= 1, got 0"}},
+      {"{type: compressive, segment_length: 64, rate: 2, levels: 3, compressed_size: 100}",
+       {"model.memory.compressed_size(100) is not a multiple of model.memory.levels(3)"}},
+      {"{type: compressive, segment_length: 64, rate: 4, levels: 2, compressed_size: 30}",
+       {"model.memory.compressed_size(30) / levels(2) = 15 slots per level is fewer than "
+        "segment_length(64) / rate(4) = 16",
+        "at least 32"}},
+      {"{type: compressive, segment_length: 64, rate: 3}",
+       {"model.memory.segment_length(64) is not a multiple of rate^levels = 3^1 = 3",
+        "change segment_length to a multiple of 3^1, or lower rate or levels"}},
+      {"{type: compressive, segment_length: 64, rate: 4, levels: 4}",
+       {"model.memory.segment_length(64) is not a multiple of rate^levels = 4^4 = more than 64"}},
+      {"{type: compressive, segment_length: 64, rate: 1000, levels: 1000000}",
+       {"model.memory.segment_length(64) is not a multiple of rate^levels = 1000^1000000"}},
+      {"{type: compressive, segment_length: 64, compression: max}",
+       {"model.memory.compression: must be one of mean | conv, got 'max'"}},
+  };
+  for (const auto& [memory, needles] : cases) {
+    SCOPED_TRACE(memory);
+    std::vector<std::string> all = {"config.yaml:5:"};
+    all.insert(all.end(), needles.begin(), needles.end());
+    expect_usage_error(memory_config(memory), all);
+  }
+}
+
+TEST(ConfigMemoryErrors, SeqLenMultipleOfSegmentForEveryType) {
+  for (const char* type : {"rmt", "knn", "compressive"})
+    expect_usage_error(memory_config(std::string("{type: ") + type + ", segment_length: 96}"),
+                       {"config.yaml:5:", "train.seq_len(256) is not a multiple of "
+                                          "model.memory.segment_length(96)"});
 }
 
 // ---- validate_layout ---------------------------------------------------------------

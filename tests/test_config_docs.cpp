@@ -1,7 +1,8 @@
 // docs/config.md lists exactly the keys of the resolved config: every key
-// the writer emits (with every optional section present, for both optimizers)
-// has a row, and every row is such a key (or HF's legacy `type` alias), so
-// the reference cannot fall behind the schema in config.cpp.
+// the writer emits (with every optional section present, for both optimizers
+// and every memory type) has a row, and every row is such a key (or HF's
+// legacy `type` alias), so the reference cannot fall behind the schema in
+// config.cpp.
 #include <gtest/gtest.h>
 #include <yaml-cpp/yaml.h>
 
@@ -49,6 +50,10 @@ eval: {passkey: {seq_lens: [128]}}
               full + "\n", "sgd.yaml", {"train.optimizer={type: sgd, lr: 0.1}",
                                         "train.schedule.min_lr=0"}))),
           "", keys);
+  // Each memory type writes only its own keys: the other two types too.
+  for (const char* memory : {"model.memory={type: knn, segment_length: 64}",
+                             "model.memory={type: compressive, segment_length: 64}"})
+    flatten(YAML::Load(config_to_yaml(parse_config(full, "memory.yaml", {memory}))), "", keys);
   return keys;
 }
 
@@ -71,6 +76,28 @@ TEST(ConfigDocs, ReferenceListsEveryKeyOfTheSchema) {
   for (const std::string& k : docs)
     EXPECT_TRUE(code.count(k) || k == "model.rope_scaling.type")
         << "docs/config.md documents `" << k << "`, which the config does not have";
+}
+
+// The other direction of the same check, from the parser's side: every key
+// the schema tables accept (config_keys(), including keys that are never
+// written, such as those of the other optimizer or memory types) has a row,
+// and every row is such a key.
+TEST(ConfigDocs, ReferenceListsEveryKeyTheParserAccepts) {
+  std::set<std::string> schema;
+  for (std::string key : config_keys()) {
+    if (key.rfind("data.val.", 0) == 0) key = "data.train." + key.substr(9);
+    schema.insert(key);
+  }
+  const std::set<std::string> docs = documented_keys();
+  ASSERT_GT(schema.size(), 60u);
+  EXPECT_TRUE(schema.count("model.memory.top_k") && schema.count("train.optimizer.momentum") &&
+              schema.count("data.train.pairs") && !schema.count("train.optimizer"));
+  for (const std::string& k : schema)
+    EXPECT_TRUE(docs.count(k) || k == "model.rope_scaling.type")  // in rope_type's row
+        << "docs/config.md has no row for `" << k << "`, which the parser accepts";
+  for (const std::string& k : docs)
+    EXPECT_TRUE(schema.count(k)) << "docs/config.md documents `" << k
+                                 << "`, which the parser does not accept";
 }
 
 }  // namespace

@@ -6,21 +6,30 @@
 // as the file, so their validation is identical; only the location in
 // messages differs ("config.yaml:12" vs "--set a.b=c").
 //
-// Every section reader is a MapReader over one YAML mapping: it is given the
-// mapping's valid keys up front (the schema, section by section), rejects
-// unknown and duplicate keys with a did-you-mean, and converts each value with
-// a typed getter that range-checks it.
+// The schema is one table per section (a Section of Fields: key, member, kind
+// and range, in order), declared once: it gives the section's valid keys, reads
+// it and writes it (config_to_yaml), and through the writer it is what
+// tests/test_config_docs.cpp checks docs/config.md against. Rules across
+// fields are explicit code after a table's pass. Every section is read by a
+// MapReader over one YAML mapping: it is given the mapping's valid keys up
+// front, rejects unknown and duplicate keys with a did-you-mean, and converts
+// each value with a typed getter that range-checks it.
 //
 // Decisions:
 //  - `null` is accepted only where the struct has optional/auto semantics
 //    (run.dir, model.num_key_value_heads, model.head_dim, model.rope_scaling,
-//    model.memory, data.val, data.tokenizer, parallel.data_parallel, checkpoint.init_from,
+//    model.memory, model.memory.layers (null or [] = the default layer),
+//    data.val, data.tokenizer, parallel.data_parallel, checkpoint.init_from,
 //    eval.passkey and the optional rope_scaling/data-source fields); anywhere
 //    else null is a type error.
 //  - schedule.warmup_steps > train.max_steps only warns (short test runs keep
 //    the default warmup); min_lr > lr is an error.
 //  - data.val's seed_offset defaults to 1 (train's to 0), so synthetic
 //    validation data is a different stream from training data.
+//  - model.memory: the type decides the valid keys; a key of another type is
+//    an error naming its type (not a did-you-mean). knn and compressive with
+//    parallel.context_parallel > 1 are refused here; rmt over a ring is refused
+//    by the trainer.
 //  - rope_scaling.original_max_position_embeddings is resolved to
 //    model.max_position_embeddings when absent, so the written config pins it.
 #include "trainer/config.h"
@@ -35,6 +44,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <sstream>
@@ -52,7 +63,9 @@ namespace {
 const std::vector<std::string> kPositions = {"rope", "alibi", "none"};
 const std::vector<std::string> kRopeTypes = {"linear", "ntk",    "dynamic",
                                              "yarn",   "llama3", "longrope"};
-const std::vector<std::string> kMemoryTypes = {"rmt"};
+const std::vector<std::string> kMemoryTypes = {"rmt", "knn", "compressive"};
+const std::vector<std::string> kKnnIndexes = {"exact", "flat", "ivf", "hnsw"};
+const std::vector<std::string> kCompressions = {"mean", "conv"};
 const std::vector<std::string> kSyntheticGenerators = {"passkey", "recall"};
 const std::vector<std::string> kSyntheticLoss = {"answer", "all"};
 const std::vector<std::string> kTokenFileExtensions = {".h5", ".bin", ".txt"};
@@ -162,7 +175,11 @@ std::string describe(const YAML::Node& n) {
 // A path without its own entry reports its nearest recorded parent.
 class Origins {
  public:
-  explicit Origins(std::string file) : file_(std::move(file)) {}
+  explicit Origins(std::string file, ConfigUse use = ConfigUse::kTrain)
+      : file_(std::move(file)), use_(use) {}
+
+  // What the config is read for (data.train is optional for kNoTraining).
+  ConfigUse use() const { return use_; }
 
   void set_line(const std::string& path, const YAML::Mark& mark) {
     if (mark.line >= 0) lines_[path] = mark.line + 1;
@@ -193,6 +210,7 @@ class Origins {
   }
 
   std::string file_;
+  ConfigUse use_;
   std::map<std::string, int> lines_;
   std::map<std::string, std::string> overrides_;
 };
@@ -294,8 +312,12 @@ class MapReader {
   // `node` must be a mapping; absent or null means "all defaults". Unknown and
   // duplicate keys are rejected here, before any value is looked at, so a typo
   // is reported as a typo rather than as a missing value.
+  // `foreign`: keys valid in this mapping only under another setting (a key
+  // of another memory type), each with its message; they are reported with
+  // it instead of as a typo.
   MapReader(Origins& o, const YAML::Node& node, std::string path,
-            std::vector<std::string> keys)
+            std::vector<std::string> keys,
+            const std::map<std::string, std::string>& foreign = {})
       : o_(o), path_(std::move(path)), keys_(std::move(keys)) {
     if (!node.IsDefined() || node.IsNull()) return;
     if (!node.IsMap())
@@ -310,6 +332,7 @@ class MapReader {
       }
       o_.set_line(full, it->first.Mark());
       if (!contains(keys_, key)) {
+        if (auto f = foreign.find(key); f != foreign.end()) o_.fail(full, f->second);
         const std::string near = closest(key, keys_);
         o_.fail(full, "unknown key '" + full + "'; did you mean '" + dotted(path_, near) +
                           "'? (valid keys" + (path_.empty() ? "" : " in " + path_) + ": " +
@@ -398,61 +421,388 @@ class MapReader {
   std::map<std::string, YAML::Node> values_;
 };
 
-// ---- sections -----------------------------------------------------------------
+// ---- writing ---------------------------------------------------------------------
 
-RunConfig read_run(Origins& o, const YAML::Node& node) {
-  const MapReader r(o, node, "run", {"name", "dir", "seed"});
-  RunConfig c;
-  c.name = r.get_string("name", c.name);
-  // run.name names a directory under runs/: one path component.
-  if (c.name.empty() || c.name.find('/') != std::string::npos ||
-      c.name.find("..") != std::string::npos || c.name == ".")
-    o.fail("run.name", "run.name '" + c.name + "' must be a plain name (no '/', no '..', not "
-                       "empty); to put the run somewhere else, set run.dir");
-  c.dir = r.has("dir") ? r.get_string("dir", "") : "runs/" + c.name;
-  // Both given and pointing at different runs: run.dir wins. Say so, since
-  // a copied resolved config with a new run.name would otherwise append to
-  // the old run silently.
-  if (r.has("dir") && r.has("name") && c.dir != "runs/" + c.name &&
-      std::filesystem::path(c.dir).lexically_normal().filename() != c.name &&
-      std::filesystem::path(c.dir).lexically_normal().parent_path().filename() != c.name)
-    log_info("%s: run.dir (%s) and run.name (%s, default dir runs/%s) disagree: run.dir wins, "
-             "the run uses %s; drop run.dir to use runs/%s",
-             o.where("run.dir").c_str(), c.dir.c_str(), c.name.c_str(), c.name.c_str(),
-             c.dir.c_str(), c.name.c_str());
-  c.seed = r.get_uint64("seed", c.seed);
-  return c;
+// Thin layer over YAML::Emitter: one call per key.
+class YamlWriter {
+ public:
+  YamlWriter() { out_.SetNullFormat(YAML::LowerNull); }
+
+  void begin_map() { out_ << YAML::BeginMap; }
+  void begin_map(const char* key) { out_ << YAML::Key << key << YAML::Value << YAML::BeginMap; }
+  void end_map() { out_ << YAML::EndMap; }
+
+  void put(const char* key, bool v) { out_ << YAML::Key << key << YAML::Value << v; }
+  void put(const char* key, int v) { out_ << YAML::Key << key << YAML::Value << v; }
+  void put(const char* key, int64_t v) { out_ << YAML::Key << key << YAML::Value << v; }
+  void put(const char* key, uint64_t v) { out_ << YAML::Key << key << YAML::Value << v; }
+  void put(const char* key, double v) {
+    out_ << YAML::Key << key << YAML::Value << format_double(v);
+  }
+  void put(const char* key, const std::string& v) {
+    out_ << YAML::Key << key << YAML::Value << v;  // the emitter quotes "null", "a: b", ...
+  }
+  void put(const char* key, const char* v) { put(key, std::string(v)); }
+  void put_null(const char* key) { out_ << YAML::Key << key << YAML::Value << YAML::Null; }
+  template <class T>
+  void put(const char* key, const std::optional<T>& v) {
+    if (v)
+      put(key, *v);
+    else
+      put_null(key);
+  }
+  void put(const char* key, const std::vector<double>& v) {
+    std::vector<std::string> text;
+    for (double d : v) text.push_back(format_double(d));
+    put(key, text);
+  }
+  void put(const char* key, const std::vector<int>& v) {
+    out_ << YAML::Key << key << YAML::Value << YAML::Flow << v;
+  }
+  void put(const char* key, const std::vector<int64_t>& v) {
+    out_ << YAML::Key << key << YAML::Value << YAML::Flow << v;
+  }
+  void put(const char* key, const std::vector<std::string>& v) {
+    out_ << YAML::Key << key << YAML::Value << YAML::Flow << v;
+  }
+
+  std::string str() const { return std::string(out_.c_str()) + "\n"; }
+
+ private:
+  YAML::Emitter out_;
+};
+
+// ---- the schema: each key declared once, in a table per section ------------------
+// A section's table lists its fields in order: the order of the valid keys
+// (in messages), of reading (so, of which error comes first) and of the
+// written config. The table drives the MapReader's key list, the reading and
+// the writing; a struct's defaults are its member initialisers (a field is read
+// into a default-constructed struct, so an absent key keeps the default).
+// Rules across fields stay explicit code after the table's pass.
+template <class S>
+struct Field {
+  const char* key;
+  std::function<void(const MapReader&, S&)> read;    // empty: read by explicit code
+  std::function<void(YamlWriter&, const S&)> write;  // empty: not written
+  // Empty: always. Otherwise the values of the section's discriminator (an
+  // optimizer's or a memory's type) that the key belongs to: it is written
+  // only for those, and read only for those unless given (Section::read).
+  std::vector<std::string> only = {};
+  // A mapping-valued key: the keys inside it (for config_keys()).
+  std::function<std::vector<std::string>()> inner = {};
+  // A section that is always there (a heading in the docs, not a key).
+  bool heading = false;
+};
+
+template <class S>
+class Section;
+
+// `f` holds the mapping `sec` (its keys are listed under f's).
+template <class S, class T>
+Field<S> holding(const Section<T>& sec, Field<S> f) {
+  const Section<T>* t = &sec;
+  f.inner = [t] { return t->schema_keys(); };
+  return f;
 }
 
+// The key belongs to these values of the section's discriminator only.
+template <class S>
+Field<S> only(std::vector<std::string> values, Field<S> f) {
+  f.only = std::move(values);
+  return f;
+}
+
+template <class S>
+class Section {
+ public:
+  Section(std::initializer_list<Field<S>> fields) : fields_(fields) {}
+  // A section whose keys depend on the value of `discriminator` (a type).
+  Section(std::string S::*discriminator, std::initializer_list<Field<S>> fields)
+      : discriminator_(discriminator), fields_(fields) {}
+
+  // Every key of the section and, dotted, of the mappings inside it; a
+  // section that is always there is not listed itself (its keys are).
+  std::vector<std::string> schema_keys() const {
+    std::vector<std::string> out;
+    for (const auto& f : fields_) {
+      if (!f.heading) out.push_back(f.key);
+      if (f.inner)
+        for (const std::string& k : f.inner()) out.push_back(std::string(f.key) + "." + k);
+    }
+    return out;
+  }
+  // Every key of the section.
+  std::vector<std::string> keys() const {
+    std::vector<std::string> out;
+    for (const auto& f : fields_) out.push_back(f.key);
+    return out;
+  }
+  // The keys that apply to `s` (its discriminator decides them).
+  std::vector<std::string> keys_for(const S& s) const {
+    std::vector<std::string> out;
+    for (const auto& f : fields_)
+      if (applies(f, s)) out.push_back(f.key);
+    return out;
+  }
+  // The first key (in table order) given in `r` (`given(key)`) that does not
+  // apply to `s`, with the discriminator values it belongs to.
+  template <class Given>
+  std::optional<std::pair<std::string, std::vector<std::string>>> misplaced(const S& s,
+                                                                            Given given) const {
+    for (const auto& f : fields_)
+      if (!applies(f, s) && given(f.key)) return std::pair{std::string(f.key), f.only};
+    return std::nullopt;
+  }
+  // Each key that does not apply to `s`, with the values it belongs to.
+  std::map<std::string, std::vector<std::string>> owners_of_other_keys(const S& s) const {
+    std::map<std::string, std::vector<std::string>> out;
+    for (const auto& f : fields_)
+      if (!applies(f, s)) out[f.key] = f.only;
+    return out;
+  }
+  // A key that does not apply but is given anyway (what the section's own
+  // check lets through, e.g. a null) is still read, so its value is checked.
+  void read(const MapReader& r, S& s) const {
+    for (const auto& f : fields_)
+      if (f.read && (applies(f, s) || r.present(f.key))) f.read(r, s);
+  }
+  void write(YamlWriter& w, const S& s) const {
+    for (const auto& f : fields_)
+      if (f.write && applies(f, s)) f.write(w, s);
+  }
+  // A mapping `key:` holding the section.
+  void write(YamlWriter& w, const char* key, const S& s) const {
+    w.begin_map(key);
+    write(w, s);
+    w.end_map();
+  }
+
+ private:
+  bool applies(const Field<S>& f, const S& s) const {
+    return f.only.empty() || !discriminator_ || contains(f.only, s.*discriminator_);
+  }
+  std::string S::*discriminator_ = nullptr;
+  std::vector<Field<S>> fields_;
+};
+
+// Field makers, one per kind of value: the key, the member, the range.
+template <class S>
+Field<S> int_field(const char* key, int S::*m, int lo, int hi = INT_MAX) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_int32(key, s.*m, lo, hi); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+template <class S>
+Field<S> int64_field(const char* key, int64_t S::*m, int64_t lo, int64_t hi = kInt64Max) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_int(key, s.*m, lo, hi); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+template <class S>
+Field<S> uint64_field(const char* key, uint64_t S::*m) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_uint64(key, s.*m); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+template <class S>
+Field<S> double_field(const char* key, double S::*m, Bounds b) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_double(key, s.*m, b); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+// null (or absent) = std::nullopt.
+template <class S>
+Field<S> optional_double_field(const char* key, std::optional<double> S::*m, Bounds b) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_optional_double(key, b); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+// null (or absent) = std::nullopt.
+template <class S>
+Field<S> optional_int64_field(const char* key, std::optional<int64_t> S::*m, int64_t lo,
+                              int64_t hi = kInt64Max) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_optional_int(key, lo, hi); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+template <class S>
+Field<S> bool_field(const char* key, bool S::*m) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_bool(key, s.*m); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+template <class S>
+Field<S> enum_field(const char* key, std::string S::*m, const std::vector<std::string>& allowed) {
+  const std::vector<std::string>* a = &allowed;
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_enum(key, s.*m, *a); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+template <class S>
+Field<S> string_field(const char* key, std::string S::*m) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_string(key, s.*m); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+// A path, or null (= empty: none).
+template <class S>
+Field<S> path_or_null_field(const char* key, std::string S::*m) {
+  return {key,
+          [=](const MapReader& r, S& s) { s.*m = r.has(key) ? r.get_string(key, "") : ""; },
+          [=](YamlWriter& w, const S& s) {
+            if ((s.*m).empty())
+              w.put_null(key);
+            else
+              w.put(key, s.*m);
+          }};
+}
+template <class S>
+Field<S> int64_list_field(const char* key, std::vector<int64_t> S::*m, int64_t lo) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_int_list(key, s.*m, lo); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+template <class S>
+Field<S> double_list_field(const char* key, std::vector<double> S::*m, Bounds b) {
+  return {key, [=](const MapReader& r, S& s) { s.*m = r.get_double_list(key, s.*m, b); },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+template <class S>
+Field<S> enum_list_field(const char* key, std::vector<std::string> S::*m,
+                         const std::vector<std::string>& allowed) {
+  const std::vector<std::string>* a = &allowed;
+  return {key,
+          [=](const MapReader& r, S& s) {
+            s.*m = r.get_list<std::string>(key, s.*m,
+                                           [&](const YAML::Node& n, const std::string& p) {
+                                             return to_enum(r.origins(), n, p, *a);
+                                           });
+          },
+          [=](YamlWriter& w, const S& s) { w.put(key, s.*m); }};
+}
+// An optional sub-mapping (null or absent: none), read and written by its own
+// section.
+template <class S, class T>
+Field<S> optional_section_field(const char* key, std::optional<T> S::*m, const Section<T>& sec) {
+  const Section<T>* t = &sec;
+  return holding(sec, Field<S>{key,
+          [=](const MapReader& r, S& s) {
+            if (!r.has(key)) return;
+            const MapReader sub(r.origins(), r.at(key), r.path_of(key), t->keys());
+            T v;
+            t->read(sub, v);
+            s.*m = v;
+          },
+          [=](YamlWriter& w, const S& s) {
+            if (s.*m)
+              t->write(w, key, *(s.*m));
+            else
+              w.put_null(key);
+          }});
+}
+// A sub-mapping that is always there (absent or null: all defaults).
+template <class S, class T>
+Field<S> section_field(const char* key, T S::*m, const Section<T>& sec) {
+  const Section<T>* t = &sec;
+  Field<S> f = holding(sec, Field<S>{key,
+                                     [=](const MapReader& r, S& s) {
+                                       const MapReader sub(r.origins(), r.at(key),
+                                                           r.path_of(key), t->keys());
+                                       t->read(sub, s.*m);
+                                     },
+                                     [=](YamlWriter& w, const S& s) { t->write(w, key, s.*m); }});
+  f.heading = true;
+  return f;
+}
+
+// `f`, not read when `skip(r)` (it keeps its default).
+template <class S>
+Field<S> read_unless(bool (*skip)(const MapReader&), Field<S> f) {
+  f.read = [skip, read = f.read](const MapReader& r, S& s) {
+    if (!skip(r)) read(r, s);
+  };
+  return f;
+}
+
+// A section read from its mapping (absent or null: all defaults).
+template <class S>
+S read_section(Origins& o, const YAML::Node& node, const std::string& path,
+               const Section<S>& sec) {
+  const MapReader r(o, node, path, sec.keys());
+  S s;
+  sec.read(r, s);
+  return s;
+}
+
+// ---- sections -----------------------------------------------------------------
+
+const Section<RunConfig> kRunSection = {
+    {"name",
+     [](const MapReader& r, RunConfig& c) {
+       c.name = r.get_string("name", c.name);
+       // run.name names a directory under runs/: one path component.
+       if (c.name.empty() || c.name.find('/') != std::string::npos ||
+           c.name.find("..") != std::string::npos || c.name == ".")
+         r.fail("name", "run.name '" + c.name +
+                            "' must be a plain name (no '/', no '..', not "
+                            "empty); to put the run somewhere else, set run.dir");
+     },
+     [](YamlWriter& w, const RunConfig& c) { w.put("name", c.name); }},
+    {"dir",
+     [](const MapReader& r, RunConfig& c) {
+       c.dir = r.has("dir") ? r.get_string("dir", "") : "runs/" + c.name;
+       // Both given and pointing at different runs: run.dir wins. Say so, since
+       // a copied resolved config with a new run.name would otherwise append to
+       // the old run silently.
+       if (r.has("dir") && r.has("name") && c.dir != "runs/" + c.name &&
+           std::filesystem::path(c.dir).lexically_normal().filename() != c.name &&
+           std::filesystem::path(c.dir).lexically_normal().parent_path().filename() != c.name)
+         log_info("%s: run.dir (%s) and run.name (%s, default dir runs/%s) disagree: run.dir "
+                  "wins, the run uses %s; drop run.dir to use runs/%s",
+                  r.origins().where("run.dir").c_str(), c.dir.c_str(), c.name.c_str(),
+                  c.name.c_str(), c.dir.c_str(), c.name.c_str());
+     },
+     [](YamlWriter& w, const RunConfig& c) {
+       // Only a run.dir other than the default runs/<name>: a copy of this config
+       // renamed with run.name must start a new run, not resume this one.
+       if (c.dir != "runs/" + c.name) w.put("dir", c.dir);
+     }},
+    uint64_field("seed", &RunConfig::seed),
+};
+
+const Section<RopeScalingConfig> kRopeScalingSection = {
+    {"rope_type",
+     [](const MapReader& r, RopeScalingConfig& c) {
+       if (!r.present("rope_type") && !r.present("type"))
+         r.fail("rope_type", r.path_of("rope_type") + " is required: one of " +
+                                 join(kRopeTypes, " | ") + ", e.g. {rope_type: yarn, factor: 4}");
+       const std::string key = r.present("rope_type") ? "rope_type" : "type";
+       c.rope_type = r.get_enum(key, c.rope_type, kRopeTypes);
+       if (r.present("rope_type") && r.present("type") &&
+           r.get_enum("type", c.rope_type, kRopeTypes) != c.rope_type)
+         r.fail("type", r.path_of("type") + "(" + r.at("type").Scalar() + ") contradicts " +
+                            r.path_of("rope_type") + "(" + c.rope_type + "); keep only rope_type");
+     },
+     [](YamlWriter& w, const RopeScalingConfig& c) { w.put("rope_type", c.rope_type); }},
+    // HF's legacy spelling of `rope_type`: read with it, never written.
+    {"type", {}, {}},
+    {"factor",
+     [](const MapReader& r, RopeScalingConfig& c) {
+       c.factor =
+           r.get_double("factor", c.factor, c.rope_type == "longrope" ? above(0) : at_least(1));
+     },
+     [](YamlWriter& w, const RopeScalingConfig& c) { w.put("factor", c.factor); }},
+    // Resolved to model.max_position_embeddings when absent (read_rope_scaling).
+    optional_int64_field("original_max_position_embeddings",
+                         &RopeScalingConfig::original_max_position_embeddings, 1, kIntMax),
+    double_field("beta_fast", &RopeScalingConfig::beta_fast, above(0)),
+    double_field("beta_slow", &RopeScalingConfig::beta_slow, above(0)),
+    optional_double_field("mscale", &RopeScalingConfig::mscale, above(0)),
+    optional_double_field("mscale_all_dim", &RopeScalingConfig::mscale_all_dim, above(0)),
+    optional_double_field("attention_factor", &RopeScalingConfig::attention_factor, above(0)),
+    double_field("low_freq_factor", &RopeScalingConfig::low_freq_factor, above(0)),
+    double_field("high_freq_factor", &RopeScalingConfig::high_freq_factor, above(0)),
+    double_list_field("short_factor", &RopeScalingConfig::short_factor, above(0)),
+    double_list_field("long_factor", &RopeScalingConfig::long_factor, above(0)),
+};
+
 RopeScalingConfig read_rope_scaling(const MapReader& parent, int max_position_embeddings) {
-  // `type` is HF's legacy spelling of `rope_type`.
   const MapReader r(parent.origins(), parent.at("rope_scaling"), parent.path_of("rope_scaling"),
-                    {"rope_type", "type", "factor", "original_max_position_embeddings",
-                     "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
-                     "low_freq_factor", "high_freq_factor", "short_factor", "long_factor"});
+                    kRopeScalingSection.keys());
   RopeScalingConfig c;
-  if (!r.present("rope_type") && !r.present("type"))
-    r.fail("rope_type", r.path_of("rope_type") + " is required: one of " +
-                            join(kRopeTypes, " | ") + ", e.g. {rope_type: yarn, factor: 4}");
-  const std::string key = r.present("rope_type") ? "rope_type" : "type";
-  c.rope_type = r.get_enum(key, c.rope_type, kRopeTypes);
-  if (r.present("rope_type") && r.present("type") &&
-      r.get_enum("type", c.rope_type, kRopeTypes) != c.rope_type)
-    r.fail("type", r.path_of("type") + "(" + r.at("type").Scalar() + ") contradicts " +
-                       r.path_of("rope_type") + "(" + c.rope_type + "); keep only rope_type");
-  c.factor = r.get_double("factor", c.factor, c.rope_type == "longrope" ? above(0) : at_least(1));
-  c.original_max_position_embeddings =
-      r.get_optional_int("original_max_position_embeddings", 1, kIntMax)
-          .value_or(max_position_embeddings);
-  c.beta_fast = r.get_double("beta_fast", c.beta_fast, above(0));
-  c.beta_slow = r.get_double("beta_slow", c.beta_slow, above(0));
-  c.mscale = r.get_optional_double("mscale", above(0));
-  c.mscale_all_dim = r.get_optional_double("mscale_all_dim", above(0));
-  c.attention_factor = r.get_optional_double("attention_factor", above(0));
-  c.low_freq_factor = r.get_double("low_freq_factor", c.low_freq_factor, above(0));
-  c.high_freq_factor = r.get_double("high_freq_factor", c.high_freq_factor, above(0));
-  c.short_factor = r.get_double_list("short_factor", {}, above(0));
-  c.long_factor = r.get_double_list("long_factor", {}, above(0));
+  kRopeScalingSection.read(r, c);
+  if (!c.original_max_position_embeddings)
+    c.original_max_position_embeddings = max_position_embeddings;
   if (c.rope_type == "llama3" && !(c.high_freq_factor > c.low_freq_factor))
     r.fail("high_freq_factor", r.path_of("high_freq_factor") + "(" +
                                    shortest_double(c.high_freq_factor) + ") must be > " +
@@ -461,48 +811,181 @@ RopeScalingConfig read_rope_scaling(const MapReader& parent, int max_position_em
   return c;
 }
 
-MemoryConfig read_memory(const MapReader& parent) {
-  const MapReader r(parent.origins(), parent.at("memory"), parent.path_of("memory"),
-                    {"type", "num_tokens", "segment_length", "bptt_segments"});
+// The keys of each memory type (docs/memory.md): `only` names the types of a
+// key; a key of another type is an error that names its type. model.memory.layers
+// needs model.num_hidden_layers and is read by read_memory.
+const Section<MemoryConfig> kMemorySection = {
+    &MemoryConfig::type,
+    {
+        enum_field("type", &MemoryConfig::type, kMemoryTypes),
+        only({"rmt"}, int_field("num_tokens", &MemoryConfig::num_tokens, 1)),
+        int_field("segment_length", &MemoryConfig::segment_length, 1),
+        only({"rmt"}, int_field("bptt_segments", &MemoryConfig::bptt_segments, -1)),
+        only({"knn", "compressive"},
+             Field<MemoryConfig>{"layers", {},
+                                 [](YamlWriter& w, const MemoryConfig& c) {
+                                   w.put("layers", c.layers);
+                                 }}),
+        only({"knn"}, int_field("memory_size", &MemoryConfig::memory_size, 1)),
+        only({"knn"}, int_field("top_k", &MemoryConfig::top_k, 1)),
+        only({"knn"}, enum_field("index", &MemoryConfig::index, kKnnIndexes)),
+        only({"compressive"}, int_field("memory_segments", &MemoryConfig::memory_segments, 0)),
+        only({"compressive"}, int_field("rate", &MemoryConfig::rate, 2)),
+        only({"compressive"}, int_field("levels", &MemoryConfig::levels, 1)),
+        only({"compressive"}, int_field("compressed_size", &MemoryConfig::compressed_size, 1)),
+        only({"compressive"}, enum_field("compression", &MemoryConfig::compression, kCompressions)),
+    }};
+
+// The default memory layer of knn and compressive: one layer at (3L-1)/4.
+int default_memory_layer(int num_hidden_layers) { return (3 * num_hidden_layers - 1) / 4; }
+
+// model.memory.layers: distinct 0-based layer indices below num_hidden_layers;
+// absent, null or [] resolves to the default layer.
+std::vector<int> read_memory_layers(const MapReader& r, int num_hidden_layers) {
+  const int L = num_hidden_layers;
+  const std::vector<int> layers = r.has("layers")
+      ? r.get_list<int>("layers", {},
+                        [&](const YAML::Node& n, const std::string& p) {
+                          const int64_t v = to_int(r.origins(), n, p, INT_MIN, INT_MAX);
+                          if (v < 0 || v >= L)
+                            r.origins().fail(p, p + ": must be in [0, " + std::to_string(L - 1) +
+                                                    "] (a 0-based layer index below "
+                                                    "model.num_hidden_layers(" +
+                                                    std::to_string(L) + ")), got " + n.Scalar());
+                          return static_cast<int>(v);
+                        })
+      : std::vector<int>{};
+  for (size_t i = 0; i < layers.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (layers[i] == layers[j]) {
+        const std::string p = r.path_of("layers") + "[" + std::to_string(i) + "]";
+        r.origins().fail(p, p + ": layer " + std::to_string(layers[i]) +
+                                " is listed twice (also at [" + std::to_string(j) +
+                                "]); list each layer once");
+      }
+  if (layers.empty()) return {default_memory_layer(L)};
+  return layers;
+}
+
+MemoryConfig read_memory(const MapReader& parent, int num_hidden_layers) {
+  Origins& o = parent.origins();
+  const std::string path = parent.path_of("memory");
+  const YAML::Node node = parent.at("memory");
   MemoryConfig c;
-  c.type = r.get_enum("type", c.type, kMemoryTypes);
-  c.num_tokens = r.get_int32("num_tokens", c.num_tokens, 1);
-  c.segment_length = r.get_int32("segment_length", c.segment_length, 1);
-  c.bptt_segments = r.get_int32("bptt_segments", c.bptt_segments, -1);
+  // The type first: it decides which keys are valid.
+  if (node.IsMap())
+    for (auto it = node.begin(); it != node.end(); ++it)
+      if (it->first.IsScalar() && it->first.Scalar() == "type") {
+        o.set_line(dotted(path, "type"), it->first.Mark());
+        c.type = to_enum(o, it->second, dotted(path, "type"), kMemoryTypes);
+        break;
+      }
+  const std::vector<std::string> keys = kMemorySection.keys_for(c);
+  std::map<std::string, std::string> foreign;
+  for (const auto& [k, types] : kMemorySection.owners_of_other_keys(c))
+    foreign[k] = dotted(path, k) + " is a " + join(types, " and ") + " key; this memory is " +
+                 c.type + " (set " + dotted(path, "type") + ": " + types.front() +
+                 ", or remove " + k + "; " + c.type + " keys: " + join(keys, ", ") + ")";
+  const MapReader r(o, node, path, keys, foreign);
+  kMemorySection.read(r, c);
+  if (c.type == "rmt") return c;
+  c.layers = read_memory_layers(r, num_hidden_layers);
+  if (c.type == "knn") {
+    if (c.top_k > c.memory_size)
+      r.fail("top_k", r.path_of("top_k") + "(" + std::to_string(c.top_k) +
+                          ") is larger than the store: " + r.path_of("memory_size") + "(" +
+                          std::to_string(c.memory_size) +
+                          ") rows; lower top_k or raise memory_size");
+    return c;
+  }
+  // compressive: rate^levels, stopping once it exceeds segment_length (no overflow).
+  const std::string S = std::to_string(c.segment_length);
+  int64_t chunk = 1;
+  for (int i = 0; i < c.levels && chunk <= c.segment_length; ++i) chunk *= c.rate;
+  if (chunk > c.segment_length || c.segment_length % chunk != 0) {
+    const std::string pow = std::to_string(c.rate) + "^" + std::to_string(c.levels);
+    const std::string value = chunk > c.segment_length ? "more than " + S : std::to_string(chunk);
+    r.fail("segment_length",
+           r.path_of("segment_length") + "(" + S + ") is not a multiple of rate^levels = " + pow +
+               " = " + value + ": every level compresses by " + r.path_of("rate") +
+               "; change segment_length to a multiple of " + pow + ", or lower rate or levels");
+  }
+  const int per_level = c.compressed_size / c.levels;
+  const std::string L = std::to_string(c.levels), C = std::to_string(c.compressed_size);
+  if (c.compressed_size % c.levels != 0)
+    r.fail("compressed_size", r.path_of("compressed_size") + "(" + C +
+                                  ") is not a multiple of " + r.path_of("levels") + "(" + L +
+                                  "): every level holds compressed_size / levels slots");
+  const int segment_slots = c.segment_length / c.rate;
+  if (per_level < segment_slots)
+    r.fail("compressed_size",
+           r.path_of("compressed_size") + "(" + C + ") / levels(" + L + ") = " +
+               std::to_string(per_level) + " slots per level is fewer than segment_length(" + S +
+               ") / rate(" + std::to_string(c.rate) + ") = " + std::to_string(segment_slots) +
+               ", the slots of one compressed segment; raise compressed_size to at least " +
+               std::to_string(static_cast<int64_t>(segment_slots) * c.levels));
   return c;
 }
 
+const Section<ModelConfig> kModelSection = {
+    int_field("vocab_size", &ModelConfig::vocab_size, 2),
+    int_field("hidden_size", &ModelConfig::hidden_size, 1),
+    int_field("intermediate_size", &ModelConfig::intermediate_size, 1),
+    int_field("num_hidden_layers", &ModelConfig::num_hidden_layers, 1),
+    int_field("num_attention_heads", &ModelConfig::num_attention_heads, 1),
+    {"num_key_value_heads",
+     [](const MapReader& r, ModelConfig& m) {  // null: num_attention_heads
+       m.num_key_value_heads = static_cast<int>(
+           r.get_optional_int("num_key_value_heads", 1, kIntMax).value_or(m.num_attention_heads));
+     },
+     [](YamlWriter& w, const ModelConfig& m) {
+       w.put("num_key_value_heads", m.num_key_value_heads);
+     }},
+    {"head_dim",
+     [](const MapReader& r, ModelConfig& m) {  // null: 0 here, resolved by read_model
+       m.head_dim = static_cast<int>(r.get_optional_int("head_dim", 1, kIntMax).value_or(0));
+     },
+     [](YamlWriter& w, const ModelConfig& m) { w.put("head_dim", m.head_dim); }},
+    double_field("rms_norm_eps", &ModelConfig::rms_norm_eps, above(0)),
+    bool_field("tie_word_embeddings", &ModelConfig::tie_word_embeddings),
+    int_field("max_position_embeddings", &ModelConfig::max_position_embeddings, 1),
+    enum_field("position", &ModelConfig::position, kPositions),
+    double_field("rope_theta", &ModelConfig::rope_theta, above(0)),
+    holding(kRopeScalingSection, Field<ModelConfig>{"rope_scaling",
+     [](const MapReader& r, ModelConfig& m) {
+       // HF configs write {rope_type: default} (or type: default) for "no scaling".
+       const YAML::Node rs_node = r.at("rope_scaling");
+       auto is_default = [&](const char* key) {
+         const YAML::Node v = rs_node[key];
+         return v.IsDefined() && v.IsScalar() && v.Scalar() == "default";
+       };
+       const bool rs_default = rs_node.IsMap() && (is_default("rope_type") || is_default("type"));
+       if (r.has("rope_scaling") && !rs_default)
+         m.rope_scaling = read_rope_scaling(r, m.max_position_embeddings);
+     },
+     [](YamlWriter& w, const ModelConfig& m) {
+       if (m.rope_scaling)
+         kRopeScalingSection.write(w, "rope_scaling", *m.rope_scaling);
+       else
+         w.put_null("rope_scaling");
+     }}),
+    holding(kMemorySection, Field<ModelConfig>{"memory",
+     [](const MapReader& r, ModelConfig& m) {
+       if (r.has("memory")) m.memory = read_memory(r, m.num_hidden_layers);
+     },
+     [](YamlWriter& w, const ModelConfig& m) {
+       if (m.memory)  // each type writes exactly its own keys
+         kMemorySection.write(w, "memory", *m.memory);
+       else
+         w.put_null("memory");
+     }}),
+    double_field("init_std", &ModelConfig::init_std, above(0)),
+};
+
 ModelConfig read_model(Origins& o, const YAML::Node& node) {
-  const MapReader r(o, node, "model",
-                    {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
-                     "tie_word_embeddings", "max_position_embeddings", "position", "rope_theta",
-                     "rope_scaling", "memory", "init_std"});
-  ModelConfig m;
-  m.vocab_size = r.get_int32("vocab_size", m.vocab_size, 2);
-  m.hidden_size = r.get_int32("hidden_size", m.hidden_size, 1);
-  m.intermediate_size = r.get_int32("intermediate_size", m.intermediate_size, 1);
-  m.num_hidden_layers = r.get_int32("num_hidden_layers", m.num_hidden_layers, 1);
-  m.num_attention_heads = r.get_int32("num_attention_heads", m.num_attention_heads, 1);
-  m.num_key_value_heads = static_cast<int>(
-      r.get_optional_int("num_key_value_heads", 1, kIntMax).value_or(m.num_attention_heads));
-  const std::optional<int64_t> head_dim = r.get_optional_int("head_dim", 1, kIntMax);
-  m.rms_norm_eps = r.get_double("rms_norm_eps", m.rms_norm_eps, above(0));
-  m.tie_word_embeddings = r.get_bool("tie_word_embeddings", m.tie_word_embeddings);
-  m.max_position_embeddings = r.get_int32("max_position_embeddings", m.max_position_embeddings, 1);
-  m.position = r.get_enum("position", m.position, kPositions);
-  m.rope_theta = r.get_double("rope_theta", m.rope_theta, above(0));
-  // HF configs write {rope_type: default} (or type: default) for "no scaling".
-  const YAML::Node rs_node = r.at("rope_scaling");
-  auto is_default = [&](const char* key) {
-    const YAML::Node v = rs_node[key];
-    return v.IsDefined() && v.IsScalar() && v.Scalar() == "default";
-  };
-  const bool rs_default = rs_node.IsMap() && (is_default("rope_type") || is_default("type"));
-  if (r.has("rope_scaling") && !rs_default)
-    m.rope_scaling = read_rope_scaling(r, m.max_position_embeddings);
-  if (r.has("memory")) m.memory = read_memory(r);
-  m.init_std = r.get_double("init_std", m.init_std, above(0));
+  ModelConfig m = read_section(o, node, "model", kModelSection);
+  const std::optional<int64_t> head_dim =
+      m.head_dim > 0 ? std::optional<int64_t>(m.head_dim) : std::nullopt;
 
   // Cross-field checks inside the model, every factor named.
   const int H = m.num_attention_heads, G = m.num_key_value_heads;
@@ -548,6 +1031,32 @@ ModelConfig read_model(Origins& o, const YAML::Node& node) {
   return m;
 }
 
+// A synthetic source (the mapping form of a data source).
+const Section<DataSourceConfig> kSyntheticSourceSection = {
+    &DataSourceConfig::synthetic,
+    {
+        {"synthetic",
+         [](const MapReader& r, DataSourceConfig& c) {
+           if (!r.present("synthetic"))
+             r.fail("synthetic", r.path_of("synthetic") +
+                                     " is required in a synthetic source: one of " +
+                                     join(kSyntheticGenerators, " | "));
+           c.synthetic = r.get_enum("synthetic", "", kSyntheticGenerators);
+           // Options of one generator only: naming them for the other is an error.
+           if (const auto m = kSyntheticSourceSection.misplaced(
+                   c, [&](const std::string& key) { return r.has(key); }))
+             r.fail(m->first, r.path_of(m->first) + " applies to synthetic: " +
+                                  m->second.front() + " only (this source is " + c.synthetic +
+                                  ")");
+         },
+         [](YamlWriter& w, const DataSourceConfig& c) { w.put("synthetic", c.synthetic); }},
+        enum_field("loss", &DataSourceConfig::loss, kSyntheticLoss),
+        int64_field("num_sequences", &DataSourceConfig::num_sequences, 1),
+        only({"passkey"}, optional_double_field("depth", &DataSourceConfig::depth, closed(0, 1))),
+        only({"recall"}, int64_field("pairs", &DataSourceConfig::pairs, 1, kRecallMaxPairs)),
+        int64_field("seed_offset", &DataSourceConfig::seed_offset, kInt64Min),
+    }};
+
 DataSourceConfig read_data_source(const MapReader& parent, const std::string& key,
                                   int64_t default_seed_offset) {
   Origins& o = parent.origins();
@@ -572,162 +1081,157 @@ DataSourceConfig read_data_source(const MapReader& parent, const std::string& ke
     o.fail(path, path + ": expected a token file path (" + join(kTokenFileExtensions, " | ") +
                      ") or a mapping {synthetic: " + join(kSyntheticGenerators, " | ") +
                      ", ...}, got " + describe(node));
-  const MapReader r(o, node, path,
-                    {"synthetic", "loss", "num_sequences", "depth", "pairs", "seed_offset"});
-  if (!r.present("synthetic"))
-    r.fail("synthetic", r.path_of("synthetic") + " is required in a synthetic source: one of " +
-                            join(kSyntheticGenerators, " | "));
-  c.synthetic = r.get_enum("synthetic", "", kSyntheticGenerators);
-  // Options of one generator only: naming them for the other is an error.
-  const std::pair<const char*, const char*> own_options[] = {{"depth", "passkey"},
-                                                             {"pairs", "recall"}};
-  for (const auto& [option, generator] : own_options)
-    if (r.has(option) && c.synthetic != generator)
-      r.fail(option, r.path_of(option) + " applies to synthetic: " + generator +
-                         " only (this source is " + c.synthetic + ")");
-  c.loss = r.get_enum("loss", c.loss, kSyntheticLoss);
-  c.num_sequences = r.get_int("num_sequences", c.num_sequences, 1);
-  c.depth = r.get_optional_double("depth", closed(0, 1));
-  c.pairs = r.get_int("pairs", c.pairs, 1, kRecallMaxPairs);
-  c.seed_offset = r.get_int("seed_offset", c.seed_offset, kInt64Min);
+  kSyntheticSourceSection.read(MapReader(o, node, path, kSyntheticSourceSection.keys()), c);
   return c;
 }
 
-DataConfig read_data(Origins& o, const YAML::Node& node, ConfigUse use) {
-  const MapReader r(o, node, "data", {"train", "val", "shuffle", "tokenizer"});
-  DataConfig c;
-  if (!r.has("train") && use == ConfigUse::kNoTraining) {
-    if (r.has("val")) c.val = read_data_source(r, "val", 1);
-    c.shuffle = r.get_bool("shuffle", c.shuffle);
-    return c;
+void write_data_source(YamlWriter& w, const char* key, const DataSourceConfig& s) {
+  if (!has_data(s)) {
+    w.put_null(key);  // a kNoTraining config without data
+    return;
   }
-  if (!r.has("train"))
-    r.fail("train", "data.train is required: write `data: {train: path/to/tokens.h5}` (" +
-                        join(kTokenFileExtensions, " | ") +
-                        ") or `data: {train: {synthetic: passkey}}` (or recall)");
-  c.train = read_data_source(r, "train", 0);
-  if (r.has("val")) c.val = read_data_source(r, "val", 1);
-  c.shuffle = r.get_bool("shuffle", c.shuffle);
-  c.tokenizer = r.has("tokenizer") ? r.get_string("tokenizer", "") : "";
-  return c;
-}
-
-OptimizerConfig read_optimizer(const MapReader& parent) {
-  const MapReader r(parent.origins(), parent.at("optimizer"), parent.path_of("optimizer"),
-                    {"type", "lr", "betas", "eps", "momentum", "weight_decay", "no_decay"});
-  OptimizerConfig c;
-  c.type = r.get_enum("type", c.type, kOptimizers);
-  // Keys of one optimizer only: naming them for the other is an error.
-  const std::pair<const char*, const char*> own_keys[] = {
-      {"betas", "adamw"}, {"eps", "adamw"}, {"momentum", "sgd"}};
-  for (const auto& [key, type] : own_keys)
-    if (r.present(key) && c.type != type)
-      r.fail(key, r.path_of(key) + " applies to type: " + type + " only (this optimizer is " +
-                      c.type + ")");
-  c.lr = r.get_double("lr", c.lr, above(0));
-  c.momentum = r.get_double("momentum", c.momentum, half_open(0, 1));
-  if (c.type == "sgd") c.weight_decay = 0.0;  // torch.optim.SGD's default
-  const std::vector<double> betas = r.get_double_list("betas", {c.beta1, c.beta2}, half_open(0, 1));
-  if (betas.size() != 2)
-    r.fail("betas", r.path_of("betas") + ": expected a list of 2 numbers [beta1, beta2], got " +
-                        std::to_string(betas.size()) + " entries");
-  c.beta1 = betas[0];
-  c.beta2 = betas[1];
-  c.eps = r.get_double("eps", c.eps, above(0));
-  c.weight_decay = r.get_double("weight_decay", c.weight_decay, at_least(0));
-  c.no_decay = r.get_list<std::string>(
-      "no_decay", c.no_decay, [&](const YAML::Node& n, const std::string& p) {
-        return to_enum(r.origins(), n, p, kNoDecayGroups);
-      });
-  return c;
-}
-
-ScheduleConfig read_schedule(const MapReader& parent) {
-  const MapReader r(parent.origins(), parent.at("schedule"), parent.path_of("schedule"),
-                    {"type", "warmup_steps", "min_lr"});
-  ScheduleConfig c;
-  c.type = r.get_enum("type", c.type, kSchedules);
-  c.warmup_steps = r.get_int("warmup_steps", c.warmup_steps, 0);
-  c.min_lr = r.get_double("min_lr", c.min_lr, at_least(0));
-  return c;
-}
-
-TrainConfig read_train(Origins& o, const YAML::Node& node) {
-  const MapReader r(o, node, "train",
-                    {"seq_len", "micro_batch_size", "global_batch_size", "max_steps", "optimizer",
-                     "schedule", "grad_clip", "precision", "activation_checkpointing",
-                     "nonfinite_tolerance"});
-  TrainConfig c;
-  c.seq_len = r.get_int("seq_len", c.seq_len, 2);
-  c.micro_batch_size = r.get_int32("micro_batch_size", c.micro_batch_size, 1);
-  c.global_batch_size = r.get_int32("global_batch_size", c.global_batch_size, 1);
-  c.max_steps = r.get_int("max_steps", c.max_steps, 0);
-  c.optimizer = read_optimizer(r);
-  c.schedule = read_schedule(r);
-  c.grad_clip = r.get_double("grad_clip", c.grad_clip, at_least(0));
-  c.precision = r.get_enum("precision", c.precision, kPrecisions);
-  c.activation_checkpointing = r.get_bool("activation_checkpointing", c.activation_checkpointing);
-  c.nonfinite_tolerance = r.get_int32("nonfinite_tolerance", c.nonfinite_tolerance, 0);
-  return c;
-}
-
-ParallelConfig read_parallel(Origins& o, const YAML::Node& node) {
-  const MapReader r(o, node, "parallel",
-                    {"context_parallel", "data_parallel", "ring_layout", "device",
-                     "shard_optimizer", "bucket_mb", "overlap_grad_reduce"});
-  ParallelConfig c;
-  c.context_parallel = r.get_int32("context_parallel", c.context_parallel, 1);
-  const YAML::Node dp = r.at("data_parallel");
-  if (r.has("data_parallel") && !(dp.IsScalar() && dp.Scalar() == "auto")) {
-    int64_t v = 0;
-    if (!dp.IsScalar() || !parse_number(dp.Scalar(), v) || v < 1 || v > kIntMax)
-      r.fail("data_parallel", "parallel.data_parallel: expected an integer >= 1 or auto, got " +
-                                  describe(dp));
-    c.data_parallel = static_cast<int>(v);
+  if (!s.is_synthetic()) {
+    w.put(key, s.path);
+    return;
   }
-  c.ring_layout = r.get_enum("ring_layout", c.ring_layout, kRingLayouts);
-  c.device = r.get_enum("device", c.device, kDevices);
-  c.shard_optimizer = r.get_enum("shard_optimizer", c.shard_optimizer, kShardOptimizer);
-  c.bucket_mb = r.get_double("bucket_mb", c.bucket_mb, above(0));
-  c.overlap_grad_reduce = r.get_bool("overlap_grad_reduce", c.overlap_grad_reduce);
-  return c;
+  kSyntheticSourceSection.write(w, key, s);
 }
 
-CheckpointConfig read_checkpoint(Origins& o, const YAML::Node& node) {
-  const MapReader r(o, node, "checkpoint", {"every_steps", "keep_last", "init_from"});
-  CheckpointConfig c;
-  c.every_steps = r.get_int("every_steps", c.every_steps, 0);
-  c.keep_last = r.get_int32("keep_last", c.keep_last, 1);
-  c.init_from = r.has("init_from") ? r.get_string("init_from", "") : "";
-  return c;
+// kNoTraining without data.train: only val and shuffle are read.
+bool no_training_data(const MapReader& r) {
+  return !r.has("train") && r.origins().use() == ConfigUse::kNoTraining;
 }
 
-PasskeyEvalConfig read_passkey_eval(const MapReader& parent) {
-  const MapReader r(parent.origins(), parent.at("passkey"), parent.path_of("passkey"),
-                    {"seq_lens", "depths", "trials"});
-  PasskeyEvalConfig c;
-  c.seq_lens = r.get_int_list("seq_lens", c.seq_lens, 2);
-  c.depths = r.get_double_list("depths", c.depths, closed(0, 1));
-  c.trials = r.get_int32("trials", c.trials, 1);
-  return c;
-}
+const Section<DataConfig> kDataSection = {
+    holding(kSyntheticSourceSection, Field<DataConfig>{"train",
+     [](const MapReader& r, DataConfig& c) {
+       if (no_training_data(r)) return;
+       if (!r.has("train"))
+         r.fail("train", "data.train is required: write `data: {train: path/to/tokens.h5}` (" +
+                             join(kTokenFileExtensions, " | ") +
+                             ") or `data: {train: {synthetic: passkey}}` (or recall)");
+       c.train = read_data_source(r, "train", 0);
+     },
+     [](YamlWriter& w, const DataConfig& c) { write_data_source(w, "train", c.train); }}),
+    holding(kSyntheticSourceSection, Field<DataConfig>{"val",
+     [](const MapReader& r, DataConfig& c) {
+       if (r.has("val")) c.val = read_data_source(r, "val", 1);
+     },
+     [](YamlWriter& w, const DataConfig& c) {
+       if (c.val)
+         write_data_source(w, "val", *c.val);
+       else
+         w.put_null("val");
+     }}),
+    bool_field("shuffle", &DataConfig::shuffle),
+    read_unless(no_training_data, path_or_null_field("tokenizer", &DataConfig::tokenizer)),
+};
 
-EvalConfig read_eval(Origins& o, const YAML::Node& node) {
-  const MapReader r(o, node, "eval", {"every_steps", "seq_lens", "passkey", "max_sequences"});
-  EvalConfig c;
-  c.every_steps = r.get_int("every_steps", c.every_steps, 0);
-  c.seq_lens = r.get_int_list("seq_lens", c.seq_lens, 2);
-  if (r.has("passkey")) c.passkey = read_passkey_eval(r);
-  c.max_sequences = r.get_int("max_sequences", c.max_sequences, 1);
-  return c;
-}
+const Section<OptimizerConfig> kOptimizerSection = {
+    &OptimizerConfig::type,
+    {
+        {"type",
+         [](const MapReader& r, OptimizerConfig& c) {
+           c.type = r.get_enum("type", c.type, kOptimizers);
+           // Keys of one optimizer only: naming them for the other is an error.
+           if (const auto m = kOptimizerSection.misplaced(
+                   c, [&](const std::string& key) { return r.present(key); }))
+             r.fail(m->first, r.path_of(m->first) + " applies to type: " + m->second.front() +
+                                  " only (this optimizer is " + c.type + ")");
+           if (c.type == "sgd") c.weight_decay = 0.0;  // torch.optim.SGD's default
+         },
+         [](YamlWriter& w, const OptimizerConfig& c) { w.put("type", c.type); }},
+        double_field("lr", &OptimizerConfig::lr, above(0)),
+        only({"adamw"},
+             Field<OptimizerConfig>{
+                 "betas",
+                 [](const MapReader& r, OptimizerConfig& c) {
+                   const std::vector<double> betas =
+                       r.get_double_list("betas", {c.beta1, c.beta2}, half_open(0, 1));
+                   if (betas.size() != 2)
+                     r.fail("betas", r.path_of("betas") +
+                                         ": expected a list of 2 numbers [beta1, beta2], got " +
+                                         std::to_string(betas.size()) + " entries");
+                   c.beta1 = betas[0];
+                   c.beta2 = betas[1];
+                 },
+                 [](YamlWriter& w, const OptimizerConfig& c) {
+                   w.put("betas", std::vector<double>{c.beta1, c.beta2});
+                 }}),
+        only({"adamw"}, double_field("eps", &OptimizerConfig::eps, above(0))),
+        only({"sgd"}, double_field("momentum", &OptimizerConfig::momentum, half_open(0, 1))),
+        double_field("weight_decay", &OptimizerConfig::weight_decay, at_least(0)),
+        enum_list_field("no_decay", &OptimizerConfig::no_decay, kNoDecayGroups),
+    }};
 
-LogConfig read_log(Origins& o, const YAML::Node& node) {
-  const MapReader r(o, node, "log", {"every_steps"});
-  LogConfig c;
-  c.every_steps = r.get_int("every_steps", c.every_steps, 1);
-  return c;
-}
+const Section<ScheduleConfig> kScheduleSection = {
+    enum_field("type", &ScheduleConfig::type, kSchedules),
+    int64_field("warmup_steps", &ScheduleConfig::warmup_steps, 0),
+    double_field("min_lr", &ScheduleConfig::min_lr, at_least(0)),
+};
+
+const Section<TrainConfig> kTrainSection = {
+    int64_field("seq_len", &TrainConfig::seq_len, 2),
+    int_field("micro_batch_size", &TrainConfig::micro_batch_size, 1),
+    int_field("global_batch_size", &TrainConfig::global_batch_size, 1),
+    int64_field("max_steps", &TrainConfig::max_steps, 0),
+    section_field("optimizer", &TrainConfig::optimizer, kOptimizerSection),
+    section_field("schedule", &TrainConfig::schedule, kScheduleSection),
+    double_field("grad_clip", &TrainConfig::grad_clip, at_least(0)),
+    enum_field("precision", &TrainConfig::precision, kPrecisions),
+    bool_field("activation_checkpointing", &TrainConfig::activation_checkpointing),
+    int_field("nonfinite_tolerance", &TrainConfig::nonfinite_tolerance, 0),
+};
+
+const Section<ParallelConfig> kParallelSection = {
+    int_field("context_parallel", &ParallelConfig::context_parallel, 1),
+    {"data_parallel",
+     [](const MapReader& r, ParallelConfig& c) {
+       const YAML::Node dp = r.at("data_parallel");
+       if (r.has("data_parallel") && !(dp.IsScalar() && dp.Scalar() == "auto")) {
+         int64_t v = 0;
+         if (!dp.IsScalar() || !parse_number(dp.Scalar(), v) || v < 1 || v > kIntMax)
+           r.fail("data_parallel",
+                  "parallel.data_parallel: expected an integer >= 1 or auto, got " +
+                      describe(dp));
+         c.data_parallel = static_cast<int>(v);
+       }
+     },
+     [](YamlWriter& w, const ParallelConfig& c) {
+       if (c.data_parallel > 0)
+         w.put("data_parallel", c.data_parallel);
+       else
+         w.put("data_parallel", "auto");
+     }},
+    enum_field("ring_layout", &ParallelConfig::ring_layout, kRingLayouts),
+    enum_field("device", &ParallelConfig::device, kDevices),
+    enum_field("shard_optimizer", &ParallelConfig::shard_optimizer, kShardOptimizer),
+    double_field("bucket_mb", &ParallelConfig::bucket_mb, above(0)),
+    bool_field("overlap_grad_reduce", &ParallelConfig::overlap_grad_reduce),
+};
+
+const Section<CheckpointConfig> kCheckpointSection = {
+    int64_field("every_steps", &CheckpointConfig::every_steps, 0),
+    int_field("keep_last", &CheckpointConfig::keep_last, 1),
+    path_or_null_field("init_from", &CheckpointConfig::init_from),
+};
+
+const Section<PasskeyEvalConfig> kPasskeyEvalSection = {
+    int64_list_field("seq_lens", &PasskeyEvalConfig::seq_lens, 2),
+    double_list_field("depths", &PasskeyEvalConfig::depths, closed(0, 1)),
+    int_field("trials", &PasskeyEvalConfig::trials, 1),
+};
+
+const Section<EvalConfig> kEvalSection = {
+    int64_field("every_steps", &EvalConfig::every_steps, 0),
+    int64_list_field("seq_lens", &EvalConfig::seq_lens, 2),
+    optional_section_field("passkey", &EvalConfig::passkey, kPasskeyEvalSection),
+    int64_field("max_sequences", &EvalConfig::max_sequences, 1),
+};
+
+const Section<LogConfig> kLogSection = {
+    int64_field("every_steps", &LogConfig::every_steps, 1),
+};
 
 // Checks across sections (single process); the model's own are in read_model.
 void check_cross_sections(const Config& c, const Origins& o, ConfigUse use) {
@@ -754,6 +1258,16 @@ void check_cross_sections(const Config& c, const Origins& o, ConfigUse use) {
              "seq_len)",
              o.where("train.seq_len").c_str(), static_cast<long long>(t.seq_len),
              c.model.max_position_embeddings);
+  // knn and compressive over a ring: refused here (rmt is refused by the
+  // trainer, with its own reason).
+  if (c.model.memory && c.model.memory->type != "rmt" && c.parallel.context_parallel > 1)
+    o.fail("parallel.context_parallel",
+           "model.memory.type: " + c.model.memory->type + " with parallel.context_parallel(" +
+               std::to_string(c.parallel.context_parallel) +
+               ") > 1 is not supported: segments are processed in order and every segment "
+               "needs the store written by all earlier ones, so a ring over the sequence would "
+               "serialize. Use parallel.context_parallel: 1 and scale out with "
+               "parallel.data_parallel");
   if (c.model.memory && t.seq_len % c.model.memory->segment_length != 0)
     o.fail("model.memory.segment_length",
            "train.seq_len(" + std::to_string(t.seq_len) +
@@ -761,18 +1275,28 @@ void check_cross_sections(const Config& c, const Origins& o, ConfigUse use) {
                std::to_string(c.model.memory->segment_length) + ")");
 }
 
+// The sections of a config file.
+const Section<Config> kConfigSection = {
+    section_field("run", &Config::run, kRunSection),
+    holding(kModelSection,
+            Field<Config>{"model",
+                          [](const MapReader& r, Config& c) {
+                            c.model = read_model(r.origins(), r.at("model"));
+                          },
+                          [](YamlWriter& w, const Config& c) {
+                            kModelSection.write(w, "model", c.model);
+                          },
+                          {}, {}, /*heading=*/true}),
+    section_field("data", &Config::data, kDataSection),
+    section_field("train", &Config::train, kTrainSection),
+    section_field("parallel", &Config::parallel, kParallelSection),
+    section_field("checkpoint", &Config::checkpoint, kCheckpointSection),
+    section_field("eval", &Config::eval, kEvalSection),
+    section_field("log", &Config::log, kLogSection),
+};
+
 Config read_config(Origins& o, const YAML::Node& root, ConfigUse use) {
-  const MapReader r(o, root, "",
-                    {"run", "model", "data", "train", "parallel", "checkpoint", "eval", "log"});
-  Config c;
-  c.run = read_run(o, r.at("run"));
-  c.model = read_model(o, r.at("model"));
-  c.data = read_data(o, r.at("data"), use);
-  c.train = read_train(o, r.at("train"));
-  c.parallel = read_parallel(o, r.at("parallel"));
-  c.checkpoint = read_checkpoint(o, r.at("checkpoint"));
-  c.eval = read_eval(o, r.at("eval"));
-  c.log = read_log(o, r.at("log"));
+  Config c = read_section(o, root, "", kConfigSection);
   check_cross_sections(c, o, use);
   return c;
 }
@@ -821,124 +1345,13 @@ void apply_override(YAML::Node root, const std::string& spec, Origins& o) {
   o.set_override(dotted(path, parts.back()), label);
 }
 
-// ---- writing ---------------------------------------------------------------------
-
-// Thin layer over YAML::Emitter: one call per key.
-class YamlWriter {
- public:
-  YamlWriter() { out_.SetNullFormat(YAML::LowerNull); }
-
-  void begin_map() { out_ << YAML::BeginMap; }
-  void begin_map(const char* key) { out_ << YAML::Key << key << YAML::Value << YAML::BeginMap; }
-  void end_map() { out_ << YAML::EndMap; }
-
-  void put(const char* key, bool v) { out_ << YAML::Key << key << YAML::Value << v; }
-  void put(const char* key, int v) { out_ << YAML::Key << key << YAML::Value << v; }
-  void put(const char* key, int64_t v) { out_ << YAML::Key << key << YAML::Value << v; }
-  void put(const char* key, uint64_t v) { out_ << YAML::Key << key << YAML::Value << v; }
-  void put(const char* key, double v) {
-    out_ << YAML::Key << key << YAML::Value << format_double(v);
-  }
-  void put(const char* key, const std::string& v) {
-    out_ << YAML::Key << key << YAML::Value << v;  // the emitter quotes "null", "a: b", ...
-  }
-  void put(const char* key, const char* v) { put(key, std::string(v)); }
-  void put_null(const char* key) { out_ << YAML::Key << key << YAML::Value << YAML::Null; }
-  template <class T>
-  void put(const char* key, const std::optional<T>& v) {
-    if (v)
-      put(key, *v);
-    else
-      put_null(key);
-  }
-  void put(const char* key, const std::vector<double>& v) {
-    std::vector<std::string> text;
-    for (double d : v) text.push_back(format_double(d));
-    put(key, text);
-  }
-  void put(const char* key, const std::vector<int64_t>& v) {
-    out_ << YAML::Key << key << YAML::Value << YAML::Flow << v;
-  }
-  void put(const char* key, const std::vector<std::string>& v) {
-    out_ << YAML::Key << key << YAML::Value << YAML::Flow << v;
-  }
-
-  std::string str() const { return std::string(out_.c_str()) + "\n"; }
-
- private:
-  YAML::Emitter out_;
-};
-
-void write_model(YamlWriter& w, const ModelConfig& m) {
-  w.begin_map("model");
-  w.put("vocab_size", m.vocab_size);
-  w.put("hidden_size", m.hidden_size);
-  w.put("intermediate_size", m.intermediate_size);
-  w.put("num_hidden_layers", m.num_hidden_layers);
-  w.put("num_attention_heads", m.num_attention_heads);
-  w.put("num_key_value_heads", m.num_key_value_heads);
-  w.put("head_dim", m.head_dim);
-  w.put("rms_norm_eps", m.rms_norm_eps);
-  w.put("tie_word_embeddings", m.tie_word_embeddings);
-  w.put("max_position_embeddings", m.max_position_embeddings);
-  w.put("position", m.position);
-  w.put("rope_theta", m.rope_theta);
-  if (const auto& rs = m.rope_scaling) {
-    w.begin_map("rope_scaling");
-    w.put("rope_type", rs->rope_type);
-    w.put("factor", rs->factor);
-    w.put("original_max_position_embeddings", rs->original_max_position_embeddings);
-    w.put("beta_fast", rs->beta_fast);
-    w.put("beta_slow", rs->beta_slow);
-    w.put("mscale", rs->mscale);
-    w.put("mscale_all_dim", rs->mscale_all_dim);
-    w.put("attention_factor", rs->attention_factor);
-    w.put("low_freq_factor", rs->low_freq_factor);
-    w.put("high_freq_factor", rs->high_freq_factor);
-    w.put("short_factor", rs->short_factor);
-    w.put("long_factor", rs->long_factor);
-    w.end_map();
-  } else {
-    w.put_null("rope_scaling");
-  }
-  if (const auto& mem = m.memory) {
-    w.begin_map("memory");
-    w.put("type", mem->type);
-    w.put("num_tokens", mem->num_tokens);
-    w.put("segment_length", mem->segment_length);
-    w.put("bptt_segments", mem->bptt_segments);
-    w.end_map();
-  } else {
-    w.put_null("memory");
-  }
-  w.put("init_std", m.init_std);
-  w.end_map();
-}
-
-void write_data_source(YamlWriter& w, const char* key, const DataSourceConfig& s) {
-  if (!has_data(s)) {
-    w.put_null(key);  // a kNoTraining config without data
-    return;
-  }
-  if (!s.is_synthetic()) {
-    w.put(key, s.path);
-    return;
-  }
-  w.begin_map(key);
-  w.put("synthetic", s.synthetic);
-  w.put("loss", s.loss);
-  w.put("num_sequences", s.num_sequences);
-  if (s.synthetic == "passkey") w.put("depth", s.depth);
-  if (s.synthetic == "recall") w.put("pairs", s.pairs);
-  w.put("seed_offset", s.seed_offset);
-  w.end_map();
-}
-
 }  // namespace
 
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
   return closest(word, candidates);
 }
+
+std::vector<std::string> config_keys() { return kConfigSection.schema_keys(); }
 
 // ---- public API ------------------------------------------------------------------
 
@@ -960,7 +1373,7 @@ Config parse_config(const std::string& yaml_text, const std::string& path,
                      std::to_string(e.mark.column + 1) + ": invalid YAML: " + e.msg);
   }
   if (!root.IsDefined() || root.IsNull()) root.reset(YAML::Node(YAML::NodeType::Map));
-  Origins origins(path);
+  Origins origins(path, use);
   if (!overrides.empty() && !root.IsMap())
     origins.fail("", "the config must be a mapping of sections (run, model, data, ...), got " +
                          describe(root));
@@ -1031,100 +1444,7 @@ void validate_layout(Config& cfg, int world_size) {
 std::string config_to_yaml(const Config& c) {
   YamlWriter w;
   w.begin_map();
-
-  w.begin_map("run");
-  w.put("name", c.run.name);
-  // Only a run.dir other than the default runs/<name>: a copy of this config
-  // renamed with run.name must start a new run, not resume this one.
-  if (c.run.dir != "runs/" + c.run.name) w.put("dir", c.run.dir);
-  w.put("seed", c.run.seed);
-  w.end_map();
-
-  write_model(w, c.model);
-
-  w.begin_map("data");
-  write_data_source(w, "train", c.data.train);
-  if (c.data.val)
-    write_data_source(w, "val", *c.data.val);
-  else
-    w.put_null("val");
-  w.put("shuffle", c.data.shuffle);
-  if (c.data.tokenizer.empty())
-    w.put_null("tokenizer");
-  else
-    w.put("tokenizer", c.data.tokenizer);
-  w.end_map();
-
-  const TrainConfig& t = c.train;
-  w.begin_map("train");
-  w.put("seq_len", t.seq_len);
-  w.put("micro_batch_size", t.micro_batch_size);
-  w.put("global_batch_size", t.global_batch_size);
-  w.put("max_steps", t.max_steps);
-  w.begin_map("optimizer");
-  w.put("type", t.optimizer.type);
-  w.put("lr", t.optimizer.lr);
-  if (t.optimizer.type == "sgd") {  // each optimizer shows its own keys only
-    w.put("momentum", t.optimizer.momentum);
-  } else {
-    w.put("betas", std::vector<double>{t.optimizer.beta1, t.optimizer.beta2});
-    w.put("eps", t.optimizer.eps);
-  }
-  w.put("weight_decay", t.optimizer.weight_decay);
-  w.put("no_decay", t.optimizer.no_decay);
-  w.end_map();
-  w.begin_map("schedule");
-  w.put("type", t.schedule.type);
-  w.put("warmup_steps", t.schedule.warmup_steps);
-  w.put("min_lr", t.schedule.min_lr);
-  w.end_map();
-  w.put("grad_clip", t.grad_clip);
-  w.put("precision", t.precision);
-  w.put("activation_checkpointing", t.activation_checkpointing);
-  w.put("nonfinite_tolerance", t.nonfinite_tolerance);
-  w.end_map();
-
-  w.begin_map("parallel");
-  w.put("context_parallel", c.parallel.context_parallel);
-  if (c.parallel.data_parallel > 0)
-    w.put("data_parallel", c.parallel.data_parallel);
-  else
-    w.put("data_parallel", "auto");
-  w.put("ring_layout", c.parallel.ring_layout);
-  w.put("device", c.parallel.device);
-  w.put("shard_optimizer", c.parallel.shard_optimizer);
-  w.put("bucket_mb", c.parallel.bucket_mb);
-  w.put("overlap_grad_reduce", c.parallel.overlap_grad_reduce);
-  w.end_map();
-
-  w.begin_map("checkpoint");
-  w.put("every_steps", c.checkpoint.every_steps);
-  w.put("keep_last", c.checkpoint.keep_last);
-  if (c.checkpoint.init_from.empty())
-    w.put_null("init_from");
-  else
-    w.put("init_from", c.checkpoint.init_from);
-  w.end_map();
-
-  w.begin_map("eval");
-  w.put("every_steps", c.eval.every_steps);
-  w.put("seq_lens", c.eval.seq_lens);
-  if (const auto& pk = c.eval.passkey) {
-    w.begin_map("passkey");
-    w.put("seq_lens", pk->seq_lens);
-    w.put("depths", pk->depths);
-    w.put("trials", pk->trials);
-    w.end_map();
-  } else {
-    w.put_null("passkey");
-  }
-  w.put("max_sequences", c.eval.max_sequences);
-  w.end_map();
-
-  w.begin_map("log");
-  w.put("every_steps", c.log.every_steps);
-  w.end_map();
-
+  kConfigSection.write(w, c);
   w.end_map();
   return w.str();
 }
@@ -1132,7 +1452,7 @@ std::string config_to_yaml(const Config& c) {
 std::string model_config_to_yaml(const ModelConfig& m) {
   YamlWriter w;
   w.begin_map();
-  write_model(w, m);
+  kModelSection.write(w, "model", m);
   w.end_map();
   return w.str();
 }

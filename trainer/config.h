@@ -159,6 +159,14 @@ void validate_layout(Config& cfg, int world_size);
 // schema the parser accepts: parse_config(to_yaml(c)) == c.
 std::string config_to_yaml(const Config& cfg);
 
+// Every key the parser accepts, dotted, from the schema tables of config.cpp:
+// the keys of every section (those of every optimizer and memory type, of a
+// synthetic data source under data.train and data.val) and the optional
+// mappings (model.rope_scaling, eval.passkey, ...); the sections themselves
+// (run, train.optimizer, ...) are headings, not keys. tests/test_config_docs.cpp
+// checks docs/config.md against it.
+std::vector<std::string> config_keys();
+
 // Model section only, resolved (stored in checkpoints, used by init_from).
 std::string model_config_to_yaml(const ModelConfig& m);
 
