@@ -207,6 +207,7 @@ void KnnStore::search_exact(int b, int g, const float* queries, int nq, int k, i
   const int64_t blk = std::clamp<int64_t>((int64_t(1) << 20) / nq, 256, 16384);
   const float* K = &r.keys[size_t(g) * size_t(capacity_) * size_t(hd_)];
   std::vector<float> S(size_t(nq) * size_t(std::min(blk, count)));
+  const size_t prune_at = 2 * n + 256;  // candidates kept between prunings
   std::vector<std::vector<Cand>> cand(static_cast<size_t>(nq));
   std::vector<float> thr(static_cast<size_t>(nq), kNegInf);
   std::vector<char> pruned(static_cast<size_t>(nq), 0);
@@ -219,19 +220,22 @@ void KnnStore::search_exact(int b, int g, const float* queries, int nq, int k, i
     for (int i = 0; i < nq; ++i) {
       std::vector<Cand>& c = cand[size_t(i)];
       const float* srow = &S[size_t(i) * size_t(len)];
-      const float t = thr[size_t(i)];
-      const bool p = pruned[size_t(i)];
+      float t = thr[size_t(i)];
+      bool p = pruned[size_t(i)];
       for (int64_t j = 0; j < len; ++j) {
         float sc = srow[j];
         if (std::isnan(sc)) sc = kNegInf;  // keeps the order total
-        if (!p || sc > t) c.push_back({sc, int32_t(age0 + j)});
+        if (p && !(sc > t)) continue;
+        c.push_back({sc, int32_t(age0 + j)});
+        if (c.size() >= prune_at) {  // keep the n best; the n-th is the new threshold
+          std::nth_element(c.begin(), c.begin() + std::ptrdiff_t(n - 1), c.end(), better);
+          c.resize(n);
+          t = c[n - 1].score;
+          p = true;
+        }
       }
-      if (c.size() > n) {
-        std::nth_element(c.begin(), c.begin() + std::ptrdiff_t(n - 1), c.end(), better);
-        c.resize(n);
-        thr[size_t(i)] = c[n - 1].score;
-        pruned[size_t(i)] = 1;
-      }
+      thr[size_t(i)] = t;
+      pruned[size_t(i)] = p;
     }
     age0 += len;
   }
