@@ -7,10 +7,11 @@
 //   bench_knn_lookup [--sizes 10000,100000,1000000] [--hd 64] [--k 32]
 //                    [--queries 200] [--batch 128] [--batch-reps 3]
 //                    [--indexes exact,flat,ivf,hnsw] [--hnsw-max-size 100000]
-//                    [--seed 1]
+//                    [--data random|clustered] [--clusters 256] [--seed 1]
 //
 // Keys and queries are iid N(0, 1) (the same distribution): the hard case for
-// approximate indexes (no cluster structure). recall_at_k is the mean fraction
+// approximate indexes (no cluster structure); --data clustered draws both
+// around --clusters random N(0, 1) centres with N(0, 0.3^2) noise. recall_at_k is the mean fraction
 // of the exact top-k returned; exact_topk_fraction the fraction of queries
 // whose top-k set is exactly the exact one (both null unless exact runs
 // first in --indexes). hnsw is skipped above
@@ -66,14 +67,15 @@ std::string fmt(double x) {
   return buf;
 }
 
-[[noreturn]] void usage(const std::string& why) {
-  std::fprintf(stderr,
+[[noreturn]] void usage(const std::string& why, int code = 2) {
+  std::fprintf(code == 0 ? stdout : stderr,
                "bench_knn_lookup: %s\n"
                "usage: bench_knn_lookup [--sizes N,N,..] [--hd D] [--k K] [--queries Q]\n"
                "       [--batch NB] [--batch-reps R] [--indexes exact,flat,ivf,hnsw]\n"
-               "       [--hnsw-max-size N] [--seed S]\n",
+               "       [--hnsw-max-size N] [--data random|clustered] [--clusters C]\n"
+               "       [--seed S]\n",
                why.c_str());
-  std::exit(2);
+  std::exit(code);
 }
 
 long parse_int(const std::string& flag, const std::string& v, long lo) {
@@ -92,9 +94,11 @@ int main(int argc, char** argv) {
   int hd = 64, k = 32, nq = 200, batch = 128, reps = 3;
   long hnsw_max = 100000;
   unsigned seed = 1;
+  std::string data = "random";
+  int clusters = 256;
   for (int i = 1; i < argc; ++i) {
     const std::string f = argv[i];
-    if (f == "--help" || f == "-h") usage("kNN store look-up benchmark");
+    if (f == "--help" || f == "-h") usage("kNN store look-up benchmark", 0);
     if (i + 1 >= argc) usage(f + " needs a value");
     const std::string v = argv[++i];
     if (f == "--sizes") {
@@ -114,6 +118,11 @@ int main(int argc, char** argv) {
       reps = int(parse_int(f, v, 1));
     } else if (f == "--hnsw-max-size") {
       hnsw_max = parse_int(f, v, 0);
+    } else if (f == "--data") {
+      if (v != "random" && v != "clustered") usage("--data wants random or clustered");
+      data = v;
+    } else if (f == "--clusters") {
+      clusters = int(parse_int(f, v, 1));
     } else if (f == "--seed") {
       seed = unsigned(parse_int(f, v, 0));
     } else {
@@ -131,14 +140,28 @@ int main(int argc, char** argv) {
     std::mt19937 rng(seed);
     std::normal_distribution<float> nd(0.f, 1.f);
     std::vector<float> keys(size_t(n) * size_t(hd)), queries(size_t(nq + batch) * size_t(hd));
-    for (auto& x : keys) x = nd(rng);
-    for (auto& x : queries) x = nd(rng);
+    if (data == "random") {
+      for (auto& x : keys) x = nd(rng);
+      for (auto& x : queries) x = nd(rng);
+    } else {
+      std::vector<float> centres(size_t(clusters) * size_t(hd));
+      for (auto& x : centres) x = nd(rng);
+      auto draw = [&](std::vector<float>& out) {
+        for (size_t r = 0; r < out.size() / size_t(hd); ++r) {
+          const size_t c = rng() % unsigned(clusters);
+          for (size_t d = 0; d < size_t(hd); ++d)
+            out[r * size_t(hd) + d] = centres[c * size_t(hd) + d] + 0.3f * nd(rng);
+        }
+      };
+      draw(keys);
+      draw(queries);
+    }
     std::vector<int32_t> exact_idx;  // (nq, k) from the exact index, for recall
     for (const auto& ix : indexes) {
       if (ix == "hnsw" && n > hnsw_max) {
-        std::printf("{\"bench\": \"knn_lookup\", \"index\": \"hnsw\", \"size\": %ld, "
-                    "\"skipped\": \"size > --hnsw-max-size %ld (build time)\"}\n",
-                    n, hnsw_max);
+        std::printf("{\"bench\": \"knn_lookup\", \"data\": \"%s\", \"index\": \"hnsw\", "
+                    "\"size\": %ld, \"skipped\": \"size > --hnsw-max-size %ld (build time)\"}\n",
+                    data.c_str(), n, hnsw_max);
         std::fflush(stdout);
         continue;
       }
@@ -187,22 +210,24 @@ int main(int argc, char** argv) {
         for (int q = 0; q < nq; ++q) {
           std::set<int32_t> want(exact_idx.begin() + q * k, exact_idx.begin() + q * k + kk);
           int hit = 0;
-          for (int j = 0; j < kk; ++j) hit += int(want.count(idx[size_t(q) * size_t(k) + size_t(j)]));
+          for (int j = 0; j < kk; ++j)
+            hit += int(want.count(idx[size_t(q) * size_t(k) + size_t(j)]));
           recall += double(hit) / kk;
           full += hit == kk;
         }
         recall /= nq, full /= nq;
       }
-      std::printf("{\"bench\": \"knn_lookup\", \"index\": \"%s\", \"size\": %ld, \"hd\": %d, "
-                  "\"k\": %d, \"append_s\": %.4f, \"build_s\": %.4f, \"queries\": %d, "
+      std::printf("{\"bench\": \"knn_lookup\", \"data\": \"%s\", \"index\": \"%s\", "
+                  "\"size\": %ld, \"hd\": %d, \"k\": %d, \"append_s\": %.4f, \"build_s\": %.4f, "
+                  "\"queries\": %d, "
                   "\"lookup_ms_mean\": %.4f, \"lookup_ms_p99\": %.4f, \"batch\": %d, "
                   "\"batch_ms\": %.3f, \"batch_queries_per_s\": %.1f, \"recall_at_k\": %s, "
                   "\"exact_topk_fraction\": %s, \"bytes\": %lld, \"threads\": %d, "
                   "\"loadavg_before\": %s, \"loadavg_after\": %s}\n",
-                  ix.c_str(), n, hd, k, append_s, build_s, nq, mean, p99, batch, batch_ms,
-                  batch / (batch_ms * 1e-3), fmt(recall).c_str(), fmt(full).c_str(),
-                  (long long)st.bytes(),
-                  omp_get_max_threads(), load0.c_str(), loadavg().c_str());
+                  data.c_str(), ix.c_str(), n, hd, k, append_s, build_s, nq, mean, p99, batch,
+                  batch_ms, batch / (batch_ms * 1e-3), fmt(recall).c_str(), fmt(full).c_str(),
+                  (long long)st.bytes(), omp_get_max_threads(), load0.c_str(),
+                  loadavg().c_str());
       std::fflush(stdout);
     }
   }
