@@ -145,6 +145,39 @@ TEST(KnnStore, ExactEqualsFloat64BruteForceWithTiesAndWrap) {
               boundary_ties);
 }
 
+TEST(KnnStore, ExactTieRuleHoldsAcrossPruningAndBlocks) {
+  // 20000 stored rows of coarse values (few distinct scores, so ties
+  // everywhere): the candidate pruning (every 2k+256 candidates), the ring's
+  // wrap and, for one query, two sgemm blocks (16384 rows each) all cut
+  // through groups of equal scores.
+  const int hd = 8, cap = 20000;
+  KnnStore st(1, 1, hd, cap, "exact");
+  RefStore ref{cap, {}};
+  std::mt19937 rng(8);
+  int64_t pos = 0;
+  for (int chunk : {15000, 11000}) {
+    auto k = coarse(rng, size_t(chunk) * hd), v = coarse(rng, size_t(chunk) * hd);
+    st.append(0, k.data(), v.data(), chunk, pos);
+    ref.append(k, v, chunk, 1, hd, pos);
+    pos += chunk;
+  }
+  for (int nq : {1, 7})
+    for (int kk : {1, 16, 100}) {
+      auto q = coarse(rng, size_t(nq) * hd);
+      std::vector<int32_t> idx(size_t(nq) * kk);
+      std::vector<float> sc(size_t(nq) * kk);
+      st.search(0, 0, q.data(), nq, kk, idx.data(), sc.data());
+      for (int i = 0; i < nq; ++i) {
+        auto want = brute_force(ref, 0, hd, &q[size_t(i) * hd], kk);
+        for (int j = 0; j < kk; ++j) {
+          ASSERT_EQ(idx[size_t(i) * kk + size_t(j)], want[size_t(j)].age)
+              << "nq " << nq << " k " << kk << " query " << i << " rank " << j;
+          ASSERT_EQ(double(sc[size_t(i) * kk + size_t(j)]), want[size_t(j)].score);
+        }
+      }
+    }
+}
+
 TEST(KnnStore, ExactMatchesFloat64OnRandomFloatsOverSeveralBlocks) {
   // 20000 rows: more than one sgemm block (16384 rows for one query, 16384
   // for 64), and the ring wraps (25000 appended).
