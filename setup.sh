@@ -13,6 +13,7 @@ packages=(
   libxxhash-dev                      # checkpoint integrity digests
   libyaml-cpp-dev                    # configs
   libopenblas-openmp-dev             # sgemm (OpenMP flavour: no nested thread pools)
+  libfaiss-dev                       # kNN memory: FAISS indexes (model.memory.index flat|ivf|hnsw)
   libgtest-dev                       # tests
   libcli11-dev nlohmann-json3-dev    # CLI, JSON output
   libsentencepiece-dev libssl-dev    # SentencePiece tokenizers (tokenizer.model), SHA-256
