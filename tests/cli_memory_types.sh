@@ -69,10 +69,10 @@ YAML
   same_losses $kind $kind-r || fail "$kind: the resumed run changed the losses"
 
   ckpt=$kind/checkpoints/step_00000006.h5
-  expect 0 "ppl" -- $bin eval $ckpt --seq-lens 128,256 --max-sequences 2 \
+  expect 0 "ppl" -- $bin eval $ckpt --seq-lens 256,512 --max-sequences 2 \
     --passkey-seq-lens 256 --passkey-depths 0 --passkey-trials 2 \
     --recall-seq-lens 128 --recall-pairs 2 --recall-trials 2 --json carried.json
-  expect 0 "store stayed empty" -- $bin eval $ckpt --seq-lens 128,256 --max-sequences 2 \
+  expect 0 "store stayed empty" -- $bin eval $ckpt --seq-lens 256,512 --max-sequences 2 \
     --passkey-seq-lens 256 --passkey-depths 0 --passkey-trials 2 \
     --recall-seq-lens 128 --recall-pairs 2 --recall-trials 2 --json reset.json --memory-reset
   $py - carried.json reset.json <<'PY' || fail "$kind: eval JSON"
@@ -81,8 +81,8 @@ c, r = (json.load(open(p)) for p in sys.argv[1:])
 assert r.get("memory_reset") is True and not c.get("memory_reset")
 pc = {p["seq_len"]: p["mean_nll"] for p in c["perplexity"]}
 pr = {p["seq_len"]: p["mean_nll"] for p in r["perplexity"]}
-# 128 and 256 bytes are 4 and 8 segments: the store changes the later ones
-assert pc[256] != pr[256], (pc, pr)
+# 256 and 512 bytes are 8 and 16 segments: the store changes the later ones
+assert pc[512] != pr[512], (pc, pr)
 assert c["passkey"] and c["recall"], c.keys()
 PY
   expect 0 "$kind memory, [0-9]+ segments stored" -- $bin generate $ckpt --prompt "The grass is green. " --max-new 70
