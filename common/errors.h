@@ -1,7 +1,7 @@
 // User-facing errors and their exit codes (SPEC §1).
 //
 // Errors a user can cause (config, files, launch) are thrown as one of these
-// and turned into a message plus exit code in trainer/main.cpp. Programmer
+// and turned into a message plus exit code in trainer/cli/main.cpp. Programmer
 // errors use RT_CHECK, which aborts with file:line.
 #pragma once
 

@@ -1,5 +1,5 @@
 // A data source of the config (SPEC §7). Parsed and validated by
-// trainer/config.cpp; data/ only reads it.
+// trainer/config/config.cpp; data/ only reads it.
 #pragma once
 
 #include <cstdint>

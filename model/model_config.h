@@ -1,5 +1,5 @@
 // The model section of the config (SPEC §2, §3, §4, §5). Parsed and
-// validated by trainer/config.cpp; model/ only reads it.
+// validated by trainer/config/config.cpp; model/ only reads it.
 #pragma once
 
 #include <cstdint>

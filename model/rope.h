@@ -23,7 +23,7 @@ struct RopeTables {
 // once seq_len > original_max_position_embeddings) and longrope (long_factor
 // once seq_len > original_max_position_embeddings, else short_factor) depend
 // on it. Without rope_scaling: 1 / theta^(2i/head_dim). Computed in double.
-// Expects a validated config (trainer/config.cpp): original length resolved,
+// Expects a validated config (trainer/config/config.cpp): original length resolved,
 // longrope factor lists of head_dim/2 entries.
 std::vector<double> rope_inv_freq(const ModelConfig& m, int64_t seq_len);
 // cos/sin multiplier: yarn (attention_factor, else mscale rules) and

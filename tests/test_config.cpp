@@ -1,4 +1,4 @@
-// Tests for the strict YAML config parser (trainer/config.cpp, SPEC §2):
+// Tests for the strict YAML config parser (trainer/config/config.cpp, SPEC §2):
 // round trip of the resolved config, defaults, `--set` overrides, and one
 // test per class of bad config, each checking that the message names the key
 // and where it came from (config.yaml:<line> or the --set).
@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "common/errors.h"
-#include "trainer/config.h"
+#include "trainer/config/config.h"
 
 namespace {
 

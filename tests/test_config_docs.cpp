@@ -11,7 +11,7 @@
 #include <set>
 #include <string>
 
-#include "trainer/config.h"
+#include "trainer/config/config.h"
 
 namespace rt {
 namespace {

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "common/errors.h"
-#include "trainer/config.h"
+#include "trainer/config/config.h"
 
 namespace rt {
 namespace {

@@ -21,8 +21,8 @@
 #include "common/errors.h"
 #include "model/backend.h"
 #include "model/llama.h"
-#include "trainer/checkpoint.h"
-#include "trainer/optimizer.h"
+#include "trainer/checkpoint/checkpoint.h"
+#include "trainer/train/optimizer.h"
 
 namespace rt {
 namespace {

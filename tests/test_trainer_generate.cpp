@@ -1,4 +1,4 @@
-// Generation with a KV cache (model/kv_cache.h) equals recomputing the full
+// Generation with a KV cache (model/decode/kv_cache.h) equals recomputing the full
 // forward for every new token: the same greedy tokens and the same last-row
 // logits, for RoPE, ALiBi and no positions, with grouped-query attention and
 // a prompt prefilled in one call or fed token by token. And the sampler:
@@ -16,9 +16,9 @@
 #include "model/llama.h"
 #include "model/memory/rmt.h"
 #include "model/memory/rmt_decoder.h"
-#include "trainer/config.h"
-#include "trainer/generate.h"
-#include "trainer/trainer.h"
+#include "trainer/config/config.h"
+#include "trainer/eval/generate.h"
+#include "trainer/train/trainer.h"
 
 namespace rt {
 namespace {

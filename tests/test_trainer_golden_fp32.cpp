@@ -28,7 +28,7 @@
 #include "common/rng.h"
 #include "model/llama.h"
 #include "model/memory/rmt.h"
-#include "trainer/optimizer.h"
+#include "trainer/train/optimizer.h"
 
 namespace rt {
 namespace {

@@ -16,8 +16,8 @@
 #include <string>
 
 #include "common/errors.h"
-#include "trainer/config.h"
-#include "trainer/extend.h"
+#include "trainer/config/config.h"
+#include "trainer/config/extend.h"
 #include "trainer/hf/hf_config.h"
 #include "trainer/hf/hf_io.h"
 #include "trainer/hf/safetensors.h"

@@ -6,8 +6,8 @@
 #include <cstring>
 
 #include "common/errors.h"
-#include "trainer/config.h"
-#include "trainer/trainer.h"
+#include "trainer/config/config.h"
+#include "trainer/train/trainer.h"
 
 namespace rt {
 namespace {

@@ -18,9 +18,9 @@
 #include "model/memory/rmt.h"
 #include "model/precision.h"
 #include "test_util.h"
-#include "trainer/checkpoint.h"
-#include "trainer/config.h"
-#include "trainer/trainer.h"
+#include "trainer/checkpoint/checkpoint.h"
+#include "trainer/config/config.h"
+#include "trainer/train/trainer.h"
 
 namespace rt {
 namespace {

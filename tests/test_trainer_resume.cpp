@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "common/errors.h"
-#include "trainer/checkpoint.h"
-#include "trainer/config.h"
-#include "trainer/trainer.h"
+#include "trainer/checkpoint/checkpoint.h"
+#include "trainer/config/config.h"
+#include "trainer/train/trainer.h"
 
 namespace rt {
 namespace {

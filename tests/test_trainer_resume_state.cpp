@@ -8,8 +8,8 @@
 
 #include "common/errors.h"
 #include "test_util.h"
-#include "trainer/config.h"
-#include "trainer/trainer.h"
+#include "trainer/config/config.h"
+#include "trainer/train/trainer.h"
 
 namespace rt {
 namespace {

@@ -9,9 +9,9 @@
 #include "common/errors.h"
 #include "common/rng.h"
 #include "model/memory/rmt.h"
-#include "trainer/config.h"
-#include "trainer/evaluate.h"
-#include "trainer/trainer.h"
+#include "trainer/config/config.h"
+#include "trainer/eval/evaluate.h"
+#include "trainer/train/trainer.h"
 
 namespace rt {
 namespace {

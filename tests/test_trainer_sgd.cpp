@@ -15,9 +15,9 @@
 #include "model/backend.h"
 #include "model/llama.h"
 #include "test_util.h"
-#include "trainer/checkpoint.h"
-#include "trainer/config.h"
-#include "trainer/optimizer.h"
+#include "trainer/checkpoint/checkpoint.h"
+#include "trainer/config/config.h"
+#include "trainer/train/optimizer.h"
 
 namespace rt {
 namespace {

@@ -1,4 +1,4 @@
-// Scoring passkey/recall answers through a tokenizer (trainer/evaluate.h):
+// Scoring passkey/recall answers through a tokenizer (trainer/eval/evaluate.h):
 // the greedy predictions must decode to the answer's digits.
 #include <gtest/gtest.h>
 
@@ -11,7 +11,7 @@
 
 #include "data/synthetic.h"
 #include "data/tokenizer.h"
-#include "trainer/evaluate.h"
+#include "trainer/eval/evaluate.h"
 
 namespace fs = std::filesystem;
 using namespace rt;

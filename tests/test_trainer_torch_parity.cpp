@@ -14,7 +14,7 @@
 #include "common/rng.h"
 #include "model/llama.h"
 #include "model/memory/sequence_runner.h"
-#include "trainer/optimizer.h"
+#include "trainer/train/optimizer.h"
 
 namespace rt {
 namespace {

@@ -4,7 +4,7 @@
 #include <cstdio>
 
 #include "common/errors.h"
-#include "trainer/config.h"
+#include "trainer/config/config.h"
 
 namespace rt {
 

@@ -16,7 +16,7 @@
 #include "common/errors.h"
 #include "common/log.h"
 #include "data/tokenizer.h"
-#include "trainer/config.h"
+#include "trainer/config/config.h"
 #include "trainer/hf/safetensors.h"
 
 namespace rt {

@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "model/llama.h"
-#include "trainer/checkpoint.h"
+#include "trainer/checkpoint/checkpoint.h"
 #include "trainer/hf/hf_config.h"
 
 namespace rt {

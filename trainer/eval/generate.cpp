@@ -1,4 +1,4 @@
-#include "trainer/generate.h"
+#include "trainer/eval/generate.h"
 
 #include <algorithm>
 #include <chrono>
@@ -12,9 +12,9 @@
 #include "model/decode/decoder.h"
 #include "model/llama.h"
 #include "data/tokenizer.h"
-#include "trainer/checkpoint.h"
-#include "trainer/config.h"
-#include "trainer/trainer.h"
+#include "trainer/checkpoint/checkpoint.h"
+#include "trainer/config/config.h"
+#include "trainer/train/trainer.h"
 
 namespace rt {
 

@@ -12,7 +12,7 @@
 #include "model/backend.h"
 #include "model/precision.h"
 #include "parallel/parallel_dims.h"
-#include "trainer/config.h"
+#include "trainer/config/config.h"
 
 namespace rt {
 

@@ -1,4 +1,4 @@
-#include "trainer/metrics.h"
+#include "trainer/train/metrics.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -1,4 +1,4 @@
-#include "trainer/integrity.h"
+#include "trainer/checkpoint/integrity.h"
 
 #include <xxhash.h>
 

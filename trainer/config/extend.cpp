@@ -1,4 +1,4 @@
-#include "trainer/extend.h"
+#include "trainer/config/extend.h"
 
 #include <algorithm>
 #include <cmath>
@@ -11,9 +11,9 @@
 #include <yaml-cpp/yaml.h>
 
 #include "common/errors.h"
-#include "trainer/checkpoint.h"
-#include "trainer/command_name.h"
-#include "trainer/config.h"
+#include "trainer/checkpoint/checkpoint.h"
+#include "common/command_name.h"
+#include "trainer/config/config.h"
 
 namespace rt {
 

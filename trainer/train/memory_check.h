@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-#include "trainer/config.h"
+#include "trainer/config/config.h"
 
 namespace rt {
 

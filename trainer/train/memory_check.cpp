@@ -1,4 +1,4 @@
-#include "trainer/memory_check.h"
+#include "trainer/train/memory_check.h"
 
 #include <cstdio>
 #include <fstream>

@@ -1,4 +1,4 @@
-#include "trainer/trainer.h"
+#include "trainer/train/trainer.h"
 
 #include <algorithm>
 #include <cmath>
@@ -11,7 +11,7 @@
 #include "common/errors.h"
 #include "common/log.h"
 #include "model/precision.h"
-#include "trainer/checkpoint.h"
+#include "trainer/checkpoint/checkpoint.h"
 #ifdef RINGTRAIN_HAVE_CUDA
 #include "model/cuda/device_info.h"
 #endif

@@ -32,7 +32,7 @@
 //    by the trainer.
 //  - rope_scaling.original_max_position_embeddings is resolved to
 //    model.max_position_embeddings when absent, so the written config pins it.
-#include "trainer/config.h"
+#include "trainer/config/config.h"
 
 #include <yaml-cpp/yaml.h>
 

@@ -1,4 +1,4 @@
-#include "trainer/evaluate.h"
+#include "trainer/eval/evaluate.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-#include "trainer/memory_plan.h"
+#include "trainer/train/memory_plan.h"
 
 #include <cctype>
 #include <cstdio>

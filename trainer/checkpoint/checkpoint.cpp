@@ -1,4 +1,4 @@
-#include "trainer/checkpoint.h"
+#include "trainer/checkpoint/checkpoint.h"
 
 #include <fcntl.h>
 #include <hdf5.h>
@@ -23,7 +23,7 @@
 #include "common/errors.h"
 #include "common/log.h"
 #include "trainer/hf/hf_io.h"
-#include "trainer/integrity.h"
+#include "trainer/checkpoint/integrity.h"
 
 namespace rt {
 namespace {

@@ -14,7 +14,7 @@
 // times and the last lines of the log. A rerun skips complete phases whose
 // hash matches, lets train resume from its own checkpoints, reruns failed
 // ones, and wipes a run whose resolved config changed (said in run.log).
-#include "trainer/ablate.h"
+#include "trainer/eval/ablate.h"
 
 #include <fcntl.h>
 #include <spawn.h>
@@ -44,11 +44,11 @@
 #include "common/log.h"
 #include "model/llama.h"
 #include "parallel/comm.h"
-#include "trainer/checkpoint.h"
-#include "trainer/config.h"
-#include "trainer/evaluate.h"
-#include "trainer/metrics.h"
-#include "trainer/trainer.h"
+#include "trainer/checkpoint/checkpoint.h"
+#include "trainer/config/config.h"
+#include "trainer/eval/evaluate.h"
+#include "trainer/train/metrics.h"
+#include "trainer/train/trainer.h"
 
 extern char** environ;
 

@@ -24,12 +24,12 @@
 #include "parallel/parallel_dims.h"
 #include "parallel/process_groups.h"
 #include "parallel/ring_attention.h"
-#include "trainer/config.h"
-#include "trainer/evaluate.h"
-#include "trainer/memory_plan.h"
-#include "trainer/metrics.h"
-#include "trainer/optimizer.h"
-#include "trainer/run_lock.h"
+#include "trainer/config/config.h"
+#include "trainer/eval/evaluate.h"
+#include "trainer/train/memory_plan.h"
+#include "trainer/train/metrics.h"
+#include "trainer/train/optimizer.h"
+#include "trainer/checkpoint/run_lock.h"
 
 namespace rt {
 

@@ -1,4 +1,4 @@
-#include "trainer/eval_command.h"
+#include "trainer/eval/eval_command.h"
 
 #include <unistd.h>
 
@@ -17,12 +17,12 @@
 #include "parallel/parallel_dims.h"
 #include "parallel/process_groups.h"
 #include "parallel/ring_attention.h"
-#include "trainer/checkpoint.h"
-#include "trainer/command_name.h"
-#include "trainer/config.h"
-#include "trainer/evaluate.h"
+#include "trainer/checkpoint/checkpoint.h"
+#include "common/command_name.h"
+#include "trainer/config/config.h"
+#include "trainer/eval/evaluate.h"
 #include "trainer/hf/hf_io.h"
-#include "trainer/trainer.h"
+#include "trainer/train/trainer.h"
 
 namespace rt {
 

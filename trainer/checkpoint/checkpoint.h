@@ -12,7 +12,7 @@
 //                     tokenizer.model); root attr tokenizer = its id
 //                     ("bytes" or "sentencepiece:sha256=<hex>", data/tokenizer.h)
 //   /                 attrs integrity, integrity_digest: the integrity record
-//                           (trainer/integrity.h), fixed-length strings
+//                           (trainer/checkpoint/integrity.h), fixed-length strings
 //
 // Written in the HDF5 1.10 format (checksummed metadata). Every load
 // (read_checkpoint_meta, load_model_weights, load_optimizer_state,
@@ -40,7 +40,7 @@
 
 #include "data/tokenizer.h"
 #include "model/llama.h"
-#include "trainer/optimizer.h"
+#include "trainer/train/optimizer.h"
 
 namespace rt {
 

@@ -21,19 +21,19 @@
 #include "data/dataset.h"
 #include "data/token_file.h"
 #include "data/tokenizer.h"
-#include "trainer/ablate.h"
-#include "trainer/checkpoint.h"
-#include "trainer/command_name.h"
-#include "trainer/config.h"
-#include "trainer/eval_command.h"
-#include "trainer/generate.h"
-#include "trainer/memory_plan.h"
-#include "trainer/evaluate.h"
-#include "trainer/extend.h"
+#include "trainer/eval/ablate.h"
+#include "trainer/checkpoint/checkpoint.h"
+#include "common/command_name.h"
+#include "trainer/config/config.h"
+#include "trainer/eval/eval_command.h"
+#include "trainer/eval/generate.h"
+#include "trainer/train/memory_plan.h"
+#include "trainer/eval/evaluate.h"
+#include "trainer/config/extend.h"
 #include "trainer/hf/hf_io.h"
-#include "trainer/memory_check.h"
+#include "trainer/train/memory_check.h"
 #include "parallel/comm.h"
-#include "trainer/trainer.h"
+#include "trainer/train/trainer.h"
 
 namespace rt {
 namespace {
@@ -169,7 +169,7 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
 
 // Validates the config and layout for a world size and prints every rank's
 // memory without training: the figures come from the functions that size a
-// real run's arenas (trainer/memory_plan.h), so they equal its start-up log.
+// real run's arenas (trainer/train/memory_plan.h), so they equal its start-up log.
 int cmd_plan(const std::string& config, const std::vector<std::string>& overrides, int world,
              const std::string& device_opt, const std::string& gpu_memory) {
   if (world < 1) throw UsageError("--world must be >= 1, got " + std::to_string(world));

@@ -7,7 +7,7 @@
 
 #include "model/arena.h"
 #include "model/llama.h"
-#include "trainer/config.h"
+#include "trainer/config/config.h"
 
 namespace rt {
 

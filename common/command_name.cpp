@@ -1,4 +1,4 @@
-#include "trainer/command_name.h"
+#include "common/command_name.h"
 
 #include <cstdlib>
 #include <filesystem>
