@@ -1,0 +1,108 @@
+// `ringtrain plan CONFIG.yaml --world N`: validate a layout and print each
+// rank's memory without training.
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/errors.h"
+#include "common/log.h"
+#include "trainer/cli/commands.h"
+#include "trainer/config/config.h"
+#include "trainer/train/memory_plan.h"
+
+namespace rt::cli {
+namespace {
+
+struct PlanArgs {
+  std::string config;
+  std::vector<std::string> overrides;
+  int world = 1;
+  std::string device, gpu_memory;
+};
+
+// Validates the config and layout for a world size and prints every rank's
+// memory without training: the figures come from the functions that size a
+// real run's arenas (trainer/train/memory_plan.h), so they equal its start-up log.
+int cmd_plan(const std::string& config, const std::vector<std::string>& overrides, int world,
+             const std::string& device_opt, const std::string& gpu_memory) {
+  if (world < 1) throw UsageError("--world must be >= 1, got " + std::to_string(world));
+  Config cfg = load_config(config, overrides);
+  validate_layout(cfg, world);
+  std::string device = device_opt;
+  if (device.empty()) device = cfg.parallel.device == "cuda" ? "cuda" : "cpu";
+  if (device != "cpu" && device != "cuda")
+    throw UsageError("--device must be cpu or cuda, got '" + device + "'");
+  const Device dev = device == "cuda" ? Device::kCuda : Device::kCpu;
+  if (!gpu_memory.empty() && dev != Device::kCuda)
+    throw UsageError("--gpu-memory applies to --device cuda only");
+  const int64_t gpu_bytes =
+      dev == Device::kCuda ? parse_bytes(gpu_memory.empty() ? "80GiB" : gpu_memory,
+                                         "--gpu-memory")
+                           : 0;
+  const MemoryPlan p = plan_memory(cfg, world, dev);
+  const bool ckpt = cfg.train.activation_checkpointing;
+  std::printf("config: %s (valid)\n", config.c_str());
+  std::printf("layout: %s, ring layout %s, %lld tokens per rank per sequence\n",
+              p.dims.describe().c_str(), cfg.parallel.ring_layout.c_str(),
+              (long long)(cfg.train.seq_len / p.dims.cp));
+  std::printf("device: %s, precision: %s\n", device.c_str(), p.prec.name().c_str());
+  std::printf("optimizer: %s, %s\n", cfg.train.optimizer.type.c_str(),
+              p.sharded ? ("sharded over " + std::to_string(world) + " ranks (ZeRO-1)").c_str()
+                        : "not sharded (every rank holds all of its state)");
+  std::printf("activations: micro-batch %d x %d rows, activation checkpointing %s\n",
+              cfg.train.micro_batch_size, activation_rows(cfg, p.dims), ckpt ? "on" : "off");
+  int64_t most = 0, sum = 0;
+  for (const RankMemory& m : p.ranks) {
+    std::printf("%s\n", memory_line(m).c_str());
+    most = std::max(most, m.total());
+    sum += m.total();
+  }
+  const RankMemory& r0 = p.ranks[0];
+  const int64_t other_total =
+      r0.total() - r0.activations - r0.workspace + p.activations_other + p.workspace_other;
+  std::printf("with activation checkpointing %s: activations %lld B, workspace %lld B, rank 0 "
+              "total %lld B (%s)\n",
+              ckpt ? "off" : "on", (long long)p.activations_other, (long long)p.workspace_other,
+              (long long)other_total, format_bytes(double(other_total)).c_str());
+  std::printf("not counted: ring attention's travelling K/V buffers (context_parallel > 1), "
+              "the checkpoint writer's temporary copy, allocator and library overheads\n");
+  if (dev == Device::kCuda) {
+    const bool fits = most <= gpu_bytes;
+    std::printf("fits: %s (largest rank %s of %s GPU memory)\n", fits ? "yes" : "no",
+                format_bytes(double(most)).c_str(), format_bytes(double(gpu_bytes)).c_str());
+  } else {
+    const int64_t avail = available_ram_bytes();
+    if (avail <= 0)
+      std::printf("fits: unknown (no MemAvailable in /proc/meminfo)\n");
+    else
+      std::printf("fits: %s (all %d ranks on this machine: %s of %s available RAM)\n",
+                  sum <= avail ? "yes" : "no", world, format_bytes(double(sum)).c_str(),
+                  format_bytes(double(avail)).c_str());
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+Command add_plan(CLI::App& app) {
+  auto a = std::make_shared<PlanArgs>();
+  auto* plan = app.add_subcommand(
+      "plan",
+      "Validate a config and layout for --world ranks without training, and print each "
+      "rank's bytes for parameters, master weights, gradients, optimizer state, activations "
+      "(with and without activation checkpointing) and workspace, and whether they fit");
+  plan->add_option("config", a->config, "config YAML")->required();
+  plan->add_option("--set", a->overrides, "override a config key")->take_all();
+  plan->add_option("--world", a->world, "number of ranks (default 1)");
+  plan->add_option("--device", a->device,
+                   "cpu | cuda (default: parallel.device, cpu for auto); sets what "
+                   "train.precision auto means");
+  plan->add_option("--gpu-memory", a->gpu_memory,
+                   "GPU memory per rank for the fit check with --device cuda (default 80GiB)");
+  return {plan,
+          [a] { return cmd_plan(a->config, a->overrides, a->world, a->device, a->gpu_memory); }};
+}
+
+}  // namespace rt::cli
