@@ -154,25 +154,68 @@ bool write_eval_plots(const std::string& json_path) {
   return true;
 }
 
-int run_eval_command(const EvalOptions& o) {
-  Comm& world = *parallel_runtime().world;
-  const int rank = world.rank();
-  // The model: a checkpoint file, or a config whose run dir may hold checkpoints.
+namespace {
+
+// What one `ringtrain eval` measures, and where: the model's config and
+// checkpoint, the evaluation layout and process groups, the tokenizer, and
+// the lengths of each task, every option checked (plan_eval).
+struct EvalPlan {
   Config cfg;
-  std::string ckpt, run_dir;
+  std::string ckpt;     // empty: no checkpoint (a config target with --allow-random-init)
+  std::string run_dir;  // where the default JSON goes
+  int64_t max_sequences = 0;
+  ParallelDims dims;
+  RingLayout layout = RingLayout::kZigzag;
+  ProcessGroups groups;
+  std::shared_ptr<const Tokenizer> tok;
+  std::vector<int64_t> lens;  // perplexity lengths
+  int64_t longest = 0;
+  std::vector<int64_t> pk_lens;  // the passkey grid (empty: none)
+  std::vector<double> pk_depths;
+  int pk_trials = 0;
+  std::vector<int64_t> rc_lens;  // associative recall (empty: none)
+  int rc_pairs = 0;
+  int rc_trials = 0;
+};
+
+// The model and the data an evaluation runs on (setup_eval). Members are
+// destroyed in reverse order: the data, the ring, then the model before the
+// backend it allocated through.
+struct EvalSession {
+  std::unique_ptr<Backend> be;
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<RingAttention> ring;
+  std::unique_ptr<SequenceSource> data;
+  int64_t step = 0;  // of the checkpoint; 0 for the initial model
+};
+
+struct EvalResults {
+  std::vector<PerplexityResult> perplexity;
+  LossByPosition by_position;
+  PasskeyResult passkey;
+  RecallResult recall;
+};
+
+// Reads the target's config and checks every option and length against it
+// and the world, before any model is built: a bad option is reported first.
+EvalPlan plan_eval(const EvalOptions& o) {
+  Comm& world = *parallel_runtime().world;
+  EvalPlan p;
+  Config& cfg = p.cfg;
+  // The model: a checkpoint file, or a config whose run dir may hold checkpoints.
   if (ends_with(o.target, ".h5") || is_hf_dir(o.target)) {  // a checkpoint or an HF directory
     if (is_hf_dir(o.target) && o.data.empty())
       throw UsageError("eval " + o.target + ": a Hugging Face directory has no data of its own; "
                        "pass --data FILE (tokens from the model's tokenizer)");
-    ckpt = o.target;
-    CheckpointMeta meta = read_checkpoint_meta(ckpt);
-    cfg = parse_config(meta.config_yaml, ckpt + ":config", o.overrides, ConfigUse::kNoTraining);
-    run_dir = checkpoint_run_dir(ckpt);
+    p.ckpt = o.target;
+    CheckpointMeta meta = read_checkpoint_meta(p.ckpt);
+    cfg = parse_config(meta.config_yaml, p.ckpt + ":config", o.overrides, ConfigUse::kNoTraining);
+    p.run_dir = checkpoint_run_dir(p.ckpt);
   } else {
     cfg = load_config(o.target, o.overrides, ConfigUse::kNoTraining);
     auto found = list_checkpoints(cfg.run.dir);
-    if (!found.empty()) ckpt = found.back().second;
-    run_dir = cfg.run.dir;
+    if (!found.empty()) p.ckpt = found.back().second;
+    p.run_dir = cfg.run.dir;
   }
   if (!o.data.empty() || !has_data(cfg.data.val ? *cfg.data.val : cfg.data.train)) {
     if (o.data.empty())
@@ -187,7 +230,7 @@ int run_eval_command(const EvalOptions& o) {
   // Options left unset are -1; an explicit value must be valid (0 never means "default").
   if (o.max_sequences != -1 && o.max_sequences < 1)
     throw UsageError("--max-sequences must be >= 1, got " + std::to_string(o.max_sequences));
-  const int64_t max_sequences = o.max_sequences != -1 ? o.max_sequences : cfg.eval.max_sequences;
+  p.max_sequences = o.max_sequences != -1 ? o.max_sequences : cfg.eval.max_sequences;
   if (o.bucket != -1 && o.bucket < 1)
     throw UsageError("--bucket must be >= 1 (tokens per loss-by-position bucket; leave it out for "
                      "seq_len/16, at most 512), got " + std::to_string(o.bucket));
@@ -209,62 +252,62 @@ int run_eval_command(const EvalOptions& o) {
                      " ranks, e.g. launch/local.sh -np " + std::to_string(o.context_parallel) +
                      " " + ringtrain_command() + " eval ... --context-parallel " +
                      std::to_string(o.context_parallel));
-  const ParallelDims dims = ParallelDims::build(world.size(), 0, o.context_parallel);
-  const RingLayout layout = parse_ring_layout(cfg.parallel.ring_layout);
+  p.dims = ParallelDims::build(world.size(), 0, o.context_parallel);
+  p.layout = parse_ring_layout(cfg.parallel.ring_layout);
   if (o.memory_reset && !cfg.model.memory)
     throw UsageError("--memory-reset applies to memory models (model.memory); this checkpoint "
                      "has none");
-  const ProcessGroups groups = make_process_groups(world, dims, layout);
+  p.groups = make_process_groups(world, p.dims, p.layout);
   // The model's tokenizer: the checkpoint's, else the config's.
-  const std::shared_ptr<const Tokenizer> tok =
-      ckpt.empty() ? config_tokenizer(cfg)
-                   : std::shared_ptr<const Tokenizer>(read_checkpoint_tokenizer(ckpt));
+  p.tok = p.ckpt.empty() ? config_tokenizer(cfg)
+                         : std::shared_ptr<const Tokenizer>(read_checkpoint_tokenizer(p.ckpt));
 
-  std::vector<int64_t> lens;
+  std::vector<int64_t>& lens = p.lens;
   if (!o.seq_lens.empty()) lens = parse_lengths(o.seq_lens, "--seq-lens");
   if (o.seq_len > 0) lens.push_back(o.seq_len);
   if (lens.empty()) lens = cfg.eval.seq_lens.empty() ? std::vector<int64_t>{cfg.train.seq_len}
                                                      : cfg.eval.seq_lens;
-  const int64_t longest = *std::max_element(lens.begin(), lens.end());
-  if (o.bucket != -1 && o.bucket > longest)
+  p.longest = *std::max_element(lens.begin(), lens.end());
+  if (o.bucket != -1 && o.bucket > p.longest)
     throw UsageError("--bucket " + std::to_string(o.bucket) + " is longer than the longest "
-                     "evaluation length " + std::to_string(longest) +
-                     ": choose a bucket <= " + std::to_string(longest));
+                     "evaluation length " + std::to_string(p.longest) +
+                     ": choose a bucket <= " + std::to_string(p.longest));
 
   // The passkey grid: the options, else the config's eval.passkey.
-  std::vector<int64_t> pk_lens;
-  std::vector<double> pk_depths = PasskeyEvalConfig{}.depths;
-  int pk_trials = PasskeyEvalConfig{}.trials;
+  p.pk_depths = PasskeyEvalConfig{}.depths;
+  p.pk_trials = PasskeyEvalConfig{}.trials;
   if (cfg.eval.passkey) {
-    pk_lens = cfg.eval.passkey->seq_lens;
-    pk_depths = cfg.eval.passkey->depths;
-    pk_trials = cfg.eval.passkey->trials;
+    p.pk_lens = cfg.eval.passkey->seq_lens;
+    p.pk_depths = cfg.eval.passkey->depths;
+    p.pk_trials = cfg.eval.passkey->trials;
   }
-  if (!o.passkey_seq_lens.empty()) pk_lens = parse_lengths(o.passkey_seq_lens, "--passkey-seq-lens");
-  if (!o.passkey_depths.empty()) pk_depths = parse_depths(o.passkey_depths);
-  if (o.passkey_trials != -1) pk_trials = o.passkey_trials;
-  if (pk_lens.empty() && (!o.passkey_depths.empty() || o.passkey_trials != -1))
+  if (!o.passkey_seq_lens.empty())
+    p.pk_lens = parse_lengths(o.passkey_seq_lens, "--passkey-seq-lens");
+  if (!o.passkey_depths.empty()) p.pk_depths = parse_depths(o.passkey_depths);
+  if (o.passkey_trials != -1) p.pk_trials = o.passkey_trials;
+  if (p.pk_lens.empty() && (!o.passkey_depths.empty() || o.passkey_trials != -1))
     throw UsageError("--passkey-depths and --passkey-trials need --passkey-seq-lens (the "
                      "lengths of the passkey grid), e.g. --passkey-seq-lens 256,512");
-  if (!pk_lens.empty())
-    check_passkey_grid(pk_lens, pk_depths, pk_trials, cfg.model.vocab_size, &groups,
-                       tok.get());
+  if (!p.pk_lens.empty())
+    check_passkey_grid(p.pk_lens, p.pk_depths, p.pk_trials, cfg.model.vocab_size, &p.groups,
+                       p.tok.get());
 
   // Associative recall: pairs default to the recall task the model trained on.
-  std::vector<int64_t> rc_lens;
-  if (!o.recall_seq_lens.empty()) rc_lens = parse_lengths(o.recall_seq_lens, "--recall-seq-lens");
+  if (!o.recall_seq_lens.empty())
+    p.rc_lens = parse_lengths(o.recall_seq_lens, "--recall-seq-lens");
   const DataSourceConfig& trained_on = cfg.data.train;
-  const int rc_pairs =
+  p.rc_pairs =
       o.recall_pairs != -1 ? o.recall_pairs
                           : int(trained_on.synthetic == "recall" ? trained_on.pairs
                                                                  : DataSourceConfig{}.pairs);
-  const int rc_trials = o.recall_trials != -1 ? o.recall_trials : 20;
-  if (rc_lens.empty() && (o.recall_pairs != -1 || o.recall_trials != -1))
+  p.rc_trials = o.recall_trials != -1 ? o.recall_trials : 20;
+  if (p.rc_lens.empty() && (o.recall_pairs != -1 || o.recall_trials != -1))
     throw UsageError("--recall-pairs and --recall-trials need --recall-seq-lens (the lengths "
                      "to test recall at), e.g. --recall-seq-lens 256,512");
-  if (!rc_lens.empty())
-    check_recall_grid(rc_lens, rc_pairs, rc_trials, cfg.model.vocab_size, &groups, tok.get());
-  const int64_t ring_multiple = dims.seq_len_divisor(layout);
+  if (!p.rc_lens.empty())
+    check_recall_grid(p.rc_lens, p.rc_pairs, p.rc_trials, cfg.model.vocab_size, &p.groups,
+                      p.tok.get());
+  const int64_t ring_multiple = p.dims.seq_len_divisor(p.layout);
   // Name the option the user gave (the lengths may also come from the config).
   const std::string lens_from = !o.seq_lens.empty() ? "--seq-lens"
                                 : o.seq_len > 0      ? "--seq-len"
@@ -274,30 +317,36 @@ int run_eval_command(const EvalOptions& o) {
     if (T % ring_multiple != 0)
       throw UsageError(lens_from + ": length " + std::to_string(T) + " is not a multiple of " +
                        std::to_string(ring_multiple) +
-                       " (--context-parallel " + std::to_string(dims.cp) + ", ring layout " +
+                       " (--context-parallel " + std::to_string(p.dims.cp) + ", ring layout " +
                        cfg.parallel.ring_layout + "): choose lengths divisible by it");
+  return p;
+}
 
-  std::unique_ptr<Backend> be = make_backend(cfg.parallel.device);
-  LlamaModel model(cfg.model, *be);
-  std::unique_ptr<RingAttention> ring;
-  if (dims.cp > 1) {
-    ring = std::make_unique<RingAttention>(*groups.cp, layout);
-    model.set_sequence_attention(ring.get());
+// Builds the model (with a ring over the cp group when cp > 1), opens the
+// data, checks every length against it, and loads the checkpoint's weights
+// (or initialises them with --allow-random-init).
+EvalSession setup_eval(const EvalOptions& o, EvalPlan& p) {
+  const Config& cfg = p.cfg;
+  EvalSession s;
+  s.be = make_backend(cfg.parallel.device);
+  s.model = std::make_unique<LlamaModel>(cfg.model, *s.be);
+  if (p.dims.cp > 1) {
+    s.ring = std::make_unique<RingAttention>(*p.groups.cp, p.layout);
+    s.model->set_sequence_attention(s.ring.get());
   }
-  std::unique_ptr<SequenceSource> data;
   if (!o.data.empty())
-    data = make_token_source(o.data, tok);
+    s.data = make_token_source(o.data, p.tok);
   else
-    data = make_source(cfg.data.val ? *cfg.data.val : cfg.data.train, cfg.run.seed, tok);
-  if (data->vocab_size() > cfg.model.vocab_size)
-    throw UsageError("evaluation data " + data->describe() + " has vocab_size " +
-                     std::to_string(data->vocab_size()) + " > model.vocab_size " +
+    s.data = make_source(cfg.data.val ? *cfg.data.val : cfg.data.train, cfg.run.seed, p.tok);
+  if (s.data->vocab_size() > cfg.model.vocab_size)
+    throw UsageError("evaluation data " + s.data->describe() + " has vocab_size " +
+                     std::to_string(s.data->vocab_size()) + " > model.vocab_size " +
                      std::to_string(cfg.model.vocab_size));
   // Every length is checked before any is evaluated, so that a bad last one
   // does not cost the results of the others.
-  for (int64_t T : lens) {
-    if (data->num_sequences(T) < 1)
-      throw UsageError("evaluation data " + data->describe() + " holds no sequence of length " +
+  for (int64_t T : p.lens) {
+    if (s.data->num_sequences(T) < 1)
+      throw UsageError("evaluation data " + s.data->describe() + " holds no sequence of length " +
                        std::to_string(T) + ": use shorter --seq-lens or more data");
     if (cfg.model.memory && T % cfg.model.memory->segment_length != 0)
       throw UsageError("evaluation length " + std::to_string(T) +
@@ -307,76 +356,84 @@ int run_eval_command(const EvalOptions& o) {
   }
 
   // (after every usage check: a bad option is reported first)
-  if (ckpt.empty() && !o.allow_random_init)
+  if (p.ckpt.empty() && !o.allow_random_init)
     throw IoError("no checkpoint in " + cfg.run.dir + "/checkpoints to evaluate: train first "
                   "(" + ringtrain_command() + " train " + o.target + "), pass a checkpoint .h5, or add "
                   "--allow-random-init to score the randomly initialised model");
-  int64_t step = 0;
-  if (!ckpt.empty()) {
-    load_model_weights(ckpt, model);
-    step = read_checkpoint_meta(ckpt).step;
-    log_info("eval: checkpoint %s (step %lld), %s", ckpt.c_str(), (long long)step,
-             dims.describe().c_str());
+  if (!p.ckpt.empty()) {
+    load_model_weights(p.ckpt, *s.model);
+    s.step = read_checkpoint_meta(p.ckpt).step;
+    log_info("eval: checkpoint %s (step %lld), %s", p.ckpt.c_str(), (long long)s.step,
+             p.dims.describe().c_str());
   } else {
-    model.init_weights(cfg.run.seed);
+    s.model->init_weights(cfg.run.seed);
     log_warn("no checkpoint in %s/checkpoints: evaluating the randomly initialised model "
              "(--allow-random-init)",
              cfg.run.dir.c_str());
   }
+  return s;
+}
 
-  std::vector<PerplexityResult> results;
-  LossByPosition by_position;
-  by_position.bucket = std::max<int64_t>(o.bucket, 0);
-  for (int64_t T : lens)
-    results.push_back(evaluate_perplexity(model, *data, T, max_sequences, &groups,
-                                          T == longest && by_position.seq_len == 0
-                                              ? &by_position
-                                              : nullptr,
-                                          o.memory_reset));
-  PasskeyResult passkey;
-  if (!pk_lens.empty())
-    passkey = evaluate_passkey(model, pk_lens, pk_depths, pk_trials,
-                               passkey_eval_seed(cfg.run.seed), &groups, o.memory_reset,
-                               tok.get());
-  RecallResult recall;
-  if (!rc_lens.empty())
-    recall = evaluate_recall(model, rc_lens, rc_pairs, rc_trials, recall_eval_seed(cfg.run.seed),
-                             &groups, o.memory_reset, tok.get());
-  if (rank != 0) return kExitOk;  // rank 0 prints and writes
+// Every rank: perplexity at each length (loss by position at the longest),
+// then the passkey grid and associative recall if asked for.
+EvalResults run_eval(const EvalOptions& o, EvalPlan& p, EvalSession& s) {
+  EvalResults r;
+  r.by_position.bucket = std::max<int64_t>(o.bucket, 0);
+  for (int64_t T : p.lens)
+    r.perplexity.push_back(evaluate_perplexity(*s.model, *s.data, T, p.max_sequences, &p.groups,
+                                               T == p.longest && r.by_position.seq_len == 0
+                                                   ? &r.by_position
+                                                   : nullptr,
+                                               o.memory_reset));
+  if (!p.pk_lens.empty())
+    r.passkey = evaluate_passkey(*s.model, p.pk_lens, p.pk_depths, p.pk_trials,
+                                 passkey_eval_seed(p.cfg.run.seed), &p.groups, o.memory_reset,
+                                 p.tok.get());
+  if (!p.rc_lens.empty())
+    r.recall = evaluate_recall(*s.model, p.rc_lens, p.rc_pairs, p.rc_trials,
+                               recall_eval_seed(p.cfg.run.seed), &p.groups, o.memory_reset,
+                               p.tok.get());
+  return r;
+}
 
-  std::cout << "perplexity on " << data->describe() << ":\n" << perplexity_table(results);
-  std::cout << "\nloss by position (seq_len " << by_position.seq_len << ", the same sequences, "
-            << "buckets of " << by_position.bucket << " positions):\n"
-            << loss_by_position_table(by_position);
-  if (o.memory_reset && rank == 0)
+// Rank 0: prints the tables, writes the JSON (and the plots beside it).
+void report_eval(const EvalOptions& o, const EvalPlan& p, const EvalSession& s,
+                 const EvalResults& r) {
+  const Config& cfg = p.cfg;
+  std::cout << "perplexity on " << s.data->describe() << ":\n" << perplexity_table(r.perplexity);
+  std::cout << "\nloss by position (seq_len " << r.by_position.seq_len << ", the same sequences, "
+            << "buckets of " << r.by_position.bucket << " positions):\n"
+            << loss_by_position_table(r.by_position);
+  if (o.memory_reset)
     std::cout << "\n(memory reset: nothing crossed a segment boundary: "
               << (cfg.model.memory->type == "rmt"
                       ? "every segment started from the learned initial memory"
                       : "the " + cfg.model.memory->type + " store stayed empty")
               << ")\n";
-  if (!pk_lens.empty())
-    std::cout << "\npasskey accuracy (" << pk_trials << " trials per cell, greedy digits):\n"
-              << passkey_table(passkey);
-  if (!rc_lens.empty())
-    std::cout << "\nassociative recall accuracy (" << rc_trials << " trials per length, "
-              << rc_pairs << " pairs, greedy 3 digits; then by the asked pair, first to last):\n"
-              << recall_table(recall);
+  if (!p.pk_lens.empty())
+    std::cout << "\npasskey accuracy (" << p.pk_trials << " trials per cell, greedy digits):\n"
+              << passkey_table(r.passkey);
+  if (!p.rc_lens.empty())
+    std::cout << "\nassociative recall accuracy (" << p.rc_trials << " trials per length, "
+              << p.rc_pairs << " pairs, greedy 3 digits; then by the asked pair, first to last):\n"
+              << recall_table(r.recall);
 
-  nlohmann::json j = {{"checkpoint", ckpt.empty() ? nlohmann::json(nullptr) : nlohmann::json(ckpt)},
-                      {"step", step},
-                      {"perplexity", perplexity_to_json(results)},
-                      {"loss_by_position", loss_by_position_to_json(by_position)},
-                      {"passkey", pk_lens.empty() ? nlohmann::json(nullptr)
-                                                  : passkey_to_json(passkey)}};
-  if (!rc_lens.empty()) j["recall"] = recall_to_json(recall);
+  nlohmann::json j = {{"checkpoint", p.ckpt.empty() ? nlohmann::json(nullptr)
+                                                    : nlohmann::json(p.ckpt)},
+                      {"step", s.step},
+                      {"perplexity", perplexity_to_json(r.perplexity)},
+                      {"loss_by_position", loss_by_position_to_json(r.by_position)},
+                      {"passkey", p.pk_lens.empty() ? nlohmann::json(nullptr)
+                                                    : passkey_to_json(r.passkey)}};
+  if (!p.rc_lens.empty()) j["recall"] = recall_to_json(r.recall);
   if (o.memory_reset) j["memory_reset"] = true;
   // What was measured: the data and the --set overrides (zero-shot comparisons).
-  j["data"] = data->describe();
+  j["data"] = s.data->describe();
   j["data_file"] = o.data.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.data);
   j["overrides"] = o.overrides;
-  j["max_sequences"] = max_sequences;
+  j["max_sequences"] = p.max_sequences;
   std::string out = o.json;
-  if (out.empty()) out = eval_json_path(run_dir, step, o);
+  if (out.empty()) out = eval_json_path(p.run_dir, s.step, o);
   {
     auto parent = fs::path(out).parent_path();
     if (!parent.empty()) make_dirs(parent.string());
@@ -387,6 +444,16 @@ int run_eval_command(const EvalOptions& o) {
   if (!f) throw IoError("cannot write " + out + " (choose a writable --json path)");
   std::cout << "wrote " << out << "\n";
   if (o.plots) write_eval_plots(out);
+}
+
+}  // namespace
+
+int run_eval_command(const EvalOptions& o) {
+  EvalPlan plan = plan_eval(o);
+  EvalSession session = setup_eval(o, plan);
+  const EvalResults results = run_eval(o, plan, session);
+  if (parallel_runtime().world->rank() == 0)  // rank 0 prints and writes
+    report_eval(o, plan, session, results);
   return kExitOk;
 }
 
