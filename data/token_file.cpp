@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "common/errors.h"
+#include "common/hdf5.h"
 #include "data/tokenizer.h"
 
 namespace rt {
@@ -144,38 +145,6 @@ TokenData read_bin(const std::string& path) {
 
 // ---- .h5 -------------------------------------------------------------------
 
-// Owns an HDF5 id; closes it with the matching H5?close.
-class H5Id {
- public:
-  H5Id() = default;
-  H5Id(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
-  H5Id(const H5Id&) = delete;
-  H5Id& operator=(const H5Id&) = delete;
-  H5Id(H5Id&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = H5I_INVALID_HID; }
-  H5Id& operator=(H5Id&& o) noexcept {
-    if (this != &o) {
-      reset();
-      id_ = o.id_;
-      close_ = o.close_;
-      o.id_ = H5I_INVALID_HID;
-    }
-    return *this;
-  }
-  ~H5Id() { reset(); }
-  hid_t get() const { return id_; }
-  bool ok() const { return id_ >= 0; }
-
- private:
-  void reset() {
-    if (id_ >= 0 && close_) close_(id_);
-    id_ = H5I_INVALID_HID;
-  }
-  hid_t id_ = H5I_INVALID_HID;
-  herr_t (*close_)(hid_t) = nullptr;
-};
-
-void silence_hdf5_errors() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
-
 std::string type_name(hid_t type) {
   H5T_class_t cls = H5Tget_class(type);
   size_t size = H5Tget_size(type);
@@ -191,7 +160,7 @@ std::string type_name(hid_t type) {
 // Number of elements of a 1-D dataset; UsageError otherwise.
 hsize_t dataset_length_1d(const std::string& path, const char* name, hid_t dset) {
   H5Id space(H5Dget_space(dset), H5Sclose);
-  if (!space.ok()) throw UsageError(path + ": cannot read the shape of " + name);
+  if (!space.valid()) throw UsageError(path + ": cannot read the shape of " + name);
   int rank = H5Sget_simple_extent_ndims(space.get());
   if (rank != 1)
     throw UsageError(path + ": " + name + " has rank " + std::to_string(rank) +
@@ -203,7 +172,7 @@ hsize_t dataset_length_1d(const std::string& path, const char* name, hid_t dset)
 
 int64_t read_int_attribute(const std::string& path, hid_t obj, const char* name) {
   H5Id attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
-  if (!attr.ok()) throw UsageError(path + ": cannot open attribute " + name);
+  if (!attr.valid()) throw UsageError(path + ": cannot open attribute " + name);
   H5Id type(H5Aget_type(attr.get()), H5Tclose);
   if (H5Tget_class(type.get()) != H5T_INTEGER)
     throw UsageError(path + ": attribute " + name + " is " + type_name(type.get()) +
@@ -219,7 +188,7 @@ int64_t read_int_attribute(const std::string& path, hid_t obj, const char* name)
 
 std::string read_string_attribute(const std::string& path, hid_t obj, const char* name) {
   H5Id attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
-  if (!attr.ok()) throw UsageError(path + ": cannot open attribute " + name);
+  if (!attr.valid()) throw UsageError(path + ": cannot open attribute " + name);
   H5Id type(H5Aget_type(attr.get()), H5Tclose);
   if (H5Tget_class(type.get()) != H5T_STRING)
     throw UsageError(path + ": attribute " + name + " is " + type_name(type.get()) +
@@ -269,14 +238,14 @@ TokenData read_h5(const std::string& path) {
   if (H5Fis_hdf5(path.c_str()) <= 0)
     throw UsageError(path + ": not an HDF5 file; " + kPrepareHint);
   H5Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
-  if (!file.ok()) throw IoError(path + ": cannot open as HDF5 (corrupt or locked?)");
+  if (!file.valid()) throw IoError(path + ": cannot open as HDF5 (corrupt or locked?)");
 
   if (H5Lexists(file.get(), "tokens", H5P_DEFAULT) <= 0)
     throw UsageError(path + ": no dataset /tokens (a token file holds /tokens as uint16 or "
                             "uint32, attributes vocab_size and tokenizer); " +
                      kPrepareHint);
   H5Id dset(H5Dopen2(file.get(), "tokens", H5P_DEFAULT), H5Dclose);
-  if (!dset.ok()) throw UsageError(path + ": /tokens is not a dataset; " + kPrepareHint);
+  if (!dset.valid()) throw UsageError(path + ": /tokens is not a dataset; " + kPrepareHint);
   {
     H5Id type(H5Dget_type(dset.get()), H5Tclose);
     bool ok = H5Tget_class(type.get()) == H5T_INTEGER &&
@@ -312,7 +281,7 @@ TokenData read_h5(const std::string& path) {
 
   if (H5Lexists(file.get(), "doc_offsets", H5P_DEFAULT) > 0) {
     H5Id off(H5Dopen2(file.get(), "doc_offsets", H5P_DEFAULT), H5Dclose);
-    if (!off.ok()) throw UsageError(path + ": /doc_offsets is not a dataset");
+    if (!off.valid()) throw UsageError(path + ": /doc_offsets is not a dataset");
     H5Id type(H5Dget_type(off.get()), H5Tclose);
     if (H5Tget_class(type.get()) != H5T_INTEGER)
       throw UsageError(path + ": /doc_offsets has dtype " + type_name(type.get()) +
@@ -352,7 +321,7 @@ void write_token_file_h5(const std::string& path, const TokenData& data) {
   check_doc_offsets(path, data);
   silence_hdf5_errors();
   H5Id file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
-  if (!file.ok()) throw IoError(path + ": cannot create HDF5 file");
+  if (!file.valid()) throw IoError(path + ": cannot create HDF5 file");
   auto fail = [&](const char* what) { throw IoError(path + ": failed to write " + what); };
 
   const bool u16 = data.vocab_size <= 65536;
@@ -362,7 +331,7 @@ void write_token_file_h5(const std::string& path, const TokenData& data) {
     H5Id dset(H5Dcreate2(file.get(), "tokens", u16 ? H5T_STD_U16LE : H5T_STD_U32LE, space.get(),
                          H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
               H5Dclose);
-    if (!dset.ok()) fail("/tokens");
+    if (!dset.valid()) fail("/tokens");
     if (n > 0 && H5Dwrite(dset.get(), H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT,
                           data.tokens.data()) < 0)
       fail("/tokens");
@@ -373,7 +342,7 @@ void write_token_file_h5(const std::string& path, const TokenData& data) {
     H5Id dset(H5Dcreate2(file.get(), "doc_offsets", H5T_STD_U64LE, space.get(), H5P_DEFAULT,
                          H5P_DEFAULT, H5P_DEFAULT),
               H5Dclose);
-    if (!dset.ok() || H5Dwrite(dset.get(), H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+    if (!dset.valid() || H5Dwrite(dset.get(), H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT,
                                data.doc_offsets.data()) < 0)
       fail("/doc_offsets");
   }
@@ -384,7 +353,7 @@ void write_token_file_h5(const std::string& path, const TokenData& data) {
                          H5P_DEFAULT),
               H5Aclose);
     int64_t v = data.vocab_size;
-    if (!attr.ok() || H5Awrite(attr.get(), H5T_NATIVE_INT64, &v) < 0) fail("attribute vocab_size");
+    if (!attr.valid() || H5Awrite(attr.get(), H5T_NATIVE_INT64, &v) < 0) fail("attribute vocab_size");
   }
   {
     H5Id type(H5Tcopy(H5T_C_S1), H5Tclose);
@@ -395,7 +364,7 @@ void write_token_file_h5(const std::string& path, const TokenData& data) {
                          H5P_DEFAULT),
               H5Aclose);
     const char* s = data.tokenizer.c_str();
-    if (!attr.ok() || H5Awrite(attr.get(), type.get(), &s) < 0) fail("attribute tokenizer");
+    if (!attr.valid() || H5Awrite(attr.get(), type.get(), &s) < 0) fail("attribute tokenizer");
   }
   if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0) fail("(flush)");
 }

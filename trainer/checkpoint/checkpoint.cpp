@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/errors.h"
+#include "common/hdf5.h"
 #include "common/log.h"
 #include "trainer/hf/hf_io.h"
 #include "trainer/checkpoint/integrity.h"
@@ -30,41 +31,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// ---- HDF5 plumbing ---------------------------------------------------------
-
-// Owns one HDF5 id; closes it with the matching H5?close.
-class H5Id {
- public:
-  H5Id() = default;
-  H5Id(hid_t id, herr_t (*closer)(hid_t)) : id_(id), closer_(closer) {}
-  ~H5Id() { close(); }
-  H5Id(const H5Id&) = delete;
-  H5Id& operator=(const H5Id&) = delete;
-  H5Id(H5Id&& o) noexcept : id_(o.id_), closer_(o.closer_) { o.id_ = -1; }
-  H5Id& operator=(H5Id&& o) noexcept {
-    if (this != &o) {
-      close();
-      id_ = o.id_;
-      closer_ = o.closer_;
-      o.id_ = -1;
-    }
-    return *this;
-  }
-  hid_t get() const { return id_; }
-  bool valid() const { return id_ >= 0; }
-  herr_t close() {
-    herr_t r = 0;
-    if (id_ >= 0 && closer_) r = closer_(id_);
-    id_ = -1;
-    return r;
-  }
-
- private:
-  hid_t id_ = -1;
-  herr_t (*closer_)(hid_t) = nullptr;
-};
-
-void silence_hdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+// ---- HDF5 plumbing (H5Id, silence_hdf5_errors: common/hdf5.h) -------------
 
 // HDF5 closes what is still open from an atexit handler. After a save that
 // failed half-way (a full disk), the half-closed file makes that handler
@@ -290,7 +257,7 @@ void die_before_rename_if_testing(const std::string& tmp) {
 class CheckpointReader {
  public:
   explicit CheckpointReader(const std::string& path) : path_(path) {
-    silence_hdf5();
+    silence_hdf5_errors();
     std::error_code ec;
     if (!fs::exists(path, ec)) throw IoError("checkpoint " + path + ": no such file");
     if (fs::is_directory(path, ec))
@@ -819,7 +786,7 @@ void load_tensors(const CheckpointReader& r, hid_t group, const std::string& gro
 
 void save_checkpoint(const std::string& path, LlamaModel& model, Optimizer* opt,
                      const CheckpointMeta& meta) {
-  silence_hdf5();
+  silence_hdf5_errors();
   const std::string tmp = path + ".tmp";
   const fs::path parent = fs::path(path).parent_path();
   try {
@@ -1061,7 +1028,7 @@ struct WeightsCheckpointWriter::Impl {
 WeightsCheckpointWriter::WeightsCheckpointWriter(const std::string& path,
                                                  const CheckpointMeta& meta)
     : impl_(std::make_unique<Impl>()) {
-  silence_hdf5();
+  silence_hdf5_errors();
   impl_->path = path;
   impl_->tmp = path + ".tmp";
   const fs::path parent = fs::path(path).parent_path();

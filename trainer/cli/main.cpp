@@ -17,18 +17,13 @@
 #include "common/command_name.h"
 #include "common/errors.h"
 #include "common/log.h"
+#include "common/strings.h"
 #include "parallel/comm.h"
 #include "trainer/cli/commands.h"
 #include "trainer/config/config.h"
 
 namespace rt {
 namespace {
-
-std::string join_words(const std::vector<std::string>& names) {
-  std::string s;
-  for (const std::string& n : names) s += (s.empty() ? "" : ", ") + n;
-  return s;
-}
 
 int run(int argc, char** argv) {
   CLI::App app{
@@ -49,7 +44,7 @@ int run(int argc, char** argv) {
     for (const CLI::App* sub : app.get_subcommands({})) names.push_back(sub->get_name());
     if (std::find(names.begin(), names.end(), word) == names.end())
       throw UsageError("unknown command '" + word + "'; did you mean '" + closest_match(word, names) +
-                       "'? (commands: " + join_words(names) + "; see " + ringtrain_command() +
+                       "'? (commands: " + join(names, ", ") + "; see " + ringtrain_command() +
                        " --help)");
   }
   try {

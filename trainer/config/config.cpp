@@ -52,6 +52,7 @@
 #include <utility>
 
 #include "common/errors.h"
+#include "common/strings.h"
 #include "common/log.h"
 #include "data/synthetic.h"
 #include "parallel/parallel_dims.h"
@@ -82,12 +83,6 @@ constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
 constexpr int64_t kInt64Min = std::numeric_limits<int64_t>::min();
 
 // ---- small string helpers ---------------------------------------------------
-std::string join(const std::vector<std::string>& items, const char* sep) {
-  std::string s;
-  for (size_t i = 0; i < items.size(); ++i) s += (i ? sep : "") + items[i];
-  return s;
-}
-
 bool contains(const std::vector<std::string>& items, const std::string& s) {
   return std::find(items.begin(), items.end(), s) != items.end();
 }

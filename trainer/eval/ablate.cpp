@@ -41,6 +41,7 @@
 #include <thread>
 
 #include "common/errors.h"
+#include "common/strings.h"
 #include "common/log.h"
 #include "model/llama.h"
 #include "parallel/comm.h"
@@ -71,17 +72,9 @@ using Clock = std::chrono::steady_clock;
 
 // ---- small helpers -------------------------------------------------------------
 
-std::string join(const std::vector<std::string>& v, const std::string& sep) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? sep : "") + v[i];
-  return s;
-}
-
 std::string fnv1a_hex(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
   char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(fnv1a64(s)));
   return buf;
 }
 

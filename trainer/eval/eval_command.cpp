@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "common/errors.h"
+#include "common/strings.h"
 #include "common/log.h"
 #include "data/dataset.h"
 #include "parallel/comm.h"
@@ -97,13 +98,6 @@ std::string find_plot_script() {
   return "launch/plot_eval.py";
 }
 
-// FNV-1a, 64 bits: a stable short name for what an evaluation measured.
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
 }  // namespace
 
 std::string checkpoint_run_dir(const std::string& ckpt_path) {
@@ -129,7 +123,7 @@ std::string eval_json_path(const std::string& run_dir, int64_t step, const EvalO
     std::snprintf(name, sizeof name, "step_%lld.json", (long long)step);
   else
     std::snprintf(name, sizeof name, "step_%lld_%08llx.json", (long long)step,
-                  (unsigned long long)(fnv1a(key) >> 32));
+                  (unsigned long long)(fnv1a64(key) >> 32));
   return run_dir + "/eval/" + name;
 }
 
