@@ -37,7 +37,7 @@ if ((${#missing[@]})); then
 fi
 
 # transformers and safetensors (PyPI) for the Hugging Face interop test
-# (tests/hf_interop.py), in .venv on top of Debian's python3 and torch 1.13:
+# (tests/reference/hf_interop.py), in .venv on top of Debian's python3 and torch 1.13:
 # transformers 4.44 runs on torch 1.13 (4.51 does not). About 15 s.
 if ! .venv/bin/python -c "import transformers, safetensors" >/dev/null 2>&1; then
   echo "setup: installing transformers and safetensors into .venv"

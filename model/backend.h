@@ -39,7 +39,7 @@ struct AttentionParams {
 };
 
 // Every op of the layer, for Backend::supports and the op-by-backend test
-// harness (tests/test_model_backend_ops.cpp). kCount last.
+// harness (tests/model/test_model_backend_ops.cpp). kCount last.
 enum class Op : uint8_t {
   kCast, kZero, kCopy,
   kEmbeddingForward, kEmbeddingBackward,

@@ -1234,7 +1234,7 @@ void attention_forward_bf16(const AttentionParams& p, uint16_t* out, float* lse,
   FwdArgs a{q,      k,        v,           out,  lse, p.B, p.Tq, p.Tk, p.H, p.G, p.q_offset,
             p.k_offset, int(p.q_offset - p.k_offset), p.causal, p.alibi_slopes, p.scale * kLog2e};
   auto s = static_cast<cudaStream_t>(stream);
-  // Tile shapes measured on an H100 (tests/bench_cuda_attention.cpp, README).
+  // Tile shapes measured on an H100 (tests/bench/bench_cuda_attention.cpp, README).
   if (wg)
     launch_fwd_wgmma(a, s);
   else if (p.hd == 128)

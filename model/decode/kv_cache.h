@@ -8,7 +8,7 @@
 // k_offset = 0, causal; ALiBi from the global positions). A prompt is one
 // append (prefill); each generated token is one more (Tq = 1). The result
 // equals recomputing the full forward over the whole sequence, to fp32
-// rounding (tests/test_trainer_generate.cpp), except with rope_scaling
+// rounding (tests/trainer/eval/test_trainer_generate.cpp), except with rope_scaling
 // dynamic/longrope, whose tables depend on the sequence length: cached keys
 // keep the rotation of the length they were computed at, as in HF.
 #pragma once

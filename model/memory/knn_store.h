@@ -19,7 +19,7 @@
 // (or call build(b) to pay that cost up front). A memory layer changes its
 // store once per segment, so this is one rebuild per segment: fine for the
 // small stores of training (a few thousand rows); for stores of 100K+ rows the
-// rebuild costs far more than the look-ups (tests/bench_knn_lookup.cpp
+// rebuild costs far more than the look-ups (tests/bench/bench_knn_lookup.cpp
 // measures both). Results of the approximate indexes are re-sorted with the
 // same tie rule; a query for which FAISS returns fewer than min(k, size) rows
 // (ivf with few probes on a small store, hnsw on tiny stores) is completed by
@@ -41,7 +41,7 @@
 namespace rt {
 
 // Search-time settings of the approximate indexes. The defaults favour
-// recall (tests/test_model_knn_store.cpp and the bench measure it).
+// recall (tests/model/test_model_knn_store.cpp and the bench measure it).
 struct KnnSearchOptions {
   int ivf_nlist = 0;          // 0: round(sqrt(size)), at most size/39 (FAISS's
                               // minimum of 39 training points per centroid), >= 1

@@ -9,7 +9,7 @@
 // The schema is one table per section (a Section of Fields: key, member, kind
 // and range, in order), declared once: it gives the section's valid keys, reads
 // it and writes it (config_to_yaml), and through the writer it is what
-// tests/test_config_docs.cpp checks docs/config.md against. Rules across
+// tests/trainer/config/test_config_docs.cpp checks docs/config.md against. Rules across
 // fields are explicit code after a table's pass. Every section is read by a
 // MapReader over one YAML mapping: it is given the mapping's valid keys up
 // front, rejects unknown and duplicate keys with a did-you-mean, and converts

@@ -163,7 +163,7 @@ std::string config_to_yaml(const Config& cfg);
 // the keys of every section (those of every optimizer and memory type, of a
 // synthetic data source under data.train and data.val) and the optional
 // mappings (model.rope_scaling, eval.passkey, ...); the sections themselves
-// (run, train.optimizer, ...) are headings, not keys. tests/test_config_docs.cpp
+// (run, train.optimizer, ...) are headings, not keys. tests/trainer/config/test_config_docs.cpp
 // checks docs/config.md against it.
 std::vector<std::string> config_keys();
 

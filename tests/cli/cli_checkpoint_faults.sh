@@ -173,7 +173,7 @@ PY
 print("model: {vocab_size: 256, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,")
 print("        num_attention_heads: 2}")
 PY
-  $py "$src/tests/make_h5_checkpoint.py" write h5py.h5 specs.txt --config=$work/model_only.yaml \
+  $py "$src/tests/reference/make_h5_checkpoint.py" write h5py.h5 specs.txt --config=$work/model_only.yaml \
     || fail "make_h5_checkpoint.py write"
   expect 0 "init_from .*h5py\.h5: loaded weights \(step 7" -- $bin train cosine.yaml --set run.dir=$work/ih --set train.max_steps=2 --set checkpoint.init_from=$work/h5py.h5
   expect 0 "init_from .*h5py\.h5: loaded weights" -- $bin train cosine.yaml --set run.dir=$work/ih2 --set train.max_steps=1 --set checkpoint.init_from=$work/h5py.h5 --set model.rope_theta=500000 --set model.max_position_embeddings=4096

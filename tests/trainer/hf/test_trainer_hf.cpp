@@ -3,7 +3,7 @@
 // writes for TinyLlama's config.json; config.json <-> ModelConfig (defaults,
 // rope_parameters, the export form of each rope_scaling type); F16 decoding;
 // --max-shard-size parsing. The end-to-end checks against transformers are
-// tests/hf_interop.py (cli_hf_interop) and tests/cli_hf_errors.sh.
+// tests/reference/hf_interop.py (cli_hf_interop) and tests/cli/cli_hf_errors.sh.
 #include <gtest/gtest.h>
 #include <unistd.h>
 

@@ -334,7 +334,7 @@ bool have_h5py() {
   return std::system("/usr/bin/python3 -c 'import h5py, numpy' >/dev/null 2>&1") == 0;
 }
 
-const std::string kScript = std::string(RT_SOURCE_DIR) + "/tests/make_h5_checkpoint.py";
+const std::string kScript = std::string(RT_SOURCE_DIR) + "/tests/reference/make_h5_checkpoint.py";
 
 TEST_F(CheckpointTest, H5pyWrittenWeightsOnlyFileLoads) {
   if (!have_h5py()) GTEST_SKIP() << "/usr/bin/python3 with h5py and numpy not available";

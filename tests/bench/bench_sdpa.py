@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch scaled_dot_product_attention (flash backend) on the shapes of
-tests/bench_cuda_attention.cpp, for comparison on the same GPU.
+tests/bench/bench_cuda_attention.cpp, for comparison on the same GPU.
 
-  python3 tests/bench_sdpa.py [--ours bench.json] [--seq-lens 1024,4096,16384,32768]
+  python3 tests/bench/bench_sdpa.py [--ours bench.json] [--seq-lens 1024,4096,16384,32768]
                               [--hd 128] [--heads 16] [--tokens 16384] [--reps 10]
 
 Prints JSON with PyTorch's forward and backward medians (backward = forward+

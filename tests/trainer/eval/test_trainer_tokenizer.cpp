@@ -50,7 +50,7 @@ TEST(AnswerScoring, SentencePieceComparesDecodedDigits) {
   // digits are not in the text: byte fallback encodes them; not splitting
   // digits lets "1" "2" and a merged piece both occur
   const std::string cmd = "spm_train --input=" + std::string(RT_SOURCE_DIR) +
-                          "/tests/data/tinyshakespeare_100k.txt --model_prefix=" + dir +
+                          "/tests/fixtures/tinyshakespeare_100k.txt --model_prefix=" + dir +
                           "/m --vocab_size=600 --model_type=bpe --byte_fallback=true "
                           "--character_coverage=1 --minloglevel=2 > " + dir + "/log 2>&1";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << "spm_train failed (apt-get install sentencepiece)";

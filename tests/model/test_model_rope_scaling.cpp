@@ -5,7 +5,7 @@
 //    mscale_all_dim / attention_factor / beta variants, llama3 low/high freq
 //    factors, longrope factor lists) are checked against an independent
 //    float64 Python implementation of the published formulas
-//    (tests/rope_scaling_reference.py): inv_freq to rel 1e-12,
+//    (tests/reference/rope_scaling_reference.py): inv_freq to rel 1e-12,
 //    attention_factor to 1e-12. Skipped when /usr/bin/python3 with numpy is
 //    missing.
 // 2. C++-only properties: linear = default / s exactly, ntk(s=1) = default,
@@ -222,7 +222,7 @@ TEST(RopeScaling, MatchesFloat64Reference) {
     ASSERT_TRUE(f.good()) << "cannot write " << input;
   }
   const std::string cmd = "/usr/bin/python3 '" + std::string(RT_SOURCE_DIR) +
-                          "/tests/rope_scaling_reference.py' '" + input + "'";
+                          "/tests/reference/rope_scaling_reference.py' '" + input + "'";
   FILE* pipe = popen(cmd.c_str(), "r");
   ASSERT_NE(pipe, nullptr) << cmd;
   std::string out;

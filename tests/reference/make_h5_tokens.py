@@ -6,7 +6,7 @@ Usage: make_h5_tokens.py OUT.h5 TEXT [--fixed-string] [--uint32]
 /tokens = the bytes of TEXT, root attributes vocab_size=256 and
 tokenizer="bytes" (a variable-length string, h5py's default for str; a
 fixed-length one with --fixed-string), /doc_offsets = [0, len(TEXT) // 2].
-Used by tests/test_data_formats.cpp to check that h5py files load.
+Used by tests/data/test_data_formats.cpp to check that h5py files load.
 """
 import sys
 

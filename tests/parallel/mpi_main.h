@@ -1,4 +1,4 @@
-// main() for MPI test programs (tests/mpi_*.cpp): initialise MPI through the
+// main() for MPI test programs (tests/parallel/mpi_*.cpp): initialise MPI through the
 // parallel runtime, run the GoogleTest cases on every rank, and fail the
 // program when any rank failed. Only rank 0 prints passing tests.
 #pragma once

@@ -257,7 +257,7 @@ TEST_F(TokenFiles, PrepareRejectsBadTokenizers) {
 TEST_F(TokenFiles, ReadsH5pyFiles) {
   if (std::system("/usr/bin/python3 -c 'import h5py' >/dev/null 2>&1") != 0)
     GTEST_SKIP() << "/usr/bin/python3 with h5py not available (apt-get install python3-h5py)";
-  const std::string script = std::string(RT_SOURCE_DIR) + "/tests/make_h5_tokens.py";
+  const std::string script = std::string(RT_SOURCE_DIR) + "/tests/reference/make_h5_tokens.py";
   const std::string text = "h5py writes this text";
   struct Variant {
     const char* file;

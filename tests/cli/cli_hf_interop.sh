@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `ringtrain import` / `export` against transformers and safetensors
-# (tests/hf_interop.py says what is checked). They live in .venv, which
+# (tests/reference/hf_interop.py says what is checked). They live in .venv, which
 # ./setup.sh creates.
 # usage: cli_hf_interop.sh RINGTRAIN SOURCE_DIR
 set -uo pipefail
@@ -13,4 +13,4 @@ if ! "$py" -c "import transformers, safetensors" >/dev/null 2>&1; then
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-TRANSFORMERS_VERBOSITY=error "$py" "$src/tests/hf_interop.py" "$bin" "$work"
+TRANSFORMERS_VERBOSITY=error "$py" "$src/tests/reference/hf_interop.py" "$bin" "$work"

@@ -2,7 +2,7 @@
 
 Run with the Python that has `transformers` and `safetensors` (./setup.sh puts
 them in .venv, over Debian's torch):
-    .venv/bin/python tests/hf_interop.py RINGTRAIN WORKDIR
+    .venv/bin/python tests/reference/hf_interop.py RINGTRAIN WORKDIR
 
 Tiny random Llama models built by transformers itself (MHA and GQA, tied and
 untied, no scaling, linear, dynamic, llama3 and yarn rope_scaling, single-file and sharded,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the CUDA attention checks and benchmarks on a GPU machine.
-#   bash tests/run_cuda_attention.sh BIN_DIR [OUT_DIR]
+#   bash tests/bench/run_cuda_attention.sh BIN_DIR [OUT_DIR]
 # BIN_DIR holds test_model_cuda_attention, test_model_cuda_device and
 # bench_cuda_attention (e.g. build/tests). Writes logs and JSON to OUT_DIR
 # (default: .) and prints a summary table last. Set RT_SANITIZE=1 to also run

@@ -99,7 +99,7 @@ with h5py.File('step.h5', 'r+') as f:
   $bin inspect $good | sed -n '/^name /,/^total/p' | grep -vE '^(name|total)' \
     | sed 's/[][,]//g' | awk '{$NF=""; print}' > specs.txt
   printf 'model: {vocab_size: 256, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1,\n        num_attention_heads: 2}\n' > model_only.yaml
-  $py "$src/tests/make_h5_checkpoint.py" write h5py.h5 specs.txt --config=$work/model_only.yaml \
+  $py "$src/tests/reference/make_h5_checkpoint.py" write h5py.h5 specs.txt --config=$work/model_only.yaml \
     || fail "make_h5_checkpoint.py write"
   expect 0 "integrity: no integrity record" -- $bin inspect h5py.h5
   $py - h5py.h5 vlen_bad.h5 <<'PY'

@@ -11,7 +11,7 @@
 // 16 heads of 128). FLOPs count the matrix products only:
 //   forward 4 B H T^2 hd, backward 2.5x forward, halved under a causal mask.
 // The backward time includes its rowsum(dout * out) pre-pass.
-// tests/bench_sdpa.py times PyTorch's scaled_dot_product_attention on the
+// tests/bench/bench_sdpa.py times PyTorch's scaled_dot_product_attention on the
 // same shapes and prints both side by side.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SentencePiece tokenizers end to end (SPEC §7): a model trained here with
-# spm_train on tests/data/tinyshakespeare_100k.txt; `data prepare` gives the
+# spm_train on tests/fixtures/tinyshakespeare_100k.txt; `data prepare` gives the
 # same ids as the sentencepiece Python package for the whole text; training,
 # checkpoints (which store the tokenizer), eval on .txt, generate and the
 # passkey grid go through it; every tokenizer mismatch is exit 2 naming both.
@@ -26,7 +26,7 @@ expect() {
   fi
 }
 py=/usr/bin/python3
-corpus=$src/tests/data/tinyshakespeare_100k.txt
+corpus=$src/tests/fixtures/tinyshakespeare_100k.txt
 
 # Llama-style: BPE, identity normalization, byte fallback, digits split.
 spm_train --input="$corpus" --model_prefix=sp --vocab_size=1000 --model_type=bpe \

@@ -1,8 +1,8 @@
 // Tokenizers (SPEC §7): the bytes tokenizer is the byte identity; a
 // SentencePiece model trained here with spm_train (Debian package
-// sentencepiece) on tests/data/tinyshakespeare_100k.txt round-trips text and
+// sentencepiece) on tests/fixtures/tinyshakespeare_100k.txt round-trips text and
 // drives the synthetic tasks. (Its ids are compared with the sentencepiece
-// Python package in tests/cli_tokenizer.sh.)
+// Python package in tests/cli/cli_tokenizer.sh.)
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -33,7 +33,7 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
-const std::string kCorpus = std::string(RT_SOURCE_DIR) + "/tests/data/tinyshakespeare_100k.txt";
+const std::string kCorpus = std::string(RT_SOURCE_DIR) + "/tests/fixtures/tinyshakespeare_100k.txt";
 
 // Trains SentencePiece models once for the suite: `llama` the way Llama's
 // tokenizer.model is made (BPE, identity normalization, byte fallback, split

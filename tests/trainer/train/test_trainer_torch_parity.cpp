@@ -1,5 +1,5 @@
 // Whole-model parity with the independent PyTorch reference
-// (tests/torch_reference.py, float64): logits, loss, every parameter
+// (tests/reference/torch_reference.py, float64): logits, loss, every parameter
 // gradient, and the losses and weights after a few AdamW steps with
 // clipping, for each position scheme, MHA/GQA, tied/untied head.
 #include <gtest/gtest.h>
@@ -209,7 +209,7 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
     f.write_ints("/targets", targets.data(), {hsize_t(B), hsize_t(T)});
   }
   const std::string cmd = "/usr/bin/python3 " + std::string(RT_SOURCE_DIR) +
-                          "/tests/torch_reference.py golden " + (dir / "in.h5").string() + " " +
+                          "/tests/reference/torch_reference.py golden " + (dir / "in.h5").string() + " " +
                           (dir / "out.h5").string();
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   H5File ref((dir / "out.h5").string(), false);

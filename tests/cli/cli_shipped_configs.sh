@@ -20,7 +20,7 @@ n=0
 for cfg in configs/*.yaml configs/*/*.yaml; do
   case "$cfg" in
     configs/extend/*) continue ;;
-    configs/ablations/*) continue ;;  # sweep files: tests/cli_ablate_shipped.sh runs them
+    configs/ablations/*) continue ;;  # sweep files: tests/cli/cli_ablate_shipped.sh runs them
     configs/recipes/*|configs/scaling/*)
       # multi-GPU recipes and model shapes (1B-8B): validated for the 8 ranks
       # they are written for, with their memory plan, not trained here
