@@ -18,6 +18,7 @@
 #include "common/rng.h"
 #include "model/decode/decoder.h"
 #include "model/llama.h"
+#include "model/memory/knn_store.h"
 #include "model/memory/sequence_runner.h"
 
 namespace rt {
@@ -183,6 +184,45 @@ TEST_P(LayerMemoryTest, GenerationMatchesTheTrainingForward) {
     EXPECT_LT(err, 1e-5) << "row " << r;
   }
   EXPECT_NE(dec->describe().find("2 segments stored"), std::string::npos) << dec->describe();
+}
+
+// What approximate retrieval costs in loss: the same knn model and sequence
+// with the store searched exactly (BLAS), by FAISS's exact index, and by
+// its approximate ones. The store fills to 1024 rows of 8 dims per kv head
+// (32 segments of 32 rows, then FIFO), top_k 6: ivf then probes 16 of its
+// 32 lists, hnsw searches a graph (below ~600 rows both are exhaustive).
+TEST(KnnIndex, ApproximateRetrievalCostInLoss) {
+  if (!knn_have_faiss()) GTEST_SKIP() << "skipped: built without FAISS";
+  const int S = 32, n = 40, T = n * S;
+  const auto in = random_tokens(T, 9, 48), tg = random_tokens(T, 10, 48);
+  auto mean_loss = [&](const std::string& index) {
+    ModelConfig mc = tiny("knn", "rope");
+    mc.memory->segment_length = S;
+    mc.memory->memory_size = 1024;
+    mc.memory->index = index;
+    auto be = make_cpu_backend();
+    LlamaModel model(mc, *be);
+    model.init_weights(5);
+    for (const TensorSpec& s : model.params().specs())  // lean on the memory: a = 0.88
+      if (s.name.find("memory_gate") != std::string::npos)
+        for (size_t i = 0; i < s.numel; ++i) model.params().f32(s.name)[i] = 2.f;
+    const std::unique_ptr<SequenceRunner> r = make_sequence_runner(model);
+    SequenceBatch b;
+    b.inputs = in.data();
+    b.targets = tg.data();
+    b.B = 1;
+    b.T = T;
+    int64_t valid = 0;
+    return r->forward_backward(b, 0.f, &valid) / double(valid);
+  };
+  const double exact = mean_loss("exact"), flat = mean_loss("flat"), ivf = mean_loss("ivf"),
+               hnsw = mean_loss("hnsw");
+  std::printf("knn mean loss over %d segments: exact %.6f, flat %+.2e, ivf %+.2e, hnsw %+.2e "
+              "(relative to exact)\n",
+              n, exact, flat / exact - 1, ivf / exact - 1, hnsw / exact - 1);
+  EXPECT_NEAR(flat, exact, 1e-5 * exact) << "FAISS's exact index is exact";
+  EXPECT_NEAR(ivf, exact, 0.02 * exact);
+  EXPECT_NEAR(hnsw, exact, 0.02 * exact);
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -70,6 +70,7 @@ class EvalForward {
     return runner_->forward_backward(b, 0.f, valid, losses_.data());
   }
   std::vector<float> token_losses() { return losses_; }
+  size_t memory_bytes() const { return runner_->memory_bytes(); }
   std::vector<float> logits(int64_t row) { return runner_->logits(0, row); }
 
  private:
@@ -211,6 +212,7 @@ PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& da
   r.tokens = tokens;
   r.mean_nll = r.tokens ? nll / double(r.tokens) : 0.0;
   r.ppl = std::exp(r.mean_nll);
+  r.memory_bytes = int64_t(forward.memory_bytes());
   return r;
 }
 
@@ -373,6 +375,8 @@ nlohmann::json perplexity_to_json(const std::vector<PerplexityResult>& results) 
                    {"tokens", r.tokens},
                    {"mean_nll", r.mean_nll},
                    {"ppl", r.ppl}});
+  for (size_t i = 0; i < results.size(); ++i)
+    if (results[i].memory_bytes > 0) arr[i]["memory_bytes_per_sequence"] = results[i].memory_bytes;
   return arr;
 }
 

@@ -22,6 +22,10 @@ struct PerplexityResult {
   int64_t tokens = 0;  // targets counted
   double mean_nll = 0;
   double ppl = 0;
+  // memory models: host bytes their memory holds for one sequence of this
+  // length at its end (knn/compressive stores, RMT's carried memories); 0
+  // without memory
+  int64_t memory_bytes = 0;
 };
 
 // How evaluation is spread over ranks: a `const ProcessGroups*` (null = one

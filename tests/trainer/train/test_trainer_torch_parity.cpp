@@ -39,6 +39,7 @@ struct Case {
   // knn or compressive memory (docs/memory.md) when layer_memory.type is set
   MemoryConfig layer_memory = no_layer_memory();
   bool doc_starts = false;  // document boundaries inside the sequences
+  int segments = 4;         // knn/compressive: sequence length in segments
   static MemoryConfig no_layer_memory() {
     MemoryConfig m;
     m.type = "";
@@ -47,8 +48,9 @@ struct Case {
 };
 
 Case knn_case(const std::string& name, const std::string& position, std::vector<int> layers,
-              int memory_size, int top_k, bool docs = false) {
+              int memory_size, int top_k, bool docs = false, int segments = 4) {
   Case c{name, position, 4, 2, false};
+  c.segments = segments;
   MemoryConfig& m = c.layer_memory;
   m.type = "knn";
   m.segment_length = 6;
@@ -60,8 +62,9 @@ Case knn_case(const std::string& name, const std::string& position, std::vector<
 }
 
 Case compressive_case(const std::string& name, const std::string& position,
-                      const std::string& compression, int levels) {
+                      const std::string& compression, int levels, int segments = 4) {
   Case c{name, position, 4, 2, false};
+  c.segments = segments;
   MemoryConfig& m = c.layer_memory;
   m.type = "compressive";
   m.segment_length = 8;
@@ -109,7 +112,9 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
   const double grad_clip = 0.5;
   const bool layer_mem = !c.layer_memory.type.empty();
   const int steps = 4, B = 2,
-            T = c.mem_tokens ? 4 * c.segment : layer_mem ? 4 * c.layer_memory.segment_length : 37;
+            T = c.mem_tokens  ? 4 * c.segment
+                : layer_mem   ? c.segments * c.layer_memory.segment_length
+                              : 37;
   if (c.mem_tokens) mc.memory = MemoryConfig::rmt(c.mem_tokens, c.segment, c.bptt);
   if (layer_mem) mc.memory = c.layer_memory;
 
@@ -278,11 +283,13 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"rmt_nope_bptt_2", "none", 4, 2, false, 3, 12, 2},
                       // external vector memory: FIFO dropping rows, two layers, top_k = store
                       knn_case("knn_rope", "rope", {1}, 10, 4),
+                      knn_case("knn_rope_2seg", "rope", {1}, 10, 4, false, 2),
                       knn_case("knn_alibi_two_layers", "alibi", {0, 1}, 12, 12),
                       knn_case("knn_nope_docs", "none", {1}, 14, 5, true),
                       // compressive: mean and learned (conv) compression, one and two levels
                       compressive_case("compressive_rope_mean", "rope", "mean", 2),
                       compressive_case("compressive_alibi_conv", "alibi", "conv", 1),
+                      compressive_case("compressive_alibi_conv_6seg", "alibi", "conv", 1, 6),
                       compressive_case("compressive_nope_conv_2levels", "none", "conv", 2)),
     [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
