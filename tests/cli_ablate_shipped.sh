@@ -5,7 +5,7 @@
 # the sweep's own eval settings (memory.yaml's grid cut to 2 trials and
 # lengths up to 512 to stay fast); the reports have one row per variant, all
 # complete, with the columns each sweep is about. rmt_passkey.yaml (27 min
-# for real) is validated with --dry-run.
+# for real) and memory_families.yaml are validated with --dry-run.
 # usage: cli_ablate_shipped.sh RINGTRAIN SOURCE_DIR
 set -euo pipefail
 bin=$1
@@ -20,6 +20,9 @@ for i in $(seq 10); do cat "$src/README.md"; done > text.txt
   fail "rmt_passkey.yaml: $(cat rmt.txt)"
 grep -q "15 runs, every resolved config valid" rmt.txt || fail "rmt_passkey plan: $(cat rmt.txt)"
 grep -q "seg8-s3 (follow-up" rmt.txt || fail "rmt_passkey plan: $(cat rmt.txt)"
+"$bin" ablate "$src/configs/ablations/memory_families.yaml" --dry-run > fam.txt ||
+  fail "memory_families.yaml: $(cat fam.txt)"
+grep -q "8 runs, every resolved config valid" fam.txt || fail "memory_families plan: $(cat fam.txt)"
 # without a data file, positions.yaml says how to give one
 rc=0
 "$bin" ablate "$src/configs/ablations/positions.yaml" --dry-run > pos.txt 2>&1 || rc=$?
