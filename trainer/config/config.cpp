@@ -739,9 +739,13 @@ const Section<RunConfig> kRunSection = {
        // Both given and pointing at different runs: run.dir wins. Say so, since
        // a copied resolved config with a new run.name would otherwise append to
        // the old run silently.
+       // (<...>/<sweep>/<variant> named <sweep>-<variant>, as ablate names
+       // its runs, agrees.)
+       const std::filesystem::path dir = std::filesystem::path(c.dir).lexically_normal();
+       const std::string parent = dir.parent_path().filename().string();
        if (r.has("dir") && r.has("name") && c.dir != "runs/" + c.name &&
-           std::filesystem::path(c.dir).lexically_normal().filename() != c.name &&
-           std::filesystem::path(c.dir).lexically_normal().parent_path().filename() != c.name)
+           dir.filename() != c.name && parent != c.name &&
+           parent + "-" + dir.filename().string() != c.name)
          log_info("%s: run.dir (%s) and run.name (%s, default dir runs/%s) disagree: run.dir "
                   "wins, the run uses %s; drop run.dir to use runs/%s",
                   r.origins().where("run.dir").c_str(), c.dir.c_str(), c.name.c_str(),

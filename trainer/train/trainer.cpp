@@ -419,7 +419,15 @@ void Trainer::init_from(const std::string& path) {
   if (!diffs.empty())
     throw UsageError(what + ": " + diffs + "; the config may change only " +
                      kInitFromMayChangeText);
-  load_model_weights(path, *model_, {"model.memory.embeddings"});
+  // memory parameters (RMT embeddings, knn gates, compression weights) may be
+  // added or dropped: new ones keep their initialisation
+  std::vector<std::string> optional;
+  for (const ModelConfig* m : {&saved, &cfg_.model})
+    for (const TensorSpec& t : llama_param_specs(*m))
+      if (param_kind(t.name) == ParamKind::kMemory ||
+          param_kind(t.name) == ParamKind::kMemoryLayer)
+        optional.push_back(t.name);
+  load_model_weights(path, *model_, optional);
   log_info("init_from %s: loaded weights (step %lld of that run); optimizer, step and data "
            "position start fresh",
            path.c_str(), (long long)meta.step);
