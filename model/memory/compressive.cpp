@@ -73,6 +73,7 @@ class CompressiveMemory final : public LayerMemory {
     RT_CHECK(S_ % int(std::pow(r_, levels_)) == 0, "segment_length % rate^levels");
     saved_.resize(layers_.size());
     stores_.resize(layers_.size());
+    stats_.resize(size_t(levels_));
   }
 
   const char* kind() const override { return "compressive"; }
@@ -94,7 +95,7 @@ class CompressiveMemory final : public LayerMemory {
       const CBuf vb = at(v, size_t(b) * T * kvd);
       s.k_pre = to_host_f32(be_, kb, size_t(T) * kvd);
       s.v_pre = to_host_f32(be_, vb, size_t(T) * kvd);
-      if (conv_) s.q_pre = to_host_f32(be_, qb, size_t(T) * H * hd);
+      s.q_pre = to_host_f32(be_, qb, size_t(T) * H * hd);  // rec loss, detail-loss stats
       // [levels, last first ; FIFO oldest first ; the segment]
       std::vector<float> mk, mv;
       for (int j = levels_ - 1; j >= 0; --j)
@@ -214,6 +215,18 @@ class CompressiveMemory final : public LayerMemory {
     }
   }
 
+  std::vector<std::pair<std::string, double>> stats() const override {
+    std::vector<std::pair<std::string, double>> out;
+    for (int j = 0; j < levels_; ++j) {
+      const LevelStats& s = stats_[size_t(j)];
+      if (s.compressions == 0) continue;
+      const std::string p = "level" + std::to_string(j + 1) + "_";
+      out.push_back({p + "compressions", double(s.compressions)});
+      out.push_back({p + "relative_error", std::sqrt(s.err2 / std::max(s.ref2, 1e-300))});
+    }
+    return out;
+  }
+
   size_t store_bytes() const override {
     size_t n = 0;
     for (const auto& rows : stores_)
@@ -222,6 +235,13 @@ class CompressiveMemory final : public LayerMemory {
   }
 
  private:
+  // Evaluation: what the compressions into one level lose, as the relative
+  // error of the attention output over the compressed rows against the
+  // full-resolution ones (content-only, the reconstruction loss's measure).
+  struct LevelStats {
+    double err2 = 0, ref2 = 0;
+    int64_t compressions = 0;
+  };
   // One level's compression weights (host fp32, [kvd, r*kvd]) and their
   // gradients accumulated over this commit.
   struct Weights {
@@ -287,7 +307,10 @@ class CompressiveMemory final : public LayerMemory {
     c.newest = x.newest;
     c.k = compress(x.k, conv_ ? &w[size_t(j)].wk : nullptr);
     c.v = compress(x.v, conv_ ? &w[size_t(j)].wv : nullptr);
-    if (conv_ && dloss_scale != 0.f) reconstruction_grad(x, c, q_pre, w[size_t(j)], dloss_scale);
+    if (conv_ && dloss_scale != 0.f)
+      reconstruction_grad(x, c, q_pre, &w[size_t(j)], dloss_scale, nullptr);
+    if (dloss_scale == 0.f)  // evaluation: how much of the attention output this compression loses
+      reconstruction_grad(x, c, q_pre, nullptr, 0.f, &stats_[size_t(j)]);
     st.level[size_t(j)].push_back(std::move(c));
     while (st.level_slots(j, kvd_) > cap_) {
       Unit y = std::move(st.level[size_t(j)].front());
@@ -300,8 +323,10 @@ class CompressiveMemory final : public LayerMemory {
   // rec = sum_t mean_{h,i} (o2 - o1)^2, o1 over x, o2 over its compression
   // c, content-only attention of the segment's pre-position queries. Adds
   // dloss_scale * d rec / dW to the level's weight gradients.
+  // With stats (and no weights): accumulates sum (o2-o1)^2 and sum o1^2
+  // instead, the detail this compression loses for these queries.
   void reconstruction_grad(const Unit& x, const Unit& c, const std::vector<float>& q_pre,
-                           Weights& w, float dloss_scale) {
+                           Weights* wp, float dloss_scale, LevelStats* stats) {
     const int T = int(q_pre.size() / size_t(H_ * hd_));
     const int n = x.rows(kvd_), nc = c.rows(kvd_), hd = hd_, kvd = kvd_, rk = r_ * kvd_;
     const int per = H_ / G_;
@@ -336,6 +361,14 @@ class CompressiveMemory final : public LayerMemory {
         const float* qv = q_pre.data() + (size_t(t) * H_ + h) * hd;
         attend(qv, x.k, x.v, n, g, p1, o1);
         attend(qv, c.k, c.v, nc, g, p2, o2);
+        if (stats) {
+          for (int i = 0; i < hd; ++i) {
+            const double e = o2[size_t(i)] - o1[size_t(i)];
+            stats->err2 += e * e;
+            stats->ref2 += o1[size_t(i)] * o1[size_t(i)];
+          }
+          continue;
+        }
         for (int i = 0; i < hd; ++i) d[size_t(i)] = 2.0 * norm * (o2[size_t(i)] - o1[size_t(i)]);
         double dot_do = 0;  // do2 . o2
         for (int i = 0; i < hd; ++i) dot_do += d[size_t(i)] * o2[size_t(i)];
@@ -352,6 +385,11 @@ class CompressiveMemory final : public LayerMemory {
           }
         }
       }
+    if (stats) {
+      ++stats->compressions;
+      return;
+    }
+    Weights& w = *wp;
     // c = X_r W^T with X_r (nc, r*kvd): dW (kvd, r*kvd) += dc^T X_r
     for (int j = 0; j < nc; ++j) {
       const float* xk = x.k.data() + size_t(j) * rk;
@@ -377,6 +415,7 @@ class CompressiveMemory final : public LayerMemory {
   std::vector<std::vector<Saved>> saved_;      // [memory layer][batch row]
   std::vector<std::vector<RowStore>> stores_;  // [memory layer][batch row]
   DeviceBuffer dkcat_, dvcat_;
+  std::vector<LevelStats> stats_;  // per level, accumulated over evaluation commits
   int last_T_ = 0, last_B_ = 0;
 };
 

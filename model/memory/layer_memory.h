@@ -8,6 +8,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "model/backend.h"
@@ -59,6 +61,9 @@ class LayerMemory {
   virtual void commit(int64_t first_pos, float dloss_scale) = 0;
   // Host bytes of the stores now (for cost reports).
   virtual size_t store_bytes() const = 0;
+  // Measurements accumulated during evaluation (name, value), e.g. what each
+  // compression level loses; empty when the mechanism has none.
+  virtual std::vector<std::pair<std::string, double>> stats() const { return {}; }
 };
 
 // The LayerMemory of model.config().memory (knn or compressive); null for

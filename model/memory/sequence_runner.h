@@ -53,6 +53,8 @@ class SequenceRunner {
   virtual bool single_backward() const { return true; }
   // Host bytes a memory keeps per sequence now (stores, carried state).
   virtual size_t memory_bytes() const { return 0; }
+  // The memory's evaluation measurements (LayerMemory::stats).
+  virtual std::vector<std::pair<std::string, double>> memory_stats() const { return {}; }
 };
 
 // The runner of model.config().memory (none when unset). The model must
@@ -73,6 +75,9 @@ class SegmentRunner final : public SequenceRunner {
   void set_memory_reset(bool reset) override { reset_ = reset; }
   bool single_backward() const override { return false; }
   size_t memory_bytes() const override { return memory_->store_bytes(); }
+  std::vector<std::pair<std::string, double>> memory_stats() const override {
+    return memory_->stats();
+  }
   LayerMemory& memory() { return *memory_; }
 
  private:

@@ -225,6 +225,45 @@ TEST(KnnIndex, ApproximateRetrievalCostInLoss) {
   EXPECT_NEAR(hnsw, exact, 0.02 * exact);
 }
 
+// The detail a compression loses (LayerMemory::stats, evaluation): zero when
+// every group of `rate` rows is identical (mean pooling then keeps the
+// attention output exactly: duplicated keys carry the same softmax mass),
+// clearly above zero for random text.
+TEST(CompressiveStats, RelativeErrorZeroForRepeatedRowsPositiveForRandom) {
+  auto rel_err = [](const std::vector<int32_t>& in) {
+    ModelConfig mc = tiny("compressive", "rope");
+    mc.memory->layers = {0};  // keys and values are functions of the token alone
+    mc.memory->compression = "mean";
+    mc.memory->levels = 1;
+    mc.memory->compressed_size = 8;
+    auto be = make_cpu_backend();
+    LlamaModel model(mc, *be);
+    model.init_weights(5);
+    const std::unique_ptr<SequenceRunner> r = make_sequence_runner(model);
+    const std::vector<int32_t> tg(in.size(), -1);
+    SequenceBatch b;
+    b.inputs = in.data();
+    b.targets = tg.data();
+    b.B = 1;
+    b.T = int64_t(in.size());
+    r->forward_backward(b, 0.f, nullptr);
+    double err = -1, n = 0;
+    for (const auto& [name, v] : r->memory_stats()) {
+      if (name == "level1_relative_error") err = v;
+      if (name == "level1_compressions") n = v;
+    }
+    EXPECT_GT(n, 0) << "compressions must have happened";
+    return err;
+  };
+  const int T = 6 * kS;
+  std::vector<int32_t> pairs = random_tokens(T, 11, 48);
+  for (int i = 1; i < T; i += 2) pairs[size_t(i)] = pairs[size_t(i - 1)];  // a a b b ...
+  const double same = rel_err(pairs), random = rel_err(random_tokens(T, 12, 48));
+  std::printf("compression relative error: repeated pairs %.2e, random tokens %.3f\n", same, random);
+  EXPECT_LT(same, 1e-5);
+  EXPECT_GT(random, 1e-2);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Memory, LayerMemoryTest,
     ::testing::Values(std::make_pair(std::string("knn"), std::string("rope")),

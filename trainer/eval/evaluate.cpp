@@ -71,6 +71,9 @@ class EvalForward {
   }
   std::vector<float> token_losses() { return losses_; }
   size_t memory_bytes() const { return runner_->memory_bytes(); }
+  std::vector<std::pair<std::string, double>> memory_stats() const {
+    return runner_->memory_stats();
+  }
   std::vector<float> logits(int64_t row) { return runner_->logits(0, row); }
 
  private:
@@ -213,6 +216,7 @@ PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& da
   r.mean_nll = r.tokens ? nll / double(r.tokens) : 0.0;
   r.ppl = std::exp(r.mean_nll);
   r.memory_bytes = int64_t(forward.memory_bytes());
+  r.memory_stats = forward.memory_stats();
   return r;
 }
 
@@ -377,6 +381,8 @@ nlohmann::json perplexity_to_json(const std::vector<PerplexityResult>& results) 
                    {"ppl", r.ppl}});
   for (size_t i = 0; i < results.size(); ++i)
     if (results[i].memory_bytes > 0) arr[i]["memory_bytes_per_sequence"] = results[i].memory_bytes;
+  for (size_t i = 0; i < results.size(); ++i)
+    for (const auto& [name, value] : results[i].memory_stats) arr[i]["memory_stats"][name] = value;
   return arr;
 }
 

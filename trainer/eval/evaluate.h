@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -26,6 +27,10 @@ struct PerplexityResult {
   // length at its end (knn/compressive stores, RMT's carried memories); 0
   // without memory
   int64_t memory_bytes = 0;
+  // the memory's measurements over these sequences (compressive: each
+  // level's compressions and the relative error they leave in the attention
+  // output, docs/memory.md); empty for others
+  std::vector<std::pair<std::string, double>> memory_stats;
 };
 
 // How evaluation is spread over ranks: a `const ProcessGroups*` (null = one
