@@ -320,7 +320,7 @@ class CompressiveMemory final : public LayerMemory {
   }
 
   // The attention-reconstruction loss of one compression (docs/memory.md):
-  // rec = sum_t mean_{h,i} (o2 - o1)^2, o1 over x, o2 over its compression
+  // rec = mean_{t,h,i} (o2 - o1)^2, o1 over x, o2 over its compression
   // c, content-only attention of the segment's pre-position queries. Adds
   // dloss_scale * d rec / dW to the level's weight gradients.
   // With stats (and no weights): accumulates sum (o2-o1)^2 and sum o1^2
@@ -334,7 +334,7 @@ class CompressiveMemory final : public LayerMemory {
     std::vector<double> dkc(size_t(nc) * kvd, 0.0), dvc(size_t(nc) * kvd, 0.0);
     std::vector<double> p1(static_cast<size_t>(n)), p2(static_cast<size_t>(nc)),
         o1(static_cast<size_t>(hd)), o2(static_cast<size_t>(hd));
-    const double norm = 1.0 / double(H_ * hd);
+    const double norm = 1.0 / (double(T) * H_ * hd);
     auto attend = [&](const float* qv, const std::vector<float>& K, const std::vector<float>& V,
                       int rows, int g, std::vector<double>& p, std::vector<double>& o) {
       double mx = -INFINITY;

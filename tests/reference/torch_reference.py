@@ -400,7 +400,7 @@ class CompressiveMemory(SegmentMemory):
                 self.push(l, st, i + 1, old, Q)
 
     def aux_loss(self):
-        """sum over compression events of rec = sum_t mean_{h,i} (o1 - o2)^2; only the conv weights
+        """sum over compression events of rec = mean_{t,h,i} (o1 - o2)^2; only the conv weights
         carry gradient (Q, K_X, V_X are detached stored values)"""
         events = self.replay["events"] if self.replay is not None else self.events
         rec = 0.0
@@ -408,7 +408,7 @@ class CompressiveMemory(SegmentMemory):
             o1 = content_attention(Q, K, V)
             o2 = content_attention(Q, self.compress(l, i, K, "key", live=True),
                                    self.compress(l, i, V, "value", live=True))
-            rec = rec + ((o1 - o2) ** 2).mean(dim=(0, 2)).sum()
+            rec = rec + ((o1 - o2) ** 2).mean()
         return rec
 
 
