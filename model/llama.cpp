@@ -389,10 +389,10 @@ void LlamaModel::layer_backward(int l, LayerActs& a, CBuf x_in, CBuf x_mid, Buf 
   } else {
     attention_->backward(be_, attention_params(), pos_, s.dq, s.dk, s.dv, s.datt, a.q, a.k,
                          a.v, a.att, a.lse);
-  }
-  if (cfg_.position == "rope" && !(layer_memory_ && layer_memory_->handles(l))) {
-    be_.rope_backward(s.dq, rope_cos_.f32(), rope_sin_.f32(), B_, T_, H, hd);
-    be_.rope_backward(s.dk, rope_cos_.f32(), rope_sin_.f32(), B_, T_, G, hd);
+    if (cfg_.position == "rope") {
+      be_.rope_backward(s.dq, rope_cos_.f32(), rope_sin_.f32(), B_, T_, H, hd);
+      be_.rope_backward(s.dk, rope_cos_.f32(), rope_sin_.f32(), B_, T_, G, hd);
+    }
   }
   be_.zero(s.dln, size_t(N) * d);
   be_.matmul_backward(s.dln, g.wq, s.dq, a.ln1, w.wq, N, d, H * hd);

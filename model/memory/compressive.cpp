@@ -50,6 +50,7 @@ struct Saved {
   int m = 0;                           // memory rows in front of the segment
   DeviceBuffer kcat, vcat;             // (m+T, G, hd) rotated keys, values (act)
   DeviceBuffer cos, sin;               // (m+T, hd/2) RoPE tables (rope models)
+  int rope_len = 0;                    // the m+T they were built for (0: none yet)
   std::vector<float> k_pre, v_pre, q_pre;  // (T, kvd), (T, kvd), (T, H*hd) host fp32
 };
 
@@ -77,11 +78,11 @@ class CompressiveMemory final : public LayerMemory {
   }
 
   const char* kind() const override { return "compressive"; }
-  bool handles(int layer) const override { return slot(layer) >= 0; }
+  bool handles(int layer) const override { return memory_layer_slot(layers_, layer) >= 0; }
 
   void forward(int layer, const LayerMemoryCall& c, Buf att, float* lse, Buf q, Buf k,
                CBuf v) override {
-    const int li = slot(layer);
+    const int li = memory_layer_slot(layers_, layer);
     const ModelConfig& cfg = model_.config();
     const int T = c.T, H = H_, hd = hd_, kvd = kvd_;
     const DType act = q.t;
@@ -113,13 +114,16 @@ class CompressiveMemory final : public LayerMemory {
       be_.copy(at(s.kcat.buf(), size_t(m) * kvd), kb, size_t(T) * kvd);
       be_.copy(at(s.vcat.buf(), size_t(m) * kvd), vb, size_t(T) * kvd);
       if (cfg.position == "rope") {
-        const RopeTables tab = make_rope_tables(cfg, m + T, 0, m + T);
-        if (s.cos.size() < tab.cos.size()) {
-          s.cos = DeviceBuffer(be_, tab.cos.size());
-          s.sin = DeviceBuffer(be_, tab.sin.size());
+        if (s.rope_len != m + T) {  // the tables depend on the length only
+          const RopeTables tab = make_rope_tables(cfg, m + T, 0, m + T);
+          if (s.cos.size() < tab.cos.size()) {
+            s.cos = DeviceBuffer(be_, tab.cos.size());
+            s.sin = DeviceBuffer(be_, tab.sin.size());
+          }
+          be_.copy_to_device(s.cos.data(), tab.cos.data(), tab.cos.size() * sizeof(float));
+          be_.copy_to_device(s.sin.data(), tab.sin.data(), tab.sin.size() * sizeof(float));
+          s.rope_len = m + T;
         }
-        be_.copy_to_device(s.cos.data(), tab.cos.data(), tab.cos.size() * sizeof(float));
-        be_.copy_to_device(s.sin.data(), tab.sin.data(), tab.sin.size() * sizeof(float));
         const size_t half = size_t(hd / 2);
         be_.rope_forward(s.kcat.buf(), s.cos.f32(), s.sin.f32(), 1, m + T, G_, hd);
         be_.rope_forward(qb, s.cos.f32() + size_t(m) * half, s.sin.f32() + size_t(m) * half, 1,
@@ -136,7 +140,7 @@ class CompressiveMemory final : public LayerMemory {
 
   void backward(int layer, const LayerMemoryCall& c, Buf dq, Buf dk, Buf dv, CBuf datt, CBuf q,
                 CBuf, CBuf, CBuf att, const float* lse) override {
-    const int li = slot(layer);
+    const int li = memory_layer_slot(layers_, layer);
     const ModelConfig& cfg = model_.config();
     const int T = c.T, H = H_, hd = hd_, kvd = kvd_;
     for (int b = 0; b < c.B; ++b) {
@@ -248,11 +252,6 @@ class CompressiveMemory final : public LayerMemory {
     std::vector<float> wk, wv, dk, dv;
   };
 
-  int slot(int layer) const {
-    for (size_t i = 0; i < layers_.size(); ++i)
-      if (layers_[i] == layer) return int(i);
-    return -1;
-  }
   static void append_unit(const Unit& u, std::vector<float>& k, std::vector<float>& v) {
     k.insert(k.end(), u.k.begin(), u.k.end());
     v.insert(v.end(), u.v.begin(), u.v.end());

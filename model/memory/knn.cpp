@@ -48,11 +48,11 @@ class KnnMemory final : public LayerMemory {
   }
 
   const char* kind() const override { return "knn"; }
-  bool handles(int layer) const override { return slot(layer) >= 0; }
+  bool handles(int layer) const override { return memory_layer_slot(layers_, layer) >= 0; }
 
   void forward(int layer, const LayerMemoryCall& c, Buf att, float* lse, Buf q, Buf k,
                CBuf v) override {
-    const int li = slot(layer);
+    const int li = memory_layer_slot(layers_, layer);
     const ModelConfig& cfg = model_.config();
     const int B = c.B, T = c.T, H = H_, hd = hd_, kvd = kvd_, per = H_ / G_;
     const size_t nq = size_t(B) * T * H * hd;
@@ -84,17 +84,16 @@ class KnnMemory final : public LayerMemory {
     s.p.assign(size_t(B) * T * H * std::max(n, 1), 0.f);
     s.mem.assign(nq, 0.f);
     const float scale = 1.f / std::sqrt(float(hd));
-    std::vector<float> qh(size_t(T) * hd), score(size_t(T) * std::max(n, 1));
+    std::vector<float> score(size_t(T) * std::max(n, 1));
     std::vector<int32_t> ix(size_t(T) * std::max(n, 1));
     for (int b = 0; b < B; ++b) {
       const int nb = s.nb[size_t(b)];
       if (nb == 0) continue;
       for (int h = 0; h < H; ++h) {
         const int g = h / per;
-        for (int t = 0; t < T; ++t)
-          std::copy_n(s.q_pre.data() + ((size_t(b) * T + t) * H + h) * hd, hd,
-                      qh.data() + size_t(t) * hd);
-        st.search(b, g, qh.data(), T, nb, ix.data(), score.data());
+        // head h of row b's T queries: stride H*hd in q_pre (B,T,H,hd)
+        st.search(b, g, s.q_pre.data() + (size_t(b) * T * H + h) * hd, T, nb, ix.data(),
+                  score.data(), int64_t(H) * hd);
         for (int t = 0; t < T; ++t) {
           const size_t row = (size_t(b) * T + t) * H + h;
           int32_t* id = s.idx.data() + row * n;
@@ -133,7 +132,7 @@ class KnnMemory final : public LayerMemory {
 
   void backward(int layer, const LayerMemoryCall& c, Buf dq, Buf dk, Buf dv, CBuf datt, CBuf q,
                 CBuf k, CBuf v, CBuf, const float* lse) override {
-    const int li = slot(layer);
+    const int li = memory_layer_slot(layers_, layer);
     const ModelConfig& cfg = model_.config();
     const Saved& s = saved_[size_t(li)];
     const int B = c.B, T = c.T, H = H_, hd = hd_, per = H_ / G_, n = s.n;
@@ -223,11 +222,6 @@ class KnnMemory final : public LayerMemory {
   }
 
  private:
-  int slot(int layer) const {
-    for (size_t i = 0; i < layers_.size(); ++i)
-      if (layers_[i] == layer) return int(i);
-    return -1;
-  }
   static std::string gate_name(int layer) {
     return "model.layers." + std::to_string(layer) + ".self_attn.memory_gate";
   }

@@ -66,6 +66,13 @@ class LayerMemory {
   virtual std::vector<std::pair<std::string, double>> stats() const { return {}; }
 };
 
+// Index of `layer` in a memory's model.memory.layers, or -1 (not a memory layer).
+inline int memory_layer_slot(const std::vector<int>& layers, int layer) {
+  for (size_t i = 0; i < layers.size(); ++i)
+    if (layers[i] == layer) return int(i);
+  return -1;
+}
+
 // The LayerMemory of model.config().memory (knn or compressive); null for
 // models without one (no memory or rmt).
 std::unique_ptr<LayerMemory> make_layer_memory(LlamaModel& model);

@@ -78,7 +78,7 @@ double SegmentRunner::forward_backward(const SequenceBatch& batch, float dloss_s
     if (reset_) memory_->begin_sequence(B);
     if (batch.doc_starts && k > 0)
       for (int b = 0; b < B; ++b) {
-        const std::vector<int64_t>& starts = (*batch.doc_starts)[size_t(b)];
+        const std::vector<int64_t>& starts = batch.doc_starts[b];
         int64_t last = -1;
         size_t& i = next_doc[size_t(b)];
         while (i < starts.size() && starts[i] <= p0) last = starts[i++];

@@ -17,7 +17,7 @@ namespace rt {
 // B sequences of T local rows (host arrays, row-major (B, T)); targets < 0
 // are ignored. rows: the global positions of the local rows (context
 // parallelism; whole sequence when null; memory runners need the whole
-// sequence). doc_starts (B lists, or null): sequence positions in [0, T)
+// sequence). doc_starts (the first of B lists, or null): sequence positions in [0, T)
 // where a document starts (memory stores are cleared there, docs/memory.md).
 struct SequenceBatch {
   const int32_t* inputs = nullptr;
@@ -25,7 +25,7 @@ struct SequenceBatch {
   int B = 0;
   int64_t T = 0;
   const RowPositions* rows = nullptr;
-  const std::vector<std::vector<int64_t>>* doc_starts = nullptr;
+  const std::vector<int64_t>* doc_starts = nullptr;
 };
 
 class SequenceRunner {

@@ -81,7 +81,7 @@ struct Fixture {
     b.targets = tg.data();
     b.B = B;
     b.T = T;
-    b.doc_starts = docs;
+    b.doc_starts = docs ? docs->data() : nullptr;
     runner->forward_backward(b, 0.f, nullptr, out.data());
     return out;
   }

@@ -545,9 +545,7 @@ StepStats Trainer::train_step() {
     batch.B = mb;
     batch.T = Tl;
     batch.rows = &rows_;
-    const std::vector<std::vector<int64_t>> docs(doc_starts_.begin() + j,
-                                                 doc_starts_.begin() + j + mb);
-    batch.doc_starts = &docs;
+    batch.doc_starts = doc_starts_.data() + j;
     runner_->forward_backward(batch, scale, nullptr);
   }
   // Global loss and gradients: each rank's gradient is already scaled by
