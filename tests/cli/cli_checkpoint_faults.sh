@@ -13,20 +13,7 @@ py=/usr/bin/python3
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-failures=0
-fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
-# expect CODE PATTERN -- command...   (output in out.txt)
-expect() {
-  local code=$1 pattern=$2
-  shift 3
-  "$@" > out.txt 2>&1
-  local got=$?
-  if [ "$got" != "$code" ] || ! grep -qE -- "$pattern" out.txt; then
-    echo "FAIL: '$*' exited $got (want $code), output must match /$pattern/:" >&2
-    sed 's/^/    /' out.txt >&2
-    failures=$((failures + 1))
-  fi
-}
+source "$src/tests/cli/lib.sh"
 have_h5py() { $py -c "import h5py, numpy" 2>/dev/null; }
 # same_losses REF_RUN RUN: every loss record of RUN equals REF_RUN's at that step.
 same_losses() {

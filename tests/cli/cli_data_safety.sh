@@ -15,20 +15,7 @@ mnt=""
 cleanup() { [ -n "$mnt" ] && umount "$mnt" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 cd "$work"
-failures=0
-fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
-# expect CODE PATTERN -- command...   (output in out.txt)
-expect() {
-  local code=$1 pattern=$2
-  shift 3
-  "$@" > out.txt 2>&1
-  local got=$?
-  if [ "$got" != "$code" ] || ! grep -qE -- "$pattern" out.txt; then
-    echo "FAIL: '$*' exited $got (want $code), output must match /$pattern/:" >&2
-    sed 's/^/    /' out.txt >&2
-    failures=$((failures + 1))
-  fi
-}
+source "$src/tests/cli/lib.sh"
 have_h5py() { $py -c "import h5py, numpy" 2>/dev/null; }
 all_lines_json() {
   $py -c "import json,sys; [json.loads(l) for l in open(sys.argv[1])]" "$1" 2>/dev/null

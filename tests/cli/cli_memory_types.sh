@@ -13,20 +13,7 @@ py=/usr/bin/python3
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-failures=0
-fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
-# expect CODE PATTERN -- command...   (output in out.txt)
-expect() {
-  local code=$1 pattern=$2
-  shift 3
-  "$@" > out.txt 2>&1
-  local got=$?
-  if [ "$got" != "$code" ] || ! grep -qE -- "$pattern" out.txt; then
-    echo "FAIL: '$*' exited $got (want $code), output must match /$pattern/:" >&2
-    sed 's/^/    /' out.txt >&2
-    failures=$((failures + 1))
-  fi
-}
+source "$src/tests/cli/lib.sh"
 same_losses() {
   $py - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'PY'
 import json, sys

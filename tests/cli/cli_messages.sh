@@ -18,19 +18,7 @@ src=$2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-failures=0
-# expect CODE PATTERN -- command...
-expect() {
-  local code=$1 pattern=$2
-  shift 3
-  "$@" > out.txt 2>&1
-  local got=$?
-  if [ "$got" != "$code" ] || ! grep -qE -- "$pattern" out.txt; then
-    echo "FAIL: '$*' exited $got (want $code), output must match /$pattern/:" >&2
-    sed 's/^/    /' out.txt >&2
-    failures=$((failures + 1))
-  fi
-}
+source "$src/tests/cli/lib.sh"
 
 head -c 20000 "$src/README.md" > text.txt
 cat > ok.yaml <<YAML
