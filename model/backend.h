@@ -176,6 +176,11 @@ class Backend {
   // compute copy param = round(master) as for sgd_update.
   virtual void sgd_momentum_update(float* master, Buf param, const float* grad, float* buf,
                                    size_t n, float lr, float weight_decay, float momentum) = 0;
+
+  // ---- statistics -------------------------------------------------------------
+  // High-water mark of the backend's device allocator in bytes (the CUDA
+  // backend's); 0 where the backend keeps none (the CPU: use peak RSS).
+  virtual size_t peak_bytes() const { return 0; }
 };
 
 // One allocation on a backend, freed through it (RAII; movable).

@@ -1,5 +1,5 @@
-// CUDA device discovery. The CUDA training backend (kernels, cuBLAS GEMMs)
-// builds on this; for now the trainer uses it to report what it sees.
+// CUDA device discovery: which devices exist, their names, memory and
+// compute capability (trainer/train/device.cpp chooses one from these).
 #include <cuda_runtime.h>
 
 #include "model/cuda/device_info.h"
@@ -17,8 +17,29 @@ int device_count() {
 
 std::string device_name(int device) {
   cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return "unknown";
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    cudaGetLastError();
+    return "unknown";
+  }
   return prop.name;
+}
+
+size_t device_total_memory(int device) {
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return prop.totalGlobalMem;
+}
+
+int device_compute_capability(int device) {
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return prop.major * 10 + prop.minor;
 }
 
 }  // namespace rt::cuda

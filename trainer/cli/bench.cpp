@@ -17,6 +17,9 @@
 #include "trainer/cli/commands.h"
 #include "trainer/config/config.h"
 #include "trainer/train/trainer.h"
+#ifdef RINGTRAIN_HAVE_CUDA
+#include "model/cuda/gemm_probe.h"
+#endif
 
 namespace rt::cli {
 namespace {
@@ -68,9 +71,12 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
   Comm& world = trainer.world();
   // exposed (waited-for) communication in microseconds per step
   const RankMemory mem = trainer.rank_memory();
-  constexpr int kF = 10;
+  const DeviceChoice& dev = trainer.device();
+  const bool gpu = dev.device == Device::kCuda;
+  constexpr int kF = 11;
   const int64_t mine[kF] = {
-      peak_rss_bytes(),
+      // peak memory: the device allocator's high-water mark on the GPU, RSS on the CPU
+      gpu ? int64_t(trainer.model().backend().peak_bytes()) : peak_rss_bytes(),
       (trainer.ring_bytes_sent() - ring_bytes0) / steps,
       (trainer.reduce_bytes_sent() - reduce_bytes0) / steps,
       int64_t((trainer.ring_wait_seconds() - ring_wait0) * 1e6 / steps),
@@ -79,13 +85,14 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
       mem.master,
       mem.grads,
       mem.optimizer,
-      mem.activations};
+      mem.activations,
+      peak_rss_bytes()};
   std::vector<int64_t> all(size_t(kF * world.size()));
   world.allgather(mine, sizeof mine, all.data());
   int64_t most[kF] = {};
   for (int r = 0; r < world.size(); ++r)
     for (int k = 0; k < kF; ++k) most[k] = std::max(most[k], all[size_t(kF * r + k)]);
-  const int64_t max_rss = most[0], max_ring = most[1];
+  const int64_t max_peak = most[0], max_ring = most[1];
   // Theoretical ring volume per rank and step: K,V (activation dtype, kv heads
   // only) go cp-1 hops forward and cp-1 backward, dK,dV (fp32) make a full
   // turn of cp hops.
@@ -98,10 +105,27 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
                               cfg.model.num_hidden_layers * micro_steps;
   const double fpt = train_flops_per_token(cfg.model, cfg.train.seq_len);
   const double sgemm = measure_sgemm_flops();
+  // MFU (SPEC §11 FLOPs, causal attention counted as 6·L·d·T per token, i.e.
+  // half of the full T×T score matrix) against the GPU's dense bf16 peak.
+  nlohmann::json mfu = nullptr, gemm_tflops = nullptr;
+  if (gpu && dev.peak_bf16_flops > 0) mfu = tps * fpt / (dev.peak_bf16_flops * world.size());
+#ifdef RINGTRAIN_HAVE_CUDA
+  if (gpu) gemm_tflops = cuda::measure_gemm_bf16_tflops(dev.index);
+#endif
   nlohmann::json j = {{"tokens_per_s", tps},
                       {"step_ms", ms / steps},
                       {"flops_per_s", tps * fpt},
-                      {"peak_mem_bytes", max_rss},
+                      {"device", dev.name},
+                      {"device_memory_bytes", dev.total_memory},
+                      {"precision", trainer.model().precision().name()},
+                      {"activation_checkpointing", cfg.train.activation_checkpointing},
+                      {"mfu", mfu},
+                      {"peak_bf16_flops_per_s", gpu && dev.peak_bf16_flops > 0
+                                                    ? nlohmann::json(dev.peak_bf16_flops)
+                                                    : nlohmann::json(nullptr)},
+                      {"gemm_bf16_tflops", gemm_tflops},
+                      {"peak_mem_bytes", max_peak},
+                      {"host_peak_rss_bytes", most[10]},
                       {"ring_bytes_sent_per_step", max_ring},
                       {"ring_bytes_theoretical_per_step", ring_theory},
                       {"reduce_bytes_sent_per_step", most[2]},
@@ -136,7 +160,15 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
 Command add_bench(CLI::App& app) {
   auto a = std::make_shared<BenchArgs>();
   auto* bench = app.add_subcommand(
-      "bench", "Time N training steps after a warm-up; print one JSON object");
+      "bench",
+      "Time N training steps after a warm-up; print one JSON object: tokens_per_s, step_ms, "
+      "flops_per_s (SPEC §11 FLOPs per token = 6·non-embedding params + 6·layers·hidden·T: "
+      "causal attention counted half of the full T×T), device (cpu or the GPU's name), mfu "
+      "(flops_per_s over the GPU's dense bf16 peak from its name: H100 SXM/H200 989, H100 "
+      "PCIe 756, A100 312 TFLOP/s; null on the CPU or an unknown GPU), peak_mem_bytes (the "
+      "device allocator's high-water mark on a GPU, peak RSS on the CPU), gemm_bf16_tflops "
+      "(a cuBLAS 8192^3 bf16 GEMM measured in the same run; null on the CPU), memory by kind, "
+      "ring and reduction traffic");
   bench->add_option("config", a->config, "config YAML")->required();
   bench->add_option("--set", a->overrides, "override a config key")->take_all();
   bench->add_option("--steps", a->steps, "timed steps (default 5)");

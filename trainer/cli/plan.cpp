@@ -10,6 +10,7 @@
 #include "common/log.h"
 #include "trainer/cli/commands.h"
 #include "trainer/config/config.h"
+#include "trainer/train/device.h"
 #include "trainer/train/memory_plan.h"
 
 namespace rt::cli {
@@ -31,7 +32,13 @@ int cmd_plan(const std::string& config, const std::vector<std::string>& override
   Config cfg = load_config(config, overrides);
   validate_layout(cfg, world);
   std::string device = device_opt;
-  if (device.empty()) device = cfg.parallel.device == "cuda" ? "cuda" : "cpu";
+  if (device.empty()) {  // what training would choose (trainer/train/device.h)
+    const DeviceEnvironment env = this_device_environment();
+    device = cfg.parallel.device == "cuda" ||
+                     (cfg.parallel.device == "auto" && env.built_with_cuda && env.device_count > 0)
+                 ? "cuda"
+                 : "cpu";
+  }
   if (device != "cpu" && device != "cuda")
     throw UsageError("--device must be cpu or cuda, got '" + device + "'");
   const Device dev = device == "cuda" ? Device::kCuda : Device::kCpu;
@@ -41,6 +48,14 @@ int cmd_plan(const std::string& config, const std::vector<std::string>& override
       dev == Device::kCuda ? parse_bytes(gpu_memory.empty() ? "80GiB" : gpu_memory,
                                          "--gpu-memory")
                            : 0;
+  // What `train` would refuse on this device today (exit 2 there); plan still
+  // prints the memory, e.g. for multi-GPU context-parallel layouts.
+  std::string refusal;
+  try {
+    check_device_config(cfg, dev);
+  } catch (const UsageError& e) {
+    refusal = e.what();
+  }
   const MemoryPlan p = plan_memory(cfg, world, dev);
   const bool ckpt = cfg.train.activation_checkpointing;
   std::printf("config: %s (valid)\n", config.c_str());
@@ -48,6 +63,8 @@ int cmd_plan(const std::string& config, const std::vector<std::string>& override
               p.dims.describe().c_str(), cfg.parallel.ring_layout.c_str(),
               (long long)(cfg.train.seq_len / p.dims.cp));
   std::printf("device: %s, precision: %s\n", device.c_str(), p.prec.name().c_str());
+  if (!refusal.empty())
+    std::printf("trains on this device today: no (train exits 2): %s\n", refusal.c_str());
   std::printf("optimizer: %s, %s\n", cfg.train.optimizer.type.c_str(),
               p.sharded ? ("sharded over " + std::to_string(world) + " ranks (ZeRO-1)").c_str()
                         : "not sharded (every rank holds all of its state)");
@@ -97,8 +114,10 @@ Command add_plan(CLI::App& app) {
   plan->add_option("--set", a->overrides, "override a config key")->take_all();
   plan->add_option("--world", a->world, "number of ranks (default 1)");
   plan->add_option("--device", a->device,
-                   "cpu | cuda (default: parallel.device, cpu for auto); sets what "
-                   "train.precision auto means");
+                   "cpu | cuda (default: parallel.device; auto is cuda when this build has "
+                   "CUDA and a GPU is visible, else cpu); sets what train.precision auto "
+                   "means; says what train would refuse on it (on cuda: fp32, head_dim "
+                   "other than 64/128, knn/compressive memory, context_parallel > 1)");
   plan->add_option("--gpu-memory", a->gpu_memory,
                    "GPU memory per rank for the fit check with --device cuda (default 80GiB)");
   return {plan,

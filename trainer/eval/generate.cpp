@@ -101,8 +101,15 @@ int run_generate_command(const GenerateOptions& o) {
   if (o.bos && tok->bos_id() < 0)
     throw UsageError("generate --bos: the tokenizer " + tok->describe() + " has no BOS token");
 
-  std::unique_ptr<Backend> be = make_backend(cfg.parallel.device);
-  LlamaModel model(cfg.model, *be);
+  // The device as training would choose it; its own precision (fp32 on the
+  // CPU, bf16 on CUDA), whatever the checkpoint was trained in.
+  Config dcfg = cfg;
+  dcfg.train.precision = "auto";
+  dcfg.parallel.context_parallel = 1;
+  const DeviceChoice dev = resolve_device(dcfg, parallel_runtime().local_rank);
+  if (dev.device == Device::kCuda) log_info("device: %s", dev.describe().c_str());
+  std::unique_ptr<Backend> be = make_device_backend(dev);
+  LlamaModel model(cfg.model, *be, dev.precision);
   load_model_weights(o.checkpoint, model);
   std::vector<int32_t> tokens;
   if (o.bos) tokens.push_back(tok->bos_id());

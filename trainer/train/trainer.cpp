@@ -12,9 +12,6 @@
 #include "common/log.h"
 #include "model/precision.h"
 #include "trainer/checkpoint/checkpoint.h"
-#ifdef RINGTRAIN_HAVE_CUDA
-#include "model/cuda/device_info.h"
-#endif
 
 namespace rt {
 
@@ -104,20 +101,6 @@ std::shared_ptr<const Tokenizer> config_tokenizer(const Config& cfg) {
   return tok;
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& device) {
-#ifdef RINGTRAIN_HAVE_CUDA
-  if (device == "auto" && cuda::device_count() > 0)
-    log_warn("found CUDA device %s, but the CUDA training backend is not implemented yet; "
-             "training on the CPU",
-             cuda::device_name(0).c_str());
-#endif
-  if (device == "cuda")
-    throw UsageError(
-        "parallel.device: cuda is not available in this build yet (the CUDA training backend "
-        "is a later milestone); use parallel.device: cpu or auto");
-  return make_cpu_backend();
-}
-
 Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
   world_ = parallel_runtime().world.get();
   rank_ = world_->rank();
@@ -129,7 +112,11 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
   if (writer_) run_lock_ = std::make_unique<RunLock>(cfg_.run.dir);
   groups_ = make_process_groups(*world_, dims_, parse_ring_layout(cfg_.parallel.ring_layout));
   rows_ = groups_.rows(cfg_.train.seq_len);
-  backend_ = make_backend(cfg_.parallel.device);
+  device_ = resolve_device(cfg_, parallel_runtime().local_rank);
+  backend_ = make_device_backend(device_);
+  if (device_.device == Device::kCuda)
+    log_info("device: %s (rank 0, local rank %d; rank r uses local device local_rank %% %d)",
+             device_.describe().c_str(), parallel_runtime().local_rank, device_.count);
   tokenizer_ = config_tokenizer(cfg_);
   tokenizer_files_ = tokenizer_->files();
   if (std::error_code ec; fs::is_regular_file(cfg_.checkpoint.init_from, ec)) {
@@ -147,7 +134,7 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
                                            cfg_.train.global_batch_size, cfg_.data.shuffle,
                                            cfg_.run.seed);
 
-  const Precision prec = resolve_precision(cfg_.train.precision, backend_->device());
+  const Precision prec = device_.precision;
   if (prec.act != DType::kF32 && dims_.cp > 1)
     throw UsageError("train.precision: " + cfg_.train.precision + " (" + prec.name() +
                      ") with parallel.context_parallel(" + std::to_string(dims_.cp) +
@@ -693,6 +680,13 @@ void Trainer::print_layout_table() {
   std::snprintf(host, sizeof host, "%s", parallel_runtime().host.c_str());
   std::vector<char> hosts(size_t(dims_.world) * sizeof host);
   world_->allgather(host, sizeof host, hosts.data());
+  char dev[32] = {};
+  if (device_.device == Device::kCuda)
+    std::snprintf(dev, sizeof dev, "cuda:%d", device_.index);
+  else
+    std::snprintf(dev, sizeof dev, "cpu");
+  std::vector<char> devs(size_t(dims_.world) * sizeof dev);
+  world_->allgather(dev, sizeof dev, devs.data());
   log_info("layout: %s, ring layout %s, %lld tokens per rank per sequence",
            dims_.describe().c_str(), cfg_.parallel.ring_layout.c_str(),
            (long long)(cfg_.train.seq_len / dims_.cp));
@@ -700,7 +694,7 @@ void Trainer::print_layout_table() {
   log_info("  rank   dp   cp  host                 device");
   for (int r = 0; r < dims_.world; ++r)
     log_info("  %4d %4d %4d  %-20s %s", r, dims_.dp_index(r), dims_.cp_index(r),
-             hosts.data() + size_t(r) * sizeof host, device_name(backend_->device()));
+             hosts.data() + size_t(r) * sizeof host, devs.data() + size_t(r) * sizeof dev);
 }
 
 void Trainer::fit() {
@@ -772,16 +766,27 @@ void Trainer::fit() {
         log_info("%s", progress_line(step_, tc.max_steps, loss, s.lr, s.grad_norm, tps,
                                      window_ms / window_steps, eta)
                            .c_str());
-      if (metrics_)
-        metrics_->write({{"step", step_},
-                         {"loss", loss},
-                         {"grad_norm", s.grad_norm},
-                         {"lr", s.lr},
-                         {"tokens_seen", tokens_seen_},
-                         {"tokens_per_s", tps},
-                         {"flops_per_s", tps * flops_per_token},
-                         {"step_ms", window_ms / window_steps},
-                         {"peak_mem_bytes", peak_rss_bytes()}});
+      if (metrics_) {
+        // On the GPU: peak device memory (the backend allocator's high-water
+        // mark) and MFU against the device's dense bf16 peak (SPEC §11).
+        const bool gpu = device_.device == Device::kCuda;
+        nlohmann::json rec = {{"step", step_},
+                              {"loss", loss},
+                              {"grad_norm", s.grad_norm},
+                              {"lr", s.lr},
+                              {"tokens_seen", tokens_seen_},
+                              {"tokens_per_s", tps},
+                              {"flops_per_s", tps * flops_per_token},
+                              {"step_ms", window_ms / window_steps},
+                              {"peak_mem_bytes", gpu ? int64_t(backend_->peak_bytes())
+                                                     : peak_rss_bytes()}};
+        if (gpu)
+          rec["mfu"] = device_.peak_bf16_flops > 0
+                           ? nlohmann::json(tps * flops_per_token /
+                                            (device_.peak_bf16_flops * dims_.world))
+                           : nlohmann::json(nullptr);
+        metrics_->write(rec);
+      }
       window_ms = window_loss = 0;
       window_steps = window_tokens = 0;
     }

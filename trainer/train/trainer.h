@@ -26,6 +26,7 @@
 #include "parallel/ring_attention.h"
 #include "trainer/config/config.h"
 #include "trainer/eval/evaluate.h"
+#include "trainer/train/device.h"
 #include "trainer/train/memory_plan.h"
 #include "trainer/train/metrics.h"
 #include "trainer/train/optimizer.h"
@@ -95,6 +96,8 @@ class Trainer {
   // This rank's memory as allocated (the start-up log's figures).
   RankMemory rank_memory() const;
   Comm& world() { return *world_; }
+  // The device this rank trains on (resolve_device): name, memory, peak FLOP/s.
+  const DeviceChoice& device() const { return device_; }
   SequenceRunner& runner() { return *runner_; }
   // The model's tokenizer (config_tokenizer): data, synthetic tasks, checkpoints.
   const Tokenizer& tokenizer() const { return *tokenizer_; }
@@ -120,6 +123,7 @@ class Trainer {
   std::unique_ptr<RunLock> run_lock_;  // the writer's, for the trainer's lifetime
   void print_layout_table();
 
+  DeviceChoice device_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<RingAttention> ring_;  // after backend_: freed through it first
@@ -162,7 +166,5 @@ void make_dirs(const std::string& path);
 // UsageError (exit 2) naming both.
 std::shared_ptr<const Tokenizer> config_tokenizer(const Config& cfg);
 
-// The backend for parallel.device (auto -> cpu until CUDA lands).
-std::unique_ptr<Backend> make_backend(const std::string& device);
 
 }  // namespace rt
