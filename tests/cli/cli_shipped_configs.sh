@@ -21,6 +21,14 @@ for cfg in configs/*.yaml configs/*/*.yaml; do
   case "$cfg" in
     configs/extend/*) continue ;;
     configs/ablations/*) continue ;;  # sweep files: tests/cli/cli_ablate_shipped.sh runs them
+    configs/bench_tinyllama.yaml)
+      # the 1.1B GPU benchmark model (tools/gpu_check.sh): planned for one GPU, not trained here
+      "$bin" plan "$cfg" --device cuda > "$work/plan.out" 2>&1 \
+        || { tail -5 "$work/plan.out"; fail "$cfg does not validate for one GPU"; }
+      grep -q '^fits: yes' "$work/plan.out" || fail "$cfg: does not fit one 80 GB GPU at its seq_len"
+      grep -q 'trains on this device today' "$work/plan.out" && fail "$cfg: the CUDA backend would refuse it"
+      printf '%-34s valid for 1 GPU (plan)\n' "$cfg"
+      continue ;;
     configs/recipes/*|configs/scaling/*)
       # multi-GPU recipes and model shapes (1B-8B): validated for the 8 ranks
       # they are written for, with their memory plan, not trained here
