@@ -18,6 +18,7 @@
 # side on the CPU in bf16 (storage emulation) instead: that checks this
 # script's comparison logic where no GPU exists; RT_E2E_PERTURB=1 with it
 # changes the GPU side's learning rate by 20% (the comparison must then fail).
+# RT_E2E_PARTS="compare" or "resume" runs one half (default both).
 # usage: cli_cuda_e2e.sh RINGTRAIN SOURCE_DIR [OUT_DIR]   (OUT_DIR keeps the logs)
 set -uo pipefail
 bin=$1
@@ -89,8 +90,11 @@ sys.exit(0 if ok else 1)
 PY
 }
 
-echo "CPU fp32 vs $gpu bf16, $steps steps (loss cpu/gpu):"
-for m in rope alibi nopos rmt; do
+parts=${RT_E2E_PARTS:-compare resume}  # tools/gpu_check.sh runs them one at a time
+models=(rope alibi nopos rmt)
+[[ " $parts " == *" compare "* ]] || models=()
+[ ${#models[@]} -gt 0 ] && echo "CPU fp32 vs $gpu bf16, $steps steps (loss cpu/gpu):"
+for m in "${models[@]}"; do
   $bin train $m.yaml --set run.dir=$work/cpu_$m --set parallel.device=cpu --set train.precision=fp32 \
     > cpu_$m.log 2>&1 || { fail "$m: CPU fp32 run"; tail -5 cpu_$m.log >&2; continue; }
   $bin train $m.yaml --set run.dir=$work/gpu_$m "${gpu_set[@]}" "${perturb[@]}" \
@@ -108,6 +112,7 @@ wait_for_step() {  # RUN N: up to 120 s (a GPU process starts slowly)
   done
   return 1
 }
+if [[ " $parts " == *" resume "* ]]; then
 long=(--set train.max_steps=100000 --set checkpoint.every_steps=1000 "${gpu_set[@]}")
 $bin train rope.yaml --set run.dir=$work/term "${long[@]}" > term.log 2>&1 &
 pid=$!
@@ -143,6 +148,7 @@ print(f"resume after SIGTERM at step {n}: max relative loss difference {diff:.3g
       f"deterministic: two uninterrupted runs differ by up to {run_to_run:.3g} (limit {limit:.3g})")
 sys.exit(0 if diff <= limit else 1)
 PY
+fi
 
 if [ -n "$keep" ]; then
   mkdir -p "$keep"
