@@ -4,7 +4,7 @@
 # this holds in a CUDA build on a GPU machine too): auto trains on the CPU in
 # fp32 without a word about CUDA; cuda is exit 2 saying why (built without
 # CUDA, or no device visible); what the CUDA backend cannot run (fp32,
-# head_dim not 64/128, knn/compressive memory) is exit 2
+# head_dim not 64/128) is exit 2
 # naming the key, in train, eval and bench alike; plan --device cuda says so
 # and still prints the memory; bench reports device, mfu, gemm rate.
 # usage: cli_device.sh RINGTRAIN SOURCE_DIR
@@ -46,14 +46,13 @@ expect 2 "train.precision: fp32 on parallel.device cuda.*set train.precision: bf
   $bin train ok.yaml "${cuda[@]}" --set train.precision=fp32
 expect 2 "model.head_dim is 32 .*64 or 128" -- $bin train ok.yaml "${cuda[@]}" --set model.num_attention_heads=4 --set model.num_key_value_heads=1
 expect 2 "model.head_dim is 96 .*64 or 128" -- $bin train ok.yaml "${cuda[@]}" --set model.head_dim=96
-expect 2 "model.memory.type: knn is not supported on parallel.device cuda.*host \(CPU\) code" -- \
-  $bin train ok.yaml "${cuda[@]}" --set 'model.memory={type: knn, segment_length: 32, layers: [0], memory_size: 64, top_k: 8}'
-expect 2 "model.memory.type: compressive is not supported on parallel.device cuda" -- \
-  $bin train ok.yaml "${cuda[@]}" --set 'model.memory={type: compressive, segment_length: 32, layers: [0], memory_segments: 1, rate: 2, levels: 2, compressed_size: 32, compression: conv}'
 expect 2 "model.head_dim is 32" -- $bin bench ok.yaml --steps 1 --set parallel.device=cuda --set model.num_attention_heads=4 --set model.num_key_value_heads=1
-# rmt memory is fine on CUDA: the refusal is the machine's, not the config's
-expect 2 "parallel.device: cuda, but .*($no_gpu)" -- $bin train ok.yaml "${cuda[@]}" \
-  --set 'model.memory={type: rmt, segment_length: 32, num_tokens: 4}'
+# memory models of every type run on CUDA: the refusal is the machine's, not the config's
+for mem in '{type: rmt, segment_length: 32, num_tokens: 4}' \
+           '{type: knn, segment_length: 32, layers: [0], memory_size: 64, top_k: 8}' \
+           '{type: compressive, segment_length: 32, layers: [0], memory_segments: 1, rate: 2, levels: 2, compressed_size: 32, compression: conv}'; do
+  expect 2 "parallel.device: cuda, but .*($no_gpu)" -- $bin train ok.yaml "${cuda[@]}" --set "model.memory=$mem"
+done
 
 # --- plan --device cuda: what train would refuse, and the memory all the same
 expect 0 "trains on this device today: no \(train exits 2\): model.head_dim is 32" -- \

@@ -117,7 +117,7 @@ Command add_plan(CLI::App& app) {
                    "cpu | cuda (default: parallel.device; auto is cuda when this build has "
                    "CUDA and a GPU is visible, else cpu); sets what train.precision auto "
                    "means; says what train would refuse on it (on cuda: fp32, head_dim "
-                   "other than 64/128, knn/compressive memory, context_parallel > 1)");
+                   "other than 64/128, context_parallel > 1)");
   plan->add_option("--gpu-memory", a->gpu_memory,
                    "GPU memory per rank for the fit check with --device cuda (default 80GiB)");
   return {plan,

@@ -60,11 +60,6 @@ Precision check_device_config(const Config& cfg, Device device) {
                      " (hidden_size / num_attention_heads unless set): the CUDA attention "
                      "kernels take head_dim 64 or 128 only; choose num_attention_heads so that "
                      "head_dim is 64 or 128, or use parallel.device: cpu");
-  if (cfg.model.memory && cfg.model.memory->type != "rmt")
-    throw UsageError("model.memory.type: " + cfg.model.memory->type +
-                     " is not supported on parallel.device cuda: the kNN and compressive "
-                     "memory stores are host (CPU) code today; use model.memory.type: rmt on "
-                     "the GPU, or parallel.device: cpu");
   if (cfg.parallel.context_parallel > 1)
     throw UsageError("parallel.context_parallel is " +
                      std::to_string(cfg.parallel.context_parallel) +
