@@ -35,6 +35,7 @@ if [ "${1:-}" != "--no-build" ]; then
   fi
   targets=(ringtrain test_model_backend_ops)
   for t in tests/model/test_model_cuda_*.cpp tests/*/*/test_*_cuda_*.cpp; do
+    case "$t" in *_emu.cpp) continue ;; esac  # the CUDA emulator's test: CPU only
     [ -f "$t" ] && targets+=("$(basename "$t" .cpp)")
   done
   cmake --build "$build" -j2 --target "${targets[@]}"
@@ -42,6 +43,7 @@ fi
 
 bins=("$build/ringtrain")
 for b in "$build"/tests/test_*cuda* "$build/tests/test_model_backend_ops" "$build/tests/bench_cuda_attention"; do
+  case "$b" in *_emu) continue ;; esac
   [ -x "$b" ] && bins+=("$b")
 done
 mkdir -p "$build/device"
