@@ -57,8 +57,8 @@ Precision check_device_config(const Config& cfg, Device device) {
   const int hd = cfg.model.head_dim;
   if (hd != 64 && hd != 128)
     throw UsageError("model.head_dim is " + std::to_string(hd) +
-                     " (hidden_size / num_attention_heads unless set): the CUDA attention "
-                     "kernels take head_dim 64 or 128 only; choose num_attention_heads so that "
+                     " (hidden_size / num_attention_heads unless set) on parallel.device "
+                     "cuda: the CUDA attention kernels take head_dim 64 or 128 only; choose num_attention_heads so that "
                      "head_dim is 64 or 128, or use parallel.device: cpu");
   if (cfg.parallel.context_parallel > 1)
     throw UsageError("parallel.context_parallel is " +
