@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything a lent GPU must run for the CUDA backend (issue 13), in one go,
-# in under 8 minutes on one H100/H200: logs and JSON go to OUT_DIR, every
+# sized for 8 minutes on one H100/H200 (--budget): logs and JSON go to OUT_DIR, every
 # step runs even when an earlier one failed, and a short table ends the output
 # (also OUT_DIR/summary.txt). It never changes the card's settings.
 #
