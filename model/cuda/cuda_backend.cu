@@ -11,12 +11,15 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "common/errors.h"
 #include "model/backend.h"
@@ -176,13 +179,8 @@ bool is_bf16(DType t, const char* op) {
   throw UsageError(std::string("CUDA backend: ") + op + " has no " + dtype_name(t) +
                    " version (fp32 and bf16 only)");
 }
-bool is_bf16(CBuf b, const char* op) { return is_bf16(b.t, op); }
-
-void same_dtype(CBuf a, CBuf b, const char* op) {
-  if (a && b && a.t != b.t)
-    throw UsageError(std::string("CUDA backend: ") + op + " takes one activation dtype, got " +
-                     dtype_name(a.t) + " and " + dtype_name(b.t));
-}
+kern::TP tp(Buf b, const char* op) { return {b.p, is_bf16(b.t, op)}; }
+kern::CTP ctp(CBuf b, const char* op) { return {b.p, is_bf16(b.t, op)}; }
 
 class CudaBackend final : public Backend {
  public:
@@ -321,83 +319,71 @@ class CudaBackend final : public Backend {
   }
   void cast(Buf dst, CBuf src, size_t n) override {
     if (dst.t == src.t) return copy(dst, src, n);
-    kern::cast(dst.p, is_bf16(dst, "cast"), src.p, is_bf16(src, "cast"), n, stream_);
+    kern::cast(tp(dst, "cast"), ctp(src, "cast"), n, stream_);
   }
 
   // ---- layers ---------------------------------------------------------------
   void embedding_forward(Buf out, const int32_t* tokens, CBuf table, int N, int C) override {
-    kern::embedding_forward(out.p, is_bf16(out, "embedding_forward"), tokens, table.p,
-                            is_bf16(table, "embedding_forward"), N, C, stream_);
+    kern::embedding_forward(tp(out, "embedding_forward"), tokens, ctp(table, "embedding_forward"),
+                            N, C, stream_);
   }
   void embedding_backward(Buf dtable, CBuf dout, const int32_t* tokens, int N, int C) override {
     void* s = scratch(kern::embedding_backward_scratch_bytes(N));
-    kern::embedding_backward(dtable.p, is_bf16(dtable, "embedding_backward"), dout.p,
-                             is_bf16(dout, "embedding_backward"), tokens, N, C, s, stream_);
+    kern::embedding_backward(tp(dtable, "embedding_backward"), ctp(dout, "embedding_backward"),
+                             tokens, N, C, s, stream_);
   }
 
   void rmsnorm_forward(Buf out, float* rstd, CBuf inp, CBuf weight, int N, int C,
                        float eps) override {
-    same_dtype(out, inp, "rmsnorm_forward");
-    same_dtype(inp, weight, "rmsnorm_forward");
-    kern::rmsnorm_forward(out.p, is_bf16(out, "rmsnorm_forward"), rstd, inp.p, weight.p, N, C, eps,
-                          stream_);
+    const char* op = "rmsnorm_forward";
+    kern::rmsnorm_forward(tp(out, op), rstd, ctp(inp, op), ctp(weight, op), N, C, eps, stream_);
   }
   void rmsnorm_backward(Buf dinp, Buf dweight, CBuf dout, CBuf inp, CBuf weight,
                         const float* rstd, int N, int C) override {
-    same_dtype(dinp, dout, "rmsnorm_backward");
-    same_dtype(dout, inp, "rmsnorm_backward");
-    same_dtype(inp, weight, "rmsnorm_backward");
+    const char* op = "rmsnorm_backward";
     void* s = scratch(kern::rmsnorm_backward_scratch_bytes(N, C));
-    kern::rmsnorm_backward(dinp.p, is_bf16(dinp, "rmsnorm_backward"), dweight.p,
-                           is_bf16(dweight, "rmsnorm_backward"), dout.p, inp.p, weight.p, rstd, N,
-                           C, s, stream_);
+    kern::rmsnorm_backward(tp(dinp, op), tp(dweight, op), ctp(dout, op), ctp(inp, op),
+                           ctp(weight, op), rstd, N, C, s, stream_);
   }
 
-  // Row-major HF layout through column-major GEMMs: a row-major (r x c)
-  // matrix is a column-major (c x r) one.
+  // Row-major HF layout through column-major GEMMs (a row-major r x c matrix
+  // is a column-major c x r one). The operands of a GEMM share one dtype:
+  // bf16 when any is bf16 (an fp32 operand, e.g. the activation gradients the
+  // model keeps in fp32, is rounded to bf16 into scratch first), fp32
+  // otherwise; the output is that dtype or fp32; accumulation is fp32.
   void matmul_forward(Buf out, CBuf inp, CBuf weight, int N, int C, int OC,
                       bool accumulate) override {
-    same_dtype(inp, weight, "matmul_forward");
     if (N == 0 || OC == 0) return;
-#ifdef RT_CUDA_EMULATE
-    cpu_->matmul_forward(out, inp, weight, N, C, OC, accumulate);
-#else
+    const char* op = "matmul_forward";
+    const DType t = gemm_dtype({inp, weight}, out, op);
+    Operands o(*this, t, {{inp, size_t(N) * C}, {weight, size_t(OC) * C}});
     // out^T (OC x N) = W (OC x C) . inp^T (C x N)
-    gemm_dtypes(out, inp, "matmul_forward");
-    lt_->gemm(stream_, true, false, OC, N, C, weight.p, C, inp.p, C, out.p, OC, inp.t, out.t,
-              accumulate ? 1.f : 0.f);
-#endif
+    gemm(true, false, OC, N, C, o[1], C, o[0], C, out, OC, accumulate ? 1.f : 0.f);
   }
   void matmul_backward(Buf dinp, Buf dweight, CBuf dout, CBuf inp, CBuf weight, int N, int C,
                        int OC) override {
     if (N == 0 || OC == 0 || C == 0) return;
-#ifdef RT_CUDA_EMULATE
-    cpu_->matmul_backward(dinp, dweight, dout, inp, weight, N, C, OC);
-#else
-    if (dinp) {
-      // dinp^T (C x N) += W^T (C x OC) . dout^T (OC x N)
-      same_dtype(dout, weight, "matmul_backward");
-      gemm_dtypes(dinp, dout, "matmul_backward");
-      lt_->gemm(stream_, false, false, C, N, OC, weight.p, C, dout.p, OC, dinp.p, C, dout.t,
-                dinp.t, 1.f);
-    }
-    if (dweight) {
-      // dW^T (C x OC) += inp^T (C x N) . dout (N x OC)
-      same_dtype(dout, inp, "matmul_backward");
-      gemm_dtypes(dweight, dout, "matmul_backward");
-      lt_->gemm(stream_, false, true, C, OC, N, inp.p, C, dout.p, OC, dweight.p, C, dout.t,
-                dweight.t, 1.f);
-    }
-#endif
+    const char* op = "matmul_backward";
+    const DType t = dinp && dweight ? gemm_dtype({dout, inp, weight}, dinp, op)
+                    : dinp          ? gemm_dtype({dout, weight}, dinp, op)
+                                    : gemm_dtype({dout, inp}, dweight, op);
+    if (dinp && dweight) gemm_dtype({dout, inp, weight}, dweight, op);
+    Operands o(*this, t,
+               {{dout, size_t(N) * OC}, {dweight ? inp : CBuf(), size_t(N) * C},
+                {dinp ? weight : CBuf(), size_t(OC) * C}});
+    // dinp^T (C x N) += W^T (C x OC) . dout^T (OC x N)
+    if (dinp) gemm(false, false, C, N, OC, o[2], C, o[0], OC, dinp, C, 1.f);
+    // dW^T (C x OC) += inp^T (C x N) . dout (N x OC)
+    if (dweight) gemm(false, true, C, OC, N, o[1], C, o[0], OC, dweight, C, 1.f);
   }
 
   void rope_forward(Buf x, const float* cos, const float* sin, int B, int T, int nh,
                     int hd) override {
-    kern::rope(x.p, is_bf16(x, "rope_forward"), cos, sin, B, T, nh, hd, 1.f, stream_);
+    kern::rope(tp(x, "rope_forward"), cos, sin, B, T, nh, hd, 1.f, stream_);
   }
   void rope_backward(Buf dx, const float* cos, const float* sin, int B, int T, int nh,
                      int hd) override {
-    kern::rope(dx.p, is_bf16(dx, "rope_backward"), cos, sin, B, T, nh, hd, -1.f, stream_);
+    kern::rope(tp(dx, "rope_backward"), cos, sin, B, T, nh, hd, -1.f, stream_);
   }
 
   void attention_forward(const AttentionParams& p, Buf out, float* lse, CBuf q, CBuf k,
@@ -415,17 +401,27 @@ class CudaBackend final : public Backend {
     require_bf16(q, "attention_backward");
     cpu_->attention_backward(p, dq, dk, dv, dout, q, k, v, out, lse);
 #else
-    // the kernels accumulate fp32 dq, dk, dv; a bf16 gradient goes through
-    // fp32 copies (the model's attention gradients are bf16 activations)
+    // The kernels take bf16 dout and accumulate fp32 dq, dk, dv. The model
+    // keeps activation gradients in fp32: dout is rounded to bf16 first; a
+    // bf16 dq/dk/dv goes through fp32 copies.
     const size_t nq = size_t(p.B) * p.Tq * p.H * p.hd, nk = size_t(p.B) * p.Tk * p.G * p.hd;
     const size_t ws = cuda::attention_backward_workspace_floats(p);
     const bool direct = dq.t == DType::kF32 && dk.t == DType::kF32 && dv.t == DType::kF32;
-    float* s = static_cast<float*>(scratch((ws + (direct ? 0 : nq + 2 * nk)) * sizeof(float)));
+    const bool cast_dout = dout.t != DType::kBF16;
+    const size_t floats = ws + (direct ? 0 : nq + 2 * nk) + (cast_dout ? (nq + 1) / 2 : 0);
+    float* s = static_cast<float*>(scratch(floats * sizeof(float)));
+    float* next = s + ws;
+    if (cast_dout) {
+      Buf d16(next, DType::kBF16);
+      cast(d16, dout, nq);
+      dout = d16;
+      next += (nq + 1) / 2;
+    }
     if (direct) {
       cuda::attention_backward_op(p, dq, dk, dv, dout, q, k, v, out, lse, s, stream_);
       return;
     }
-    float *fq = s + ws, *fk = fq + nq, *fv = fk + nk;
+    float *fq = next, *fk = fq + nq, *fv = fk + nk;
     cast(fq, dq, nq);
     cast(fk, dk, nk);
     cast(fv, dv, nk);
@@ -438,32 +434,27 @@ class CudaBackend final : public Backend {
 
   void attention_merge(Buf out, float* lse, CBuf blk_out, const float* blk_lse, int Tq, int H,
                        int hd) override {
-    kern::attention_merge(out.p, is_bf16(out, "attention_merge"), lse, blk_out.p,
-                          is_bf16(blk_out, "attention_merge"), blk_lse, Tq, H, hd, stream_);
+    const char* op = "attention_merge";
+    kern::attention_merge(tp(out, op), lse, ctp(blk_out, op), blk_lse, Tq, H, hd, stream_);
   }
 
   void swiglu_forward(Buf out, CBuf gate, CBuf up, size_t n) override {
-    same_dtype(out, gate, "swiglu_forward");
-    same_dtype(gate, up, "swiglu_forward");
-    kern::swiglu_forward(out.p, is_bf16(out, "swiglu_forward"), gate.p, up.p, n, stream_);
+    const char* op = "swiglu_forward";
+    kern::swiglu_forward(tp(out, op), ctp(gate, op), ctp(up, op), n, stream_);
   }
   void swiglu_backward(Buf dgate, Buf dup, CBuf dout, CBuf gate, CBuf up, size_t n) override {
-    same_dtype(dgate, dup, "swiglu_backward");
-    same_dtype(dup, dout, "swiglu_backward");
-    same_dtype(dout, gate, "swiglu_backward");
-    same_dtype(gate, up, "swiglu_backward");
-    kern::swiglu_backward(dgate.p, dup.p, is_bf16(dgate, "swiglu_backward"), dout.p, gate.p, up.p,
-                          n, stream_);
+    const char* op = "swiglu_backward";
+    kern::swiglu_backward(tp(dgate, op), tp(dup, op), ctp(dout, op), ctp(gate, op), ctp(up, op), n,
+                          stream_);
   }
 
   void add_inplace(Buf x, CBuf y, size_t n) override {
-    kern::add_inplace(x.p, is_bf16(x, "add_inplace"), y.p, is_bf16(y, "add_inplace"), n, stream_);
+    kern::add_inplace(tp(x, "add_inplace"), ctp(y, "add_inplace"), n, stream_);
   }
 
   void cross_entropy_forward_backward(Buf logits, float* losses, const int32_t* targets, int N,
                                       int V, float dloss_scale) override {
-    kern::cross_entropy(logits.p, is_bf16(logits, "cross_entropy"), losses, targets, N, V,
-                        dloss_scale, stream_);
+    kern::cross_entropy(tp(logits, "cross_entropy"), losses, targets, N, V, dloss_scale, stream_);
   }
   void loss_sum(double* acc, const float* losses, int N) override {
     kern::loss_sum(acc, losses, N, stream_);
@@ -491,22 +482,100 @@ class CudaBackend final : public Backend {
     // the bias corrections as the CPU computes them (double pow, one rounding)
     const float bc1 = 1.f - float(std::pow(double(h.beta1), double(h.step)));
     const float bc2 = 1.f - float(std::pow(double(h.beta2), double(h.step)));
-    kern::adamw(master, param.p, param && is_bf16(param, "adamw_update"), grad, m, v, n, h.lr,
-                h.beta1, h.beta2, h.eps, h.weight_decay, bc1, bc2, stream_);
+    kern::adamw(master, tp(param, "adamw_update"), grad, m, v, n, h.lr, h.beta1, h.beta2, h.eps,
+                h.weight_decay, bc1, bc2, stream_);
   }
   void sgd_update(float* master, Buf param, const float* grad, size_t n, float lr,
                   float weight_decay) override {
-    kern::sgd(master, param.p, param && is_bf16(param, "sgd_update"), grad, n, lr, weight_decay,
-              stream_);
+    kern::sgd(master, tp(param, "sgd_update"), grad, n, lr, weight_decay, stream_);
   }
   void sgd_momentum_update(float* master, Buf param, const float* grad, float* buf, size_t n,
                            float lr, float weight_decay, float momentum) override {
-    kern::sgd_momentum(master, param.p, param && is_bf16(param, "sgd_momentum_update"), grad, buf,
-                       n, lr, weight_decay, momentum, stream_);
+    kern::sgd_momentum(master, tp(param, "sgd_momentum_update"), grad, buf, n, lr, weight_decay,
+                       momentum, stream_);
   }
 
  private:
+  // The dtype a GEMM's operands share (bf16 when any is bf16) after checking
+  // that the output can be written from it.
+  static DType gemm_dtype(std::initializer_list<CBuf> operands, CBuf out, const char* op) {
+    DType t = DType::kF32;
+    for (CBuf b : operands)
+      if (b && is_bf16(b.t, op)) t = DType::kBF16;
+    if (is_bf16(out.t, op) && t != DType::kBF16)
+      throw UsageError(std::string("CUDA backend: ") + op +
+                       " writes bf16 only from bf16 operands (fp32 accumulate)");
+    return t;
+  }
+
+  // GEMM operands in dtype t: each buffer itself when it has t, otherwise a
+  // rounded copy in scratch (one scratch call for all of them).
+  class Operands {
+   public:
+    Operands(CudaBackend& be, DType t, std::initializer_list<std::pair<CBuf, size_t>> in) {
+      size_t bytes = 0;
+      for (auto& [b, n] : in)
+        if (b && b.t != t) bytes += (n * dtype_size(t) + 255) / 256 * 256;
+      char* s = bytes ? static_cast<char*>(be.scratch(bytes)) : nullptr;
+      for (auto& [b, n] : in) {
+        if (!b || b.t == t) {
+          v_.push_back(b);
+          continue;
+        }
+        Buf c(s, t);
+        be.cast(c, b, n);
+        v_.push_back(c);
+        s += (n * dtype_size(t) + 255) / 256 * 256;
+      }
+    }
+    CBuf operator[](size_t i) const { return v_[i]; }
+
+   private:
+    std::vector<CBuf> v_;
+  };
+
+  // Column-major D (m x n) = op(A) op(B) + beta D, fp32 accumulate.
+  void gemm(bool ta, bool tb, int m, int n, int k, CBuf A, int lda, CBuf B, int ldb, Buf D,
+            int ldd, float beta) {
 #ifdef RT_CUDA_EMULATE
+    // the CPU's sgemm on the same (already rounded) operands, as row-major
+    // products: column-major D^T = op(B)^T op(A)^T
+    cpu_gemm(ta, tb, m, n, k, A, lda, B, ldb, D, ldd, beta);
+#else
+    lt_->gemm(stream_, ta, tb, m, n, k, A.p, lda, B.p, ldb, D.p, ldd, A.t, D.t, beta);
+#endif
+  }
+
+#ifdef RT_CUDA_EMULATE
+  void cpu_gemm(bool ta, bool tb, int m, int n, int k, CBuf A, int lda, CBuf B, int ldb, Buf D,
+                int ldd, float beta) {
+    auto f32 = [](CBuf b, size_t count) {
+      std::vector<float> v(count);
+      for (size_t i = 0; i < count; ++i)
+        v[i] = b.t == DType::kBF16 ? bf16_to_f32(b.as<uint16_t>()[i]) : b.f32()[i];
+      return v;
+    };
+    const std::vector<float> a = f32(A, size_t(lda) * (ta ? m : k));
+    const std::vector<float> bm = f32(B, size_t(ldb) * (tb ? k : n));
+    std::vector<float> d = f32(D, size_t(ldd) * n);
+    for (int j = 0; j < n; ++j)
+      for (int i = 0; i < m; ++i) {
+        double acc = 0.0;
+        for (int l = 0; l < k; ++l) {
+          const float av = ta ? a[size_t(i) * lda + l] : a[size_t(l) * lda + i];
+          const float bv = tb ? bm[size_t(l) * ldb + j] : bm[size_t(j) * ldb + l];
+          acc += double(av) * bv;
+        }
+        float& o = d[size_t(j) * ldd + i];
+        o = beta == 0.f ? float(acc) : float(acc + double(beta) * o);  // beta 0: D not read
+      }
+    for (size_t i = 0; i < d.size(); ++i) {
+      if (D.t == DType::kBF16)
+        D.as<uint16_t>()[i] = f32_to_bf16(d[i]);
+      else
+        D.f32()[i] = d[i];
+    }
+  }
   static void require_bf16(CBuf b, const char* op) {
     if (b.t != DType::kBF16)
       throw UsageError(std::string("CUDA backend: ") + op + " takes bf16 q, k, v (got " +
@@ -515,13 +584,6 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Backend> cpu_;
   void* stream_ = nullptr;
 #else
-  // A and B share a dtype; C/D is that dtype or fp32 (fp32 accumulate in both).
-  static void gemm_dtypes(CBuf c, CBuf ab, const char* op) {
-    is_bf16(ab, op);
-    if (c.t != ab.t && c.t != DType::kF32)
-      throw UsageError(std::string("CUDA backend: ") + op + " writes " + dtype_name(ab.t) +
-                       " or fp32, not " + dtype_name(c.t));
-  }
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<LtGemm> lt_;

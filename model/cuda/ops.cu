@@ -65,15 +65,16 @@ __device__ __forceinline__ uint16_t f2bf(float x) {
   return uint16_t(u >> 16);
 }
 
-__device__ __forceinline__ float ld(const void* p, bool bf16, size_t i) {
-  return bf16 ? bf2f(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
+__device__ __forceinline__ float ld(CTP x, size_t i) {
+  return x.bf16 ? bf2f(static_cast<const uint16_t*>(x.p)[i]) : static_cast<const float*>(x.p)[i];
 }
+__device__ __forceinline__ float ld(TP x, size_t i) { return ld(CTP{x.p, x.bf16}, i); }
 
-__device__ __forceinline__ void st(void* p, bool bf16, size_t i, float v) {
-  if (bf16)
-    static_cast<uint16_t*>(p)[i] = f2bf(v);
+__device__ __forceinline__ void st(TP x, size_t i, float v) {
+  if (x.bf16)
+    static_cast<uint16_t*>(x.p)[i] = f2bf(v);
   else
-    static_cast<float*>(p)[i] = v;
+    static_cast<float*>(x.p)[i] = v;
 }
 
 __device__ __forceinline__ size_t global_tid() {
@@ -119,32 +120,30 @@ __device__ float block_max(float v) {
 
 // ---- kernels ----------------------------------------------------------------
 
-__global__ void cast_kernel(void* dst, bool dbf, const void* src, bool sbf, size_t n) {
-  for (size_t i = global_tid(); i < n; i += grid_threads()) st(dst, dbf, i, ld(src, sbf, i));
+__global__ void cast_kernel(TP dst, CTP src, size_t n) {
+  for (size_t i = global_tid(); i < n; i += grid_threads()) st(dst, i, ld(src, i));
 }
 
-__global__ void embedding_forward_kernel(void* out, bool obf, const int32_t* tokens,
-                                         const void* table, bool tbf, int N, int C) {
+__global__ void embedding_forward_kernel(TP out, const int32_t* tokens, CTP table, int N, int C) {
   const size_t n = size_t(N) * C;
   for (size_t i = global_tid(); i < n; i += grid_threads()) {
     const size_t row = i / C, c = i % C;
-    st(out, obf, i, ld(table, tbf, size_t(tokens[row]) * C + c));
+    st(out, i, ld(table, size_t(tokens[row]) * C + c));
   }
 }
 
 // keys: token ids sorted (stable), idx: their rows. The block at the start of
 // a run of equal ids sums the run's rows in order and adds once.
-__global__ void embedding_backward_sorted_kernel(void* dtable, bool tbf, const void* dout, bool dbf,
-                                                 const int32_t* keys, const int32_t* idx, int N,
-                                                 int C) {
+__global__ void embedding_backward_sorted_kernel(TP dtable, CTP dout, const int32_t* keys,
+                                                 const int32_t* idx, int N, int C) {
   for (int i = blockIdx.x; i < N; i += gridDim.x) {
     const int32_t tok = keys[i];
     if (i > 0 && keys[i - 1] == tok) continue;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
       float acc = 0.f;
-      for (int j = i; j < N && keys[j] == tok; ++j) acc += ld(dout, dbf, size_t(idx[j]) * C + c);
+      for (int j = i; j < N && keys[j] == tok; ++j) acc += ld(dout, size_t(idx[j]) * C + c);
       const size_t at = size_t(tok) * C + c;
-      st(dtable, tbf, at, ld(dtable, tbf, at) + acc);
+      st(dtable, at, ld(dtable, at) + acc);
     }
   }
 }
@@ -153,27 +152,26 @@ __global__ void iota_kernel(int32_t* x, int n) {
   for (size_t i = global_tid(); i < size_t(n); i += grid_threads()) x[i] = int32_t(i);
 }
 
-__global__ void rmsnorm_forward_kernel(void* out, bool bf, float* rstd, const void* inp,
-                                       const void* weight, int N, int C, float eps) {
+__global__ void rmsnorm_forward_kernel(TP out, float* rstd, CTP inp, CTP weight, int N, int C,
+                                       float eps) {
   for (int row = blockIdx.x; row < N; row += gridDim.x) {
     const size_t base = size_t(row) * C;
     float ss = 0.f;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-      const float x = ld(inp, bf, base + c);
+      const float x = ld(inp, base + c);
       ss += x * x;
     }
     ss = block_sum(ss);
     const float r = 1.f / sqrtf(ss / C + eps);
     for (int c = threadIdx.x; c < C; c += blockDim.x)
-      st(out, bf, base + c, ld(inp, bf, base + c) * r * ld(weight, bf, c));
+      st(out, base + c, ld(inp, base + c) * r * ld(weight, c));
     if (threadIdx.x == 0) rstd[row] = r;
   }
 }
 
 // dinp += per row; partial (gridDim.x, C): this block's rows' dweight terms.
-__global__ void rmsnorm_backward_rows_kernel(void* dinp, bool bf, float* partial, const void* dout,
-                                             const void* inp, const void* weight,
-                                             const float* rstd, int N, int C) {
+__global__ void rmsnorm_backward_rows_kernel(TP dinp, float* partial, CTP dout, CTP inp,
+                                             CTP weight, const float* rstd, int N, int C) {
   float* part = partial + size_t(blockIdx.x) * C;
   for (int c = threadIdx.x; c < C; c += blockDim.x) part[c] = 0.f;
   for (int row = blockIdx.x; row < N; row += gridDim.x) {
@@ -181,30 +179,30 @@ __global__ void rmsnorm_backward_rows_kernel(void* dinp, bool bf, float* partial
     const float r = rstd[row];
     float dot = 0.f;  // sum_c dy*w*x
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-      const float dy = ld(dout, bf, base + c), x = ld(inp, bf, base + c);
-      dot += dy * ld(weight, bf, c) * x;
+      const float dy = ld(dout, base + c), x = ld(inp, base + c);
+      dot += dy * ld(weight, c) * x;
       part[c] += dy * x * r;  // this thread's own columns: no race
     }
     dot = block_sum(dot);
     const float k = dot * r * r * r / C;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-      const float dy = ld(dout, bf, base + c), x = ld(inp, bf, base + c);
-      st(dinp, bf, base + c, ld(dinp, bf, base + c) + dy * ld(weight, bf, c) * r - x * k);
+      const float dy = ld(dout, base + c), x = ld(inp, base + c);
+      st(dinp, base + c, ld(dinp, base + c) + dy * ld(weight, c) * r - x * k);
     }
   }
 }
 
 // dweight (C) += sum over the nb partial rows, in block order.
-__global__ void column_sum_kernel(void* dweight, bool bf, const float* partial, int nb, int C) {
+__global__ void column_sum_kernel(TP dweight, const float* partial, int nb, int C) {
   for (size_t c = global_tid(); c < size_t(C); c += grid_threads()) {
     float s = 0.f;
     for (int b = 0; b < nb; ++b) s += partial[size_t(b) * C + c];
-    st(dweight, bf, c, ld(dweight, bf, c) + s);
+    st(dweight, c, ld(dweight, c) + s);
   }
 }
 
-__global__ void rope_kernel(void* x, bool bf, const float* cos, const float* sin, int B, int T,
-                            int nh, int hd, float sign) {
+__global__ void rope_kernel(TP x, const float* cos, const float* sin, int B, int T, int nh, int hd,
+                            float sign) {
   const int half = hd / 2;
   const size_t pairs = size_t(B) * T * nh * half;
   for (size_t i = global_tid(); i < pairs; i += grid_threads()) {
@@ -212,16 +210,16 @@ __global__ void rope_kernel(void* x, bool bf, const float* cos, const float* sin
     const size_t bth = i / half;  // (b*T + t)*nh + h
     const int t = int((bth / nh) % T);
     const size_t row = bth * hd;
-    const float x1 = ld(x, bf, row + j), x2 = ld(x, bf, row + j + half);
+    const float x1 = ld(x, row + j), x2 = ld(x, row + j + half);
     const float c = cos[size_t(t) * half + j], s = sign * sin[size_t(t) * half + j];
-    st(x, bf, row + j, x1 * c - x2 * s);
-    st(x, bf, row + j + half, x2 * c + x1 * s);
+    st(x, row + j, x1 * c - x2 * s);
+    st(x, row + j + half, x2 * c + x1 * s);
   }
 }
 
 // One warp per (t, h) row.
-__global__ void attention_merge_kernel(void* out, bool obf, float* lse, const void* blk, bool bbf,
-                                       const float* blk_lse, int Tq, int H, int hd) {
+__global__ void attention_merge_kernel(TP out, float* lse, CTP blk, const float* blk_lse, int Tq,
+                                       int H, int hd) {
   const size_t rows = size_t(Tq) * H;
   const int lane = threadIdx.x % 32;
   const size_t warps = grid_threads() / 32;
@@ -236,64 +234,60 @@ __global__ void attention_merge_kernel(void* out, bool obf, float* lse, const vo
     const float wb = expf(b - merged);
     const size_t base = r * hd;
     for (int j = lane; j < hd; j += 32)
-      st(out, obf, base + j, ld(out, obf, base + j) * wa + ld(blk, bbf, base + j) * wb);
+      st(out, base + j, ld(out, base + j) * wa + ld(blk, base + j) * wb);
     __syncwarp();  // every lane has read lse[li]
     if (lane == 0) lse[li] = merged;
   }
 }
 
-__global__ void swiglu_forward_kernel(void* out, bool bf, const void* gate, const void* up,
-                                      size_t n) {
+__global__ void swiglu_forward_kernel(TP out, CTP gate, CTP up, size_t n) {
   for (size_t i = global_tid(); i < n; i += grid_threads()) {
-    const float g = ld(gate, bf, i);
-    st(out, bf, i, g / (1.f + expf(-g)) * ld(up, bf, i));
+    const float g = ld(gate, i);
+    st(out, i, g / (1.f + expf(-g)) * ld(up, i));
   }
 }
 
-__global__ void swiglu_backward_kernel(void* dgate, void* dup, bool bf, const void* dout,
-                                       const void* gate, const void* up, size_t n) {
+__global__ void swiglu_backward_kernel(TP dgate, TP dup, CTP dout, CTP gate, CTP up, size_t n) {
   for (size_t i = global_tid(); i < n; i += grid_threads()) {
-    const float g = ld(gate, bf, i), u = ld(up, bf, i);
-    const float d = ld(dout, bf, i);  // read first: dgate may alias dout
+    const float g = ld(gate, i), u = ld(up, i);
+    const float d = ld(dout, i);  // read first: dgate may alias dout
     const float sig = 1.f / (1.f + expf(-g));
-    st(dgate, bf, i, d * u * sig * (1.f + g * (1.f - sig)));
-    st(dup, bf, i, d * g * sig);
+    st(dgate, i, d * u * sig * (1.f + g * (1.f - sig)));
+    st(dup, i, d * (g * sig));
   }
 }
 
-__global__ void add_inplace_kernel(void* x, bool xbf, const void* y, bool ybf, size_t n) {
-  for (size_t i = global_tid(); i < n; i += grid_threads())
-    st(x, xbf, i, ld(x, xbf, i) + ld(y, ybf, i));
+__global__ void add_inplace_kernel(TP x, CTP y, size_t n) {
+  for (size_t i = global_tid(); i < n; i += grid_threads()) st(x, i, ld(x, i) + ld(y, i));
 }
 
 // One block per row: losses[row] = logsumexp - z[target]; with dloss_scale
 // the row is overwritten with (softmax - onehot) * dloss_scale.
-__global__ void cross_entropy_kernel(void* logits, bool bf, float* losses, const int32_t* targets,
-                                     int N, int V, float dloss_scale) {
+__global__ void cross_entropy_kernel(TP logits, float* losses, const int32_t* targets, int N, int V,
+                                     float dloss_scale) {
   for (int row = blockIdx.x; row < N; row += gridDim.x) {
     const size_t base = size_t(row) * V;
     const int t = targets[row];
     if (t < 0) {
       if (threadIdx.x == 0) losses[row] = 0.f;
       if (dloss_scale != 0.f)
-        for (int i = threadIdx.x; i < V; i += blockDim.x) st(logits, bf, base + i, 0.f);
+        for (int i = threadIdx.x; i < V; i += blockDim.x) st(logits, base + i, 0.f);
       continue;
     }
     float mx = -INFINITY;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, ld(logits, bf, base + i));
+    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, ld(logits, base + i));
     mx = block_max(mx);
     double sum = 0.0;
-    for (int i = threadIdx.x; i < V; i += blockDim.x)
-      sum += double(expf(ld(logits, bf, base + i) - mx));
-    sum = block_sum(sum);  // its barriers also order the reads above before the writes below
+    for (int i = threadIdx.x; i < V; i += blockDim.x) sum += double(expf(ld(logits, base + i) - mx));
+    sum = block_sum(sum);
     const float lse = mx + float(log(sum));
-    if (threadIdx.x == 0) losses[row] = lse - ld(logits, bf, base + t);
+    if (threadIdx.x == 0) losses[row] = lse - ld(logits, base + t);
     __syncthreads();  // z[t] is read before any thread overwrites it
     if (dloss_scale != 0.f)
       for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        float g = expf(ld(logits, bf, base + i) - lse) * dloss_scale;
+        float g = expf(ld(logits, base + i) - lse) * dloss_scale;
         if (i == t) g -= dloss_scale;
-        st(logits, bf, base + i, g);
+        st(logits, base + i, g);
       }
   }
 }
@@ -326,8 +320,8 @@ __global__ void scale_kernel(float* x, size_t n, float s) {
 
 // torch.optim.AdamW order: decay the weight, then the Adam step (the CPU's
 // formula, operation for operation).
-__global__ void adamw_kernel(float* master, void* compute, bool cbf, const float* grad, float* m,
-                             float* v, size_t n, float lr, float beta1, float beta2, float eps,
+__global__ void adamw_kernel(float* master, TP compute, const float* grad, float* m, float* v,
+                             size_t n, float lr, float beta1, float beta2, float eps,
                              float weight_decay, float bc1, float bc2) {
   const float decay = 1.f - lr * weight_decay;
   for (size_t i = global_tid(); i < n; i += grid_threads()) {
@@ -339,30 +333,29 @@ __global__ void adamw_kernel(float* master, void* compute, bool cbf, const float
     const float denom = sqrtf(vi / bc2) + eps;
     const float p = master[i] * decay - lr * (mi / bc1) / denom;
     master[i] = p;
-    if (compute) st(compute, cbf, i, p);
+    if (compute.p) st(compute, i, p);
   }
 }
 
-__global__ void sgd_kernel(float* master, void* compute, bool cbf, const float* grad, size_t n,
-                           float lr, float weight_decay) {
+__global__ void sgd_kernel(float* master, TP compute, const float* grad, size_t n, float lr,
+                           float weight_decay) {
   const float decay = 1.f - lr * weight_decay;
   for (size_t i = global_tid(); i < n; i += grid_threads()) {
     const float p = master[i] * decay - lr * grad[i];
     master[i] = p;
-    if (compute) st(compute, cbf, i, p);
+    if (compute.p) st(compute, i, p);
   }
 }
 
-__global__ void sgd_momentum_kernel(float* master, void* compute, bool cbf, const float* grad,
-                                    float* buf, size_t n, float lr, float weight_decay,
-                                    float momentum) {
+__global__ void sgd_momentum_kernel(float* master, TP compute, const float* grad, float* buf,
+                                    size_t n, float lr, float weight_decay, float momentum) {
   for (size_t i = global_tid(); i < n; i += grid_threads()) {
     const float d = grad[i] + weight_decay * master[i];
     const float b = momentum * buf[i] + d;
     buf[i] = b;
     const float p = master[i] - lr * b;
     master[i] = p;
-    if (compute) st(compute, cbf, i, p);
+    if (compute.p) st(compute, i, p);
   }
 }
 
@@ -402,21 +395,19 @@ size_t embedding_backward_scratch_bytes(int N) {
   return b;
 }
 
-void cast(void* dst, bool dst_bf16, const void* src, bool src_bf16, size_t n, void* stream) {
+void cast(TP dst, CTP src, size_t n, void* stream) {
   if (!n) return;
-  RT_LAUNCH(cast_kernel, blocks_for(n), kThreads, stream, dst, dst_bf16, src, src_bf16, n);
+  RT_LAUNCH(cast_kernel, blocks_for(n), kThreads, stream, dst, src, n);
 }
 
-void embedding_forward(void* out, bool out_bf16, const int32_t* tokens, const void* table,
-                       bool table_bf16, int N, int C, void* stream) {
+void embedding_forward(TP out, const int32_t* tokens, CTP table, int N, int C, void* stream) {
   const size_t n = size_t(N) * C;
   if (!n) return;
-  RT_LAUNCH(embedding_forward_kernel, blocks_for(n), kThreads, stream, out, out_bf16, tokens,
-            table, table_bf16, N, C);
+  RT_LAUNCH(embedding_forward_kernel, blocks_for(n), kThreads, stream, out, tokens, table, N, C);
 }
 
-void embedding_backward(void* dtable, bool dtable_bf16, const void* dout, bool dout_bf16,
-                        const int32_t* tokens, int N, int C, void* scratch, void* stream) {
+void embedding_backward(TP dtable, CTP dout, const int32_t* tokens, int N, int C, void* scratch,
+                        void* stream) {
   if (N <= 0 || C <= 0) return;
   char* s = static_cast<char*>(scratch);
   const size_t ib = align256(size_t(N) * sizeof(int32_t));
@@ -425,7 +416,6 @@ void embedding_backward(void* dtable, bool dtable_bf16, const void* dout, bool d
   int32_t* idx = reinterpret_cast<int32_t*>(s + 2 * ib);
   RT_LAUNCH(iota_kernel, blocks_for(size_t(N)), kThreads, stream, idx_in, N);
 #ifdef RT_CUDA_EMULATE
-  (void)stream;
   std::vector<int32_t> order(static_cast<size_t>(N));
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(),
@@ -440,68 +430,63 @@ void embedding_backward(void* dtable, bool dtable_bf16, const void* dout, bool d
                                                 int(sizeof(int32_t) * 8),
                                                 static_cast<cudaStream_t>(stream)));
 #endif
-  RT_LAUNCH(embedding_backward_sorted_kernel, row_blocks(N), kThreads, stream, dtable, dtable_bf16,
-            dout, dout_bf16, keys, idx, N, C);
+  RT_LAUNCH(embedding_backward_sorted_kernel, row_blocks(N), kThreads, stream, dtable, dout,
+            static_cast<const int32_t*>(keys), static_cast<const int32_t*>(idx), N, C);
 }
 
-void rmsnorm_forward(void* out, bool bf16, float* rstd, const void* inp, const void* weight,
-                     int N, int C, float eps, void* stream) {
+void rmsnorm_forward(TP out, float* rstd, CTP inp, CTP weight, int N, int C, float eps,
+                     void* stream) {
   if (N <= 0) return;
-  RT_LAUNCH(rmsnorm_forward_kernel, row_blocks(N), kThreads, stream, out, bf16, rstd, inp, weight,
-            N, C, eps);
+  RT_LAUNCH(rmsnorm_forward_kernel, row_blocks(N), kThreads, stream, out, rstd, inp, weight, N, C,
+            eps);
 }
 
-void rmsnorm_backward(void* dinp, bool bf16, void* dweight, bool dweight_bf16, const void* dout,
-                      const void* inp, const void* weight, const float* rstd, int N, int C,
-                      void* scratch, void* stream) {
+void rmsnorm_backward(TP dinp, TP dweight, CTP dout, CTP inp, CTP weight, const float* rstd, int N,
+                      int C, void* scratch, void* stream) {
   if (N <= 0) return;
   const unsigned nb = row_blocks(N);
   float* partial = static_cast<float*>(scratch);
-  RT_LAUNCH(rmsnorm_backward_rows_kernel, nb, kThreads, stream, dinp, bf16, partial, dout, inp,
-            weight, rstd, N, C);
-  RT_LAUNCH(column_sum_kernel, blocks_for(size_t(C)), kThreads, stream, dweight, dweight_bf16,
+  RT_LAUNCH(rmsnorm_backward_rows_kernel, nb, kThreads, stream, dinp, partial, dout, inp, weight,
+            rstd, N, C);
+  RT_LAUNCH(column_sum_kernel, blocks_for(size_t(C)), kThreads, stream, dweight,
             static_cast<const float*>(partial), int(nb), C);
 }
 
-void rope(void* x, bool bf16, const float* cos, const float* sin, int B, int T, int nh, int hd,
-          float sign, void* stream) {
+void rope(TP x, const float* cos, const float* sin, int B, int T, int nh, int hd, float sign,
+          void* stream) {
   const size_t pairs = size_t(B) * T * nh * (hd / 2);
   if (!pairs) return;
-  RT_LAUNCH(rope_kernel, blocks_for(pairs), kThreads, stream, x, bf16, cos, sin, B, T, nh, hd,
-            sign);
+  RT_LAUNCH(rope_kernel, blocks_for(pairs), kThreads, stream, x, cos, sin, B, T, nh, hd, sign);
 }
 
-void attention_merge(void* out, bool out_bf16, float* lse, const void* blk, bool blk_bf16,
-                     const float* blk_lse, int Tq, int H, int hd, void* stream) {
+void attention_merge(TP out, float* lse, CTP blk, const float* blk_lse, int Tq, int H, int hd,
+                     void* stream) {
   const size_t rows = size_t(Tq) * H;
   if (!rows) return;
-  RT_LAUNCH(attention_merge_kernel, blocks_for(rows, kThreads / 32), kThreads, stream, out,
-            out_bf16, lse, blk, blk_bf16, blk_lse, Tq, H, hd);
+  RT_LAUNCH(attention_merge_kernel, blocks_for(rows, kThreads / 32), kThreads, stream, out, lse,
+            blk, blk_lse, Tq, H, hd);
 }
 
-void swiglu_forward(void* out, bool bf16, const void* gate, const void* up, size_t n,
-                    void* stream) {
+void swiglu_forward(TP out, CTP gate, CTP up, size_t n, void* stream) {
   if (!n) return;
-  RT_LAUNCH(swiglu_forward_kernel, blocks_for(n), kThreads, stream, out, bf16, gate, up, n);
+  RT_LAUNCH(swiglu_forward_kernel, blocks_for(n), kThreads, stream, out, gate, up, n);
 }
 
-void swiglu_backward(void* dgate, void* dup, bool bf16, const void* dout, const void* gate,
-                     const void* up, size_t n, void* stream) {
+void swiglu_backward(TP dgate, TP dup, CTP dout, CTP gate, CTP up, size_t n, void* stream) {
   if (!n) return;
-  RT_LAUNCH(swiglu_backward_kernel, blocks_for(n), kThreads, stream, dgate, dup, bf16, dout, gate,
-            up, n);
+  RT_LAUNCH(swiglu_backward_kernel, blocks_for(n), kThreads, stream, dgate, dup, dout, gate, up, n);
 }
 
-void add_inplace(void* x, bool x_bf16, const void* y, bool y_bf16, size_t n, void* stream) {
+void add_inplace(TP x, CTP y, size_t n, void* stream) {
   if (!n) return;
-  RT_LAUNCH(add_inplace_kernel, blocks_for(n), kThreads, stream, x, x_bf16, y, y_bf16, n);
+  RT_LAUNCH(add_inplace_kernel, blocks_for(n), kThreads, stream, x, y, n);
 }
 
-void cross_entropy(void* logits, bool bf16, float* losses, const int32_t* targets, int N, int V,
+void cross_entropy(TP logits, float* losses, const int32_t* targets, int N, int V,
                    float dloss_scale, void* stream) {
   if (N <= 0) return;
-  RT_LAUNCH(cross_entropy_kernel, row_blocks(N), kThreads, stream, logits, bf16, losses, targets,
-            N, V, dloss_scale);
+  RT_LAUNCH(cross_entropy_kernel, row_blocks(N), kThreads, stream, logits, losses, targets, N, V,
+            dloss_scale);
 }
 
 void loss_sum(double* acc, const float* losses, int N, void* stream) {
@@ -522,29 +507,30 @@ void scale(float* x, size_t n, float s, void* stream) {
   RT_LAUNCH(scale_kernel, blocks_for(n), kThreads, stream, x, n, s);
 }
 
-void adamw(float* master, void* compute, bool compute_bf16, const float* grad, float* m, float* v,
-           size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, float bc1,
-           float bc2, void* stream) {
-  if (!n) return;
-  if (compute == master) compute = nullptr;
-  RT_LAUNCH(adamw_kernel, blocks_for(n), kThreads, stream, master, compute, compute_bf16, grad, m,
-            v, n, lr, beta1, beta2, eps, weight_decay, bc1, bc2);
+static TP compute_copy(float* master, TP compute) {
+  return compute.p == master ? TP{nullptr, false} : compute;
 }
 
-void sgd(float* master, void* compute, bool compute_bf16, const float* grad, size_t n, float lr,
-         float weight_decay, void* stream) {
+void adamw(float* master, TP compute, const float* grad, float* m, float* v, size_t n, float lr,
+           float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2,
+           void* stream) {
   if (!n) return;
-  if (compute == master) compute = nullptr;
-  RT_LAUNCH(sgd_kernel, blocks_for(n), kThreads, stream, master, compute, compute_bf16, grad, n,
-            lr, weight_decay);
+  RT_LAUNCH(adamw_kernel, blocks_for(n), kThreads, stream, master, compute_copy(master, compute),
+            grad, m, v, n, lr, beta1, beta2, eps, weight_decay, bc1, bc2);
 }
 
-void sgd_momentum(float* master, void* compute, bool compute_bf16, const float* grad, float* buf,
-                  size_t n, float lr, float weight_decay, float momentum, void* stream) {
+void sgd(float* master, TP compute, const float* grad, size_t n, float lr, float weight_decay,
+         void* stream) {
   if (!n) return;
-  if (compute == master) compute = nullptr;
-  RT_LAUNCH(sgd_momentum_kernel, blocks_for(n), kThreads, stream, master, compute, compute_bf16,
-            grad, buf, n, lr, weight_decay, momentum);
+  RT_LAUNCH(sgd_kernel, blocks_for(n), kThreads, stream, master, compute_copy(master, compute),
+            grad, n, lr, weight_decay);
+}
+
+void sgd_momentum(float* master, TP compute, const float* grad, float* buf, size_t n, float lr,
+                  float weight_decay, float momentum, void* stream) {
+  if (!n) return;
+  RT_LAUNCH(sgd_momentum_kernel, blocks_for(n), kThreads, stream, master,
+            compute_copy(master, compute), grad, buf, n, lr, weight_decay, momentum);
 }
 
 }  // namespace rt::RT_CUDA_NS::kern
