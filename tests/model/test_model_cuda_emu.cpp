@@ -16,6 +16,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "model/cuda/emu/cuda_emu.h"
@@ -560,6 +561,14 @@ TEST(CudaEmu, BadConfigurationsAndNestedLaunchesAreReported) {
     launch(dim3(1), dim3(32), [&out] { launch(dim3(1), dim3(32), ones_kernel, out.data()); });
   });
   EXPECT_NE(msg.find("a launch is already running"), std::string::npos) << msg;
+  // A second host thread launching while a launch runs.
+  std::string other;
+  launch(dim3(1), dim3(32), [&out, &other] {
+    if (threadIdx.x != 0) return;
+    std::thread t([&] { other = launch_error([&] { launch(dim3(1), dim3(32), ones_kernel, out.data()); }); });
+    t.join();
+  });
+  EXPECT_NE(other.find("a launch is already running"), std::string::npos) << other;
   msg = launch_error([] { __syncthreads(); });
   EXPECT_NE(msg.find("outside a kernel"), std::string::npos) << msg;
 }
