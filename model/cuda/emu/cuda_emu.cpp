@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -174,7 +175,12 @@ class StackPool {
                                  std::to_string(kStackBytes >> 10) + " KiB (" +
                                  std::strerror(errno) + ")");
       }
-      mprotect(base, page_, PROT_NONE);
+      if (mprotect(base, page_, PROT_NONE) != 0) {
+        const int err = errno;
+        munmap(base, kStackBytes + page_);
+        throw std::runtime_error("rt::emu::launch: cannot protect a fiber stack's guard page (" +
+                                 std::string(std::strerror(err)) + ")");
+      }
       bases_.push_back(base);
     }
   }
