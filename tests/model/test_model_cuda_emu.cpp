@@ -16,6 +16,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "model/cuda/emu/cuda_emu.h"
@@ -560,6 +561,14 @@ TEST(CudaEmu, BadConfigurationsAndNestedLaunchesAreReported) {
     launch(dim3(1), dim3(32), [&out] { launch(dim3(1), dim3(32), ones_kernel, out.data()); });
   });
   EXPECT_NE(msg.find("a launch is already running"), std::string::npos) << msg;
+  // A second host thread launching while a launch runs.
+  std::string other;
+  launch(dim3(1), dim3(32), [&out, &other] {
+    if (threadIdx.x != 0) return;
+    std::thread t([&] { other = launch_error([&] { launch(dim3(1), dim3(32), ones_kernel, out.data()); }); });
+    t.join();
+  });
+  EXPECT_NE(other.find("a launch is already running"), std::string::npos) << other;
   msg = launch_error([] { __syncthreads(); });
   EXPECT_NE(msg.find("outside a kernel"), std::string::npos) << msg;
 }
@@ -627,6 +636,10 @@ __global__ void two_barrier_kernel(const float* x, float* out) {
 
 TEST(CudaEmu, LaunchCost) {
   using Clock = std::chrono::steady_clock;
+  {  // first use maps and faults in the fiber stacks: not part of a launch's cost
+    vector<float> warm(256, 0.f), warm_out(256);
+    launch(dim3(1), dim3(256), two_barrier_kernel, warm.data(), warm_out.data());
+  }
   const unsigned tiny_blocks = 10000;
   vector<float> x(tiny_blocks * 32, 0.f);
   auto t0 = Clock::now();

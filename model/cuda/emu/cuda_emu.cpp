@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -20,6 +21,16 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+// AddressSanitizer needs to be told about stack switches (and reused stacks
+// unpoisoned); without it, it reports the pooled stacks' old frames.
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define RT_EMU_ASAN 1
+#else
+#define RT_EMU_ASAN 0
+#endif
 
 #if defined(__x86_64__) && !defined(RT_EMU_UCONTEXT)
 #define RT_EMU_ASM_SWITCH 1
@@ -118,6 +129,9 @@ FpState current_fp_state() {
 
 // Prepares `ctx` to start rt_emu_fiber_main on the stack [lo, lo + bytes).
 void context_init(Context& ctx, void* lo, std::size_t bytes, const FpState& fp) {
+#if RT_EMU_ASAN
+  ASAN_UNPOISON_MEMORY_REGION(lo, bytes);  // frames of an abandoned fiber stay poisoned
+#endif
 #if RT_EMU_ASM_SWITCH
   auto top = (reinterpret_cast<std::uintptr_t>(lo) + bytes) & ~std::uintptr_t(15);
   // rt_emu_switch's pops, lowest address first: csr word, r15..r12, rbx, rbp,
@@ -161,7 +175,12 @@ class StackPool {
                                  std::to_string(kStackBytes >> 10) + " KiB (" +
                                  std::strerror(errno) + ")");
       }
-      mprotect(base, page_, PROT_NONE);
+      if (mprotect(base, page_, PROT_NONE) != 0) {
+        const int err = errno;
+        munmap(base, kStackBytes + page_);
+        throw std::runtime_error("rt::emu::launch: cannot protect a fiber stack's guard page (" +
+                                 std::string(std::strerror(err)) + ")");
+      }
       bases_.push_back(base);
     }
   }
@@ -179,6 +198,7 @@ struct Fiber {
   Context ctx;
   dim3 tid;
   int lin = 0;  // linear thread id: lane lin % 32 of warp lin / 32
+  void* stack_lo = nullptr;
   State state = State::kRunnable;
   // The warp intrinsic this lane waits at, and its result.
   WarpOp op = WarpOp::kSyncWarp;
@@ -242,7 +262,39 @@ Fiber& running_fiber(const char* what) {
   return *g_emu.current;
 }
 
-void yield_to_scheduler(Fiber& f) { context_switch(f.ctx, g_emu.scheduler); }
+#if RT_EMU_ASAN
+// The calling thread's stack, for switches back to the scheduler.
+const void* g_asan_host_bottom = nullptr;
+std::size_t g_asan_host_size = 0;
+#endif
+
+// Scheduler -> fiber f; returns when f yields.
+void resume_fiber(Fiber& f) {
+#if RT_EMU_ASAN
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(&fake_stack, f.stack_lo, kStackBytes);
+#endif
+  context_switch(g_emu.scheduler, f.ctx);
+#if RT_EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#endif
+}
+
+// Fiber f -> scheduler; returns when the scheduler resumes f (never when
+// f has finished).
+void yield_to_scheduler(Fiber& f, bool finished = false) {
+#if RT_EMU_ASAN
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(finished ? nullptr : &fake_stack, g_asan_host_bottom,
+                                 g_asan_host_size);
+#else
+  (void)finished;
+#endif
+  context_switch(f.ctx, g_emu.scheduler);
+#if RT_EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake_stack, &g_asan_host_bottom, &g_asan_host_size);
+#endif
+}
 
 // All 32 lanes of warp w are at a warp intrinsic: checks that it is the same
 // one and computes each lane's result as PTX shfl.sync does (c operand as
@@ -329,7 +381,8 @@ bool run_block(bool forward) {
     f.tid = dim3(unsigned(i) % bx, (unsigned(i) / bx) % by, unsigned(i) / (bx * by));
     f.lin = i;
     f.state = State::kRunnable;
-    context_init(f.ctx, e.stacks.lo(i), kStackBytes, e.fp);
+    f.stack_lo = e.stacks.lo(i);
+    context_init(f.ctx, f.stack_lo, kStackBytes, e.fp);
   }
   for (int w = 0; w < (n + 31) / 32; ++w) e.warp_arrived[w] = 0;
   e.n_barrier = e.n_done = 0;
@@ -341,7 +394,7 @@ bool run_block(bool forward) {
       if (f.state != State::kRunnable) continue;
       g_thread_idx = f.tid;
       e.current = &f;
-      context_switch(e.scheduler, f.ctx);
+      resume_fiber(f);
       e.current = nullptr;
       switch (f.state) {
         case State::kDone: ++e.n_done; break;
@@ -490,6 +543,9 @@ void run_grid(dim3 grid, dim3 block, KernelThunk thunk, void* body) {
 // a fiber.
 extern "C" void rt_emu_fiber_main() {
   using namespace rt::emu::detail;
+#if RT_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &g_asan_host_bottom, &g_asan_host_size);
+#endif
   Fiber* f = g_emu.current;
   try {
     g_emu.thunk(g_emu.body);
@@ -498,6 +554,6 @@ extern "C" void rt_emu_fiber_main() {
     f->state = State::kFailed;
     g_emu.failure = std::current_exception();
   }
-  yield_to_scheduler(*f);
+  yield_to_scheduler(*f, /*finished=*/true);
   std::abort();  // a finished fiber is never resumed
 }
