@@ -201,9 +201,17 @@ class CudaBackend final : public Backend {
     RT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     lt_ = std::make_unique<LtGemm>(size_t(32) << 20);  // 32 MiB: cuBLAS's Hopper advice
     RT_CUDA_CHECK(cudaMalloc(&result_, sizeof(double)));
+    for (Staging& st : staging_) {
+      RT_CUDA_CHECK(cudaMallocHost(&st.host, kStagingBytes));
+      RT_CUDA_CHECK(cudaEventCreateWithFlags(&st.done, cudaEventDisableTiming));
+    }
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
+    for (Staging& st : staging_) {
+      cudaFreeHost(st.host);
+      cudaEventDestroy(st.done);
+    }
     lt_.reset();
     cudaFree(result_);
     cudaFree(scratch_);
@@ -273,14 +281,28 @@ class CudaBackend final : public Backend {
   }
   size_t peak_bytes() const { return peak_; }
 
-  // Host memory is pageable: the upload returns once the source is staged
-  // (the caller may reuse it); the download waits for the stream.
+  // The caller may reuse src as soon as this returns. Small uploads (each
+  // micro-batch's tokens and targets) go through a ring of pinned buffers and
+  // stay asynchronous: the host waits only when a buffer's previous copy
+  // (kStagingSlots uploads ago) has not run yet. Large ones (weights at load,
+  // RoPE tables when positions change) are pageable copies, which the driver
+  // orders after the stream's earlier work.
   void copy_to_device(void* dst, const void* src, size_t bytes) override {
     if (!bytes) return;
 #ifdef RT_CUDA_EMULATE
     std::memcpy(dst, src, bytes);
 #else
+    if (bytes <= kStagingBytes) {
+      Staging& st = staging_[next_staging_];
+      next_staging_ = (next_staging_ + 1) % kStagingSlots;
+      RT_CUDA_CHECK(cudaEventSynchronize(st.done));
+      std::memcpy(st.host, src, bytes);
+      RT_CUDA_CHECK(cudaMemcpyAsync(dst, st.host, bytes, cudaMemcpyHostToDevice, stream_));
+      RT_CUDA_CHECK(cudaEventRecord(st.done, stream_));
+      return;
+    }
     RT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+    RT_CUDA_CHECK(cudaStreamSynchronize(stream_));  // src may be reused at once
 #endif
   }
   void copy_to_host(void* dst, const void* src, size_t bytes) override {
@@ -584,6 +606,14 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Backend> cpu_;
   void* stream_ = nullptr;
 #else
+  static constexpr size_t kStagingBytes = size_t(1) << 20;
+  static constexpr int kStagingSlots = 8;
+  struct Staging {
+    void* host = nullptr;
+    cudaEvent_t done = nullptr;
+  };
+  Staging staging_[kStagingSlots];
+  int next_staging_ = 0;
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<LtGemm> lt_;
