@@ -8,7 +8,8 @@
 //     device" otherwise): bf16 on the GPU against fp32 on the CPU, within the
 //     bf16 tolerance of the issue (per step 3%, final loss 1%).
 // Models: rope (GQA), alibi with tied embeddings and activation
-// checkpointing, no position encoding, recurrent memory (RMT); head_dim 64
+// checkpointing, no position encoding, and the three memory types (RMT; kNN
+// and compressive, whose stores live on the host); head_dim 64
 // (the CUDA attention kernels take 64 and 128).
 #include <gtest/gtest.h>
 
@@ -23,7 +24,7 @@
 #include "common/rng.h"
 #include "model/cuda/cuda_backend.h"
 #include "model/llama.h"
-#include "model/memory/rmt.h"
+#include "model/memory/sequence_runner.h"
 #include "model/precision.h"
 #include "trainer/train/optimizer.h"
 #ifdef RINGTRAIN_HAVE_CUDA
@@ -36,7 +37,8 @@ namespace {
 struct Variant {
   std::string name;
   std::string position;
-  bool tied = false, checkpointing = false, rmt = false;
+  bool tied = false, checkpointing = false;
+  std::string memory;  // "", rmt, knn, compressive
 };
 
 ModelConfig model_config(const Variant& v) {
@@ -51,7 +53,20 @@ ModelConfig model_config(const Variant& v) {
   mc.position = v.position;
   mc.tie_word_embeddings = v.tied;
   mc.init_std = 0.05;
-  if (v.rmt) mc.memory = MemoryConfig::rmt(4, 16, -1);
+  if (v.memory == "rmt") mc.memory = MemoryConfig::rmt(4, 16, -1);
+  if (v.memory == "knn" || v.memory == "compressive") {
+    MemoryConfig m;
+    m.type = v.memory;
+    m.segment_length = 16;
+    m.layers = {1};
+    m.memory_size = 32;
+    m.top_k = 8;
+    m.memory_segments = 1;
+    m.rate = 2;
+    m.levels = 1;
+    m.compressed_size = 8;
+    mc.memory = m;
+  }
   return mc;
 }
 
@@ -66,14 +81,14 @@ Trained train(Backend& be, const Precision& prec, const Variant& v, int steps) {
   const ModelConfig mc = model_config(v);
   LlamaModel model(mc, be, prec);
   model.init_weights(7);
-  const int B = v.rmt ? 1 : 2, T = v.rmt ? 48 : 64;
-  model.plan_activations(B, v.rmt ? 16 + 8 : T, v.checkpointing);
+  const bool mem = !v.memory.empty();
+  const int B = mem ? 1 : 2, T = mem ? 48 : 64;
+  model.plan_activations(B, v.memory == "rmt" ? 16 + 8 : mem ? 16 : T, v.checkpointing);
   OptimizerConfig oc;
   oc.lr = 3e-3;
   oc.weight_decay = 0.1;
   Optimizer opt(oc, model);
-  std::unique_ptr<RmtRunner> rmt;
-  if (v.rmt) rmt = std::make_unique<RmtRunner>(model);
+  std::unique_ptr<SequenceRunner> runner = make_sequence_runner(model);
   Rng rng(11);
   const size_t n = size_t(B) * T;
   Trained r;
@@ -85,10 +100,12 @@ Trained train(Backend& be, const Precision& prec, const Variant& v, int steps) {
     model.grads().zero();
     int64_t valid = 0;
     const float scale = 1.f / float(n);
-    const double loss =
-        rmt ? rmt->forward_backward(in.data(), tg.data(), B, T, scale, &valid)
-            : model.forward_backward(in.data(), tg.data(), B, T, RowPositions::whole(T), scale,
-                                     &valid);
+    SequenceBatch batch;
+    batch.inputs = in.data();
+    batch.targets = tg.data();
+    batch.B = B;
+    batch.T = T;
+    const double loss = runner->forward_backward(batch, scale, &valid, nullptr);
     const double norm = grad_global_norm(model);
     clip_grad_norm(model, norm, 1.0);
     opt.step(float(oc.lr));
@@ -113,17 +130,19 @@ double weight_rel_rms(const std::vector<float>& a, const std::vector<float>& b) 
 }
 
 const std::vector<Variant> kVariants = {
-    {"rope GQA", "rope"},
-    {"alibi tied checkpointing", "alibi", true, true},
-    {"none", "none"},
-    {"rope rmt", "rope", false, false, true},
+    {"rope GQA", "rope", false, false, ""},
+    {"alibi tied checkpointing", "alibi", true, true, ""},
+    {"none", "none", false, false, ""},
+    {"rope rmt", "rope", false, false, "rmt"},
+    {"rope knn", "rope", false, false, "knn"},
+    {"alibi compressive", "alibi", false, false, "compressive"},
 };
 
 // Emulated CUDA vs the CPU's bf16 storage emulation: the same bf16 roundings
 // of stored activations, different summation orders and the GPU's rounding
 // of the backward's GEMM operands (the fp32 activation gradients). Measured
-// (8 steps, the four variants): largest per-step loss gap 6.7e-4 relative,
-// final weights 3.3e-3 to 4.0e-3 relative RMS; bounds 4.5x and 2.5x that.
+// (8 steps): largest per-step loss gap 4e-4 to 7e-4 relative (knn 1.8e-3),
+// final weights 3.3e-3 to 5.1e-3 relative RMS; bounds 5e-3 and 1e-2.
 TEST(CudaTrain, EmulatedCudaFollowsCpuBf16) {
   const Precision bf = resolve_precision("bf16", Device::kCuda);
   for (const Variant& v : kVariants) {
@@ -141,7 +160,7 @@ TEST(CudaTrain, EmulatedCudaFollowsCpuBf16) {
                 "gap %.2e, weights rel rms %.2e\n",
                 v.name.c_str(), got.loss.front(), got.loss.back(), ref.loss.front(),
                 ref.loss.back(), worst, w);
-    EXPECT_LT(worst, 3e-3) << v.name;
+    EXPECT_LT(worst, 5e-3) << v.name;
     EXPECT_LT(w, 1e-2) << v.name;
     EXPECT_LT(got.loss.back(), got.loss.front()) << v.name << ": the loss must fall";
   }
