@@ -148,11 +148,6 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
                                            cfg_.run.seed);
 
   const Precision prec = resolve_precision(cfg_.train.precision, backend_->device());
-  if (prec.act != DType::kF32 && dims_.cp > 1)
-    throw UsageError("train.precision: " + cfg_.train.precision + " (" + prec.name() +
-                     ") with parallel.context_parallel(" + std::to_string(dims_.cp) +
-                     ") > 1 is not supported yet: ring attention carries fp32 activations "
-                     "only. Use train.precision: fp32, or context_parallel: 1");
   model_ = std::make_unique<LlamaModel>(cfg_.model, *backend_, prec);
   model_->init_weights(cfg_.run.seed);
   if (dims_.cp > 1) {
