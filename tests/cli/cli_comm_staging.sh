@@ -6,7 +6,9 @@
 #    weights give bit for bit the losses, weights and AdamW moments of the
 #    same runs over plain MPI (staging only copies bytes);
 #  - the log says which transport carried the buffers, once;
-#  - a bad RINGTRAIN_COMM_STAGING value exits 2 with the fix.
+#  - a bad RINGTRAIN_COMM_STAGING value exits 2 with the fix;
+#  - `plan` says which transport a layout would use (MPI on the CPU; staged
+#    when ranks share a GPU or the build has no NCCL; NCCL otherwise).
 # usage: cli_comm_staging.sh RINGTRAIN SOURCE_DIR
 set -uo pipefail
 bin=$1
@@ -84,6 +86,18 @@ PY
 
 expect 2 "RINGTRAIN_COMM_STAGING=yes: expected 1" -- \
   env RINGTRAIN_COMM_STAGING=yes "$bin" train s.yaml --set run.dir="$work/bad" --set train.max_steps=1
+
+# plan: the transport a layout would use
+expect 0 "^communication: mpi: CPU backend" -- "$bin" plan s.yaml --world 2
+expect 0 "^communication: staged: ranks share GPU 0 \(4 ranks on this node, 1 GPU\)" -- \
+  "$bin" plan s.yaml --world 4 --device cuda --gpus-per-node 1
+expect 0 "^communication: staged: RINGTRAIN_COMM_STAGING=1" -- \
+  env RINGTRAIN_COMM_STAGING=1 "$bin" plan s.yaml --world 2 --device cuda
+"$bin" plan s.yaml --world 8 --set parallel.context_parallel=2 --device cuda --ranks-per-node 4 --gpus-per-node 4 > p8.txt 2>&1 \
+  || fail "plan --world 8 --device cuda exited non-zero"
+grep -qE "^communication: (nccl: NCCL on GPU 0 \(one rank per GPU, 8 ranks\)|staged: this build has no NCCL)" p8.txt \
+  || fail "plan --world 8 on 4-GPU nodes: $(grep communication p8.txt)"
+expect 2 "gpus-per-node applies to --device cuda only" -- "$bin" plan s.yaml --world 2 --gpus-per-node 2
 
 if [ "$failures" -gt 0 ]; then
   echo "$failures failure(s)" >&2
