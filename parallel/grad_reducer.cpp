@@ -115,6 +115,16 @@ GradReducer::GradReducer(Comm& comm, const Arena& grads, size_t bucket_bytes, bo
 
 GradReducer::~GradReducer() { delete impl_; }
 
+// Device -> host mirror before MPI writes the mirror. copy_to_host waits for
+// the backend's stream, so an earlier copy_to_device still reading the
+// (pinned) mirror has finished; an empty copy waits all the same.
+void GradReducer::stage_in(void* host, const void* dev, size_t bytes) {
+  if (bytes)
+    stage_->copy_to_host(host, dev, bytes);
+  else
+    stage_->synchronize();
+}
+
 void GradReducer::begin() { next_ = 0; }
 
 void GradReducer::start(size_t b) {
@@ -141,7 +151,7 @@ void GradReducer::start(size_t b) {
 #endif
   if (impl_->comm == MPI_COMM_NULL) return;
   float* d = mpi_data();
-  if (stage_) stage_->copy_to_host(d + blo, data_ + blo, n * sizeof(float));
+  if (stage_) stage_in(d + blo, data_ + blo, n * sizeof(float));
   if (!sharded_) {
     check_mpi(MPI_Iallreduce(MPI_IN_PLACE, d + blo, as_count(n), MPI_FLOAT, MPI_SUM,
                              impl_->comm, &impl_->reqs[b]),
@@ -202,7 +212,7 @@ void GradReducer::allgather_shards(float* data) {
 #endif
   {
     float* d = stage_ ? host(0) : data;
-    if (stage_) stage_->copy_to_host(d + lo_, data + lo_, (hi_ - lo_) * sizeof(float));
+    if (stage_) stage_in(d + lo_, data + lo_, (hi_ - lo_) * sizeof(float));
     check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, d, counts_.data(),
                              displs_.data(), MPI_FLOAT, impl_->comm),
               "MPI_Allgatherv");
@@ -242,7 +252,7 @@ void GradReducer::allgather_shards(const Arena& a) {
       // staged: the tensor through the host mirror (n_ floats hold any tensor)
       char* d = stage_ ? host_.as<char>() : p;
       const size_t mine_lo = size_t(displs[size_t(rank_)]) * es;
-      if (stage_) stage_->copy_to_host(d + mine_lo, p + mine_lo, size_t(counts[size_t(rank_)]) * es);
+      if (stage_) stage_in(d + mine_lo, p + mine_lo, size_t(counts[size_t(rank_)]) * es);
       check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, d, counts.data(),
                                displs.data(), es == 2 ? MPI_UINT16_T : MPI_FLOAT, impl_->comm),
                 "MPI_Allgatherv");
@@ -274,7 +284,7 @@ void GradReducer::gather_to_root(const float* shard, float* full, int root) {
     return;
   }
   // staged: the shard to its place in the host mirror, gathered there on root
-  stage_->copy_to_host(host(lo_), shard, (hi_ - lo_) * sizeof(float));
+  stage_in(host(lo_), shard, (hi_ - lo_) * sizeof(float));
   if (rank_ == root)
     check_mpi(MPI_Gatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, host(0), counts_.data(),
                           displs_.data(), MPI_FLOAT, root, impl_->comm),

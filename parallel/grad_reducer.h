@@ -116,6 +116,7 @@ class GradReducer {
   Backend* stage_ = nullptr;
   PinnedBuffer host_;
   float* host(size_t i) const { return host_.as<float>() + i; }
+  void stage_in(void* host, const void* dev, size_t bytes);
   // The array the MPI collectives work on: the host mirror or the arena.
   float* mpi_data() const { return stage_ ? host(0) : data_; }
   // NCCL (NcclComm): the communicator, or null.

@@ -33,7 +33,7 @@ size_t StagedComm::take_slot(size_t bytes) {
 }
 
 void StagedComm::to_host(void* host, const void* dev, size_t bytes) {
-  if (!bytes) return;
+  if (!bytes) return be_.synchronize();  // the wait a copy would have made (see below)
   be_.copy_to_host(host, dev, bytes);
   bytes_staged_ += int64_t(bytes);
 }
