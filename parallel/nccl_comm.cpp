@@ -221,6 +221,7 @@ void NcclComm::abort(int code) {
   ncclCommAbort(impl_->comm);
   impl_->comm = nullptr;
   parallel_runtime().world->abort(code);  // the MPI world brings every rank down
+  std::_Exit(code);
 }
 
 // ---- gradient reduction ---------------------------------------------------------
