@@ -6,6 +6,8 @@
 #    weights give bit for bit the losses, weights and AdamW moments of the
 #    same runs over plain MPI (staging only copies bytes);
 #  - the log says which transport carried the buffers, once;
+#  - eval over a ring of 2 (--context-parallel 2) through the staging gives
+#    the JSON of plain MPI exactly;
 #  - a bad RINGTRAIN_COMM_STAGING value exits 2 with the fix;
 #  - `plan` says which transport a layout would use (MPI on the CPU; staged
 #    when ranks share a GPU or the build has no NCCL; NCCL otherwise).
@@ -86,6 +88,24 @@ PY
 
 expect 2 "RINGTRAIN_COMM_STAGING=yes: expected 1" -- \
   env RINGTRAIN_COMM_STAGING=yes "$bin" train s.yaml --set run.dir="$work/bad" --set train.max_steps=1
+
+# eval over a ring of 2: the ring's K/V through the staging, the same JSON
+ckpt="$work/dp2_s_0/checkpoints/step_00000006.h5"
+for staging in 0 1; do
+  RINGTRAIN_COMM_STAGING=$staging $launch -np 2 "$bin" eval "$ckpt" --seq-lens 256,512 \
+    --max-sequences 2 --passkey-seq-lens 256 --passkey-depths 0,1 --passkey-trials 2 --no-plots \
+    --context-parallel 2 --json "eval_$staging.json" > "eval_$staging.out" 2>&1 \
+    || { fail "eval --context-parallel 2 (staging $staging)"; tail -20 "eval_$staging.out" >&2; }
+done
+grep -q "comm: RINGTRAIN_COMM_STAGING=1" eval_1.out || fail "staged eval did not say so"
+/usr/bin/python3 - eval_0.json eval_1.json <<'PY' || fail "staged eval differs from MPI eval"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+keys = ["perplexity", "loss_by_position", "passkey"]
+for k in keys:
+    assert a[k] == b[k], (k, a[k], b[k])
+print("eval --context-parallel 2: staged JSON equals MPI JSON (" + ", ".join(keys) + ")")
+PY
 
 # plan: the transport a layout would use
 expect 0 "^communication: mpi: CPU backend" -- "$bin" plan s.yaml --world 2
