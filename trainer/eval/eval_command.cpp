@@ -323,9 +323,10 @@ EvalSession setup_eval(const EvalOptions& o, EvalPlan& p) {
   const Config& cfg = p.cfg;
   EvalSession s;
   s.be = make_backend(cfg.parallel.device);
+  setup_device_groups(p.groups, *s.be);  // the ring's transport (MPI, NCCL or staged)
   s.model = std::make_unique<LlamaModel>(cfg.model, *s.be);
   if (p.dims.cp > 1) {
-    s.ring = std::make_unique<RingAttention>(*p.groups.cp, p.layout);
+    s.ring = std::make_unique<RingAttention>(p.groups.device_cp(), p.layout);
     s.model->set_sequence_attention(s.ring.get());
   }
   if (!o.data.empty())
