@@ -1,5 +1,6 @@
 #include "model/llama.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -181,8 +182,12 @@ void LlamaModel::init_weights(uint64_t seed) {
   sync_compute_weights();
 }
 
+int64_t logits_chunk_rows(int64_t N, int64_t vocab_size) {
+  return std::max<int64_t>(1, std::min<int64_t>(N, kLogitsChunkElems / std::max<int64_t>(1, vocab_size)));
+}
+
 ActivationSpecs activation_specs(const ModelConfig& cfg, const Precision& prec, int B, int T,
-                                 bool checkpointing) {
+                                 bool checkpointing, int64_t logits_rows) {
   const int64_t N = int64_t(B) * T, d = cfg.hidden_size, f = cfg.intermediate_size,
                 V = cfg.vocab_size;
   const int64_t qd = int64_t(cfg.num_attention_heads) * cfg.head_dim;
@@ -210,7 +215,8 @@ ActivationSpecs activation_specs(const ModelConfig& cfg, const Precision& prec, 
   }
   a.push_back({"lnf", {N, d}, act});
   a.push_back({"lnf_rstd", {N}, st});
-  a.push_back({"logits", {N, V}, act});
+  const int64_t lr = logits_rows > 0 ? std::min(N, logits_rows) : logits_chunk_rows(N, V);
+  a.push_back({"logits", {lr, V}, act});
   a.push_back({"losses", {N}, st});
 
   // Backward temporaries, one set shared by all layers: activation
@@ -231,7 +237,7 @@ void LlamaModel::plan_activations(int B, int T, bool checkpointing) {
     return;
   const int L = cfg_.num_hidden_layers;
   const int slots = checkpointing ? 1 : L;
-  ActivationSpecs specs = activation_specs(cfg_, prec_, B, T, checkpointing);
+  ActivationSpecs specs = activation_specs(cfg_, prec_, B, T, checkpointing, logits_rows_wanted_);
   acts_ = Arena(be_, "activations", std::move(specs.acts));
   scratch_ = Arena(be_, "backward scratch", std::move(specs.scratch));
   planned_B_ = B;
@@ -251,6 +257,7 @@ void LlamaModel::plan_activations(int B, int T, bool checkpointing) {
   lnf_ = acts_.buf("lnf");
   lnf_rstd_ = acts_.f32("lnf_rstd");
   logits_ = acts_.buf("logits");
+  logits_rows_ = acts_.spec("logits").shape[0];
   losses_ = acts_.f32("losses");
   s_ = {scratch_.buf("dresid"), scratch_.buf("dln"), scratch_.buf("datt"), scratch_.buf("dq"),
         scratch_.buf("dk"),     scratch_.buf("dv"),  scratch_.buf("dgate"), scratch_.buf("dup"),
@@ -493,18 +500,27 @@ double LlamaModel::run_layers_and_head(float dloss_scale, CBuf dfinal_extra) {
                                               : params_.buf("lm_head.weight");
   const Buf w_norm = params_.buf("model.norm.weight");
   be_.rmsnorm_forward(lnf_, lnf_rstd_, x_[size_t(L)], w_norm, N, d, float(cfg_.rms_norm_eps));
-  be_.matmul_forward(logits_, lnf_, w_head, N, d, V);
-  be_.cross_entropy_forward_backward(logits_, losses_, targets_dev_.as<int32_t>(), N, V,
-                                     dloss_scale);
-  if (count_loss_) be_.loss_sum(loss_acc_.as<double>(), losses_, N);
+  // The head in chunks of rows (one chunk for all but large N x V): logits,
+  // loss (and dlogits in place), and the chunk's share of the head backward.
+  const Buf dw_head = cfg_.tie_word_embeddings ? grads_.buf("model.embed_tokens.weight")
+                                               : grads_.buf("lm_head.weight");
+  if (backward) be_.zero(s_.dln, size_t(N) * d);
+  for (int64_t r0 = 0; r0 < N; r0 += logits_rows_) {
+    const int R = int(std::min<int64_t>(logits_rows_, N - r0));
+    const CBuf lnf_rows = at(CBuf(lnf_), size_t(r0) * d);
+    be_.matmul_forward(logits_, lnf_rows, w_head, R, d, V);
+    be_.cross_entropy_forward_backward(logits_, losses_ + r0,
+                                       targets_dev_.as<int32_t>() + r0, R, V, dloss_scale);
+    if (count_loss_) be_.loss_sum(loss_acc_.as<double>(), losses_ + r0, R);
+    // logits now hold dlogits (zero when dloss_scale is 0)
+    if (backward)
+      be_.matmul_backward(at(s_.dln, size_t(r0) * d), dw_head, logits_, lnf_rows, w_head, R, d,
+                          V);
+    logits_first_ = r0;
+  }
   const double loss_sum = count_loss_ && !defer_loss_ ? take_loss_sum() : 0.0;
   if (!backward) return loss_sum;
 
-  // backward: logits now hold dlogits (zero when dloss_scale is 0)
-  const Buf dw_head = cfg_.tie_word_embeddings ? grads_.buf("model.embed_tokens.weight")
-                                               : grads_.buf("lm_head.weight");
-  be_.zero(s_.dln, size_t(N) * d);
-  be_.matmul_backward(s_.dln, dw_head, logits_, lnf_, w_head, N, d, V);
   be_.zero(s_.dresid, size_t(N) * d);
   be_.rmsnorm_backward(s_.dresid, grads_.buf("model.norm.weight"), s_.dln, x_[size_t(L)], w_norm,
                        lnf_rstd_, N, d);
@@ -524,15 +540,26 @@ double LlamaModel::run_layers_and_head(float dloss_scale, CBuf dfinal_extra) {
 std::vector<float> LlamaModel::logits_to_host(int64_t row_begin, int64_t rows) {
   const int64_t V = cfg_.vocab_size;
   const size_t n = size_t(rows * V), es = dtype_size(logits_.t);
+  // The buffer holds the head's last chunk; other rows are recomputed from
+  // the final norm's output (lnf) with the same product.
+  Buf src_buf = at(logits_, size_t((row_begin - logits_first_) * V));
+  DeviceBuffer recomputed;
+  if (row_begin < logits_first_ || row_begin + rows > logits_first_ + logits_rows_) {
+    const Buf w_head = cfg_.tie_word_embeddings ? params_.buf("model.embed_tokens.weight")
+                                                : params_.buf("lm_head.weight");
+    recomputed = DeviceBuffer(be_, n, logits_.t);
+    src_buf = recomputed.buf();
+    be_.matmul_forward(src_buf, at(CBuf(lnf_), size_t(row_begin) * cfg_.hidden_size), w_head,
+                       int(rows), cfg_.hidden_size, int(V));
+  }
   std::vector<float> out(n);
-  const char* src = static_cast<const char*>(logits_.p) + size_t(row_begin * V) * es;
   if (logits_.t == DType::kF32) {
-    be_.copy_to_host(out.data(), src, n * sizeof(float));
+    be_.copy_to_host(out.data(), src_buf.p, n * sizeof(float));
     return out;
   }
   RT_CHECK(logits_.t == DType::kBF16, "logits dtype");
   std::vector<uint16_t> raw(n);
-  be_.copy_to_host(raw.data(), src, n * es);
+  be_.copy_to_host(raw.data(), src_buf.p, n * es);
   for (size_t i = 0; i < n; ++i) out[i] = bf16_to_f32(raw[i]);
   return out;
 }

@@ -110,8 +110,17 @@ double train_flops_per_token(const ModelConfig& cfg, int64_t seq_len);
 struct ActivationSpecs {
   std::vector<TensorSpec> acts, scratch;
 };
+// logits_rows: rows of the head's logits chunk (0: logits_chunk_rows).
 ActivationSpecs activation_specs(const ModelConfig& cfg, const Precision& prec, int B, int T,
-                                 bool checkpointing);
+                                 bool checkpointing, int64_t logits_rows = 0);
+
+// The LM head and its loss run over chunks of this many rows (of N = B*T),
+// so that the logits of all N rows never exist at once: at most
+// kLogitsChunkElems logits (2^26: 128 MiB in bf16, 256 MiB in fp32) and at
+// least one row. A 128K-vocabulary model at 32K tokens would otherwise hold
+// 8 GiB of bf16 logits (16 GiB in fp32).
+constexpr int64_t kLogitsChunkElems = int64_t(1) << 26;
+int64_t logits_chunk_rows(int64_t N, int64_t vocab_size);
 
 class LayerMemory;
 
@@ -207,8 +216,12 @@ class LlamaModel {
   void embed_tokens_backward(const int32_t* tokens, int n, CBuf dout);
 
   // Logits (B*T, V) of the last forward when it ran without backward, as
-  // fp32 on the host (converted from the activation dtype).
+  // fp32 on the host (converted from the activation dtype). Rows outside the
+  // head's last chunk (logits_chunk_rows) are recomputed from the final norm.
   std::vector<float> logits_to_host(int64_t row_begin, int64_t rows);
+  // Rows per chunk of the head (0: logits_chunk_rows(B*T, V)); takes effect
+  // at the next plan_activations (tests force several chunks with it).
+  void set_logits_chunk_rows(int64_t rows) { logits_rows_wanted_ = rows; }
   // Per-row losses (-log p(target), 0 for ignored rows) of the last forward.
   std::vector<float> losses_to_host(int64_t row_begin, int64_t rows);
 
@@ -240,6 +253,9 @@ class LlamaModel {
   std::vector<LayerActs> slots_;
   std::vector<Buf> x_;  // x.0 .. x.L, the residual stream
   Buf lnf_, logits_;
+  int64_t logits_rows_ = 0;   // rows the logits buffer holds (one chunk)
+  int64_t logits_first_ = 0;  // first row of the chunk it holds now
+  int64_t logits_rows_wanted_ = 0;
   float *lnf_rstd_ = nullptr, *losses_ = nullptr;
   Scratch s_;
   int planned_B_ = 0, planned_T_ = 0;

@@ -8,6 +8,10 @@
 
 #include "common/errors.h"
 #include "parallel/mpi_handle.h"
+#include "parallel/staged_comm.h"
+#ifdef RINGTRAIN_HAVE_NCCL
+#include "parallel/nccl_comm.h"
+#endif
 
 namespace rt {
 
@@ -68,7 +72,21 @@ GradReducer::GradReducer(Comm& comm, const Arena& grads, size_t bucket_bytes, bo
       rank_(comm.rank()),
       sharded_(sharded),
       impl_(new Impl) {
-  impl_->comm = mpi_handle(comm);
+  if (auto* st = dynamic_cast<StagedComm*>(&comm)) {
+    stage_ = device_be_ = &st->backend();
+    impl_->comm = mpi_handle(st->inner());
+    host_.reserve(n_ * sizeof(float), stage_->device() == Device::kCuda);
+#ifdef RINGTRAIN_HAVE_NCCL
+  } else if (auto* nc = dynamic_cast<NcclComm*>(&comm)) {
+    nccl_ = nc;
+    device_be_ = &nc->backend();
+#endif
+  } else {
+    impl_->comm = mpi_handle(comm);
+  }
+  RT_CHECK(world_ == 1 || impl_->comm != MPI_COMM_NULL || nccl_,
+           "GradReducer: a group of several ranks that is neither MPI, staged MPI nor NCCL");
+  for (int r = 0; r < world_; ++r) owned_.push_back(shard_range(n_, world_, r));
   if (sharded_)
     std::tie(lo_, hi_) = shard_range(n_, world_, rank_);
   else
@@ -97,15 +115,45 @@ GradReducer::GradReducer(Comm& comm, const Arena& grads, size_t bucket_bytes, bo
 
 GradReducer::~GradReducer() { delete impl_; }
 
+// Device -> host mirror before MPI writes the mirror. copy_to_host waits for
+// the backend's stream, so an earlier copy_to_device still reading the
+// (pinned) mirror has finished; an empty copy waits all the same.
+void GradReducer::stage_in(void* host, const void* dev, size_t bytes) {
+  if (bytes)
+    stage_->copy_to_host(host, dev, bytes);
+  else
+    stage_->synchronize();
+}
+
 void GradReducer::begin() { next_ = 0; }
 
 void GradReducer::start(size_t b) {
   auto [blo, bhi] = buckets_[b];
   const size_t n = bhi - blo;
   const double frac = double(world_ - 1) / double(world_);
-  if (world_ == 1 || impl_->comm == MPI_COMM_NULL) return;
+  if (world_ == 1) return;
+#ifdef RINGTRAIN_HAVE_NCCL
+  if (nccl_) {
+    if (!sharded_) {
+      nccl_->allreduce_sum_async(data_ + blo, n, nullptr);
+      bytes_sent_ += int64_t(2.0 * frac * double(n * sizeof(float)));
+      return;
+    }
+    NcclComm::Ranges parts;  // each owner's part of the bucket
+    for (auto [a, c] : owned_) {
+      const size_t x = std::max(a, blo), y = std::min(c, bhi);
+      parts.push_back(y > x ? std::pair{x, y} : std::pair{x, x});
+    }
+    nccl_->reduce_to_owners_async(data_, parts, nullptr);
+    bytes_sent_ += int64_t(frac * double(n * sizeof(float)));
+    return;
+  }
+#endif
+  if (impl_->comm == MPI_COMM_NULL) return;
+  float* d = mpi_data();
+  if (stage_) stage_in(d + blo, data_ + blo, n * sizeof(float));
   if (!sharded_) {
-    check_mpi(MPI_Iallreduce(MPI_IN_PLACE, data_ + blo, as_count(n), MPI_FLOAT, MPI_SUM,
+    check_mpi(MPI_Iallreduce(MPI_IN_PLACE, d + blo, as_count(n), MPI_FLOAT, MPI_SUM,
                              impl_->comm, &impl_->reqs[b]),
               "MPI_Iallreduce");
     bytes_sent_ += int64_t(2.0 * frac * double(n * sizeof(float)));
@@ -113,7 +161,7 @@ void GradReducer::start(size_t b) {
   }
   // in place: this rank's part of the bucket arrives at the bucket's start;
   // finish() moves it to its place in the shard
-  check_mpi(MPI_Ireduce_scatter(MPI_IN_PLACE, data_ + blo, impl_->recvcounts[b].data(),
+  check_mpi(MPI_Ireduce_scatter(MPI_IN_PLACE, d + blo, impl_->recvcounts[b].data(),
                                 MPI_FLOAT, MPI_SUM, impl_->comm, &impl_->reqs[b]),
             "MPI_Ireduce_scatter");
   bytes_sent_ += int64_t(frac * double(n * sizeof(float)));
@@ -135,31 +183,47 @@ void GradReducer::ready_from(size_t from_byte) {
 void GradReducer::finish() {
   const auto t0 = Clock::now();
   while (next_ < buckets_.size()) start(next_++);
+#ifdef RINGTRAIN_HAVE_NCCL
+  if (nccl_ && world_ > 1) nccl_->join(nullptr);  // the compute stream waits, not the host
+#endif
   if (impl_->comm != MPI_COMM_NULL && world_ > 1) {
     check_mpi(MPI_Waitall(int(impl_->reqs.size()), impl_->reqs.data(), MPI_STATUSES_IGNORE),
               "MPI_Waitall");
+    float* d = mpi_data();
     if (sharded_)  // each bucket's part of the shard, from the bucket's start to its place
       for (size_t b = 0; b < buckets_.size(); ++b) {
         const size_t c = size_t(impl_->recvcounts[b][size_t(rank_)]);
         const size_t blo = buckets_[b].first, mine = std::max(blo, lo_);
-        if (c > 0 && mine != blo) std::memmove(data_ + mine, data_ + blo, c * sizeof(float));
+        if (c > 0 && mine != blo) std::memmove(d + mine, d + blo, c * sizeof(float));
       }
+    if (stage_)  // the reduced part (the shard, or all) back to the device
+      stage_->copy_to_device(data_ + lo_, d + lo_, (hi_ - lo_) * sizeof(float));
   }
   exposed_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
 void GradReducer::allgather_shards(float* data) {
-  if (impl_->comm == MPI_COMM_NULL || world_ == 1) return;
+  if (world_ == 1 || (impl_->comm == MPI_COMM_NULL && !nccl_)) return;
   const auto t0 = Clock::now();
-  check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, counts_.data(),
-                           displs_.data(), MPI_FLOAT, impl_->comm),
-            "MPI_Allgatherv");
+#ifdef RINGTRAIN_HAVE_NCCL
+  if (nccl_) {
+    nccl_->allgather_ranges(data, sizeof(float), owned_, nullptr);
+  } else
+#endif
+  {
+    float* d = stage_ ? host(0) : data;
+    if (stage_) stage_in(d + lo_, data + lo_, (hi_ - lo_) * sizeof(float));
+    check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, d, counts_.data(),
+                             displs_.data(), MPI_FLOAT, impl_->comm),
+              "MPI_Allgatherv");
+    if (stage_) stage_->copy_to_device(data, d, n_ * sizeof(float));
+  }
   bytes_sent_ += int64_t(double(world_ - 1) / double(world_) * double(n_ * sizeof(float)));
   exposed_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
 void GradReducer::allgather_shards(const Arena& a) {
-  if (impl_->comm == MPI_COMM_NULL || world_ == 1) return;
+  if (world_ == 1 || (impl_->comm == MPI_COMM_NULL && !nccl_)) return;
   const auto t0 = Clock::now();
   std::vector<int> counts(static_cast<size_t>(world_)), displs(static_cast<size_t>(world_));
   size_t bytes = 0;
@@ -174,9 +238,26 @@ void GradReducer::allgather_shards(const Arena& a) {
     }
     const size_t es = dtype_size(s.dtype);
     RT_CHECK(es == 2 || es == 4, "all-gather of a tensor of element size " + std::to_string(es));
-    check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, a.buf(s).p, counts.data(),
-                             displs.data(), es == 2 ? MPI_UINT16_T : MPI_FLOAT, impl_->comm),
-              "MPI_Allgatherv");
+    char* p = static_cast<char*>(a.buf(s).p);
+#ifdef RINGTRAIN_HAVE_NCCL
+    if (nccl_) {
+      NcclComm::Ranges parts;
+      for (int r = 0; r < world_; ++r)
+        parts.push_back({size_t(displs[size_t(r)]),
+                         size_t(displs[size_t(r)]) + size_t(counts[size_t(r)])});
+      nccl_->allgather_ranges(p, es, parts, nullptr);
+    } else
+#endif
+    {
+      // staged: the tensor through the host mirror (n_ floats hold any tensor)
+      char* d = stage_ ? host_.as<char>() : p;
+      const size_t mine_lo = size_t(displs[size_t(rank_)]) * es;
+      if (stage_) stage_in(d + mine_lo, p + mine_lo, size_t(counts[size_t(rank_)]) * es);
+      check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, d, counts.data(),
+                               displs.data(), es == 2 ? MPI_UINT16_T : MPI_FLOAT, impl_->comm),
+                "MPI_Allgatherv");
+      if (stage_) stage_->copy_to_device(p, d, s.numel * es);
+    }
     bytes += s.numel * es;
   }
   bytes_sent_ += int64_t(double(world_ - 1) / double(world_) * double(bytes));
@@ -184,13 +265,35 @@ void GradReducer::allgather_shards(const Arena& a) {
 }
 
 void GradReducer::gather_to_root(const float* shard, float* full, int root) {
-  if (impl_->comm == MPI_COMM_NULL || world_ == 1) {
-    if (full && full != shard) std::memcpy(full, shard, (hi_ - lo_) * sizeof(float));
+  if (world_ == 1 || (impl_->comm == MPI_COMM_NULL && !nccl_)) {
+    if (full && full != shard) {
+      if (device_be_)
+        device_be_->copy(Buf(full), CBuf(shard), hi_ - lo_);
+      else
+        std::memcpy(full, shard, (hi_ - lo_) * sizeof(float));
+    }
     return;
   }
-  check_mpi(MPI_Gatherv(shard, as_count(hi_ - lo_), MPI_FLOAT, full, counts_.data(),
-                        displs_.data(), MPI_FLOAT, root, impl_->comm),
-            "MPI_Gatherv");
+#ifdef RINGTRAIN_HAVE_NCCL
+  if (nccl_) return nccl_->gather_ranges(shard, full, owned_, root, nullptr);
+#endif
+  if (!stage_) {
+    check_mpi(MPI_Gatherv(shard, as_count(hi_ - lo_), MPI_FLOAT, full, counts_.data(),
+                          displs_.data(), MPI_FLOAT, root, impl_->comm),
+              "MPI_Gatherv");
+    return;
+  }
+  // staged: the shard to its place in the host mirror, gathered there on root
+  stage_in(host(lo_), shard, (hi_ - lo_) * sizeof(float));
+  if (rank_ == root)
+    check_mpi(MPI_Gatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, host(0), counts_.data(),
+                          displs_.data(), MPI_FLOAT, root, impl_->comm),
+              "MPI_Gatherv");
+  else
+    check_mpi(MPI_Gatherv(host(lo_), as_count(hi_ - lo_), MPI_FLOAT, nullptr, nullptr, nullptr,
+                          MPI_FLOAT, root, impl_->comm),
+              "MPI_Gatherv");
+  if (rank_ == root) stage_->copy_to_device(full, host(0), n_ * sizeof(float));
 }
 
 }  // namespace rt

@@ -19,6 +19,15 @@
 // the fully reduced gradient of its shard, in place in the arena; the rest
 // of its arena is stale.
 //
+// Device buffers (a GPU backend; parallel/comm_path.h). Given a StagedComm,
+// the same MPI collectives run on a pinned host mirror of the arena: a
+// bucket is copied to the host when it starts and the result back in
+// finish() (bit for bit the host path's numbers). Given an NcclComm, each
+// bucket is queued on NCCL's communication stream after the work already on
+// the compute stream (ncclAllReduce; with shards, grouped ncclReduce onto
+// each owner's part), and finish() makes the compute stream wait for it:
+// the host never waits, so there the exposed time is that of queuing.
+//
 // Bytes sent are counted as the ring algorithm sends them (what NCCL and
 // large-message MPI collectives do): all-reduce 2(W-1)/W, reduce-scatter and
 // all-gather (W-1)/W of the bytes reduced or gathered.
@@ -31,8 +40,12 @@
 
 #include "model/arena.h"
 #include "parallel/comm.h"
+#include "parallel/pinned_memory.h"
 
 namespace rt {
+
+class Backend;
+class NcclComm;
 
 // [lo, hi) of rank r when n elements are split into `world` near-equal
 // contiguous pieces (the first n % world pieces have one more).
@@ -46,8 +59,8 @@ std::vector<std::pair<size_t, size_t>> gradient_buckets(const std::vector<Tensor
 class GradReducer {
  public:
   // grads: the fp32 gradient arena (outlives the reducer). comm: the group
-  // gradients are summed over (the world: dp x cp). sharded: reduce-scatter
-  // onto shards instead of all-reduce.
+  // gradients are summed over (the world: dp x cp; a device group for device
+  // buffers). sharded: reduce-scatter onto shards instead of all-reduce.
   GradReducer(Comm& comm, const Arena& grads, size_t bucket_bytes, bool sharded);
   ~GradReducer();
   GradReducer(const GradReducer&) = delete;
@@ -97,6 +110,18 @@ class GradReducer {
   std::vector<int> counts_, displs_;  // per rank, for the all-gather
   struct Impl;
   Impl* impl_;  // the MPI requests (keeps mpi.h out of this header)
+  // The backend of a device group (staged or NCCL), for device copies.
+  Backend* device_be_ = nullptr;
+  // Staging (StagedComm): the arena's host mirror, or null.
+  Backend* stage_ = nullptr;
+  PinnedBuffer host_;
+  float* host(size_t i) const { return host_.as<float>() + i; }
+  void stage_in(void* host, const void* dev, size_t bytes);
+  // The array the MPI collectives work on: the host mirror or the arena.
+  float* mpi_data() const { return stage_ ? host(0) : data_; }
+  // NCCL (NcclComm): the communicator, or null.
+  NcclComm* nccl_ = nullptr;
+  std::vector<std::pair<size_t, size_t>> owned_;  // every rank's shard
   double exposed_s_ = 0;
   int64_t bytes_sent_ = 0;
 };

@@ -36,13 +36,13 @@ RingAttention::RingAttention(Comm& ring, RingLayout layout) : ring_(ring), layou
 
 RingAttention::~RingAttention() {
   if (!be_) return;
-  for (void* p : {kv_cur_.p, kv_next_.p}) be_->free_bytes(p);
-  for (float* p : {dkv_blk_[0], dkv_blk_[1], dkv_in_, blk_out_, blk_lse_, chunk_lse_})
+  for (void* p : {kv_cur_.p, kv_next_.p, blk_out_.p}) be_->free_bytes(p);
+  for (float* p : {dkv_blk_[0], dkv_blk_[1], dkv_in_, blk_lse_, chunk_lse_, acc_})
     be_->free_bytes(p);
 }
 
-void RingAttention::ensure_buffers(Backend& be, DType kv_t, size_t kv_elems, size_t blk_floats,
-                                   size_t lse_floats) {
+void RingAttention::ensure_buffers(Backend& be, DType kv_t, size_t kv_elems, size_t blk_elems,
+                                   size_t lse_floats, size_t acc_floats) {
   RT_CHECK(!be_ || be_ == &be, "RingAttention used with two backends");
   be_ = &be;
   const size_t kv_bytes = kv_elems * dtype_size(kv_t);
@@ -54,6 +54,13 @@ void RingAttention::ensure_buffers(Backend& be, DType kv_t, size_t kv_elems, siz
     kv_cap_bytes_ = kv_bytes;
   }
   kv_cur_.t = kv_next_.t = kv_t;
+  const size_t blk_bytes = blk_elems * dtype_size(kv_t);
+  if (blk_bytes > blk_cap_bytes_) {
+    be.free_bytes(blk_out_.p);
+    blk_out_ = Buf(be.alloc_bytes(blk_bytes), kv_t);
+    blk_cap_bytes_ = blk_bytes;
+  }
+  blk_out_.t = kv_t;
   auto grow = [&](std::initializer_list<float**> bufs, size_t& cap, size_t need) {
     if (need <= cap) return;
     for (float** b : bufs) {
@@ -63,8 +70,8 @@ void RingAttention::ensure_buffers(Backend& be, DType kv_t, size_t kv_elems, siz
     cap = need;
   };
   grow({&dkv_blk_[0], &dkv_blk_[1], &dkv_in_}, dkv_cap_, kv_elems);
-  grow({&blk_out_}, blk_cap_, blk_floats);
   grow({&blk_lse_, &chunk_lse_}, lse_cap_, lse_floats);
+  grow({&acc_}, acc_cap_, acc_floats);
 }
 
 namespace {
@@ -102,10 +109,8 @@ AttentionParams block_params(const AttentionParams& shape, const BlockPair& p) {
   return a;
 }
 
-template <class B>
-auto fp32_only(B b) {
-  RT_CHECK(b.t == DType::kF32, "ring attention runs on fp32 activations only");
-  return b.f32();
+void require(bool ok, const std::string& what) {
+  if (!ok) throw UsageError("ring attention: " + what);
 }
 
 }  // namespace
@@ -114,18 +119,17 @@ auto fp32_only(B b) {
 // Returns the elements of one of K or V.
 size_t RingAttention::load_local_kv(Backend& be, const AttentionParams& shape,
                                     const RowPositions& pos, CBuf k, CBuf v) {
-  RT_CHECK(k.t == v.t, "ring attention: K and V of different dtypes");
-  // The block kernels of the Backend take fp32 K,V today; a bf16 kernel makes
-  // the K,V payload bf16 (half the bytes) with no change here but this check.
-  RT_CHECK(k.t == DType::kF32, std::string("ring attention: no block kernel for ") +
-                                   dtype_name(k.t) + " K,V in this backend");
+  require(k.t == v.t, std::string("K is ") + dtype_name(k.t) + ", V " + dtype_name(v.t));
+  require(k.t == DType::kF32 || k.t == DType::kBF16,
+          std::string("no block kernel for ") + dtype_name(k.t) + " K,V");
   const size_t kv_half = size_t(shape.B) * shape.Tq * shape.G * shape.hd;
   int64_t max_chunk = 0;
   for (auto& c : pos.chunks) max_chunk = std::max(max_chunk, c.second);
+  const size_t acc = k.t == DType::kF32 ? 0 : size_t(shape.B) * shape.Tq * shape.H * shape.hd;
   ensure_buffers(be, k.t, 2 * kv_half, size_t(max_chunk) * shape.H * shape.hd,
-                 size_t(shape.B) * shape.H * shape.Tq);
-  be.copy(kv_cur_.f32(), k.f32(), kv_half);
-  be.copy(kv_cur_.f32() + kv_half, v.f32(), kv_half);
+                 size_t(shape.B) * shape.H * shape.Tq, acc);
+  be.copy(kv_cur_, k, kv_half);
+  be.copy(at(kv_cur_, kv_half), v, kv_half);
   return kv_half;
 }
 
@@ -170,16 +174,17 @@ static void for_each_lse_run(const AttentionParams& shape, const RowPositions& p
 // block so that each kernel call sees contiguous LSE rows.
 void RingAttention::forward(Backend& be, const AttentionParams& shape, const RowPositions& pos,
                             Buf out_b, float* lse, CBuf q_b, CBuf k_b, CBuf v_b) {
-  float* out = fp32_only(out_b);
-  const float *q = fp32_only(q_b), *k = fp32_only(k_b), *v = fp32_only(v_b);
+  require(q_b.t == k_b.t && out_b.t == q_b.t,
+          std::string("q, k, v and out share one dtype (q ") + dtype_name(q_b.t) + ", out " +
+              dtype_name(out_b.t) + ")");
   const int cp = ring_.size(), r = ring_.rank();
   const int B = shape.B, T = shape.Tq, H = shape.H, G = shape.G, hd = shape.hd;
-  const size_t kv_half = load_local_kv(be, shape, pos, k, v);
-  // The blocks merge into an fp32 accumulator that is rounded once to the
-  // activation dtype at the end. Activations are fp32 in this interface, so
-  // the accumulator is `out` itself and there is no rounding.
-  float* acc = out;
-  be.zero(acc, size_t(B) * T * H * hd);
+  const size_t kv_half = load_local_kv(be, shape, pos, k_b, v_b);
+  // The blocks merge into an fp32 accumulator: out itself for fp32
+  // activations (no rounding), else acc_, rounded once into out at the end.
+  const size_t n_out = size_t(B) * T * H * hd;
+  const Buf acc = out_b.t == DType::kF32 ? out_b : Buf(acc_);
+  be.zero(acc, n_out);
   {
     std::vector<float> neg(size_t(B) * H * T, -std::numeric_limits<float>::infinity());
     be.copy_to_device(chunk_lse_, neg.data(), neg.size() * sizeof(float));
@@ -188,15 +193,15 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
   for (int i = 0; i < cp; ++i) {
     const int src = (r - i + cp) % cp;
     if (i < cp - 1) shift_kv(kv_half);  // overlaps this step's compute
-    const float* kc = kv_cur_.f32();
     const RowPositions k_rows = ring_local_rows(layout_, cp, src, pos.global_len);
     for (const BlockPair& p : visible_pairs(pos, k_rows, shape.causal)) {
       const AttentionParams a = block_params(shape, p);
       for (int b = 0; b < B; ++b) {
         const size_t qoff = (size_t(b) * T + p.q_row) * H * hd;
         const size_t koff = (size_t(b) * T + p.k_row) * G * hd;
-        be.attention_forward(a, blk_out_, blk_lse_, q + qoff, kc + koff, kc + kv_half + koff);
-        be.attention_merge(acc + qoff, chunk_lse_ + (size_t(b) * T + p.q_row) * H, blk_out_,
+        be.attention_forward(a, blk_out_, blk_lse_, at(q_b, qoff), at(CBuf(kv_cur_), koff),
+                             at(CBuf(kv_cur_), kv_half + koff));
+        be.attention_merge(at(acc, qoff), chunk_lse_ + (size_t(b) * T + p.q_row) * H, blk_out_,
                            blk_lse_, a.Tq, H, hd);
       }
     }
@@ -205,6 +210,7 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
       std::swap(kv_cur_, kv_next_);
     }
   }
+  if (acc.p != out_b.p) be.cast(out_b, acc, n_out);
 
   for_each_lse_run(shape, pos, [&](size_t flat, size_t chunk, size_t len) {
     be.copy(lse + flat, chunk_lse_ + chunk, len);
@@ -219,12 +225,13 @@ void RingAttention::forward(Backend& be, const AttentionParams& shape, const Row
 void RingAttention::backward(Backend& be, const AttentionParams& shape, const RowPositions& pos,
                              Buf dq_b, Buf dk_b, Buf dv_b, CBuf dout_b, CBuf q_b, CBuf k_b,
                              CBuf v_b, CBuf out_b, const float* lse) {
-  float *dq = fp32_only(dq_b), *dk = fp32_only(dk_b), *dv = fp32_only(dv_b);
-  const float *dout = fp32_only(dout_b), *q = fp32_only(q_b), *k = fp32_only(k_b),
-              *v = fp32_only(v_b), *out = fp32_only(out_b);
+  require(dq_b.t == DType::kF32 && dk_b.t == DType::kF32 && dv_b.t == DType::kF32,
+          "dq, dk, dv are fp32 (gradients)");
+  require(q_b.t == k_b.t && out_b.t == q_b.t, "q, k, v and out share one dtype");
+  float *dq = dq_b.f32(), *dk = dk_b.f32(), *dv = dv_b.f32();
   const int cp = ring_.size(), r = ring_.rank();
   const int B = shape.B, T = shape.Tq, H = shape.H, G = shape.G, hd = shape.hd;
-  const size_t kv_half = load_local_kv(be, shape, pos, k, v);
+  const size_t kv_half = load_local_kv(be, shape, pos, k_b, v_b);
   if (cp > 1 && !dkv_ring_) dkv_ring_ = ring_.split(0, ring_.rank());  // collective on the ring
   for_each_lse_run(shape, pos, [&](size_t flat, size_t chunk, size_t len) {
     be.copy(chunk_lse_ + chunk, lse + flat, len);
@@ -234,7 +241,6 @@ void RingAttention::backward(Backend& be, const AttentionParams& shape, const Ro
   for (int i = 0; i < cp; ++i) {
     const int src = (r - i + cp) % cp;
     if (i < cp - 1) shift_kv(kv_half);
-    const float* kc = kv_cur_.f32();
     acc = dkv_blk_[i % 2];  // the other one may still be on its way to r+1
     be.zero(acc, 2 * kv_half);
     const RowPositions k_rows = ring_local_rows(layout_, cp, src, pos.global_len);
@@ -243,8 +249,9 @@ void RingAttention::backward(Backend& be, const AttentionParams& shape, const Ro
       for (int b = 0; b < B; ++b) {
         const size_t qoff = (size_t(b) * T + p.q_row) * H * hd;
         const size_t koff = (size_t(b) * T + p.k_row) * G * hd;
-        be.attention_backward(a, dq + qoff, acc + koff, acc + kv_half + koff, dout + qoff,
-                              q + qoff, kc + koff, kc + kv_half + koff, out + qoff,
+        be.attention_backward(a, dq + qoff, acc + koff, acc + kv_half + koff, at(dout_b, qoff),
+                              at(q_b, qoff), at(CBuf(kv_cur_), koff),
+                              at(CBuf(kv_cur_), kv_half + koff), at(out_b, qoff),
                               chunk_lse_ + (size_t(b) * T + p.q_row) * H);
       }
     }

@@ -36,7 +36,9 @@ class RingAttention final : public SequenceAttention {
   RingAttention(Comm& ring, RingLayout layout);
   ~RingAttention() override;
 
-  // fp32 activations only for now (typed travelling buffers: issue 12 item 4).
+  // Activations (q, k, v, out) fp32 or bf16 (the K,V blocks travel in that
+  // dtype; the block outputs merge into an fp32 accumulator rounded once into
+  // out); dq, dk, dv, the LSE and the dK,dV accumulators are fp32.
   void forward(Backend& be, const AttentionParams& shape, const RowPositions& pos, Buf out,
                float* lse, CBuf q, CBuf k, CBuf v) override;
   void backward(Backend& be, const AttentionParams& shape, const RowPositions& pos, Buf dq,
@@ -53,8 +55,8 @@ class RingAttention final : public SequenceAttention {
   double wait_seconds() const { return wait_s_; }
 
  private:
-  void ensure_buffers(Backend& be, DType kv_t, size_t kv_elems, size_t blk_floats,
-                      size_t lse_floats);
+  void ensure_buffers(Backend& be, DType kv_t, size_t kv_elems, size_t blk_elems,
+                      size_t lse_floats, size_t acc_floats);
   size_t load_local_kv(Backend& be, const AttentionParams& shape, const RowPositions& pos,
                        CBuf k, CBuf v);
   void shift_kv(size_t kv_half);
@@ -69,8 +71,11 @@ class RingAttention final : public SequenceAttention {
   // dK,dV ([dk | dv], fp32): this step's block contributions (two, one of
   // them may be on its way), and the accumulator arriving from r-1
   float *dkv_blk_[2] = {nullptr, nullptr}, *dkv_in_ = nullptr;
-  float *blk_out_ = nullptr, *blk_lse_ = nullptr, *chunk_lse_ = nullptr;
-  size_t kv_cap_bytes_ = 0, dkv_cap_ = 0, blk_cap_ = 0, lse_cap_ = 0;
+  // one block's output (activation dtype) and LSE; the LSE rows per query
+  // chunk; the fp32 output accumulator (bf16 activations only)
+  Buf blk_out_;
+  float *blk_lse_ = nullptr, *chunk_lse_ = nullptr, *acc_ = nullptr;
+  size_t kv_cap_bytes_ = 0, dkv_cap_ = 0, blk_cap_bytes_ = 0, lse_cap_ = 0, acc_cap_ = 0;
   int64_t bytes_sent_ = 0;
   double wait_s_ = 0;
   void timed_shift_wait(Comm& c);  // shift_wait, its time added to wait_s_

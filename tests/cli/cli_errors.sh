@@ -49,14 +49,10 @@ expect 2 "data.tokenizer: must not be empty" -- $bin train ok.yaml --set "data.t
 expect 2 "\.json|extension|\.h5" -- $bin data prepare ok.yaml --out x.json
 
 # train.precision (SPEC §12): a bad value is a usage error; bf16 really runs
-# (and says so at start-up); bf16 inside a context-parallel ring is refused
-# with the reason until ring attention carries bf16
+# (and says so at start-up; bf16 inside a ring: cli_parallel.sh)
 expect 2 "train.precision.*fp16" -- $bin train ok.yaml --set train.precision=fp16
 expect 0 "precision: bf16 weights, bf16 activations, fp32 gradients, fp32 master weights" -- \
   $bin train ok.yaml --set train.precision=bf16 --set run.dir=$work/bf16
-expect 2 "train.precision: bf16.*context_parallel\(2\) > 1 is not supported yet" -- \
-  bash "$2/launch/local.sh" -np 2 $bin train ok.yaml --set train.precision=bf16 \
-  --set parallel.context_parallel=2 --set run.dir=$work/bf16cp
 
 if [ "$failures" -ne 0 ]; then echo "cli_errors: $failures case(s) failed" >&2; exit 1; fi
 echo "cli_errors: all cases passed"

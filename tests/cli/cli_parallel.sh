@@ -42,6 +42,9 @@ run dp4cp1 4
 run dp1cp2_contig_mb2 2 --set parallel.context_parallel=2 --set parallel.ring_layout=contiguous \
   --set train.micro_batch_size=2
 run dp2cp1_mb2 2 --set train.micro_batch_size=2
+# bf16 inside the ring: K,V travel in bf16, blocks merge in fp32
+run bf16_cp1 1 --set train.precision=bf16
+run bf16_cp2 2 --set parallel.context_parallel=2 --set train.precision=bf16
 grep -q "rank   dp   cp  host" dp2cp2.log || fail "rank 0 printed no layout table"
 
 /usr/bin/python3 - "$work" <<'PY' || fail "layouts disagree"
@@ -59,6 +62,15 @@ for name in ["dp1cp2", "dp1cp4", "dp2cp2", "dp4cp1", "dp1cp2_contig_mb2", "dp2cp
     print(f"{name}: max relative loss difference over 20 steps {worst:.2e}")
     if worst > 1e-5:
         bad.append(name)
+# bf16: cp=2 follows cp=1 within bf16 rounding (each ring block's output is
+# rounded to bf16 before the fp32 merge), and bf16 really differs from fp32
+b1, b2 = losses("bf16_cp1"), losses("bf16_cp2")
+worst = max(abs(a - b) / abs(b) for a, b in zip(b2, b1))
+diff32 = max(abs(a - b) / abs(b) for a, b in zip(b1, ref))
+print(f"bf16 cp2 vs cp1: max relative loss difference over 20 steps {worst:.2e} "
+      f"(bf16 vs fp32: {diff32:.2e})")
+if not (len(b2) == 20 and worst < 2e-2 and diff32 > 0):
+    bad.append("bf16_cp2")
 try:
     import h5py, numpy as np
 except ImportError:

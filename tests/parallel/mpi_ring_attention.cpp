@@ -10,6 +10,7 @@
 #include "attention_reference.h"
 #include "model/alibi.h"
 #include "mpi_main.h"
+#include "model/cuda/cuda_backend.h"
 #include "parallel/ring_attention.h"
 
 namespace rt {
@@ -115,6 +116,89 @@ TEST_P(RingVsReference, ForwardBackward) {
   const int64_t kv_bytes = 2 * int64_t(kl.size()) * 4;
   EXPECT_EQ(ring_attn.bytes_sent(), kv_bytes * (2 * (cp - 1) + (cp > 1 ? cp : 0)));
   EXPECT_EQ(ring_attn.bytes_sent(), ring_bytes_per_layer(cp, kl.size(), ring_attn.kv_dtype()));
+}
+
+// bf16 activations (the GPU's dtypes): q, k, v, out bf16 and K,V travelling
+// in bf16 (half the bytes); LSE, dq, dk, dv and the accumulators fp32. On the
+// CPU (storage emulation) and on the CUDA backend's kernels run by the CPU
+// emulator (cuda-emu), against the float64 reference on the bf16-rounded
+// inputs. Bounds: out is rounded to bf16 (2^-8 relative) and each block's
+// output is rounded before the merge; the emulated GPU also rounds dout.
+TEST_P(RingVsReference, ForwardBackwardBf16) {
+  const RingCase& c = GetParam();
+  Comm& ring = *parallel_runtime().world;
+  const int cp = ring.size(), r = ring.rank();
+  const int64_t T = 2 * int64_t(cp) * c.chunk;
+  const RowPositions rows = ring_local_rows(c.layout, cp, r, T);
+  const int64_t Tl = T / cp;
+  auto round_all = [](std::vector<double> v) {
+    for (double& x : v) x = double(round_bf16(float(x)));
+    return v;
+  };
+  auto to_bf16 = [](const std::vector<float>& v) {
+    std::vector<uint16_t> o(v.size());
+    for (size_t i = 0; i < v.size(); ++i) o[i] = f32_to_bf16(v[i]);
+    return o;
+  };
+  auto from_bf16 = [](const std::vector<uint16_t>& v) {
+    std::vector<float> o(v.size());
+    for (size_t i = 0; i < v.size(); ++i) o[i] = bf16_to_f32(v[i]);
+    return o;
+  };
+  for (const char* backend : {"cpu", "cuda-emu"}) {
+    std::vector<float> slopes = alibi_slopes(c.H);
+    AttentionParams full;
+    full.B = c.B; full.Tq = full.Tk = int(T); full.H = c.H; full.G = c.G; full.hd = c.hd;
+    full.causal = true;
+    full.scale = float(1.0 / std::sqrt(double(c.hd)));
+    full.alibi_slopes = c.alibi ? slopes.data() : nullptr;
+    auto q = round_all(random_vec(size_t(c.B) * T * c.H * c.hd, 11));
+    auto k = round_all(random_vec(size_t(c.B) * T * c.G * c.hd, 12));
+    auto v = round_all(random_vec(size_t(c.B) * T * c.G * c.hd, 13));
+    auto dout = random_vec(size_t(c.B) * T * c.H * c.hd, 14);
+    testing::Ref ref{full};
+    std::vector<double> out, lse, dq, dk, dv;
+    ref.forward(q, k, v, out, lse);
+    ref.backward(dout, q, k, v, out, lse, dq, dk, dv);
+
+    auto be = std::string(backend) == "cpu" ? make_cpu_backend() : make_cuda_emu_backend();
+    AttentionParams local = full;
+    local.Tq = local.Tk = int(Tl);
+    DeviceBuffer slopes_dev(*be, slopes.size());
+    be->copy_to_device(slopes_dev.data(), slopes.data(), slopes.size() * sizeof(float));
+    local.alibi_slopes = c.alibi ? slopes_dev.f32() : nullptr;
+    auto ql = to_bf16(local_rows(q, rows, c.B, T, c.H, c.hd));
+    auto kl = to_bf16(local_rows(k, rows, c.B, T, c.G, c.hd));
+    auto vl = to_bf16(local_rows(v, rows, c.B, T, c.G, c.hd));
+    auto dl = local_rows(dout, rows, c.B, T, c.H, c.hd);
+    std::vector<uint16_t> o(ql.size(), f32_to_bf16(7.f));  // poisoned
+    std::vector<float> l(size_t(c.B) * c.H * Tl, 7.f);
+    RingAttention ring_attn(ring, c.layout);
+    const DType bf = DType::kBF16;
+    ring_attn.forward(*be, local, rows, Buf(o.data(), bf), l.data(), CBuf(ql.data(), bf),
+                      CBuf(kl.data(), bf), CBuf(vl.data(), bf));
+    expect_rows_close(from_bf16(o), out, rows, c.B, T, c.H, c.hd, 1e-2, backend);
+    double lse_err = 0;
+    for (int b = 0; b < c.B; ++b)
+      for (int h = 0; h < c.H; ++h) {
+        int64_t row = 0;
+        for (auto [begin, len] : rows.chunks)
+          for (int64_t t = 0; t < len; ++t, ++row)
+            lse_err = std::max(lse_err, std::abs(l[(size_t(b) * c.H + h) * Tl + row] -
+                                                 lse[(size_t(b) * c.H + h) * T + begin + t]));
+      }
+    EXPECT_LT(lse_err, 1e-4) << backend << " lse";
+    std::vector<float> gq(ql.size(), 0.f), gk(kl.size(), 0.f), gv(vl.size(), 0.f);
+    ring_attn.backward(*be, local, rows, gq.data(), gk.data(), gv.data(), dl.data(),
+                       CBuf(ql.data(), bf), CBuf(kl.data(), bf), CBuf(vl.data(), bf),
+                       CBuf(o.data(), bf), l.data());
+    expect_rows_close(gq, dq, rows, c.B, T, c.H, c.hd, 3e-2, backend);
+    expect_rows_close(gk, dk, rows, c.B, T, c.G, c.hd, 3e-2, backend);
+    expect_rows_close(gv, dv, rows, c.B, T, c.G, c.hd, 3e-2, backend);
+    // K,V travel in bf16: half the fp32 bytes
+    EXPECT_EQ(ring_attn.kv_dtype(), bf);
+    EXPECT_EQ(ring_attn.bytes_sent(), ring_bytes_per_layer(cp, kl.size(), bf));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

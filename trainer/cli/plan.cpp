@@ -8,6 +8,7 @@
 
 #include "common/errors.h"
 #include "common/log.h"
+#include "parallel/comm_path.h"
 #include "trainer/cli/commands.h"
 #include "trainer/config/config.h"
 #include "trainer/train/device.h"
@@ -21,13 +22,34 @@ struct PlanArgs {
   std::vector<std::string> overrides;
   int world = 1;
   std::string device, gpu_memory;
+  int ranks_per_node = 0, gpus_per_node = 0;  // 0: all ranks on one node, one GPU each
 };
+
+// Which transport would carry the device buffers (parallel/comm_path.h's
+// choice, for this build's NCCL and the given node shape).
+std::string plan_comm_line(Device dev, int world, int ranks_per_node, int gpus_per_node) {
+  if (ranks_per_node < 0 || gpus_per_node < 0)
+    throw UsageError("--ranks-per-node and --gpus-per-node must be >= 1");
+  if (dev != Device::kCuda && gpus_per_node > 0)
+    throw UsageError("--gpus-per-node applies to --device cuda only");
+  CommSituation s;
+  s.device_buffers = dev == Device::kCuda;
+  s.have_nccl = nccl_compiled_in();
+  s.world = world;
+  s.local_size = ranks_per_node > 0 ? std::min(ranks_per_node, world) : world;
+  s.device_count = gpus_per_node > 0 ? gpus_per_node : s.local_size;
+  s.force_staging = comm_staging_forced();
+  const CommChoice c = choose_comm_path(s);
+  std::string why = c.why.rfind("comm: ", 0) == 0 ? c.why.substr(6) : c.why;
+  return std::string("communication: ") + comm_path_name(c.path) + ": " + why;
+}
 
 // Validates the config and layout for a world size and prints every rank's
 // memory without training: the figures come from the functions that size a
 // real run's arenas (trainer/train/memory_plan.h), so they equal its start-up log.
 int cmd_plan(const std::string& config, const std::vector<std::string>& overrides, int world,
-             const std::string& device_opt, const std::string& gpu_memory) {
+             const std::string& device_opt, const std::string& gpu_memory, int ranks_per_node,
+             int gpus_per_node) {
   if (world < 1) throw UsageError("--world must be >= 1, got " + std::to_string(world));
   Config cfg = load_config(config, overrides);
   validate_layout(cfg, world);
@@ -63,6 +85,7 @@ int cmd_plan(const std::string& config, const std::vector<std::string>& override
               p.dims.describe().c_str(), cfg.parallel.ring_layout.c_str(),
               (long long)(cfg.train.seq_len / p.dims.cp));
   std::printf("device: %s, precision: %s\n", device.c_str(), p.prec.name().c_str());
+  std::printf("%s\n", plan_comm_line(dev, world, ranks_per_node, gpus_per_node).c_str());
   if (!refusal.empty())
     std::printf("trains on this device today: no (train exits 2): %s\n", refusal.c_str());
   std::printf("optimizer: %s, %s\n", cfg.train.optimizer.type.c_str(),
@@ -117,11 +140,20 @@ Command add_plan(CLI::App& app) {
                    "cpu | cuda (default: parallel.device; auto is cuda when this build has "
                    "CUDA and a GPU is visible, else cpu); sets what train.precision auto "
                    "means; says what train would refuse on it (on cuda: fp32, head_dim "
-                   "other than 64/128, context_parallel > 1)");
+                   "other than 64/128)");
   plan->add_option("--gpu-memory", a->gpu_memory,
                    "GPU memory per rank for the fit check with --device cuda (default 80GiB)");
-  return {plan,
-          [a] { return cmd_plan(a->config, a->overrides, a->world, a->device, a->gpu_memory); }};
+  plan->add_option("--ranks-per-node", a->ranks_per_node,
+                   "ranks launched on each node, for the communication line (default: all "
+                   "--world ranks on one node)");
+  plan->add_option("--gpus-per-node", a->gpus_per_node,
+                   "GPUs on each node with --device cuda (default: one per rank); fewer GPUs "
+                   "than ranks per node means ranks share a GPU and device buffers travel "
+                   "through pinned host memory over MPI instead of NCCL");
+  return {plan, [a] {
+            return cmd_plan(a->config, a->overrides, a->world, a->device, a->gpu_memory,
+                            a->ranks_per_node, a->gpus_per_node);
+          }};
 }
 
 }  // namespace rt::cli

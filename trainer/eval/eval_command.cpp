@@ -331,9 +331,10 @@ EvalSession setup_eval(const EvalOptions& o, EvalPlan& p) {
   const DeviceChoice dev = resolve_device(dcfg, parallel_runtime().local_rank);
   if (dev.device == Device::kCuda) log_info("device: %s", dev.describe().c_str());
   s.be = make_device_backend(dev);
+  setup_device_groups(p.groups, *s.be);  // the ring's transport (MPI, NCCL or staged)
   s.model = std::make_unique<LlamaModel>(cfg.model, *s.be, dev.precision);
   if (p.dims.cp > 1) {
-    s.ring = std::make_unique<RingAttention>(*p.groups.cp, p.layout);
+    s.ring = std::make_unique<RingAttention>(p.groups.device_cp(), p.layout);
     s.model->set_sequence_attention(s.ring.get());
   }
   if (!o.data.empty())

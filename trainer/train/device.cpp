@@ -60,12 +60,6 @@ Precision check_device_config(const Config& cfg, Device device) {
                      " (hidden_size / num_attention_heads unless set) on parallel.device "
                      "cuda: the CUDA attention kernels take head_dim 64 or 128 only; choose num_attention_heads so that "
                      "head_dim is 64 or 128, or use parallel.device: cpu");
-  if (cfg.parallel.context_parallel > 1)
-    throw UsageError("parallel.context_parallel is " +
-                     std::to_string(cfg.parallel.context_parallel) +
-                     " on parallel.device cuda: ring attention carries fp32 activations on the "
-                     "host only and the CUDA backend trains in bf16; use context_parallel: 1 on "
-                     "the GPU (data_parallel scales out), or parallel.device: cpu");
   return prec;
 }
 

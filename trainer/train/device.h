@@ -42,9 +42,9 @@ DeviceChoice resolve_device(const Config& cfg, int local_rank);
 DeviceChoice resolve_device(const Config& cfg, int local_rank, const DeviceEnvironment& env);
 
 // Refuses (UsageError naming the key) what the device cannot run: on CUDA
-// train.precision fp32, head_dim other than 64 or 128 (the attention kernels)
-// and context_parallel > 1 (the ring carries fp32 activations). Memory models
-// of every type run (the kNN and compressive stores stay on the host). Returns the resolved precision. Also used by `plan
+// train.precision fp32 and head_dim other than 64 or 128 (the attention
+// kernels). Memory models of every type run (the kNN and compressive stores
+// stay on the host), and so does context parallelism (bf16 ring attention). Returns the resolved precision. Also used by `plan
 // --device cuda` on machines without a GPU.
 Precision check_device_config(const Config& cfg, Device device);
 

@@ -117,6 +117,9 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
   if (device_.device == Device::kCuda)
     log_info("device: %s (rank 0, local rank %d; rank r uses local device local_rank %% %d)",
              device_.describe().c_str(), parallel_runtime().local_rank, device_.count);
+  // The groups that carry the backend's buffers (ring K/V, gradients): MPI,
+  // NCCL or pinned-host staging, chosen and logged in one place.
+  setup_device_groups(groups_, *backend_);
   tokenizer_ = config_tokenizer(cfg_);
   tokenizer_files_ = tokenizer_->files();
   if (std::error_code ec; fs::is_regular_file(cfg_.checkpoint.init_from, ec)) {
@@ -135,11 +138,6 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
                                            cfg_.run.seed);
 
   const Precision prec = device_.precision;
-  if (prec.act != DType::kF32 && dims_.cp > 1)
-    throw UsageError("train.precision: " + cfg_.train.precision + " (" + prec.name() +
-                     ") with parallel.context_parallel(" + std::to_string(dims_.cp) +
-                     ") > 1 is not supported yet: ring attention carries fp32 activations "
-                     "only. Use train.precision: fp32, or context_parallel: 1");
   model_ = std::make_unique<LlamaModel>(cfg_.model, *backend_, prec);
   model_->init_weights(cfg_.run.seed);
   if (dims_.cp > 1) {
@@ -152,7 +150,7 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
           "comfortably and the segments must run one after another anyway; sharding a "
           "segment over a ring would add a ring exchange per layer per segment for no memory "
           "saving. Use parallel.context_parallel: 1 and scale out with data_parallel");
-    ring_ = std::make_unique<RingAttention>(*groups_.cp, groups_.layout);
+    ring_ = std::make_unique<RingAttention>(groups_.device_cp(), groups_.layout);
     model_->set_sequence_attention(ring_.get());
   }
   runner_ = make_sequence_runner(*model_);
@@ -161,7 +159,7 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
   // the flat arena, each rank updating its shard.
   const bool sharded = cfg_.shards_optimizer(dims_.world);
   reducer_ = std::make_unique<GradReducer>(
-      *world_, model_->grads(), size_t(cfg_.parallel.bucket_mb * 1024 * 1024), sharded);
+      groups_.device_world(), model_->grads(), size_t(cfg_.parallel.bucket_mb * 1024 * 1024), sharded);
   if (sharded)
     optimizer_ = std::make_unique<Optimizer>(
         cfg_.train.optimizer, *model_, OptimizerShard{reducer_->shard_lo(), reducer_->shard_hi()});

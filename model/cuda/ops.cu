@@ -1,0 +1,536 @@
+// The CUDA backend's kernels other than attention (declared in
+// model/cuda/kernels.h, which says how this file also builds for the CPU
+// emulator). Element-wise kernels are grid-stride loops; row kernels give one
+// block (or one warp) to a row and reduce with warp shuffles and one shared
+// array; reductions over rows write per-block partials that a second kernel
+// sums in block order, so that no result depends on scheduling.
+//
+// Numerics follow the CPU backend (model/cpu/cpu_backend.cpp): inputs read in
+// their dtype, arithmetic in fp32 (fp64 for the cross-entropy normaliser and
+// the loss / norm sums), one rounding where a bf16 output is stored.
+#include "model/cuda/kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#ifdef RT_CUDA_EMULATE
+#include <numeric>
+#include <vector>
+
+#include "model/cuda/emu/cuda_emu.h"
+#define RT_LAUNCH(kernel, grid, block, stream, ...)                    \
+  do {                                                                 \
+    (void)(stream);                                                    \
+    ::rt::emu::launch(dim3(grid), dim3(block), kernel, __VA_ARGS__);   \
+  } while (0)
+#else
+#include <cuda_runtime.h>
+
+#include <cub/device/device_radix_sort.cuh>
+
+#include "model/cuda/cuda_check.h"
+#define RT_LAUNCH(kernel, grid, block, stream, ...)                                  \
+  do {                                                                               \
+    kernel<<<(grid), (block), 0, static_cast<cudaStream_t>(stream)>>>(__VA_ARGS__); \
+    RT_CUDA_CHECK(cudaGetLastError());                                               \
+  } while (0)
+#endif
+
+namespace rt::RT_CUDA_NS::kern {
+
+namespace {
+
+constexpr int kThreads = 256;
+#ifdef RT_CUDA_EMULATE
+constexpr size_t kMaxBlocks = 3;  // few blocks: grid-stride tails are still exercised
+#else
+constexpr size_t kMaxBlocks = 4096;
+#endif
+
+unsigned blocks_for(size_t n, size_t per_block = kThreads) {
+  size_t b = (n + per_block - 1) / per_block;
+  return unsigned(std::max<size_t>(1, std::min(b, kMaxBlocks)));
+}
+
+// ---- element access ---------------------------------------------------------
+
+__device__ __forceinline__ float bf2f(uint16_t h) { return __uint_as_float(uint32_t(h) << 16); }
+
+// Round to nearest even, NaN kept quiet: the host's f32_to_bf16 (model/tensor.h).
+__device__ __forceinline__ uint16_t f2bf(float x) {
+  uint32_t u = __float_as_uint(x);
+  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return uint16_t((u >> 16) | 0x0040u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+__device__ __forceinline__ float ld(CTP x, size_t i) {
+  return x.bf16 ? bf2f(static_cast<const uint16_t*>(x.p)[i]) : static_cast<const float*>(x.p)[i];
+}
+__device__ __forceinline__ float ld(TP x, size_t i) { return ld(CTP{x.p, x.bf16}, i); }
+
+__device__ __forceinline__ void st(TP x, size_t i, float v) {
+  if (x.bf16)
+    static_cast<uint16_t*>(x.p)[i] = f2bf(v);
+  else
+    static_cast<float*>(x.p)[i] = v;
+}
+
+__device__ __forceinline__ size_t global_tid() {
+  return size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ size_t grid_threads() { return size_t(gridDim.x) * blockDim.x; }
+
+// ---- reductions (blockDim.x a multiple of 32, at most 1024) -----------------
+
+template <class T>
+__device__ __forceinline__ T warp_sum(T v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Every thread of the block gets the block's sum (the same bits in every
+// thread: each warp sums the warps' partials in the same order).
+template <class T>
+__device__ T block_sum(T v) {
+  __shared__ T part[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+  v = warp_sum(v);
+  __syncthreads();  // a previous call's readers are done with part
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  return warp_sum(lane < nw ? part[lane] : T(0));
+}
+
+__device__ float block_max(float v) {
+  __shared__ float part[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  return warp_max(lane < nw ? part[lane] : -INFINITY);
+}
+
+// ---- kernels ----------------------------------------------------------------
+
+__global__ void cast_kernel(TP dst, CTP src, size_t n) {
+  for (size_t i = global_tid(); i < n; i += grid_threads()) st(dst, i, ld(src, i));
+}
+
+__global__ void embedding_forward_kernel(TP out, const int32_t* tokens, CTP table, int N, int C) {
+  const size_t n = size_t(N) * C;
+  for (size_t i = global_tid(); i < n; i += grid_threads()) {
+    const size_t row = i / C, c = i % C;
+    st(out, i, ld(table, size_t(tokens[row]) * C + c));
+  }
+}
+
+// keys: token ids sorted (stable), idx: their rows. The block at the start of
+// a run of equal ids sums the run's rows in order and adds once.
+__global__ void embedding_backward_sorted_kernel(TP dtable, CTP dout, const int32_t* keys,
+                                                 const int32_t* idx, int N, int C) {
+  for (int i = blockIdx.x; i < N; i += gridDim.x) {
+    const int32_t tok = keys[i];
+    if (i > 0 && keys[i - 1] == tok) continue;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      float acc = 0.f;
+      for (int j = i; j < N && keys[j] == tok; ++j) acc += ld(dout, size_t(idx[j]) * C + c);
+      const size_t at = size_t(tok) * C + c;
+      st(dtable, at, ld(dtable, at) + acc);
+    }
+  }
+}
+
+__global__ void iota_kernel(int32_t* x, int n) {
+  for (size_t i = global_tid(); i < size_t(n); i += grid_threads()) x[i] = int32_t(i);
+}
+
+__global__ void rmsnorm_forward_kernel(TP out, float* rstd, CTP inp, CTP weight, int N, int C,
+                                       float eps) {
+  for (int row = blockIdx.x; row < N; row += gridDim.x) {
+    const size_t base = size_t(row) * C;
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      const float x = ld(inp, base + c);
+      ss += x * x;
+    }
+    ss = block_sum(ss);
+    const float r = 1.f / sqrtf(ss / C + eps);
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+      st(out, base + c, ld(inp, base + c) * r * ld(weight, c));
+    if (threadIdx.x == 0) rstd[row] = r;
+  }
+}
+
+// dinp += per row; partial (gridDim.x, C): this block's rows' dweight terms.
+__global__ void rmsnorm_backward_rows_kernel(TP dinp, float* partial, CTP dout, CTP inp,
+                                             CTP weight, const float* rstd, int N, int C) {
+  float* part = partial + size_t(blockIdx.x) * C;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) part[c] = 0.f;
+  for (int row = blockIdx.x; row < N; row += gridDim.x) {
+    const size_t base = size_t(row) * C;
+    const float r = rstd[row];
+    float dot = 0.f;  // sum_c dy*w*x
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      const float dy = ld(dout, base + c), x = ld(inp, base + c);
+      dot += dy * ld(weight, c) * x;
+      part[c] += dy * x * r;  // this thread's own columns: no race
+    }
+    dot = block_sum(dot);
+    const float k = dot * r * r * r / C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      const float dy = ld(dout, base + c), x = ld(inp, base + c);
+      st(dinp, base + c, ld(dinp, base + c) + dy * ld(weight, c) * r - x * k);
+    }
+  }
+}
+
+// dweight (C) += sum over the nb partial rows, in block order.
+__global__ void column_sum_kernel(TP dweight, const float* partial, int nb, int C) {
+  for (size_t c = global_tid(); c < size_t(C); c += grid_threads()) {
+    float s = 0.f;
+    for (int b = 0; b < nb; ++b) s += partial[size_t(b) * C + c];
+    st(dweight, c, ld(dweight, c) + s);
+  }
+}
+
+__global__ void rope_kernel(TP x, const float* cos, const float* sin, int B, int T, int nh, int hd,
+                            float sign) {
+  const int half = hd / 2;
+  const size_t pairs = size_t(B) * T * nh * half;
+  for (size_t i = global_tid(); i < pairs; i += grid_threads()) {
+    const int j = int(i % half);
+    const size_t bth = i / half;  // (b*T + t)*nh + h
+    const int t = int((bth / nh) % T);
+    const size_t row = bth * hd;
+    const float x1 = ld(x, row + j), x2 = ld(x, row + j + half);
+    const float c = cos[size_t(t) * half + j], s = sign * sin[size_t(t) * half + j];
+    st(x, row + j, x1 * c - x2 * s);
+    st(x, row + j + half, x2 * c + x1 * s);
+  }
+}
+
+// One warp per (t, h) row.
+__global__ void attention_merge_kernel(TP out, float* lse, CTP blk, const float* blk_lse, int Tq,
+                                       int H, int hd) {
+  const size_t rows = size_t(Tq) * H;
+  const int lane = threadIdx.x % 32;
+  const size_t warps = grid_threads() / 32;
+  for (size_t r = global_tid() / 32; r < rows; r += warps) {
+    const int t = int(r / H), h = int(r % H);
+    const size_t li = size_t(h) * Tq + t;
+    const float a = lse[li], b = blk_lse[li];
+    if (b == -INFINITY) continue;  // the block adds nothing to this row
+    const float mx = fmaxf(a, b), mn = fminf(a, b);
+    const float merged = a == -INFINITY ? b : mx + log1pf(expf(mn - mx));
+    const float wa = a == -INFINITY ? 0.f : expf(a - merged);
+    const float wb = expf(b - merged);
+    const size_t base = r * hd;
+    for (int j = lane; j < hd; j += 32)
+      st(out, base + j, ld(out, base + j) * wa + ld(blk, base + j) * wb);
+    __syncwarp();  // every lane has read lse[li]
+    if (lane == 0) lse[li] = merged;
+  }
+}
+
+__global__ void swiglu_forward_kernel(TP out, CTP gate, CTP up, size_t n) {
+  for (size_t i = global_tid(); i < n; i += grid_threads()) {
+    const float g = ld(gate, i);
+    st(out, i, g / (1.f + expf(-g)) * ld(up, i));
+  }
+}
+
+__global__ void swiglu_backward_kernel(TP dgate, TP dup, CTP dout, CTP gate, CTP up, size_t n) {
+  for (size_t i = global_tid(); i < n; i += grid_threads()) {
+    const float g = ld(gate, i), u = ld(up, i);
+    const float d = ld(dout, i);  // read first: dgate may alias dout
+    const float sig = 1.f / (1.f + expf(-g));
+    st(dgate, i, d * u * sig * (1.f + g * (1.f - sig)));
+    st(dup, i, d * (g * sig));
+  }
+}
+
+__global__ void add_inplace_kernel(TP x, CTP y, size_t n) {
+  for (size_t i = global_tid(); i < n; i += grid_threads()) st(x, i, ld(x, i) + ld(y, i));
+}
+
+// One block per row: losses[row] = logsumexp - z[target]; with dloss_scale
+// the row is overwritten with (softmax - onehot) * dloss_scale.
+__global__ void cross_entropy_kernel(TP logits, float* losses, const int32_t* targets, int N, int V,
+                                     float dloss_scale) {
+  for (int row = blockIdx.x; row < N; row += gridDim.x) {
+    const size_t base = size_t(row) * V;
+    const int t = targets[row];
+    if (t < 0) {
+      if (threadIdx.x == 0) losses[row] = 0.f;
+      if (dloss_scale != 0.f)
+        for (int i = threadIdx.x; i < V; i += blockDim.x) st(logits, base + i, 0.f);
+      continue;
+    }
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, ld(logits, base + i));
+    mx = block_max(mx);
+    double sum = 0.0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) sum += double(expf(ld(logits, base + i) - mx));
+    sum = block_sum(sum);
+    const float lse = mx + float(log(sum));
+    if (threadIdx.x == 0) losses[row] = lse - ld(logits, base + t);
+    __syncthreads();  // z[t] is read before any thread overwrites it
+    if (dloss_scale != 0.f)
+      for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        float g = expf(ld(logits, base + i) - lse) * dloss_scale;
+        if (i == t) g -= dloss_scale;
+        st(logits, base + i, g);
+      }
+  }
+}
+
+// One block: acc += sum of losses (fp64, fixed order).
+__global__ void loss_sum_kernel(double* acc, const float* losses, int N) {
+  double s = 0.0;
+  for (int i = threadIdx.x; i < N; i += blockDim.x) s += double(losses[i]);
+  s = block_sum(s);
+  if (threadIdx.x == 0) *acc += s;
+}
+
+__global__ void sum_squares_partial_kernel(double* partial, const float* x, size_t n) {
+  double s = 0.0;
+  for (size_t i = global_tid(); i < n; i += grid_threads()) s += double(x[i]) * x[i];
+  s = block_sum(s);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+__global__ void sum_partials_kernel(double* out, const double* partial, int nb) {
+  double s = 0.0;
+  for (int i = threadIdx.x; i < nb; i += blockDim.x) s += partial[i];
+  s = block_sum(s);
+  if (threadIdx.x == 0) *out = s;
+}
+
+__global__ void scale_kernel(float* x, size_t n, float s) {
+  for (size_t i = global_tid(); i < n; i += grid_threads()) x[i] *= s;
+}
+
+// torch.optim.AdamW order: decay the weight, then the Adam step (the CPU's
+// formula, operation for operation).
+__global__ void adamw_kernel(float* master, TP compute, const float* grad, float* m, float* v,
+                             size_t n, float lr, float beta1, float beta2, float eps,
+                             float weight_decay, float bc1, float bc2) {
+  const float decay = 1.f - lr * weight_decay;
+  for (size_t i = global_tid(); i < n; i += grid_threads()) {
+    const float g = grad[i];
+    const float mi = beta1 * m[i] + (1.f - beta1) * g;
+    const float vi = beta2 * v[i] + (1.f - beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    const float denom = sqrtf(vi / bc2) + eps;
+    const float p = master[i] * decay - lr * (mi / bc1) / denom;
+    master[i] = p;
+    if (compute.p) st(compute, i, p);
+  }
+}
+
+__global__ void sgd_kernel(float* master, TP compute, const float* grad, size_t n, float lr,
+                           float weight_decay) {
+  const float decay = 1.f - lr * weight_decay;
+  for (size_t i = global_tid(); i < n; i += grid_threads()) {
+    const float p = master[i] * decay - lr * grad[i];
+    master[i] = p;
+    if (compute.p) st(compute, i, p);
+  }
+}
+
+__global__ void sgd_momentum_kernel(float* master, TP compute, const float* grad, float* buf,
+                                    size_t n, float lr, float weight_decay, float momentum) {
+  for (size_t i = global_tid(); i < n; i += grid_threads()) {
+    const float d = grad[i] + weight_decay * master[i];
+    const float b = momentum * buf[i] + d;
+    buf[i] = b;
+    const float p = master[i] - lr * b;
+    master[i] = p;
+    if (compute.p) st(compute, i, p);
+  }
+}
+
+size_t align256(size_t b) { return (b + 255) / 256 * 256; }
+
+// rows per block for the row kernels: one block per row up to the cap
+unsigned row_blocks(int N) { return unsigned(std::max(1, std::min<int>(N, int(kMaxBlocks)))); }
+
+}  // namespace
+
+// ---- launchers -------------------------------------------------------------------
+
+size_t rmsnorm_backward_scratch_bytes(int N, int C) {
+  return size_t(row_blocks(N)) * C * sizeof(float);
+}
+
+size_t sum_squares_scratch_bytes(size_t n) {
+  return align256((blocks_for(n) + 1) * sizeof(double));
+}
+
+#ifndef RT_CUDA_EMULATE
+static size_t radix_sort_temp_bytes(int N) {
+  size_t bytes = 0;
+  RT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const int32_t*>(nullptr),
+                                                static_cast<int32_t*>(nullptr),
+                                                static_cast<const int32_t*>(nullptr),
+                                                static_cast<int32_t*>(nullptr), N));
+  return bytes;
+}
+#endif
+
+size_t embedding_backward_scratch_bytes(int N) {
+  size_t b = 3 * align256(size_t(N) * sizeof(int32_t));
+#ifndef RT_CUDA_EMULATE
+  b += align256(radix_sort_temp_bytes(N));
+#endif
+  return b;
+}
+
+void cast(TP dst, CTP src, size_t n, void* stream) {
+  if (!n) return;
+  RT_LAUNCH(cast_kernel, blocks_for(n), kThreads, stream, dst, src, n);
+}
+
+void embedding_forward(TP out, const int32_t* tokens, CTP table, int N, int C, void* stream) {
+  const size_t n = size_t(N) * C;
+  if (!n) return;
+  RT_LAUNCH(embedding_forward_kernel, blocks_for(n), kThreads, stream, out, tokens, table, N, C);
+}
+
+void embedding_backward(TP dtable, CTP dout, const int32_t* tokens, int N, int C, void* scratch,
+                        void* stream) {
+  if (N <= 0 || C <= 0) return;
+  char* s = static_cast<char*>(scratch);
+  const size_t ib = align256(size_t(N) * sizeof(int32_t));
+  int32_t* keys = reinterpret_cast<int32_t*>(s);
+  int32_t* idx_in = reinterpret_cast<int32_t*>(s + ib);
+  int32_t* idx = reinterpret_cast<int32_t*>(s + 2 * ib);
+  RT_LAUNCH(iota_kernel, blocks_for(size_t(N)), kThreads, stream, idx_in, N);
+#ifdef RT_CUDA_EMULATE
+  std::vector<int32_t> order(static_cast<size_t>(N));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return tokens[a] < tokens[b]; });
+  for (int i = 0; i < N; ++i) {
+    keys[i] = tokens[order[size_t(i)]];
+    idx[i] = idx_in[order[size_t(i)]];
+  }
+#else
+  size_t temp = radix_sort_temp_bytes(N);
+  RT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s + 3 * ib, temp, tokens, keys, idx_in, idx, N, 0,
+                                                int(sizeof(int32_t) * 8),
+                                                static_cast<cudaStream_t>(stream)));
+#endif
+  RT_LAUNCH(embedding_backward_sorted_kernel, row_blocks(N), kThreads, stream, dtable, dout,
+            static_cast<const int32_t*>(keys), static_cast<const int32_t*>(idx), N, C);
+}
+
+void rmsnorm_forward(TP out, float* rstd, CTP inp, CTP weight, int N, int C, float eps,
+                     void* stream) {
+  if (N <= 0) return;
+  RT_LAUNCH(rmsnorm_forward_kernel, row_blocks(N), kThreads, stream, out, rstd, inp, weight, N, C,
+            eps);
+}
+
+void rmsnorm_backward(TP dinp, TP dweight, CTP dout, CTP inp, CTP weight, const float* rstd, int N,
+                      int C, void* scratch, void* stream) {
+  if (N <= 0) return;
+  const unsigned nb = row_blocks(N);
+  float* partial = static_cast<float*>(scratch);
+  RT_LAUNCH(rmsnorm_backward_rows_kernel, nb, kThreads, stream, dinp, partial, dout, inp, weight,
+            rstd, N, C);
+  RT_LAUNCH(column_sum_kernel, blocks_for(size_t(C)), kThreads, stream, dweight,
+            static_cast<const float*>(partial), int(nb), C);
+}
+
+void rope(TP x, const float* cos, const float* sin, int B, int T, int nh, int hd, float sign,
+          void* stream) {
+  const size_t pairs = size_t(B) * T * nh * (hd / 2);
+  if (!pairs) return;
+  RT_LAUNCH(rope_kernel, blocks_for(pairs), kThreads, stream, x, cos, sin, B, T, nh, hd, sign);
+}
+
+void attention_merge(TP out, float* lse, CTP blk, const float* blk_lse, int Tq, int H, int hd,
+                     void* stream) {
+  const size_t rows = size_t(Tq) * H;
+  if (!rows) return;
+  RT_LAUNCH(attention_merge_kernel, blocks_for(rows, kThreads / 32), kThreads, stream, out, lse,
+            blk, blk_lse, Tq, H, hd);
+}
+
+void swiglu_forward(TP out, CTP gate, CTP up, size_t n, void* stream) {
+  if (!n) return;
+  RT_LAUNCH(swiglu_forward_kernel, blocks_for(n), kThreads, stream, out, gate, up, n);
+}
+
+void swiglu_backward(TP dgate, TP dup, CTP dout, CTP gate, CTP up, size_t n, void* stream) {
+  if (!n) return;
+  RT_LAUNCH(swiglu_backward_kernel, blocks_for(n), kThreads, stream, dgate, dup, dout, gate, up, n);
+}
+
+void add_inplace(TP x, CTP y, size_t n, void* stream) {
+  if (!n) return;
+  RT_LAUNCH(add_inplace_kernel, blocks_for(n), kThreads, stream, x, y, n);
+}
+
+void cross_entropy(TP logits, float* losses, const int32_t* targets, int N, int V,
+                   float dloss_scale, void* stream) {
+  if (N <= 0) return;
+  RT_LAUNCH(cross_entropy_kernel, row_blocks(N), kThreads, stream, logits, losses, targets, N, V,
+            dloss_scale);
+}
+
+void loss_sum(double* acc, const float* losses, int N, void* stream) {
+  if (N <= 0) return;
+  RT_LAUNCH(loss_sum_kernel, 1u, kThreads, stream, acc, losses, N);
+}
+
+void sum_squares(double* out, const float* x, size_t n, void* scratch, void* stream) {
+  const unsigned nb = blocks_for(n);
+  double* partial = static_cast<double*>(scratch);
+  RT_LAUNCH(sum_squares_partial_kernel, nb, kThreads, stream, partial, x, n);
+  RT_LAUNCH(sum_partials_kernel, 1u, kThreads, stream, out, static_cast<const double*>(partial),
+            int(nb));
+}
+
+void scale(float* x, size_t n, float s, void* stream) {
+  if (!n) return;
+  RT_LAUNCH(scale_kernel, blocks_for(n), kThreads, stream, x, n, s);
+}
+
+static TP compute_copy(float* master, TP compute) {
+  return compute.p == master ? TP{nullptr, false} : compute;
+}
+
+void adamw(float* master, TP compute, const float* grad, float* m, float* v, size_t n, float lr,
+           float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2,
+           void* stream) {
+  if (!n) return;
+  RT_LAUNCH(adamw_kernel, blocks_for(n), kThreads, stream, master, compute_copy(master, compute),
+            grad, m, v, n, lr, beta1, beta2, eps, weight_decay, bc1, bc2);
+}
+
+void sgd(float* master, TP compute, const float* grad, size_t n, float lr, float weight_decay,
+         void* stream) {
+  if (!n) return;
+  RT_LAUNCH(sgd_kernel, blocks_for(n), kThreads, stream, master, compute_copy(master, compute),
+            grad, n, lr, weight_decay);
+}
+
+void sgd_momentum(float* master, TP compute, const float* grad, float* buf, size_t n, float lr,
+                  float weight_decay, float momentum, void* stream) {
+  if (!n) return;
+  RT_LAUNCH(sgd_momentum_kernel, blocks_for(n), kThreads, stream, master,
+            compute_copy(master, compute), grad, buf, n, lr, weight_decay, momentum);
+}
+
+}  // namespace rt::RT_CUDA_NS::kern

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Ranks that share one GPU (issue 14 item 4), on a machine with a GPU (ctest
+# label cuda; exit 77 "skipped: no CUDA device" without one): context
+# parallelism cp = 2 and cp = 4 with every rank on GPU 0, where NCCL refuses
+# two ranks on one device and the K/V blocks and gradients travel through
+# pinned host memory over MPI, equal cp = 1 on the GPU within the bf16
+# tolerance of the single-GPU issue (per step 3%, final loss 1%); the log
+# says the staging path was chosen ("comm: ranks share GPU 0").
+# usage: gpu_ring_shared.sh RINGTRAIN SOURCE_DIR
+set -uo pipefail
+bin=$1
+src=$2
+if ! command -v nvidia-smi > /dev/null || ! nvidia-smi -L 2> /dev/null | grep -q "^GPU"; then
+  echo "skipped: no CUDA device"
+  exit 77
+fi
+launch="bash $src/launch/local.sh"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+export OMP_NUM_THREADS=1
+source "$src/tests/cli/lib.sh"
+
+# head_dim 64 (the CUDA attention kernels take 64 and 128)
+cat > g.yaml <<YAML
+run: {seed: 11}
+model: {vocab_size: 256, hidden_size: 128, intermediate_size: 256, num_hidden_layers: 2,
+        num_attention_heads: 2, num_key_value_heads: 1}
+data: {train: {synthetic: passkey, loss: all}}
+train: {seq_len: 512, micro_batch_size: 1, global_batch_size: 2, max_steps: 20,
+        optimizer: {type: adamw, lr: 2.0e-3}, schedule: {type: cosine, warmup_steps: 2, min_lr: 2.0e-4}}
+log: {every_steps: 1}
+parallel: {device: cuda}
+YAML
+
+run() {  # run NAME NP [--set ...]
+  local name=$1 np=$2
+  shift 2
+  $launch -np "$np" "$bin" train g.yaml --set run.dir="$work/$name" "$@" > "$name.log" 2>&1 \
+    || { fail "$name (np $np $*) exited non-zero"; sed 's/^/    /' "$name.log" | tail -20 >&2; }
+}
+run cp1 1
+run cp2 2 --set parallel.context_parallel=2
+run cp4 4 --set parallel.context_parallel=4
+for name in cp2 cp4; do
+  grep -q "comm: ranks share GPU 0" "$name.log" || fail "$name: the log does not say the ranks share GPU 0"
+done
+
+/usr/bin/python3 - "$work" <<'PY' || fail "cp on a shared GPU vs cp1 beyond the bf16 tolerance"
+import json, sys
+work = sys.argv[1]
+def losses(name):
+    try:
+        return [json.loads(l)["loss"] for l in open(f"{work}/{name}/metrics.jsonl") if '"loss"' in l]
+    except OSError:
+        return []
+ref = losses("cp1")
+bad = []
+for name in ["cp2", "cp4"]:
+    got = losses(name)
+    if len(got) != len(ref) or not ref:
+        print(f"{name}: {len(got)} losses, cp1 {len(ref)}")
+        bad.append(name)
+        continue
+    step = max(abs(a - b) / abs(b) for a, b in zip(got, ref))
+    final = abs(got[-1] - ref[-1]) / abs(ref[-1])
+    print(f"{name} (ranks sharing GPU 0) vs cp1 on the GPU: per-step max rel {step:.2e} "
+          f"(<= 3e-2), final rel {final:.2e} (<= 1e-2), loss {ref[0]:.4f} -> {ref[-1]:.4f}")
+    if step > 3e-2 or final > 1e-2:
+        bad.append(name)
+assert not bad, bad
+PY
+
+if [ "$failures" -gt 0 ]; then
+  echo "$failures failure(s)" >&2
+  exit 1
+fi
+echo "gpu_ring_shared: all checks passed"
