@@ -279,7 +279,7 @@ class CudaBackend final : public Backend {
     RT_CUDA_CHECK(cudaFree(p));  // synchronises the device: owners free outside steps
 #endif
   }
-  size_t peak_bytes() const { return peak_; }
+  size_t peak_bytes() const override { return peak_; }
 
   // The caller may reuse src as soon as this returns. Small uploads (each
   // micro-batch's tokens and targets) go through a ring of pinned buffers and
