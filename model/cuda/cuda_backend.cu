@@ -5,8 +5,9 @@
 //
 // Built twice, like ops.cu: by nvcc (make_cuda_backend) and by g++ with
 // RT_CUDA_EMULATE (make_cuda_emu_backend), where device memory is host
-// memory, kernels run in the fiber emulator, and the two library calls (GEMM,
-// attention) go to the CPU backend on the same typed buffers.
+// memory, kernels run in the fiber emulator, the GEMM is a plain loop
+// accumulating in fp64 on the same rounded operands, and attention goes to the
+// CPU backend on the same typed buffers.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>

@@ -7,8 +7,8 @@
 // synchronize(). C++17, no CUDA headers.
 //
 // make_cuda_emu_backend() runs the same kernel source on the CPU through the
-// fiber emulator of model/cuda/emu/ (GEMMs by OpenBLAS, attention by the CPU
-// blocked attention, both on the bf16 inputs): a test tool that checks the
+// fiber emulator of model/cuda/emu/ (GEMMs by a plain loop accumulating in
+// fp64 on the rounded operands, attention by the CPU blocked attention): a test tool that checks the
 // kernels' index arithmetic and reductions in CI, where no GPU exists. It says
 // nothing about speed, races or the real hardware's rounding of fused ops.
 #pragma once
