@@ -109,6 +109,16 @@ int cmd_plan(const std::string& config, const std::vector<std::string>& override
   std::printf("not counted: ring attention's travelling K/V buffers (context_parallel > 1), "
               "the checkpoint writer's temporary copy, allocator and library overheads\n");
   if (dev == Device::kCuda) {
+    // CudaBackend::scratch: the largest fp32 GEMM operand rounded to bf16
+    // (the MLP's activation gradient, rows x intermediate) plus cuBLASLt's
+    // workspace
+    const int64_t rows = int64_t(cfg.train.micro_batch_size) * activation_rows(cfg, p.dims);
+    const int64_t widest = std::max<int64_t>(
+        cfg.model.intermediate_size, int64_t(cfg.model.num_attention_heads) * cfg.model.head_dim);
+    const int64_t scratch = rows * widest * 2 + (int64_t(32) << 20);
+    std::printf("also not counted on CUDA: the backend's scratch, about %s (bf16 copies of the "
+                "fp32 activation gradients that GEMMs read, and cuBLASLt's 32 MiB workspace)\n",
+                format_bytes(double(scratch)).c_str());
     const bool fits = most <= gpu_bytes;
     std::printf("fits: %s (largest rank %s of %s GPU memory)\n", fits ? "yes" : "no",
                 format_bytes(double(most)).c_str(), format_bytes(double(gpu_bytes)).c_str());
