@@ -26,6 +26,9 @@
 # at 64K) and tests/bench/bench_torch_train.py at the same T when python3 has
 # torch with CUDA (eager, and torch.compile at 16K). --longest-t (optional)
 # then doubles T from 64K until ringtrain and PyTorch fail, 1 step each.
+# Last, issue 14's checks (tests/bench/run_nccl_gpu.sh: NcclComm at 1 rank,
+# cp 2 and 4 ranks sharing the GPU vs cp 1, the ring-overlap benchmark) when
+# the binaries were built with NCCL and the budget leaves 90 s.
 # --budget (default 450 s) skips what would start after it; --quick cuts the
 # benchmark steps (a smoke run).
 set -uo pipefail
@@ -41,7 +44,7 @@ while [ $# -gt 0 ]; do
     --longest-t) longest=1 ;;
     --budget) budget=$2; shift ;;
     --quick) quick=1 ;;
-    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) [ -z "$out" ] && out=$1 || { echo "gpu_check.sh: one OUT_DIR only" >&2; exit 2; } ;;
   esac
@@ -255,6 +258,32 @@ if [ $longest = 1 ]; then
     rc=$?
     row "longest T torch" "$([ $rc = 0 ] && echo ok || echo FAIL)" $((SECONDS - t)) "$(grep -o '"max_t": [0-9]*' "$out/longest_torch.json")"
   fi
+fi
+
+# ---- 7. device buffers between ranks (issue 14): NCCL and the staged path --
+t=$SECONDS
+if [ ! -x "$testbin/nccl_comm_gpu" ]; then
+  row "nccl + shared-GPU ring" missing 0 "no nccl_comm_gpu (a build without NCCL?)"
+elif [ "$(left)" -lt 90 ]; then
+  row "nccl + shared-GPU ring" skipped 0 "time budget"
+else
+  # run_nccl_gpu.sh wants BUILD/ringtrain and BUILD/tests/<binary>
+  tree=$out/nccl_tree
+  mkdir -p "$tree/tests"
+  ln -sf "$rtbin" "$tree/ringtrain"
+  for b in nccl_comm_gpu bench_ring_overlap; do ln -sf "$testbin/$b" "$tree/tests/$b"; done
+  lim=$(( $(left) < 240 ? $(left) : 240 ))
+  if [ -n "$rt" ]; then  # mpirun from the bundle
+    ( . "$rt/env.sh"; timeout $lim bash "$src/tests/bench/run_nccl_gpu.sh" "$tree" "$out/nccl" ) \
+      > "$out/nccl.log" 2>&1
+  else
+    timeout $lim bash "$src/tests/bench/run_nccl_gpu.sh" "$tree" "$out/nccl" > "$out/nccl.log" 2>&1
+  fi
+  rc=$?
+  st=ok; [ $rc != 0 ] && st=FAIL; [ $rc = 124 ] && st=timeout
+  grep -qE "rc=[1-9]" "$out/nccl.log" && st=FAIL
+  row "nccl + shared-GPU ring" "$st" $((SECONDS - t)) "$(grep -c 'rc=0' "$out/nccl.log") parts rc=0 (see nccl.log)"
+  tail -5 "$out/nccl.log"
 fi
 
 # ---- the table -------------------------------------------------------------

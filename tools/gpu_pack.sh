@@ -34,6 +34,10 @@ if [ "${1:-}" != "--no-build" ]; then
     exit 2
   fi
   targets=(ringtrain test_model_backend_ops)
+  # issue 14's GPU checks (built when cmake found NCCL; tests/bench/run_nccl_gpu.sh)
+  for t in nccl_comm_gpu bench_ring_overlap; do
+    ninja -C "$build" -t targets all 2> /dev/null | grep -q "^$t:" && targets+=("$t")
+  done
   for t in tests/model/test_model_cuda_*.cpp tests/*/*/test_*_cuda_*.cpp; do
     case "$t" in *_emu.cpp) continue ;; esac  # the CUDA emulator's test: CPU only
     [ -f "$t" ] && targets+=("$(basename "$t" .cpp)")
@@ -42,7 +46,8 @@ if [ "${1:-}" != "--no-build" ]; then
 fi
 
 bins=("$build/ringtrain")
-for b in "$build"/tests/test_*cuda* "$build/tests/test_model_backend_ops" "$build/tests/bench_cuda_attention"; do
+for b in "$build"/tests/test_*cuda* "$build/tests/test_model_backend_ops" "$build/tests/bench_cuda_attention" \
+         "$build/tests/nccl_comm_gpu" "$build/tests/bench_ring_overlap"; do
   case "$b" in *_emu) continue ;; esac
   [ -x "$b" ] && bins+=("$b")
 done
