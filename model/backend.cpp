@@ -30,6 +30,7 @@ const char* op_name(Op op) {
     case Op::kSumSquares: return "sum_squares";
     case Op::kScale: return "scale";
     case Op::kAdamwUpdate: return "adamw_update";
+    case Op::kAdamwUpdateSegments: return "adamw_update_segments";
     case Op::kSgdUpdate: return "sgd_update";
     case Op::kSgdMomentumUpdate: return "sgd_momentum_update";
     case Op::kCount: break;

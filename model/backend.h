@@ -49,7 +49,7 @@ enum class Op : uint8_t {
   kAttentionForward, kAttentionBackward, kAttentionMerge,
   kSwigluForward, kSwigluBackward,
   kAddInplace, kCrossEntropy, kLossSum,
-  kSumSquares, kScale, kAdamwUpdate, kSgdUpdate, kSgdMomentumUpdate,
+  kSumSquares, kScale, kAdamwUpdate, kAdamwUpdateSegments, kSgdUpdate, kSgdMomentumUpdate,
   kCount
 };
 const char* op_name(Op op);
@@ -58,6 +58,18 @@ const char* op_name(Op op);
 struct AdamWStep {
   float lr = 0.f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.f;
   int64_t step = 1;
+};
+
+// One tensor (or a tensor's part in an optimizer shard) of an AdamW step
+// over many: the arguments of adamw_update, with its own weight decay.
+struct AdamWSegment {
+  float* master = nullptr;
+  Buf param;
+  const float* grad = nullptr;
+  float* m = nullptr;
+  float* v = nullptr;
+  size_t n = 0;
+  float weight_decay = 0.f;
 };
 
 // Buffers at this boundary are typed (model/tensor.h): activations and
@@ -169,6 +181,17 @@ class Backend {
   // (it may alias master: fp32 without master weights).
   virtual void adamw_update(float* master, Buf param, const float* grad, float* m, float* v,
                             size_t n, const AdamWStep& h) = 0;
+  // The same step over many segments (the optimizer's whole arena or shard):
+  // one launch on a GPU. h.weight_decay is unused (each segment has its own).
+  // The default calls adamw_update per segment (the CPU's: same bits).
+  virtual void adamw_update_segments(const AdamWSegment* segs, int count, const AdamWStep& h) {
+    for (int i = 0; i < count; ++i) {
+      AdamWStep hs = h;
+      hs.weight_decay = segs[i].weight_decay;
+      adamw_update(segs[i].master, segs[i].param, segs[i].grad, segs[i].m, segs[i].v, segs[i].n,
+                   hs);
+    }
+  }
   virtual void sgd_update(float* master, Buf param, const float* grad, size_t n, float lr,
                           float weight_decay) = 0;
   // torch.optim.SGD with momentum (dampening 0, not Nesterov) on the fp32

@@ -508,6 +508,42 @@ class CudaBackend final : public Backend {
     kern::adamw(master, tp(param, "adamw_update"), grad, m, v, n, h.lr, h.beta1, h.beta2, h.eps,
                 h.weight_decay, bc1, bc2, stream_);
   }
+  // One launch for the whole arena (or shard). The segment table is uploaded
+  // when it changes (the first step; pointers are stable after that).
+  void adamw_update_segments(const AdamWSegment* segs, int count, const AdamWStep& h) override {
+    std::vector<kern::AdamSeg> table(static_cast<size_t>(count));  // zeroed, padding too
+    size_t total = 0;
+    for (int i = 0; i < count; ++i) {
+      const AdamWSegment& a = segs[i];
+      kern::AdamSeg& t = table[size_t(i)];
+      t.master = a.master;
+      t.compute = a.param.p == a.master ? kern::TP{nullptr, false}
+                                        : tp(a.param, "adamw_update_segments");
+      t.grad = a.grad;
+      t.m = a.m;
+      t.v = a.v;
+      t.begin = total;
+      t.n = a.n;
+      t.weight_decay = a.weight_decay;
+      total += a.n;
+    }
+    if (!total) return;
+    const size_t bytes = table.size() * sizeof(kern::AdamSeg);
+    if (bytes != seg_bytes_ || std::memcmp(table.data(), seg_host_.data(), bytes) != 0) {
+      if (bytes > seg_cap_) {
+        free_bytes(seg_dev_);
+        seg_dev_ = alloc_bytes(bytes);
+        seg_cap_ = bytes;
+      }
+      copy_to_device(seg_dev_, table.data(), bytes);
+      seg_host_ = table;
+      seg_bytes_ = bytes;
+    }
+    const float bc1 = 1.f - float(std::pow(double(h.beta1), double(h.step)));
+    const float bc2 = 1.f - float(std::pow(double(h.beta2), double(h.step)));
+    kern::adamw_segments(static_cast<const kern::AdamSeg*>(seg_dev_), count, total, h.lr, h.beta1,
+                         h.beta2, h.eps, bc1, bc2, stream_);
+  }
   void sgd_update(float* master, Buf param, const float* grad, size_t n, float lr,
                   float weight_decay) override {
     kern::sgd(master, tp(param, "sgd_update"), grad, n, lr, weight_decay, stream_);
@@ -622,6 +658,9 @@ class CudaBackend final : public Backend {
 #endif
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  void* seg_dev_ = nullptr;  // adamw_update_segments' table on the device
+  size_t seg_cap_ = 0, seg_bytes_ = 0;
+  std::vector<kern::AdamSeg> seg_host_;
   std::mutex mu_;
   std::map<void*, size_t> sizes_;
   size_t in_use_ = 0, peak_ = 0;

@@ -66,6 +66,21 @@ void scale(float* x, size_t n, float s, void* stream);
 void adamw(float* master, TP compute, const float* grad, float* m, float* v, size_t n, float lr,
            float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2,
            void* stream);
+// One AdamW step over many segments in one launch: segs (device memory,
+// nseg entries, begin = the running sum of the n before it) cover total
+// elements; each segment has its own weight decay; compute.p null: no
+// compute copy. The same arithmetic as adamw, element for element.
+struct AdamSeg {
+  float* master;
+  TP compute;
+  const float* grad;
+  float* m;
+  float* v;
+  size_t begin, n;
+  float weight_decay;
+};
+void adamw_segments(const AdamSeg* segs, int nseg, size_t total, float lr, float beta1,
+                    float beta2, float eps, float bc1, float bc2, void* stream);
 void sgd(float* master, TP compute, const float* grad, size_t n, float lr, float weight_decay,
          void* stream);
 void sgd_momentum(float* master, TP compute, const float* grad, float* buf, size_t n, float lr,

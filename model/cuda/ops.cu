@@ -337,6 +337,38 @@ __global__ void adamw_kernel(float* master, TP compute, const float* grad, float
   }
 }
 
+// Each thread finds the segment of its first element by bisection, then
+// walks forward as its grid-stride index grows.
+__global__ void adamw_segments_kernel(const AdamSeg* segs, int nseg, size_t total, float lr,
+                                      float beta1, float beta2, float eps, float bc1, float bc2) {
+  size_t i = global_tid();
+  if (i >= total) return;
+  int lo = 0, hi = nseg - 1;
+  while (lo < hi) {  // the last segment with begin <= i
+    const int mid = (lo + hi + 1) / 2;
+    if (segs[mid].begin <= i)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  int s = lo;
+  for (; i < total; i += grid_threads()) {
+    while (i >= segs[s].begin + segs[s].n) ++s;
+    const AdamSeg& g = segs[s];
+    const size_t j = i - g.begin;
+    const float decay = 1.f - lr * g.weight_decay;
+    const float gr = g.grad[j];
+    const float mi = beta1 * g.m[j] + (1.f - beta1) * gr;
+    const float vi = beta2 * g.v[j] + (1.f - beta2) * gr * gr;
+    g.m[j] = mi;
+    g.v[j] = vi;
+    const float denom = sqrtf(vi / bc2) + eps;
+    const float p = g.master[j] * decay - lr * (mi / bc1) / denom;
+    g.master[j] = p;
+    if (g.compute.p) st(g.compute, j, p);
+  }
+}
+
 __global__ void sgd_kernel(float* master, TP compute, const float* grad, size_t n, float lr,
                            float weight_decay) {
   const float decay = 1.f - lr * weight_decay;
@@ -517,6 +549,13 @@ void adamw(float* master, TP compute, const float* grad, float* m, float* v, siz
   if (!n) return;
   RT_LAUNCH(adamw_kernel, blocks_for(n), kThreads, stream, master, compute_copy(master, compute),
             grad, m, v, n, lr, beta1, beta2, eps, weight_decay, bc1, bc2);
+}
+
+void adamw_segments(const AdamSeg* segs, int nseg, size_t total, float lr, float beta1,
+                    float beta2, float eps, float bc1, float bc2, void* stream) {
+  if (!total || nseg <= 0) return;
+  RT_LAUNCH(adamw_segments_kernel, blocks_for(total), kThreads, stream, segs, nseg, total, lr,
+            beta1, beta2, eps, bc1, bc2);
 }
 
 void sgd(float* master, TP compute, const float* grad, size_t n, float lr, float weight_decay,

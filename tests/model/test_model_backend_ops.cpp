@@ -394,6 +394,27 @@ std::vector<Case> all_cases() {
                  for (float& x : h.f["v"]) x = std::fabs(x);
                }});
   c.back().nmse_bf16 = 1e-5;
+  // AdamW over segments of one arena, each its own weight decay (one launch on
+  // a GPU): a long one, an empty one, a one-element one, the rest.
+  c.push_back({Op::kAdamwUpdateSegments, "adamw_update_segments (4 segments, 3 decays)",
+               {{"master", n, R::kF32, I::kInOut}, {"param", n, R::kTyped, I::kOut}, {"g", n, R::kF32, I::kIn},
+                {"m", n, R::kF32, I::kInOut}, {"v", n, R::kF32, I::kInOut}},
+               [=](Backend& be, const Bufs& b, std::vector<double>&) {
+                 const size_t cut[5] = {0, 600, 600, 601, n};
+                 const float wd[4] = {0.1f, 0.3f, 0.f, 0.05f};
+                 std::vector<AdamWSegment> segs;
+                 for (int i = 0; i < 4; ++i)
+                   segs.push_back({b.f("master") + cut[i], at(b["param"], cut[i]), b.f("g") + cut[i],
+                                   b.f("m") + cut[i], b.f("v") + cut[i], cut[i + 1] - cut[i], wd[i]});
+                 AdamWStep h;
+                 h.lr = 0.01f;
+                 h.step = 3;
+                 be.adamw_update_segments(segs.data(), int(segs.size()), h);
+               },
+               [](Host& h, DType, Rng&) {
+                 for (float& x : h.f["v"]) x = std::fabs(x);
+               }});
+  c.back().nmse_bf16 = 1e-5;
   c.push_back({Op::kSgdUpdate, "sgd_update (master + compute copy)",
                {{"master", n, R::kF32, I::kInOut}, {"param", n, R::kTyped, I::kOut}, {"g", n, R::kF32, I::kIn}},
                [=](Backend& be, const Bufs& b, std::vector<double>&) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "common/errors.h"
 
@@ -107,6 +108,7 @@ void Optimizer::step(float lr) {
   // (The gradient arena's table: the master's fp32 layout, also when the
   // optimizer holds the master shard and the model's copy is released.)
   Arena& master = model_.master();
+  std::vector<AdamWSegment> segments;  // AdamW: every tensor in one call
   for (const TensorSpec& s : model_.grads().specs()) {
     size_t a = 0, b = s.numel;
     float *m = nullptr, *v = nullptr;
@@ -131,20 +133,22 @@ void Optimizer::step(float lr) {
     const float* g = model_.grads().f32(s.name) + a;
     const float wd = decays(s.name) ? float(cfg_.weight_decay) : 0.f;
     if (cfg_.type == "adamw") {
-      AdamWStep h;
-      h.lr = lr;
-      h.beta1 = float(cfg_.beta1);
-      h.beta2 = float(cfg_.beta2);
-      h.eps = float(cfg_.eps);
-      h.weight_decay = wd;
-      h.step = t_;
-      be.adamw_update(p, compute, g, m, v, b - a, h);
+      segments.push_back({p, compute, g, m, v, b - a, wd});
     } else if (cfg_.momentum > 0) {  // unsharded only (the constructor refuses sharding)
       be.sgd_momentum_update(p, compute, g, buf_.f32(s.name) + a, b - a, lr, wd,
                              float(cfg_.momentum));
     } else {
       be.sgd_update(p, compute, g, b - a, lr, wd);
     }
+  }
+  if (!segments.empty()) {
+    AdamWStep h;
+    h.lr = lr;
+    h.beta1 = float(cfg_.beta1);
+    h.beta2 = float(cfg_.beta2);
+    h.eps = float(cfg_.eps);
+    h.step = t_;
+    be.adamw_update_segments(segments.data(), int(segments.size()), h);
   }
 }
 
