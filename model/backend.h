@@ -8,6 +8,7 @@
 // All buffers live on the backend's device and come from its allocator.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -58,6 +59,9 @@ const char* op_name(Op op);
 struct AdamWStep {
   float lr = 0.f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.f;
   int64_t step = 1;
+  // 1 - beta^step in double, rounded once (the same on every backend)
+  float bias_correction1() const { return 1.f - float(std::pow(double(beta1), double(step))); }
+  float bias_correction2() const { return 1.f - float(std::pow(double(beta2), double(step))); }
 };
 
 // One tensor (or a tensor's part in an optimizer shard) of an AdamW step

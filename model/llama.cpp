@@ -496,14 +496,12 @@ double LlamaModel::run_layers_and_head(float dloss_scale, CBuf dfinal_extra) {
     LayerActs& a = slots_[size_t(checkpointing_ ? 0 : l)];
     layer_forward(l, a, x_[size_t(l)], a.mid, x_[size_t(l + 1)]);
   }
-  const Buf w_head = cfg_.tie_word_embeddings ? params_.buf("model.embed_tokens.weight")
-                                              : params_.buf("lm_head.weight");
+  const Buf w_head = head_weight(params_);
   const Buf w_norm = params_.buf("model.norm.weight");
   be_.rmsnorm_forward(lnf_, lnf_rstd_, x_[size_t(L)], w_norm, N, d, float(cfg_.rms_norm_eps));
   // The head in chunks of rows (one chunk for all but large N x V): logits,
   // loss (and dlogits in place), and the chunk's share of the head backward.
-  const Buf dw_head = cfg_.tie_word_embeddings ? grads_.buf("model.embed_tokens.weight")
-                                               : grads_.buf("lm_head.weight");
+  const Buf dw_head = head_weight(grads_);
   if (backward) be_.zero(s_.dln, size_t(N) * d);
   for (int64_t r0 = 0; r0 < N; r0 += logits_rows_) {
     const int R = int(std::min<int64_t>(logits_rows_, N - r0));
@@ -545,8 +543,7 @@ std::vector<float> LlamaModel::logits_to_host(int64_t row_begin, int64_t rows) {
   Buf src_buf = at(logits_, size_t((row_begin - logits_first_) * V));
   DeviceBuffer recomputed;
   if (row_begin < logits_first_ || row_begin + rows > logits_first_ + logits_rows_) {
-    const Buf w_head = cfg_.tie_word_embeddings ? params_.buf("model.embed_tokens.weight")
-                                                : params_.buf("lm_head.weight");
+    const Buf w_head = head_weight(params_);
     recomputed = DeviceBuffer(be_, n, logits_.t);
     src_buf = recomputed.buf();
     be_.matmul_forward(src_buf, at(CBuf(lnf_), size_t(row_begin) * cfg_.hidden_size), w_head,

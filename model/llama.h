@@ -243,6 +243,10 @@ class LlamaModel {
                      int64_t* n_valid);
   void ensure_token_capacity(int n);
   double run_layers_and_head(float dloss_scale, CBuf dfinal_extra);
+  // The LM head's weight (lm_head, or the embeddings when tied) in an arena.
+  Buf head_weight(const Arena& a) const {
+    return a.buf(cfg_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+  }
 
   ModelConfig cfg_;
   Precision prec_;

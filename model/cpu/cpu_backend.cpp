@@ -410,10 +410,8 @@ class CpuBackend final : public Backend {
                     const AdamWStep& h) override {
     const float lr = h.lr, beta1 = h.beta1, beta2 = h.beta2, eps = h.eps;
     const float weight_decay = h.weight_decay;
-    const int64_t step = h.step;
     // torch.optim.AdamW order: decay the weight, then the Adam step.
-    float bc1 = 1.f - float(std::pow(double(beta1), double(step)));
-    float bc2 = 1.f - float(std::pow(double(beta2), double(step)));
+    const float bc1 = h.bias_correction1(), bc2 = h.bias_correction2();
     float decay = 1.f - lr * weight_decay;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; ++i) {

@@ -193,7 +193,7 @@ class CudaBackend final : public Backend {
   }
   const char* name() const override { return "cuda-emu"; }
 #else
-  explicit CudaBackend(int device) : device_(device) {
+  explicit CudaBackend(int device) {
     const int n = cuda::device_count();
     if (device < 0 || device >= n)
       throw UsageError("CUDA device " + std::to_string(device) + " does not exist (" +
@@ -502,11 +502,8 @@ class CudaBackend final : public Backend {
 
   void adamw_update(float* master, Buf param, const float* grad, float* m, float* v, size_t n,
                     const AdamWStep& h) override {
-    // the bias corrections as the CPU computes them (double pow, one rounding)
-    const float bc1 = 1.f - float(std::pow(double(h.beta1), double(h.step)));
-    const float bc2 = 1.f - float(std::pow(double(h.beta2), double(h.step)));
     kern::adamw(master, tp(param, "adamw_update"), grad, m, v, n, h.lr, h.beta1, h.beta2, h.eps,
-                h.weight_decay, bc1, bc2, stream_);
+                h.weight_decay, h.bias_correction1(), h.bias_correction2(), stream_);
   }
   // One launch for the whole arena (or shard). The segment table is uploaded
   // when it changes (the first step; pointers are stable after that).
@@ -539,10 +536,8 @@ class CudaBackend final : public Backend {
       seg_host_ = table;
       seg_bytes_ = bytes;
     }
-    const float bc1 = 1.f - float(std::pow(double(h.beta1), double(h.step)));
-    const float bc2 = 1.f - float(std::pow(double(h.beta2), double(h.step)));
     kern::adamw_segments(static_cast<const kern::AdamSeg*>(seg_dev_), count, total, h.lr, h.beta1,
-                         h.beta2, h.eps, bc1, bc2, stream_);
+                         h.beta2, h.eps, h.bias_correction1(), h.bias_correction2(), stream_);
   }
   void sgd_update(float* master, Buf param, const float* grad, size_t n, float lr,
                   float weight_decay) override {
@@ -651,7 +646,6 @@ class CudaBackend final : public Backend {
   };
   Staging staging_[kStagingSlots];
   int next_staging_ = 0;
-  int device_ = 0;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<LtGemm> lt_;
   void* result_ = nullptr;

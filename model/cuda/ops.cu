@@ -318,23 +318,29 @@ __global__ void scale_kernel(float* x, size_t n, float s) {
   for (size_t i = global_tid(); i < n; i += grid_threads()) x[i] *= s;
 }
 
-// torch.optim.AdamW order: decay the weight, then the Adam step (the CPU's
-// formula, operation for operation).
+// One element of an AdamW step, torch.optim.AdamW order (decay the weight,
+// then the Adam step): the CPU's formula, operation for operation.
+__device__ __forceinline__ void adamw_element(float* master, TP compute, const float* grad,
+                                              float* m, float* v, size_t j, float lr,
+                                              float beta1, float beta2, float eps, float decay,
+                                              float bc1, float bc2) {
+  const float g = grad[j];
+  const float mi = beta1 * m[j] + (1.f - beta1) * g;
+  const float vi = beta2 * v[j] + (1.f - beta2) * g * g;
+  m[j] = mi;
+  v[j] = vi;
+  const float denom = sqrtf(vi / bc2) + eps;
+  const float p = master[j] * decay - lr * (mi / bc1) / denom;
+  master[j] = p;
+  if (compute.p) st(compute, j, p);
+}
+
 __global__ void adamw_kernel(float* master, TP compute, const float* grad, float* m, float* v,
                              size_t n, float lr, float beta1, float beta2, float eps,
                              float weight_decay, float bc1, float bc2) {
   const float decay = 1.f - lr * weight_decay;
-  for (size_t i = global_tid(); i < n; i += grid_threads()) {
-    const float g = grad[i];
-    const float mi = beta1 * m[i] + (1.f - beta1) * g;
-    const float vi = beta2 * v[i] + (1.f - beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    const float denom = sqrtf(vi / bc2) + eps;
-    const float p = master[i] * decay - lr * (mi / bc1) / denom;
-    master[i] = p;
-    if (compute.p) st(compute, i, p);
-  }
+  for (size_t i = global_tid(); i < n; i += grid_threads())
+    adamw_element(master, compute, grad, m, v, i, lr, beta1, beta2, eps, decay, bc1, bc2);
 }
 
 // Each thread finds the segment of its first element by bisection, then
@@ -355,17 +361,8 @@ __global__ void adamw_segments_kernel(const AdamSeg* segs, int nseg, size_t tota
   for (; i < total; i += grid_threads()) {
     while (i >= segs[s].begin + segs[s].n) ++s;
     const AdamSeg& g = segs[s];
-    const size_t j = i - g.begin;
-    const float decay = 1.f - lr * g.weight_decay;
-    const float gr = g.grad[j];
-    const float mi = beta1 * g.m[j] + (1.f - beta1) * gr;
-    const float vi = beta2 * g.v[j] + (1.f - beta2) * gr * gr;
-    g.m[j] = mi;
-    g.v[j] = vi;
-    const float denom = sqrtf(vi / bc2) + eps;
-    const float p = g.master[j] * decay - lr * (mi / bc1) / denom;
-    g.master[j] = p;
-    if (g.compute.p) st(g.compute, j, p);
+    adamw_element(g.master, g.compute, g.grad, g.m, g.v, i - g.begin, lr, beta1, beta2, eps,
+                  1.f - lr * g.weight_decay, bc1, bc2);
   }
 }
 
