@@ -56,18 +56,15 @@ for name in dp2_s cp2 bf; do
   [ "$n" = 1 ] || fail "${name}_0: the MPI line logged $n times, want once"
 done
 
-/usr/bin/python3 - "$work" <<'PY' || fail "staged vs plain MPI: not bit for bit"
-import json, sys
-import h5py, numpy as np
+/usr/bin/python3 - "$work" "$src/tests/cli" <<'PY' || fail "staged vs plain MPI: not bit for bit"
+import sys
 work = sys.argv[1]
+sys.path.insert(0, sys.argv[2])
+import runs
 def losses(name):
-    return [json.loads(l)["loss"] for l in open(f"{work}/{name}/metrics.jsonl") if '"loss"' in l]
+    return runs.losses(f"{work}/{name}")
 def state(name):
-    with h5py.File(f"{work}/{name}/checkpoints/step_00000006.h5") as f:
-        out = {"model/" + k: f["model"][k][()] for k in f["model"]}
-        for g in ["exp_avg", "exp_avg_sq"]:
-            out.update({f"{g}/{k}": f["optimizer"][g][k][()] for k in f["optimizer"][g]})
-        return out
+    return runs.state(f"{work}/{name}/checkpoints/step_00000006.h5")
 bad = []
 for lay in ["dp2_s", "dp2_u", "cp2", "bf"]:
     la, lb = losses(f"{lay}_1"), losses(f"{lay}_0")

@@ -47,11 +47,13 @@ run bf16_cp1 1 --set train.precision=bf16
 run bf16_cp2 2 --set parallel.context_parallel=2 --set train.precision=bf16
 grep -q "rank   dp   cp  host" dp2cp2.log || fail "rank 0 printed no layout table"
 
-/usr/bin/python3 - "$work" <<'PY' || fail "layouts disagree"
-import json, os, sys
+/usr/bin/python3 - "$work" "$src/tests/cli" <<'PY' || fail "layouts disagree"
+import sys
 work = sys.argv[1]
+sys.path.insert(0, sys.argv[2])
+import runs
 def losses(name):
-    return [json.loads(l)["loss"] for l in open(f"{work}/{name}/metrics.jsonl") if '"loss"' in l]
+    return runs.losses(f"{work}/{name}")
 ref = losses("dp1cp1")
 assert len(ref) == 20, len(ref)
 bad = []

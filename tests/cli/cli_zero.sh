@@ -73,18 +73,16 @@ grep -q "resuming from" res_cp2.log || fail "res_cp2 did not resume"
 grep -q "resuming from" res_4.log || fail "res_4 did not resume"
 grep -q "resuming from" res_bf.log || fail "res_bf did not resume"
 
-/usr/bin/python3 - "$work" <<'PY' || fail "equivalence"
-import json, sys
-import h5py, numpy as np
+/usr/bin/python3 - "$work" "$src/tests/cli" <<'PY' || fail "equivalence"
+import sys
+import numpy as np
 work = sys.argv[1]
+sys.path.insert(0, sys.argv[2])
+import runs
 def losses(name):
-    return [json.loads(l)["loss"] for l in open(f"{work}/{name}/metrics.jsonl") if '"loss"' in l]
+    return runs.losses(f"{work}/{name}")
 def state(name):
-    with h5py.File(f"{work}/{name}/checkpoints/step_00000012.h5") as f:
-        out = {"model/" + k: f["model"][k][()] for k in f["model"]}
-        for g in ["exp_avg", "exp_avg_sq"]:
-            out.update({f"{g}/{k}": f["optimizer"][g][k][()] for k in f["optimizer"][g]})
-        return out
+    return runs.state(f"{work}/{name}/checkpoints/step_00000012.h5")
 def rel(a, b):  # largest per-tensor norm-relative difference
     return max(np.linalg.norm(a[k] - b[k]) / max(np.linalg.norm(b[k]), 1e-30) for k in b)
 bad = []
