@@ -101,44 +101,42 @@ class CheckpointWriter {
     return H5Id(g, H5Gclose);
   }
 
+  // A variable-length UTF-8 string (stored in the global heap).
   void string_attr(hid_t obj, const char* name, const std::string& value) {
     H5Id type(H5Tcopy(H5T_C_S1), H5Tclose);
     if (!type.valid() || H5Tset_size(type.get(), H5T_VARIABLE) < 0 ||
         H5Tset_cset(type.get(), H5T_CSET_UTF8) < 0)
       fail("cannot make a string type");
-    H5Id space(H5Screate(H5S_SCALAR), H5Sclose);
-    H5Id attr(H5Acreate2(obj, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
-              H5Aclose);
-    if (!attr.valid()) fail(std::string("cannot create attribute ") + name);
     const char* p = value.c_str();
-    if (H5Awrite(attr.get(), type.get(), &p) < 0)
-      fail(std::string("cannot write attribute ") + name);
+    scalar_attr(obj, name, type.get(), &p);
   }
 
   // A fixed-length UTF-8 string: stored inside the (checksummed) object
   // header, never in the global heap.
   void fixed_string_attr(hid_t obj, const char* name, const std::string& value) {
+    std::string buf = value;
+    buf.resize(std::max<size_t>(1, value.size()), '\0');
     H5Id type(H5Tcopy(H5T_C_S1), H5Tclose);
-    if (!type.valid() || H5Tset_size(type.get(), std::max<size_t>(1, value.size())) < 0 ||
+    if (!type.valid() || H5Tset_size(type.get(), buf.size()) < 0 ||
         H5Tset_strpad(type.get(), H5T_STR_NULLPAD) < 0 ||
         H5Tset_cset(type.get(), H5T_CSET_UTF8) < 0)
       fail("cannot make a string type");
-    H5Id space(H5Screate(H5S_SCALAR), H5Sclose);
-    H5Id attr(H5Acreate2(obj, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
-              H5Aclose);
-    if (!attr.valid()) fail(std::string("cannot create attribute ") + name);
-    std::string buf = value;
-    buf.resize(std::max<size_t>(1, value.size()), '\0');
-    if (H5Awrite(attr.get(), type.get(), buf.data()) < 0)
-      fail(std::string("cannot write attribute ") + name);
+    scalar_attr(obj, name, type.get(), buf.data());
   }
 
   // file_type: H5T_STD_I64LE or H5T_STD_I32LE
   void int_attr(hid_t obj, const char* name, int64_t value, hid_t file_type) {
+    scalar_attr(obj, name, file_type, &value, H5T_NATIVE_INT64);
+  }
+
+  // One scalar attribute `name` of `file_type` on `obj`, written from `data`
+  // (in memory as `mem_type`, by default the file type).
+  void scalar_attr(hid_t obj, const char* name, hid_t file_type, const void* data,
+                   hid_t mem_type = H5I_INVALID_HID) {
     H5Id space(H5Screate(H5S_SCALAR), H5Sclose);
     H5Id attr(H5Acreate2(obj, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
     if (!attr.valid()) fail(std::string("cannot create attribute ") + name);
-    if (H5Awrite(attr.get(), H5T_NATIVE_INT64, &value) < 0)
+    if (H5Awrite(attr.get(), mem_type == H5I_INVALID_HID ? file_type : mem_type, data) < 0)
       fail(std::string("cannot write attribute ") + name);
   }
 
