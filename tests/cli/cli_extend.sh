@@ -9,8 +9,7 @@ src=$2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-failures=0
-fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
+source "$src/tests/cli/lib.sh"
 
 cat > t.yaml <<YAML
 run: {name: tiny, dir: $work/run, seed: 1}

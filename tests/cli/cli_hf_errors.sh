@@ -9,11 +9,11 @@
 # usage: cli_hf_errors.sh RINGTRAIN SOURCE_DIR
 set -uo pipefail
 bin=$1
+src=$2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-failures=0
-fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
+source "$src/tests/cli/lib.sh"
 
 # expect CODE NEEDLE -- command...: exit code CODE and NEEDLE in stderr.
 expect() {

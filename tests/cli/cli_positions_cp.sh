@@ -11,8 +11,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 export OMP_NUM_THREADS=1
-failures=0
-fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
+source "$src/tests/cli/lib.sh"
 cat > p.yaml <<YAML
 run: {name: pos, seed: 5}
 model: {vocab_size: 256, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,

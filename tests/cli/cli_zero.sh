@@ -21,8 +21,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 export OMP_NUM_THREADS=1
-failures=0
-fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
+source "$src/tests/cli/lib.sh"
 
 # tiny buckets (many buckets per step) and clipping that binds (global norm)
 cat > z.yaml <<YAML
