@@ -130,8 +130,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, Backend& be, const Precision& pre
     layer_g_.push_back(layer_tensors(grads_, l));
   }
   loss_acc_ = DeviceBuffer(be_, 1, DType::kF64);
-  const double zero = 0.0;
-  be_.copy_to_device(loss_acc_.data(), &zero, sizeof(double));
+  be_.zero(loss_acc_.buf(), 1);
   if (cfg_.position == "alibi") {
     alibi_ = alibi_slopes(cfg_.num_attention_heads);
     alibi_dev_ = DeviceBuffer(be_, alibi_.size());
@@ -311,8 +310,7 @@ AttentionParams model_attention_params(const ModelConfig& cfg, int B, int Tq, in
 
 // The whole local sequence; SequenceAttention places it by RowPositions.
 AttentionParams LlamaModel::attention_params() const {
-  return model_attention_params(cfg_, B_, T_, T_, 0, 0,
-                                alibi_dev_ ? alibi_dev_.f32() : nullptr);
+  return model_attention_params(cfg_, B_, T_, T_, 0, 0, alibi_device());
 }
 
 void decoder_layer_forward(Backend& be, const ModelConfig& cfg, const LayerTensors& w,
@@ -349,18 +347,16 @@ void LlamaModel::layer_forward(int l, LayerActs& a, CBuf x_in, Buf x_mid, Buf x_
   const LayerForwardBufs bufs{a.ln1,  a.q,        a.k,   a.v,       a.att, a.ln2,
                               a.gate, a.up,       s_.act, a.ln1_rstd, a.lse, a.ln2_rstd};
   const AttentionParams ap = attention_params();
-  const float* cos = rope_cos_ ? rope_cos_.f32() : nullptr;
-  const float* sin = rope_sin_ ? rope_sin_.f32() : nullptr;
   if (layer_memory_ && layer_memory_->handles(l)) {  // positions and attention by the memory
-    const LayerMemoryCall call{B_, T_, cos, sin};
+    const LayerMemoryCall call{B_, T_, rope_cos(), rope_sin()};
     decoder_layer_forward(be_, cfg_, layer_w_[size_t(l)], bufs, B_, T_, nullptr, nullptr, x_in,
                           x_mid, x_out, [&](Buf att, float* lse, Buf q, Buf k, CBuf v) {
                             layer_memory_->forward(l, call, att, lse, q, k, v);
                           });
     return;
   }
-  decoder_layer_forward(be_, cfg_, layer_w_[size_t(l)], bufs, B_, T_, cos, sin, x_in, x_mid,
-                        x_out, [&](Buf att, float* lse, CBuf q, CBuf k, CBuf v) {
+  decoder_layer_forward(be_, cfg_, layer_w_[size_t(l)], bufs, B_, T_, rope_cos(), rope_sin(),
+                        x_in, x_mid, x_out, [&](Buf att, float* lse, CBuf q, CBuf k, CBuf v) {
                           attention_->forward(be_, ap, pos_, att, lse, q, k, v);
                         });
 }
@@ -458,8 +454,7 @@ double LlamaModel::forward_backward_embeddings(CBuf x0, const int32_t* targets, 
 double LlamaModel::take_loss_sum() {
   double sum = 0.0;
   be_.copy_to_host(&sum, loss_acc_.data(), sizeof(double));
-  const double zero = 0.0;
-  be_.copy_to_device(loss_acc_.data(), &zero, sizeof(double));
+  be_.zero(loss_acc_.buf(), 1);
   return sum;
 }
 

@@ -176,7 +176,6 @@ class LlamaModel {
   // The memory that provides the attention of its layers (knn,
   // compressive), or null. Not owned; set by SegmentRunner / SegmentDecoder.
   void set_layer_memory(LayerMemory* m) { layer_memory_ = m; }
-  LayerMemory* layer_memory() const { return layer_memory_; }
   // The RoPE tables (T, hd/2) of the prepared rows (RoPE models), else null.
   const float* rope_cos() const { return rope_cos_ ? rope_cos_.f32() : nullptr; }
   const float* rope_sin() const { return rope_sin_ ? rope_sin_.f32() : nullptr; }
