@@ -9,6 +9,7 @@
 // accumulating in fp64 on the same rounded operands, and attention goes to the
 // CPU backend on the same typed buffers.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -237,7 +238,7 @@ class CudaBackend final : public Backend {
     const size_t grow = std::max(bytes, scratch_bytes_ + scratch_bytes_ / 2);
 #ifdef RT_CUDA_EMULATE
     std::free(scratch_);
-    scratch_ = std::aligned_alloc(256, (grow + 255) / 256 * 256);
+    scratch_ = std::aligned_alloc(256, kern::align256(grow));
     if (!scratch_) throw std::bad_alloc();
 #else
     RT_CUDA_CHECK(cudaStreamSynchronize(stream_));  // queued ops may still read the old one
@@ -254,7 +255,7 @@ class CudaBackend final : public Backend {
     if (bytes == 0) return nullptr;
     void* p = nullptr;
 #ifdef RT_CUDA_EMULATE
-    p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+    p = std::aligned_alloc(256, kern::align256(bytes));
     if (!p) throw std::bad_alloc();
 #else
     RT_CUDA_CHECK(cudaMalloc(&p, bytes));
@@ -514,8 +515,7 @@ class CudaBackend final : public Backend {
       const AdamWSegment& a = segs[i];
       kern::AdamSeg& t = table[size_t(i)];
       t.master = a.master;
-      t.compute = a.param.p == a.master ? kern::TP{nullptr, false}
-                                        : tp(a.param, "adamw_update_segments");
+      t.compute = kern::compute_copy(a.master, tp(a.param, "adamw_update_segments"));
       t.grad = a.grad;
       t.m = a.m;
       t.v = a.v;
@@ -526,15 +526,15 @@ class CudaBackend final : public Backend {
     }
     if (!total) return;
     const size_t bytes = table.size() * sizeof(kern::AdamSeg);
-    if (bytes != seg_bytes_ || std::memcmp(table.data(), seg_host_.data(), bytes) != 0) {
+    if (table.size() != seg_host_.size() ||
+        std::memcmp(table.data(), seg_host_.data(), bytes) != 0) {
       if (bytes > seg_cap_) {
         free_bytes(seg_dev_);
         seg_dev_ = alloc_bytes(bytes);
         seg_cap_ = bytes;
       }
       copy_to_device(seg_dev_, table.data(), bytes);
-      seg_host_ = table;
-      seg_bytes_ = bytes;
+      seg_host_ = std::move(table);
     }
     kern::adamw_segments(static_cast<const kern::AdamSeg*>(seg_dev_), count, total, h.lr, h.beta1,
                          h.beta2, h.eps, h.bias_correction1(), h.bias_correction2(), stream_);
@@ -567,25 +567,27 @@ class CudaBackend final : public Backend {
   class Operands {
    public:
     Operands(CudaBackend& be, DType t, std::initializer_list<std::pair<CBuf, size_t>> in) {
+      RT_CHECK(in.size() <= v_.size(), "Operands: at most 3 GEMM operands");
       size_t bytes = 0;
       for (auto& [b, n] : in)
-        if (b && b.t != t) bytes += (n * dtype_size(t) + 255) / 256 * 256;
+        if (b && b.t != t) bytes += kern::align256(n * dtype_size(t));
       char* s = bytes ? static_cast<char*>(be.scratch(bytes)) : nullptr;
+      size_t i = 0;
       for (auto& [b, n] : in) {
         if (!b || b.t == t) {
-          v_.push_back(b);
+          v_[i++] = b;
           continue;
         }
         Buf c(s, t);
         be.cast(c, b, n);
-        v_.push_back(c);
-        s += (n * dtype_size(t) + 255) / 256 * 256;
+        v_[i++] = c;
+        s += kern::align256(n * dtype_size(t));
       }
     }
     CBuf operator[](size_t i) const { return v_[i]; }
 
    private:
-    std::vector<CBuf> v_;
+    std::array<CBuf, 3> v_{};
   };
 
   // Column-major D (m x n) = op(A) op(B) + beta D, fp32 accumulate.
@@ -653,7 +655,7 @@ class CudaBackend final : public Backend {
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
   void* seg_dev_ = nullptr;  // adamw_update_segments' table on the device
-  size_t seg_cap_ = 0, seg_bytes_ = 0;
+  size_t seg_cap_ = 0;
   std::vector<kern::AdamSeg> seg_host_;
   std::mutex mu_;
   std::map<void*, size_t> sizes_;

@@ -34,6 +34,14 @@ struct CTP {  // read-only typed device pointer
   bool bf16;
 };
 
+// The compute copy an optimizer update also writes: none when it is the
+// master itself (fp32 compute weights).
+inline TP compute_copy(float* master, TP compute) {
+  return compute.p == master ? TP{nullptr, false} : compute;
+}
+// Bytes rounded up to 256: scratch sub-buffers stay aligned for cuBLASLt.
+constexpr size_t align256(size_t b) { return (b + 255) / 256 * 256; }
+
 // Elements a scratch buffer needs for each kernel that uses one.
 size_t rmsnorm_backward_scratch_bytes(int N, int C);
 size_t sum_squares_scratch_bytes(size_t n);

@@ -388,8 +388,6 @@ __global__ void sgd_momentum_kernel(float* master, TP compute, const float* grad
   }
 }
 
-size_t align256(size_t b) { return (b + 255) / 256 * 256; }
-
 // rows per block for the row kernels: one block per row up to the cap
 unsigned row_blocks(int N) { return unsigned(std::max(1, std::min<int>(N, int(kMaxBlocks)))); }
 
@@ -534,10 +532,6 @@ void sum_squares(double* out, const float* x, size_t n, void* scratch, void* str
 void scale(float* x, size_t n, float s, void* stream) {
   if (!n) return;
   RT_LAUNCH(scale_kernel, blocks_for(n), kThreads, stream, x, n, s);
-}
-
-static TP compute_copy(float* master, TP compute) {
-  return compute.p == master ? TP{nullptr, false} : compute;
 }
 
 void adamw(float* master, TP compute, const float* grad, float* m, float* v, size_t n, float lr,
