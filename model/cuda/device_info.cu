@@ -15,31 +15,28 @@ int device_count() {
   return n;
 }
 
+namespace {
+// The device's properties; false (error cleared) when they cannot be read.
+bool properties(int device, cudaDeviceProp* prop) {
+  if (cudaGetDeviceProperties(prop, device) == cudaSuccess) return true;
+  cudaGetLastError();
+  return false;
+}
+}  // namespace
+
 std::string device_name(int device) {
   cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
-    cudaGetLastError();
-    return "unknown";
-  }
-  return prop.name;
+  return properties(device, &prop) ? prop.name : "unknown";
 }
 
 size_t device_total_memory(int device) {
   cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return prop.totalGlobalMem;
+  return properties(device, &prop) ? prop.totalGlobalMem : 0;
 }
 
 int device_compute_capability(int device) {
   cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return prop.major * 10 + prop.minor;
+  return properties(device, &prop) ? prop.major * 10 + prop.minor : 0;
 }
 
 }  // namespace rt::cuda
