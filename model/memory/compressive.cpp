@@ -197,8 +197,7 @@ class CompressiveMemory final : public LayerMemory {
     RT_CHECK(last_T_ == S_, "only a whole segment is written into the store");
     std::vector<float> wgrad;  // host gradient of one compression weight
     for (size_t li = 0; li < layers_.size(); ++li) {
-      std::vector<Weights> w;
-      if (conv_) w = weights(layers_[li]);
+      std::vector<Weights> w;  // read on the first compression of this layer (none: none read)
       for (int b = 0; b < last_B_; ++b) {
         RowStore& st = stores_[li][size_t(b)];
         Saved& s = saved_[li][size_t(b)];
@@ -209,7 +208,7 @@ class CompressiveMemory final : public LayerMemory {
           push_compressed(li, st, 0, x, s.q_pre, w, dloss_scale);
         }
       }
-      if (conv_ && dloss_scale != 0.f)
+      if (!w.empty() && dloss_scale != 0.f)
         for (int j = 0; j < levels_; ++j) {
           add_from_host(be_, grad_buf(layers_[li], j, "key"), w[size_t(j)].dk.data(),
                         w[size_t(j)].dk.size());
@@ -298,10 +297,12 @@ class CompressiveMemory final : public LayerMemory {
     return out;
   }
 
-  // Compresses x into level j (0-based) and cascades overflowing chunks.
+  // Compresses x into level j (0-based) and cascades overflowing chunks. w:
+  // layer li's compression weights (conv), read from the device on first use.
   void push_compressed(size_t li, RowStore& st, int j, const Unit& x,
                        const std::vector<float>& q_pre, std::vector<Weights>& w,
                        float dloss_scale) {
+    if (conv_ && w.empty()) w = weights(layers_[li]);
     Unit c;
     c.newest = x.newest;
     c.k = compress(x.k, conv_ ? &w[size_t(j)].wk : nullptr);
