@@ -52,24 +52,24 @@ class EvalForward {
     if (memory_reset) runner_->set_memory_reset(true);
   }
   int64_t segment() const { return runner_->segment_length(); }
+  // T: this rank's rows (those of `rows`). want_losses: keep the per-token
+  // losses for token_losses() (perplexity by position only).
   double run(const int32_t* inputs, const int32_t* targets, int64_t T, const RowPositions& rows,
-             int64_t* valid) {
+             int64_t* valid, bool want_losses = false) {
     if (segment() > 0 && T % segment() != 0)
       throw UsageError("evaluation length " + std::to_string(T) +
                        " is not a multiple of model.memory.segment_length (" +
                        std::to_string(segment()) + "): choose lengths made of whole segments");
-    int64_t local = 0;
-    for (const auto& c : rows.chunks) local += c.second;
-    losses_.resize(size_t(local));
+    if (want_losses) losses_.resize(size_t(T));
     SequenceBatch b;
     b.inputs = inputs;
     b.targets = targets;
     b.B = 1;
-    b.T = local;
+    b.T = T;
     b.rows = &rows;
-    return runner_->forward_backward(b, 0.f, valid, losses_.data());
+    return runner_->forward_backward(b, 0.f, valid, want_losses ? losses_.data() : nullptr);
   }
-  std::vector<float> token_losses() { return losses_; }
+  const std::vector<float>& token_losses() const { return losses_; }
   size_t memory_bytes() const { return runner_->memory_bytes(); }
   std::vector<std::pair<std::string, double>> memory_stats() const {
     return runner_->memory_stats();
@@ -181,11 +181,11 @@ PerplexityResult evaluate_perplexity(LlamaModel& model, const SequenceSource& da
       row += len;
     }
     int64_t valid = 0;
-    nll += forward.run(inputs.data(), targets.data(), Tl, rows, &valid);
+    nll += forward.run(inputs.data(), targets.data(), Tl, rows, &valid, by_position != nullptr);
     tokens += valid;
     if (!by_position) continue;
     // Per-token NLL placed at each local row's global position.
-    const std::vector<float> losses = forward.token_losses();
+    const std::vector<float>& losses = forward.token_losses();
     int64_t row_i = 0;
     for (auto [begin, len] : rows.chunks)
       for (int64_t k = 0; k < len; ++k, ++row_i) {
