@@ -322,14 +322,7 @@ EvalPlan plan_eval(const EvalOptions& o) {
 EvalSession setup_eval(const EvalOptions& o, EvalPlan& p) {
   const Config& cfg = p.cfg;
   EvalSession s;
-  // The device as training would choose it (resolve_device); the precision is
-  // the device's own (fp32 on the CPU, bf16 on CUDA), whatever the
-  // checkpoint was trained in: it holds fp32 master weights either way.
-  Config dcfg = cfg;
-  dcfg.train.precision = "auto";
-  dcfg.parallel.context_parallel = p.dims.cp;
-  const DeviceChoice dev = resolve_device(dcfg, parallel_runtime().local_rank);
-  if (dev.device == Device::kCuda) log_info("device: %s", dev.describe().c_str());
+  const DeviceChoice dev = resolve_inference_device(cfg, parallel_runtime().local_rank);
   s.be = make_device_backend(dev);
   setup_device_groups(p.groups, *s.be);  // the ring's transport (MPI, NCCL or staged)
   s.model = std::make_unique<LlamaModel>(cfg.model, *s.be, dev.precision);

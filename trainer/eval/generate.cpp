@@ -101,13 +101,7 @@ int run_generate_command(const GenerateOptions& o) {
   if (o.bos && tok->bos_id() < 0)
     throw UsageError("generate --bos: the tokenizer " + tok->describe() + " has no BOS token");
 
-  // The device as training would choose it; its own precision (fp32 on the
-  // CPU, bf16 on CUDA), whatever the checkpoint was trained in.
-  Config dcfg = cfg;
-  dcfg.train.precision = "auto";
-  dcfg.parallel.context_parallel = 1;
-  const DeviceChoice dev = resolve_device(dcfg, parallel_runtime().local_rank);
-  if (dev.device == Device::kCuda) log_info("device: %s", dev.describe().c_str());
+  const DeviceChoice dev = resolve_inference_device(cfg, parallel_runtime().local_rank);
   std::unique_ptr<Backend> be = make_device_backend(dev);
   LlamaModel model(cfg.model, *be, dev.precision);
   load_model_weights(o.checkpoint, model);
@@ -121,13 +115,12 @@ int run_generate_command(const GenerateOptions& o) {
     log_warn("generate: %d positions exceed model.max_position_embeddings %d; quality may drop",
              total, cfg.model.max_position_embeddings);
   const std::unique_ptr<Decoder> decoder = make_decoder(model, std::max(total, 1));
-  auto append = [&](const int32_t* t, int n) { return decoder->append(t, n); };
   Rng rng(mix_seed(o.seed ? o.seed : cfg.run.seed, 0x67656e00000004ull));
 
   std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
   std::fflush(stdout);
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<float> logits = append(tokens.data(), int(tokens.size()));
+  std::vector<float> logits = decoder->append(tokens.data(), int(tokens.size()));
   const auto t1 = std::chrono::steady_clock::now();
   // The continuation is decoded as a whole (a piece's text can depend on its
   // neighbours); what is new is printed as soon as the text only grows.
@@ -138,7 +131,7 @@ int run_generate_command(const GenerateOptions& o) {
     out.add(next);
     ++generated;
     if (o.stop_at_eos && next == tok->eos_id()) break;
-    if (i + 1 < o.max_new) logits = append(&next, 1);
+    if (i + 1 < o.max_new) logits = decoder->append(&next, 1);
   }
   out.finish();
   std::printf("\n");

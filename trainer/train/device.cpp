@@ -67,6 +67,14 @@ DeviceChoice resolve_device(const Config& cfg, int local_rank) {
   return resolve_device(cfg, local_rank, this_device_environment());
 }
 
+DeviceChoice resolve_inference_device(const Config& cfg, int local_rank) {
+  Config c = cfg;
+  c.train.precision = "auto";
+  const DeviceChoice d = resolve_device(c, local_rank);
+  if (d.device == Device::kCuda) log_info("device: %s", d.describe().c_str());
+  return d;
+}
+
 DeviceChoice resolve_device(const Config& cfg, int local_rank, const DeviceEnvironment& env) {
   const std::string& want = cfg.parallel.device;
   DeviceChoice d;

@@ -40,6 +40,10 @@ DeviceEnvironment this_device_environment();
 // check_device_config. Names the GPU from cuda::device_name.
 DeviceChoice resolve_device(const Config& cfg, int local_rank);
 DeviceChoice resolve_device(const Config& cfg, int local_rank, const DeviceEnvironment& env);
+// eval and generate: the device training would choose, at that device's own
+// precision (fp32 on the CPU, bf16 on CUDA) whatever the checkpoint was
+// trained in (it holds fp32 master weights either way); logs a GPU's name.
+DeviceChoice resolve_inference_device(const Config& cfg, int local_rank);
 
 // Refuses (UsageError naming the key) what the device cannot run: on CUDA
 // train.precision fp32 and head_dim other than 64 or 128 (the attention

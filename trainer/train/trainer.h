@@ -127,8 +127,8 @@ class Trainer {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<RingAttention> ring_;  // after backend_: freed through it first
-  std::unique_ptr<SequenceRunner> runner_;
-  std::vector<std::vector<int64_t>> doc_starts_;  // per sequence of the step (memory models)  // how a sequence is read (model.memory.type)
+  std::unique_ptr<SequenceRunner> runner_;  // how a sequence is read (model.memory.type)
+  std::vector<std::vector<int64_t>> doc_starts_;  // per sequence of the step (memory models)
   std::unique_ptr<Optimizer> optimizer_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   // What checkpoints store under /tokenizer: init_from's files when the
