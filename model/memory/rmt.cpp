@@ -75,6 +75,7 @@ double RmtRunner::forward_backward(const int32_t* inputs, const int32_t* targets
   const int R = S_ + 2 * M_;
   const size_t md = size_t(M_) * d_;
   last_B_ = B;
+  last_T_ = T;
   // buffers: memories for every segment boundary, one segment's rows
   while (mems_.size() < size_t(n + 1) || (cap_rows_ < size_t(B) * R)) {
     mems_.clear();
@@ -138,10 +139,7 @@ double RmtRunner::forward_backward(const int32_t* inputs, const int32_t* targets
 
 double RmtRunner::forward_backward(const SequenceBatch& batch, float dloss_scale,
                                    int64_t* n_valid, float* token_losses) {
-  RT_CHECK(!batch.rows || (batch.rows->chunks.size() == 1 && batch.rows->chunks[0].first == 0 &&
-                           batch.rows->global_len == batch.T),
-           "a memory model reads whole sequences (no context parallelism)");
-  last_T_ = batch.T;
+  RT_CHECK(batch.whole_sequence(), "a memory model reads whole sequences (no context parallelism)");
   return forward_backward(batch.inputs, batch.targets, batch.B, batch.T, dloss_scale, n_valid,
                           token_losses);
 }
@@ -156,11 +154,6 @@ std::vector<float> RmtRunner::logits(int b, int64_t row) {
 size_t RmtRunner::memory_bytes() const {
   // the memories carried between segments, per sequence: (n+1) x (M, d)
   return mems_.empty() || last_B_ == 0 ? 0 : mems_.size() * mems_[0].bytes() / size_t(last_B_);
-}
-
-std::vector<float> RmtRunner::last_segment_logits(int b) {
-  const int R = S_ + 2 * M_;
-  return model_.logits_to_host(int64_t(b) * R + M_, S_);
 }
 
 }  // namespace rt

@@ -45,16 +45,6 @@ class RmtRunner final : public SequenceRunner {
   double forward_backward(const int32_t* inputs, const int32_t* targets, int B, int64_t T,
                           float dloss_scale, int64_t* n_valid, float* token_losses = nullptr);
 
-  // Logits (S, V) of the token rows of the last segment of batch row b, from
-  // the last call's final forward (host). For evaluation.
-  std::vector<float> last_segment_logits(int b);
-
-  // Evaluation ablation: when false, every segment starts from the learned
-  // initial memory instead of the previous segment's write rows, so nothing
-  // crosses a segment boundary ("the same model without memory"). Forward
-  // only (forward_backward with dloss_scale != 0 requires carry).
-  void set_carry_memory(bool carry) { carry_ = carry; }
-
   // Whether the memory entering segment k (k >= 1) is detached under the
   // bptt_segments rule: K = -1 never, K = 0 always, K > 0 when k % K == 0.
   // The learned initial memory always receives its gradient from segment 0.

@@ -61,9 +61,7 @@ double SegmentRunner::forward_backward(const SequenceBatch& batch, float dloss_s
   const int B = batch.B;
   const int64_t T = batch.T;
   RT_CHECK(T % S_ == 0, "seq_len must be a multiple of memory.segment_length");
-  RT_CHECK(!batch.rows || (batch.rows->chunks.size() == 1 && batch.rows->chunks[0].first == 0 &&
-                           batch.rows->global_len == T),
-           "a memory model reads whole sequences (no context parallelism)");
+  RT_CHECK(batch.whole_sequence(), "a memory model reads whole sequences (no context parallelism)");
   RT_CHECK(!reset_ || dloss_scale == 0.f, "memory reset is an evaluation-only ablation");
   const int64_t n = T / S_;
   seg_inputs_.resize(size_t(B) * S_);
@@ -100,7 +98,6 @@ double SegmentRunner::forward_backward(const SequenceBatch& batch, float dloss_s
       }
     if (!reset_) memory_->commit(p0, dloss_scale);
   }
-  last_B_ = B;
   last_T_ = T;
   if (n_valid) *n_valid = valid;
   return loss;

@@ -26,6 +26,11 @@ struct SequenceBatch {
   int64_t T = 0;
   const RowPositions* rows = nullptr;
   const std::vector<int64_t>* doc_starts = nullptr;
+  // Whether the rows are the whole sequence (what memory runners need).
+  bool whole_sequence() const {
+    return !rows ||
+           (rows->chunks.size() == 1 && rows->chunks[0].first == 0 && rows->global_len == T);
+  }
 };
 
 class SequenceRunner {
@@ -85,7 +90,6 @@ class SegmentRunner final : public SequenceRunner {
   std::unique_ptr<LayerMemory> memory_;
   int S_;
   bool reset_ = false;
-  int last_B_ = 0;
   int64_t last_T_ = 0;
   std::vector<int32_t> seg_inputs_, seg_targets_;
 };

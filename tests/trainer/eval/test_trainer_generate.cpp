@@ -131,7 +131,12 @@ data: {train: {synthetic: passkey}}
     for (int k = 1; k <= n; ++k) {
       const std::vector<int32_t> targets(size_t(k * S), -1);
       runner.forward_backward(tokens.data(), targets.data(), 1, int64_t(k) * S, 0.f, nullptr);
-      reference.push_back(runner.last_segment_logits(0));
+      std::vector<float> seg;  // (S, V): the last segment's rows
+      for (int64_t row = int64_t(k - 1) * S; row < int64_t(k) * S; ++row) {
+        const std::vector<float> l = runner.logits(0, row);
+        seg.insert(seg.end(), l.begin(), l.end());
+      }
+      reference.push_back(seg);
     }
   }
   auto expected = [&](int j) {  // logits after token j

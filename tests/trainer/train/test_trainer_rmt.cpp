@@ -180,7 +180,7 @@ TEST(Rmt, MemoryResetRunsEverySegmentFromTheInitialMemory) {
   const int64_t T = 3 * S;
   auto in = random_tokens(size_t(T), 12, 64), tg = random_tokens(size_t(T), 13, 64);
   RmtRunner carried(model), reset(model), alone(model);
-  reset.set_carry_memory(false);
+  reset.set_memory_reset(true);
   std::vector<float> l_carry(static_cast<size_t>(T)), l_reset(l_carry.size()), l_alone(static_cast<size_t>(S));
   carried.forward_backward(in.data(), tg.data(), 1, T, 0.f, nullptr, l_carry.data());
   reset.forward_backward(in.data(), tg.data(), 1, T, 0.f, nullptr, l_reset.data());
