@@ -373,16 +373,16 @@ RecallResult evaluate_recall(LlamaModel& model, const std::vector<int64_t>& seq_
 
 nlohmann::json perplexity_to_json(const std::vector<PerplexityResult>& results) {
   nlohmann::json arr = nlohmann::json::array();
-  for (const PerplexityResult& r : results)
-    arr.push_back({{"seq_len", r.seq_len},
-                   {"sequences", r.sequences},
-                   {"tokens", r.tokens},
-                   {"mean_nll", r.mean_nll},
-                   {"ppl", r.ppl}});
-  for (size_t i = 0; i < results.size(); ++i)
-    if (results[i].memory_bytes > 0) arr[i]["memory_bytes_per_sequence"] = results[i].memory_bytes;
-  for (size_t i = 0; i < results.size(); ++i)
-    for (const auto& [name, value] : results[i].memory_stats) arr[i]["memory_stats"][name] = value;
+  for (const PerplexityResult& r : results) {
+    nlohmann::json e = {{"seq_len", r.seq_len},
+                        {"sequences", r.sequences},
+                        {"tokens", r.tokens},
+                        {"mean_nll", r.mean_nll},
+                        {"ppl", r.ppl}};
+    if (r.memory_bytes > 0) e["memory_bytes_per_sequence"] = r.memory_bytes;
+    for (const auto& [name, value] : r.memory_stats) e["memory_stats"][name] = value;
+    arr.push_back(std::move(e));
+  }
   return arr;
 }
 
