@@ -88,25 +88,24 @@ GradReducer::GradReducer(Comm& comm, const Arena& grads, size_t bucket_bytes, bo
            "GradReducer: a group of several ranks that is neither MPI, staged MPI nor NCCL");
   for (int r = 0; r < world_; ++r) owned_.push_back(shard_range(n_, world_, r));
   if (sharded_)
-    std::tie(lo_, hi_) = shard_range(n_, world_, rank_);
+    std::tie(lo_, hi_) = owned_[size_t(rank_)];
   else
     hi_ = n_;
   buckets_ = gradient_buckets(grads.specs(), n_, bucket_bytes);
   specs_ = grads.specs();
   if (sharded_) {
-    for (int r = 0; r < world_; ++r) {
-      auto [a, b] = shard_range(n_, world_, r);
+    for (auto [a, b] : owned_) {
       counts_.push_back(as_count(b - a));
       displs_.push_back(as_count(a));
     }
-    for (auto [blo, bhi] : buckets_) {
-      std::vector<int> c(static_cast<size_t>(world_), 0);
-      for (int r = 0; r < world_; ++r) {
-        auto [a, b] = shard_range(n_, world_, r);
-        const size_t x = std::max(a, blo), y = std::min(b, bhi);
-        c[size_t(r)] = y > x ? as_count(y - x) : 0;
+    for (auto [blo, bhi] : buckets_) {  // each owner's part of the bucket (maybe empty)
+      std::vector<std::pair<size_t, size_t>>& parts = bucket_parts_.emplace_back();
+      std::vector<int>& c = impl_->recvcounts.emplace_back();
+      for (auto [a, b] : owned_) {
+        const size_t x = std::max(a, blo), y = std::max(x, std::min(b, bhi));
+        parts.push_back({x, y});
+        c.push_back(as_count(y - x));
       }
-      impl_->recvcounts.push_back(std::move(c));
     }
   }
   impl_->reqs.assign(buckets_.size(), MPI_REQUEST_NULL);
@@ -139,17 +138,11 @@ void GradReducer::start(size_t b) {
       bytes_sent_ += int64_t(2.0 * frac * double(n * sizeof(float)));
       return;
     }
-    NcclComm::Ranges parts;  // each owner's part of the bucket
-    for (auto [a, c] : owned_) {
-      const size_t x = std::max(a, blo), y = std::min(c, bhi);
-      parts.push_back(y > x ? std::pair{x, y} : std::pair{x, x});
-    }
-    nccl_->reduce_to_owners_async(data_, parts, nullptr);
+    nccl_->reduce_to_owners_async(data_, bucket_parts_[b], nullptr);
     bytes_sent_ += int64_t(frac * double(n * sizeof(float)));
     return;
   }
 #endif
-  if (impl_->comm == MPI_COMM_NULL) return;
   float* d = mpi_data();
   if (stage_) stage_in(d + blo, data_ + blo, n * sizeof(float));
   if (!sharded_) {
@@ -203,7 +196,7 @@ void GradReducer::finish() {
 }
 
 void GradReducer::allgather_shards(float* data) {
-  if (world_ == 1 || (impl_->comm == MPI_COMM_NULL && !nccl_)) return;
+  if (world_ == 1) return;
   const auto t0 = Clock::now();
 #ifdef RINGTRAIN_HAVE_NCCL
   if (nccl_) {
@@ -223,7 +216,7 @@ void GradReducer::allgather_shards(float* data) {
 }
 
 void GradReducer::allgather_shards(const Arena& a) {
-  if (world_ == 1 || (impl_->comm == MPI_COMM_NULL && !nccl_)) return;
+  if (world_ == 1) return;
   const auto t0 = Clock::now();
   std::vector<int> counts(static_cast<size_t>(world_)), displs(static_cast<size_t>(world_));
   size_t bytes = 0;
@@ -265,7 +258,7 @@ void GradReducer::allgather_shards(const Arena& a) {
 }
 
 void GradReducer::gather_to_root(const float* shard, float* full, int root) {
-  if (world_ == 1 || (impl_->comm == MPI_COMM_NULL && !nccl_)) {
+  if (world_ == 1) {
     if (full && full != shard) {
       if (device_be_)
         device_be_->copy(Buf(full), CBuf(shard), hi_ - lo_);

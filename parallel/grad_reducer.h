@@ -122,6 +122,8 @@ class GradReducer {
   // NCCL (NcclComm): the communicator, or null.
   NcclComm* nccl_ = nullptr;
   std::vector<std::pair<size_t, size_t>> owned_;  // every rank's shard
+  // sharded: per bucket, each rank's part of it ([x, x) when none)
+  std::vector<std::vector<std::pair<size_t, size_t>>> bucket_parts_;
   double exposed_s_ = 0;
   int64_t bytes_sent_ = 0;
 };
