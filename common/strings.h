@@ -15,6 +15,13 @@ inline std::string join(const std::vector<std::string>& items, const std::string
   return s;
 }
 
+// A tensor shape as text: shape_str({2, 3}) == "[2, 3]".
+inline std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
 // FNV-1a, 64 bits: a stable short name for a string (eval JSON names, sweep
 // run hashes); the same on every machine and run.
 inline uint64_t fnv1a64(const std::string& s) {

@@ -22,6 +22,7 @@
 
 #include "common/errors.h"
 #include "common/hdf5.h"
+#include "common/strings.h"
 #include "common/log.h"
 #include "trainer/hf/hf_io.h"
 #include "trainer/checkpoint/integrity.h"
@@ -66,12 +67,6 @@ std::string h5_reason() {
   std::string r = descs.front();
   if (r.size() > 200) r = r.substr(0, 200) + "...";
   return r;
-}
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
 }
 
 // ---- writing ---------------------------------------------------------------

@@ -7,6 +7,7 @@
 
 #include "common/errors.h"
 #include "common/log.h"
+#include "common/strings.h"
 #include "data/tokenizer.h"
 #include "trainer/checkpoint/checkpoint.h"
 #include "trainer/cli/commands.h"
@@ -14,12 +15,6 @@
 
 namespace rt::cli {
 namespace {
-
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 // Prints what a checkpoint holds; reading it verifies every checksum.
 int cmd_inspect(const std::string& path) {
@@ -42,7 +37,7 @@ int cmd_inspect(const std::string& path) {
   std::printf("\nparameters:\n%-*s  %-16s  %12s\n", int(width), "name", "shape", "numel");
   int64_t total = 0;
   for (const auto& t : c.model) {
-    std::printf("%-*s  %-16s  %12lld\n", int(width), t.name.c_str(), shape_text(t.shape).c_str(),
+    std::printf("%-*s  %-16s  %12lld\n", int(width), t.name.c_str(), shape_str(t.shape).c_str(),
                 (long long)t.numel);
     total += t.numel;
   }

@@ -15,6 +15,7 @@
 
 #include "common/errors.h"
 #include "common/log.h"
+#include "common/strings.h"
 #include "data/tokenizer.h"
 #include "trainer/config/config.h"
 #include "trainer/hf/safetensors.h"
@@ -107,12 +108,6 @@ HfWeights open_hf_weights(const std::string& dir) {
              : ": not a Hugging Face model directory with safetensors weights"));
   }
   return w;
-}
-
-std::string shape_str(const std::vector<int64_t>& v) {
-  std::string t = "[";
-  for (size_t i = 0; i < v.size(); ++i) t += (i ? ", " : "") + std::to_string(v[i]);
-  return t + "]";
 }
 
 struct PlannedTensor {
