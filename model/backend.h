@@ -87,6 +87,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual Device device() const = 0;
+  // The GPU the backend runs on (CUDA device index); -1 for host memory.
+  virtual int device_index() const { return -1; }
   virtual const char* name() const = 0;
   // Whether op runs with activations and weights of dtype act.
   virtual bool supports(Op op, DType act) const = 0;

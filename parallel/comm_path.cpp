@@ -1,5 +1,6 @@
 #include "parallel/comm_path.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -44,17 +45,16 @@ CommChoice choose_comm_path(const CommSituation& s) {
                                ")"};
 }
 
-CommSituation comm_situation(bool device_buffers, int world) {
-  const ParallelRuntime& rt = parallel_runtime();
+CommSituation comm_situation(int device, int world) {
   CommSituation s;
-  s.device_buffers = device_buffers;
+  s.device_buffers = device >= 0;
   s.have_nccl = nccl_compiled_in();
   s.world = world;
-  s.local_size = rt.local_size;
+  s.local_size = parallel_runtime().local_size;
 #ifdef RINGTRAIN_HAVE_CUDA
-  if (device_buffers) s.device_count = cuda::device_count();
+  if (s.device_buffers) s.device_count = cuda::device_count();
 #endif
-  s.device = s.device_count > 0 ? rt.local_rank % s.device_count : 0;
+  s.device = std::max(device, 0);
   s.force_staging = comm_staging_forced();
   return s;
 }

@@ -37,9 +37,9 @@ struct CommChoice {
 CommChoice choose_comm_path(const CommSituation& s);
 
 // This process's situation (ParallelRuntime's local ranks, the CUDA devices
-// of this build) for buffers on `device` (the backend's). A CUDA rank uses
-// GPU local_rank % device_count.
-CommSituation comm_situation(bool device_buffers, int world);
+// of this build) for a backend on GPU `device` (Backend::device_index(),
+// chosen by resolve_device), or on the host (-1).
+CommSituation comm_situation(int device, int world);
 
 // Whether this build has NCCL (RINGTRAIN_HAVE_NCCL).
 bool nccl_compiled_in();

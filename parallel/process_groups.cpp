@@ -62,7 +62,7 @@ void attach_device_groups(ProcessGroups& g, Backend& be, CommPath path, int devi
 }
 
 CommChoice setup_device_groups(ProcessGroups& g, Backend& be) {
-  const CommSituation s = comm_situation(be.device() == Device::kCuda, g.world->size());
+  const CommSituation s = comm_situation(be.device_index(), g.world->size());
   CommChoice c = choose_comm_path(s);
   attach_device_groups(g, be, c.path, s.device);
   if (g.world->size() > 1 || c.path != CommPath::kMpi) log_info("%s", c.why.c_str());

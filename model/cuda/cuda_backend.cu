@@ -194,7 +194,7 @@ class CudaBackend final : public Backend {
   }
   const char* name() const override { return "cuda-emu"; }
 #else
-  explicit CudaBackend(int device) {
+  explicit CudaBackend(int device) : device_(device) {
     const int n = cuda::device_count();
     if (device < 0 || device >= n)
       throw UsageError("CUDA device " + std::to_string(device) + " does not exist (" +
@@ -226,6 +226,7 @@ class CudaBackend final : public Backend {
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   Device device() const override { return Device::kCuda; }
+  int device_index() const override { return device_; }
 
   bool supports(Op op, DType act) const override {
     if (op == Op::kAttentionForward || op == Op::kAttentionBackward) return act == DType::kBF16;
@@ -652,6 +653,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<LtGemm> lt_;
   void* result_ = nullptr;
 #endif
+  int device_ = 0;  // the emulator's one "device" is 0
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
   void* seg_dev_ = nullptr;  // adamw_update_segments' table on the device

@@ -80,7 +80,7 @@ TEST(CommPath, EnvironmentVariable) {
   EXPECT_FALSE(comm_staging_forced());
   setenv("RINGTRAIN_COMM_STAGING", "1", 1);
   EXPECT_TRUE(comm_staging_forced());
-  EXPECT_TRUE(comm_situation(false, 1).force_staging);
+  EXPECT_TRUE(comm_situation(-1, 1).force_staging);
   setenv("RINGTRAIN_COMM_STAGING", "yes", 1);
   try {
     comm_staging_forced();
@@ -92,7 +92,7 @@ TEST(CommPath, EnvironmentVariable) {
 }
 
 TEST(CommPath, SituationOfThisProcess) {
-  const CommSituation s = comm_situation(false, 1);
+  const CommSituation s = comm_situation(-1, 1);
   EXPECT_FALSE(s.device_buffers);
   EXPECT_EQ(s.local_size, 1);  // not launched by mpirun
   EXPECT_EQ(s.device_count, 0);  // no device count asked for host buffers
