@@ -54,13 +54,8 @@ int cmd_plan(const std::string& config, const std::vector<std::string>& override
   Config cfg = load_config(config, overrides);
   validate_layout(cfg, world);
   std::string device = device_opt;
-  if (device.empty()) {  // what training would choose (trainer/train/device.h)
-    const DeviceEnvironment env = this_device_environment();
-    device = cfg.parallel.device == "cuda" ||
-                     (cfg.parallel.device == "auto" && env.built_with_cuda && env.device_count > 0)
-                 ? "cuda"
-                 : "cpu";
-  }
+  if (device.empty())  // what training would choose (trainer/train/device.h)
+    device = wants_cuda(cfg.parallel.device, this_device_environment()) ? "cuda" : "cpu";
   if (device != "cpu" && device != "cuda")
     throw UsageError("--device must be cpu or cuda, got '" + device + "'");
   const Device dev = device == "cuda" ? Device::kCuda : Device::kCpu;

@@ -63,6 +63,10 @@ Precision check_device_config(const Config& cfg, Device device) {
   return prec;
 }
 
+bool wants_cuda(const std::string& want, const DeviceEnvironment& env) {
+  return want == "cuda" || (want == "auto" && env.built_with_cuda && env.device_count > 0);
+}
+
 DeviceChoice resolve_device(const Config& cfg, int local_rank) {
   return resolve_device(cfg, local_rank, this_device_environment());
 }
@@ -92,9 +96,7 @@ DeviceChoice resolve_device(const Config& cfg, int local_rank, const DeviceEnvir
   } else if (want != "auto" && want != "cpu") {
     throw UsageError("parallel.device must be one of auto | cpu | cuda, got '" + want + "'");
   }
-  const bool cuda = want == "cuda" || (want == "auto" && env.built_with_cuda &&
-                                       env.device_count > 0);
-  if (!cuda) {
+  if (!wants_cuda(want, env)) {
     d.precision = check_device_config(cfg, Device::kCpu);
     return d;
   }

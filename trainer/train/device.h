@@ -33,6 +33,9 @@ struct DeviceEnvironment {
   int device_count = 0;  // visible CUDA devices
 };
 DeviceEnvironment this_device_environment();
+// Whether parallel.device `want` means CUDA on that machine: cuda, or auto
+// with a CUDA build and a visible device.
+bool wants_cuda(const std::string& want, const DeviceEnvironment& env);
 
 // parallel.device for the rank with this local rank: auto -> CUDA when the
 // build has it and a device is visible, else the CPU; cuda -> UsageError when
