@@ -170,8 +170,8 @@ Command add_bench(CLI::App& app) {
       "Time N training steps after a warm-up; print one JSON object: tokens_per_s, step_ms, "
       "flops_per_s (SPEC §11 FLOPs per token = 6·non-embedding params + 6·layers·hidden·T: "
       "causal attention counted half of the full T×T), device (cpu or the GPU's name), mfu "
-      "(flops_per_s over the GPU's dense bf16 peak from its name: H100 SXM/H200 989, H100 "
-      "PCIe 756, A100 312 TFLOP/s; null on the CPU or an unknown GPU), peak_mem_bytes (the "
+      "(flops_per_s over the GPU's dense bf16 peak from its name: H100 SXM/H200 989, H100/H200 "
+      "NVL 835, H100 PCIe 756, A100 312 TFLOP/s; null on the CPU or an unknown GPU), peak_mem_bytes (the "
       "device allocator's high-water mark on a GPU, peak RSS on the CPU), gemm_bf16_tflops "
       "(a cuBLAS 8192^3 bf16 GEMM measured in the same run; null on the CPU), memory by kind, "
       "ring and reduction traffic");

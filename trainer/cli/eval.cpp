@@ -37,8 +37,10 @@ Command add_eval(CLI::App& app) {
   eval->add_option("--passkey-seq-lens", eo.passkey_seq_lens,
                    "passkey grid lengths, e.g. 256,512,1024 (default: eval.passkey of the config)");
   eval->add_option("--passkey-depths", eo.passkey_depths,
-                   "needle depths in [0,1], e.g. 0,0.5,1 (default 0,0.25,0.5,0.75,1)");
-  eval->add_option("--passkey-trials", eo.passkey_trials, "samples per grid cell (default 10)");
+                   "needle depths in [0,1], e.g. 0,0.5,1 (default: eval.passkey of the config, "
+                   "else 0,0.25,0.5,0.75,1)");
+  eval->add_option("--passkey-trials", eo.passkey_trials,
+                   "samples per grid cell (default: eval.passkey of the config, else 10)");
   eval->add_option("--recall-seq-lens", eo.recall_seq_lens,
                    "associative-recall accuracy at these lengths, e.g. 256,512 (overall and by "
                    "the asked pair)");

@@ -29,7 +29,8 @@ struct PlanArgs {
 // choice, for this build's NCCL and the given node shape).
 std::string plan_comm_line(Device dev, int world, int ranks_per_node, int gpus_per_node) {
   if (ranks_per_node < 0 || gpus_per_node < 0)
-    throw UsageError("--ranks-per-node and --gpus-per-node must be >= 1");
+    throw UsageError("--ranks-per-node and --gpus-per-node must be >= 1 (or 0, the default: "
+                     "all ranks on one node, one GPU each)");
   if (dev != Device::kCuda && gpus_per_node > 0)
     throw UsageError("--gpus-per-node applies to --device cuda only");
   CommSituation s;
