@@ -11,6 +11,7 @@
 #include <string>
 
 #include "common/errors.h"
+#include "model/cuda/cuda_check.h"
 
 namespace rt {
 
@@ -42,14 +43,6 @@ const char* nccl_hint(ncclResult_t r) {
 
 }  // namespace
 
-#define RT_CUDA_CALL(call)                                                           \
-  do {                                                                               \
-    cudaError_t e_ = (call);                                                         \
-    if (e_ != cudaSuccess)                                                           \
-      fail(__FILE__, __LINE__, #call, cudaGetErrorString(e_),                        \
-           "check the GPU with nvidia-smi and that CUDA_VISIBLE_DEVICES names it");  \
-  } while (0)
-
 #define RT_NCCL_CALL(comm, call)                                                     \
   do {                                                                               \
     ncclResult_t r_ = (call);                                                        \
@@ -72,20 +65,20 @@ struct NcclComm::Impl {
   void* one = nullptr;          // barrier's device int
 
   void make_streams() {
-    RT_CUDA_CALL(cudaSetDevice(device));
-    RT_CUDA_CALL(cudaStreamCreateWithFlags(&comm_stream, cudaStreamNonBlocking));
-    RT_CUDA_CALL(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
-    RT_CUDA_CALL(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+    RT_CUDA_CHECK(cudaSetDevice(device));
+    RT_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream, cudaStreamNonBlocking));
+    RT_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+    RT_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
   }
   // comm_stream waits for what is queued on s so far
   void after(cudaStream_t s) {
-    RT_CUDA_CALL(cudaEventRecord(ready, s));
-    RT_CUDA_CALL(cudaStreamWaitEvent(comm_stream, ready, 0));
+    RT_CUDA_CHECK(cudaEventRecord(ready, s));
+    RT_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, ready, 0));
   }
   // s waits for what is queued on comm_stream so far
   void before(cudaStream_t s) {
-    RT_CUDA_CALL(cudaEventRecord(done, comm_stream));
-    RT_CUDA_CALL(cudaStreamWaitEvent(s, done, 0));
+    RT_CUDA_CHECK(cudaEventRecord(done, comm_stream));
+    RT_CUDA_CHECK(cudaStreamWaitEvent(s, done, 0));
   }
 };
 
@@ -142,16 +135,16 @@ void NcclComm::do_allreduce_sum(Buf data, size_t n, void* stream) {
       // backend's stream; the caller's stream, if another, is joined to it.
       auto bs = static_cast<cudaStream_t>(be_.stream());
       if (bs != s) {
-        RT_CUDA_CALL(cudaEventRecord(impl_->ready, s));
-        RT_CUDA_CALL(cudaStreamWaitEvent(bs, impl_->ready, 0));
+        RT_CUDA_CHECK(cudaEventRecord(impl_->ready, s));
+        RT_CUDA_CHECK(cudaStreamWaitEvent(bs, impl_->ready, 0));
       }
       if (impl_->scratch_bytes < n * sizeof(float)) {
         if (impl_->scratch) {
-          RT_CUDA_CALL(cudaStreamSynchronize(bs));
-          RT_CUDA_CALL(cudaFree(impl_->scratch));
+          RT_CUDA_CHECK(cudaStreamSynchronize(bs));
+          RT_CUDA_CHECK(cudaFree(impl_->scratch));
           impl_->scratch = nullptr;
         }
-        RT_CUDA_CALL(cudaMalloc(&impl_->scratch, n * sizeof(float)));
+        RT_CUDA_CHECK(cudaMalloc(&impl_->scratch, n * sizeof(float)));
         impl_->scratch_bytes = n * sizeof(float);
       }
       Buf wide(impl_->scratch, DType::kF32);
@@ -160,8 +153,8 @@ void NcclComm::do_allreduce_sum(Buf data, size_t n, void* stream) {
                                               impl_->comm, bs));
       be_.cast(data, CBuf(wide), n);
       if (bs != s) {
-        RT_CUDA_CALL(cudaEventRecord(impl_->ready, bs));
-        RT_CUDA_CALL(cudaStreamWaitEvent(s, impl_->ready, 0));
+        RT_CUDA_CHECK(cudaEventRecord(impl_->ready, bs));
+        RT_CUDA_CHECK(cudaStreamWaitEvent(s, impl_->ready, 0));
       }
       return;
     }
@@ -173,13 +166,13 @@ void NcclComm::do_allreduce_sum(Buf data, size_t n, void* stream) {
 void NcclComm::broadcast(void* data, size_t bytes, int root) {
   auto s = static_cast<cudaStream_t>(be_.stream());
   RT_NCCL_CALL(impl_->comm, ncclBroadcast(data, data, bytes, ncclUint8, root, impl_->comm, s));
-  RT_CUDA_CALL(cudaStreamSynchronize(s));
+  RT_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
 void NcclComm::allgather(const void* in, size_t bytes, void* out) {
   auto s = static_cast<cudaStream_t>(be_.stream());
   RT_NCCL_CALL(impl_->comm, ncclAllGather(in, out, bytes, ncclUint8, impl_->comm, s));
-  RT_CUDA_CALL(cudaStreamSynchronize(s));
+  RT_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
 void NcclComm::do_shift_start(CBuf send, Buf recv, size_t bytes, void* stream) {
@@ -211,10 +204,10 @@ std::unique_ptr<Comm> NcclComm::split(int color, int key) {
 }
 
 void NcclComm::barrier() {
-  if (!impl_->one) RT_CUDA_CALL(cudaMalloc(&impl_->one, sizeof(int)));
+  if (!impl_->one) RT_CUDA_CHECK(cudaMalloc(&impl_->one, sizeof(int)));
   RT_NCCL_CALL(impl_->comm, ncclAllReduce(impl_->one, impl_->one, 1, ncclInt32, ncclSum,
                                           impl_->comm, impl_->comm_stream));
-  RT_CUDA_CALL(cudaStreamSynchronize(impl_->comm_stream));
+  RT_CUDA_CHECK(cudaStreamSynchronize(impl_->comm_stream));
 }
 
 void NcclComm::abort(int code) {
@@ -272,7 +265,7 @@ void NcclComm::gather_ranges(const float* mine, float* full, const Ranges& owned
       auto [lo, hi] = owned[size_t(r)];
       if (hi <= lo) continue;
       if (r == root)
-        RT_CUDA_CALL(cudaMemcpyAsync(full + lo, mine, (hi - lo) * sizeof(float),
+        RT_CUDA_CHECK(cudaMemcpyAsync(full + lo, mine, (hi - lo) * sizeof(float),
                                      cudaMemcpyDeviceToDevice, s));
       else
         RT_NCCL_CALL(impl_->comm, ncclRecv(full + lo, hi - lo, ncclFloat32, r, impl_->comm, s));
