@@ -56,9 +56,7 @@ out=$(cd "$out" && pwd)
 t_start=$SECONDS
 summary=$out/summary.txt
 : > "$summary"
-rows=()
 row() {  # row NAME STATUS SECONDS DETAIL
-  rows+=("$(printf '%-30s %-8s %5ss  %s' "$1" "$2" "$3" "$4")")
   printf '%-30s %-8s %5ss  %s\n' "$1" "$2" "$3" "$4" >> "$summary"
 }
 left() { echo $((budget - (SECONDS - t_start))); }
@@ -88,6 +86,7 @@ if [ -n "$rt" ]; then
   done
   testbin=$wrap
 else
+  build=$(cd "$build" && pwd)  # the link below must not be relative
   ln -sf "$build/ringtrain" "$wrap/ringtrain"
   testbin=$build/tests
 fi
@@ -189,7 +188,6 @@ cfg=$src/configs/bench_tinyllama.yaml
 # T  steps  checkpointing  per-run limit (s)
 plan=("4096 5 false 90" "16384 3 false 120" "65536 2 true 200")
 [ $quick = 1 ] && plan=("4096 2 false 60" "16384 1 false 90" "65536 1 true 150")
-bench_rows=()
 for p in "${plan[@]}"; do
   set -- $p
   T=$1 steps=$2 ck=$3 lim=$4
@@ -291,7 +289,7 @@ fi
   echo
   echo "gpu_check: ${gpu_name:-no GPU}, $((SECONDS - t_start)) s, logs in $out"
   printf '%-30s %-8s %6s  %s\n' step status time detail
-  for r in "${rows[@]}"; do echo "$r"; done
+  cat "$summary"
 } | tee "$out/table.txt"
 grep -qE " (FAIL|timeout|missing) " "$summary" && exit 1
 exit 0
