@@ -12,22 +12,14 @@
 #include "model/cuda/cuda_backend.h"
 #include "model/llama.h"
 #include "model/precision.h"
+#include "tiny_model.h"
 
 namespace rt {
 namespace {
 
 ModelConfig tiny(bool tied) {
-  ModelConfig mc;
-  mc.vocab_size = 77;
-  mc.hidden_size = 32;
-  mc.intermediate_size = 48;
-  mc.num_hidden_layers = 2;
-  mc.num_attention_heads = 4;
-  mc.num_key_value_heads = 2;
-  mc.head_dim = 8;
-  mc.position = "rope";
+  ModelConfig mc = testing::tiny_llama(77);
   mc.tie_word_embeddings = tied;
-  mc.init_std = 0.1;
   return mc;
 }
 

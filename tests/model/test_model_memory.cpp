@@ -20,6 +20,7 @@
 #include "model/llama.h"
 #include "model/memory/knn_store.h"
 #include "model/memory/sequence_runner.h"
+#include "tiny_model.h"
 
 namespace rt {
 namespace {
@@ -27,16 +28,7 @@ namespace {
 constexpr int kS = 8;  // segment length
 
 ModelConfig tiny(const std::string& type, const std::string& position) {
-  ModelConfig mc;
-  mc.vocab_size = 48;
-  mc.hidden_size = 32;
-  mc.intermediate_size = 48;
-  mc.num_hidden_layers = 2;
-  mc.num_attention_heads = 4;
-  mc.num_key_value_heads = 2;
-  mc.head_dim = 8;
-  mc.init_std = 0.1;
-  mc.position = position;
+  ModelConfig mc = testing::tiny_llama(48, position);
   MemoryConfig m;
   m.type = type;
   m.segment_length = kS;
@@ -52,12 +44,7 @@ ModelConfig tiny(const std::string& type, const std::string& position) {
   return mc;
 }
 
-std::vector<int32_t> random_tokens(size_t n, uint64_t seed, int V) {
-  Rng r(seed);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = int32_t(r.below(uint64_t(V)));
-  return t;
-}
+using testing::random_tokens;
 
 struct Fixture {
   std::unique_ptr<Backend> be = make_cpu_backend();

@@ -29,6 +29,7 @@
 #include "model/llama.h"
 #include "model/memory/rmt.h"
 #include "trainer/train/optimizer.h"
+#include "tiny_model.h"
 
 namespace rt {
 namespace {
@@ -45,17 +46,7 @@ struct Case {
 };
 
 ModelConfig tiny(const std::string& position, int G) {
-  ModelConfig mc;
-  mc.vocab_size = 64;
-  mc.hidden_size = 32;
-  mc.intermediate_size = 48;
-  mc.num_hidden_layers = 2;
-  mc.num_attention_heads = 4;
-  mc.num_key_value_heads = G;
-  mc.head_dim = 8;
-  mc.position = position;
-  mc.init_std = 0.1;
-  return mc;
+  return testing::tiny_llama(64, position, G);
 }
 
 std::vector<Case> cases() {

@@ -21,6 +21,7 @@
 #include "trainer/checkpoint/checkpoint.h"
 #include "trainer/config/config.h"
 #include "trainer/train/trainer.h"
+#include "tiny_model.h"
 
 namespace rt {
 namespace {
@@ -186,19 +187,7 @@ TEST_F(PrecisionTest, Bf16ResumeIsExact) {
   EXPECT_EQ(raw_copy(c.model().backend(), c.model().params()), ref_compute);
 }
 
-ModelConfig tiny(const std::string& position) {
-  ModelConfig mc;
-  mc.vocab_size = 64;
-  mc.hidden_size = 32;
-  mc.intermediate_size = 48;
-  mc.num_hidden_layers = 2;
-  mc.num_attention_heads = 4;
-  mc.num_key_value_heads = 2;
-  mc.head_dim = 8;
-  mc.position = position;
-  mc.init_std = 0.1;
-  return mc;
-}
+ModelConfig tiny(const std::string& position) { return testing::tiny_llama(64, position); }
 
 // Every model path in bf16: ALiBi with tied embeddings and activation
 // checkpointing, and recurrent memory through segments (memory rows are

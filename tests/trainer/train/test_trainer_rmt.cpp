@@ -12,30 +12,18 @@
 #include "trainer/config/config.h"
 #include "trainer/eval/evaluate.h"
 #include "trainer/train/trainer.h"
+#include "tiny_model.h"
 
 namespace rt {
 namespace {
 
 ModelConfig tiny_memory_model(int bptt) {
-  ModelConfig mc;
-  mc.vocab_size = 64;
-  mc.hidden_size = 32;
-  mc.intermediate_size = 48;
-  mc.num_hidden_layers = 2;
-  mc.num_attention_heads = 4;
-  mc.num_key_value_heads = 2;
-  mc.head_dim = 8;
-  mc.init_std = 0.1;
+  ModelConfig mc = testing::tiny_llama(64);
   mc.memory = MemoryConfig::rmt(4, 16, bptt);
   return mc;
 }
 
-std::vector<int32_t> random_tokens(size_t n, uint64_t seed, int V) {
-  Rng r(seed);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = int32_t(r.below(uint64_t(V)));
-  return t;
-}
+using testing::random_tokens;
 
 TEST(Rmt, ActivationMemoryDoesNotGrowWithSegments) {
   auto be = make_cpu_backend();

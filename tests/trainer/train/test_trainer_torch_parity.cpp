@@ -15,6 +15,7 @@
 #include "model/llama.h"
 #include "model/memory/sequence_runner.h"
 #include "trainer/train/optimizer.h"
+#include "tiny_model.h"
 
 namespace rt {
 namespace {
@@ -94,17 +95,9 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
   if (!torch_available()) GTEST_SKIP() << "skipped: /usr/bin/python3 with torch and h5py not found "
                                           "(apt-get install python3-torch python3-h5py)";
   const Case& c = GetParam();
-  ModelConfig mc;
-  mc.vocab_size = 64;
-  mc.hidden_size = 32;
-  mc.intermediate_size = 48;
-  mc.num_hidden_layers = 2;
+  ModelConfig mc = testing::tiny_llama(64, c.position, c.kv_heads);
   mc.num_attention_heads = c.heads;
-  mc.num_key_value_heads = c.kv_heads;
-  mc.head_dim = 8;
-  mc.position = c.position;
   mc.tie_word_embeddings = c.tied;
-  mc.init_std = 0.1;  // larger than default so attention patterns are not uniform
   OptimizerConfig oc;
   oc.lr = 3e-3;
   oc.weight_decay = 0.1;
