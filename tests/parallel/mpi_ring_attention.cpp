@@ -59,6 +59,22 @@ void expect_rows_close(const std::vector<float>& got, const std::vector<double>&
   EXPECT_LT(err / scale, tol) << what << " max abs err " << err << " scale " << scale;
 }
 
+// The largest |local lse - global lse| over this rank's rows: lse is (B, H, T)
+// globally and (B, H, Tl) locally.
+double max_lse_error(const std::vector<float>& local, const std::vector<double>& global,
+                     const RowPositions& rows, int B, int H, int64_t T, int64_t Tl) {
+  double err = 0;
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      int64_t row = 0;
+      for (auto [begin, len] : rows.chunks)
+        for (int64_t t = 0; t < len; ++t, ++row)
+          err = std::max(err, std::abs(local[(size_t(b) * H + h) * Tl + row] -
+                                       global[(size_t(b) * H + h) * T + begin + t]));
+    }
+  return err;
+}
+
 TEST_P(RingVsReference, ForwardBackward) {
   const RingCase& c = GetParam();
   Comm& ring = *parallel_runtime().world;
@@ -93,17 +109,7 @@ TEST_P(RingVsReference, ForwardBackward) {
   std::vector<float> o(ql.size(), 7.f), l(size_t(c.B) * c.H * Tl, 7.f);  // poisoned
   ring_attn.forward(*be, local, rows, o.data(), l.data(), ql.data(), kl.data(), vl.data());
   expect_rows_close(o, out, rows, c.B, T, c.H, c.hd, 2e-5, "out");
-  // lse (B,H,T) global -> (B,H,Tl) local
-  double lse_err = 0;
-  for (int b = 0; b < c.B; ++b)
-    for (int h = 0; h < c.H; ++h) {
-      int64_t row = 0;
-      for (auto [begin, len] : rows.chunks)
-        for (int64_t t = 0; t < len; ++t, ++row)
-          lse_err = std::max(lse_err, std::abs(l[(size_t(b) * c.H + h) * Tl + row] -
-                                               lse[(size_t(b) * c.H + h) * T + begin + t]));
-    }
-  EXPECT_LT(lse_err, 2e-5) << "lse";
+  EXPECT_LT(max_lse_error(l, lse, rows, c.B, c.H, T, Tl), 2e-5) << "lse";
 
   std::vector<float> gq(ql.size(), 0.f), gk(kl.size(), 0.f), gv(vl.size(), 0.f);
   ring_attn.backward(*be, local, rows, gq.data(), gk.data(), gv.data(), dl.data(), ql.data(),
@@ -178,16 +184,7 @@ TEST_P(RingVsReference, ForwardBackwardBf16) {
     ring_attn.forward(*be, local, rows, Buf(o.data(), bf), l.data(), CBuf(ql.data(), bf),
                       CBuf(kl.data(), bf), CBuf(vl.data(), bf));
     expect_rows_close(from_bf16(o), out, rows, c.B, T, c.H, c.hd, 1e-2, backend);
-    double lse_err = 0;
-    for (int b = 0; b < c.B; ++b)
-      for (int h = 0; h < c.H; ++h) {
-        int64_t row = 0;
-        for (auto [begin, len] : rows.chunks)
-          for (int64_t t = 0; t < len; ++t, ++row)
-            lse_err = std::max(lse_err, std::abs(l[(size_t(b) * c.H + h) * Tl + row] -
-                                                 lse[(size_t(b) * c.H + h) * T + begin + t]));
-      }
-    EXPECT_LT(lse_err, 1e-4) << backend << " lse";
+    EXPECT_LT(max_lse_error(l, lse, rows, c.B, c.H, T, Tl), 1e-4) << backend << " lse";
     std::vector<float> gq(ql.size(), 0.f), gk(kl.size(), 0.f), gv(vl.size(), 0.f);
     ring_attn.backward(*be, local, rows, gq.data(), gk.data(), gv.data(), dl.data(),
                        CBuf(ql.data(), bf), CBuf(kl.data(), bf), CBuf(vl.data(), bf),
