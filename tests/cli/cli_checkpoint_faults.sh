@@ -15,31 +15,6 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 source "$src/tests/cli/lib.sh"
 have_h5py() { $py -c "import h5py, numpy" 2>/dev/null; }
-# same_losses REF_RUN RUN: every loss record of RUN equals REF_RUN's at that step.
-same_losses() {
-  $py - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'PY'
-import json, sys
-def losses(p):
-    return [(r["step"], r["loss"]) for r in map(json.loads, open(p)) if "loss" in r]
-ref = dict(losses(sys.argv[1]))
-got = losses(sys.argv[2])
-assert got, "no loss records"
-for step, loss in got:
-    assert step in ref, f"step {step} not in the reference run"
-    assert abs(loss - ref[step]) <= 1e-6 * abs(ref[step]), (step, loss, ref[step])
-steps = set(s for s, _ in got)
-assert steps >= set(range(1, max(steps) + 1)), "steps missing"
-PY
-}
-last_step() { $py -c "import json,sys;print(max(r['step'] for r in map(json.loads,open(sys.argv[1])) if 'loss' in r))" "$1"; }
-# wait_for_step RUN N: until metrics.jsonl has a loss record at step >= N (10 s max)
-wait_for_step() {
-  for _ in $(seq 1 500); do
-    if [ -f "$1/metrics.jsonl" ] && [ "$(last_step "$1/metrics.jsonl" 2>/dev/null || echo 0)" -ge "$2" ]; then return 0; fi
-    sleep 0.02
-  done
-  return 1
-}
 
 # A tiny model: each step takes milliseconds. cosine.yaml has a schedule that
 # depends on max_steps (resume must restore its position); const.yaml's lr

@@ -28,8 +28,6 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 source "$src/tests/cli/lib.sh"
-# Python for the JSON comparisons, outside a GPU bundle's LD_LIBRARY_PATH
-py() { env -u LD_LIBRARY_PATH "${PYTHON:-python3}" "$@"; }
 gpu=${RT_E2E_DEVICE:-cuda}
 steps=${RT_E2E_STEPS:-50}
 lr=${RT_E2E_LR:-1.0e-3}
@@ -66,9 +64,8 @@ fi
 [ $rc = 0 ] || { fail "1-step probe on $gpu exited $rc"; cat probe.log >&2; exit 1; }
 grep -E "device: CUDA device" probe.log | head -1
 
-# losses RUN -> step loss lines
 compare() {  # compare NAME CPU_RUN GPU_RUN : per-step 3%, last-5 mean 1%, step 1 within 1%
-  py - "$1" "$2/metrics.jsonl" "$3/metrics.jsonl" <<'PY'
+  run_py - "$1" "$2/metrics.jsonl" "$3/metrics.jsonl" <<'PY'
 import json, sys
 name, a, b = sys.argv[1:4]
 def losses(p):
@@ -104,19 +101,11 @@ for m in "${models[@]}"; do
 done
 
 # --- resume after SIGTERM on the GPU equals the uninterrupted GPU run
-last_step() { py -c "import json,sys;print(max(r['step'] for r in map(json.loads,open(sys.argv[1])) if 'loss' in r))" "$1"; }
-wait_for_step() {  # RUN N: up to 120 s (a GPU process starts slowly)
-  for _ in $(seq 1 1200); do
-    if [ -f "$1/metrics.jsonl" ] && [ "$(last_step "$1/metrics.jsonl" 2>/dev/null || echo 0)" -ge "$2" ]; then return 0; fi
-    sleep 0.1
-  done
-  return 1
-}
 if [[ " $parts " == *" resume "* ]]; then
 long=(--set train.max_steps=100000 --set checkpoint.every_steps=1000 "${gpu_set[@]}")
 $bin train rope.yaml --set run.dir=$work/term "${long[@]}" > term.log 2>&1 &
 pid=$!
-wait_for_step term 8 || fail "SIGTERM run made no progress"
+wait_for_step term 8 120 || fail "SIGTERM run made no progress"  # 120 s: a GPU process starts slowly
 kill -TERM $pid
 wait $pid
 [ $? = 0 ] || { fail "SIGTERM run exited non-zero"; tail -5 term.log >&2; }
@@ -128,7 +117,7 @@ for r in ref1 ref2; do
   $bin train rope.yaml --set run.dir=$work/$r "${long[@]}" --set train.max_steps=$end > $r.log 2>&1 \
     || fail "uninterrupted $gpu run $r"
 done
-py - ref1/metrics.jsonl ref2/metrics.jsonl term/metrics.jsonl "$n" <<'PY' || fail "resume after SIGTERM on $gpu changed the losses"
+run_py - ref1/metrics.jsonl ref2/metrics.jsonl term/metrics.jsonl "$n" <<'PY' || fail "resume after SIGTERM on $gpu changed the losses"
 import json, sys
 def recs(p):
     return [(r["step"], r["loss"]) for r in map(json.loads, open(p)) if "loss" in r]

@@ -20,20 +20,6 @@ have_h5py() { $py -c "import h5py, numpy" 2>/dev/null; }
 all_lines_json() {
   $py -c "import json,sys; [json.loads(l) for l in open(sys.argv[1])]" "$1" 2>/dev/null
 }
-last_step() { $py -c "import json,sys;print(max([r['step'] for r in map(json.loads,open(sys.argv[1])) if 'loss' in r] or [0]))" "$1"; }
-same_losses() {
-  $py - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'PY'
-import json, sys
-def losses(p):
-    return [(r["step"], r["loss"]) for r in map(json.loads, open(p)) if "loss" in r]
-ref = dict(losses(sys.argv[1]))
-got = losses(sys.argv[2])
-assert got, "no loss records"
-for step, loss in got:
-    assert step in ref, f"step {step} not in the reference run"
-    assert abs(loss - ref[step]) <= 1e-6 * abs(ref[step]), (step, loss, ref[step])
-PY
-}
 
 cat > tiny.yaml <<YAML
 run: {name: t, dir: $work/run, seed: 5}

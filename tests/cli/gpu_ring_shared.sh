@@ -46,14 +46,13 @@ for name in cp2 cp4; do
   grep -q "comm: ranks share GPU 0" "$name.log" || fail "$name: the log does not say the ranks share GPU 0"
 done
 
-env -u LD_LIBRARY_PATH /usr/bin/python3 - "$work" <<'PY' || fail "cp on a shared GPU vs cp1 beyond the bf16 tolerance"
-import json, sys
+run_py - "$work" "$src/tests/cli" <<'PY' || fail "cp on a shared GPU vs cp1 beyond the bf16 tolerance"
+import os, sys
 work = sys.argv[1]
-def losses(name):
-    try:
-        return [json.loads(l)["loss"] for l in open(f"{work}/{name}/metrics.jsonl") if '"loss"' in l]
-    except OSError:
-        return []
+sys.path.insert(0, sys.argv[2])
+import runs
+def losses(name):  # [] for a run that logged nothing (its failure is already counted)
+    return runs.losses(f"{work}/{name}") if os.path.exists(f"{work}/{name}/metrics.jsonl") else []
 ref = losses("cp1")
 bad = []
 for name in ["cp2", "cp4"]:
