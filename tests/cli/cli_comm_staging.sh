@@ -38,9 +38,7 @@ YAML
 run() {  # run NAME STAGING NP [--set ...]
   local name=$1 staging=$2 np=$3
   shift 3
-  RINGTRAIN_COMM_STAGING=$staging $launch -np "$np" "$bin" train s.yaml \
-    --set run.dir="$work/$name" "$@" > "$name.log" 2>&1 \
-    || { fail "$name (np $np staging $staging $*) exited non-zero"; sed 's/^/    /' "$name.log" | tail -20 >&2; }
+  RINGTRAIN_COMM_STAGING=$staging mpi_train s.yaml "$name" "$np" "$@"
 }
 for staging in 0 1; do
   run "dp2_s_$staging" $staging 2

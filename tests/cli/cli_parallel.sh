@@ -27,12 +27,7 @@ checkpoint: {every_steps: 0}
 log: {every_steps: 1}
 YAML
 
-run() {  # run NAME NP [--set ...]
-  local name=$1 np=$2
-  shift 2
-  $launch -np "$np" "$bin" train par.yaml --set run.dir="$work/$name" "$@" > "$name.log" 2>&1 \
-    || { fail "$name (np $np $*) exited non-zero"; sed 's/^/    /' "$name.log" | tail -20 >&2; }
-}
+run() { mpi_train par.yaml "$@"; }  # run NAME NP [--set ...]
 run dp1cp1 1
 run dp1cp2 2 --set parallel.context_parallel=2
 run dp1cp4 4 --set parallel.context_parallel=4

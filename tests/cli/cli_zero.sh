@@ -36,12 +36,7 @@ log: {every_steps: 1}
 parallel: {bucket_mb: 0.01}
 YAML
 
-run() {  # run NAME NP [--set ...]
-  local name=$1 np=$2
-  shift 2
-  $launch -np "$np" "$bin" train z.yaml --set run.dir="$work/$name" "$@" > "$name.log" 2>&1 \
-    || { fail "$name (np $np $*) exited non-zero"; sed 's/^/    /' "$name.log" | tail -20 >&2; }
-}
+run() { mpi_train z.yaml "$@"; }  # run NAME NP [--set ...]
 unsh="--set parallel.shard_optimizer=false"
 run dp2_u 2 $unsh
 run dp2_s 2

@@ -33,12 +33,7 @@ log: {every_steps: 1}
 parallel: {device: cuda}
 YAML
 
-run() {  # run NAME NP [--set ...]
-  local name=$1 np=$2
-  shift 2
-  $launch -np "$np" "$bin" train g.yaml --set run.dir="$work/$name" "$@" > "$name.log" 2>&1 \
-    || { fail "$name (np $np $*) exited non-zero"; sed 's/^/    /' "$name.log" | tail -20 >&2; }
-}
+run() { mpi_train g.yaml "$@"; }  # run NAME NP [--set ...]
 run cp1 1
 run cp2 2 --set parallel.context_parallel=2
 run cp4 4 --set parallel.context_parallel=4

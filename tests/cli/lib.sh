@@ -10,6 +10,9 @@
 #                                    logs some steps twice) equals REF_RUN's at
 #                                    that step (relative 1e-6), and RUN logged
 #                                    every step from 1 to its last
+#   mpi_train CONFIG NAME NP [ARGS]  `train CONFIG` on NP ranks through
+#                                    $launch into $work/NAME (log NAME.log);
+#                                    a failure is counted with the log's tail
 failures=0
 fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
 expect() {
@@ -22,6 +25,13 @@ expect() {
     sed 's/^/    /' out.txt >&2
     failures=$((failures + 1))
   fi
+}
+
+mpi_train() {
+  local config=$1 name=$2 np=$3
+  shift 3
+  $launch -np "$np" "$bin" train "$config" --set run.dir="$work/$name" "$@" > "$name.log" 2>&1 \
+    || { fail "$name (np $np $*) exited non-zero"; sed 's/^/    /' "$name.log" | tail -20 >&2; }
 }
 
 # Python for reading run directories, outside a GPU bundle's LD_LIBRARY_PATH
