@@ -132,18 +132,35 @@ __global__ void embedding_forward_kernel(TP out, const int32_t* tokens, CTP tabl
   }
 }
 
-// keys: token ids sorted (stable), idx: their rows. The block at the start of
-// a run of equal ids sums the run's rows in order and adds once.
+// keys: token ids sorted (stable), idx: their rows. For each run of equal
+// ids, the block's y index picks 32 columns (one per lane); warp w sums the
+// run's rows w, w + 8, ... in order and warp 0 adds the 8 warp sums in warp
+// order, once: deterministic whatever the grid, and a frequent id's rows (a
+// run of thousands: spaces, a synthetic filler) are read by C/32 blocks of 8
+// warps rather than by the 256 threads of one block.
 __global__ void embedding_backward_sorted_kernel(TP dtable, CTP dout, const int32_t* keys,
                                                  const int32_t* idx, int N, int C) {
+  constexpr int kWarps = kThreads / 32;
+  __shared__ float part[kWarps][32];
+  const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
   for (int i = blockIdx.x; i < N; i += gridDim.x) {
     const int32_t tok = keys[i];
-    if (i > 0 && keys[i - 1] == tok) continue;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    if (i > 0 && keys[i - 1] == tok) continue;  // the same for the whole block
+    for (int c0 = int(blockIdx.y) * 32; c0 < C; c0 += int(gridDim.y) * 32) {
+      const int c = c0 + lane;
       float acc = 0.f;
-      for (int j = i; j < N && keys[j] == tok; ++j) acc += ld(dout, size_t(idx[j]) * C + c);
-      const size_t at = size_t(tok) * C + c;
-      st(dtable, at, ld(dtable, at) + acc);
+      if (c < C)
+        for (int j = i + warp; j < N && keys[j] == tok; j += kWarps)
+          acc += ld(dout, size_t(idx[j]) * C + c);
+      part[warp][lane] = acc;
+      __syncthreads();
+      if (warp == 0 && c < C) {
+        float sum = 0.f;
+        for (int w = 0; w < kWarps; ++w) sum += part[w][lane];
+        const size_t at = size_t(tok) * C + c;
+        st(dtable, at, ld(dtable, at) + sum);
+      }
+      __syncthreads();
     }
   }
 }
@@ -192,7 +209,22 @@ __global__ void rmsnorm_backward_rows_kernel(TP dinp, float* partial, CTP dout, 
   }
 }
 
-// dweight (C) += sum over the nb partial rows, in block order.
+// out (R, C): row r is the sum of partial rows [r nb / R, (r + 1) nb / R), in
+// order; the first of two passes over the rmsnorm backward's (nb, C) block
+// partials, so that nb = 4096 rows are summed by R x C threads, not by C.
+__global__ void column_chunk_sum_kernel(float* out, const float* partial, int nb, int C, int R) {
+  for (int r = blockIdx.y; r < R; r += gridDim.y) {
+    const int b0 = int(int64_t(r) * nb / R), b1 = int(int64_t(r + 1) * nb / R);
+    for (size_t c = size_t(blockIdx.x) * blockDim.x + threadIdx.x; c < size_t(C);
+         c += size_t(gridDim.x) * blockDim.x) {
+      float s = 0.f;
+      for (int b = b0; b < b1; ++b) s += partial[size_t(b) * C + c];
+      out[size_t(r) * C + c] = s;
+    }
+  }
+}
+
+// dweight (C) += sum over the nb partial rows, in row order.
 __global__ void column_sum_kernel(TP dweight, const float* partial, int nb, int C) {
   for (size_t c = global_tid(); c < size_t(C); c += grid_threads()) {
     float s = 0.f;
@@ -391,12 +423,23 @@ __global__ void sgd_momentum_kernel(float* master, TP compute, const float* grad
 // rows per block for the row kernels: one block per row up to the cap
 unsigned row_blocks(int N) { return unsigned(std::max(1, std::min<int>(N, int(kMaxBlocks)))); }
 
+// chunks of the rmsnorm backward's partial rows (column_chunk_sum_kernel): of
+// 64 rows (2 in the emulator, whose 3 blocks would otherwise make one chunk)
+#ifdef RT_CUDA_EMULATE
+constexpr unsigned kChunkRows = 2;
+#else
+constexpr unsigned kChunkRows = 64;
+#endif
+unsigned column_chunks(int N) { return (row_blocks(N) + kChunkRows - 1) / kChunkRows; }
+
 }  // namespace
 
 // ---- launchers -------------------------------------------------------------------
 
+// the rmsnorm backward's dweight terms: row_blocks(N) partial rows, then
+// column_chunks(N) sums of chunks of them
 size_t rmsnorm_backward_scratch_bytes(int N, int C) {
-  return size_t(row_blocks(N)) * C * sizeof(float);
+  return (size_t(row_blocks(N)) + column_chunks(N)) * C * sizeof(float);
 }
 
 size_t sum_squares_scratch_bytes(size_t n) {
@@ -457,7 +500,10 @@ void embedding_backward(TP dtable, CTP dout, const int32_t* tokens, int N, int C
                                                 int(sizeof(int32_t) * 8),
                                                 static_cast<cudaStream_t>(stream)));
 #endif
-  RT_LAUNCH(embedding_backward_sorted_kernel, row_blocks(N), kThreads, stream, dtable, dout,
+  // x: runs (grid-stride over the sorted positions), y: 32-column tiles
+  const unsigned runs = unsigned(std::min<size_t>(size_t(N), std::min<size_t>(256, kMaxBlocks)));
+  const unsigned tiles = unsigned(std::min<size_t>((size_t(C) + 31) / 32, kMaxBlocks));
+  RT_LAUNCH(embedding_backward_sorted_kernel, dim3(runs, tiles), kThreads, stream, dtable, dout,
             static_cast<const int32_t*>(keys), static_cast<const int32_t*>(idx), N, C);
 }
 
@@ -475,8 +521,12 @@ void rmsnorm_backward(TP dinp, TP dweight, CTP dout, CTP inp, CTP weight, const 
   float* partial = static_cast<float*>(scratch);
   RT_LAUNCH(rmsnorm_backward_rows_kernel, nb, kThreads, stream, dinp, partial, dout, inp, weight,
             rstd, N, C);
+  const unsigned R = column_chunks(N);
+  float* chunks = partial + size_t(nb) * C;
+  RT_LAUNCH(column_chunk_sum_kernel, dim3(blocks_for(size_t(C)), unsigned(std::min<size_t>(R, kMaxBlocks))),
+            kThreads, stream, chunks, static_cast<const float*>(partial), int(nb), C, int(R));
   RT_LAUNCH(column_sum_kernel, blocks_for(size_t(C)), kThreads, stream, dweight,
-            static_cast<const float*>(partial), int(nb), C);
+            static_cast<const float*>(chunks), int(R), C);
 }
 
 void rope(TP x, const float* cos, const float* sin, int B, int T, int nh, int hd, float sign,
