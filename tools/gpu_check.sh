@@ -5,7 +5,7 @@
 # (also OUT_DIR/summary.txt). It never changes the card's settings.
 #
 #   tools/gpu_check.sh OUT_DIR [--bundle ARCHIVE | --rt DIR | --build DIR]
-#                      [--longest-t] [--budget SECONDS] [--quick]
+#                      [--longest-t] [--no-profile] [--budget SECONDS] [--quick]
 #
 # Where the binaries come from (first that applies):
 #   --bundle ARCHIVE  a pack.sh archive (tools/gpu_pack.sh writes
@@ -17,40 +17,45 @@
 # comparisons, the PyTorch peer) runs outside them (the bundle's libraries
 # come first there).
 #
-# Steps: nvidia-smi summary; the CUDA tests (ctest -L cuda in a build tree;
-# in a bundle the test_*cuda* binaries and the op harness directly); the op
-# harness test_model_backend_ops; CPU fp32 vs GPU bf16 over 50 steps
+# Steps, the checks first and the measurements after them: nvidia-smi
+# summary; the CUDA tests (ctest -L cuda in a build tree; in a bundle the
+# test_*cuda* binaries and the op harness directly); the op harness
+# test_model_backend_ops; CPU fp32 vs GPU bf16 over 50 steps
 # (tests/cli/cli_cuda_e2e.sh); GPU resume after SIGTERM; compute-sanitizer
-# memcheck on a 2-step training run (when installed); ringtrain bench at
-# T = 4K, 16K, 64K for configs/bench_tinyllama.yaml (activation checkpointing
-# at 64K) and tests/bench/bench_torch_train.py at the same T when python3 has
-# torch with CUDA (eager, and torch.compile at 16K). --longest-t (optional)
-# then doubles T from 64K until ringtrain and PyTorch fail, 1 step each.
-# Last, issue 14's checks (tests/bench/run_nccl_gpu.sh: NcclComm at 1 rank,
-# cp 2 and 4 ranks sharing the GPU vs cp 1, the ring-overlap benchmark) when
-# the binaries were built with NCCL and the budget leaves 90 s.
+# memcheck on a 2-step training run (when installed); issue 14's checks
+# (tests/bench/run_nccl_gpu.sh: NcclComm at 1 rank, cp 2 and 4 ranks and
+# dp 2 sharded/unsharded sharing the GPU, the ring-overlap benchmark) when
+# the binaries were built with NCCL; where a step's time goes (ncu over 2
+# steps of the TinyLlama shape cut to 4 layers, summed by tools/ncu_summary.py
+# into profile.txt; --no-profile leaves it out); ringtrain bench at T = 4K,
+# 16K, 64K for configs/bench_tinyllama.yaml (activation checkpointing at 64K)
+# and tests/bench/bench_torch_train.py at the same T when python3 has torch
+# with CUDA (eager, and torch.compile at 16K). --longest-t (optional) then
+# doubles T from 64K until ringtrain and PyTorch fail, 1 step each.
 # --budget (default 450 s) skips what would start after it; --quick cuts the
-# benchmark steps (a smoke run).
+# benchmark steps (a smoke run). On an H200 the checks took about 85 s, the
+# NCCL step 20 s, the profile about 20 s and the benchmark about 300 s.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 src=$(cd "$here/.." && pwd)
 
-out="" bundle="" rt="${RT:-}" build="" longest=0 budget=450 quick=0
+out="" bundle="" rt="${RT:-}" build="" longest=0 profile=1 budget=450 quick=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --bundle) bundle=$2; shift ;;
     --rt) rt=$2; shift ;;
     --build) build=$2; shift ;;
     --longest-t) longest=1 ;;
+    --no-profile) profile=0 ;;
     --budget) budget=$2; shift ;;
     --quick) quick=1 ;;
-    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) [ -z "$out" ] && out=$1 || { echo "gpu_check.sh: one OUT_DIR only" >&2; exit 2; } ;;
   esac
   shift
 done
-[ -n "$out" ] || { echo "usage: tools/gpu_check.sh OUT_DIR [--bundle ARCHIVE | --rt DIR | --build DIR] [--longest-t] [--budget S] [--quick]" >&2; exit 2; }
+[ -n "$out" ] || { echo "usage: tools/gpu_check.sh OUT_DIR [--bundle ARCHIVE | --rt DIR | --build DIR] [--longest-t] [--no-profile] [--budget S] [--quick]" >&2; exit 2; }
 mkdir -p "$out" || exit 3
 out=$(cd "$out" && pwd)
 t_start=$SECONDS
@@ -185,7 +190,55 @@ else
   row "compute-sanitizer memcheck" "$st" $((SECONDS - t)) "$(grep -m1 'ERROR SUMMARY' "$out/memcheck.log")"
 fi
 
-# ---- 5. benchmark: ringtrain and PyTorch at 4K, 16K, 64K -------------------
+# ---- 5. device buffers between ranks (issue 14): NCCL and the staged path --
+t=$SECONDS
+if [ ! -x "$testbin/nccl_comm_gpu" ]; then
+  row "nccl + shared-GPU ring" missing 0 "no nccl_comm_gpu (a build without NCCL?)"
+elif [ "$(left)" -lt 60 ]; then
+  row "nccl + shared-GPU ring" skipped 0 "time budget"
+else
+  # run_nccl_gpu.sh wants BUILD/ringtrain and BUILD/tests/<binary>
+  tree=$out/nccl_tree
+  mkdir -p "$tree/tests"
+  ln -sf "$rtbin" "$tree/ringtrain"
+  for b in nccl_comm_gpu bench_ring_overlap; do ln -sf "$testbin/$b" "$tree/tests/$b"; done
+  lim=$(( $(left) < 240 ? $(left) : 240 ))
+  if [ -n "$rt" ]; then  # mpirun from the bundle
+    ( . "$rt/env.sh"; timeout $lim bash "$src/tests/bench/run_nccl_gpu.sh" "$tree" "$out/nccl" ) \
+      > "$out/nccl.log" 2>&1
+  else
+    timeout $lim bash "$src/tests/bench/run_nccl_gpu.sh" "$tree" "$out/nccl" > "$out/nccl.log" 2>&1
+  fi
+  rc=$?
+  st=ok; [ $rc != 0 ] && st=FAIL; [ $rc = 124 ] && st=timeout
+  grep -qE "rc=[1-9]" "$out/nccl.log" && st=FAIL
+  row "nccl + shared-GPU ring" "$st" $((SECONDS - t)) "$(grep -c 'rc=0' "$out/nccl.log") parts rc=0 (see nccl.log)"
+  tail -5 "$out/nccl.log"
+fi
+
+# ---- 6. where a step's time goes: ncu over 2 steps (TinyLlama shape, 4 layers)
+t=$SECONDS
+if [ $profile = 0 ]; then
+  :
+elif ! command -v ncu > /dev/null; then
+  row "profile (ncu)" missing 0 "ncu is not on this machine"
+elif [ "$(left)" -lt 60 ]; then
+  row "profile (ncu)" skipped 0 "time budget"
+else
+  rm -rf "$out/profile_run"
+  timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum --csv --log-file "$out/ncu.csv" \
+    "$rtbin" train "$src/configs/bench_tinyllama.yaml" --set parallel.device=cuda --set train.max_steps=2 \
+    --set model.num_hidden_layers=4 --set run.dir="$out/profile_run" > "$out/profile.log" 2>&1
+  rc=$?
+  rm -rf "$out/profile_run"  # a 4-layer checkpoint: no use here
+  py "$src/tools/ncu_summary.py" "$out/ncu.csv" --steps 2 --json "$out/profile.json" > "$out/profile.txt" 2>&1 \
+    || { [ $rc = 0 ] && rc=1; }
+  st=ok; [ $rc != 0 ] && st=FAIL; [ $rc = 124 ] && st=timeout
+  row "profile (ncu)" "$st" $((SECONDS - t)) "$(sed -n 3p "$out/profile.txt" | cut -c1-110) (profile.txt)"
+  head -12 "$out/profile.txt"
+fi
+
+# ---- 7. benchmark: ringtrain and PyTorch at 4K, 16K, 64K -------------------
 have_torch=0
 py -c "import torch, yaml; assert torch.cuda.is_available()" 2> "$out/torch_probe.txt" && have_torch=1
 [ $have_torch = 1 ] || echo "PyTorch with CUDA not found: $(tail -1 "$out/torch_probe.txt")"
@@ -241,7 +294,7 @@ if [ $have_torch = 1 ] && [ "$(left)" -gt 150 ]; then
     "$(py -c "import json,sys;j=json.loads(open(sys.argv[1]).read().splitlines()[-1]);print(f\"{j['tokens_per_s']:.0f} tok/s, mfu {100*(j['mfu'] or 0):.1f}%\")" "$out/bench_torch_compile_16K.json" 2>/dev/null)"
 fi
 
-# ---- 6. longest T (optional) ---------------------------------------------
+# ---- 8. longest T (optional) ---------------------------------------------
 if [ $longest = 1 ]; then
   t=$SECONDS
   best=0 T=65536
@@ -261,32 +314,6 @@ if [ $longest = 1 ]; then
     rc=$?
     row "longest T torch" "$([ $rc = 0 ] && echo ok || echo FAIL)" $((SECONDS - t)) "$(grep -o '"max_t": [0-9]*' "$out/longest_torch.json")"
   fi
-fi
-
-# ---- 7. device buffers between ranks (issue 14): NCCL and the staged path --
-t=$SECONDS
-if [ ! -x "$testbin/nccl_comm_gpu" ]; then
-  row "nccl + shared-GPU ring" missing 0 "no nccl_comm_gpu (a build without NCCL?)"
-elif [ "$(left)" -lt 90 ]; then
-  row "nccl + shared-GPU ring" skipped 0 "time budget"
-else
-  # run_nccl_gpu.sh wants BUILD/ringtrain and BUILD/tests/<binary>
-  tree=$out/nccl_tree
-  mkdir -p "$tree/tests"
-  ln -sf "$rtbin" "$tree/ringtrain"
-  for b in nccl_comm_gpu bench_ring_overlap; do ln -sf "$testbin/$b" "$tree/tests/$b"; done
-  lim=$(( $(left) < 240 ? $(left) : 240 ))
-  if [ -n "$rt" ]; then  # mpirun from the bundle
-    ( . "$rt/env.sh"; timeout $lim bash "$src/tests/bench/run_nccl_gpu.sh" "$tree" "$out/nccl" ) \
-      > "$out/nccl.log" 2>&1
-  else
-    timeout $lim bash "$src/tests/bench/run_nccl_gpu.sh" "$tree" "$out/nccl" > "$out/nccl.log" 2>&1
-  fi
-  rc=$?
-  st=ok; [ $rc != 0 ] && st=FAIL; [ $rc = 124 ] && st=timeout
-  grep -qE "rc=[1-9]" "$out/nccl.log" && st=FAIL
-  row "nccl + shared-GPU ring" "$st" $((SECONDS - t)) "$(grep -c 'rc=0' "$out/nccl.log") parts rc=0 (see nccl.log)"
-  tail -5 "$out/nccl.log"
 fi
 
 # ---- the table -------------------------------------------------------------
