@@ -161,7 +161,7 @@ done
 # about kernels it has no image for on this device and handles the answer (12
 # such reports on an H200, all inside ncclCommInitRank/ncclCommSplit);
 # ringtrain's own CUDA calls are checked where they are made (CUDA_CHECK).
-# Memory errors (out of bounds, misaligned, leaks at exit) still count.
+# Memory access errors (out of bounds, misaligned) still count.
 t=$SECONDS
 cat > "$out/memcheck.yaml" <<YAML
 run: {name: memcheck, dir: $out/memcheck_run, seed: 3}

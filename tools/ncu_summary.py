@@ -19,6 +19,9 @@ import json
 import sys
 
 
+NS_PER_UNIT = {"ns": 1.0, "nsecond": 1.0, "us": 1e3, "usecond": 1e3, "ms": 1e6, "msecond": 1e6}
+
+
 def is_gemm(name):
     n = name.lower()
     return n.startswith("nvjet") or "cutlass" in n or "gemm" in n or "xmma" in n
@@ -48,11 +51,10 @@ def read(path):
     for r in rows:
         if r["Metric Name"] != "gpu__time_duration.sum":
             continue
-        scale = {"ns": 1.0, "nsecond": 1.0, "us": 1e3, "usecond": 1e3, "ms": 1e6, "msecond": 1e6}
         unit = r["Metric Unit"].strip()
-        if unit not in scale:
+        if unit not in NS_PER_UNIT:
             raise ValueError(f"{path}: unknown time unit {unit!r}")
-        ns = float(r["Metric Value"].replace(",", "")) * scale[unit]
+        ns = float(r["Metric Value"].replace(",", "")) * NS_PER_UNIT[unit]
         out.append((r["Kernel Name"], r["Grid Size"], ns))
     if not out:
         raise ValueError(f"{path}: no gpu__time_duration.sum values (profile with --metrics gpu__time_duration.sum)")
