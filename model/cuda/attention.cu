@@ -34,25 +34,60 @@
 // MMA, operands read from shared memory through descriptors, 128-byte
 // swizzled tiles): attn_fwd_wgmma_kernel and attn_bwd_wgmma_kernel below.
 // The mma.sync kernels remain for head_dim 64 and pre-Hopper GPUs.
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-
+//
+// The same source builds for the CPU fiber emulator (model/cuda/emu/, g++ with
+// RT_CUDA_EMULATE, namespace rt::cuda_emu): the PTX wrappers below become the
+// emulator's warp collectives, so CI runs the mma.sync kernels against the CPU
+// attention (test_model_attention_emu). The wgmma kernels' bodies exist only
+// in the sm_90a pass of nvcc.
 #include <cstdint>
 #include <string>
+
+#ifdef RT_CUDA_EMULATE
+#include <stdexcept>
+
+#include "model/cuda/emu/cuda_emu.h"
+#else
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#endif
 
 #include "common/errors.h"
 #include "model/cuda/attention.h"
 
-namespace rt::cuda {
+namespace rt::RT_CUDA_NS {
 namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// Kernel launches and dynamic shared memory, on a GPU or on the emulator.
+#ifdef RT_CUDA_EMULATE
+using cudaStream_t = void*;
+#define RT_DYNAMIC_SMEM(name) uint8_t* const name = ::rt::emu::dynamic_shared()
+#define RT_ATTN_LAUNCH(what, kernel, grid, block, smem, stream, ...) \
+  ::rt::emu::launch_dynamic(grid, dim3(block), smem, kernel, __VA_ARGS__)
+template <class Kernel>
+void set_max_dynamic_smem(Kernel, size_t, const char*) {}
+[[noreturn]] inline void __trap() { throw std::logic_error("__trap: an sm_90a-only kernel ran"); }
+#else
 void check_cuda(cudaError_t e, const char* what) {
   if (e != cudaSuccess)
     throw Error(kExitOther, std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
 }
+#define RT_DYNAMIC_SMEM(name) extern __shared__ __align__(128) uint8_t name[]
+#define RT_ATTN_LAUNCH(what, kernel, grid, block, smem, stream, ...) \
+  do {                                                             \
+    kernel<<<grid, block, smem, stream>>>(__VA_ARGS__);            \
+    check_cuda(cudaGetLastError(), what);                          \
+  } while (0)
+// Allows `bytes` of dynamic shared memory (callers do it once per kernel).
+template <class Kernel>
+void set_max_dynamic_smem(Kernel kernel, size_t bytes, const char* what) {
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+             what);
+}
+#endif
 
 // ---- PTX wrappers ------------------------------------------------------------
 
@@ -60,6 +95,44 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+#ifdef RT_CUDA_EMULATE
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  ::rt::emu::cp_async16(dst, src, valid);
+}
+__device__ __forceinline__ void cp_async_commit() {}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {}
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
+                                        uint32_t& r3) {
+  uint32_t r[4];
+  ::rt::emu::ldmatrix_x4(addr, false, r);
+  r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
+                                          uint32_t& r3) {
+  uint32_t r[4];
+  ::rt::emu::ldmatrix_x4(addr, true, r);
+  r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
+}
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                    uint32_t b1) {
+  ::rt::emu::mma_m16n8k16_bf16(c, a, b0, b1);
+}
+// Round to nearest even (NaN kept quiet), as __floats2bfloat162_rn.
+inline uint32_t bf16_bits(float x) {
+  uint32_t u = __float_as_uint(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return u >> 16;
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  return bf16_bits(lo) | (bf16_bits(hi) << 16);
+}
+__device__ __forceinline__ float ex2(float x) { return exp2f(x); }
+__device__ __forceinline__ float2 bf16x2_to_float2(const uint16_t* p) {
+  return make_float2(__uint_as_float(uint32_t(p[0]) << 16), __uint_as_float(uint32_t(p[1]) << 16));
+}
+#else
 // 16 bytes global -> shared; zero-filled when !valid (src must still be a
 // mapped address).
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
@@ -107,6 +180,12 @@ __device__ __forceinline__ float ex2(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
+
+// Two bf16 (p 4-byte aligned) -> fp32.
+__device__ __forceinline__ float2 bf16x2_to_float2(const uint16_t* p) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+#endif  // RT_CUDA_EMULATE
 
 // ---- shared tiles ------------------------------------------------------------
 
@@ -307,7 +386,7 @@ template <int HD, int NW, int BC, int MT, bool QREG>
 __global__ void __launch_bounds__(NW * 32) attn_fwd_kernel(const FwdArgs a) {
   constexpr int BR = 16 * MT * NW, NT = NW * 32;
   constexpr int kTileQ = BR * HD * 2, kTileK = BC * HD * 2;
-  extern __shared__ __align__(128) uint8_t smem[];
+  RT_DYNAMIC_SMEM(smem);
   const uint32_t sQ = smem_addr(smem);
   const uint32_t sK = sQ + kTileQ;           // 2 stages
   const uint32_t sV = sK + 2 * kTileK;       // 2 stages
@@ -539,7 +618,7 @@ __global__ void __launch_bounds__(kWfThreads) attn_fwd_wgmma_kernel(const FwdArg
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int HD = 128, BR = 128, BC = kWfBC, NT = kWfThreads, kVStages = kWfVStages;
   constexpr int kTileQ = BR * HD * 2, kTileK = BC * HD * 2;
-  extern __shared__ __align__(128) uint8_t smem[];
+  RT_DYNAMIC_SMEM(smem);
   const uint32_t sQ = (smem_addr(smem) + 1023u) & ~1023u;  // swizzle atoms need 1024 B alignment
   const uint32_t sK = sQ + kTileQ;      // 2 stages
   const uint32_t sV = sK + 2 * kTileK;  // kVStages stages
@@ -648,9 +727,7 @@ __global__ void attn_bwd_dot_kernel(float* D, const uint16_t* dout, const uint16
   float acc = 0.f;
 #pragma unroll
   for (int d = 2 * lane; d < HD; d += 64) {
-    const __nv_bfloat162 xv = *reinterpret_cast<const __nv_bfloat162*>(x + d);
-    const __nv_bfloat162 yv = *reinterpret_cast<const __nv_bfloat162*>(y + d);
-    const float2 xf = __bfloat1622float2(xv), yf = __bfloat1622float2(yv);
+    const float2 xf = bf16x2_to_float2(x + d), yf = bf16x2_to_float2(y + d);
     acc += xf.x * yf.x + xf.y * yf.y;
   }
 #pragma unroll
@@ -787,7 +864,7 @@ template <int HD, int NW, int BRQ>
 __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
   constexpr int BCK = 16 * NW, NT = NW * 32;
   constexpr int kTileK = BCK * HD * 2, kTileQ = BRQ * HD * 2;
-  extern __shared__ __align__(128) uint8_t smem[];
+  RT_DYNAMIC_SMEM(smem);
   const uint32_t sK = smem_addr(smem);
   const uint32_t sV = sK + kTileK;
   const uint32_t sQ = sV + kTileK;            // 2 stages
@@ -976,7 +1053,7 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int HD = 128, BCK = kWbBCK, BRQ = kWbBRQ, NT = kWbThreads;
   constexpr int kTileK = BCK * HD * 2, kTileQ = BRQ * HD * 2;
-  extern __shared__ __align__(128) uint8_t smem[];
+  RT_DYNAMIC_SMEM(smem);
   const uint32_t s0 = smem_addr(smem);
   const uint32_t sK = (s0 + 1023u) & ~1023u;
   const uint32_t sV = sK + kTileK;
@@ -1118,26 +1195,23 @@ void launch_fwd(const FwdArgs& a, cudaStream_t stream) {
   auto kernel = attn_fwd_kernel<HD, NW, BC, MT, QREG>;
   static bool configured = false;  // per instantiation
   if (!configured) {
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-               "cudaFuncSetAttribute(attention forward)");
+    set_max_dynamic_smem(kernel, smem, "cudaFuncSetAttribute(attention forward)");
     configured = true;
   }
   const dim3 grid((a.Tq + BR - 1) / BR, a.H, a.B);
-  kernel<<<grid, NW * 32, smem, stream>>>(a);
-  check_cuda(cudaGetLastError(), "attention forward launch");
+  RT_ATTN_LAUNCH("attention forward launch", kernel, grid, NW * 32, smem, stream, a);
 }
 
 void launch_fwd_wgmma(const FwdArgs& a, cudaStream_t stream) {
   static bool configured = false;
   if (!configured) {
-    check_cuda(cudaFuncSetAttribute(attn_fwd_wgmma_kernel,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWfSmem)),
-               "cudaFuncSetAttribute(attention forward, wgmma)");
+    set_max_dynamic_smem(attn_fwd_wgmma_kernel, kWfSmem,
+                         "cudaFuncSetAttribute(attention forward, wgmma)");
     configured = true;
   }
   const dim3 grid((a.Tq + 127) / 128, a.H, a.B);
-  attn_fwd_wgmma_kernel<<<grid, kWfThreads, kWfSmem, stream>>>(a);
-  check_cuda(cudaGetLastError(), "attention forward (wgmma) launch");
+  RT_ATTN_LAUNCH("attention forward (wgmma) launch", attn_fwd_wgmma_kernel, grid, kWfThreads,
+                 kWfSmem, stream, a);
 }
 
 // Whether the current device runs the sm_90a code (Hopper) of this build.
@@ -1159,14 +1233,13 @@ bool device_has_wgmma() {
 void launch_bwd_wgmma(const BwdArgs& a, cudaStream_t stream) {
   static bool configured = false;
   if (!configured) {
-    check_cuda(cudaFuncSetAttribute(attn_bwd_wgmma_kernel,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWbSmem)),
-               "cudaFuncSetAttribute(attention backward, wgmma)");
+    set_max_dynamic_smem(attn_bwd_wgmma_kernel, kWbSmem,
+                         "cudaFuncSetAttribute(attention backward, wgmma)");
     configured = true;
   }
   const dim3 grid((a.Tk + kWbBCK - 1) / kWbBCK, a.G, a.B);
-  attn_bwd_wgmma_kernel<<<grid, kWbThreads, kWbSmem, stream>>>(a);
-  check_cuda(cudaGetLastError(), "attention backward (wgmma) launch");
+  RT_ATTN_LAUNCH("attention backward (wgmma) launch", attn_bwd_wgmma_kernel, grid, kWbThreads,
+                 kWbSmem, stream, a);
 }
 
 template <int HD, int NW, int BRQ>
@@ -1177,13 +1250,11 @@ void launch_bwd(const BwdArgs& a, cudaStream_t stream) {
   auto kernel = attn_bwd_kernel<HD, NW, BRQ>;
   static bool configured = false;
   if (!configured) {
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-               "cudaFuncSetAttribute(attention backward)");
+    set_max_dynamic_smem(kernel, smem, "cudaFuncSetAttribute(attention backward)");
     configured = true;
   }
   const dim3 grid((a.Tk + BCK - 1) / BCK, a.G, a.B);
-  kernel<<<grid, NW * 32, smem, stream>>>(a);
-  check_cuda(cudaGetLastError(), "attention backward launch");
+  RT_ATTN_LAUNCH("attention backward launch", kernel, grid, NW * 32, smem, stream, a);
 }
 
 }  // namespace
@@ -1259,10 +1330,11 @@ void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, flo
   constexpr int kWarps = 8;
   const unsigned blocks = unsigned((rows + kWarps - 1) / kWarps);
   if (p.hd == 128)
-    attn_bwd_dot_kernel<128><<<blocks, kWarps * 32, 0, s>>>(workspace, dout, out, p.B, p.Tq, p.H);
+    RT_ATTN_LAUNCH("attention backward (rowsum) launch", attn_bwd_dot_kernel<128>, blocks,
+                   kWarps * 32, 0, s, workspace, dout, out, p.B, p.Tq, p.H);
   else
-    attn_bwd_dot_kernel<64><<<blocks, kWarps * 32, 0, s>>>(workspace, dout, out, p.B, p.Tq, p.H);
-  check_cuda(cudaGetLastError(), "attention backward (rowsum) launch");
+    RT_ATTN_LAUNCH("attention backward (rowsum) launch", attn_bwd_dot_kernel<64>, blocks,
+                   kWarps * 32, 0, s, workspace, dout, out, p.B, p.Tq, p.H);
   BwdArgs a{q,      k,      v,     dout, lse,        workspace, dq,      dk, dv,
             p.B,    p.Tq,   p.Tk,  p.H,  p.G,        p.q_offset, p.k_offset,
             int(p.q_offset - p.k_offset), p.causal, p.alibi_slopes, p.scale, p.scale * kLog2e};
@@ -1274,4 +1346,4 @@ void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, flo
     launch_bwd<64, 8, 64>(a, s);
 }
 
-}  // namespace rt::cuda
+}  // namespace rt::RT_CUDA_NS

@@ -30,7 +30,15 @@
 
 #include "model/backend.h"
 
-namespace rt::cuda {
+// nvcc builds it in namespace rt::cuda; g++ with RT_CUDA_EMULATE for the CPU
+// fiber emulator in rt::cuda_emu (model/cuda/emu/attention_emu.cpp).
+#ifdef RT_CUDA_EMULATE
+#define RT_CUDA_NS cuda_emu
+#else
+#define RT_CUDA_NS cuda
+#endif
+
+namespace rt::RT_CUDA_NS {
 
 // Kernel family. kAuto: wgmma (warpgroup MMA, Hopper only) for head_dim 128 on
 // an sm_90 device, mma.sync otherwise. kMma forces the portable mma.sync
@@ -57,4 +65,4 @@ void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, flo
                              float* workspace, void* stream = nullptr,
                              AttentionImpl impl = AttentionImpl::kAuto);
 
-}  // namespace rt::cuda
+}  // namespace rt::RT_CUDA_NS

@@ -12,7 +12,7 @@
 #include "model/backend.h"
 #include "model/cuda/attention.h"
 
-namespace rt::cuda {
+namespace rt::RT_CUDA_NS {
 
 inline void require_dtype(CBuf b, DType t, const char* what) {
   if (b.t != t)
@@ -44,4 +44,4 @@ inline void attention_backward_op(const AttentionParams& p, Buf dq, Buf dk, Buf 
                           stream, impl);
 }
 
-}  // namespace rt::cuda
+}  // namespace rt::RT_CUDA_NS

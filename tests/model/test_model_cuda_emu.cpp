@@ -5,13 +5,17 @@
 // thread order catches missing barriers); divergent barriers and warp
 // intrinsics reported; 1-/2-/3-D indexing against an enumeration of the
 // grid; atomics; shuffle edge lanes against the CUDA programming guide's
-// rules; a kernel that throws; launch cost (printed, not asserted).
+// rules; a kernel that throws; launch cost (printed, not asserted). The
+// tensor-core collectives (ldmatrix, mma.m16n8k16) against a plain matrix
+// product written from the PTX ISA's fragment tables; a race between warps
+// (no barrier) caught by running warps one after another.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -230,6 +234,123 @@ __global__ void loop_divergent_kernel(int* out) {
 __global__ void ones_kernel(int* out) {
   out[blockIdx.x * blockDim.x + threadIdx.x] = 1;
   __syncthreads();
+}
+
+// Warp 1 reads what warp 0 wrote in the same phase. Without the barrier the
+// read is right only when warp 0 ran all the way first: forward phases run
+// whole warps in order, reverse phases the other way round.
+template <bool kSync>
+__global__ void cross_warp_kernel(int* out, int rounds) {
+  __shared__ int s[64];
+  const int t = int(threadIdx.x);
+  for (int r = 0; r < rounds; ++r) {
+    s[t] = r * 1000 + t;
+    if constexpr (kSync) __syncthreads();
+    out[r * 64 + t] = s[(t + 32) % 64];
+    __syncthreads();
+  }
+}
+
+TEST(CudaEmu, WarpsRunOneAfterAnotherSoCrossWarpRacesShow) {
+  auto bad = [](bool sync) {
+    vector<int> out(2 * 64, -1);
+    if (sync)
+      launch(dim3(1), dim3(64), cross_warp_kernel<true>, out.data(), 2);
+    else
+      launch(dim3(1), dim3(64), cross_warp_kernel<false>, out.data(), 2);
+    int n = 0;
+    for (int r = 0; r < 2; ++r)
+      for (int t = 0; t < 64; ++t) n += out[size_t(r * 64 + t)] != r * 1000 + (t + 32) % 64;
+    return n;
+  };
+  EXPECT_EQ(bad(true), 0);
+  // Round 0 runs warp 0 then warp 1: warp 0 reads warp 1's slots unwritten.
+  // Round 1 runs warp 1 first: it reads warp 0's round-0 values.
+  EXPECT_EQ(bad(false), 64) << "32 wrong reads per round expected";
+}
+
+// ---- tensor-core collectives (the PTX attention.cu uses) ----------------------
+
+// One warp: A (16x16 bf16, row-major) and B^T (8x16 bf16, row n = column n of
+// B) in dynamic shared memory, loaded with ldmatrix (A without .trans, B^T as
+// two 8x8 blocks), C (16x8 fp32) += A B with mma, written from the C fragments.
+// Also loads B^T's transpose with .trans (the B operand of a row-major 16x8
+// tile) and checks both routes agree.
+__global__ void mma_tile_kernel(const uint16_t* A, const uint16_t* Bt, const uint16_t* Brow,
+                                float* C, float* C2) {
+  uint8_t* smem = rt::emu::dynamic_shared();
+  const int lane = int(threadIdx.x), g = lane / 4, t = lane % 4;
+  uint16_t* sA = reinterpret_cast<uint16_t*>(smem);
+  uint16_t* sB = sA + 256;
+  uint16_t* sBr = sB + 128;
+  for (int i = lane; i < 256; i += 32) sA[i] = A[i];
+  for (int i = lane; i < 128; i += 32) sB[i] = Bt[i], sBr[i] = Brow[i];
+  __syncwarp();
+  // A: matrices 0..3 = (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15)
+  const int m = lane / 8, r = lane % 8;
+  uint32_t a[4];
+  rt::emu::ldmatrix_x4(__cvta_generic_to_shared(sA + (r + 8 * (m & 1)) * 16 + 8 * (m >> 1)), false,
+                       a);
+  // B^T rows n = 0..7: matrix 0 = k 0-7, matrix 1 = k 8-15 (2, 3 repeat them).
+  uint32_t b[4];
+  rt::emu::ldmatrix_x4(__cvta_generic_to_shared(sB + r * 16 + 8 * (m & 1)), false, b);
+  float c[4] = {0.f, 0.f, 0.f, 0.f};
+  rt::emu::mma_m16n8k16_bf16(c, a, b[0], b[1]);
+  // B row-major (16 x 8): matrix 0 = rows k 0-7, matrix 1 = rows 8-15, with .trans.
+  uint32_t bt[4];
+  rt::emu::ldmatrix_x4(__cvta_generic_to_shared(sBr + (r + 8 * (m & 1)) * 8), true, bt);
+  float c2[4] = {0.f, 0.f, 0.f, 0.f};
+  rt::emu::mma_m16n8k16_bf16(c2, a, bt[0], bt[1]);
+  for (int e = 0; e < 4; ++e) {
+    const int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+    C[row * 8 + col] = c[e];
+    C2[row * 8 + col] = c2[e];
+  }
+}
+
+TEST(CudaEmu, LdmatrixAndMmaFragmentsGiveTheMatrixProduct) {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> small(-8, 8);
+  auto bf16 = [](float x) {  // x is a small integer: exact in bf16
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    return uint16_t(u >> 16);
+  };
+  vector<float> A(256), B(128);  // A 16x16, B 16x8 (k x n)
+  for (float& x : A) x = float(small(rng));
+  for (float& x : B) x = float(small(rng));
+  vector<uint16_t> Ab(256), Bt(128), Br(128);
+  for (int i = 0; i < 256; ++i) Ab[size_t(i)] = bf16(A[size_t(i)]);
+  for (int k = 0; k < 16; ++k)
+    for (int n = 0; n < 8; ++n) {
+      Bt[size_t(n * 16 + k)] = bf16(B[size_t(k * 8 + n)]);
+      Br[size_t(k * 8 + n)] = bf16(B[size_t(k * 8 + n)]);
+    }
+  vector<float> C(128, -1.f), C2(128, -1.f);
+  rt::emu::launch_dynamic(dim3(1), dim3(32), 1024, mma_tile_kernel, Ab.data(), Bt.data(),
+                          Br.data(), C.data(), C2.data());
+  int bad = 0, bad2 = 0;
+  for (int i = 0; i < 16; ++i)
+    for (int n = 0; n < 8; ++n) {
+      double want = 0;
+      for (int k = 0; k < 16; ++k) want += double(A[size_t(i * 16 + k)]) * B[size_t(k * 8 + n)];
+      bad += C[size_t(i * 8 + n)] != float(want);
+      bad2 += C2[size_t(i * 8 + n)] != float(want);
+    }
+  EXPECT_EQ(bad, 0) << "ldmatrix / mma fragments disagree with A B";
+  EXPECT_EQ(bad2, 0) << "ldmatrix .trans disagrees with the non-transposed route";
+}
+
+__global__ void bad_shared_address_kernel(int* out) {
+  __shared__ int not_dynamic[4];
+  out[0] = int(__cvta_generic_to_shared(not_dynamic));
+}
+
+TEST(CudaEmu, SharedAddressesOutsideDynamicSharedMemoryAreReported) {
+  int out = 0;
+  const std::string msg = launch_error(
+      [&] { rt::emu::launch_dynamic(dim3(1), dim3(1), 64, bad_shared_address_kernel, &out); });
+  EXPECT_NE(msg.find("dynamic shared memory"), std::string::npos) << msg;
 }
 
 TEST(CudaEmu, DivergentSyncthreadsIsReported) {

@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -245,6 +246,11 @@ struct Emulator {
   std::exception_ptr failure;  // the failed fiber's exception
   std::string error;           // an error the scheduler found
   FpState fp;
+  std::vector<std::uint8_t> smem;  // dynamic shared memory (+256 bytes to align its base)
+  std::uint8_t* smem_base = nullptr;
+  std::size_t smem_bytes = 0;
+  // Per-warp exchange slots of the tensor-core collectives (ldmatrix, mma).
+  std::uint32_t xchg[kMaxThreads / 32][32][6] = {};
 };
 
 Emulator g_emu;
@@ -387,23 +393,35 @@ bool run_block(bool forward) {
   for (int w = 0; w < (n + 31) / 32; ++w) e.warp_arrived[w] = 0;
   e.n_barrier = e.n_done = 0;
 
+  // A phase runs the warps one after another, each as far as it gets (to the
+  // next __syncthreads or its end, through its warp intrinsics), so that a warp
+  // that reads what another warp writes without a barrier between them reads
+  // it too early (warps in forward order) or too late (reverse order).
+  const int nw = (n + 31) / 32;
   for (;;) {
     e.n_released = 0;
-    for (int k = 0; k < n; ++k) {
-      Fiber& f = e.fibers[std::size_t(forward ? k : n - 1 - k)];
-      if (f.state != State::kRunnable) continue;
-      g_thread_idx = f.tid;
-      e.current = &f;
-      resume_fiber(f);
-      e.current = nullptr;
-      switch (f.state) {
-        case State::kDone: ++e.n_done; break;
-        case State::kBarrier: ++e.n_barrier; break;
-        case State::kWarp:
-          if (++e.warp_arrived[f.lin / 32] == 32 && !complete_warp(f.lin / 32)) return false;
-          break;
-        case State::kFailed: return false;
-        case State::kRunnable: std::abort();  // a fiber never yields runnable
+    for (int wi = 0; wi < nw; ++wi) {
+      const int lo = (forward ? wi : nw - 1 - wi) * 32, hi = std::min(n, lo + 32);
+      for (bool ran = true; ran;) {
+        ran = false;
+        for (int k = 0; k < hi - lo; ++k) {
+          Fiber& f = e.fibers[std::size_t(forward ? lo + k : hi - 1 - k)];
+          if (f.state != State::kRunnable) continue;
+          ran = true;
+          g_thread_idx = f.tid;
+          e.current = &f;
+          resume_fiber(f);
+          e.current = nullptr;
+          switch (f.state) {
+            case State::kDone: ++e.n_done; break;
+            case State::kBarrier: ++e.n_barrier; break;
+            case State::kWarp:
+              if (++e.warp_arrived[f.lin / 32] == 32 && !complete_warp(f.lin / 32)) return false;
+              break;
+            case State::kFailed: return false;
+            case State::kRunnable: std::abort();  // a fiber never yields runnable
+          }
+        }
       }
     }
     if (e.n_done == n) return true;
@@ -473,7 +491,7 @@ std::uint64_t warp_exchange(WarpOp op, unsigned mask, std::uint64_t bits, int si
   return f.result;
 }
 
-void run_grid(dim3 grid, dim3 block, KernelThunk thunk, void* body) {
+void run_grid(dim3 grid, dim3 block, KernelThunk thunk, void* body, std::size_t dynamic_smem) {
   if (g_busy.exchange(true)) {
     throw std::runtime_error(
         "rt::emu::launch: a launch is already running (a kernel launched a kernel, or two host "
@@ -501,6 +519,9 @@ void run_grid(dim3 grid, dim3 block, KernelThunk thunk, void* body) {
   e.fp = current_fp_state();
   g_block_dim = block;
   g_grid_dim = grid;
+  if (e.smem.size() < dynamic_smem + 256) e.smem.resize(dynamic_smem + 256);
+  e.smem_base = e.smem.data() + (256 - reinterpret_cast<std::uintptr_t>(e.smem.data()) % 256) % 256;
+  e.smem_bytes = dynamic_smem;
 
   bool ok = true;
   std::uint64_t block_number = 0;
@@ -508,6 +529,7 @@ void run_grid(dim3 grid, dim3 block, KernelThunk thunk, void* body) {
     for (unsigned y = 0; y < grid.y && ok; ++y) {
       for (unsigned x = 0; x < grid.x && ok; ++x, ++block_number) {
         g_block_idx = dim3(x, y, z);
+        std::memset(e.smem_base, 0xFF, e.smem_bytes);
         ok = run_block(block_number % 2 == 0);
       }
     }
@@ -557,3 +579,107 @@ extern "C" void rt_emu_fiber_main() {
   yield_to_scheduler(*f, /*finished=*/true);
   std::abort();  // a finished fiber is never resumed
 }
+
+// ---- dynamic shared memory and tensor-core PTX ----------------------------------
+
+namespace rt::emu {
+using detail::g_emu;
+
+std::uint8_t* dynamic_shared() {
+  detail::running_fiber("rt::emu::dynamic_shared");
+  return g_emu.smem_base;
+}
+
+std::uint32_t shared_offset(const void* p) {
+  const auto* b = static_cast<const std::uint8_t*>(p);
+  if (!g_emu.smem_base || b < g_emu.smem_base || b > g_emu.smem_base + g_emu.smem_bytes) {
+    throw std::runtime_error(
+        "__cvta_generic_to_shared: the pointer is not in the launch's dynamic shared memory "
+        "(the emulator maps only launch_dynamic's bytes to shared addresses)");
+  }
+  return std::uint32_t(b - g_emu.smem_base);
+}
+
+namespace {
+// The shared bytes [addr, addr + n), checked.
+std::uint8_t* shared_at(std::uint32_t addr, std::size_t n, const char* what) {
+  if (std::size_t(addr) + n > g_emu.smem_bytes) {
+    throw std::runtime_error(std::string(what) + ": shared address " + std::to_string(addr) +
+                             " + " + std::to_string(n) + " bytes is past the block's " +
+                             std::to_string(g_emu.smem_bytes) + " bytes of dynamic shared memory");
+  }
+  return g_emu.smem_base + addr;
+}
+
+float bf16_lo(std::uint32_t u) { return std::bit_cast<float>(u << 16); }
+float bf16_hi(std::uint32_t u) { return std::bit_cast<float>(u & 0xffff0000u); }
+
+// The calling lane and its warp's exchange slots: a lane writes its words to
+// its own slot, __syncwarp, reads the others', __syncwarp again.
+struct Lane {
+  int lane;
+  std::uint32_t (*warp)[6];
+};
+Lane this_lane(const char* what) {
+  const detail::Fiber& f = detail::running_fiber(what);
+  return {f.lin % 32, g_emu.xchg[f.lin / 32]};
+}
+}  // namespace
+
+void ldmatrix_x4(std::uint32_t addr, bool trans, std::uint32_t (&r)[4]) {
+  const Lane me = this_lane("ldmatrix");
+  me.warp[me.lane][0] = addr;
+  __syncwarp();
+  const int l = me.lane;
+  for (int j = 0; j < 4; ++j) {
+    if (!trans) {
+      const std::uint8_t* row = shared_at(me.warp[8 * j + l / 4][0], 16, "ldmatrix");
+      std::memcpy(&r[j], row + 4 * (l % 4), 4);
+    } else {
+      std::uint16_t lo = 0, hi = 0;
+      std::memcpy(&lo, shared_at(me.warp[8 * j + 2 * (l % 4)][0], 16, "ldmatrix") + 2 * (l / 4),
+                  2);
+      std::memcpy(&hi,
+                  shared_at(me.warp[8 * j + 2 * (l % 4) + 1][0], 16, "ldmatrix") + 2 * (l / 4), 2);
+      r[j] = std::uint32_t(lo) | (std::uint32_t(hi) << 16);
+    }
+  }
+  __syncwarp();
+}
+
+void mma_m16n8k16_bf16(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                       std::uint32_t b1) {
+  const Lane me = this_lane("mma");
+  std::uint32_t* mine = me.warp[me.lane];
+  for (int i = 0; i < 4; ++i) mine[i] = a[i];
+  mine[4] = b0;
+  mine[5] = b1;
+  __syncwarp();
+  // A(row, k) and B(k, n) from the lanes that hold them.
+  auto A = [&](int row, int k) {
+    const std::uint32_t u = me.warp[(row % 8) * 4 + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)];
+    return k % 2 ? bf16_hi(u) : bf16_lo(u);
+  };
+  auto B = [&](int k, int n) {
+    const std::uint32_t u = me.warp[n * 4 + (k % 8) / 2][4 + (k >= 8)];
+    return k % 2 ? bf16_hi(u) : bf16_lo(u);
+  };
+  const int g = me.lane / 4, t = me.lane % 4;
+  for (int e = 0; e < 4; ++e) {
+    const int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+    float acc = c[e];
+    for (int k = 0; k < 16; ++k) acc = std::fma(A(row, k), B(k, col), acc);
+    c[e] = acc;
+  }
+  __syncwarp();
+}
+
+void cp_async16(std::uint32_t dst, const void* src, bool valid) {
+  std::uint8_t* d = shared_at(dst, 16, "cp.async");
+  if (valid) {
+    std::memcpy(d, src, 16);
+  } else {
+    std::memset(d, 0, 16);
+  }
+}
+}  // namespace rt::emu

@@ -41,17 +41,38 @@
 //                 kernel<<<grid, block>>>(args...): kernel is a pointer to a
 //                 __global__ function or a callable (lambda); each thread
 //                 calls kernel(args...) with its own copies of the arguments.
+//                 rt::emu::launch_dynamic(grid, block, bytes, kernel, args...)
+//                 in place of kernel<<<grid, block, bytes>>>(args...): the
+//                 block's dynamic shared memory is rt::emu::dynamic_shared()
+//                 (`extern __shared__ T name[]` on a GPU), bytes of it,
+//                 256-byte aligned, filled with 0xFF before every block
+//                 (uninitialised on a GPU; 0xFF reads as NaN in fp32 and bf16).
+//   tensor-core PTX (model/cuda/attention.cu's wrappers), as warp collectives
+//                 (all 32 lanes must reach them, as with a shuffle):
+//                 rt::emu::ldmatrix_x4(addr, trans, r) for
+//                 ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16,
+//                 rt::emu::mma_m16n8k16_bf16(c, a, b0, b1) for
+//                 mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (fp32
+//                 accumulation in k order; the hardware's order is not
+//                 specified), rt::emu::cp_async16(addr, src, valid) for
+//                 cp.async.cg.shared.global of 16 bytes (copied at once here:
+//                 commit and wait do nothing). A shared address is
+//                 __cvta_generic_to_shared(p): p's offset in the dynamic
+//                 shared memory (only there). Also float2 / make_float2,
+//                 global min / max, __align__(n).
 //
 // How it runs: blocks one after another (blockIdx.x fastest, then y, then z)
 // on the calling thread; the threads of a block as fibers (64 KiB stacks with
 // a guard page below, pooled and reused across launches; up to 1024 threads).
-// Between two __syncthreads a thread runs until it reaches the next one (or
-// returns); warp intrinsics suspend a lane until all 32 lanes of its warp have
-// arrived. The order in which a block's threads run alternates between
-// forward and reverse from one barrier phase to the next (and block to block:
-// block b's phase p runs forward when b + p is even), so a missing
-// __syncthreads shows up as a wrong result: a thread reads shared memory
-// before (or after) the thread that should have written it first.
+// Between two __syncthreads the warps run one after another, each until all
+// its threads reach the next __syncthreads (or return); within a warp a thread
+// runs until it reaches a barrier or a warp intrinsic, which suspends a lane
+// until all 32 lanes of its warp have arrived. The order of the warps, and of
+// the threads within each, alternates between forward and reverse from one
+// barrier phase to the next (and block to block: block b's phase p runs
+// forward when b + p is even), so a missing __syncthreads shows up as a wrong
+// result: a thread (or a whole warp) reads shared memory before (or after) the
+// thread that should have written it first.
 //
 // Cost (x86-64, this project's 2-core CI machine): ~1.5 us per block of 32
 // threads without barriers, ~30-40 us per block of 256 threads with two
@@ -80,8 +101,10 @@
 #error "model/cuda/emu/cuda_emu.h is the CPU emulation of CUDA: include it only without nvcc (RT_CUDA_EMULATE)"
 #endif
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
@@ -92,6 +115,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __align__(n) alignas(n)
 
 // ---- dim3 and the built-in variables ---------------------------------------
 struct dim3 {
@@ -132,7 +156,9 @@ using KernelThunk = void (*)(void* body);
 
 // Runs body on every thread of the grid; throws std::runtime_error on the
 // errors listed at the top of this file.
-void run_grid(dim3 grid, dim3 block, KernelThunk thunk, void* body);
+// dynamic_smem: bytes of dynamic shared memory per block (launch_dynamic).
+void run_grid(dim3 grid, dim3 block, KernelThunk thunk, void* body,
+              std::size_t dynamic_smem = 0);
 
 template <class T>
 std::uint64_t to_bits(T v) {
@@ -252,4 +278,47 @@ void launch(dim3 grid, dim3 block, Kernel kernel, Args... args) {
   detail::run_grid(grid, block, [](void* b) { (*static_cast<Body*>(b))(); }, &body);
 }
 
+// kernel<<<grid, block, dynamic_smem_bytes>>>(args...) on the CPU.
+template <class Kernel, class... Args>
+void launch_dynamic(dim3 grid, dim3 block, std::size_t dynamic_smem_bytes, Kernel kernel,
+                    Args... args) {
+  static_assert(std::is_invocable_v<Kernel&, Args&...>,
+                "rt::emu::launch_dynamic: the kernel cannot be called with these arguments");
+  auto body = [&kernel, &args...]() { kernel(args...); };
+  using Body = decltype(body);
+  detail::run_grid(grid, block, [](void* b) { (*static_cast<Body*>(b))(); }, &body,
+                   dynamic_smem_bytes);
+}
+
+// The running block's dynamic shared memory (launch_dynamic's bytes).
+std::uint8_t* dynamic_shared();
+// p's offset in the dynamic shared memory; throws (failing the launch) for a
+// pointer outside it.
+std::uint32_t shared_offset(const void* p);
+
+// ---- tensor-core PTX, as warp collectives -------------------------------------
+// ldmatrix .x4: lane l gives the shared address of row l % 8 of matrix l / 8
+// (8 bf16 = 16 bytes). r[j] of lane l: without trans, elements 2 (l % 4) and
+// 2 (l % 4) + 1 of row l / 4 of matrix j; with trans, elements (row 2 (l % 4),
+// column l / 4) and (row 2 (l % 4) + 1, column l / 4). The lower element is in
+// the low half.
+void ldmatrix_x4(std::uint32_t addr, bool trans, std::uint32_t (&r)[4]);
+// c += a b for a 16x16 (row) by 16x8 (col) bf16 product into fp32, in the
+// fragments of PTX's mma.m16n8k16 (g = lane / 4, t = lane % 4):
+//   a[0] (g, 2t..2t+1)  a[1] (g+8, 2t..)  a[2] (g, 2t+8..)  a[3] (g+8, 2t+8..)
+//   b0 (k 2t..2t+1, n g)  b1 (k 2t+8.., n g)
+//   c[0], c[1] (g, 2t..2t+1)  c[2], c[3] (g+8, 2t..2t+1)
+void mma_m16n8k16_bf16(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                       std::uint32_t b1);
+// 16 bytes from src to shared address dst (zeros when !valid), at once.
+void cp_async16(std::uint32_t dst, const void* src, bool valid);
 }  // namespace rt::emu
+
+// ---- CUDA's vector type and global helpers the kernels use ----------------------
+struct float2 {
+  float x, y;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
+using std::max;
+using std::min;
+inline std::uint32_t __cvta_generic_to_shared(const void* p) { return rt::emu::shared_offset(p); }
