@@ -20,7 +20,9 @@
 # Steps, the checks first and the measurements after them: nvidia-smi
 # summary; the CUDA tests (ctest -L cuda in a build tree; in a bundle the
 # test_*cuda* binaries and the op harness directly); the op harness
-# test_model_backend_ops; CPU fp32 vs GPU bf16 over 50 steps
+# test_model_backend_ops; the attention backward with and without its head
+# split (bench_cuda_attention, TinyLlama's heads at 4K and 16K); CPU fp32 vs
+# GPU bf16 over 50 steps
 # (tests/cli/cli_cuda_e2e.sh); GPU resume after SIGTERM; compute-sanitizer
 # memcheck on a 2-step training run (when installed); issue 14's checks
 # (tests/bench/run_nccl_gpu.sh: NcclComm at 1 rank, cp 2 and 4 ranks and
@@ -49,7 +51,7 @@ while [ $# -gt 0 ]; do
     --no-profile) profile=0 ;;
     --budget) budget=$2; shift ;;
     --quick) quick=1 ;;
-    -h|--help) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) [ -z "$out" ] && out=$1 || { echo "gpu_check.sh: one OUT_DIR only" >&2; exit 2; } ;;
   esac
@@ -119,7 +121,7 @@ else
   n=0 bad=0 skip=0
   for b in "$testbin"/test_*cuda*; do
     [ -e "$b" ] || continue
-    case "$b" in *_emu) continue ;; esac
+    case "$b" in *_emu|*_emu_*) continue ;; esac  # emulator tests: CPU work CI runs
     n=$((n + 1))
     timeout 300 "$b" --gtest_filter='-*Emulated*:CudaEmu.*' > "$out/$(basename "$b").log" 2>&1 || bad=$((bad + 1))
     grep -q "SKIPPED" "$out/$(basename "$b").log" && skip=$((skip + 1))
@@ -136,6 +138,31 @@ if [ -x "$testbin/test_model_backend_ops" ]; then
   grep -qE "cuda" "$out/backend_ops.log" || echo "note: the op harness log never mentions cuda (is the CUDA backend registered there?)"
 else
   row "op harness (backend_ops)" missing 0 "no test_model_backend_ops in $testbin"
+fi
+
+# ---- 2b. attention backward: head split vs whole groups (TinyLlama's heads) --
+# hd 64, 32 query heads on 4 kv heads, causal, T = 4K and 16K, batch 1: the
+# automatic head split against --head-split 1 (the kernel before the split).
+t=$SECONDS
+if [ -x "$testbin/bench_cuda_attention" ]; then
+  for sp in 1 0; do
+    timeout 120 "$testbin/bench_cuda_attention" --hd 64 --heads 32 --kv-heads 4 --tokens 4096 \
+      --seq-lens 4096,16384 --reps 10 --head-split $sp > "$out/attn_split$sp.json" 2>> "$out/attn_split.err"
+  done
+  detail=$(py - "$out/attn_split1.json" "$out/attn_split0.json" <<'PYEOF' 2>> "$out/attn_split.err"
+import json, sys
+one, auto = (json.load(open(f)) for f in sys.argv[1:3])
+cells = []
+for a, b in zip(one["results"], auto["results"]):
+    if a["causal"]:
+        cells.append(f"T={a['T']}: bwd {a['bwd_ms']:.2f} ms ({a['bwd_tflops']:.0f} TF/s) -> "
+                     f"{b['bwd_ms']:.2f} ms ({b['bwd_tflops']:.0f} TF/s) at split {b['head_split']}")
+print("; ".join(cells))
+PYEOF
+  )
+  row "attention bwd head split" "$([ -n "$detail" ] && echo ok || echo FAIL)" $((SECONDS - t)) "${detail:-see attn_split.err}"
+else
+  row "attention bwd head split" missing 0 "no bench_cuda_attention in $testbin"
 fi
 
 # ---- 3. end to end: CPU fp32 vs GPU bf16, resume after SIGTERM ----------

@@ -33,13 +33,13 @@ if [ "${1:-}" != "--no-build" ]; then
     echo "gpu_pack.sh: cmake found no nvcc (see $build/cmake.log): the bundle would have no CUDA" >&2
     exit 2
   fi
-  targets=(ringtrain test_model_backend_ops)
+  targets=(ringtrain test_model_backend_ops bench_cuda_attention)
   # issue 14's GPU checks (built when cmake found NCCL; tests/bench/run_nccl_gpu.sh)
   for t in nccl_comm_gpu bench_ring_overlap; do
     ninja -C "$build" -t targets all 2> /dev/null | grep -q "^$t:" && targets+=("$t")
   done
   for t in tests/model/test_model_cuda_*.cpp tests/*/*/test_*_cuda_*.cpp; do
-    case "$t" in *_emu.cpp) continue ;; esac  # the CUDA emulator's test: CPU only
+    case "$t" in *_emu.cpp|*_emu_*.cpp) continue ;; esac  # the CUDA emulator's tests: CPU only
     [ -f "$t" ] && targets+=("$(basename "$t" .cpp)")
   done
   cmake --build "$build" -j2 --target "${targets[@]}"
@@ -48,7 +48,7 @@ fi
 bins=("$build/ringtrain")
 for b in "$build"/tests/test_*cuda* "$build/tests/test_model_backend_ops" "$build/tests/bench_cuda_attention" \
          "$build/tests/nccl_comm_gpu" "$build/tests/bench_ring_overlap"; do
-  case "$b" in *_emu) continue ;; esac
+  case "$b" in *_emu|*_emu_*) continue ;; esac
   [ -x "$b" ] && bins+=("$b")
 done
 mkdir -p "$build/device"

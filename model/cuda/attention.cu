@@ -24,8 +24,14 @@
 // Backward: rowsum(dout * out) first (one warp per row), then one block per
 // (key tile of 16*NW rows, kv head, batch) that owns those dK, dV rows in
 // registers and loops over every query head of its group and every query tile
-// that can see the key tile (deterministic dK, dV; no atomics). Per query
-// tile, with the key rows as the M dimension:
+// that can see the key tile (deterministic dK, dV; no atomics). The mma.sync
+// kernel can also split a group's query heads over s blocks (the head split,
+// attention_backward_head_split: when key tiles x kv heads x batch alone
+// would leave SMs idle, e.g. TinyLlama's 4 kv heads at 4K gave 128 blocks on
+// 132 SMs, the causal ones uneven); each stores its partial dK, dV and a
+// second kernel sums the s parts in order (still deterministic). Its blocks
+// are issued key tile first, so under a causal mask the longest start first.
+// Per query tile, with the key rows as the M dimension:
 //   S^T = K Q^T,  P^T = exp(S^T - lse),  dV += P^T dO,  dP^T = V dO^T,
 //   dS^T = P^T (dP^T - D),  dK += dS^T Q,  dQ += dS K (through shared memory,
 //   fp32 atomics into the caller's dq).
@@ -40,6 +46,7 @@
 // emulator's warp collectives, so CI runs the mma.sync kernels against the CPU
 // attention (test_model_attention_emu). The wgmma kernels' bodies exist only
 // in the sm_90a pass of nvcc.
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -60,6 +67,12 @@ namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
+// The mma.sync backward's key tile (16 rows per warp, 8 warps).
+constexpr int kBwdKeyTile = 128;
+// Blocks the mma.sync backward aims for (head split): about 8 waves of one
+// block per SM on an H100 / H200 (132 SMs), enough for the causal mask's
+// uneven blocks to even out.
+constexpr int64_t kBwdTargetBlocks = 1024;
 
 // Kernel launches and dynamic shared memory, on a GPU or on the emulator.
 #ifdef RT_CUDA_EMULATE
@@ -749,6 +762,12 @@ struct BwdArgs {
   bool causal;
   const float* slopes;
   float scale, scale_log2;
+  // mma.sync kernel only: each kv head's query heads are split over hsplit
+  // blocks (a divisor of H / G); with hsplit > 1 block part s stores its dK
+  // (scaled), dV into dk_part, dv_part + s * B * Tk * G * hd (the layout of
+  // dk), which bwd_sum_parts_kernel then adds to dk, dv in part order.
+  int hsplit;
+  float *dk_part, *dv_part;
 };
 
 // Backward: scores S^T of this warp's 16 key rows (kr + g8, + 8) x BRQ queries
@@ -789,14 +808,36 @@ __device__ __forceinline__ void probs_t(float (&s)[BRQ / 8][4], const BwdArgs& a
 // the query heads of its group and, of each, the query tiles (BRQ rows) from
 // i_start on (under a causal mask the earlier ones see none of its keys):
 // iteration it is head kvh * rep + it / nq, query tile i_start + it % nq.
+//
+// Two grids: (key tiles, G, B), each block all rep = H / G query heads of its
+// group (the wgmma kernel); or one dimension of key tiles x G x hsplit x B
+// blocks (the mma.sync kernel), key tile slowest, so that under a causal mask
+// the blocks with the most query tiles (the first key tiles) start first,
+// each block rep / hsplit query heads: part `part` of its group.
+struct LinearBwdGrid {};
 template <int HD>
 struct BwdBlock {
   int k0, kvh, b, rep, i_start, nq;
+  int part = 0, h0, nh;  // query heads h0 .. h0 + nh - 1
   int64_t ldq, ldk;
   const uint16_t *Kb, *Vb;
   __device__ BwdBlock(const BwdArgs& a, int BCK, int BRQ) {
     k0 = blockIdx.x * BCK;
     kvh = blockIdx.y, b = blockIdx.z, rep = a.H / a.G;
+    h0 = kvh * rep, nh = rep;
+    init(a, BCK, BRQ);
+  }
+  __device__ BwdBlock(const BwdArgs& a, int BCK, int BRQ, LinearBwdGrid) {
+    const int64_t per_tile = int64_t(a.G) * a.hsplit * a.B;
+    const int64_t r = int64_t(blockIdx.x) % per_tile;
+    k0 = int(int64_t(blockIdx.x) / per_tile) * BCK;
+    b = int(r / (int64_t(a.G) * a.hsplit));
+    const int ys = int(r % (int64_t(a.G) * a.hsplit));
+    kvh = ys / a.hsplit, part = ys % a.hsplit;
+    rep = a.H / a.G, nh = rep / a.hsplit, h0 = kvh * rep + part * nh;
+    init(a, BCK, BRQ);
+  }
+  __device__ void init(const BwdArgs& a, int BCK, int BRQ) {
     ldq = int64_t(a.H) * HD, ldk = int64_t(a.G) * HD;
     Kb = a.k + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
     Vb = a.v + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
@@ -809,7 +850,7 @@ struct BwdBlock {
     }
     nq = (a.Tq + BRQ - 1) / BRQ - i_start;  // <= 0: nothing to accumulate
   }
-  __device__ int head(int it) const { return kvh * rep + it / nq; }
+  __device__ int head(int it) const { return h0 + it / nq; }
   __device__ int q0(int it, int BRQ) const { return (i_start + it % nq) * BRQ; }
 };
 
@@ -829,6 +870,45 @@ __device__ __forceinline__ void load_lse_d(const BwdArgs& a, int b, int h, int q
     }
     sL[r] = lse_l2;
     sD[r] = d;
+  }
+}
+
+// dK (times the softmax scale) and dV of key rows row0, row0 + 8 stored (not
+// added) into this block's part of dk_part, dv_part (hsplit > 1).
+template <int HD>
+__device__ __forceinline__ void store_dk_dv_part(const BwdArgs& a, const BwdBlock<HD>& blk,
+                                                 int row0, int t4, const float (&dk)[HD / 8][4],
+                                                 const float (&dv)[HD / 8][4]) {
+  const int64_t part_off = int64_t(blk.part) * a.B * a.Tk * blk.ldk;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + 8 * r;
+    if (row >= a.Tk) continue;
+    const int64_t off =
+        part_off + (int64_t(blk.b) * a.Tk + row) * blk.ldk + int64_t(blk.kvh) * HD + 2 * t4;
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) {
+      *reinterpret_cast<float2*>(a.dk_part + off + n * 8) =
+          make_float2(dk[n][2 * r] * a.scale, dk[n][2 * r + 1] * a.scale);
+      *reinterpret_cast<float2*>(a.dv_part + off + n * 8) =
+          make_float2(dv[n][2 * r], dv[n][2 * r + 1]);
+    }
+  }
+}
+
+// dk += the hsplit parts of dk_part (dv likewise), summed in part order:
+// n = B * Tk * G * hd elements each.
+__global__ void bwd_sum_parts_kernel(float* dk, float* dv, const float* dk_part,
+                                     const float* dv_part, int64_t n, int hsplit) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float sk = dk_part[i], sv = dv_part[i];
+    for (int s = 1; s < hsplit; ++s) {
+      sk += dk_part[s * n + i];
+      sv += dv_part[s * n + i];
+    }
+    dk[i] += sk;
+    dv[i] += sv;
   }
 }
 
@@ -876,9 +956,19 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g8 = lane >> 2, t4 = lane & 3;
-  const BwdBlock<HD> blk(a, BCK, BRQ);
-  const int k0 = blk.k0, nq = blk.nq, n_it = nq * blk.rep;
-  if (nq <= 0) return;
+  const BwdBlock<HD> blk(a, BCK, BRQ, LinearBwdGrid{});
+  const int k0 = blk.k0, nq = blk.nq, n_it = nq * blk.nh;
+  const int kr = warp * 16;  // this warp's key rows within the tile
+
+  float dk[HD / 8][4], dv[HD / 8][4];
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
+  if (nq <= 0) {  // no query sees these keys: a part is still written (zeros)
+    if (a.hsplit > 1) store_dk_dv_part<HD>(a, blk, k0 + kr + g8, t4, dk, dv);
+    return;
+  }
 
   // Per-iteration operands: Q, dO tiles and lse, D rows into stage st.
   auto issue = [&](int it, int st) {
@@ -893,14 +983,6 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
   load_tile<HD, BCK, NT>(sV, blk.Vb, blk.ldk, k0, a.Tk, tid);
   issue(0, 0);
   cp_async_commit();
-
-  float dk[HD / 8][4], dv[HD / 8][4];
-#pragma unroll
-  for (int n = 0; n < HD / 8; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
-
-  const int kr = warp * 16;  // this warp's key rows within the tile
 
   for (int it = 0; it < n_it; ++it) {
     const int st = it & 1;
@@ -1028,8 +1110,11 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
     __syncthreads();  // stages and dS^T are rewritten next iteration
   }
 
-  // dK (scaled), dV += into the caller's fp32 buffers.
-  add_dk_dv_rows<HD>(a, blk, k0 + kr + g8, t4, dk, dv);
+  // dK (scaled), dV += into the caller's fp32 buffers, or into this block's part.
+  if (a.hsplit > 1)
+    store_dk_dv_part<HD>(a, blk, k0 + kr + g8, t4, dk, dv);
+  else
+    add_dk_dv_rows<HD>(a, blk, k0 + kr + g8, t4, dk, dv);
 }
 
 // Backward for head_dim 128 on sm_90a: 2 warpgroups x 64 key rows (a key tile
@@ -1245,6 +1330,7 @@ void launch_bwd_wgmma(const BwdArgs& a, cudaStream_t stream) {
 template <int HD, int NW, int BRQ>
 void launch_bwd(const BwdArgs& a, cudaStream_t stream) {
   constexpr int BCK = 16 * NW;
+  static_assert(BCK == kBwdKeyTile, "bwd_head_split assumes this key tile");
   constexpr size_t smem = 2 * size_t(BCK) * HD * 2 + 4 * size_t(BRQ) * HD * 2 +
                           size_t(BCK) * BRQ * 2 + 4 * size_t(BRQ) * sizeof(float);
   auto kernel = attn_bwd_kernel<HD, NW, BRQ>;
@@ -1253,8 +1339,20 @@ void launch_bwd(const BwdArgs& a, cudaStream_t stream) {
     set_max_dynamic_smem(kernel, smem, "cudaFuncSetAttribute(attention backward)");
     configured = true;
   }
-  const dim3 grid((a.Tk + BCK - 1) / BCK, a.G, a.B);
-  RT_ATTN_LAUNCH("attention backward launch", kernel, grid, NW * 32, smem, stream, a);
+  const int64_t blocks = int64_t((a.Tk + BCK - 1) / BCK) * a.G * a.hsplit * a.B;
+  RT_ATTN_LAUNCH("attention backward launch", kernel, dim3(unsigned(blocks)), NW * 32, smem, stream,
+                 a);
+  if (a.hsplit > 1) {
+    const int64_t n = int64_t(a.B) * a.Tk * a.G * HD;
+#ifdef RT_CUDA_EMULATE
+    const unsigned sum_blocks = 3;  // few blocks: the grid-stride loop is exercised
+#else
+    const unsigned sum_blocks = unsigned(std::min<int64_t>((n + 255) / 256, 4096));
+#endif
+    RT_ATTN_LAUNCH("attention backward (sum of head parts) launch", bwd_sum_parts_kernel,
+                   dim3(sum_blocks), 256, 0, stream, a.dk, a.dv, a.dk_part, a.dv_part, n,
+                   a.hsplit);
+  }
 }
 
 }  // namespace
@@ -1314,8 +1412,47 @@ void attention_forward_bf16(const AttentionParams& p, uint16_t* out, float* lse,
     launch_fwd<64, 4, 64, 2, true>(a, s);
 }
 
-size_t attention_backward_workspace_floats(const AttentionParams& p) {
-  return size_t(p.B) * size_t(p.H) * size_t(p.Tq);
+namespace {
+int g_forced_head_split = 0;  // force_attention_backward_head_split
+
+// Floats of the workspace before the parts (D), rounded up to 16 bytes.
+size_t d_floats(const AttentionParams& p) {
+  return (size_t(p.B) * size_t(p.H) * size_t(p.Tq) + 3) / 4 * 4;
+}
+}  // namespace
+
+void force_attention_backward_head_split(int s) {
+  if (s < 0) throw UsageError("force_attention_backward_head_split: s must be >= 0");
+  g_forced_head_split = s;
+}
+
+int attention_backward_head_split(const AttentionParams& p, AttentionImpl impl) {
+  check_attention_params(p);
+  if (use_wgmma(p, impl)) return 1;  // the wgmma backward keeps whole groups
+  const int rep = p.H / p.G;
+  if (g_forced_head_split > 0) {
+    if (rep % g_forced_head_split != 0)
+      throw UsageError("attention backward head split " + std::to_string(g_forced_head_split) +
+                       " does not divide the " + std::to_string(rep) +
+                       " query heads per kv head");
+    return g_forced_head_split;
+  }
+  // The smallest divisor of rep that reaches the target, unless that
+  // overshoots it by 4x (the parts' memory), then the divisor below it.
+  const int64_t blocks = int64_t((p.Tk + kBwdKeyTile - 1) / kBwdKeyTile) * p.G * p.B;
+  int prev = 1;
+  for (int d = 1; d <= rep; ++d) {
+    if (rep % d != 0) continue;
+    if (blocks * d >= kBwdTargetBlocks) return d > 1 && blocks * d > 4 * kBwdTargetBlocks ? prev : d;
+    prev = d;
+  }
+  return rep;
+}
+
+size_t attention_backward_workspace_floats(const AttentionParams& p, AttentionImpl impl) {
+  const int split = attention_backward_head_split(p, impl);
+  const size_t parts = split > 1 ? 2 * size_t(split) * p.B * p.Tk * p.G * p.hd : 0;
+  return d_floats(p) + parts;
 }
 
 void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, float* dv,
@@ -1335,9 +1472,13 @@ void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, flo
   else
     RT_ATTN_LAUNCH("attention backward (rowsum) launch", attn_bwd_dot_kernel<64>, blocks,
                    kWarps * 32, 0, s, workspace, dout, out, p.B, p.Tq, p.H);
+  const int split = attention_backward_head_split(p, impl);
+  float* parts = workspace + d_floats(p);
+  const size_t part_floats = size_t(split) * p.B * p.Tk * p.G * p.hd;
   BwdArgs a{q,      k,      v,     dout, lse,        workspace, dq,      dk, dv,
             p.B,    p.Tq,   p.Tk,  p.H,  p.G,        p.q_offset, p.k_offset,
-            int(p.q_offset - p.k_offset), p.causal, p.alibi_slopes, p.scale, p.scale * kLog2e};
+            int(p.q_offset - p.k_offset), p.causal, p.alibi_slopes, p.scale, p.scale * kLog2e,
+            split, split > 1 ? parts : nullptr, split > 1 ? parts + part_floats : nullptr};
   if (wg)
     launch_bwd_wgmma(a, s);
   else if (p.hd == 128)

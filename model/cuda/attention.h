@@ -56,8 +56,22 @@ void attention_forward_bf16(const AttentionParams& p, uint16_t* out, float* lse,
                             const uint16_t* q, const uint16_t* k, const uint16_t* v,
                             void* stream = nullptr, AttentionImpl impl = AttentionImpl::kAuto);
 
-// Floats of device scratch the backward needs (rowsum(dout * out), B*H*Tq).
-size_t attention_backward_workspace_floats(const AttentionParams& p);
+// Floats of device scratch the backward needs: rowsum(dout * out) (B*H*Tq,
+// rounded up to a multiple of 4), and with a head split s > 1 the per-part
+// dK, dV (2 s B Tk G hd).
+size_t attention_backward_workspace_floats(const AttentionParams& p,
+                                           AttentionImpl impl = AttentionImpl::kAuto);
+
+// The mma.sync backward gives each block one key tile of one kv head and
+// 1/s of that head's H/G query heads, s (a divisor of H/G) chosen so that the
+// grid has about 1024 blocks where key tiles x kv heads x batch alone would
+// leave SMs idle (short sequences, few kv heads); the s partial dK, dV are
+// then summed in a fixed order (deterministic). 1 for the wgmma kernels.
+int attention_backward_head_split(const AttentionParams& p,
+                                  AttentionImpl impl = AttentionImpl::kAuto);
+// Tests and benchmarks: s > 0 makes every backward use head split s (which
+// must divide H/G); 0 restores the automatic choice. Not thread-safe.
+void force_attention_backward_head_split(int s);
 
 void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, float* dv,
                              const uint16_t* dout, const uint16_t* q, const uint16_t* k,

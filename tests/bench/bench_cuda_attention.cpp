@@ -4,7 +4,13 @@
 // median forward and backward times with their TFLOP/s and share of that rate.
 //
 //   bench_cuda_attention [--seq-lens 1024,4096,16384,32768] [--hd 128] [--heads 16]
-//                        [--tokens 16384] [--reps 10] [--impl auto|mma|wgmma]
+//                        [--kv-heads H] [--tokens 16384] [--reps 10]
+//                        [--impl auto|mma|wgmma] [--head-split 0|S]
+//
+// --kv-heads G < H: grouped-query attention (H / G query heads per kv head).
+// --head-split S > 0 forces the mma.sync backward's head split (S divides
+// H / G; 0, the default, is the automatic choice); each result names the split
+// it ran with.
 //
 // Batch = max(1, tokens / T), so every length does about the same work per
 // row block (FlashAttention-2's benchmark convention: batch x seqlen = 16K,
@@ -22,6 +28,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -122,7 +129,7 @@ std::vector<int> parse_list(const char* s) {
 
 int main(int argc, char** argv) {
   std::vector<int> lens = {1024, 4096, 16384, 32768};
-  int hd = 128, H = 16, tokens = 16384, reps = 10;
+  int hd = 128, H = 16, G = 0, tokens = 16384, reps = 10, split = 0;
   std::string impl_name = "auto";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -130,7 +137,8 @@ int main(int argc, char** argv) {
     if (a == "--help" || a == "-h") {
       std::printf(
           "usage: bench_cuda_attention [--seq-lens L1,L2,...] [--hd 64|128] [--heads H]\n"
-          "                            [--tokens N] [--reps R] [--impl auto|mma|wgmma]\n");
+          "                            [--kv-heads G] [--tokens N] [--reps R]\n"
+          "                            [--impl auto|mma|wgmma] [--head-split 0|S]\n");
       return 0;
     }
     if (!v) {
@@ -140,6 +148,8 @@ int main(int argc, char** argv) {
     if (a == "--seq-lens") lens = parse_list(v);
     else if (a == "--hd") hd = std::atoi(v);
     else if (a == "--heads") H = std::atoi(v);
+    else if (a == "--kv-heads") G = std::atoi(v);
+    else if (a == "--head-split") split = std::atoi(v);
     else if (a == "--tokens") tokens = std::atoi(v);
     else if (a == "--reps") reps = std::atoi(v);
     else if (a == "--impl") impl_name = v;
@@ -148,6 +158,11 @@ int main(int argc, char** argv) {
       return 2;
     }
     ++i;
+  }
+  if (G == 0) G = H;
+  if (G <= 0 || H % G != 0 || split < 0) {
+    std::fprintf(stderr, "--kv-heads must divide --heads and --head-split be >= 0 (see --help)\n");
+    return 2;
   }
   int ndev = 0;
   if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
@@ -169,37 +184,56 @@ int main(int argc, char** argv) {
 
   std::printf("{\n  \"device\": \"%s\",\n  \"sms\": %d,\n  \"matmul_bf16_tflops\": %.1f,\n",
               prop.name, prop.multiProcessorCount, peak);
-  std::printf("  \"impl\": \"%s\",\n  \"hd\": %d,\n  \"heads\": %d,\n  \"results\": [",
-              impl_name.c_str(), hd, H);
+  std::printf(
+      "  \"impl\": \"%s\",\n  \"hd\": %d,\n  \"heads\": %d,\n  \"kv_heads\": %d,\n"
+      "  \"results\": [",
+      impl_name.c_str(), hd, H, G);
+  try {
+    rt::cuda::force_attention_backward_head_split(split);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 2;
+  }
   bool first = true;
   for (int T : lens) {
     const int B = std::max(1, tokens / T);
-    const size_t n = size_t(B) * T * H * hd;
-    const auto hq = random_bf16(n, 1), hk = random_bf16(n, 2), hv = random_bf16(n, 3),
+    const size_t n = size_t(B) * T * H * hd, nk = size_t(B) * T * G * hd;
+    const auto hq = random_bf16(n, 1), hk = random_bf16(nk, 2), hv = random_bf16(nk, 3),
                hdo = random_bf16(n, 4);
+    rt::AttentionParams p0;
+    p0.B = B, p0.Tq = T, p0.Tk = T, p0.H = H, p0.G = G, p0.hd = hd;
+    p0.scale = 1.f / std::sqrt(float(hd));
+    int used_split = 1;
+    size_t work_floats = 0;
+    try {
+      used_split = rt::cuda::attention_backward_head_split(p0, impl);
+      work_floats = rt::cuda::attention_backward_workspace_floats(p0, impl);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      return 2;
+    }
     uint16_t *q, *k, *v, *o, *dO;
     float *lse, *dq, *dk, *dv, *work;
     check(cudaMalloc(&q, n * 2), "malloc");
-    check(cudaMalloc(&k, n * 2), "malloc");
-    check(cudaMalloc(&v, n * 2), "malloc");
+    check(cudaMalloc(&k, nk * 2), "malloc");
+    check(cudaMalloc(&v, nk * 2), "malloc");
     check(cudaMalloc(&o, n * 2), "malloc");
     check(cudaMalloc(&dO, n * 2), "malloc");
     check(cudaMalloc(&dq, n * 4), "malloc");
-    check(cudaMalloc(&dk, n * 4), "malloc");
-    check(cudaMalloc(&dv, n * 4), "malloc");
+    check(cudaMalloc(&dk, nk * 4), "malloc");
+    check(cudaMalloc(&dv, nk * 4), "malloc");
     check(cudaMalloc(&lse, size_t(B) * H * T * 4), "malloc");
-    check(cudaMalloc(&work, size_t(B) * H * T * 4), "malloc");
+    check(cudaMalloc(&work, work_floats * 4), "malloc");
     check(cudaMemcpy(q, hq.data(), n * 2, cudaMemcpyHostToDevice), "copy");
-    check(cudaMemcpy(k, hk.data(), n * 2, cudaMemcpyHostToDevice), "copy");
-    check(cudaMemcpy(v, hv.data(), n * 2, cudaMemcpyHostToDevice), "copy");
+    check(cudaMemcpy(k, hk.data(), nk * 2, cudaMemcpyHostToDevice), "copy");
+    check(cudaMemcpy(v, hv.data(), nk * 2, cudaMemcpyHostToDevice), "copy");
     check(cudaMemcpy(dO, hdo.data(), n * 2, cudaMemcpyHostToDevice), "copy");
     check(cudaMemset(dq, 0, n * 4), "memset");
-    check(cudaMemset(dk, 0, n * 4), "memset");
-    check(cudaMemset(dv, 0, n * 4), "memset");
+    check(cudaMemset(dk, 0, nk * 4), "memset");
+    check(cudaMemset(dv, 0, nk * 4), "memset");
     for (int causal = 0; causal < 2; ++causal) {
-      rt::AttentionParams p;
-      p.B = B, p.Tq = T, p.Tk = T, p.H = H, p.G = H, p.hd = hd, p.causal = causal != 0;
-      p.scale = 1.f / std::sqrt(float(hd));
+      rt::AttentionParams p = p0;
+      p.causal = causal != 0;
       const float fwd = median_ms([&] { rt::cuda::attention_forward_bf16(p, o, lse, q, k, v, nullptr, impl); },
                                   reps);
       const float bwd = median_ms(
@@ -211,11 +245,11 @@ int main(int argc, char** argv) {
       const double flops = 4.0 * B * H * double(T) * T * hd * (causal ? 0.5 : 1.0);
       const double tf = flops / (fwd * 1e-3) / 1e12, tb = 2.5 * flops / (bwd * 1e-3) / 1e12;
       std::printf(
-          "%s\n    {\"T\": %d, \"B\": %d, \"causal\": %s, \"fwd_ms\": %.3f, \"fwd_tflops\": %.1f, "
-          "\"fwd_frac_of_matmul\": %.3f, \"bwd_ms\": %.3f, \"bwd_tflops\": %.1f, "
-          "\"bwd_frac_of_matmul\": %.3f}",
-          first ? "" : ",", T, B, causal ? "true" : "false", fwd, tf, tf / peak, bwd, tb,
-          tb / peak);
+          "%s\n    {\"T\": %d, \"B\": %d, \"causal\": %s, \"head_split\": %d, \"fwd_ms\": %.3f, "
+          "\"fwd_tflops\": %.1f, \"fwd_frac_of_matmul\": %.3f, \"bwd_ms\": %.3f, "
+          "\"bwd_tflops\": %.1f, \"bwd_frac_of_matmul\": %.3f}",
+          first ? "" : ",", T, B, causal ? "true" : "false", used_split, fwd, tf, tf / peak, bwd,
+          tb, tb / peak);
       std::fflush(stdout);
       first = false;
     }

@@ -92,9 +92,10 @@ class CudaRunner final : public rt_test::KernelRunner {
                 bool via_op) override {
     DevBuf<float> gq(*dq), gk(*dk), gv(*dv), dlse(lse);
     DevBuf<uint16_t> ddout(dout), dqq(q), dkk(k), dvv(v), dout_o(out);
-    DevBuf<float> work(rt::cuda::attention_backward_workspace_floats(p));
+    DevBuf<float> work(rt::cuda::attention_backward_workspace_floats(p, impl_));
     DevBuf<float> slopes(size_t(p.H));
     ASSERT_NE(work.p, nullptr);
+    CUDA_OK(cudaMemset(work.p, 0xFF, work.n * sizeof(float)));  // NaN: unwritten parts show
     AttentionParams pg = device_params(p, &slopes);
     const DType bf = DType::kBF16;
     if (via_op)
@@ -135,7 +136,19 @@ TEST_P(CudaAttention, MatchesCpuForwardAndBackward) {
   if (impl == AttentionImpl::kWgmma && (c.hd != 128 || !rt::cuda::wgmma_available()))
     GTEST_SKIP() << "skipped: wgmma kernels need head_dim 128 on an sm_90 device";
   CudaRunner run(impl);
-  rt_test::check_attention_case(c, run, impl == AttentionImpl::kWgmma ? "wgmma" : "mma");
+  AttentionParams p;
+  p.B = c.B, p.Tq = c.Tq, p.Tk = c.Tk, p.H = c.H, p.G = c.G, p.hd = c.hd;
+  p.q_offset = c.q_offset, p.k_offset = c.k_offset, p.causal = c.causal;
+  p.scale = float(1.0 / std::sqrt(double(c.hd)));
+  const int split = rt::cuda::attention_backward_head_split(p, impl);
+  const std::string label = std::string(impl == AttentionImpl::kWgmma ? "wgmma" : "mma") +
+                            ", head split " + std::to_string(split);
+  rt_test::check_attention_case(c, run, label.c_str());
+  if (split > 1) {  // the same shape without the split (whole groups per block)
+    rt::cuda::force_attention_backward_head_split(1);
+    rt_test::check_attention_case(c, run, "mma, head split 1");
+    rt::cuda::force_attention_backward_head_split(0);
+  }
 }
 
 // Shapes: tails that are not tile multiples, GQA and MQA, both head dims,
@@ -157,7 +170,8 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"hd64_ring_zigzag_offsets", 1, 100, 100, 2, 1, 64, 700, 500, true, true},
         Case{"hd128_causal_T1024", 1, 1024, 1024, 2, 1, 128, 0, 0, true, false},
         Case{"hd64_peaked_T384", 1, 384, 384, 2, 2, 64, 0, 0, true, false, 4.f},
-        Case{"hd128_peaked_alibi_T300", 1, 300, 300, 2, 2, 128, 0, 0, true, true, 4.f}),
+        Case{"hd128_peaked_alibi_T300", 1, 300, 300, 2, 2, 128, 0, 0, true, true, 4.f},
+        Case{"hd64_mqa_causal_keys_past_queries", 1, 100, 300, 4, 1, 64, 0, 0, true, false}),
                        ::testing::Values(AttentionImpl::kMma, AttentionImpl::kWgmma)),
     [](const ::testing::TestParamInfo<std::tuple<Case, AttentionImpl>>& i) {
       return std::get<0>(i.param).name +
