@@ -59,6 +59,10 @@ const char* op_name(Op op);
 struct AdamWStep {
   float lr = 0.f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.f;
   int64_t step = 1;
+  // Gradient-clipping coefficient folded into the update: each gradient is
+  // read as g * grad_scale (one fp32 product, the value a separate scale()
+  // pass would store), saving that pass over the gradients. 1: unclipped.
+  float grad_scale = 1.f;
   // 1 - beta^step in double, rounded once (the same on every backend)
   float bias_correction1() const { return 1.f - float(std::pow(double(beta1), double(step))); }
   float bias_correction2() const { return 1.f - float(std::pow(double(beta2), double(step))); }

@@ -413,9 +413,10 @@ class CpuBackend final : public Backend {
     // torch.optim.AdamW order: decay the weight, then the Adam step.
     const float bc1 = h.bias_correction1(), bc2 = h.bias_correction2();
     float decay = 1.f - lr * weight_decay;
+    const float gscale = h.grad_scale;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; ++i) {
-      float g = grad[i];
+      const float g = grad[i] * gscale;
       float mi = beta1 * m[i] + (1.f - beta1) * g;
       float vi = beta2 * v[i] + (1.f - beta2) * g * g;
       m[i] = mi;

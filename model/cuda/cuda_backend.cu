@@ -505,7 +505,7 @@ class CudaBackend final : public Backend {
   void adamw_update(float* master, Buf param, const float* grad, float* m, float* v, size_t n,
                     const AdamWStep& h) override {
     kern::adamw(master, tp(param, "adamw_update"), grad, m, v, n, h.lr, h.beta1, h.beta2, h.eps,
-                h.weight_decay, h.bias_correction1(), h.bias_correction2(), stream_);
+                h.weight_decay, h.bias_correction1(), h.bias_correction2(), h.grad_scale, stream_);
   }
   // One launch for the whole arena (or shard). The segment table is uploaded
   // when it changes (the first step; pointers are stable after that).
@@ -538,7 +538,8 @@ class CudaBackend final : public Backend {
       seg_host_ = std::move(table);
     }
     kern::adamw_segments(static_cast<const kern::AdamSeg*>(seg_dev_), count, total, h.lr, h.beta1,
-                         h.beta2, h.eps, h.bias_correction1(), h.bias_correction2(), stream_);
+                         h.beta2, h.eps, h.bias_correction1(), h.bias_correction2(), h.grad_scale,
+                         stream_);
   }
   void sgd_update(float* master, Buf param, const float* grad, size_t n, float lr,
                   float weight_decay) override {

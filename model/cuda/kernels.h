@@ -70,10 +70,11 @@ void loss_sum(double* acc, const float* losses, int N, void* stream);
 // Writes the sum of squares (fp64) to *out (device).
 void sum_squares(double* out, const float* x, size_t n, void* scratch, void* stream);
 void scale(float* x, size_t n, float s, void* stream);
-// compute: the compute copy (p null or == master: none).
+// compute: the compute copy (p null or == master: none). Gradients are read
+// as grad * grad_scale (the clipping coefficient; AdamWStep::grad_scale).
 void adamw(float* master, TP compute, const float* grad, float* m, float* v, size_t n, float lr,
            float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2,
-           void* stream);
+           float grad_scale, void* stream);
 // One AdamW step over many segments in one launch: segs (device memory,
 // nseg entries, begin = the running sum of the n before it) cover total
 // elements; each segment has its own weight decay; compute.p null: no
@@ -88,7 +89,7 @@ struct AdamSeg {
   float weight_decay;
 };
 void adamw_segments(const AdamSeg* segs, int nseg, size_t total, float lr, float beta1,
-                    float beta2, float eps, float bc1, float bc2, void* stream);
+                    float beta2, float eps, float bc1, float bc2, float grad_scale, void* stream);
 void sgd(float* master, TP compute, const float* grad, size_t n, float lr, float weight_decay,
          void* stream);
 void sgd_momentum(float* master, TP compute, const float* grad, float* buf, size_t n, float lr,

@@ -355,8 +355,8 @@ __global__ void scale_kernel(float* x, size_t n, float s) {
 __device__ __forceinline__ void adamw_element(float* master, TP compute, const float* grad,
                                               float* m, float* v, size_t j, float lr,
                                               float beta1, float beta2, float eps, float decay,
-                                              float bc1, float bc2) {
-  const float g = grad[j];
+                                              float bc1, float bc2, float gscale) {
+  const float g = grad[j] * gscale;
   const float mi = beta1 * m[j] + (1.f - beta1) * g;
   const float vi = beta2 * v[j] + (1.f - beta2) * g * g;
   m[j] = mi;
@@ -369,16 +369,17 @@ __device__ __forceinline__ void adamw_element(float* master, TP compute, const f
 
 __global__ void adamw_kernel(float* master, TP compute, const float* grad, float* m, float* v,
                              size_t n, float lr, float beta1, float beta2, float eps,
-                             float weight_decay, float bc1, float bc2) {
+                             float weight_decay, float bc1, float bc2, float gscale) {
   const float decay = 1.f - lr * weight_decay;
   for (size_t i = global_tid(); i < n; i += grid_threads())
-    adamw_element(master, compute, grad, m, v, i, lr, beta1, beta2, eps, decay, bc1, bc2);
+    adamw_element(master, compute, grad, m, v, i, lr, beta1, beta2, eps, decay, bc1, bc2, gscale);
 }
 
 // Each thread finds the segment of its first element by bisection, then
 // walks forward as its grid-stride index grows.
 __global__ void adamw_segments_kernel(const AdamSeg* segs, int nseg, size_t total, float lr,
-                                      float beta1, float beta2, float eps, float bc1, float bc2) {
+                                      float beta1, float beta2, float eps, float bc1, float bc2,
+                                      float gscale) {
   size_t i = global_tid();
   if (i >= total) return;
   int lo = 0, hi = nseg - 1;
@@ -394,7 +395,7 @@ __global__ void adamw_segments_kernel(const AdamSeg* segs, int nseg, size_t tota
     while (i >= segs[s].begin + segs[s].n) ++s;
     const AdamSeg& g = segs[s];
     adamw_element(g.master, g.compute, g.grad, g.m, g.v, i - g.begin, lr, beta1, beta2, eps,
-                  1.f - lr * g.weight_decay, bc1, bc2);
+                  1.f - lr * g.weight_decay, bc1, bc2, gscale);
   }
 }
 
@@ -586,17 +587,17 @@ void scale(float* x, size_t n, float s, void* stream) {
 
 void adamw(float* master, TP compute, const float* grad, float* m, float* v, size_t n, float lr,
            float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2,
-           void* stream) {
+           float grad_scale, void* stream) {
   if (!n) return;
   RT_LAUNCH(adamw_kernel, blocks_for(n), kThreads, stream, master, compute_copy(master, compute),
-            grad, m, v, n, lr, beta1, beta2, eps, weight_decay, bc1, bc2);
+            grad, m, v, n, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale);
 }
 
 void adamw_segments(const AdamSeg* segs, int nseg, size_t total, float lr, float beta1,
-                    float beta2, float eps, float bc1, float bc2, void* stream) {
+                    float beta2, float eps, float bc1, float bc2, float grad_scale, void* stream) {
   if (!total || nseg <= 0) return;
   RT_LAUNCH(adamw_segments_kernel, blocks_for(total), kThreads, stream, segs, nseg, total, lr,
-            beta1, beta2, eps, bc1, bc2);
+            beta1, beta2, eps, bc1, bc2, grad_scale);
 }
 
 void sgd(float* master, TP compute, const float* grad, size_t n, float lr, float weight_decay,

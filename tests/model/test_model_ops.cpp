@@ -220,6 +220,25 @@ TEST_F(Ops, RopeForwardIsRotationAndBackwardIsItsTranspose) {
   expect_close(dx, finite_diff(loss, to_d(x)), 1e-5, "rope backward");
 }
 
+// Clipping folded into the update (AdamWStep::grad_scale) gives the bits of
+// a separate scale pass over the gradients followed by the unscaled update.
+TEST_F(Ops, AdamWGradScaleEqualsScalingTheGradientsFirst) {
+  const size_t n = 1000;
+  auto p = randn(n, 21), g = randn(n, 22);
+  std::vector<float> m = randn(n, 23), v = randn(n, 24);
+  for (float& x : v) x = std::fabs(x);
+  auto p2 = p, g2 = g, m2 = m, v2 = v;
+  AdamWStep h;
+  h.lr = 3e-3f, h.beta2 = 0.95f, h.weight_decay = 0.1f, h.step = 5;
+  const float coef = 0.2987f;
+  be->scale(g2.data(), n, coef);
+  be->adamw_update(p2.data(), p2.data(), g2.data(), m2.data(), v2.data(), n, h);
+  h.grad_scale = coef;
+  be->adamw_update(p.data(), p.data(), g.data(), m.data(), v.data(), n, h);
+  EXPECT_TRUE(p == p2 && m == m2 && v == v2) << "folded scale differs from the scale pass";
+  EXPECT_FALSE(g == g2) << "the folded update must leave the gradients as they were";
+}
+
 TEST_F(Ops, AdamWMatchesTheFormula) {
   const size_t n = 10;
   auto p = randn(n, 15), g = randn(n, 16);

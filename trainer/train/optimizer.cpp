@@ -98,7 +98,7 @@ bool Optimizer::decays(const std::string& name) const {
   }
 }
 
-void Optimizer::step(float lr) {
+void Optimizer::step(float lr, float grad_scale) {
   ++t_;
   Backend& be = model_.backend();
   // The fp32 master is updated; the compute copy (when it is another
@@ -130,7 +130,8 @@ void Optimizer::step(float lr) {
                    ? master_shard_.f32_base() + (s.offset_bytes / sizeof(float) + a - shard_.lo)
                    : master.f32(s.name) + a;
     const Buf compute = at(model_.params().buf(s.name), a);
-    const float* g = model_.grads().f32(s.name) + a;
+    float* g = model_.grads().f32(s.name) + a;
+    if (cfg_.type != "adamw" && grad_scale != 1.f) be.scale(g, b - a, grad_scale);
     const float wd = decays(s.name) ? float(cfg_.weight_decay) : 0.f;
     if (cfg_.type == "adamw") {
       segments.push_back({p, compute, g, m, v, b - a, wd});
@@ -148,6 +149,7 @@ void Optimizer::step(float lr) {
     h.beta2 = float(cfg_.beta2);
     h.eps = float(cfg_.eps);
     h.step = t_;
+    h.grad_scale = grad_scale;
     be.adamw_update_segments(segments.data(), int(segments.size()), h);
   }
 }
@@ -157,12 +159,17 @@ double grad_global_norm(LlamaModel& model) {
       model.backend().sum_squares(model.grads().f32_base(), model.grads().f32_numel()));
 }
 
-float clip_grad_norm(LlamaModel& model, double norm, double max_norm) {
+float clip_coefficient(double norm, double max_norm) {
   if (max_norm <= 0) return 1.f;
-  double coef = max_norm / (norm + 1e-6);
-  if (coef >= 1.0) return 1.f;
-  model.backend().scale(model.grads().f32_base(), model.grads().f32_numel(), float(coef));
-  return float(coef);
+  const double coef = max_norm / (norm + 1e-6);
+  return coef >= 1.0 ? 1.f : float(coef);
+}
+
+float clip_grad_norm(LlamaModel& model, double norm, double max_norm) {
+  const float coef = clip_coefficient(norm, max_norm);
+  if (coef != 1.f)
+    model.backend().scale(model.grads().f32_base(), model.grads().f32_numel(), coef);
+  return coef;
 }
 
 }  // namespace rt
@@ -174,11 +181,9 @@ double grad_sum_squares(LlamaModel& model, size_t lo, size_t hi) {
 }
 
 float clip_grad_range(LlamaModel& model, double norm, double max_norm, size_t lo, size_t hi) {
-  if (max_norm <= 0) return 1.f;
-  double coef = max_norm / (norm + 1e-6);
-  if (coef >= 1.0) return 1.f;
-  if (hi > lo) model.backend().scale(model.grads().f32_base() + lo, hi - lo, float(coef));
-  return float(coef);
+  const float coef = clip_coefficient(norm, max_norm);
+  if (coef != 1.f && hi > lo) model.backend().scale(model.grads().f32_base() + lo, hi - lo, coef);
+  return coef;
 }
 
 }  // namespace rt

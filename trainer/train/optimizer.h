@@ -29,8 +29,12 @@ class Optimizer {
   // gradients in that range; the caller all-gathers the weights.
   Optimizer(const OptimizerConfig& cfg, LlamaModel& model, OptimizerShard shard);
 
-  // One update with the model's gradients (already clipped). Counts steps.
-  void step(float lr);
+  // One update with the model's gradients times grad_scale (the clipping
+  // coefficient, clip_coefficient): AdamW folds it into its update (no pass
+  // over the gradients; the same fp32 product a scale pass would store), SGD
+  // scales the gradients first. The gradients themselves are left unscaled
+  // under AdamW. Counts steps.
+  void step(float lr, float grad_scale = 1.f);
   int64_t steps_taken() const { return t_; }
   void set_steps_taken(int64_t t) { t_ = t; }
   // AdamW moments (same layout as the parameters); empty arenas for SGD.
@@ -78,6 +82,9 @@ class Optimizer {
 double grad_global_norm(LlamaModel& model);
 // Sum of squares of the gradients in the flat range [lo, hi) (a shard).
 double grad_sum_squares(LlamaModel& model, size_t lo, size_t hi);
+// torch.nn.utils.clip_grad_norm_'s coefficient for a global norm: max_norm /
+// (norm + 1e-6) when that is < 1 (and max_norm > 0), else 1 (no clipping).
+float clip_coefficient(double norm, double max_norm);
 // Scales the gradients in [lo, hi) by the clipping coefficient for norm
 // (clip_grad_norm's rule); returns the scale.
 float clip_grad_range(LlamaModel& model, double norm, double max_norm, size_t lo, size_t hi);

@@ -570,9 +570,11 @@ StepStats Trainer::train_step() {
           "); lower train.optimizer.lr, enable train.grad_clip, or raise the tolerance");
   } else {
     nonfinite_streak_ = 0;
+    // Clipping rides on the update (Optimizer::step's grad_scale): AdamW reads
+    // each gradient times the coefficient instead of a pass rescaling them.
+    const float clip = clip_coefficient(s.grad_norm, tc.grad_clip);
     if (sharded) {
-      clip_grad_range(*model_, s.grad_norm, tc.grad_clip, lo, hi);
-      optimizer_->step(float(s.lr));
+      optimizer_->step(float(s.lr), clip);
       // every rank's updated shard into every rank's weights: the compute
       // copy (written, rounded, by the update) when the optimizer holds the
       // master shard, else the fp32 weights themselves
@@ -581,8 +583,7 @@ StepStats Trainer::train_step() {
       else
         reducer_->allgather_shards(model_->master().f32_base());
     } else {
-      clip_grad_norm(*model_, s.grad_norm, tc.grad_clip);
-      optimizer_->step(float(s.lr));
+      optimizer_->step(float(s.lr), clip);
     }
   }
   model_->grads().zero();

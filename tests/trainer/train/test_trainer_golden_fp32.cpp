@@ -87,6 +87,9 @@ uint64_t fnv(const void* p, size_t bytes, uint64_t h = 1469598103934665603ull) {
 }
 
 // "<case> loss <step> <hex double>", "<case> tensor <name> <fnv64> <sum|x| hex>"
+// Steps whose gradients were clipped (coefficient < 1), over all cases.
+int clipped = 0;
+
 std::vector<std::string> run_case(const Case& c) {
   auto be = make_cpu_backend();
   LlamaModel model(c.model, *be);
@@ -113,8 +116,11 @@ std::vector<std::string> run_case(const Case& c) {
             : model.forward_backward(in.data(), tg.data(), c.B, c.T, RowPositions::whole(c.T),
                                      scale, &valid);
     const double norm = grad_global_norm(model);
-    clip_grad_norm(model, norm, 1.0);
-    opt.step(float(c.opt.lr));
+    // The trainer's clipping: the coefficient folded into the AdamW update
+    // (the file was written by a separate scale pass: the same bits).
+    const float clip = clip_coefficient(norm, 1.0);
+    clipped += clip != 1.f;
+    opt.step(float(c.opt.lr), clip);
     std::snprintf(buf, sizeof buf, "%s loss %d %a %a", c.name.c_str(), step, loss, norm);
     lines.push_back(buf);
   }
@@ -146,6 +152,8 @@ TEST(GoldenFp32, LossesAndWeightsUnchanged) {
   std::vector<std::string> got;
   for (const Case& c : cases())
     for (std::string& l : run_case(c)) got.push_back(std::move(l));
+  EXPECT_GT(clipped, 0) << "no step clipped: the folded clipping would go unchecked";
+  std::printf("%d steps clipped\n", clipped);
 
   if (const char* out = std::getenv("RT_GOLDEN_WRITE")) {
     std::ofstream f(out);
