@@ -152,6 +152,8 @@ if [ -x "$testbin/bench_cuda_attention" ]; then
   detail=$(py - "$out/attn_split1.json" "$out/attn_split0.json" <<'PYEOF' 2>> "$out/attn_split.err"
 import json, sys
 one, auto = (json.load(open(f)) for f in sys.argv[1:3])
+if "skipped" in one:
+    sys.exit("skipped: " + one["skipped"])
 cells = []
 for a, b in zip(one["results"], auto["results"]):
     if a["causal"]:
@@ -160,7 +162,9 @@ for a, b in zip(one["results"], auto["results"]):
 print("; ".join(cells))
 PYEOF
   )
-  row "attention bwd head split" "$([ -n "$detail" ] && echo ok || echo FAIL)" $((SECONDS - t)) "${detail:-see attn_split.err}"
+  st=ok; [ -z "$detail" ] && st=FAIL && detail="see attn_split.err"
+  grep -q "^skipped" "$out/attn_split.err" && st=skipped && detail=$(grep -m1 "^skipped" "$out/attn_split.err")
+  row "attention bwd head split" $st $((SECONDS - t)) "$detail"
 else
   row "attention bwd head split" missing 0 "no bench_cuda_attention in $testbin"
 fi
