@@ -21,7 +21,7 @@
 # summary; the CUDA tests (ctest -L cuda in a build tree; in a bundle the
 # test_*cuda* binaries and the op harness directly); the op harness
 # test_model_backend_ops; the attention backward with and without its head
-# split (bench_cuda_attention, TinyLlama's heads at 4K and 16K); CPU fp32 vs
+# split (bench_cuda_attention, TinyLlama's heads at 4K, 16K and 64K); CPU fp32 vs
 # GPU bf16 over 50 steps
 # (tests/cli/cli_cuda_e2e.sh); GPU resume after SIGTERM; compute-sanitizer
 # memcheck on a 2-step training run (when installed); issue 14's checks
@@ -141,13 +141,13 @@ else
 fi
 
 # ---- 2b. attention backward: head split vs whole groups (TinyLlama's heads) --
-# hd 64, 32 query heads on 4 kv heads, causal, T = 4K and 16K, batch 1: the
+# hd 64, 32 query heads on 4 kv heads, T = 4K, 16K and 64K, batch 1: the
 # automatic head split against --head-split 1 (the kernel before the split).
 t=$SECONDS
 if [ -x "$testbin/bench_cuda_attention" ]; then
   for sp in 1 0; do
     timeout 120 "$testbin/bench_cuda_attention" --hd 64 --heads 32 --kv-heads 4 --tokens 4096 \
-      --seq-lens 4096,16384 --reps 10 --head-split $sp > "$out/attn_split$sp.json" 2>> "$out/attn_split.err"
+      --seq-lens 4096,16384,65536 --reps 5 --head-split $sp > "$out/attn_split$sp.json" 2>> "$out/attn_split.err"
   done
   detail=$(py - "$out/attn_split1.json" "$out/attn_split0.json" <<'PYEOF' 2>> "$out/attn_split.err"
 import json, sys
