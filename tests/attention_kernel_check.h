@@ -28,7 +28,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <ostream>
 #include <random>
@@ -36,24 +35,12 @@
 #include <vector>
 
 #include "model/backend.h"
+#include "model/tensor.h"
 
 namespace rt_test {
 
 using rt::AttentionParams;
 using std::vector;
-
-inline uint16_t to_bf16(float f) {  // round to nearest even (finite inputs)
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
-inline float from_bf16(uint16_t h) {
-  const uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 struct AttnCase {
   std::string name;
@@ -70,6 +57,15 @@ inline vector<float> slopes_for(int H) {
   return s;
 }
 
+// The kernels' parameters for c (its ALiBi slopes aside).
+inline AttentionParams params_of(const AttnCase& c) {
+  AttentionParams p;
+  p.B = c.B, p.Tq = c.Tq, p.Tk = c.Tk, p.H = c.H, p.G = c.G, p.hd = c.hd;
+  p.q_offset = c.q_offset, p.k_offset = c.k_offset, p.causal = c.causal;
+  p.scale = float(1.0 / std::sqrt(double(c.hd)));
+  return p;
+}
+
 // Random values already representable in bf16: (float copy, bf16 bits).
 inline void rand_bf16(size_t n, std::mt19937& rng, float gain, vector<float>* f,
                       vector<uint16_t>* b) {
@@ -79,8 +75,8 @@ inline void rand_bf16(size_t n, std::mt19937& rng, float gain, vector<float>* f,
   for (size_t i = 0; i < n; ++i) {
     float x = nd(rng);
     if (x == 0.f) x = 0.5f;
-    (*b)[i] = to_bf16(x);
-    (*f)[i] = from_bf16((*b)[i]);
+    (*b)[i] = rt::f32_to_bf16(x);
+    (*f)[i] = rt::bf16_to_f32((*b)[i]);
   }
 }
 
@@ -135,10 +131,7 @@ inline void check_attention_case(const AttnCase& c, KernelRunner& run, const cha
   rand_bf16(nq, rng, 1.f, &dof, &dob);
   const vector<float> slopes = slopes_for(c.H);
 
-  AttentionParams p;
-  p.B = c.B, p.Tq = c.Tq, p.Tk = c.Tk, p.H = c.H, p.G = c.G, p.hd = c.hd;
-  p.q_offset = c.q_offset, p.k_offset = c.k_offset, p.causal = c.causal;
-  p.scale = float(1.0 / std::sqrt(double(c.hd)));
+  AttentionParams p = params_of(c);
   p.alibi_slopes = c.alibi ? slopes.data() : nullptr;
 
   // CPU oracle, fp32 on the bf16-rounded values.
@@ -151,7 +144,7 @@ inline void check_attention_case(const AttnCase& c, KernelRunner& run, const cha
   vector<float> lse(nl, std::numeric_limits<float>::quiet_NaN());  // fp32 NaN
   run.forward(p, qb, kb, vb, &ob, &lse, false);
   vector<float> out(nq);
-  for (size_t i = 0; i < nq; ++i) out[i] = from_bf16(ob[i]);
+  for (size_t i = 0; i < nq; ++i) out[i] = rt::bf16_to_f32(ob[i]);
 
   EXPECT_EQ(count_nonfinite(out), 0u) << "unwritten or non-finite out elements";
   size_t lse_bad = 0, lse_inf_mismatch = 0, out_bad = 0;
@@ -180,8 +173,8 @@ inline void check_attention_case(const AttnCase& c, KernelRunner& run, const cha
   vector<float> outq(nq);
   vector<uint16_t> outb(nq);
   for (size_t i = 0; i < nq; ++i) {
-    outb[i] = to_bf16(out_ref[i]);
-    outq[i] = from_bf16(outb[i]);
+    outb[i] = rt::f32_to_bf16(out_ref[i]);
+    outq[i] = rt::bf16_to_f32(outb[i]);
   }
   std::normal_distribution<float> nd(0.f, 1.f);
   vector<float> gq0(nq), gk0(nk), gv0(nk);

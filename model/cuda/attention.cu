@@ -44,7 +44,7 @@
 // The same source builds for the CPU fiber emulator (model/cuda/emu/, g++ with
 // RT_CUDA_EMULATE, namespace rt::cuda_emu): the PTX wrappers below become the
 // emulator's warp collectives, so CI runs the mma.sync kernels against the CPU
-// attention (test_model_attention_emu). The wgmma kernels' bodies exist only
+// attention (test_model_cuda_emu_attention). The wgmma kernels' bodies exist only
 // in the sm_90a pass of nvcc.
 #include <algorithm>
 #include <cstdint>
@@ -54,6 +54,7 @@
 #include <stdexcept>
 
 #include "model/cuda/emu/cuda_emu.h"
+#include "model/tensor.h"  // f32_to_bf16, bf16_to_f32: the rounding of the bf16 intrinsics
 #else
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -131,19 +132,12 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
                                     uint32_t b1) {
   ::rt::emu::mma_m16n8k16_bf16(c, a, b0, b1);
 }
-// Round to nearest even (NaN kept quiet), as __floats2bfloat162_rn.
-inline uint32_t bf16_bits(float x) {
-  uint32_t u = __float_as_uint(x);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return u >> 16;
-}
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  return bf16_bits(lo) | (bf16_bits(hi) << 16);
+  return uint32_t(f32_to_bf16(lo)) | (uint32_t(f32_to_bf16(hi)) << 16);
 }
 __device__ __forceinline__ float ex2(float x) { return exp2f(x); }
 __device__ __forceinline__ float2 bf16x2_to_float2(const uint16_t* p) {
-  return make_float2(__uint_as_float(uint32_t(p[0]) << 16), __uint_as_float(uint32_t(p[1]) << 16));
+  return make_float2(bf16_to_f32(p[0]), bf16_to_f32(p[1]));
 }
 #else
 // 16 bytes global -> shared; zero-filled when !valid (src must still be a
@@ -1330,7 +1324,7 @@ void launch_bwd_wgmma(const BwdArgs& a, cudaStream_t stream) {
 template <int HD, int NW, int BRQ>
 void launch_bwd(const BwdArgs& a, cudaStream_t stream) {
   constexpr int BCK = 16 * NW;
-  static_assert(BCK == kBwdKeyTile, "bwd_head_split assumes this key tile");
+  static_assert(BCK == kBwdKeyTile, "head_split_for counts key tiles of kBwdKeyTile rows");
   constexpr size_t smem = 2 * size_t(BCK) * HD * 2 + 4 * size_t(BRQ) * HD * 2 +
                           size_t(BCK) * BRQ * 2 + 4 * size_t(BRQ) * sizeof(float);
   auto kernel = attn_bwd_kernel<HD, NW, BRQ>;
@@ -1419,16 +1413,10 @@ int g_forced_head_split = 0;  // force_attention_backward_head_split
 size_t d_floats(const AttentionParams& p) {
   return (size_t(p.B) * size_t(p.H) * size_t(p.Tq) + 3) / 4 * 4;
 }
-}  // namespace
 
-void force_attention_backward_head_split(int s) {
-  if (s < 0) throw UsageError("force_attention_backward_head_split: s must be >= 0");
-  g_forced_head_split = s;
-}
-
-int attention_backward_head_split(const AttentionParams& p, AttentionImpl impl) {
-  check_attention_params(p);
-  if (use_wgmma(p, impl)) return 1;  // the wgmma backward keeps whole groups
+// The head split of a backward that runs the wgmma kernels (wg) or not.
+int head_split_for(const AttentionParams& p, bool wg) {
+  if (wg) return 1;  // the wgmma backward keeps whole groups
   const int rep = p.H / p.G;
   if (g_forced_head_split > 0) {
     if (rep % g_forced_head_split != 0)
@@ -1447,6 +1435,17 @@ int attention_backward_head_split(const AttentionParams& p, AttentionImpl impl) 
     prev = d;
   }
   return rep;
+}
+}  // namespace
+
+void force_attention_backward_head_split(int s) {
+  if (s < 0) throw UsageError("force_attention_backward_head_split: s must be >= 0");
+  g_forced_head_split = s;
+}
+
+int attention_backward_head_split(const AttentionParams& p, AttentionImpl impl) {
+  check_attention_params(p);
+  return head_split_for(p, use_wgmma(p, impl));
 }
 
 size_t attention_backward_workspace_floats(const AttentionParams& p, AttentionImpl impl) {
@@ -1472,7 +1471,7 @@ void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, flo
   else
     RT_ATTN_LAUNCH("attention backward (rowsum) launch", attn_bwd_dot_kernel<64>, blocks,
                    kWarps * 32, 0, s, workspace, dout, out, p.B, p.Tq, p.H);
-  const int split = attention_backward_head_split(p, impl);
+  const int split = head_split_for(p, wg);
   float* parts = workspace + d_floats(p);
   const size_t part_floats = size_t(split) * p.B * p.Tk * p.G * p.hd;
   BwdArgs a{q,      k,      v,     dout, lse,        workspace, dq,      dk, dv,

@@ -29,14 +29,7 @@
 #include <cstdint>
 
 #include "model/backend.h"
-
-// nvcc builds it in namespace rt::cuda; g++ with RT_CUDA_EMULATE for the CPU
-// fiber emulator in rt::cuda_emu (model/cuda/emu/attention_emu.cpp).
-#ifdef RT_CUDA_EMULATE
-#define RT_CUDA_NS cuda_emu
-#else
-#define RT_CUDA_NS cuda
-#endif
+#include "model/cuda/cuda_ns.h"  // rt::cuda, or rt::cuda_emu (model/cuda/emu/attention_emu.cpp)
 
 namespace rt::RT_CUDA_NS {
 

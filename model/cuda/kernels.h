@@ -17,11 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#ifdef RT_CUDA_EMULATE
-#define RT_CUDA_NS cuda_emu
-#else
-#define RT_CUDA_NS cuda
-#endif
+#include "model/cuda/cuda_ns.h"
 
 namespace rt::RT_CUDA_NS::kern {
 

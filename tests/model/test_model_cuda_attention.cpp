@@ -136,11 +136,7 @@ TEST_P(CudaAttention, MatchesCpuForwardAndBackward) {
   if (impl == AttentionImpl::kWgmma && (c.hd != 128 || !rt::cuda::wgmma_available()))
     GTEST_SKIP() << "skipped: wgmma kernels need head_dim 128 on an sm_90 device";
   CudaRunner run(impl);
-  AttentionParams p;
-  p.B = c.B, p.Tq = c.Tq, p.Tk = c.Tk, p.H = c.H, p.G = c.G, p.hd = c.hd;
-  p.q_offset = c.q_offset, p.k_offset = c.k_offset, p.causal = c.causal;
-  p.scale = float(1.0 / std::sqrt(double(c.hd)));
-  const int split = rt::cuda::attention_backward_head_split(p, impl);
+  const int split = rt::cuda::attention_backward_head_split(rt_test::params_of(c), impl);
   const std::string label = std::string(impl == AttentionImpl::kWgmma ? "wgmma" : "mma") +
                             ", head split " + std::to_string(split);
   rt_test::check_attention_case(c, run, label.c_str());

@@ -30,6 +30,7 @@ using rt::Buf;
 using rt::CBuf;
 using rt::DType;
 using rt_test::AttnCase;
+using rt_test::params_of;
 using std::vector;
 namespace emu_attn = rt::cuda_emu;
 
@@ -69,14 +70,6 @@ class EmuRunner final : public rt_test::KernelRunner {
 };
 
 class EmuAttention : public ::testing::TestWithParam<AttnCase> {};
-
-AttentionParams params_of(const AttnCase& c) {
-  AttentionParams p;
-  p.B = c.B, p.Tq = c.Tq, p.Tk = c.Tk, p.H = c.H, p.G = c.G, p.hd = c.hd;
-  p.q_offset = c.q_offset, p.k_offset = c.k_offset, p.causal = c.causal;
-  p.scale = float(1.0 / std::sqrt(double(c.hd)));
-  return p;
-}
 
 // Restores the automatic head split when a test ends (also on failure).
 struct ForcedSplit {

@@ -262,32 +262,27 @@ inline T __ldg(const T* p) {
 // ---- launch ---------------------------------------------------------------------
 namespace rt::emu {
 
-// kernel<<<grid, block>>>(args...) on the CPU: every thread of every block
-// calls kernel(args...) (its own copies, as CUDA passes kernel arguments by
-// value). Returns when the grid has finished; throws std::runtime_error on a
-// bad configuration or a kernel error (top of this file). Not reentrant, not
-// thread-safe.
+// kernel<<<grid, block, dynamic_smem_bytes>>>(args...) on the CPU: every
+// thread of every block calls kernel(args...) (its own copies, as CUDA passes
+// kernel arguments by value). Returns when the grid has finished; throws
+// std::runtime_error on a bad configuration or a kernel error (top of this
+// file). Not reentrant, not thread-safe.
 template <class Kernel, class... Args>
-void launch(dim3 grid, dim3 block, Kernel kernel, Args... args) {
+void launch_dynamic(dim3 grid, dim3 block, std::size_t dynamic_smem_bytes, Kernel kernel,
+                    Args... args) {
   static_assert(std::is_invocable_v<Kernel&, Args&...>,
                 "rt::emu::launch: the kernel cannot be called with these arguments");
   static_assert(std::is_void_v<std::invoke_result_t<Kernel&, Args&...>>,
                 "rt::emu::launch: a kernel returns void");
   auto body = [&kernel, &args...]() { kernel(args...); };
   using Body = decltype(body);
-  detail::run_grid(grid, block, [](void* b) { (*static_cast<Body*>(b))(); }, &body);
-}
-
-// kernel<<<grid, block, dynamic_smem_bytes>>>(args...) on the CPU.
-template <class Kernel, class... Args>
-void launch_dynamic(dim3 grid, dim3 block, std::size_t dynamic_smem_bytes, Kernel kernel,
-                    Args... args) {
-  static_assert(std::is_invocable_v<Kernel&, Args&...>,
-                "rt::emu::launch_dynamic: the kernel cannot be called with these arguments");
-  auto body = [&kernel, &args...]() { kernel(args...); };
-  using Body = decltype(body);
   detail::run_grid(grid, block, [](void* b) { (*static_cast<Body*>(b))(); }, &body,
                    dynamic_smem_bytes);
+}
+// kernel<<<grid, block>>>(args...): no dynamic shared memory.
+template <class Kernel, class... Args>
+void launch(dim3 grid, dim3 block, Kernel kernel, Args... args) {
+  launch_dynamic(grid, block, 0, kernel, args...);
 }
 
 // The running block's dynamic shared memory (launch_dynamic's bytes).
