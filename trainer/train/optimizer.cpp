@@ -165,25 +165,8 @@ float clip_coefficient(double norm, double max_norm) {
   return coef >= 1.0 ? 1.f : float(coef);
 }
 
-float clip_grad_norm(LlamaModel& model, double norm, double max_norm) {
-  const float coef = clip_coefficient(norm, max_norm);
-  if (coef != 1.f)
-    model.backend().scale(model.grads().f32_base(), model.grads().f32_numel(), coef);
-  return coef;
-}
-
-}  // namespace rt
-
-namespace rt {
-
 double grad_sum_squares(LlamaModel& model, size_t lo, size_t hi) {
   return hi > lo ? model.backend().sum_squares(model.grads().f32_base() + lo, hi - lo) : 0.0;
-}
-
-float clip_grad_range(LlamaModel& model, double norm, double max_norm, size_t lo, size_t hi) {
-  const float coef = clip_coefficient(norm, max_norm);
-  if (coef != 1.f && hi > lo) model.backend().scale(model.grads().f32_base() + lo, hi - lo, coef);
-  return coef;
 }
 
 }  // namespace rt

@@ -85,11 +85,5 @@ double grad_sum_squares(LlamaModel& model, size_t lo, size_t hi);
 // torch.nn.utils.clip_grad_norm_'s coefficient for a global norm: max_norm /
 // (norm + 1e-6) when that is < 1 (and max_norm > 0), else 1 (no clipping).
 float clip_coefficient(double norm, double max_norm);
-// Scales the gradients in [lo, hi) by the clipping coefficient for norm
-// (clip_grad_norm's rule); returns the scale.
-float clip_grad_range(LlamaModel& model, double norm, double max_norm, size_t lo, size_t hi);
-// torch.nn.utils.clip_grad_norm_ semantics: scale by max_norm/(norm+1e-6) when
-// that is < 1. Returns the scale applied (1 when not clipped).
-float clip_grad_norm(LlamaModel& model, double norm, double max_norm);
 
 }  // namespace rt

@@ -115,8 +115,7 @@ Trained train(Backend& be, const Precision& prec, const Variant& v, int steps) {
     batch.T = T;
     const double loss = runner->forward_backward(batch, scale, &valid, nullptr);
     const double norm = grad_global_norm(model);
-    clip_grad_norm(model, norm, 1.0);
-    opt.step(float(oc.lr));
+    opt.step(float(oc.lr), clip_coefficient(norm, 1.0));  // the trainer's clipping
     r.loss.push_back(loss / double(valid));
     r.norm.push_back(norm);
   }
