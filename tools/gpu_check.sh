@@ -6,6 +6,7 @@
 #
 #   tools/gpu_check.sh OUT_DIR [--bundle ARCHIVE | --rt DIR | --build DIR]
 #                      [--longest-t] [--no-profile] [--budget SECONDS] [--quick]
+#                      [--only STEPS] [--no-torch] [--ckpt64 VALUES]
 #
 # Where the binaries come from (first that applies):
 #   --bundle ARCHIVE  a pack.sh archive (tools/gpu_pack.sh writes
@@ -20,9 +21,9 @@
 # Steps, the checks first and the measurements after them: nvidia-smi
 # summary; the CUDA tests (ctest -L cuda in a build tree; in a bundle the
 # test_*cuda* binaries and the op harness directly); the op harness
-# test_model_backend_ops; the attention backward with and without its head
-# split (bench_cuda_attention, TinyLlama's heads at 4K, 16K and 64K); CPU fp32 vs
-# GPU bf16 over 50 steps
+# test_model_backend_ops; the head_dim-64 attention kernels at TinyLlama's
+# heads, 4K, 16K and 64K: mma.sync vs wgmma (bench_cuda_attention) vs
+# PyTorch's flash SDPA (bench_sdpa.py); CPU fp32 vs GPU bf16 over 50 steps
 # (tests/cli/cli_cuda_e2e.sh); GPU resume after SIGTERM; compute-sanitizer
 # memcheck on a 2-step training run (when installed); issue 14's checks
 # (tests/bench/run_nccl_gpu.sh: NcclComm at 1 rank, cp 2 and 4 ranks and
@@ -36,12 +37,18 @@
 # doubles T from 64K until ringtrain and PyTorch fail, 1 step each.
 # --budget (default 450 s) skips what would start after it; --quick cuts the
 # benchmark steps (a smoke run). On an H200 the checks took about 85 s, the
-# NCCL step 20 s, the profile about 20 s and the benchmark about 300 s.
+# NCCL step 20 s, the profile about 40 s and the benchmark about 300 s.
+# --only runs the named steps alone (comma-separated: tests, ops, attn, e2e,
+# memcheck, nccl, profile, bench), for a second, shorter call; --no-torch
+# leaves PyTorch out of the benchmark; --ckpt64 gives the
+# train.activation_checkpointing values ringtrain runs at 64K (default true;
+# e.g. true,selective).
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 src=$(cd "$here/.." && pwd)
 
-out="" bundle="" rt="${RT:-}" build="" longest=0 profile=1 budget=450 quick=0
+out="" bundle="" rt="${RT:-}" build="" longest=0 profile=1 budget=450 quick=0 only="" torch=1
+ckpt64=true
 while [ $# -gt 0 ]; do
   case "$1" in
     --bundle) bundle=$2; shift ;;
@@ -51,13 +58,16 @@ while [ $# -gt 0 ]; do
     --no-profile) profile=0 ;;
     --budget) budget=$2; shift ;;
     --quick) quick=1 ;;
-    -h|--help) sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --only) only=$2; shift ;;
+    --no-torch) torch=0 ;;
+    --ckpt64) ckpt64=$2; shift ;;
+    -h|--help) sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) [ -z "$out" ] && out=$1 || { echo "gpu_check.sh: one OUT_DIR only" >&2; exit 2; } ;;
   esac
   shift
 done
-[ -n "$out" ] || { echo "usage: tools/gpu_check.sh OUT_DIR [--bundle ARCHIVE | --rt DIR | --build DIR] [--longest-t] [--no-profile] [--budget S] [--quick]" >&2; exit 2; }
+[ -n "$out" ] || { echo "usage: tools/gpu_check.sh OUT_DIR [--bundle ARCHIVE | --rt DIR | --build DIR] [--longest-t] [--no-profile] [--budget S] [--quick] [--only STEPS] [--no-torch] [--ckpt64 VALUES]" >&2; exit 2; }
 mkdir -p "$out" || exit 3
 out=$(cd "$out" && pwd)
 t_start=$SECONDS
@@ -67,6 +77,7 @@ row() {  # row NAME STATUS SECONDS DETAIL
   printf '%-30s %-8s %5ss  %s\n' "$1" "$2" "$3" "$4" >> "$summary"
 }
 left() { echo $((budget - (SECONDS - t_start))); }
+want() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }  # want STEP: --only names it (or no --only)
 py() { env -u LD_LIBRARY_PATH python3 "$@"; }
 
 # ---- binaries -------------------------------------------------------------
@@ -112,7 +123,9 @@ row "nvidia-smi" "$([ $rc = 0 ] && echo ok || echo FAIL)" $((SECONDS - t)) "${gp
 
 # ---- 2. CUDA tests and the op harness -----------------------------------
 t=$SECONDS
-if [ -n "$build" ]; then
+if ! want tests; then
+  :
+elif [ -n "$build" ]; then
   # the emulated-CUDA tests are CPU work CI already runs
   ctest --test-dir "$build" -L cuda -E "cli_cuda_e2e|Emulated|CudaEmu" --output-on-failure --timeout 300 > "$out/ctest_cuda.log" 2>&1
   rc=$?
@@ -130,7 +143,9 @@ else
   row "CUDA test binaries" "$st" $((SECONDS - t)) "$n binaries, $bad failed, $skip with skipped tests"
 fi
 t=$SECONDS
-if [ -x "$testbin/test_model_backend_ops" ]; then
+if ! want ops; then
+  :
+elif [ -x "$testbin/test_model_backend_ops" ]; then
   timeout 300 "$testbin/test_model_backend_ops" > "$out/backend_ops.log" 2>&1
   rc=$?
   row "op harness (backend_ops)" "$([ $rc = 0 ] && echo ok || echo FAIL)" $((SECONDS - t)) \
@@ -140,37 +155,54 @@ else
   row "op harness (backend_ops)" missing 0 "no test_model_backend_ops in $testbin"
 fi
 
-# ---- 2b. attention backward: head split vs whole groups (TinyLlama's heads) --
-# hd 64, 32 query heads on 4 kv heads, T = 4K, 16K and 64K, batch 1: the
-# automatic head split against --head-split 1 (the kernel before the split).
+# ---- 2b. attention kernels at TinyLlama's heads: mma.sync vs wgmma vs SDPA --
+# hd 64, 32 query heads on 4 kv heads, T = 4K, 16K and 64K, batch 1, each
+# family with its automatic head split, and PyTorch's flash SDPA on the same
+# shapes (bench_sdpa.py, GQA through enable_gqa or repeated kv heads).
 t=$SECONDS
-if [ -x "$testbin/bench_cuda_attention" ]; then
-  for sp in 1 0; do
+if want attn && [ -x "$testbin/bench_cuda_attention" ]; then
+  for impl in mma wgmma; do
     timeout 120 "$testbin/bench_cuda_attention" --hd 64 --heads 32 --kv-heads 4 --tokens 4096 \
-      --seq-lens 4096,16384,65536 --reps 5 --head-split $sp > "$out/attn_split$sp.json" 2>> "$out/attn_split.err"
+      --seq-lens 4096,16384,65536 --reps 5 --impl $impl > "$out/attn_$impl.json" 2>> "$out/attn.err"
   done
-  detail=$(py - "$out/attn_split1.json" "$out/attn_split0.json" <<'PYEOF' 2>> "$out/attn_split.err"
+  timeout 120 env -u LD_LIBRARY_PATH python3 "$src/tests/bench/bench_sdpa.py" --hd 64 --heads 32 \
+    --kv-heads 4 --tokens 4096 --seq-lens 4096,16384,65536 --reps 5 > "$out/attn_sdpa.json" 2>> "$out/attn.err"
+  detail=$(py - "$out/attn_mma.json" "$out/attn_wgmma.json" "$out/attn_sdpa.json" <<'PYEOF' 2>> "$out/attn.err"
 import json, sys
-one, auto = (json.load(open(f)) for f in sys.argv[1:3])
-if "skipped" in one:
-    sys.exit("skipped: " + one["skipped"])
+def load(f):
+    try:
+        return json.load(open(f))
+    except Exception as e:
+        return {"skipped": f"{f}: {e}"}
+mma, wg, sdpa = (load(f) for f in sys.argv[1:4])
+if "skipped" in mma:
+    sys.exit("skipped: " + mma["skipped"])
+key = lambda j: {(r["T"], r["causal"]): r for r in j.get("results", [])}
+W, S = key(wg), key(sdpa)
 cells = []
-for a, b in zip(one["results"], auto["results"]):
-    if a["causal"]:
-        cells.append(f"T={a['T']}: bwd {a['bwd_ms']:.2f} ms ({a['bwd_tflops']:.0f} TF/s) -> "
-                     f"{b['bwd_ms']:.2f} ms ({b['bwd_tflops']:.0f} TF/s) at split {b['head_split']}")
+for r in mma["results"]:
+    if not r["causal"]:
+        continue
+    k = (r["T"], True)
+    c = f"T={r['T']} fwd/bwd TF/s mma {r['fwd_tflops']:.0f}/{r['bwd_tflops']:.0f}"
+    if k in W:
+        c += f" wgmma {W[k]['fwd_tflops']:.0f}/{W[k]['bwd_tflops']:.0f} (split {W[k]['head_split']})"
+    if k in S:
+        c += f" sdpa {S[k]['fwd_tflops']:.0f}/{S[k]['bwd_tflops']:.0f}"
+    cells.append(c)
 print("; ".join(cells))
 PYEOF
   )
-  st=ok; [ -z "$detail" ] && st=FAIL && detail="see attn_split.err"
-  grep -q "^skipped" "$out/attn_split.err" && st=skipped && detail=$(grep -m1 "^skipped" "$out/attn_split.err")
-  row "attention bwd head split" $st $((SECONDS - t)) "$detail"
-else
-  row "attention bwd head split" missing 0 "no bench_cuda_attention in $testbin"
+  st=ok; [ -z "$detail" ] && st=FAIL && detail="see attn.err"
+  grep -q "^skipped" "$out/attn.err" && st=skipped && detail=$(grep -m1 "^skipped" "$out/attn.err")
+  row "attention hd64 kernels" $st $((SECONDS - t)) "$detail"
+elif want attn; then
+  row "attention hd64 kernels" missing 0 "no bench_cuda_attention in $testbin"
 fi
 
 # ---- 3. end to end: CPU fp32 vs GPU bf16, resume after SIGTERM ----------
 for part in compare resume; do
+  want e2e || break
   t=$SECONDS
   if [ "$(left)" -lt 60 ]; then row "e2e $part" skipped 0 "time budget"; continue; fi
   RT_E2E_PARTS=$part timeout $(( $(left) < 240 ? $(left) : 240 )) \
@@ -203,7 +235,9 @@ train: {seq_len: 256, micro_batch_size: 1, global_batch_size: 2, max_steps: 2, p
 checkpoint: {every_steps: 0}
 parallel: {device: cuda}
 YAML
-if ! command -v compute-sanitizer > /dev/null; then
+if ! want memcheck; then
+  :
+elif ! command -v compute-sanitizer > /dev/null; then
   row "compute-sanitizer memcheck" missing 0 "compute-sanitizer is not on this machine"
 elif [ "$(left)" -lt 40 ]; then
   row "compute-sanitizer memcheck" skipped 0 "time budget"
@@ -223,7 +257,9 @@ fi
 
 # ---- 5. device buffers between ranks (issue 14): NCCL and the staged path --
 t=$SECONDS
-if [ ! -x "$testbin/nccl_comm_gpu" ]; then
+if ! want nccl; then
+  :
+elif [ ! -x "$testbin/nccl_comm_gpu" ]; then
   row "nccl + shared-GPU ring" missing 0 "no nccl_comm_gpu (a build without NCCL?)"
 elif [ "$(left)" -lt 60 ]; then
   row "nccl + shared-GPU ring" skipped 0 "time budget"
@@ -249,7 +285,7 @@ fi
 
 # ---- 6. where a step's time goes: ncu over 2 steps (TinyLlama shape, 4 layers)
 t=$SECONDS
-if [ $profile = 0 ]; then
+if [ $profile = 0 ] || ! want profile; then
   :
 elif ! command -v ncu > /dev/null; then
   row "profile (ncu)" missing 0 "ncu is not on this machine"
@@ -273,19 +309,31 @@ fi
 have_torch=0
 py -c "import torch, yaml; assert torch.cuda.is_available()" 2> "$out/torch_probe.txt" && have_torch=1
 [ $have_torch = 1 ] || echo "PyTorch with CUDA not found: $(tail -1 "$out/torch_probe.txt")"
+[ $torch = 0 ] && have_torch=0
 cfg=$src/configs/bench_tinyllama.yaml
 # T  steps  checkpointing  per-run limit (s)
 plan=("4096 5 false 90" "16384 3 false 120" "65536 2 true 200")
 [ $quick = 1 ] && plan=("4096 2 false 60" "16384 1 false 90" "65536 1 true 150")
 for p in "${plan[@]}"; do
+  want bench || break
   set -- $p
-  T=$1 steps=$2 ck=$3 lim=$4
-  tag=$((T / 1024))K
-  for who in ringtrain torch; do
+  T=$1 steps=$2 ck_plan=$3 lim_plan=$4
+  # who:checkpointing; with checkpointing on, ringtrain once per --ckpt64 value
+  runs=("ringtrain:$ck_plan")
+  if [ $ck_plan = true ]; then
+    runs=()
+    IFS=, read -ra vals <<< "$ckpt64"
+    for v in "${vals[@]}"; do runs+=("ringtrain:$v"); done
+  fi
+  runs+=("torch:$ck_plan")
+  for r in "${runs[@]}"; do
+    who=${r%%:*} ck=${r#*:}
+    tag=$((T / 1024))K
+    case $ck in true|false) ;; *) tag=${tag}_$ck ;; esac  # e.g. 64K_selective
     t=$SECONDS
-    if [ $who = torch ] && [ $have_torch = 0 ]; then row "bench $who T=$tag" skipped 0 "no torch with CUDA"; continue; fi
+    if [ $who = torch ] && [ $have_torch = 0 ]; then row "bench $who T=$tag" skipped 0 "no torch with CUDA (or --no-torch)"; continue; fi
     if [ "$(left)" -lt 30 ]; then row "bench $who T=$tag" skipped 0 "time budget"; continue; fi
-    lim=$(( $(left) < lim ? $(left) : lim ))
+    lim=$(( $(left) < lim_plan ? $(left) : lim_plan ))
     if [ $who = ringtrain ]; then
       timeout $lim "$rtbin" bench "$cfg" --steps $steps --warmup 1 --set parallel.device=cuda --set train.seq_len=$T \
         --set train.activation_checkpointing=$ck > "$out/bench_rt_$tag.json" 2> "$out/bench_rt_$tag.log"
@@ -315,7 +363,7 @@ PY
   done
 done
 # torch.compile at 16K, when time remains
-if [ $have_torch = 1 ] && [ "$(left)" -gt 150 ]; then
+if want bench && [ $have_torch = 1 ] && [ "$(left)" -gt 150 ]; then
   t=$SECONDS
   PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 150 env -u LD_LIBRARY_PATH python3 \
     "$src/tests/bench/bench_torch_train.py" "$cfg" --seq-len 16384 --steps 3 --warmup 2 --compile \

@@ -24,8 +24,8 @@
 // Backward: rowsum(dout * out) first (one warp per row), then one block per
 // (key tile of 16*NW rows, kv head, batch) that owns those dK, dV rows in
 // registers and loops over every query head of its group and every query tile
-// that can see the key tile (deterministic dK, dV; no atomics). The mma.sync
-// kernel can also split a group's query heads over s blocks (the head split,
+// that can see the key tile (deterministic dK, dV; no atomics). Both
+// kernels can also split a group's query heads over s blocks (the head split,
 // attention_backward_head_split: when key tiles x kv heads x batch alone
 // would leave SMs idle, e.g. TinyLlama's 4 kv heads at 4K gave 128 blocks on
 // 132 SMs, the causal ones uneven); each stores its partial dK, dV and a
@@ -36,10 +36,11 @@
 //   dS^T = P^T (dP^T - D),  dK += dS^T Q,  dQ += dS K (through shared memory,
 //   fp32 atomics into the caller's dq).
 //
-// Hopper (sm_90a, head_dim 128): the same two algorithms on wgmma (warpgroup
-// MMA, operands read from shared memory through descriptors, 128-byte
-// swizzled tiles): attn_fwd_wgmma_kernel and attn_bwd_wgmma_kernel below.
-// The mma.sync kernels remain for head_dim 64 and pre-Hopper GPUs.
+// Hopper (sm_90a, head_dim 64 and 128): the same two algorithms on wgmma
+// (warpgroup MMA, operands read from shared memory through descriptors,
+// 128-byte swizzled tiles): attn_fwd_wgmma_kernel and attn_bwd_wgmma_kernel
+// below, with the same head split. The mma.sync kernels remain for pre-Hopper
+// GPUs (and the emulator).
 //
 // The same source builds for the CPU fiber emulator (model/cuda/emu/, g++ with
 // RT_CUDA_EMULATE, namespace rt::cuda_emu): the PTX wrappers below become the
@@ -580,7 +581,15 @@ __device__ __forceinline__ void wgmma_ss_tt(float (&d)[32], uint64_t da, uint64_
       : "l"(da), "l"(db), "r"(scale_d));
 }
 
-// d (64x128) += A B, A (64x16) in registers, B N-major (transposed) in shared memory.
+// d (64xN) += A B, A (64x16) in registers, B N-major (transposed) in shared memory
+// (N = 64, 128).
+__device__ __forceinline__ void wgmma_rs_tb(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
 __device__ __forceinline__ void wgmma_rs_tb(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
@@ -607,11 +616,23 @@ __device__ __forceinline__ void load_tile_sw128(uint32_t dst, const uint16_t* ba
     cp_async16(d + k * kStep * 128, valid ? src + k * kStep * ld : base, valid);
   }
 }
+
+// A wgmma tile of R rows x HD columns: for head_dim 64 one column block, which
+// is exactly load_tile's swizzled layout (rows of 128 B, chunk c ^ (r % 8)).
+template <int HD, int R, int NT>
+__device__ __forceinline__ void load_tile_wg(uint32_t dst, const uint16_t* base, int64_t ld,
+                                             int row0, int nrows, int tid) {
+  static_assert(HD == 64 || HD == 128, "wgmma tiles: head_dim 64 or 128");
+  if constexpr (HD == 128)
+    load_tile_sw128<R, NT>(dst, base, ld, row0, nrows, tid);
+  else
+    load_tile<64, R, NT>(dst, base, ld, row0, nrows, tid);
+}
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 
 
-// Forward for head_dim 128 on sm_90a: 2 warpgroups x 64 query rows, key tiles
+// Forward for head_dim 64 and 128 on sm_90a: 2 warpgroups x 64 query rows, key tiles
 // of 128, S = Q K^T and O += P V both on wgmma (P from registers); masking,
 // online softmax and outputs as in attn_fwd_kernel. Ping-pong: warpgroup 1
 // runs half an iteration behind warpgroup 0 -- at iteration j it does the
@@ -619,11 +640,15 @@ __device__ __forceinline__ void load_tile_sw128(uint32_t dst, const uint16_t* ba
 // overlaps the other's products (+11% over running them in step, measured).
 // V therefore has 3 shared stages (tile j - 1 is still read at iteration j).
 constexpr int kWfBC = 128, kWfThreads = 256, kWfVStages = 3;
-constexpr size_t kWfSmem = 128 * 256 + (2 + kWfVStages) * size_t(kWfBC) * 256 + 1024;
+// Q (128 rows), K (2 stages), V (kWfVStages) of hd bf16 per row, 1024 B alignment.
+constexpr size_t wf_smem(int hd) {
+  return size_t(128) * hd * 2 + (2 + kWfVStages) * size_t(kWfBC) * hd * 2 + 1024;
+}
 
+template <int HD>
 __global__ void __launch_bounds__(kWfThreads) attn_fwd_wgmma_kernel(const FwdArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int HD = 128, BR = 128, BC = kWfBC, NT = kWfThreads, kVStages = kWfVStages;
+  constexpr int BR = 128, BC = kWfBC, NT = kWfThreads, kVStages = kWfVStages;
   constexpr int kTileQ = BR * HD * 2, kTileK = BC * HD * 2;
   RT_DYNAMIC_SMEM(smem);
   const uint32_t sQ = (smem_addr(smem) + 1023u) & ~1023u;  // swizzle atoms need 1024 B alignment
@@ -637,12 +662,13 @@ __global__ void __launch_bounds__(kWfThreads) attn_fwd_wgmma_kernel(const FwdArg
   const float slope_log2 = blk.slope_log2;
   const int wrow = wg * 64 + (warp & 3) * 16;  // this warp's first row in the tile
 
-  float o[64];
+  float o[HD / 2];
 #pragma unroll
-  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  for (int i = 0; i < HD / 2; ++i) o[i] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-  // S = Q K^T for the K tile in stage k_st (8 k-steps of 16 over the head dim).
+  // S = Q K^T for the K tile in stage k_st (HD / 16 k-steps of 16 over the head
+  // dim; column block kk / 4).
   auto issue_s = [&](float (&acc)[BC / 2], uint32_t k_st) {
     wgmma_fence();
 #pragma unroll
@@ -666,18 +692,18 @@ __global__ void __launch_bounds__(kWfThreads) attn_fwd_wgmma_kernel(const FwdArg
   float s[BC / 2];
   uint32_t p[BC / 16][4];
   if (nkt > 0) {
-    load_tile_sw128<BR, NT>(sQ, blk.Qb, blk.ldq, q0, a.Tq, tid);
-    load_tile_sw128<BC, NT>(sK, blk.Kb, blk.ldk, 0, a.Tk, tid);
-    load_tile_sw128<BC, NT>(sV, blk.Vb, blk.ldk, 0, a.Tk, tid);
+    load_tile_wg<HD, BR, NT>(sQ, blk.Qb, blk.ldq, q0, a.Tq, tid);
+    load_tile_wg<HD, BC, NT>(sK, blk.Kb, blk.ldk, 0, a.Tk, tid);
+    load_tile_wg<HD, BC, NT>(sV, blk.Vb, blk.ldk, 0, a.Tk, tid);
     cp_async_commit();
   }
   const bool lag = wg == 1;  // this warpgroup runs half an iteration behind
   for (int j = 0; j < nkt; ++j) {
     if (j + 1 < nkt) {
-      load_tile_sw128<BC, NT>(sK + ((j + 1) & 1) * kTileK, blk.Kb, blk.ldk, (j + 1) * BC, a.Tk,
-                              tid);
-      load_tile_sw128<BC, NT>(sV + ((j + 1) % kVStages) * kTileK, blk.Vb, blk.ldk, (j + 1) * BC,
-                              a.Tk, tid);
+      load_tile_wg<HD, BC, NT>(sK + ((j + 1) & 1) * kTileK, blk.Kb, blk.ldk, (j + 1) * BC, a.Tk,
+                               tid);
+      load_tile_wg<HD, BC, NT>(sV + ((j + 1) % kVStages) * kTileK, blk.Vb, blk.ldk, (j + 1) * BC,
+                               a.Tk, tid);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -803,11 +829,10 @@ __device__ __forceinline__ void probs_t(float (&s)[BRQ / 8][4], const BwdArgs& a
 // i_start on (under a causal mask the earlier ones see none of its keys):
 // iteration it is head kvh * rep + it / nq, query tile i_start + it % nq.
 //
-// Two grids: (key tiles, G, B), each block all rep = H / G query heads of its
-// group (the wgmma kernel); or one dimension of key tiles x G x hsplit x B
-// blocks (the mma.sync kernel), key tile slowest, so that under a causal mask
-// the blocks with the most query tiles (the first key tiles) start first,
-// each block rep / hsplit query heads: part `part` of its group.
+// The grid is one dimension of key tiles x G x hsplit x B blocks (both kernel
+// families), key tile slowest, so that under a causal mask the blocks with the
+// most query tiles (the first key tiles) start first; each block takes
+// rep / hsplit of the group's rep = H / G query heads: part `part` of its group.
 struct LinearBwdGrid {};
 template <int HD>
 struct BwdBlock {
@@ -815,12 +840,6 @@ struct BwdBlock {
   int part = 0, h0, nh;  // query heads h0 .. h0 + nh - 1
   int64_t ldq, ldk;
   const uint16_t *Kb, *Vb;
-  __device__ BwdBlock(const BwdArgs& a, int BCK, int BRQ) {
-    k0 = blockIdx.x * BCK;
-    kvh = blockIdx.y, b = blockIdx.z, rep = a.H / a.G;
-    h0 = kvh * rep, nh = rep;
-    init(a, BCK, BRQ);
-  }
   __device__ BwdBlock(const BwdArgs& a, int BCK, int BRQ, LinearBwdGrid) {
     const int64_t per_tile = int64_t(a.G) * a.hsplit * a.B;
     const int64_t r = int64_t(blockIdx.x) % per_tile;
@@ -1111,26 +1130,31 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
     add_dk_dv_rows<HD>(a, blk, k0 + kr + g8, t4, dk, dv);
 }
 
-// Backward for head_dim 128 on sm_90a: 2 warpgroups x 64 key rows (a key tile
-// of 128), query tiles of 64, all five products on wgmma. Per (query head,
-// query tile), warpgroup w with its key rows K_w, V_w:
+// Backward for head_dim 64 and 128 on sm_90a: 2 warpgroups x 64 key rows (a
+// key tile of 128), query tiles of 64, all five products on wgmma. Per (query
+// head, query tile), warpgroup w with its key rows K_w, V_w:
 //   S^T = K_w Q^T, dP^T = V_w dO^T            (A, B from shared memory)
 //   P^T, dS^T in registers (as attn_bwd_kernel); dS^T also to shared memory
 //   dV_w += P^T dO, dK_w += dS^T Q            (A from registers, B N-major)
-//   dQ[:, 64 w : 64 w + 64] += dS K[:, 64 w : 64 w + 64]   (A M-major, B N-major,
-//                                               over both warpgroups' keys)
+//   head_dim 128: dQ[:, 64 w : 64 w + 64] += dS K[:, 64 w : 64 w + 64] over
+//                 both warpgroups' keys   (A M-major, B N-major)
+//   head_dim 64:  dQ += dS_w K_w, each warpgroup over its own 64 keys
 // dK, dV stay in registers for the whole block (deterministic); dQ goes out
-// through fp32 atomics.
+// through fp32 atomics. Blocks come from the mma.sync kernel's linear grid,
+// head split included (LinearBwdGrid, bwd_sum_parts_kernel).
 constexpr int kWbBCK = 128, kWbBRQ = 64, kWbThreads = 256;
-constexpr size_t kWbSmem = 2 * size_t(kWbBCK) * 256          // K, V
-                           + 4 * size_t(kWbBRQ) * 256        // Q, dO: 2 stages each
-                           + size_t(kWbBCK) * kWbBRQ * 2     // dS^T
-                           + 4 * size_t(kWbBRQ) * 4          // lse, D: 2 stages each
-                           + 1024;                           // alignment
+constexpr size_t wb_smem(int hd) {
+  return 2 * size_t(kWbBCK) * hd * 2        // K, V
+         + 4 * size_t(kWbBRQ) * hd * 2      // Q, dO: 2 stages each
+         + size_t(kWbBCK) * kWbBRQ * 2      // dS^T
+         + 4 * size_t(kWbBRQ) * 4           // lse, D: 2 stages each
+         + 1024;                            // alignment
+}
 
+template <int HD>
 __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const BwdArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int HD = 128, BCK = kWbBCK, BRQ = kWbBRQ, NT = kWbThreads;
+  constexpr int BCK = kWbBCK, BRQ = kWbBRQ, NT = kWbThreads;
   constexpr int kTileK = BCK * HD * 2, kTileQ = BRQ * HD * 2;
   RT_DYNAMIC_SMEM(smem);
   const uint32_t s0 = smem_addr(smem);
@@ -1145,27 +1169,29 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wg = warp >> 2, g8 = lane >> 2, t4 = lane & 3;
-  const BwdBlock<HD> blk(a, BCK, BRQ);
-  const int k0 = blk.k0, nq = blk.nq, n_it = nq * blk.rep;
-  if (nq <= 0) return;
+  const BwdBlock<HD> blk(a, BCK, BRQ, LinearBwdGrid{});
+  const int k0 = blk.k0, nq = blk.nq, n_it = nq * blk.nh;
+  const int kr = wg * 64 + (warp & 3) * 16;  // this warp's key rows within the tile
+  float dk[HD / 2], dv[HD / 2];
+#pragma unroll
+  for (int i = 0; i < HD / 2; ++i) dk[i] = dv[i] = 0.f;
+  if (nq <= 0) {  // no query sees these keys: a part is still written (zeros)
+    if (a.hsplit > 1) store_dk_dv_part<HD>(a, blk, k0 + kr + g8, t4, as_frags(dk), as_frags(dv));
+    return;
+  }
 
   auto issue = [&](int it, int st) {
     const int h = blk.head(it), q0 = blk.q0(it, BRQ);
     const int64_t hoff = int64_t(blk.b) * a.Tq * blk.ldq + int64_t(h) * HD;
-    load_tile_sw128<BRQ, NT>(sQ + st * kTileQ, a.q + hoff, blk.ldq, q0, a.Tq, tid);
-    load_tile_sw128<BRQ, NT>(sO + st * kTileQ, a.dout + hoff, blk.ldq, q0, a.Tq, tid);
+    load_tile_wg<HD, BRQ, NT>(sQ + st * kTileQ, a.q + hoff, blk.ldq, q0, a.Tq, tid);
+    load_tile_wg<HD, BRQ, NT>(sO + st * kTileQ, a.dout + hoff, blk.ldq, q0, a.Tq, tid);
     load_lse_d(a, blk.b, h, q0, BRQ, sL + st * BRQ, sD + st * BRQ, tid, NT);
   };
 
-  load_tile_sw128<BCK, NT>(sK, blk.Kb, blk.ldk, k0, a.Tk, tid);
-  load_tile_sw128<BCK, NT>(sV, blk.Vb, blk.ldk, k0, a.Tk, tid);
+  load_tile_wg<HD, BCK, NT>(sK, blk.Kb, blk.ldk, k0, a.Tk, tid);
+  load_tile_wg<HD, BCK, NT>(sV, blk.Vb, blk.ldk, k0, a.Tk, tid);
   issue(0, 0);
   cp_async_commit();
-
-  float dk[64], dv[64];
-#pragma unroll
-  for (int i = 0; i < 64; ++i) dk[i] = dv[i] = 0.f;
-  const int kr = wg * 64 + (warp & 3) * 16;  // this warp's key rows within the tile
 
   for (int it = 0; it < n_it; ++it) {
     const int st = it & 1;
@@ -1231,26 +1257,37 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
     }
     wgmma_commit();
 
-    // dQ[:, 64 wg ..] = dS K over the 128 keys of both warpgroups.
+    // head_dim 128: dQ[:, 64 wg ..] = dS K over the 128 keys of both warpgroups;
+    // head_dim 64: each warpgroup's part of dQ over its own 64 keys.
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // dS^T stores -> wgmma
     __syncthreads();
     float dq[32];
+    if constexpr (HD == 128) {
 #pragma unroll
-    for (int kk = 0; kk < BCK / 16; ++kk)
-      wgmma_ss_tt(dq, gmma_desc(sS + kk * 16 * 128, BCK * 128, 1024),
-                  gmma_desc(sK + wg * (BCK * 128) + kk * 16 * 128, BCK * 128, 1024), kk > 0);
+      for (int kk = 0; kk < BCK / 16; ++kk)
+        wgmma_ss_tt(dq, gmma_desc(sS + kk * 16 * 128, BCK * 128, 1024),
+                    gmma_desc(sK + wg * (BCK * 128) + kk * 16 * 128, BCK * 128, 1024), kk > 0);
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        const uint32_t rows = (wg * 64 + kk * 16) * 128;
+        wgmma_ss_tt(dq, gmma_desc(sS + rows, BCK * 128, 1024),
+                    gmma_desc(sK + rows, BCK * 128, 1024), kk > 0);
+      }
+    }
     wgmma_commit();
     wgmma_wait0();
     fence_regs(dk);
     fence_regs(dv);
     fence_regs(dq);
     // element (n, e) = dq[4 n + e]: query row 16 (warp & 3) + g8 + 8 (e >> 1),
-    // column 64 wg + 8 n + 2 t4 + (e & 1)
+    // column c0 + 8 n + 2 t4 + (e & 1), c0 = 64 wg for head_dim 128, else 0
+    const int c0 = HD == 128 ? wg * 64 : 0;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int row = q0 + (warp & 3) * 16 + g8 + 8 * r;
       if (row >= a.Tq) continue;
-      float* dst = a.dq + (int64_t(blk.b) * a.Tq + row) * blk.ldq + int64_t(h) * HD + wg * 64 + 2 * t4;
+      float* dst = a.dq + (int64_t(blk.b) * a.Tq + row) * blk.ldq + int64_t(h) * HD + c0 + 2 * t4;
 #pragma unroll
       for (int n = 0; n < 8; ++n)
         atomicAdd(reinterpret_cast<float2*>(dst + n * 8),
@@ -1259,7 +1296,10 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
     __syncthreads();  // stages and dS^T are rewritten next iteration
   }
 
-  add_dk_dv_rows<HD>(a, blk, k0 + kr + g8, t4, as_frags(dk), as_frags(dv));
+  if (a.hsplit > 1)
+    store_dk_dv_part<HD>(a, blk, k0 + kr + g8, t4, as_frags(dk), as_frags(dv));
+  else
+    add_dk_dv_rows<HD>(a, blk, k0 + kr + g8, t4, as_frags(dk), as_frags(dv));
 #else
   __trap();  // launched only on sm_90 devices, for which the sm_90a code exists
 #endif
@@ -1281,16 +1321,17 @@ void launch_fwd(const FwdArgs& a, cudaStream_t stream) {
   RT_ATTN_LAUNCH("attention forward launch", kernel, grid, NW * 32, smem, stream, a);
 }
 
+template <int HD>
 void launch_fwd_wgmma(const FwdArgs& a, cudaStream_t stream) {
-  static bool configured = false;
+  constexpr size_t smem = wf_smem(HD);
+  auto kernel = attn_fwd_wgmma_kernel<HD>;
+  static bool configured = false;  // per instantiation
   if (!configured) {
-    set_max_dynamic_smem(attn_fwd_wgmma_kernel, kWfSmem,
-                         "cudaFuncSetAttribute(attention forward, wgmma)");
+    set_max_dynamic_smem(kernel, smem, "cudaFuncSetAttribute(attention forward, wgmma)");
     configured = true;
   }
   const dim3 grid((a.Tq + 127) / 128, a.H, a.B);
-  RT_ATTN_LAUNCH("attention forward (wgmma) launch", attn_fwd_wgmma_kernel, grid, kWfThreads,
-                 kWfSmem, stream, a);
+  RT_ATTN_LAUNCH("attention forward (wgmma) launch", kernel, grid, kWfThreads, smem, stream, a);
 }
 
 // Whether the current device runs the sm_90a code (Hopper) of this build.
@@ -1309,16 +1350,37 @@ bool device_has_wgmma() {
 #endif
 }
 
+// With a head split, dk, dv += the parts the backward blocks stored.
+void sum_bwd_parts(const BwdArgs& a, int hd, cudaStream_t stream) {
+  if (a.hsplit <= 1) return;
+  const int64_t n = int64_t(a.B) * a.Tk * a.G * hd;
+#ifdef RT_CUDA_EMULATE
+  const unsigned sum_blocks = 3;  // few blocks: the grid-stride loop is exercised
+#else
+  const unsigned sum_blocks = unsigned(std::min<int64_t>((n + 255) / 256, 4096));
+#endif
+  RT_ATTN_LAUNCH("attention backward (sum of head parts) launch", bwd_sum_parts_kernel,
+                 dim3(sum_blocks), 256, 0, stream, a.dk, a.dv, a.dk_part, a.dv_part, n, a.hsplit);
+}
+
+// Both backward kernels take key tiles of kBwdKeyTile rows on the linear grid.
+unsigned bwd_blocks(const BwdArgs& a) {
+  return unsigned(int64_t((a.Tk + kBwdKeyTile - 1) / kBwdKeyTile) * a.G * a.hsplit * a.B);
+}
+
+template <int HD>
 void launch_bwd_wgmma(const BwdArgs& a, cudaStream_t stream) {
-  static bool configured = false;
+  static_assert(kWbBCK == kBwdKeyTile, "head_split_for counts key tiles of kBwdKeyTile rows");
+  constexpr size_t smem = wb_smem(HD);
+  auto kernel = attn_bwd_wgmma_kernel<HD>;
+  static bool configured = false;  // per instantiation
   if (!configured) {
-    set_max_dynamic_smem(attn_bwd_wgmma_kernel, kWbSmem,
-                         "cudaFuncSetAttribute(attention backward, wgmma)");
+    set_max_dynamic_smem(kernel, smem, "cudaFuncSetAttribute(attention backward, wgmma)");
     configured = true;
   }
-  const dim3 grid((a.Tk + kWbBCK - 1) / kWbBCK, a.G, a.B);
-  RT_ATTN_LAUNCH("attention backward (wgmma) launch", attn_bwd_wgmma_kernel, grid, kWbThreads,
-                 kWbSmem, stream, a);
+  RT_ATTN_LAUNCH("attention backward (wgmma) launch", kernel, dim3(bwd_blocks(a)), kWbThreads,
+                 smem, stream, a);
+  sum_bwd_parts(a, HD, stream);
 }
 
 template <int HD, int NW, int BRQ>
@@ -1333,20 +1395,9 @@ void launch_bwd(const BwdArgs& a, cudaStream_t stream) {
     set_max_dynamic_smem(kernel, smem, "cudaFuncSetAttribute(attention backward)");
     configured = true;
   }
-  const int64_t blocks = int64_t((a.Tk + BCK - 1) / BCK) * a.G * a.hsplit * a.B;
-  RT_ATTN_LAUNCH("attention backward launch", kernel, dim3(unsigned(blocks)), NW * 32, smem, stream,
+  RT_ATTN_LAUNCH("attention backward launch", kernel, dim3(bwd_blocks(a)), NW * 32, smem, stream,
                  a);
-  if (a.hsplit > 1) {
-    const int64_t n = int64_t(a.B) * a.Tk * a.G * HD;
-#ifdef RT_CUDA_EMULATE
-    const unsigned sum_blocks = 3;  // few blocks: the grid-stride loop is exercised
-#else
-    const unsigned sum_blocks = unsigned(std::min<int64_t>((n + 255) / 256, 4096));
-#endif
-    RT_ATTN_LAUNCH("attention backward (sum of head parts) launch", bwd_sum_parts_kernel,
-                   dim3(sum_blocks), 256, 0, stream, a.dk, a.dv, a.dk_part, a.dv_part, n,
-                   a.hsplit);
-  }
+  sum_bwd_parts(a, HD, stream);
 }
 
 }  // namespace
@@ -1375,16 +1426,16 @@ void check_attention_params(const AttentionParams& p) {
 bool wgmma_available() { return device_has_wgmma(); }
 
 namespace {
-// The kernel family for p: wgmma for head_dim 128 on Hopper unless asked
-// otherwise; mma.sync everywhere else.
-bool use_wgmma(const AttentionParams& p, AttentionImpl impl) {
+// The kernel family for p: wgmma on Hopper unless asked otherwise; mma.sync
+// everywhere else.
+bool use_wgmma(AttentionImpl impl) {
   if (impl == AttentionImpl::kWgmma) {
-    if (p.hd != 128 || !device_has_wgmma())
-      throw UsageError("CUDA attention: the wgmma kernels need head_dim 128 on an sm_90 (Hopper) "
-                       "GPU; use AttentionImpl::kAuto or kMma");
+    if (!device_has_wgmma())
+      throw UsageError("CUDA attention: the wgmma kernels need an sm_90 (Hopper) GPU; use "
+                       "AttentionImpl::kAuto or kMma");
     return true;
   }
-  return impl == AttentionImpl::kAuto && p.hd == 128 && device_has_wgmma();
+  return impl == AttentionImpl::kAuto && device_has_wgmma();
 }
 }  // namespace
 
@@ -1392,14 +1443,16 @@ void attention_forward_bf16(const AttentionParams& p, uint16_t* out, float* lse,
                             const uint16_t* q, const uint16_t* k, const uint16_t* v,
                             void* stream, AttentionImpl impl) {
   check_attention_params(p);
-  const bool wg = use_wgmma(p, impl);
+  const bool wg = use_wgmma(impl);
   if (p.B == 0 || p.Tq == 0) return;
   FwdArgs a{q,      k,        v,           out,  lse, p.B, p.Tq, p.Tk, p.H, p.G, p.q_offset,
             p.k_offset, int(p.q_offset - p.k_offset), p.causal, p.alibi_slopes, p.scale * kLog2e};
   auto s = static_cast<cudaStream_t>(stream);
   // Tile shapes measured on an H100 (tests/bench/bench_cuda_attention.cpp, README).
-  if (wg)
-    launch_fwd_wgmma(a, s);
+  if (wg && p.hd == 128)
+    launch_fwd_wgmma<128>(a, s);
+  else if (wg)
+    launch_fwd_wgmma<64>(a, s);
   else if (p.hd == 128)
     launch_fwd<128, 4, 64, 2, false>(a, s);
   else
@@ -1414,9 +1467,9 @@ size_t d_floats(const AttentionParams& p) {
   return (size_t(p.B) * size_t(p.H) * size_t(p.Tq) + 3) / 4 * 4;
 }
 
-// The head split of a backward that runs the wgmma kernels (wg) or not.
-int head_split_for(const AttentionParams& p, bool wg) {
-  if (wg) return 1;  // the wgmma backward keeps whole groups
+// The head split of a backward (both kernel families take key tiles of
+// kBwdKeyTile rows).
+int head_split_for(const AttentionParams& p) {
   const int rep = p.H / p.G;
   if (g_forced_head_split > 0) {
     if (rep % g_forced_head_split != 0)
@@ -1445,7 +1498,8 @@ void force_attention_backward_head_split(int s) {
 
 int attention_backward_head_split(const AttentionParams& p, AttentionImpl impl) {
   check_attention_params(p);
-  return head_split_for(p, use_wgmma(p, impl));
+  use_wgmma(impl);  // a kernel family this device lacks is an error here too
+  return head_split_for(p);
 }
 
 size_t attention_backward_workspace_floats(const AttentionParams& p, AttentionImpl impl) {
@@ -1459,7 +1513,7 @@ void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, flo
                              const uint16_t* v, const uint16_t* out, const float* lse,
                              float* workspace, void* stream, AttentionImpl impl) {
   check_attention_params(p);
-  const bool wg = use_wgmma(p, impl);
+  const bool wg = use_wgmma(impl);
   if (p.B == 0 || p.Tq == 0 || p.Tk == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
   const int64_t rows = int64_t(p.B) * p.Tq * p.H;
@@ -1471,15 +1525,17 @@ void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, flo
   else
     RT_ATTN_LAUNCH("attention backward (rowsum) launch", attn_bwd_dot_kernel<64>, blocks,
                    kWarps * 32, 0, s, workspace, dout, out, p.B, p.Tq, p.H);
-  const int split = head_split_for(p, wg);
+  const int split = head_split_for(p);
   float* parts = workspace + d_floats(p);
   const size_t part_floats = size_t(split) * p.B * p.Tk * p.G * p.hd;
   BwdArgs a{q,      k,      v,     dout, lse,        workspace, dq,      dk, dv,
             p.B,    p.Tq,   p.Tk,  p.H,  p.G,        p.q_offset, p.k_offset,
             int(p.q_offset - p.k_offset), p.causal, p.alibi_slopes, p.scale, p.scale * kLog2e,
             split, split > 1 ? parts : nullptr, split > 1 ? parts + part_floats : nullptr};
-  if (wg)
-    launch_bwd_wgmma(a, s);
+  if (wg && p.hd == 128)
+    launch_bwd_wgmma<128>(a, s);
+  else if (wg)
+    launch_bwd_wgmma<64>(a, s);
   else if (p.hd == 128)
     launch_bwd<128, 8, 64>(a, s);
   else

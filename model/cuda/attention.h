@@ -33,9 +33,10 @@
 
 namespace rt::RT_CUDA_NS {
 
-// Kernel family. kAuto: wgmma (warpgroup MMA, Hopper only) for head_dim 128 on
-// an sm_90 device, mma.sync otherwise. kMma forces the portable mma.sync
-// kernels (sm_80+); kWgmma forces wgmma (UsageError where it cannot run).
+// Kernel family. kAuto: wgmma (warpgroup MMA, Hopper only; head_dim 64 and
+// 128) on an sm_90 device, mma.sync otherwise. kMma forces the portable
+// mma.sync kernels (sm_80+); kWgmma forces wgmma (UsageError where it cannot
+// run).
 enum class AttentionImpl { kAuto, kMma, kWgmma };
 
 // Whether this build has the sm_90a kernels and the current device is sm_90.
@@ -55,11 +56,11 @@ void attention_forward_bf16(const AttentionParams& p, uint16_t* out, float* lse,
 size_t attention_backward_workspace_floats(const AttentionParams& p,
                                            AttentionImpl impl = AttentionImpl::kAuto);
 
-// The mma.sync backward gives each block one key tile of one kv head and
-// 1/s of that head's H/G query heads, s (a divisor of H/G) chosen so that the
-// grid has about 1024 blocks where key tiles x kv heads x batch alone would
-// leave SMs idle (short sequences, few kv heads); the s partial dK, dV are
-// then summed in a fixed order (deterministic). 1 for the wgmma kernels.
+// The backward (either kernel family) gives each block one key tile of 128
+// rows of one kv head and 1/s of that head's H/G query heads, s (a divisor of
+// H/G) chosen so that the grid has about 1024 blocks where key tiles x kv
+// heads x batch alone would leave SMs idle (short sequences, few kv heads);
+// the s partial dK, dV are then summed in a fixed order (deterministic).
 int attention_backward_head_split(const AttentionParams& p,
                                   AttentionImpl impl = AttentionImpl::kAuto);
 // Tests and benchmarks: s > 0 makes every backward use head split s (which

@@ -8,9 +8,9 @@
 //                        [--impl auto|mma|wgmma] [--head-split 0|S]
 //
 // --kv-heads G < H: grouped-query attention (H / G query heads per kv head).
-// --head-split S > 0 forces the mma.sync backward's head split (S divides
-// H / G; 0, the default, is the automatic choice); each result names the split
-// it ran with.
+// --head-split S > 0 forces the backward's head split, for either kernel family
+// (S divides H / G; 0, the default, is the automatic choice); each result
+// names the split it ran with.
 //
 // Batch = max(1, tokens / T), so every length does about the same work per
 // row block (FlashAttention-2's benchmark convention: batch x seqlen = 16K,
@@ -177,7 +177,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (impl == rt::cuda::AttentionImpl::kAuto)
-    impl_name = hd == 128 && rt::cuda::wgmma_available() ? "wgmma" : "mma";
+    impl_name = rt::cuda::wgmma_available() ? "wgmma" : "mma";
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, 0), "properties");
   const double peak = matmul_tflops(reps);

@@ -3,7 +3,7 @@
 tests/bench/bench_cuda_attention.cpp, for comparison on the same GPU.
 
   python3 tests/bench/bench_sdpa.py [--ours bench.json] [--seq-lens 1024,4096,16384,32768]
-                              [--hd 128] [--heads 16] [--tokens 16384] [--reps 10]
+                              [--hd 128] [--heads 16] [--kv-heads G] [--tokens 16384] [--reps 10]
 
 Prints JSON with PyTorch's forward and backward medians (backward = forward+
 backward minus forward, as the same FLOP convention: 4BHT^2hd forward, 2.5x
@@ -21,6 +21,7 @@ def main():
     ap.add_argument("--seq-lens", default="1024,4096,16384,32768")
     ap.add_argument("--hd", type=int, default=128)
     ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--kv-heads", type=int, default=0, help="G < heads: grouped-query attention")
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--reps", type=int, default=10)
     a = ap.parse_args()
@@ -50,23 +51,43 @@ def main():
         return ts[len(ts) // 2]
 
     F = torch.nn.functional
+    G = a.kv_heads or a.heads
+    if a.heads % G:
+        sys.exit(f"--kv-heads {G} must divide --heads {a.heads}")
+    gqa_mode = None
     res = []
     for T in [int(x) for x in a.seq_lens.split(",")]:
         B = max(1, a.tokens // T)
         g = torch.Generator(device="cuda").manual_seed(T)
-        mk = lambda: (torch.rand(B, a.heads, T, a.hd, device="cuda", generator=g) * 4 - 2).to(
+        mk = lambda h: (torch.rand(B, h, T, a.hd, device="cuda", generator=g) * 4 - 2).to(
             torch.bfloat16).requires_grad_(True)
-        q, k, v = mk(), mk(), mk()
-        do = mk().detach()
+        q, k, v = mk(a.heads), mk(G), mk(G)
+        do = mk(a.heads).detach()
+
+        def sdpa(causal):
+            if G == a.heads:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            if gqa_mode == "enable_gqa":
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+            rep = a.heads // G  # the copies are part of the timed work, as in a model
+            return F.scaled_dot_product_attention(q, k.repeat_interleave(rep, dim=1),
+                                                  v.repeat_interleave(rep, dim=1), is_causal=causal)
+
         for causal in (False, True):
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                if G != a.heads and gqa_mode is None:
+                    try:  # the flash backend with enable_gqa, else repeated kv heads
+                        gqa_mode = "enable_gqa"
+                        sdpa(causal)
+                    except RuntimeError:
+                        gqa_mode = "kv heads repeated"
+
                 def fwd():
                     with torch.no_grad():
-                        F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                        sdpa(causal)
 
                 def fwd_bwd():
-                    o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-                    o.backward(do)
+                    sdpa(causal).backward(do)
 
                 tf = median_ms(fwd)
                 tfb = median_ms(fwd_bwd)
@@ -77,7 +98,7 @@ def main():
                         "bwd_tflops": round(2.5 * flops / tb / 1e9, 1)})
     out = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0),
            "backend": "flash (sdpa_kernel FLASH_ATTENTION)", "hd": a.hd, "heads": a.heads,
-           "results": res}
+           "kv_heads": G, "gqa": gqa_mode, "results": res}
     print(json.dumps(out, indent=2))
     if a.ours:
         ours = json.load(open(a.ours))
