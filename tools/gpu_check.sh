@@ -6,7 +6,7 @@
 #
 #   tools/gpu_check.sh OUT_DIR [--bundle ARCHIVE | --rt DIR | --build DIR]
 #                      [--longest-t] [--no-profile] [--budget SECONDS] [--quick]
-#                      [--only STEPS] [--no-torch] [--ckpt64 VALUES]
+#                      [--only STEPS] [--no-torch] [--ckpt64 VALUES] [--bench-t LIST]
 #
 # Where the binaries come from (first that applies):
 #   --bundle ARCHIVE  a pack.sh archive (tools/gpu_pack.sh writes
@@ -42,13 +42,14 @@
 # memcheck, nccl, profile, bench), for a second, shorter call; --no-torch
 # leaves PyTorch out of the benchmark; --ckpt64 gives the
 # train.activation_checkpointing values ringtrain runs at 64K (default true;
-# e.g. true,selective).
+# e.g. true,selective); --bench-t keeps the benchmark's T values listed (e.g.
+# 16384,65536).
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 src=$(cd "$here/.." && pwd)
 
 out="" bundle="" rt="${RT:-}" build="" longest=0 profile=1 budget=450 quick=0 only="" torch=1
-ckpt64=true
+ckpt64=true bench_t=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --bundle) bundle=$2; shift ;;
@@ -61,13 +62,14 @@ while [ $# -gt 0 ]; do
     --only) only=$2; shift ;;
     --no-torch) torch=0 ;;
     --ckpt64) ckpt64=$2; shift ;;
-    -h|--help) sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --bench-t) bench_t=$2; shift ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) [ -z "$out" ] && out=$1 || { echo "gpu_check.sh: one OUT_DIR only" >&2; exit 2; } ;;
   esac
   shift
 done
-[ -n "$out" ] || { echo "usage: tools/gpu_check.sh OUT_DIR [--bundle ARCHIVE | --rt DIR | --build DIR] [--longest-t] [--no-profile] [--budget S] [--quick] [--only STEPS] [--no-torch] [--ckpt64 VALUES]" >&2; exit 2; }
+[ -n "$out" ] || { echo "usage: tools/gpu_check.sh OUT_DIR [--bundle ARCHIVE | --rt DIR | --build DIR] [--longest-t] [--no-profile] [--budget S] [--quick] [--only STEPS] [--no-torch] [--ckpt64 VALUES] [--bench-t LIST]" >&2; exit 2; }
 mkdir -p "$out" || exit 3
 out=$(cd "$out" && pwd)
 t_start=$SECONDS
@@ -318,6 +320,7 @@ for p in "${plan[@]}"; do
   want bench || break
   set -- $p
   T=$1 steps=$2 ck_plan=$3 lim_plan=$4
+  [ -n "$bench_t" ] && [[ ",$bench_t," != *",$T,"* ]] && continue
   # who:checkpointing; with checkpointing on, ringtrain once per --ckpt64 value
   runs=("ringtrain:$ck_plan")
   if [ $ck_plan = true ]; then
