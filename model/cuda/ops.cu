@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #ifdef RT_CUDA_EMULATE
@@ -77,6 +79,65 @@ __device__ __forceinline__ void st(TP x, size_t i, float v) {
     static_cast<float*>(x.p)[i] = v;
 }
 
+// V consecutive elements i .. i + V - 1 in fp32. V = 8 (the element-wise
+// kernels' fast path): one 16-byte access for bf16, two for fp32, so i must be
+// a multiple of 8 and the tensor 16-byte aligned (launchers check, vec_ok).
+template <int V>
+struct Vec {
+  float v[V];
+};
+
+template <int V>
+__device__ __forceinline__ Vec<V> ldv(CTP x, size_t i) {
+  Vec<V> r;
+  if constexpr (V == 1) {
+    r.v[0] = ld(x, i);
+  } else {
+    static_assert(V == 8, "vector width 1 or 8");
+    if (x.bf16) {
+      const uint4 u = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(x.p) + i);
+      const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        r.v[2 * k] = __uint_as_float(w[k] << 16);
+        r.v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+      }
+    } else {
+      const float4* q = reinterpret_cast<const float4*>(static_cast<const float*>(x.p) + i);
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const float4 f = q[k];
+        r.v[4 * k] = f.x, r.v[4 * k + 1] = f.y, r.v[4 * k + 2] = f.z, r.v[4 * k + 3] = f.w;
+      }
+    }
+  }
+  return r;
+}
+template <int V>
+__device__ __forceinline__ Vec<V> ldv(TP x, size_t i) {
+  return ldv<V>(CTP{x.p, x.bf16}, i);
+}
+
+template <int V>
+__device__ __forceinline__ void stv(TP x, size_t i, const Vec<V>& r) {
+  if constexpr (V == 1) {
+    st(x, i, r.v[0]);
+  } else {
+    if (x.bf16) {
+      uint32_t w[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) w[k] = uint32_t(f2bf(r.v[2 * k])) | (uint32_t(f2bf(r.v[2 * k + 1])) << 16);
+      uint4 u;
+      u.x = w[0], u.y = w[1], u.z = w[2], u.w = w[3];
+      *reinterpret_cast<uint4*>(static_cast<uint16_t*>(x.p) + i) = u;
+    } else {
+      float4* q = reinterpret_cast<float4*>(static_cast<float*>(x.p) + i);
+      q[0] = make_float4(r.v[0], r.v[1], r.v[2], r.v[3]);
+      q[1] = make_float4(r.v[4], r.v[5], r.v[6], r.v[7]);
+    }
+  }
+}
+
 __device__ __forceinline__ size_t global_tid() {
   return size_t(blockIdx.x) * blockDim.x + threadIdx.x;
 }
@@ -120,8 +181,11 @@ __device__ float block_max(float v) {
 
 // ---- kernels ----------------------------------------------------------------
 
+// Element-wise kernels take V elements per thread and step (V = 1 or 8; with
+// 8, n is a multiple of 8 and every tensor 16-byte aligned).
+template <int V>
 __global__ void cast_kernel(TP dst, CTP src, size_t n) {
-  for (size_t i = global_tid(); i < n; i += grid_threads()) st(dst, i, ld(src, i));
+  for (size_t i = global_tid() * V; i < n; i += grid_threads() * V) stv<V>(dst, i, ldv<V>(src, i));
 }
 
 __global__ void embedding_forward_kernel(TP out, const int32_t* tokens, CTP table, int N, int C) {
@@ -169,42 +233,59 @@ __global__ void iota_kernel(int32_t* x, int n) {
   for (size_t i = global_tid(); i < size_t(n); i += grid_threads()) x[i] = int32_t(i);
 }
 
+// Row kernels with V = 8: C is a multiple of 8 and every tensor 16-byte
+// aligned; thread t owns columns 8 t .. 8 t + 7 (+ 8 blockDim.x ...).
+template <int V>
 __global__ void rmsnorm_forward_kernel(TP out, float* rstd, CTP inp, CTP weight, int N, int C,
                                        float eps) {
   for (int row = blockIdx.x; row < N; row += gridDim.x) {
     const size_t base = size_t(row) * C;
     float ss = 0.f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-      const float x = ld(inp, base + c);
-      ss += x * x;
+    for (int c = threadIdx.x * V; c < C; c += blockDim.x * V) {
+      const Vec<V> x = ldv<V>(inp, base + c);
+#pragma unroll
+      for (int k = 0; k < V; ++k) ss += x.v[k] * x.v[k];
     }
     ss = block_sum(ss);
     const float r = 1.f / sqrtf(ss / C + eps);
-    for (int c = threadIdx.x; c < C; c += blockDim.x)
-      st(out, base + c, ld(inp, base + c) * r * ld(weight, c));
+    for (int c = threadIdx.x * V; c < C; c += blockDim.x * V) {
+      Vec<V> x = ldv<V>(inp, base + c);
+      const Vec<V> w = ldv<V>(weight, c);
+#pragma unroll
+      for (int k = 0; k < V; ++k) x.v[k] = x.v[k] * r * w.v[k];
+      stv<V>(out, base + c, x);
+    }
     if (threadIdx.x == 0) rstd[row] = r;
   }
 }
 
 // dinp += per row; partial (gridDim.x, C): this block's rows' dweight terms.
+template <int V>
 __global__ void rmsnorm_backward_rows_kernel(TP dinp, float* partial, CTP dout, CTP inp,
                                              CTP weight, const float* rstd, int N, int C) {
   float* part = partial + size_t(blockIdx.x) * C;
   for (int c = threadIdx.x; c < C; c += blockDim.x) part[c] = 0.f;
+  __syncthreads();  // part's columns are owned in groups of V below
   for (int row = blockIdx.x; row < N; row += gridDim.x) {
     const size_t base = size_t(row) * C;
     const float r = rstd[row];
     float dot = 0.f;  // sum_c dy*w*x
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-      const float dy = ld(dout, base + c), x = ld(inp, base + c);
-      dot += dy * ld(weight, c) * x;
-      part[c] += dy * x * r;  // this thread's own columns: no race
+    for (int c = threadIdx.x * V; c < C; c += blockDim.x * V) {
+      const Vec<V> dy = ldv<V>(dout, base + c), x = ldv<V>(inp, base + c), w = ldv<V>(weight, c);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        dot += dy.v[k] * w.v[k] * x.v[k];
+        part[c + k] += dy.v[k] * x.v[k] * r;  // this thread's own columns: no race
+      }
     }
     dot = block_sum(dot);
-    const float k = dot * r * r * r / C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-      const float dy = ld(dout, base + c), x = ld(inp, base + c);
-      st(dinp, base + c, ld(dinp, base + c) + dy * ld(weight, c) * r - x * k);
+    const float kr = dot * r * r * r / C;
+    for (int c = threadIdx.x * V; c < C; c += blockDim.x * V) {
+      const Vec<V> dy = ldv<V>(dout, base + c), x = ldv<V>(inp, base + c), w = ldv<V>(weight, c);
+      Vec<V> d = ldv<V>(dinp, base + c);
+#pragma unroll
+      for (int k = 0; k < V; ++k) d.v[k] = d.v[k] + dy.v[k] * w.v[k] * r - x.v[k] * kr;
+      stv<V>(dinp, base + c, d);
     }
   }
 }
@@ -233,19 +314,28 @@ __global__ void column_sum_kernel(TP dweight, const float* partial, int nb, int 
   }
 }
 
+// V = 8: hd / 2 a multiple of 8 and x, cos, sin 16-byte aligned.
+template <int V>
 __global__ void rope_kernel(TP x, const float* cos, const float* sin, int B, int T, int nh, int hd,
                             float sign) {
-  const int half = hd / 2;
-  const size_t pairs = size_t(B) * T * nh * half;
-  for (size_t i = global_tid(); i < pairs; i += grid_threads()) {
-    const int j = int(i % half);
-    const size_t bth = i / half;  // (b*T + t)*nh + h
+  const int half = hd / 2, groups = half / V;
+  const size_t n = size_t(B) * T * nh * groups;
+  for (size_t i = global_tid(); i < n; i += grid_threads()) {
+    const int j = int(i % groups) * V;
+    const size_t bth = i / groups;  // (b*T + t)*nh + h
     const int t = int((bth / nh) % T);
     const size_t row = bth * hd;
-    const float x1 = ld(x, row + j), x2 = ld(x, row + j + half);
-    const float c = cos[size_t(t) * half + j], s = sign * sin[size_t(t) * half + j];
-    st(x, row + j, x1 * c - x2 * s);
-    st(x, row + j + half, x2 * c + x1 * s);
+    Vec<V> x1 = ldv<V>(x, row + j), x2 = ldv<V>(x, row + j + half);
+    const Vec<V> c = ldv<V>(CTP{cos, false}, size_t(t) * half + j);
+    const Vec<V> s = ldv<V>(CTP{sin, false}, size_t(t) * half + j);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const float a = x1.v[k], b = x2.v[k], sk = sign * s.v[k];
+      x1.v[k] = a * c.v[k] - b * sk;
+      x2.v[k] = b * c.v[k] + a * sk;
+    }
+    stv<V>(x, row + j, x1);
+    stv<V>(x, row + j + half, x2);
   }
 }
 
@@ -272,25 +362,43 @@ __global__ void attention_merge_kernel(TP out, float* lse, CTP blk, const float*
   }
 }
 
+template <int V>
 __global__ void swiglu_forward_kernel(TP out, CTP gate, CTP up, size_t n) {
-  for (size_t i = global_tid(); i < n; i += grid_threads()) {
-    const float g = ld(gate, i);
-    st(out, i, g / (1.f + expf(-g)) * ld(up, i));
+  for (size_t i = global_tid() * V; i < n; i += grid_threads() * V) {
+    Vec<V> g = ldv<V>(gate, i);
+    const Vec<V> u = ldv<V>(up, i);
+#pragma unroll
+    for (int k = 0; k < V; ++k) g.v[k] = g.v[k] / (1.f + expf(-g.v[k])) * u.v[k];
+    stv<V>(out, i, g);
   }
 }
 
+template <int V>
 __global__ void swiglu_backward_kernel(TP dgate, TP dup, CTP dout, CTP gate, CTP up, size_t n) {
-  for (size_t i = global_tid(); i < n; i += grid_threads()) {
-    const float g = ld(gate, i), u = ld(up, i);
-    const float d = ld(dout, i);  // read first: dgate may alias dout
-    const float sig = 1.f / (1.f + expf(-g));
-    st(dgate, i, d * u * sig * (1.f + g * (1.f - sig)));
-    st(dup, i, d * (g * sig));
+  for (size_t i = global_tid() * V; i < n; i += grid_threads() * V) {
+    const Vec<V> g = ldv<V>(gate, i), u = ldv<V>(up, i);
+    const Vec<V> d = ldv<V>(dout, i);  // read first: dgate may alias dout
+    Vec<V> dg, du;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const float sig = 1.f / (1.f + expf(-g.v[k]));
+      dg.v[k] = d.v[k] * u.v[k] * sig * (1.f + g.v[k] * (1.f - sig));
+      du.v[k] = d.v[k] * (g.v[k] * sig);
+    }
+    stv<V>(dgate, i, dg);
+    stv<V>(dup, i, du);
   }
 }
 
+template <int V>
 __global__ void add_inplace_kernel(TP x, CTP y, size_t n) {
-  for (size_t i = global_tid(); i < n; i += grid_threads()) st(x, i, ld(x, i) + ld(y, i));
+  for (size_t i = global_tid() * V; i < n; i += grid_threads() * V) {
+    Vec<V> a = ldv<V>(x, i);
+    const Vec<V> b = ldv<V>(y, i);
+#pragma unroll
+    for (int k = 0; k < V; ++k) a.v[k] += b.v[k];
+    stv<V>(x, i, a);
+  }
 }
 
 // One block per row: losses[row] = logsumexp - z[target]; with dloss_scale
@@ -422,6 +530,15 @@ __global__ void sgd_momentum_kernel(float* master, TP compute, const float* grad
 }
 
 // rows per block for the row kernels: one block per row up to the cap
+// Whether the element-wise kernels can take 8 elements at a time: n a
+// multiple of 8 and every pointer 16-byte aligned.
+bool vec_ok(size_t n, std::initializer_list<const void*> ptrs) {
+  if (n % 8) return false;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16) return false;
+  return true;
+}
+
 unsigned row_blocks(int N) { return unsigned(std::max(1, std::min<int>(N, int(kMaxBlocks)))); }
 
 // chunks of the rmsnorm backward's partial rows (column_chunk_sum_kernel): of
@@ -468,7 +585,10 @@ size_t embedding_backward_scratch_bytes(int N) {
 
 void cast(TP dst, CTP src, size_t n, void* stream) {
   if (!n) return;
-  RT_LAUNCH(cast_kernel, blocks_for(n), kThreads, stream, dst, src, n);
+  if (vec_ok(n, {dst.p, src.p}))
+    RT_LAUNCH(cast_kernel<8>, blocks_for(n / 8), kThreads, stream, dst, src, n);
+  else
+    RT_LAUNCH(cast_kernel<1>, blocks_for(n), kThreads, stream, dst, src, n);
 }
 
 void embedding_forward(TP out, const int32_t* tokens, CTP table, int N, int C, void* stream) {
@@ -511,8 +631,12 @@ void embedding_backward(TP dtable, CTP dout, const int32_t* tokens, int N, int C
 void rmsnorm_forward(TP out, float* rstd, CTP inp, CTP weight, int N, int C, float eps,
                      void* stream) {
   if (N <= 0) return;
-  RT_LAUNCH(rmsnorm_forward_kernel, row_blocks(N), kThreads, stream, out, rstd, inp, weight, N, C,
-            eps);
+  if (vec_ok(size_t(C), {out.p, inp.p, weight.p}))
+    RT_LAUNCH(rmsnorm_forward_kernel<8>, row_blocks(N), kThreads, stream, out, rstd, inp, weight, N,
+              C, eps);
+  else
+    RT_LAUNCH(rmsnorm_forward_kernel<1>, row_blocks(N), kThreads, stream, out, rstd, inp, weight, N,
+              C, eps);
 }
 
 void rmsnorm_backward(TP dinp, TP dweight, CTP dout, CTP inp, CTP weight, const float* rstd, int N,
@@ -520,8 +644,12 @@ void rmsnorm_backward(TP dinp, TP dweight, CTP dout, CTP inp, CTP weight, const 
   if (N <= 0) return;
   const unsigned nb = row_blocks(N);
   float* partial = static_cast<float*>(scratch);
-  RT_LAUNCH(rmsnorm_backward_rows_kernel, nb, kThreads, stream, dinp, partial, dout, inp, weight,
-            rstd, N, C);
+  if (vec_ok(size_t(C), {dinp.p, dout.p, inp.p, weight.p}))
+    RT_LAUNCH(rmsnorm_backward_rows_kernel<8>, nb, kThreads, stream, dinp, partial, dout, inp,
+              weight, rstd, N, C);
+  else
+    RT_LAUNCH(rmsnorm_backward_rows_kernel<1>, nb, kThreads, stream, dinp, partial, dout, inp,
+              weight, rstd, N, C);
   const unsigned R = column_chunks(N);
   float* chunks = partial + size_t(nb) * C;
   RT_LAUNCH(column_chunk_sum_kernel, dim3(blocks_for(size_t(C)), unsigned(std::min<size_t>(R, kMaxBlocks))),
@@ -534,7 +662,11 @@ void rope(TP x, const float* cos, const float* sin, int B, int T, int nh, int hd
           void* stream) {
   const size_t pairs = size_t(B) * T * nh * (hd / 2);
   if (!pairs) return;
-  RT_LAUNCH(rope_kernel, blocks_for(pairs), kThreads, stream, x, cos, sin, B, T, nh, hd, sign);
+  if (vec_ok(size_t(hd / 2), {x.p, cos, sin}))
+    RT_LAUNCH(rope_kernel<8>, blocks_for(pairs / 8), kThreads, stream, x, cos, sin, B, T, nh, hd,
+              sign);
+  else
+    RT_LAUNCH(rope_kernel<1>, blocks_for(pairs), kThreads, stream, x, cos, sin, B, T, nh, hd, sign);
 }
 
 void attention_merge(TP out, float* lse, CTP blk, const float* blk_lse, int Tq, int H, int hd,
@@ -547,17 +679,28 @@ void attention_merge(TP out, float* lse, CTP blk, const float* blk_lse, int Tq, 
 
 void swiglu_forward(TP out, CTP gate, CTP up, size_t n, void* stream) {
   if (!n) return;
-  RT_LAUNCH(swiglu_forward_kernel, blocks_for(n), kThreads, stream, out, gate, up, n);
+  if (vec_ok(n, {out.p, gate.p, up.p}))
+    RT_LAUNCH(swiglu_forward_kernel<8>, blocks_for(n / 8), kThreads, stream, out, gate, up, n);
+  else
+    RT_LAUNCH(swiglu_forward_kernel<1>, blocks_for(n), kThreads, stream, out, gate, up, n);
 }
 
 void swiglu_backward(TP dgate, TP dup, CTP dout, CTP gate, CTP up, size_t n, void* stream) {
   if (!n) return;
-  RT_LAUNCH(swiglu_backward_kernel, blocks_for(n), kThreads, stream, dgate, dup, dout, gate, up, n);
+  if (vec_ok(n, {dgate.p, dup.p, dout.p, gate.p, up.p}))
+    RT_LAUNCH(swiglu_backward_kernel<8>, blocks_for(n / 8), kThreads, stream, dgate, dup, dout,
+              gate, up, n);
+  else
+    RT_LAUNCH(swiglu_backward_kernel<1>, blocks_for(n), kThreads, stream, dgate, dup, dout, gate,
+              up, n);
 }
 
 void add_inplace(TP x, CTP y, size_t n, void* stream) {
   if (!n) return;
-  RT_LAUNCH(add_inplace_kernel, blocks_for(n), kThreads, stream, x, y, n);
+  if (vec_ok(n, {x.p, y.p}))
+    RT_LAUNCH(add_inplace_kernel<8>, blocks_for(n / 8), kThreads, stream, x, y, n);
+  else
+    RT_LAUNCH(add_inplace_kernel<1>, blocks_for(n), kThreads, stream, x, y, n);
 }
 
 void cross_entropy(TP logits, float* losses, const int32_t* targets, int N, int V,

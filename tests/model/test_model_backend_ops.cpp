@@ -319,6 +319,37 @@ std::vector<Case> all_cases() {
                  [](Host& h, DType, Rng&) { h.i["tgt"][2] = -1; }});  // an ignored row
     c.back().nmse_f32 = 1e-12;
   }
+  // Lengths that are not a multiple of 8 and a head_dim whose half is not:
+  // the CUDA kernels' one-element path (the cases above take 8 at a time).
+  {
+    const size_t n1 = 1001;
+    c.push_back({Op::kCast, "cast fp32->dtype (odd length)", {{"dst", n1, R::kTyped, I::kOut}, {"src", n1, R::kF32, I::kIn}},
+                 [=](Backend& be, const Bufs& b, std::vector<double>&) { be.cast(b["dst"], b["src"], n1); }});
+    c.push_back({Op::kSwigluForward, "swiglu_forward (odd length)",
+                 {{"out", n1, R::kTyped, I::kOut}, {"gate", n1, R::kTyped, I::kIn}, {"up", n1, R::kTyped, I::kIn}},
+                 [=](Backend& be, const Bufs& b, std::vector<double>&) {
+                   be.swiglu_forward(b["out"], b["gate"], b["up"], n1);
+                 }});
+    c.back().nmse_f32 = 1e-12;
+    c.push_back({Op::kSwigluBackward, "swiglu_backward (odd length)",
+                 {{"dgate", n1, R::kF32, I::kOut}, {"dup", n1, R::kF32, I::kOut}, {"dout", n1, R::kF32, I::kIn},
+                  {"gate", n1, R::kTyped, I::kIn}, {"up", n1, R::kTyped, I::kIn}},
+                 [=](Backend& be, const Bufs& b, std::vector<double>&) {
+                   be.swiglu_backward(b["dgate"], b["dup"], b["dout"], b["gate"], b["up"], n1);
+                 }});
+    c.back().nmse_f32 = 1e-12;
+    c.back().nmse_bf16 = 1e-9;
+    c.push_back({Op::kAddInplace, "add_inplace (odd length)",
+                 {{"x", n1, R::kTyped, I::kInOut}, {"y", n1, R::kTyped, I::kIn}},
+                 [=](Backend& be, const Bufs& b, std::vector<double>&) { be.add_inplace(b["x"], b["y"], n1); }});
+    const int hd12 = 12;
+    const size_t nx12 = size_t(B) * T * nh * hd12, nt12 = size_t(T) * hd12 / 2;
+    c.push_back({Op::kRopeForward, "rope_forward (head_dim 12)",
+                 {{"x", nx12, R::kTyped, I::kInOut}, {"cos", nt12, R::kF32, I::kIn}, {"sin", nt12, R::kF32, I::kIn}},
+                 [=](Backend& be, const Bufs& b, std::vector<double>&) {
+                   be.rope_forward(b["x"], b.f("cos"), b.f("sin"), B, T, nh, hd12);
+                 }, rope_fill});
+  }
   // Wide rows (more columns than a CUDA block has threads, not a multiple of
   // it) and many repeated token ids: the strided loops and runs of the GPU
   // kernels.

@@ -58,7 +58,8 @@
 //                 cp.async.cg.shared.global of 16 bytes (copied at once here:
 //                 commit and wait do nothing). A shared address is
 //                 __cvta_generic_to_shared(p): p's offset in the dynamic
-//                 shared memory (only there). Also float2 / make_float2,
+//                 shared memory (only there). Also float2 / make_float2, float4 /
+//                 make_float4, uint4,
 //                 global min / max, __align__(n).
 //
 // How it runs: blocks one after another (blockIdx.x fastest, then y, then z)
@@ -314,6 +315,13 @@ struct float2 {
   float x, y;
 };
 inline float2 make_float2(float x, float y) { return {x, y}; }
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
 using std::max;
 using std::min;
 inline std::uint32_t __cvta_generic_to_shared(const void* p) { return rt::emu::shared_offset(p); }
