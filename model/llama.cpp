@@ -191,18 +191,34 @@ int64_t logits_chunk_rows(int64_t N, int64_t vocab_size) {
   return std::max<int64_t>(1, std::min<int64_t>(N, kLogitsChunkElems / std::max<int64_t>(1, vocab_size)));
 }
 
+const char* checkpointing_name(Checkpointing c) {
+  switch (c) {
+    case Checkpointing::kOff: return "off";
+    case Checkpointing::kFull: return "full";
+    case Checkpointing::kSelective: return "selective";
+  }
+  return "?";
+}
+
 ActivationSpecs activation_specs(const ModelConfig& cfg, const Precision& prec, int B, int T,
-                                 bool checkpointing, int64_t logits_rows) {
+                                 Checkpointing checkpointing, int64_t logits_rows) {
   const int64_t N = int64_t(B) * T, d = cfg.hidden_size, f = cfg.intermediate_size,
                 V = cfg.vocab_size;
   const int64_t qd = int64_t(cfg.num_attention_heads) * cfg.head_dim;
   const int64_t kvd = int64_t(cfg.num_key_value_heads) * cfg.head_dim;
+  const int64_t lse = int64_t(B) * cfg.num_attention_heads * T;
   const int L = cfg.num_hidden_layers;
-  const int slots = checkpointing ? 1 : L;
+  const int slots = checkpointing == Checkpointing::kOff ? L : 1;
+  // selective: every layer's att and lse outlive the forward, the slot has none
+  const bool att_per_layer = checkpointing == Checkpointing::kSelective;
   const DType act = prec.act, st = DType::kF32, gr = prec.grad;  // st: statistics
 
   std::vector<TensorSpec> a;
   for (int l = 0; l <= L; ++l) a.push_back({"x." + std::to_string(l), {N, d}, act});
+  for (int l = 0; att_per_layer && l < L; ++l) {
+    a.push_back({"att." + std::to_string(l), {N, qd}, act});
+    a.push_back({"lse." + std::to_string(l), {lse}, st});
+  }
   for (int s = 0; s < slots; ++s) {
     std::string p = "slot" + std::to_string(s) + ".";
     a.push_back({p + "ln1", {N, d}, act});
@@ -210,8 +226,10 @@ ActivationSpecs activation_specs(const ModelConfig& cfg, const Precision& prec, 
     a.push_back({p + "q", {N, qd}, act});
     a.push_back({p + "k", {N, kvd}, act});
     a.push_back({p + "v", {N, kvd}, act});
-    a.push_back({p + "att", {N, qd}, act});
-    a.push_back({p + "lse", {int64_t(B) * cfg.num_attention_heads * T}, st});
+    if (!att_per_layer) {
+      a.push_back({p + "att", {N, qd}, act});
+      a.push_back({p + "lse", {lse}, st});
+    }
     a.push_back({p + "mid", {N, d}, act});
     a.push_back({p + "ln2", {N, d}, act});
     a.push_back({p + "ln2_rstd", {N}, st});
@@ -236,12 +254,11 @@ ActivationSpecs activation_specs(const ModelConfig& cfg, const Precision& prec, 
   return {std::move(a), std::move(s)};
 }
 
-void LlamaModel::plan_activations(int B, int T, bool checkpointing) {
+void LlamaModel::plan_activations(int B, int T, Checkpointing checkpointing) {
   if (B * int64_t(T) <= int64_t(planned_B_) * planned_T_ && checkpointing == checkpointing_ &&
       acts_.allocated())
     return;
   const int L = cfg_.num_hidden_layers;
-  const int slots = checkpointing ? 1 : L;
   ActivationSpecs specs = activation_specs(cfg_, prec_, B, T, checkpointing, logits_rows_wanted_);
   acts_ = Arena(be_, "activations", std::move(specs.acts));
   scratch_ = Arena(be_, "backward scratch", std::move(specs.scratch));
@@ -251,13 +268,20 @@ void LlamaModel::plan_activations(int B, int T, bool checkpointing) {
 
   x_.clear();
   for (int l = 0; l <= L; ++l) x_.push_back(acts_.buf("x." + std::to_string(l)));
-  slots_.clear();
-  for (int sl = 0; sl < slots; ++sl) {
-    const std::string p = "slot" + std::to_string(sl) + ".";
-    slots_.push_back({acts_.buf(p + "ln1"), acts_.buf(p + "q"), acts_.buf(p + "k"),
-                      acts_.buf(p + "v"), acts_.buf(p + "att"), acts_.buf(p + "mid"),
-                      acts_.buf(p + "ln2"), acts_.buf(p + "gate"), acts_.buf(p + "up"),
-                      acts_.f32(p + "ln1_rstd"), acts_.f32(p + "lse"), acts_.f32(p + "ln2_rstd")});
+  layer_acts_.clear();
+  for (int l = 0; l < L; ++l) {
+    const std::string p =
+        "slot" + std::to_string(checkpointing == Checkpointing::kOff ? l : 0) + ".";
+    const std::string att = checkpointing == Checkpointing::kSelective
+                                ? "att." + std::to_string(l)
+                                : p + "att";
+    const std::string lse = checkpointing == Checkpointing::kSelective
+                                ? "lse." + std::to_string(l)
+                                : p + "lse";
+    layer_acts_.push_back({acts_.buf(p + "ln1"), acts_.buf(p + "q"), acts_.buf(p + "k"),
+                           acts_.buf(p + "v"), acts_.buf(att), acts_.buf(p + "mid"),
+                           acts_.buf(p + "ln2"), acts_.buf(p + "gate"), acts_.buf(p + "up"),
+                           acts_.f32(p + "ln1_rstd"), acts_.f32(lse), acts_.f32(p + "ln2_rstd")});
   }
   lnf_ = acts_.buf("lnf");
   lnf_rstd_ = acts_.f32("lnf_rstd");
@@ -269,7 +293,10 @@ void LlamaModel::plan_activations(int B, int T, bool checkpointing) {
         scratch_.buf("act"),    scratch_.buf("xtmp")};
   log_info("memory: activations %s + backward scratch %s (micro-batch %d x %d tokens%s)",
            acts_.describe().c_str(), scratch_.describe().c_str(), B, T,
-           checkpointing ? ", activation checkpointing" : "");
+           checkpointing == Checkpointing::kFull        ? ", activation checkpointing"
+           : checkpointing == Checkpointing::kSelective ? ", selective activation checkpointing "
+                                                          "(attention outputs kept)"
+                                                        : "");
 }
 
 void LlamaModel::build_positions(const RowPositions& pos, int T) {
@@ -349,7 +376,8 @@ void decoder_layer_forward(Backend& be, const ModelConfig& cfg, const LayerTenso
   be.matmul_forward(x_out, a.act, w.down, N, f, d, true);
 }
 
-void LlamaModel::layer_forward(int l, LayerActs& a, CBuf x_in, Buf x_mid, Buf x_out) {
+void LlamaModel::layer_forward(int l, LayerActs& a, CBuf x_in, Buf x_mid, Buf x_out,
+                               bool recompute) {
   const LayerForwardBufs bufs{a.ln1,  a.q,        a.k,   a.v,       a.att, a.ln2,
                               a.gate, a.up,       s_.act, a.ln1_rstd, a.lse, a.ln2_rstd};
   const AttentionParams ap = attention_params();
@@ -361,9 +389,12 @@ void LlamaModel::layer_forward(int l, LayerActs& a, CBuf x_in, Buf x_mid, Buf x_
                           });
     return;
   }
+  // selective: a.att and a.lse still hold this layer's attention from the forward
+  const bool attention_kept = recompute && checkpointing_ == Checkpointing::kSelective;
   decoder_layer_forward(be_, cfg_, layer_w_[size_t(l)], bufs, B_, T_, rope_cos(), rope_sin(),
                         x_in, x_mid, x_out, [&](Buf att, float* lse, CBuf q, CBuf k, CBuf v) {
-                          attention_->forward(be_, ap, pos_, att, lse, q, k, v);
+                          if (!attention_kept)
+                            attention_->forward(be_, ap, pos_, att, lse, q, k, v);
                         });
 }
 
@@ -494,8 +525,8 @@ double LlamaModel::run_layers_and_head(float dloss_scale, CBuf dfinal_extra) {
   const int N = B_ * T_, d = cfg_.hidden_size, V = cfg_.vocab_size, L = cfg_.num_hidden_layers;
   const bool backward = dloss_scale != 0.f || dfinal_extra;
   for (int l = 0; l < L; ++l) {
-    LayerActs& a = slots_[size_t(checkpointing_ ? 0 : l)];
-    layer_forward(l, a, x_[size_t(l)], a.mid, x_[size_t(l + 1)]);
+    LayerActs& a = layer_acts_[size_t(l)];
+    layer_forward(l, a, x_[size_t(l)], a.mid, x_[size_t(l + 1)], false);
   }
   const Buf w_head = head_weight(params_);
   const Buf w_norm = params_.buf("model.norm.weight");
@@ -526,8 +557,9 @@ double LlamaModel::run_layers_and_head(float dloss_scale, CBuf dfinal_extra) {
   if (dfinal_extra) be_.add_inplace(s_.dresid, dfinal_extra, size_t(N) * d);
   if (grad_ready_) grad_ready_(grads_.spec("model.norm.weight").offset_bytes);
   for (int l = L - 1; l >= 0; --l) {
-    LayerActs& a = slots_[size_t(checkpointing_ ? 0 : l)];
-    if (checkpointing_) layer_forward(l, a, x_[size_t(l)], a.mid, s_.xtmp);
+    LayerActs& a = layer_acts_[size_t(l)];
+    if (checkpointing_ != Checkpointing::kOff)
+      layer_forward(l, a, x_[size_t(l)], a.mid, s_.xtmp, true);
     layer_backward(l, a, x_[size_t(l)], a.mid, s_.dresid);
     if (grad_ready_)
       grad_ready_(

@@ -105,6 +105,20 @@ int64_t non_embedding_params(const ModelConfig& cfg);
 // FLOPs per token of one training step: 6*N_nonembed + 6*L*d*T (SPEC §11).
 double train_flops_per_token(const ModelConfig& cfg, int64_t seq_len);
 
+// Activation checkpointing (train.activation_checkpointing):
+//   kOff:       every layer keeps its activations for the backward;
+//   kFull:      only each layer's input x.l is kept, the backward recomputes
+//               the whole layer (the least memory);
+//   kSelective: each layer's attention output (N, H*hd) and LSE (B,H,T) are
+//               kept too, the recompute skips the attention (and, over a ring,
+//               its communication). A layer whose attention a LayerMemory
+//               provides is recomputed whole (its attention has side effects).
+// All three give the same gradients (bitwise with a deterministic attention,
+// as on the CPU).
+enum class Checkpointing { kOff, kFull, kSelective };
+// "off", "full", "selective" (for logs and plans).
+const char* checkpointing_name(Checkpointing c);
+
 // The activation arena and the backward scratch for micro-batches of B x T
 // rows (what plan_activations allocates; memory plans size them here too).
 struct ActivationSpecs {
@@ -112,7 +126,7 @@ struct ActivationSpecs {
 };
 // logits_rows: rows of the head's logits chunk (0: logits_chunk_rows).
 ActivationSpecs activation_specs(const ModelConfig& cfg, const Precision& prec, int B, int T,
-                                 bool checkpointing, int64_t logits_rows = 0);
+                                 Checkpointing checkpointing, int64_t logits_rows = 0);
 
 // The LM head and its loss run over chunks of this many rows (of N = B*T),
 // so that the logits of all N rows never exist at once: at most
@@ -157,9 +171,9 @@ class LlamaModel {
   // Deterministic for the seed on any platform.
   void init_weights(uint64_t seed);
 
-  // Plans (or grows) the activation arena for micro-batches of B x T rows.
-  // checkpointing: keep only each layer's input, recompute in backward.
-  void plan_activations(int B, int T, bool checkpointing);
+  // Plans (or grows) the activation arena for micro-batches of B x T rows;
+  // checkpointing decides what the backward recomputes (Checkpointing).
+  void plan_activations(int B, int T, Checkpointing checkpointing);
   size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
   const Arena& activations() const { return acts_; }
   const Arena& backward_scratch() const { return scratch_; }
@@ -225,8 +239,9 @@ class LlamaModel {
   std::vector<float> losses_to_host(int64_t row_begin, int64_t rows);
 
  private:
-  // Pointers into the activation arena for one layer slot (resolved once by
-  // plan_activations), and the backward temporaries.
+  // Pointers into the activation arena for one layer (resolved once by
+  // plan_activations: layers share one slot when checkpointing, with their
+  // own att and lse when selective), and the backward temporaries.
   struct LayerActs {
     Buf ln1, q, k, v, att, mid, ln2, gate, up;
     float *ln1_rstd, *lse, *ln2_rstd;
@@ -234,7 +249,9 @@ class LlamaModel {
   struct Scratch {
     Buf dresid, dln, datt, dq, dk, dv, dgate, dup, act, xtmp;
   };
-  void layer_forward(int l, LayerActs& a, CBuf x_in, Buf x_mid, Buf x_out);
+  // recompute: the backward's second forward (checkpointing), which skips
+  // the attention when selective checkpointing kept its output.
+  void layer_forward(int l, LayerActs& a, CBuf x_in, Buf x_mid, Buf x_out, bool recompute);
   void layer_backward(int l, LayerActs& a, CBuf x_in, CBuf x_mid, Buf dresid);
   AttentionParams attention_params() const;
   void build_positions(const RowPositions& pos, int T);
@@ -253,7 +270,7 @@ class LlamaModel {
   Arena params_, master_, grads_;
   std::vector<LayerTensors> layer_w_, layer_g_;
   Arena acts_, scratch_;
-  std::vector<LayerActs> slots_;
+  std::vector<LayerActs> layer_acts_;  // one per layer
   std::vector<Buf> x_;  // x.0 .. x.L, the residual stream
   Buf lnf_, logits_;
   int64_t logits_rows_ = 0;   // rows the logits buffer holds (one chunk)
@@ -262,7 +279,7 @@ class LlamaModel {
   float *lnf_rstd_ = nullptr, *losses_ = nullptr;
   Scratch s_;
   int planned_B_ = 0, planned_T_ = 0;
-  bool checkpointing_ = false;
+  Checkpointing checkpointing_ = Checkpointing::kOff;
   int B_ = 0, T_ = 0;  // current micro-batch
   LocalAttention local_attention_;
   SequenceAttention* attention_ = &local_attention_;

@@ -51,7 +51,8 @@ void cuda_check(cudaError_t e, const char* call, const char* file, int line) {
                     std::to_string(line);
   if (e == cudaErrorMemoryAllocation)
     msg += ": the GPU is out of memory; lower train.seq_len or train.micro_batch_size, set "
-           "train.activation_checkpointing: true, or spread the sequence over more ranks "
+           "train.activation_checkpointing: true (the least memory; selective keeps more), or "
+           "spread the sequence over more ranks "
            "(parallel.context_parallel); `ringtrain plan CONFIG --device cuda` shows the bytes";
   else if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver)
     msg += ": no usable CUDA device or driver; run on the CPU with parallel.device: cpu";

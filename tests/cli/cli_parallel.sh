@@ -3,6 +3,9 @@
 #  - the same config gives the same loss at every step and the same final
 #    weights for (dp,cp) in (1,1) (1,2) (1,4) (2,2) (4,1), both ring layouts
 #    and several micro-batch sizes (SPEC §6 equivalence, relative 1e-5);
+#  - activation checkpointing true and selective over a ring of 2 give
+#    bitwise the losses and final weights of checkpointing off (selective's
+#    recompute skips the ring attention and its communication);
 #  - impossible layouts exit 2 naming every factor;
 #  - a rank that throws, or is killed, brings the job down non-zero in < 10 s.
 # usage: cli_parallel.sh RINGTRAIN SOURCE_DIR
@@ -36,6 +39,8 @@ run dp4cp1 4
 run dp1cp2_contig_mb2 2 --set parallel.context_parallel=2 --set parallel.ring_layout=contiguous \
   --set train.micro_batch_size=2
 run dp2cp1_mb2 2 --set train.micro_batch_size=2
+run dp1cp2_ckpt 2 --set parallel.context_parallel=2 --set train.activation_checkpointing=true
+run dp1cp2_sel 2 --set parallel.context_parallel=2 --set train.activation_checkpointing=selective
 # bf16 inside the ring: K,V travel in bf16, blocks merge in fp32
 run bf16_cp1 1 --set train.precision=bf16
 run bf16_cp2 2 --set parallel.context_parallel=2 --set train.precision=bf16
@@ -67,6 +72,13 @@ print(f"bf16 cp2 vs cp1: max relative loss difference over 20 steps {worst:.2e} 
       f"(bf16 vs fp32: {diff32:.2e})")
 if not (len(b2) == 20 and worst < 2e-2 and diff32 > 0):
     bad.append("bf16_cp2")
+# checkpointing over the ring: bitwise the losses of the run without it
+for name in ["dp1cp2_ckpt", "dp1cp2_sel"]:
+    got = losses(name)
+    same = got == losses("dp1cp2")
+    print(f"{name}: losses over 20 steps {'bitwise equal to' if same else 'DIFFER from'} dp1cp2")
+    if not same:
+        bad.append(name)
 try:
     import h5py, numpy as np
 except ImportError:
@@ -88,6 +100,14 @@ else:
         print(f"{name}: relative weight difference after 20 steps: norm {norm_rel:.2e}, "
               f"largest element {elem_rel:.2e}")
         if norm_rel > 1e-5 or elem_rel > 1e-4:
+            bad.append(name + " weights")
+    w_off = weights("dp1cp2")
+    for name in ["dp1cp2_ckpt", "dp1cp2_sel"]:
+        w = weights(name)
+        same = w.keys() == w_off.keys() and all(np.array_equal(w[k], w_off[k]) for k in w_off)
+        print(f"{name}: weights after 20 steps {'bitwise equal to' if same else 'DIFFER from'} "
+              "dp1cp2")
+        if not same:
             bad.append(name + " weights")
 assert not bad, bad
 PY

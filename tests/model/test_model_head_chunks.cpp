@@ -34,7 +34,7 @@ Out run(Backend& be, const ModelConfig& mc, const Precision& prec, int64_t chunk
   model.init_weights(3);
   const int B = 2, T = 23, N = B * T;
   model.set_logits_chunk_rows(chunk_rows);
-  model.plan_activations(B, T, false);
+  model.plan_activations(B, T, Checkpointing::kOff);
   Rng r(5);
   std::vector<int32_t> in(static_cast<size_t>(N)), tg(static_cast<size_t>(N));
   for (int i = 0; i < N; ++i) {
@@ -72,7 +72,8 @@ TEST(HeadChunks, ChunkRowsFromTheBudget) {
   // the activation plan holds one chunk of logits, not B*T rows
   ModelConfig mc = tiny(false);
   mc.vocab_size = 131072;
-  const ActivationSpecs a = activation_specs(mc, fp32_precision(), 1, 32768, false);
+  const ActivationSpecs a =
+      activation_specs(mc, fp32_precision(), 1, 32768, Checkpointing::kOff);
   for (const TensorSpec& s : a.acts)
     if (s.name == "logits") {
       EXPECT_EQ(s.shape[0], 512);

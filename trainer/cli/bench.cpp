@@ -125,6 +125,8 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
                       {"device_memory_bytes", dev.total_memory},
                       {"precision", trainer.model().precision().name()},
                       {"activation_checkpointing", cfg.train.activation_checkpointing},
+                      {"activation_checkpointing_mode",
+                       checkpointing_name(checkpointing_of(cfg.train))},
                       {"mfu", mfu},
                       {"peak_bf16_flops_per_s", gpu && dev.peak_bf16_flops > 0
                                                     ? nlohmann::json(dev.peak_bf16_flops)

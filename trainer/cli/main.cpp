@@ -90,7 +90,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "%serror: out of memory (the parameters and optimizer state fit; the "
                  "activations did not): lower train.seq_len or train.micro_batch_size, raise "
-                 "parallel.context_parallel, or enable train.activation_checkpointing\n",
+                 "parallel.context_parallel, or set train.activation_checkpointing: true (the "
+                 "least memory; selective keeps every layer's attention output)\n",
                  who.c_str());
     code = rt::kExitOther;
   } catch (const std::exception& e) {

@@ -75,7 +75,6 @@ int cmd_plan(const std::string& config, const std::vector<std::string>& override
     refusal = e.what();
   }
   const MemoryPlan p = plan_memory(cfg, world, dev);
-  const bool ckpt = cfg.train.activation_checkpointing;
   std::printf("config: %s (valid)\n", config.c_str());
   std::printf("layout: %s, ring layout %s, %lld tokens per rank per sequence\n",
               p.dims.describe().c_str(), cfg.parallel.ring_layout.c_str(),
@@ -88,7 +87,8 @@ int cmd_plan(const std::string& config, const std::vector<std::string>& override
               p.sharded ? ("sharded over " + std::to_string(world) + " ranks (ZeRO-1)").c_str()
                         : "not sharded (every rank holds all of its state)");
   std::printf("activations: micro-batch %d x %d rows, activation checkpointing %s\n",
-              cfg.train.micro_batch_size, activation_rows(cfg, p.dims), ckpt ? "on" : "off");
+              cfg.train.micro_batch_size, activation_rows(cfg, p.dims),
+              checkpointing_label(checkpointing_of(cfg.train)));
   int64_t most = 0, sum = 0;
   for (const RankMemory& m : p.ranks) {
     std::printf("%s\n", memory_line(m).c_str());
@@ -96,12 +96,13 @@ int cmd_plan(const std::string& config, const std::vector<std::string>& override
     sum += m.total();
   }
   const RankMemory& r0 = p.ranks[0];
-  const int64_t other_total =
-      r0.total() - r0.activations - r0.workspace + p.activations_other + p.workspace_other;
-  std::printf("with activation checkpointing %s: activations %lld B, workspace %lld B, rank 0 "
-              "total %lld B (%s)\n",
-              ckpt ? "off" : "on", (long long)p.activations_other, (long long)p.workspace_other,
-              (long long)other_total, format_bytes(double(other_total)).c_str());
+  for (const MemoryPlan::Alternative& o : p.other_checkpointing) {
+    const int64_t total = r0.total() - r0.activations - r0.workspace + o.activations + o.workspace;
+    std::printf("with activation checkpointing %s: activations %lld B, workspace %lld B, rank 0 "
+                "total %lld B (%s)\n",
+                checkpointing_label(o.checkpointing), (long long)o.activations,
+                (long long)o.workspace, (long long)total, format_bytes(double(total)).c_str());
+  }
   std::printf("not counted: ring attention's travelling K/V buffers (context_parallel > 1), "
               "the checkpoint writer's temporary copy, allocator and library overheads\n");
   if (dev == Device::kCuda) {
@@ -138,7 +139,8 @@ Command add_plan(CLI::App& app) {
       "plan",
       "Validate a config and layout for --world ranks without training, and print each "
       "rank's bytes for parameters, master weights, gradients, optimizer state, activations "
-      "(with and without activation checkpointing) and workspace, and whether they fit");
+      "(with activation checkpointing off, on and selective) and workspace, and whether they "
+      "fit");
   plan->add_option("config", a->config, "config YAML")->required();
   plan->add_option("--set", a->overrides, "override a config key")->take_all();
   plan->add_option("--world", a->world, "number of ranks (default 1)");

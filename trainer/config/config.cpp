@@ -1178,7 +1178,27 @@ const Section<TrainConfig> kTrainSection = {
     section_field("schedule", &TrainConfig::schedule, kScheduleSection),
     double_field("grad_clip", &TrainConfig::grad_clip, at_least(0)),
     enum_field("precision", &TrainConfig::precision, kPrecisions),
-    bool_field("activation_checkpointing", &TrainConfig::activation_checkpointing),
+    {"activation_checkpointing",  // false | true | full (= true) | selective
+     [](const MapReader& r, TrainConfig& c) {
+       if (!r.present("activation_checkpointing")) return;
+       const YAML::Node n = r.at("activation_checkpointing");
+       const std::string v = n.IsScalar() ? n.Scalar() : "";
+       bool on = false;
+       if (v == "full" || v == "selective")
+         on = true;
+       else if (!n.IsScalar() || !parse_bool(v, on))
+         r.fail("activation_checkpointing",
+                r.path_of("activation_checkpointing") +
+                    ": expected false, true, full or selective, got " + describe(n));
+       c.activation_checkpointing = on;
+       c.checkpoint_keep_attention = v == "selective";
+     },
+     [](YamlWriter& w, const TrainConfig& c) {
+       if (c.activation_checkpointing && c.checkpoint_keep_attention)
+         w.put("activation_checkpointing", "selective");
+       else
+         w.put("activation_checkpointing", c.activation_checkpointing);
+     }},
     int_field("nonfinite_tolerance", &TrainConfig::nonfinite_tolerance, 0),
 };
 

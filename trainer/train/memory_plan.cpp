@@ -23,6 +23,15 @@ std::string memory_line(const RankMemory& m) {
   return buf;
 }
 
+Checkpointing checkpointing_of(const TrainConfig& t) {
+  if (!t.activation_checkpointing) return Checkpointing::kOff;
+  return t.checkpoint_keep_attention ? Checkpointing::kSelective : Checkpointing::kFull;
+}
+
+const char* checkpointing_label(Checkpointing c) {
+  return c == Checkpointing::kOff ? "off" : c == Checkpointing::kFull ? "on" : "selective";
+}
+
 int activation_rows(const Config& cfg, const ParallelDims& dims) {
   const auto& mem = cfg.model.memory;
   if (!mem) return int(cfg.train.seq_len / dims.cp);
@@ -44,15 +53,17 @@ MemoryPlan plan_memory(const Config& cfg, int world, Device device) {
   const bool adamw = cfg.train.optimizer.type == "adamw";
   const int rows = activation_rows(cfg, p.dims);
   const int B = cfg.train.micro_batch_size;
-  const bool ckpt = cfg.train.activation_checkpointing;
-  auto act_bytes = [&](bool c) {
+  const Checkpointing ckpt = checkpointing_of(cfg.train);
+  auto act_bytes = [&](Checkpointing c) {
     ActivationSpecs a = activation_specs(cfg.model, p.prec, B, rows, c);
     return std::make_pair(int64_t(layout_bytes(a.acts)), int64_t(layout_bytes(a.scratch)));
   };
   const auto [acts, scratch] = act_bytes(ckpt);
-  const auto [acts_o, scratch_o] = act_bytes(!ckpt);
-  p.activations_other = acts_o;
-  p.workspace_other = scratch_o;
+  for (Checkpointing c : {Checkpointing::kOff, Checkpointing::kFull, Checkpointing::kSelective})
+    if (c != ckpt) {
+      const auto [a, s] = act_bytes(c);
+      p.other_checkpointing.push_back({c, a, s});
+    }
   for (int r = 0; r < world; ++r) {
     RankMemory m;
     m.rank = r;

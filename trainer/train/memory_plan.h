@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model/backend.h"
+#include "model/llama.h"
 #include "model/precision.h"
 #include "parallel/parallel_dims.h"
 #include "trainer/config/config.h"
@@ -30,6 +31,12 @@ struct RankMemory {
 // "memory rank R: parameters P B, master weights M B, ..." (exact bytes).
 std::string memory_line(const RankMemory& m);
 
+// train.activation_checkpointing (with checkpoint_keep_attention) as the
+// model's Checkpointing.
+Checkpointing checkpointing_of(const TrainConfig& t);
+// "off", "on" (true, full) or "selective", as plans and logs say it.
+const char* checkpointing_label(Checkpointing c);
+
 // Rows of one micro-batch's activations per rank: seq_len / cp, or one RMT
 // segment with its memory rows.
 int activation_rows(const Config& cfg, const ParallelDims& dims);
@@ -39,8 +46,13 @@ struct MemoryPlan {
   Precision prec;
   bool sharded = false;
   std::vector<RankMemory> ranks;
-  // activations (and backward scratch) with the other activation_checkpointing setting
-  int64_t activations_other = 0, workspace_other = 0;
+  // activations and backward scratch with each other activation_checkpointing
+  // setting (off, on, selective, less the config's own)
+  struct Alternative {
+    Checkpointing checkpointing;
+    int64_t activations, workspace;
+  };
+  std::vector<Alternative> other_checkpointing;
 };
 
 // cfg validated for world (validate_layout). device: cpu or cuda.

@@ -207,6 +207,41 @@ TEST(Config, WrittenYamlIsTheSchema) {
     EXPECT_NE(text.find(needle), std::string::npos) << needle << " not in\n" << text;
 }
 
+// train.activation_checkpointing: false, true, full (= true) and selective
+// (true plus checkpoint_keep_attention); written back as false, true, true,
+// selective, which parse to the same config (old configs with true/false too).
+TEST(Config, ActivationCheckpointingValues) {
+  struct Case {
+    const char* value;
+    bool on, keep_attention;
+    const char* written;
+  };
+  for (const Case& k : {Case{"false", false, false, "activation_checkpointing: false"},
+                        Case{"true", true, false, "activation_checkpointing: true"},
+                        Case{"full", true, false, "activation_checkpointing: true"},
+                        Case{"selective", true, true, "activation_checkpointing: selective"}}) {
+    SCOPED_TRACE(k.value);
+    const std::string yaml = kMinimal + "train:\n  activation_checkpointing: " + k.value + "\n";
+    const Config c = parse_config(yaml, "config.yaml");
+    EXPECT_EQ(c.train.activation_checkpointing, k.on);
+    EXPECT_EQ(c.train.checkpoint_keep_attention, k.keep_attention);
+    const std::string text = rt::config_to_yaml(c);
+    EXPECT_NE(text.find(k.written), std::string::npos) << text;
+    const Config back = parse_config(text, "resolved.yaml");
+    EXPECT_EQ(back.train.activation_checkpointing, k.on);
+    EXPECT_EQ(back.train.checkpoint_keep_attention, k.keep_attention);
+    EXPECT_EQ(rt::config_to_yaml(back), text);
+    // the same through --set
+    const Config o = parse_config(kMinimal, "config.yaml",
+                                  {std::string("train.activation_checkpointing=") + k.value});
+    EXPECT_EQ(o.train.activation_checkpointing, k.on);
+    EXPECT_EQ(o.train.checkpoint_keep_attention, k.keep_attention);
+  }
+  const Config d = parse_config(kMinimal, "config.yaml");
+  EXPECT_FALSE(d.train.activation_checkpointing);
+  EXPECT_FALSE(d.train.checkpoint_keep_attention);
+}
+
 TEST(Config, DefaultsFilled) {
   const Config c = parse_config(kMinimal, "config.yaml");
   const Config d;  // struct defaults
@@ -395,6 +430,19 @@ TEST(ConfigErrors, WrongTypeBool) {
   expect_usage_error(lines({"data: {train: t.bin}", "model:", "  tie_word_embeddings: maybe"}),
                      {"config.yaml:3:", "model.tie_word_embeddings: expected true or false",
                       "'maybe'"});
+}
+
+TEST(ConfigErrors, ActivationCheckpointingUnknownValue) {
+  expect_usage_error(lines({"data: {train: t.bin}", "train:", "  activation_checkpointing: some"}),
+                     {"config.yaml:3:",
+                      "train.activation_checkpointing: expected false, true, full or selective, "
+                      "got 'some'"});
+  expect_usage_error(lines({"data: {train: t.bin}", "train:", "  activation_checkpointing: [1]"}),
+                     {"config.yaml:3:", "train.activation_checkpointing: expected false, true, "
+                                        "full or selective, got a list of 1"});
+  expect_usage_error(kMinimal, {"--set train.activation_checkpointing=Selective",
+                                "expected false, true, full or selective, got 'Selective'"},
+                     {"train.activation_checkpointing=Selective"});
 }
 
 TEST(ConfigErrors, StringForDouble) {

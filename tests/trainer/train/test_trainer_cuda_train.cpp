@@ -89,7 +89,8 @@ Trained train(Backend& be, const Precision& prec, const Variant& v, int steps) {
   model.init_weights(7);
   const bool mem = !v.memory.empty();
   const int B = mem ? 1 : 2, T = mem ? 48 : 64;
-  model.plan_activations(B, v.memory == "rmt" ? 16 + 8 : mem ? 16 : T, v.checkpointing);
+  model.plan_activations(B, v.memory == "rmt" ? 16 + 8 : mem ? 16 : T,
+                         v.checkpointing ? Checkpointing::kFull : Checkpointing::kOff);
   OptimizerConfig oc;
   oc.lr = 3e-3;
   oc.weight_decay = 0.1;

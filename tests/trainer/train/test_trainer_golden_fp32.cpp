@@ -40,7 +40,7 @@ struct Case {
   std::string name;
   ModelConfig model;
   OptimizerConfig opt;
-  bool checkpointing = false;
+  Checkpointing checkpointing = Checkpointing::kOff;
   int B = 2;
   int T = 16;
 };
@@ -66,7 +66,7 @@ std::vector<Case> cases() {
   {
     Case k{"gqa_checkpointing", tiny("rope", 2), {}};
     k.opt.lr = 1e-2;
-    k.checkpointing = true;
+    k.checkpointing = Checkpointing::kFull;
     c.push_back(k);
   }
   {

@@ -4,9 +4,12 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "common/errors.h"
 #include "trainer/config/config.h"
+#include "trainer/train/memory_plan.h"
 #include "trainer/train/trainer.h"
 
 namespace rt {
@@ -104,10 +107,90 @@ TEST(TrainerLoop, NonFiniteStepsAreSkippedWithinToleranceThenExitCode4) {
   }
 }
 
+// Checkpointing off, true, full and selective: bitwise the same losses and
+// final weights (the CPU's fp32 attention is deterministic, so recomputing
+// it, or keeping it, changes nothing), with GQA (tiny_config) and with ALiBi.
 TEST(TrainerLoop, ActivationCheckpointingGivesTheSameGradients) {
-  auto a = run_losses(tiny_config(), 3);
-  auto b = run_losses(tiny_config({"train.activation_checkpointing=true"}), 3);
-  for (int s = 0; s < 3; ++s) EXPECT_NEAR(a[s], b[s], 1e-6 * a[s]);
+  for (const char* position : {"rope", "alibi"}) {
+    SCOPED_TRACE(position);
+    const std::string pos = std::string("model.position=") + position;
+    std::vector<float> w_off;
+    const auto off = run_losses(tiny_config({pos}), 3, &w_off);
+    for (const char* mode : {"true", "full", "selective"}) {
+      SCOPED_TRACE(mode);
+      std::vector<float> w;
+      const auto l = run_losses(
+          tiny_config({pos, std::string("train.activation_checkpointing=") + mode}), 3, &w);
+      EXPECT_EQ(l, off);  // exact doubles
+      ASSERT_EQ(w.size(), w_off.size());
+      EXPECT_EQ(0, std::memcmp(w.data(), w_off.data(), w.size() * sizeof(float)))
+          << "final weights differ from checkpointing off";
+    }
+  }
+}
+
+// Memory models: RMT (whole segments through forward_backward_embeddings),
+// kNN and compressive memory (their layers' attention is the memory's, so
+// selective recomputes those layers whole, the others without attention).
+// selective trains them to bitwise the losses and weights of true.
+TEST(TrainerLoop, SelectiveCheckpointingTrainsMemoryModelsLikeFull) {
+  const char* memories[] = {
+      "{type: rmt, num_tokens: 4, segment_length: 32, bptt_segments: -1}",
+      "{type: knn, segment_length: 32, layers: [1], memory_size: 96, top_k: 8}",
+      "{type: compressive, segment_length: 32, layers: [1], memory_segments: 1, rate: 2, "
+      "levels: 2, compressed_size: 32, compression: conv}"};
+  for (const char* memory : memories) {
+    SCOPED_TRACE(memory);
+    auto config = [&](const char* mode) {
+      return tiny_config({"train.seq_len=256", "model.max_position_embeddings=512",
+                          std::string("model.memory=") + memory,
+                          std::string("train.activation_checkpointing=") + mode});
+    };
+    std::vector<float> w_full, w_sel, w_off;
+    const auto full = run_losses(config("true"), 2, &w_full);
+    const auto sel = run_losses(config("selective"), 2, &w_sel);
+    const auto off = run_losses(config("false"), 2, &w_off);
+    EXPECT_EQ(sel, full);
+    EXPECT_EQ(sel, off);
+    ASSERT_EQ(w_sel.size(), w_full.size());
+    EXPECT_EQ(0, std::memcmp(w_sel.data(), w_full.data(), w_sel.size() * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(w_sel.data(), w_off.data(), w_sel.size() * sizeof(float)));
+  }
+}
+
+// The memory plan (`ringtrain plan`, memory_plan.cpp) of selective equals the
+// trainer's arenas, and is true's plus, per layer but one (true's shared slot
+// holds one), an attention output (N x heads*head_dim, activation dtype) and
+// an LSE (B*heads*T fp32), each 64-byte aligned in the arena.
+TEST(TrainerLoop, MemoryPlanOfSelectiveCheckpointing) {
+  for (const char* precision : {"fp32", "bf16"}) {
+    SCOPED_TRACE(precision);
+    const std::string prec = std::string("train.precision=") + precision;
+    const Config full = tiny_config({prec, "train.activation_checkpointing=true",
+                                     "train.micro_batch_size=2"});
+    const Config sel = tiny_config({prec, "train.activation_checkpointing=selective",
+                                    "train.micro_batch_size=2"});
+    const MemoryPlan pf = plan_memory(full, 1, Device::kCpu);
+    const MemoryPlan ps = plan_memory(sel, 1, Device::kCpu);
+    const int64_t B = 2, T = 250, H = 4, hd = 8, L = 2;
+    const int64_t act = std::string(precision) == "bf16" ? 2 : 4;
+    auto align64 = [](int64_t b) { return (b + 63) / 64 * 64; };
+    const int64_t per_layer = align64(B * T * H * hd * act) + align64(B * H * T * 4);
+    EXPECT_EQ(ps.ranks[0].activations, pf.ranks[0].activations + (L - 1) * per_layer);
+    EXPECT_EQ(ps.ranks[0].workspace, pf.ranks[0].workspace);
+    // the plan's alternatives are the other two settings, with their bytes
+    ASSERT_EQ(ps.other_checkpointing.size(), 2u);
+    EXPECT_EQ(ps.other_checkpointing[0].checkpointing, Checkpointing::kOff);
+    EXPECT_EQ(ps.other_checkpointing[1].checkpointing, Checkpointing::kFull);
+    EXPECT_EQ(ps.other_checkpointing[1].activations, pf.ranks[0].activations);
+    ASSERT_EQ(pf.other_checkpointing.size(), 2u);
+    EXPECT_EQ(pf.other_checkpointing[1].checkpointing, Checkpointing::kSelective);
+    EXPECT_EQ(pf.other_checkpointing[1].activations, ps.ranks[0].activations);
+    // what the trainer allocates (its start-up memory lines)
+    Trainer t(sel, {.write_outputs = false, .quiet = true});
+    EXPECT_EQ(t.rank_memory().activations, ps.ranks[0].activations);
+    EXPECT_EQ(t.rank_memory().workspace, ps.ranks[0].workspace);
+  }
 }
 
 }  // namespace

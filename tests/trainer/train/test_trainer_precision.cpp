@@ -210,7 +210,8 @@ TEST(PrecisionModel, Bf16CheckpointingAlibiTiedAndMemory) {
       auto be = make_cpu_backend();
       LlamaModel model(mc, *be, p == 0 ? fp32_precision() : bf);
       model.init_weights(9);
-      model.plan_activations(B, variant == 1 ? 16 + 8 : T, variant == 0);
+      model.plan_activations(B, variant == 1 ? 16 + 8 : T,
+                             variant == 0 ? Checkpointing::kFull : Checkpointing::kOff);
       int64_t valid = 0;
       if (variant == 1) {
         RmtRunner rmt(model);

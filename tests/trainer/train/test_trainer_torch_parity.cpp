@@ -123,7 +123,8 @@ TEST_P(TorchParity, LogitsLossGradsAndAdamwSteps) {
       for (size_t i = 0; i < s.numel; ++i) p[i] += float(prng.normal() * sd);
     }
   }
-  model.plan_activations(B, layer_mem ? c.layer_memory.segment_length : T, false);
+  model.plan_activations(B, layer_mem ? c.layer_memory.segment_length : T,
+                         Checkpointing::kOff);
 
 
   std::vector<int32_t> inputs(B * T), targets(B * T);
