@@ -31,7 +31,8 @@
 # the binaries were built with NCCL; where a step's time goes (ncu over 2
 # steps of the TinyLlama shape cut to 4 layers, summed by tools/ncu_summary.py
 # into profile.txt; --no-profile leaves it out); ringtrain bench at T = 4K,
-# 16K, 64K for configs/bench_tinyllama.yaml (activation checkpointing at 64K)
+# 16K, 64K for configs/bench_tinyllama.yaml (activation checkpointing at 64K:
+# true and selective)
 # and tests/bench/bench_torch_train.py at the same T when python3 has torch
 # with CUDA (eager, and torch.compile at 16K). --longest-t (optional) then
 # doubles T from 64K until ringtrain and PyTorch fail, 1 step each.
@@ -41,15 +42,15 @@
 # --only runs the named steps alone (comma-separated: tests, ops, attn, e2e,
 # memcheck, nccl, profile, bench), for a second, shorter call; --no-torch
 # leaves PyTorch out of the benchmark; --ckpt64 gives the
-# train.activation_checkpointing values ringtrain runs at 64K (default true;
-# e.g. true,selective); --bench-t keeps the benchmark's T values listed (e.g.
+# train.activation_checkpointing values ringtrain runs at 64K (default
+# true,selective); --bench-t keeps the benchmark's T values listed (e.g.
 # 16384,65536).
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 src=$(cd "$here/.." && pwd)
 
 out="" bundle="" rt="${RT:-}" build="" longest=0 profile=1 budget=450 quick=0 only="" torch=1
-ckpt64=true bench_t=""
+ckpt64=true,selective bench_t=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --bundle) bundle=$2; shift ;;
@@ -159,13 +160,14 @@ fi
 
 # ---- 2b. attention kernels at TinyLlama's heads: mma.sync vs wgmma vs SDPA --
 # hd 64, 32 query heads on 4 kv heads, T = 4K, 16K and 64K, batch 1, each
-# family with its automatic head split, and PyTorch's flash SDPA on the same
+# family with the grid-based head split (--head-split -1: the wgmma kernels'
+# automatic split is 1 until verified), and PyTorch's flash SDPA on the same
 # shapes (bench_sdpa.py, GQA through enable_gqa or repeated kv heads).
 t=$SECONDS
 if want attn && [ -x "$testbin/bench_cuda_attention" ]; then
   for impl in mma wgmma; do
     timeout 120 "$testbin/bench_cuda_attention" --hd 64 --heads 32 --kv-heads 4 --tokens 4096 \
-      --seq-lens 4096,16384,65536 --reps 5 --impl $impl > "$out/attn_$impl.json" 2>> "$out/attn.err"
+      --seq-lens 4096,16384,65536 --reps 5 --impl $impl --head-split -1 > "$out/attn_$impl.json" 2>> "$out/attn.err"
   done
   timeout 120 env -u LD_LIBRARY_PATH python3 "$src/tests/bench/bench_sdpa.py" --hd 64 --heads 32 \
     --kv-heads 4 --tokens 4096 --seq-lens 4096,16384,65536 --reps 5 > "$out/attn_sdpa.json" 2>> "$out/attn.err"

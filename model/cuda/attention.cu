@@ -75,6 +75,14 @@ constexpr int kBwdKeyTile = 128;
 // block per SM on an H100 / H200 (132 SMs), enough for the causal mask's
 // uneven blocks to even out.
 constexpr int64_t kBwdTargetBlocks = 1024;
+// Written after the last GPU session and not yet run on a GPU: the wgmma
+// kernels for head_dim 64 and the wgmma backward's automatic head split.
+// Until a GPU session has run test_model_cuda_attention on them (and timed
+// them: tools/gpu_check.sh), kAuto keeps head_dim 64 on the mma.sync kernels
+// and the wgmma backward at split 1 unless a split is forced; kWgmma and
+// force_attention_backward_head_split reach them.
+constexpr bool kWgmmaHd64Verified = false;
+constexpr bool kWgmmaHeadSplitVerified = false;
 
 // Kernel launches and dynamic shared memory, on a GPU or on the emulator.
 #ifdef RT_CUDA_EMULATE
@@ -1426,24 +1434,29 @@ void check_attention_params(const AttentionParams& p) {
 bool wgmma_available() { return device_has_wgmma(); }
 
 namespace {
-// The kernel family for p: wgmma on Hopper unless asked otherwise; mma.sync
-// everywhere else.
-bool use_wgmma(AttentionImpl impl) {
+// The kernel family for p: wgmma on Hopper unless asked otherwise (head_dim
+// 128 only until kWgmmaHd64Verified); mma.sync everywhere else.
+bool use_wgmma(const AttentionParams& p, AttentionImpl impl) {
   if (impl == AttentionImpl::kWgmma) {
     if (!device_has_wgmma())
       throw UsageError("CUDA attention: the wgmma kernels need an sm_90 (Hopper) GPU; use "
                        "AttentionImpl::kAuto or kMma");
     return true;
   }
-  return impl == AttentionImpl::kAuto && device_has_wgmma();
+  return impl == AttentionImpl::kAuto && device_has_wgmma() &&
+         (p.hd == 128 || kWgmmaHd64Verified);
 }
 }  // namespace
+
+AttentionImpl resolve_attention_impl(const AttentionParams& p, AttentionImpl impl) {
+  return use_wgmma(p, impl) ? AttentionImpl::kWgmma : AttentionImpl::kMma;
+}
 
 void attention_forward_bf16(const AttentionParams& p, uint16_t* out, float* lse,
                             const uint16_t* q, const uint16_t* k, const uint16_t* v,
                             void* stream, AttentionImpl impl) {
   check_attention_params(p);
-  const bool wg = use_wgmma(impl);
+  const bool wg = use_wgmma(p, impl);
   if (p.B == 0 || p.Tq == 0) return;
   FwdArgs a{q,      k,        v,           out,  lse, p.B, p.Tq, p.Tk, p.H, p.G, p.q_offset,
             p.k_offset, int(p.q_offset - p.k_offset), p.causal, p.alibi_slopes, p.scale * kLog2e};
@@ -1460,17 +1473,18 @@ void attention_forward_bf16(const AttentionParams& p, uint16_t* out, float* lse,
 }
 
 namespace {
-int g_forced_head_split = 0;  // force_attention_backward_head_split
+int g_forced_head_split = 0;  // force_attention_backward_head_split: > 0, 0 or -1
 
 // Floats of the workspace before the parts (D), rounded up to 16 bytes.
 size_t d_floats(const AttentionParams& p) {
   return (size_t(p.B) * size_t(p.H) * size_t(p.Tq) + 3) / 4 * 4;
 }
 
-// The head split of a backward (both kernel families take key tiles of
-// kBwdKeyTile rows).
-int head_split_for(const AttentionParams& p) {
+// The head split of a backward on the wgmma kernels (wg) or not (both take
+// key tiles of kBwdKeyTile rows).
+int head_split_for(const AttentionParams& p, bool wg) {
   const int rep = p.H / p.G;
+  if (wg && !kWgmmaHeadSplitVerified && g_forced_head_split == 0) return 1;
   if (g_forced_head_split > 0) {
     if (rep % g_forced_head_split != 0)
       throw UsageError("attention backward head split " + std::to_string(g_forced_head_split) +
@@ -1492,14 +1506,13 @@ int head_split_for(const AttentionParams& p) {
 }  // namespace
 
 void force_attention_backward_head_split(int s) {
-  if (s < 0) throw UsageError("force_attention_backward_head_split: s must be >= 0");
+  if (s < -1) throw UsageError("force_attention_backward_head_split: s must be >= -1");
   g_forced_head_split = s;
 }
 
 int attention_backward_head_split(const AttentionParams& p, AttentionImpl impl) {
   check_attention_params(p);
-  use_wgmma(impl);  // a kernel family this device lacks is an error here too
-  return head_split_for(p);
+  return head_split_for(p, use_wgmma(p, impl));
 }
 
 size_t attention_backward_workspace_floats(const AttentionParams& p, AttentionImpl impl) {
@@ -1513,7 +1526,7 @@ void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, flo
                              const uint16_t* v, const uint16_t* out, const float* lse,
                              float* workspace, void* stream, AttentionImpl impl) {
   check_attention_params(p);
-  const bool wg = use_wgmma(impl);
+  const bool wg = use_wgmma(p, impl);
   if (p.B == 0 || p.Tq == 0 || p.Tk == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
   const int64_t rows = int64_t(p.B) * p.Tq * p.H;
@@ -1525,7 +1538,7 @@ void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, flo
   else
     RT_ATTN_LAUNCH("attention backward (rowsum) launch", attn_bwd_dot_kernel<64>, blocks,
                    kWarps * 32, 0, s, workspace, dout, out, p.B, p.Tq, p.H);
-  const int split = head_split_for(p);
+  const int split = head_split_for(p, wg);
   float* parts = workspace + d_floats(p);
   const size_t part_floats = size_t(split) * p.B * p.Tk * p.G * p.hd;
   BwdArgs a{q,      k,      v,     dout, lse,        workspace, dq,      dk, dv,

@@ -5,12 +5,13 @@
 //
 //   bench_cuda_attention [--seq-lens 1024,4096,16384,32768] [--hd 128] [--heads 16]
 //                        [--kv-heads H] [--tokens 16384] [--reps 10]
-//                        [--impl auto|mma|wgmma] [--head-split 0|S]
+//                        [--impl auto|mma|wgmma] [--head-split 0|-1|S]
 //
 // --kv-heads G < H: grouped-query attention (H / G query heads per kv head).
 // --head-split S > 0 forces the backward's head split, for either kernel family
-// (S divides H / G; 0, the default, is the automatic choice); each result
-// names the split it ran with.
+// (S divides H / G); -1 takes the grid-based choice for both families (the
+// wgmma backward's automatic split is 1 until verified on a GPU); 0, the
+// default, is the automatic choice. Each result names the split it ran with.
 //
 // Batch = max(1, tokens / T), so every length does about the same work per
 // row block (FlashAttention-2's benchmark convention: batch x seqlen = 16K,
@@ -138,7 +139,7 @@ int main(int argc, char** argv) {
       std::printf(
           "usage: bench_cuda_attention [--seq-lens L1,L2,...] [--hd 64|128] [--heads H]\n"
           "                            [--kv-heads G] [--tokens N] [--reps R]\n"
-          "                            [--impl auto|mma|wgmma] [--head-split 0|S]\n");
+          "                            [--impl auto|mma|wgmma] [--head-split 0|-1|S]\n");
       return 0;
     }
     if (!v) {
@@ -160,8 +161,8 @@ int main(int argc, char** argv) {
     ++i;
   }
   if (G == 0) G = H;
-  if (G <= 0 || H % G != 0 || split < 0) {
-    std::fprintf(stderr, "--kv-heads must divide --heads and --head-split be >= 0 (see --help)\n");
+  if (G <= 0 || H % G != 0 || split < -1) {
+    std::fprintf(stderr, "--kv-heads must divide --heads and --head-split be >= -1 (see --help)\n");
     return 2;
   }
   int ndev = 0;
@@ -176,8 +177,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--impl must be auto, mma or wgmma, got %s\n", impl_name.c_str());
     return 2;
   }
-  if (impl == rt::cuda::AttentionImpl::kAuto)
-    impl_name = rt::cuda::wgmma_available() ? "wgmma" : "mma";
+  if (impl == rt::cuda::AttentionImpl::kAuto) {
+    rt::AttentionParams probe;
+    probe.hd = hd;
+    impl_name = rt::cuda::resolve_attention_impl(probe, impl) == rt::cuda::AttentionImpl::kWgmma
+                    ? "wgmma"
+                    : "mma";
+  }
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, 0), "properties");
   const double peak = matmul_tflops(reps);

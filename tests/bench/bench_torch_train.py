@@ -74,8 +74,18 @@ def load_shape(args):
             shape["kv_heads"] = m["num_attention_heads"]
         if t.get("seq_len") is not None:
             shape["seq_len"] = t["seq_len"]
-        if t.get("activation_checkpointing") is not None:
-            shape["checkpointing"] = bool(t["activation_checkpointing"])
+        ac = t.get("activation_checkpointing")
+        if ac is not None:
+            # false | true | full | selective: this script has whole-layer
+            # checkpointing only, so selective (ringtrain keeps the attention
+            # outputs) runs as full here, and says so
+            if ac not in (False, True, "full", "selective"):
+                sys.exit(f"error: train.activation_checkpointing: expected false, true, full or "
+                         f"selective, got {ac!r}")
+            shape["checkpointing"] = ac is not False
+            if ac == "selective":
+                print("note: activation_checkpointing selective runs as whole-layer "
+                      "checkpointing in this script", file=sys.stderr)
     for k in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab", "seq_len",
               "head_dim"):
         v = getattr(args, k)

@@ -140,9 +140,14 @@ TEST_P(CudaAttention, MatchesCpuForwardAndBackward) {
   const std::string family = impl == AttentionImpl::kWgmma ? "wgmma" : "mma";
   const std::string label = family + ", head split " + std::to_string(split);
   rt_test::check_attention_case(c, run, label.c_str());
-  if (split > 1) {  // the same shape without the split (whole groups per block)
-    rt::cuda::force_attention_backward_head_split(1);
-    rt_test::check_attention_case(c, run, (family + ", head split 1").c_str());
+  // The other side of the head split: whole groups per block where the
+  // automatic choice split them, every query head its own block where it did
+  // not (the wgmma backward's automatic split stays 1 until verified).
+  const int rep = c.H / c.G;
+  if (rep > 1) {
+    const int other = split > 1 ? 1 : rep;
+    rt::cuda::force_attention_backward_head_split(other);
+    rt_test::check_attention_case(c, run, (family + ", head split " + std::to_string(other)).c_str());
     rt::cuda::force_attention_backward_head_split(0);
   }
 }

@@ -134,7 +134,8 @@ TEST(EmuAttentionHeadSplit, SplitsAgreeToRounding) {
 }
 
 // On the GPU's grid sizes: TinyLlama's shape (32 heads, 4 kv heads, hd 64)
-// splits at short sequences only, and the wgmma kernels never.
+// splits at short sequences only. (The emulator has no wgmma kernels; their
+// automatic split is 1 until verified on a GPU.)
 TEST(EmuAttentionHeadSplit, AutomaticChoice) {
   AttentionParams p;
   p.B = 1, p.H = 32, p.G = 4, p.hd = 64, p.causal = true, p.scale = 0.125f;
@@ -152,6 +153,16 @@ TEST(EmuAttentionHeadSplit, AutomaticChoice) {
   p.H = 32, p.G = 4, p.Tq = p.Tk = 4096;
   EXPECT_EQ(emu_attn::attention_backward_workspace_floats(p),
             size_t(32) * 4096 + 2 * size_t(8) * 4096 * 4 * 64);
+  // -1: the grid-based choice for either family (here mma.sync: the same);
+  // below -1 is refused.
+  emu_attn::force_attention_backward_head_split(-1);
+  EXPECT_EQ(split_at(4096), 8);
+  emu_attn::force_attention_backward_head_split(0);
+  EXPECT_THROW(emu_attn::force_attention_backward_head_split(-2), rt::UsageError);
+  // kAuto runs the emulator's mma.sync kernels at both head dims.
+  p.hd = 64;
+  EXPECT_EQ(emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kAuto),
+            emu_attn::AttentionImpl::kMma);
 }
 
 // The GPU test's shapes, smaller where the emulator would be slow: tails that
