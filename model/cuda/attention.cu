@@ -835,20 +835,19 @@ __device__ __forceinline__ void probs_t(float (&s)[BRQ / 8][4], const BwdArgs& a
 // A backward block: key tile k0 (BCK rows) of kv head kvh, batch b; it visits
 // the query heads of its group and, of each, the query tiles (BRQ rows) from
 // i_start on (under a causal mask the earlier ones see none of its keys):
-// iteration it is head kvh * rep + it / nq, query tile i_start + it % nq.
+// iteration it is head h0 + it / nq, query tile i_start + it % nq.
 //
 // The grid is one dimension of key tiles x G x hsplit x B blocks (both kernel
 // families), key tile slowest, so that under a causal mask the blocks with the
 // most query tiles (the first key tiles) start first; each block takes
 // rep / hsplit of the group's rep = H / G query heads: part `part` of its group.
-struct LinearBwdGrid {};
 template <int HD>
 struct BwdBlock {
   int k0, kvh, b, rep, i_start, nq;
   int part = 0, h0, nh;  // query heads h0 .. h0 + nh - 1
   int64_t ldq, ldk;
   const uint16_t *Kb, *Vb;
-  __device__ BwdBlock(const BwdArgs& a, int BCK, int BRQ, LinearBwdGrid) {
+  __device__ BwdBlock(const BwdArgs& a, int BCK, int BRQ) {
     const int64_t per_tile = int64_t(a.G) * a.hsplit * a.B;
     const int64_t r = int64_t(blockIdx.x) % per_tile;
     k0 = int(int64_t(blockIdx.x) / per_tile) * BCK;
@@ -856,9 +855,6 @@ struct BwdBlock {
     const int ys = int(r % (int64_t(a.G) * a.hsplit));
     kvh = ys / a.hsplit, part = ys % a.hsplit;
     rep = a.H / a.G, nh = rep / a.hsplit, h0 = kvh * rep + part * nh;
-    init(a, BCK, BRQ);
-  }
-  __device__ void init(const BwdArgs& a, int BCK, int BRQ) {
     ldq = int64_t(a.H) * HD, ldk = int64_t(a.G) * HD;
     Kb = a.k + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
     Vb = a.v + int64_t(b) * a.Tk * ldk + int64_t(kvh) * HD;
@@ -977,7 +973,7 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g8 = lane >> 2, t4 = lane & 3;
-  const BwdBlock<HD> blk(a, BCK, BRQ, LinearBwdGrid{});
+  const BwdBlock<HD> blk(a, BCK, BRQ);
   const int k0 = blk.k0, nq = blk.nq, n_it = nq * blk.nh;
   const int kr = warp * 16;  // this warp's key rows within the tile
 
@@ -1149,7 +1145,7 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
 //   head_dim 64:  dQ += dS_w K_w, each warpgroup over its own 64 keys
 // dK, dV stay in registers for the whole block (deterministic); dQ goes out
 // through fp32 atomics. Blocks come from the mma.sync kernel's linear grid,
-// head split included (LinearBwdGrid, bwd_sum_parts_kernel).
+// head split included (BwdBlock, bwd_sum_parts_kernel).
 constexpr int kWbBCK = 128, kWbBRQ = 64, kWbThreads = 256;
 constexpr size_t wb_smem(int hd) {
   return 2 * size_t(kWbBCK) * hd * 2        // K, V
@@ -1177,7 +1173,7 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wg = warp >> 2, g8 = lane >> 2, t4 = lane & 3;
-  const BwdBlock<HD> blk(a, BCK, BRQ, LinearBwdGrid{});
+  const BwdBlock<HD> blk(a, BCK, BRQ);
   const int k0 = blk.k0, nq = blk.nq, n_it = nq * blk.nh;
   const int kr = wg * 64 + (warp & 3) * 16;  // this warp's key rows within the tile
   float dk[HD / 2], dv[HD / 2];

@@ -529,7 +529,6 @@ __global__ void sgd_momentum_kernel(float* master, TP compute, const float* grad
   }
 }
 
-// rows per block for the row kernels: one block per row up to the cap
 // Whether the element-wise kernels can take 8 elements at a time: n a
 // multiple of 8 and every pointer 16-byte aligned.
 bool vec_ok(size_t n, std::initializer_list<const void*> ptrs) {
@@ -539,6 +538,18 @@ bool vec_ok(size_t n, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
+// An element-wise kernel over `items` (elements, or RoPE pairs): k8 (width
+// 8) over groups of 8 when vec, else k1 (width 1).
+template <class... P, class... A>
+void launch_elementwise(void (*k8)(P...), void (*k1)(P...), bool vec, size_t items, void* stream,
+                        A... args) {
+  if (vec)
+    RT_LAUNCH(k8, blocks_for(items / 8), kThreads, stream, args...);
+  else
+    RT_LAUNCH(k1, blocks_for(items), kThreads, stream, args...);
+}
+
+// rows per block for the row kernels: one block per row up to the cap
 unsigned row_blocks(int N) { return unsigned(std::max(1, std::min<int>(N, int(kMaxBlocks)))); }
 
 // chunks of the rmsnorm backward's partial rows (column_chunk_sum_kernel): of
@@ -585,10 +596,8 @@ size_t embedding_backward_scratch_bytes(int N) {
 
 void cast(TP dst, CTP src, size_t n, void* stream) {
   if (!n) return;
-  if (vec_ok(n, {dst.p, src.p}))
-    RT_LAUNCH(cast_kernel<8>, blocks_for(n / 8), kThreads, stream, dst, src, n);
-  else
-    RT_LAUNCH(cast_kernel<1>, blocks_for(n), kThreads, stream, dst, src, n);
+  launch_elementwise(cast_kernel<8>, cast_kernel<1>, vec_ok(n, {dst.p, src.p}), n, stream, dst, src,
+                     n);
 }
 
 void embedding_forward(TP out, const int32_t* tokens, CTP table, int N, int C, void* stream) {
@@ -662,11 +671,8 @@ void rope(TP x, const float* cos, const float* sin, int B, int T, int nh, int hd
           void* stream) {
   const size_t pairs = size_t(B) * T * nh * (hd / 2);
   if (!pairs) return;
-  if (vec_ok(size_t(hd / 2), {x.p, cos, sin}))
-    RT_LAUNCH(rope_kernel<8>, blocks_for(pairs / 8), kThreads, stream, x, cos, sin, B, T, nh, hd,
-              sign);
-  else
-    RT_LAUNCH(rope_kernel<1>, blocks_for(pairs), kThreads, stream, x, cos, sin, B, T, nh, hd, sign);
+  launch_elementwise(rope_kernel<8>, rope_kernel<1>, vec_ok(size_t(hd / 2), {x.p, cos, sin}), pairs,
+                     stream, x, cos, sin, B, T, nh, hd, sign);
 }
 
 void attention_merge(TP out, float* lse, CTP blk, const float* blk_lse, int Tq, int H, int hd,
@@ -679,28 +685,21 @@ void attention_merge(TP out, float* lse, CTP blk, const float* blk_lse, int Tq, 
 
 void swiglu_forward(TP out, CTP gate, CTP up, size_t n, void* stream) {
   if (!n) return;
-  if (vec_ok(n, {out.p, gate.p, up.p}))
-    RT_LAUNCH(swiglu_forward_kernel<8>, blocks_for(n / 8), kThreads, stream, out, gate, up, n);
-  else
-    RT_LAUNCH(swiglu_forward_kernel<1>, blocks_for(n), kThreads, stream, out, gate, up, n);
+  launch_elementwise(swiglu_forward_kernel<8>, swiglu_forward_kernel<1>,
+                     vec_ok(n, {out.p, gate.p, up.p}), n, stream, out, gate, up, n);
 }
 
 void swiglu_backward(TP dgate, TP dup, CTP dout, CTP gate, CTP up, size_t n, void* stream) {
   if (!n) return;
-  if (vec_ok(n, {dgate.p, dup.p, dout.p, gate.p, up.p}))
-    RT_LAUNCH(swiglu_backward_kernel<8>, blocks_for(n / 8), kThreads, stream, dgate, dup, dout,
-              gate, up, n);
-  else
-    RT_LAUNCH(swiglu_backward_kernel<1>, blocks_for(n), kThreads, stream, dgate, dup, dout, gate,
-              up, n);
+  launch_elementwise(swiglu_backward_kernel<8>, swiglu_backward_kernel<1>,
+                     vec_ok(n, {dgate.p, dup.p, dout.p, gate.p, up.p}), n, stream, dgate, dup,
+                     dout, gate, up, n);
 }
 
 void add_inplace(TP x, CTP y, size_t n, void* stream) {
   if (!n) return;
-  if (vec_ok(n, {x.p, y.p}))
-    RT_LAUNCH(add_inplace_kernel<8>, blocks_for(n / 8), kThreads, stream, x, y, n);
-  else
-    RT_LAUNCH(add_inplace_kernel<1>, blocks_for(n), kThreads, stream, x, y, n);
+  launch_elementwise(add_inplace_kernel<8>, add_inplace_kernel<1>, vec_ok(n, {x.p, y.p}), n, stream,
+                     x, y, n);
 }
 
 void cross_entropy(TP logits, float* losses, const int32_t* targets, int N, int V,

@@ -29,7 +29,7 @@ Checkpointing checkpointing_of(const TrainConfig& t) {
 }
 
 const char* checkpointing_label(Checkpointing c) {
-  return c == Checkpointing::kOff ? "off" : c == Checkpointing::kFull ? "on" : "selective";
+  return c == Checkpointing::kFull ? "on" : checkpointing_name(c);
 }
 
 int activation_rows(const Config& cfg, const ParallelDims& dims) {
