@@ -7,6 +7,7 @@
 #   tools/gpu_check.sh OUT_DIR [--bundle ARCHIVE | --rt DIR | --build DIR]
 #                      [--longest-t] [--no-profile] [--budget SECONDS] [--quick]
 #                      [--only STEPS] [--no-torch] [--ckpt64 VALUES] [--bench-t LIST]
+#                      [--attn-env VALUES]
 #
 # Where the binaries come from (first that applies):
 #   --bundle ARCHIVE  a pack.sh archive (tools/gpu_pack.sh writes
@@ -44,13 +45,16 @@
 # leaves PyTorch out of the benchmark; --ckpt64 gives the
 # train.activation_checkpointing values ringtrain runs at 64K (default
 # true,selective); --bench-t keeps the benchmark's T values listed (e.g.
-# 16384,65536).
+# 16384,65536); --attn-env runs ringtrain again at every T (at 64K with the
+# last --ckpt64 value) with RINGTRAIN_CUDA_ATTENTION set to each value given
+# (default wgmma: the kernels not yet verified on a GPU, end to end; rows
+# "bench ringtrain+wgmma"; --attn-env none leaves them out).
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 src=$(cd "$here/.." && pwd)
 
 out="" bundle="" rt="${RT:-}" build="" longest=0 profile=1 budget=450 quick=0 only="" torch=1
-ckpt64=true,selective bench_t=""
+ckpt64=true,selective bench_t="" attn_env=wgmma
 while [ $# -gt 0 ]; do
   case "$1" in
     --bundle) bundle=$2; shift ;;
@@ -64,13 +68,14 @@ while [ $# -gt 0 ]; do
     --no-torch) torch=0 ;;
     --ckpt64) ckpt64=$2; shift ;;
     --bench-t) bench_t=$2; shift ;;
+    --attn-env) attn_env=$2; [ "$attn_env" = none ] && attn_env=""; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) [ -z "$out" ] && out=$1 || { echo "gpu_check.sh: one OUT_DIR only" >&2; exit 2; } ;;
   esac
   shift
 done
-[ -n "$out" ] || { echo "usage: tools/gpu_check.sh OUT_DIR [--bundle ARCHIVE | --rt DIR | --build DIR] [--longest-t] [--no-profile] [--budget S] [--quick] [--only STEPS] [--no-torch] [--ckpt64 VALUES] [--bench-t LIST]" >&2; exit 2; }
+[ -n "$out" ] || { echo "usage: tools/gpu_check.sh OUT_DIR [--bundle ARCHIVE | --rt DIR | --build DIR] [--longest-t] [--no-profile] [--budget S] [--quick] [--only STEPS] [--no-torch] [--ckpt64 VALUES] [--bench-t LIST] [--attn-env VALUES]" >&2; exit 2; }
 mkdir -p "$out" || exit 3
 out=$(cd "$out" && pwd)
 t_start=$SECONDS
@@ -330,17 +335,23 @@ for p in "${plan[@]}"; do
     IFS=, read -ra vals <<< "$ckpt64"
     for v in "${vals[@]}"; do runs+=("ringtrain:$v"); done
   fi
+  # the same run with RINGTRAIN_CUDA_ATTENTION=VALUE (the last checkpointing value)
+  IFS=, read -ra envs <<< "$attn_env"
+  last=${runs[${#runs[@]}-1]#*:}
+  for e in "${envs[@]}"; do runs+=("ringtrain+$e:$last"); done
   runs+=("torch:$ck_plan")
   for r in "${runs[@]}"; do
     who=${r%%:*} ck=${r#*:}
+    aenv=""; [[ $who == ringtrain+* ]] && aenv=${who#ringtrain+}
     tag=$((T / 1024))K
     case $ck in true|false) ;; *) tag=${tag}_$ck ;; esac  # e.g. 64K_selective
+    [ -n "$aenv" ] && tag=${tag}_$aenv                    # e.g. 16K_wgmma
     t=$SECONDS
     if [ $who = torch ] && [ $have_torch = 0 ]; then row "bench $who T=$tag" skipped 0 "no torch with CUDA (or --no-torch)"; continue; fi
     if [ "$(left)" -lt 30 ]; then row "bench $who T=$tag" skipped 0 "time budget"; continue; fi
     lim=$(( $(left) < lim_plan ? $(left) : lim_plan ))
-    if [ $who = ringtrain ]; then
-      timeout $lim "$rtbin" bench "$cfg" --steps $steps --warmup 1 --set parallel.device=cuda --set train.seq_len=$T \
+    if [[ $who == ringtrain* ]]; then
+      RINGTRAIN_CUDA_ATTENTION=${aenv:-auto} timeout $lim "$rtbin" bench "$cfg" --steps $steps --warmup 1 --set parallel.device=cuda --set train.seq_len=$T \
         --set train.activation_checkpointing=$ck > "$out/bench_rt_$tag.json" 2> "$out/bench_rt_$tag.log"
     else
       ckf=(); [ $ck = true ] && ckf=(--checkpointing)
@@ -349,7 +360,7 @@ for p in "${plan[@]}"; do
         "${ckf[@]}" > "$out/bench_torch_$tag.json" 2> "$out/bench_torch_$tag.log"
     fi
     rc=$?
-    f=$out/bench_$([ $who = ringtrain ] && echo rt || echo torch)_$tag.json
+    f=$out/bench_$([[ $who == ringtrain* ]] && echo rt || echo torch)_$tag.json
     st=ok; [ $rc != 0 ] && st=FAIL; [ $rc = 124 ] && st=timeout
     detail=$(py - "$f" <<'PY' 2>/dev/null
 import json, sys

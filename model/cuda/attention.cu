@@ -49,7 +49,10 @@
 // in the sm_90a pass of nvcc.
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <string_view>
 
 #ifdef RT_CUDA_EMULATE
 #include <stdexcept>
@@ -1430,9 +1433,42 @@ void check_attention_params(const AttentionParams& p) {
 bool wgmma_available() { return device_has_wgmma(); }
 
 namespace {
+// RINGTRAIN_CUDA_ATTENTION (unset or auto, mma, wgmma): what kAuto runs.
+// wgmma also takes the paths not yet verified on a GPU (head_dim 64, the
+// automatic head split), so that a GPU session can run and time them end to
+// end before the constants above flip. Read at every call (a getenv): tests
+// set and unset it.
+enum class EnvAttention { kAuto, kMma, kWgmma };
+EnvAttention env_attention() {
+  const char* v = std::getenv("RINGTRAIN_CUDA_ATTENTION");
+  const std::string_view s = v ? v : "";
+  EnvAttention e;
+  if (s.empty() || s == "auto")
+    return EnvAttention::kAuto;
+  else if (s == "mma")
+    e = EnvAttention::kMma;
+  else if (s == "wgmma")
+    e = EnvAttention::kWgmma;
+  else
+    throw UsageError("RINGTRAIN_CUDA_ATTENTION=" + std::string(s) +
+                     ": expected auto, mma or wgmma (or leave it unset)");
+  static bool said = false;  // once per process, so that a run's log shows it
+  if (!said) {
+    said = true;
+    std::fprintf(stderr, "ringtrain: RINGTRAIN_CUDA_ATTENTION=%s: attention runs the %s kernels%s\n",
+                 v, v, e == EnvAttention::kWgmma ? " (head_dim 64 and the head split too)" : "");
+  }
+  return e;
+}
+
 // The kernel family for p: wgmma on Hopper unless asked otherwise (head_dim
 // 128 only until kWgmmaHd64Verified); mma.sync everywhere else.
 bool use_wgmma(const AttentionParams& p, AttentionImpl impl) {
+  if (impl == AttentionImpl::kAuto) {
+    const EnvAttention e = env_attention();
+    if (e == EnvAttention::kMma) impl = AttentionImpl::kMma;
+    if (e == EnvAttention::kWgmma) impl = AttentionImpl::kWgmma;
+  }
   if (impl == AttentionImpl::kWgmma) {
     if (!device_has_wgmma())
       throw UsageError("CUDA attention: the wgmma kernels need an sm_90 (Hopper) GPU; use "
@@ -1480,7 +1516,9 @@ size_t d_floats(const AttentionParams& p) {
 // key tiles of kBwdKeyTile rows).
 int head_split_for(const AttentionParams& p, bool wg) {
   const int rep = p.H / p.G;
-  if (wg && !kWgmmaHeadSplitVerified && g_forced_head_split == 0) return 1;
+  if (wg && !kWgmmaHeadSplitVerified && g_forced_head_split == 0 &&
+      env_attention() != EnvAttention::kWgmma)
+    return 1;
   if (g_forced_head_split > 0) {
     if (rep % g_forced_head_split != 0)
       throw UsageError("attention backward head split " + std::to_string(g_forced_head_split) +

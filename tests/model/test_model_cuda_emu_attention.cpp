@@ -5,6 +5,7 @@
 // kernels' own index arithmetic, tiling, masking, swizzles, barriers and
 // fragment layouts (ldmatrix and mma.sync as warp collectives); it says
 // nothing about speed, the hardware's ex2.approx, or races between blocks.
+#include <cstdlib>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -161,6 +162,27 @@ TEST(EmuAttentionHeadSplit, AutomaticChoice) {
   EXPECT_THROW(emu_attn::force_attention_backward_head_split(-2), rt::UsageError);
   // kAuto runs the emulator's mma.sync kernels at both head dims.
   p.hd = 64;
+  EXPECT_EQ(emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kAuto),
+            emu_attn::AttentionImpl::kMma);
+  // RINGTRAIN_CUDA_ATTENTION picks what kAuto runs: mma here; wgmma is
+  // refused where there is no Hopper GPU (the emulator), as kWgmma is; a
+  // value it does not know is a UsageError naming the variable.
+  ::setenv("RINGTRAIN_CUDA_ATTENTION", "mma", 1);
+  EXPECT_EQ(emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kAuto),
+            emu_attn::AttentionImpl::kMma);
+  ::setenv("RINGTRAIN_CUDA_ATTENTION", "wgmma", 1);
+  EXPECT_THROW(emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kAuto),
+               rt::UsageError);
+  EXPECT_EQ(emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kMma),
+            emu_attn::AttentionImpl::kMma);
+  ::setenv("RINGTRAIN_CUDA_ATTENTION", "fast", 1);
+  try {
+    emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kAuto);
+    ADD_FAILURE() << "RINGTRAIN_CUDA_ATTENTION=fast was accepted";
+  } catch (const rt::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("RINGTRAIN_CUDA_ATTENTION=fast"), std::string::npos);
+  }
+  ::unsetenv("RINGTRAIN_CUDA_ATTENTION");
   EXPECT_EQ(emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kAuto),
             emu_attn::AttentionImpl::kMma);
 }
