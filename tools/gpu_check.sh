@@ -41,20 +41,23 @@
 # benchmark steps (a smoke run). On an H200 the checks took about 85 s, the
 # NCCL step 20 s, the profile about 40 s and the benchmark about 300 s.
 # --only runs the named steps alone (comma-separated: tests, ops, attn, e2e,
-# memcheck, nccl, profile, bench), for a second, shorter call; --no-torch
-# leaves PyTorch out of the benchmark; --ckpt64 gives the
+# memcheck, nccl, profile, bench; torchmax, only when named: the PyTorch
+# script's longest T within 79.6 GiB, before torch.compile; compile, with
+# bench or named: torch.compile at 16K when 150 s remain; attnprof, only when
+# named: ncu's detailed set on one wgmma attention backward at 16K), for a second,
+# shorter call; --no-torch leaves PyTorch out of the benchmark; --ckpt64 gives the
 # train.activation_checkpointing values ringtrain runs at 64K (default
 # true,selective); --bench-t keeps the benchmark's T values listed (e.g.
 # 16384,65536); --attn-env runs ringtrain again at every T (at 64K with the
 # last --ckpt64 value) with RINGTRAIN_CUDA_ATTENTION set to each value given
-# (default wgmma: the kernels not yet verified on a GPU, end to end; rows
-# "bench ringtrain+wgmma"; --attn-env none leaves them out).
+# (e.g. mma: the mma.sync kernels end to end beside the default wgmma ones;
+# rows "bench ringtrain+mma"; default none).
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 src=$(cd "$here/.." && pwd)
 
 out="" bundle="" rt="${RT:-}" build="" longest=0 profile=1 budget=450 quick=0 only="" torch=1
-ckpt64=true,selective bench_t="" attn_env=wgmma
+ckpt64=true,selective bench_t="" attn_env=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --bundle) bundle=$2; shift ;;
@@ -86,6 +89,7 @@ row() {  # row NAME STATUS SECONDS DETAIL
 }
 left() { echo $((budget - (SECONDS - t_start))); }
 want() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }  # want STEP: --only names it (or no --only)
+named() { [[ ",$only," == *",$1,"* ]]; }                   # named STEP: --only names it
 py() { env -u LD_LIBRARY_PATH python3 "$@"; }
 
 # ---- binaries -------------------------------------------------------------
@@ -378,8 +382,20 @@ PY
     row "bench $who T=$tag" "$st" $((SECONDS - t)) "$detail"
   done
 done
+# the PyTorch script's longest T (checkpointing on) within an 80 GB H100's
+# 81 559 MiB (--mem-limit-gib 79.6), 64K then 128K, 1 step each: only when
+# --only names torchmax
+if named torchmax && [ $have_torch = 1 ] && [ "$(left)" -gt 60 ]; then
+  t=$SECONDS
+  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout $(( $(left) < 200 ? $(left) : 200 )) env -u LD_LIBRARY_PATH \
+    python3 "$src/tests/bench/bench_torch_train.py" "$cfg" --seq-len 65536 --checkpointing --find-max-t \
+    --max-t-limit 131072 --warmup 0 --mem-limit-gib 79.6 > "$out/longest_torch_80g.json" 2> "$out/longest_torch_80g.log"
+  rc=$?
+  row "longest T torch (79.6 GiB cap)" "$([ $rc = 0 ] && echo ok || echo FAIL)" $((SECONDS - t)) \
+    "$(py -c "import json,sys;j=json.loads(open(sys.argv[1]).read().splitlines()[-1]);print('max_t', j['max_t'], '; '.join(f\"T={x['T']} \" + (f\"ok {x['peak_mem_bytes']/2**30:.1f} GiB {x['step_ms']/1e3:.1f} s\" if x['ok'] else 'OOM') for x in j['tried']))" "$out/longest_torch_80g.json" 2>/dev/null)"
+fi
 # torch.compile at 16K, when time remains
-if want bench && [ $have_torch = 1 ] && [ "$(left)" -gt 150 ]; then
+if { want bench || named compile; } && [ $have_torch = 1 ] && [ "$(left)" -gt 150 ]; then
   t=$SECONDS
   PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 150 env -u LD_LIBRARY_PATH python3 \
     "$src/tests/bench/bench_torch_train.py" "$cfg" --seq-len 16384 --steps 3 --warmup 2 --compile \
@@ -387,6 +403,20 @@ if want bench && [ $have_torch = 1 ] && [ "$(left)" -gt 150 ]; then
   rc=$?
   row "bench torch.compile T=16K" "$([ $rc = 0 ] && echo ok || echo FAIL)" $((SECONDS - t)) \
     "$(py -c "import json,sys;j=json.loads(open(sys.argv[1]).read().splitlines()[-1]);print(f\"{j['tokens_per_s']:.0f} tok/s, mfu {100*(j['mfu'] or 0):.1f}%\")" "$out/bench_torch_compile_16K.json" 2>/dev/null)"
+fi
+
+# ---- 7c. the attention backward under ncu (only when --only names attnprof):
+# one wgmma backward launch at 16K (hd 64, 32 heads on 4 kv heads, causal),
+# ncu's detailed set: what the next kernel change should go after.
+if named attnprof && command -v ncu > /dev/null && [ -x "$testbin/bench_cuda_attention" ] && [ "$(left)" -gt 40 ]; then
+  t=$SECONDS
+  timeout $(( $(left) < 120 ? $(left) : 120 )) ncu --clock-control none --set detailed \
+    --kernel-name regex:attn_bwd_wgmma --launch-count 1 \
+    "$testbin/bench_cuda_attention" --hd 64 --heads 32 --kv-heads 4 --tokens 16384 --seq-lens 16384 \
+    --reps 1 --impl wgmma > "$out/attn_bwd_ncu.txt" 2>&1
+  rc=$?
+  row "ncu attention backward" "$([ $rc = 0 ] && echo ok || echo FAIL)" $((SECONDS - t)) \
+    "$(grep -E "Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy" "$out/attn_bwd_ncu.txt" | head -3 | tr -s ' ' | tr '\n' ';')"
 fi
 
 # ---- 8. longest T (optional) ---------------------------------------------

@@ -78,14 +78,6 @@ constexpr int kBwdKeyTile = 128;
 // block per SM on an H100 / H200 (132 SMs), enough for the causal mask's
 // uneven blocks to even out.
 constexpr int64_t kBwdTargetBlocks = 1024;
-// Written after the last GPU session and not yet run on a GPU: the wgmma
-// kernels for head_dim 64 and the wgmma backward's automatic head split.
-// Until a GPU session has run test_model_cuda_attention on them (and timed
-// them: tools/gpu_check.sh), kAuto keeps head_dim 64 on the mma.sync kernels
-// and the wgmma backward at split 1 unless a split is forced; kWgmma and
-// force_attention_backward_head_split reach them.
-constexpr bool kWgmmaHd64Verified = false;
-constexpr bool kWgmmaHeadSplitVerified = false;
 
 // Kernel launches and dynamic shared memory, on a GPU or on the emulator.
 #ifdef RT_CUDA_EMULATE
@@ -1145,16 +1137,23 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
 //   dV_w += P^T dO, dK_w += dS^T Q            (A from registers, B N-major)
 //   head_dim 128: dQ[:, 64 w : 64 w + 64] += dS K[:, 64 w : 64 w + 64] over
 //                 both warpgroups' keys   (A M-major, B N-major)
-//   head_dim 64:  dQ += dS_w K_w, each warpgroup over its own 64 keys
+//   head_dim 64:  dQ += dS_w K_w, each warpgroup over its own 64 keys; the
+//                 two halves are summed through shared memory, warpgroup w
+//                 adding columns 32 w .. 32 w + 31 (one atomic per element)
 // dK, dV stay in registers for the whole block (deterministic); dQ goes out
 // through fp32 atomics. Blocks come from the mma.sync kernel's linear grid,
 // head split included (BwdBlock, bwd_sum_parts_kernel).
 constexpr int kWbBCK = 128, kWbBRQ = 64, kWbThreads = 256;
+// head_dim 64: the dQ halves the warpgroups hand each other, 64 query rows x
+// 32 columns each, rows padded to 40 floats (float2 accesses of a half warp
+// then fall on 32 distinct banks).
+constexpr int kWbXRow = 40;
 constexpr size_t wb_smem(int hd) {
   return 2 * size_t(kWbBCK) * hd * 2        // K, V
          + 4 * size_t(kWbBRQ) * hd * 2      // Q, dO: 2 stages each
          + size_t(kWbBCK) * kWbBRQ * 2      // dS^T
          + 4 * size_t(kWbBRQ) * 4           // lse, D: 2 stages each
+         + (hd == 64 ? 2 * size_t(kWbBRQ) * kWbXRow * 4 : 0)  // dQ exchange
          + 1024;                            // alignment
 }
 
@@ -1173,6 +1172,7 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
   uint8_t* sS_ptr = smem + (sS - s0);
   float* sL = reinterpret_cast<float*>(sS_ptr + BCK * BRQ * 2);  // 2 x BRQ
   float* sD = sL + 2 * BRQ;                                       // 2 x BRQ
+  float* sX = sD + 2 * BRQ;  // head_dim 64: 2 x BRQ x kWbXRow (the dQ exchange)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wg = warp >> 2, g8 = lane >> 2, t4 = lane & 3;
@@ -1290,6 +1290,36 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
     // element (n, e) = dq[4 n + e]: query row 16 (warp & 3) + g8 + 8 (e >> 1),
     // column c0 + 8 n + 2 t4 + (e & 1), c0 = 64 wg for head_dim 128, else 0
     const int c0 = HD == 128 ? wg * 64 : 0;
+    // head_dim 64: both warpgroups hold all 64 columns (over their own keys).
+    // Warpgroup w hands the other its columns 32 (1 - w) .. 32 (1 - w) + 31
+    // (n = 4 (1 - w) .. 4 (1 - w) + 3) and adds the other's part of its own
+    // columns 32 w ..; the fragment layout is the same in both, so rows and
+    // columns match. (Loops over all n with a test, not from 4 w: indices
+    // into dq must be compile-time, or dq goes to local memory.)
+    if constexpr (HD == 64) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float* x = sX + wg * (BRQ * kWbXRow) + ((warp & 3) * 16 + g8 + 8 * r) * kWbXRow + 2 * t4;
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+          if ((n >> 2) != wg)
+            *reinterpret_cast<float2*>(x + 8 * (n & 3)) =
+                make_float2(dq[4 * n + 2 * r], dq[4 * n + 2 * r + 1]);
+      }
+      __syncthreads();
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float* x =
+            sX + (1 - wg) * (BRQ * kWbXRow) + ((warp & 3) * 16 + g8 + 8 * r) * kWbXRow + 2 * t4;
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+          if ((n >> 2) == wg) {
+            const float2 o = *reinterpret_cast<const float2*>(x + 8 * (n & 3));
+            dq[4 * n + 2 * r] += o.x;
+            dq[4 * n + 2 * r + 1] += o.y;
+          }
+      }
+    }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int row = q0 + (warp & 3) * 16 + g8 + 8 * r;
@@ -1297,10 +1327,16 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
       float* dst = a.dq + (int64_t(blk.b) * a.Tq + row) * blk.ldq + int64_t(h) * HD + c0 + 2 * t4;
 #pragma unroll
       for (int n = 0; n < 8; ++n)
-        atomicAdd(reinterpret_cast<float2*>(dst + n * 8),
-                  make_float2(dq[4 * n + 2 * r] * a.scale, dq[4 * n + 2 * r + 1] * a.scale));
+        if (HD != 64 || (n >> 2) == wg)
+          atomicAdd(reinterpret_cast<float2*>(dst + n * 8),
+                    make_float2(dq[4 * n + 2 * r] * a.scale, dq[4 * n + 2 * r + 1] * a.scale));
     }
-    __syncthreads();  // stages and dS^T are rewritten next iteration
+    // Stages and dS^T are rewritten next iteration: head_dim 128 waits here
+    // for both warpgroups. Head_dim 64 passed the exchange's barrier after
+    // every wgmma of this iteration had finished (stages and dS^T are free);
+    // the exchange buffer is written next only after the next dQ barrier,
+    // which each warpgroup reaches after its reads of it here.
+    if constexpr (HD != 64) __syncthreads();
   }
 
   if (a.hsplit > 1)
@@ -1433,11 +1469,9 @@ void check_attention_params(const AttentionParams& p) {
 bool wgmma_available() { return device_has_wgmma(); }
 
 namespace {
-// RINGTRAIN_CUDA_ATTENTION (unset or auto, mma, wgmma): what kAuto runs.
-// wgmma also takes the paths not yet verified on a GPU (head_dim 64, the
-// automatic head split), so that a GPU session can run and time them end to
-// end before the constants above flip. Read at every call (a getenv): tests
-// set and unset it.
+// RINGTRAIN_CUDA_ATTENTION (unset or auto, mma, wgmma): what kAuto runs, to
+// compare the two kernel families end to end (tools/gpu_check.sh
+// --attn-env). Read at every call (a getenv): tests set and unset it.
 enum class EnvAttention { kAuto, kMma, kWgmma };
 EnvAttention env_attention() {
   const char* v = std::getenv("RINGTRAIN_CUDA_ATTENTION");
@@ -1455,15 +1489,16 @@ EnvAttention env_attention() {
   static bool said = false;  // once per process, so that a run's log shows it
   if (!said) {
     said = true;
-    std::fprintf(stderr, "ringtrain: RINGTRAIN_CUDA_ATTENTION=%s: attention runs the %s kernels%s\n",
-                 v, v, e == EnvAttention::kWgmma ? " (head_dim 64 and the head split too)" : "");
+    std::fprintf(stderr, "ringtrain: RINGTRAIN_CUDA_ATTENTION=%s: attention runs the %s kernels\n",
+                 v, v);
   }
   return e;
 }
 
-// The kernel family for p: wgmma on Hopper unless asked otherwise (head_dim
-// 128 only until kWgmmaHd64Verified); mma.sync everywhere else.
-bool use_wgmma(const AttentionParams& p, AttentionImpl impl) {
+// The kernel family for p: wgmma on Hopper unless asked otherwise, mma.sync
+// everywhere else. (The head_dim-64 wgmma kernels and their head split first
+// ran, and passed, on an H200 in session 14: docs/gpu.md.)
+bool use_wgmma(const AttentionParams&, AttentionImpl impl) {
   if (impl == AttentionImpl::kAuto) {
     const EnvAttention e = env_attention();
     if (e == EnvAttention::kMma) impl = AttentionImpl::kMma;
@@ -1475,8 +1510,7 @@ bool use_wgmma(const AttentionParams& p, AttentionImpl impl) {
                        "AttentionImpl::kAuto or kMma");
     return true;
   }
-  return impl == AttentionImpl::kAuto && device_has_wgmma() &&
-         (p.hd == 128 || kWgmmaHd64Verified);
+  return impl == AttentionImpl::kAuto && device_has_wgmma();
 }
 }  // namespace
 
@@ -1512,13 +1546,10 @@ size_t d_floats(const AttentionParams& p) {
   return (size_t(p.B) * size_t(p.H) * size_t(p.Tq) + 3) / 4 * 4;
 }
 
-// The head split of a backward on the wgmma kernels (wg) or not (both take
-// key tiles of kBwdKeyTile rows).
-int head_split_for(const AttentionParams& p, bool wg) {
+// The head split of a backward (either kernel family: both take key tiles of
+// kBwdKeyTile rows).
+int head_split_for(const AttentionParams& p) {
   const int rep = p.H / p.G;
-  if (wg && !kWgmmaHeadSplitVerified && g_forced_head_split == 0 &&
-      env_attention() != EnvAttention::kWgmma)
-    return 1;
   if (g_forced_head_split > 0) {
     if (rep % g_forced_head_split != 0)
       throw UsageError("attention backward head split " + std::to_string(g_forced_head_split) +
@@ -1546,7 +1577,8 @@ void force_attention_backward_head_split(int s) {
 
 int attention_backward_head_split(const AttentionParams& p, AttentionImpl impl) {
   check_attention_params(p);
-  return head_split_for(p, use_wgmma(p, impl));
+  (void)use_wgmma(p, impl);  // a UsageError where impl cannot run
+  return head_split_for(p);
 }
 
 size_t attention_backward_workspace_floats(const AttentionParams& p, AttentionImpl impl) {
@@ -1572,7 +1604,7 @@ void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, flo
   else
     RT_ATTN_LAUNCH("attention backward (rowsum) launch", attn_bwd_dot_kernel<64>, blocks,
                    kWarps * 32, 0, s, workspace, dout, out, p.B, p.Tq, p.H);
-  const int split = head_split_for(p, wg);
+  const int split = head_split_for(p);
   float* parts = workspace + d_floats(p);
   const size_t part_floats = size_t(split) * p.B * p.Tk * p.G * p.hd;
   BwdArgs a{q,      k,      v,     dout, lse,        workspace, dq,      dk, dv,

@@ -33,11 +33,11 @@
 
 namespace rt::RT_CUDA_NS {
 
-// Kernel family. kAuto: wgmma (warpgroup MMA, Hopper only) for head_dim 128
-// on an sm_90 device, mma.sync otherwise. kMma forces the portable mma.sync
-// kernels (sm_80+); kWgmma forces wgmma (UsageError where it cannot run),
-// which also has head_dim 64 kernels: not yet run on a GPU, so kAuto does not
-// pick them yet (attention.cu, kWgmmaHd64Verified).
+// Kernel family. kAuto: wgmma (warpgroup MMA, Hopper only) on an sm_90
+// device, mma.sync otherwise; the environment variable
+// RINGTRAIN_CUDA_ATTENTION=mma|wgmma overrides what kAuto picks (a bad value
+// is a UsageError). kMma forces the portable mma.sync kernels (sm_80+);
+// kWgmma forces wgmma (UsageError where it cannot run).
 enum class AttentionImpl { kAuto, kMma, kWgmma };
 
 // Whether this build has the sm_90a kernels and the current device is sm_90.
@@ -65,14 +65,13 @@ size_t attention_backward_workspace_floats(const AttentionParams& p,
 // H/G) chosen so that the grid has about 1024 blocks where key tiles x kv
 // heads x batch alone would leave SMs idle (short sequences, few kv heads);
 // the s partial dK, dV are then summed in a fixed order (deterministic). The
-// wgmma kernels take the same split, but automatically only once it has run
-// on a GPU (attention.cu, kWgmmaHeadSplitVerified): until then 1 for them.
+// wgmma kernels take the same split.
 int attention_backward_head_split(const AttentionParams& p,
                                   AttentionImpl impl = AttentionImpl::kAuto);
 // Tests and benchmarks: s > 0 makes every backward use head split s (which
 // must divide H/G); -1 the grid-based choice for both kernel families (what
-// the wgmma kernels will take once verified); 0 restores the automatic
-// choice. Not thread-safe.
+// kAuto takes too, since the wgmma split was verified); 0 restores the
+// automatic choice. Not thread-safe.
 void force_attention_backward_head_split(int s);
 
 void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, float* dv,

@@ -272,11 +272,13 @@ __global__ void rmsnorm_backward_rows_kernel(TP dinp, float* partial, CTP dout, 
     float dot = 0.f;  // sum_c dy*w*x
     for (int c = threadIdx.x * V; c < C; c += blockDim.x * V) {
       const Vec<V> dy = ldv<V>(dout, base + c), x = ldv<V>(inp, base + c), w = ldv<V>(weight, c);
+      Vec<V> pw = ldv<V>(CTP{part, false}, c);  // this thread's own columns: no race
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         dot += dy.v[k] * w.v[k] * x.v[k];
-        part[c + k] += dy.v[k] * x.v[k] * r;  // this thread's own columns: no race
+        pw.v[k] += dy.v[k] * x.v[k] * r;
       }
+      stv<V>(TP{part, false}, c, pw);
     }
     dot = block_sum(dot);
     const float kr = dot * r * r * r / C;
@@ -653,7 +655,7 @@ void rmsnorm_backward(TP dinp, TP dweight, CTP dout, CTP inp, CTP weight, const 
   if (N <= 0) return;
   const unsigned nb = row_blocks(N);
   float* partial = static_cast<float*>(scratch);
-  if (vec_ok(size_t(C), {dinp.p, dout.p, inp.p, weight.p}))
+  if (vec_ok(size_t(C), {dinp.p, dout.p, inp.p, weight.p, partial}))
     RT_LAUNCH(rmsnorm_backward_rows_kernel<8>, nb, kThreads, stream, dinp, partial, dout, inp,
               weight, rstd, N, C);
   else

@@ -10,8 +10,8 @@
 // --kv-heads G < H: grouped-query attention (H / G query heads per kv head).
 // --head-split S > 0 forces the backward's head split, for either kernel family
 // (S divides H / G); -1 takes the grid-based choice for both families (the
-// wgmma backward's automatic split is 1 until verified on a GPU); 0, the
-// default, is the automatic choice. Each result names the split it ran with.
+// same as the automatic choice since both use it); 0, the default, is the
+// automatic choice. Each result names the split it ran with.
 //
 // Batch = max(1, tokens / T), so every length does about the same work per
 // row block (FlashAttention-2's benchmark convention: batch x seqlen = 16K,

@@ -6,7 +6,7 @@ the same way and reported with the same FLOP convention.
   python3 tests/bench/bench_torch_train.py [CONFIG.yaml] [--seq-len T]
       [--hidden 2048 --layers 22 --heads 32 --kv-heads 4 --intermediate 5632 --vocab 32000]
       [--steps 5] [--warmup 2] [--compile] [--checkpointing] [--device cuda|cpu]
-      [--find-max-t [--max-t-limit 1048576]]
+      [--find-max-t [--max-t-limit 1048576]] [--mem-limit-gib G]
 
 Shapes come from the config's model section and train.seq_len /
 train.activation_checkpointing (a ringtrain YAML), then from the flags, which
@@ -27,7 +27,10 @@ dense bf16 peak from its name: H100 SXM/H200 989, H100 PCIe 756, H100/H200 NVL
 (torch.cuda.max_memory_allocated on the GPU, peak RSS on the CPU), T, mode
 (eager|compile, +ckpt, attention and optimizer used), final_loss, and the
 shapes. --find-max-t doubles T from --seq-len until a step runs out of memory
-and prints {"max_t": the longest T that trained, ...}.
+and prints {"max_t": the longest T that trained, ...} (each T one step after
+--warmup steps, at most 1). --mem-limit-gib caps what PyTorch's allocator may
+take (torch.cuda.set_per_process_memory_fraction), e.g. 79.6 to ask whether a
+run fits an 80 GB H100 (81 559 MiB) on a larger GPU.
 """
 import argparse
 import json
@@ -343,6 +346,8 @@ def main():
     ap.add_argument("--find-max-t", action="store_true",
                     help="double T from --seq-len until a step runs out of memory")
     ap.add_argument("--max-t-limit", type=int, default=1 << 20)
+    ap.add_argument("--mem-limit-gib", type=float, default=0,
+                    help="cap PyTorch's GPU memory at this many GiB (default: no cap)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
     args = ap.parse_args()
@@ -357,6 +362,14 @@ def main():
                  f"{torch.__version__}); use --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.mem_limit_gib:
+        if device != "cuda":
+            sys.exit("error: --mem-limit-gib caps GPU memory: it needs --device cuda")
+        total = torch.cuda.get_device_properties(0).total_memory
+        if args.mem_limit_gib * 2**30 > total:
+            sys.exit(f"error: --mem-limit-gib {args.mem_limit_gib} is more than this GPU's "
+                     f"{total / 2**30:.1f} GiB")
+        torch.cuda.set_per_process_memory_fraction(args.mem_limit_gib * 2**30 / total)
     shape = load_shape(args)
     if not args.find_max_t:
         print(json.dumps(run(torch, args, shape, device, shape["seq_len"], args.steps,
@@ -365,7 +378,7 @@ def main():
     best, T, tried = None, shape["seq_len"], []
     while T <= args.max_t_limit:
         try:
-            r = run(torch, args, shape, device, T, 1, 1)
+            r = run(torch, args, shape, device, T, 1, min(args.warmup, 1))
             best = r
             tried.append({"T": T, "ok": True, "step_ms": r["step_ms"],
                           "peak_mem_bytes": r["peak_mem_bytes"]})
@@ -386,7 +399,9 @@ def main():
     print(json.dumps({"max_t": best["T"] if best else 0, "mode": mode,
                       "device": best["device"] if best else device,
                       "peak_mem_bytes": best["peak_mem_bytes"] if best else None,
-                      "limit_reached": T > args.max_t_limit, "tried": tried}), flush=True)
+                      "limit_reached": T > args.max_t_limit,
+                      "mem_limit_bytes": int(args.mem_limit_gib * 2**30) or None,
+                      "tried": tried}), flush=True)
     return 0
 
 

@@ -142,7 +142,7 @@ TEST_P(CudaAttention, MatchesCpuForwardAndBackward) {
   rt_test::check_attention_case(c, run, label.c_str());
   // The other side of the head split: whole groups per block where the
   // automatic choice split them, every query head its own block where it did
-  // not (the wgmma backward's automatic split stays 1 until verified).
+  // not.
   const int rep = c.H / c.G;
   if (rep > 1) {
     const int other = split > 1 ? 1 : rep;
