@@ -23,7 +23,8 @@
 # summary; the CUDA tests (ctest -L cuda in a build tree; in a bundle the
 # test_*cuda* binaries and the op harness directly); the op harness
 # test_model_backend_ops; the head_dim-64 attention kernels at TinyLlama's
-# heads, 4K, 16K and 64K: mma.sync vs wgmma (bench_cuda_attention) vs
+# heads, 4K, 16K and 64K: mma.sync vs wgmma vs wgmma with the backward's dQ
+# exchange (bench_cuda_attention --dq-exchange 1) vs
 # PyTorch's flash SDPA (bench_sdpa.py); CPU fp32 vs GPU bf16 over 50 steps
 # (tests/cli/cli_cuda_e2e.sh); GPU resume after SIGTERM; compute-sanitizer
 # memcheck on a 2-step training run (when installed); issue 14's checks
@@ -50,8 +51,9 @@
 # true,selective); --bench-t keeps the benchmark's T values listed (e.g.
 # 16384,65536); --attn-env runs ringtrain again at every T (at 64K with the
 # last --ckpt64 value) with RINGTRAIN_CUDA_ATTENTION set to each value given
-# (e.g. mma: the mma.sync kernels end to end beside the default wgmma ones;
-# rows "bench ringtrain+mma"; default none).
+# (e.g. mma: the mma.sync kernels end to end beside the default wgmma ones,
+# or wgmma-dqx: the backward's dQ exchange, not yet the default; rows "bench
+# ringtrain+VALUE"; default none).
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 src=$(cd "$here/.." && pwd)
@@ -174,24 +176,26 @@ fi
 # shapes (bench_sdpa.py, GQA through enable_gqa or repeated kv heads).
 t=$SECONDS
 if want attn && [ -x "$testbin/bench_cuda_attention" ]; then
-  for impl in mma wgmma; do
+  for impl in mma wgmma wgmma+dqx; do
+    dqx=0; [ $impl = wgmma+dqx ] && dqx=1
     timeout 120 "$testbin/bench_cuda_attention" --hd 64 --heads 32 --kv-heads 4 --tokens 4096 \
-      --seq-lens 4096,16384,65536 --reps 5 --impl $impl --head-split -1 > "$out/attn_$impl.json" 2>> "$out/attn.err"
+      --seq-lens 4096,16384,65536 --reps 5 --impl ${impl%+dqx} --head-split -1 --dq-exchange $dqx \
+      > "$out/attn_$impl.json" 2>> "$out/attn.err"
   done
   timeout 120 env -u LD_LIBRARY_PATH python3 "$src/tests/bench/bench_sdpa.py" --hd 64 --heads 32 \
     --kv-heads 4 --tokens 4096 --seq-lens 4096,16384,65536 --reps 5 > "$out/attn_sdpa.json" 2>> "$out/attn.err"
-  detail=$(py - "$out/attn_mma.json" "$out/attn_wgmma.json" "$out/attn_sdpa.json" <<'PYEOF' 2>> "$out/attn.err"
+  detail=$(py - "$out/attn_mma.json" "$out/attn_wgmma.json" "$out/attn_sdpa.json" "$out/attn_wgmma+dqx.json" <<'PYEOF' 2>> "$out/attn.err"
 import json, sys
 def load(f):
     try:
         return json.load(open(f))
     except Exception as e:
         return {"skipped": f"{f}: {e}"}
-mma, wg, sdpa = (load(f) for f in sys.argv[1:4])
+mma, wg, sdpa, dqx = (load(f) for f in sys.argv[1:5])
 if "skipped" in mma:
     sys.exit("skipped: " + mma["skipped"])
 key = lambda j: {(r["T"], r["causal"]): r for r in j.get("results", [])}
-W, S = key(wg), key(sdpa)
+W, S, X = key(wg), key(sdpa), key(dqx)
 cells = []
 for r in mma["results"]:
     if not r["causal"]:
@@ -200,6 +204,8 @@ for r in mma["results"]:
     c = f"T={r['T']} fwd/bwd TF/s mma {r['fwd_tflops']:.0f}/{r['bwd_tflops']:.0f}"
     if k in W:
         c += f" wgmma {W[k]['fwd_tflops']:.0f}/{W[k]['bwd_tflops']:.0f} (split {W[k]['head_split']})"
+    if k in X:
+        c += f" wgmma+dqx -/{X[k]['bwd_tflops']:.0f}"
     if k in S:
         c += f" sdpa {S[k]['fwd_tflops']:.0f}/{S[k]['bwd_tflops']:.0f}"
     cells.append(c)

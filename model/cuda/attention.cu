@@ -78,6 +78,13 @@ constexpr int kBwdKeyTile = 128;
 // block per SM on an H100 / H200 (132 SMs), enough for the causal mask's
 // uneven blocks to even out.
 constexpr int64_t kBwdTargetBlocks = 1024;
+// The head_dim-64 wgmma backward's dQ exchange (attn_bwd_wgmma_kernel, DQX)
+// was written after the last GPU run: until a GPU session has run
+// test_model_cuda_attention with it and timed it (tools/gpu_check.sh: the
+// attention step's "wgmma+dqx" column, --attn-env wgmma-dqx), it runs only
+// when asked for (force_attention_backward_dq_exchange,
+// RINGTRAIN_CUDA_ATTENTION=wgmma-dqx).
+constexpr bool kWgmmaDqExchangeVerified = false;
 
 // Kernel launches and dynamic shared memory, on a GPU or on the emulator.
 #ifdef RT_CUDA_EMULATE
@@ -1137,28 +1144,32 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
 //   dV_w += P^T dO, dK_w += dS^T Q            (A from registers, B N-major)
 //   head_dim 128: dQ[:, 64 w : 64 w + 64] += dS K[:, 64 w : 64 w + 64] over
 //                 both warpgroups' keys   (A M-major, B N-major)
-//   head_dim 64:  dQ += dS_w K_w, each warpgroup over its own 64 keys; the
-//                 two halves are summed through shared memory, warpgroup w
-//                 adding columns 32 w .. 32 w + 31 (one atomic per element)
+//   head_dim 64:  dQ += dS_w K_w, each warpgroup over its own 64 keys, both
+//                 through fp32 atomics; with DQX (the dQ exchange) the two
+//                 halves are summed through shared memory first, warpgroup w
+//                 adding columns 32 w .. 32 w + 31 (one atomic per element
+//                 instead of two, and one barrier less per query tile)
 // dK, dV stay in registers for the whole block (deterministic); dQ goes out
-// through fp32 atomics. Blocks come from the mma.sync kernel's linear grid,
+// through fp32 atomics. DQX has not run on a GPU yet: opt-in
+// (kWgmmaDqExchangeVerified) until it has. Blocks come from the mma.sync kernel's linear grid,
 // head split included (BwdBlock, bwd_sum_parts_kernel).
 constexpr int kWbBCK = 128, kWbBRQ = 64, kWbThreads = 256;
 // head_dim 64: the dQ halves the warpgroups hand each other, 64 query rows x
 // 32 columns each, rows padded to 40 floats (float2 accesses of a half warp
 // then fall on 32 distinct banks).
 constexpr int kWbXRow = 40;
-constexpr size_t wb_smem(int hd) {
+constexpr size_t wb_smem(int hd, bool dqx) {
   return 2 * size_t(kWbBCK) * hd * 2        // K, V
          + 4 * size_t(kWbBRQ) * hd * 2      // Q, dO: 2 stages each
          + size_t(kWbBCK) * kWbBRQ * 2      // dS^T
          + 4 * size_t(kWbBRQ) * 4           // lse, D: 2 stages each
-         + (hd == 64 ? 2 * size_t(kWbBRQ) * kWbXRow * 4 : 0)  // dQ exchange
+         + (dqx ? 2 * size_t(kWbBRQ) * kWbXRow * 4 : 0)  // dQ exchange
          + 1024;                            // alignment
 }
 
-template <int HD>
+template <int HD, bool DQX>
 __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const BwdArgs a) {
+  static_assert(!DQX || HD == 64, "the dQ exchange is for head_dim 64");
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int BCK = kWbBCK, BRQ = kWbBRQ, NT = kWbThreads;
   constexpr int kTileK = BCK * HD * 2, kTileQ = BRQ * HD * 2;
@@ -1172,7 +1183,7 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
   uint8_t* sS_ptr = smem + (sS - s0);
   float* sL = reinterpret_cast<float*>(sS_ptr + BCK * BRQ * 2);  // 2 x BRQ
   float* sD = sL + 2 * BRQ;                                       // 2 x BRQ
-  float* sX = sD + 2 * BRQ;  // head_dim 64: 2 x BRQ x kWbXRow (the dQ exchange)
+  float* sX = sD + 2 * BRQ;  // DQX: 2 x BRQ x kWbXRow (the dQ exchange)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wg = warp >> 2, g8 = lane >> 2, t4 = lane & 3;
@@ -1290,13 +1301,13 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
     // element (n, e) = dq[4 n + e]: query row 16 (warp & 3) + g8 + 8 (e >> 1),
     // column c0 + 8 n + 2 t4 + (e & 1), c0 = 64 wg for head_dim 128, else 0
     const int c0 = HD == 128 ? wg * 64 : 0;
-    // head_dim 64: both warpgroups hold all 64 columns (over their own keys).
+    // DQX: both warpgroups hold all 64 columns (over their own keys).
     // Warpgroup w hands the other its columns 32 (1 - w) .. 32 (1 - w) + 31
     // (n = 4 (1 - w) .. 4 (1 - w) + 3) and adds the other's part of its own
     // columns 32 w ..; the fragment layout is the same in both, so rows and
     // columns match. (Loops over all n with a test, not from 4 w: indices
     // into dq must be compile-time, or dq goes to local memory.)
-    if constexpr (HD == 64) {
+    if constexpr (DQX) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         float* x = sX + wg * (BRQ * kWbXRow) + ((warp & 3) * 16 + g8 + 8 * r) * kWbXRow + 2 * t4;
@@ -1327,16 +1338,16 @@ __global__ void __launch_bounds__(kWbThreads, 1) attn_bwd_wgmma_kernel(const Bwd
       float* dst = a.dq + (int64_t(blk.b) * a.Tq + row) * blk.ldq + int64_t(h) * HD + c0 + 2 * t4;
 #pragma unroll
       for (int n = 0; n < 8; ++n)
-        if (HD != 64 || (n >> 2) == wg)
+        if (!DQX || (n >> 2) == wg)
           atomicAdd(reinterpret_cast<float2*>(dst + n * 8),
                     make_float2(dq[4 * n + 2 * r] * a.scale, dq[4 * n + 2 * r + 1] * a.scale));
     }
-    // Stages and dS^T are rewritten next iteration: head_dim 128 waits here
-    // for both warpgroups. Head_dim 64 passed the exchange's barrier after
-    // every wgmma of this iteration had finished (stages and dS^T are free);
+    // Stages and dS^T are rewritten next iteration: wait here for both
+    // warpgroups. With DQX, both passed the exchange's barrier after every
+    // wgmma of this iteration had finished (stages and dS^T are free), and
     // the exchange buffer is written next only after the next dQ barrier,
     // which each warpgroup reaches after its reads of it here.
-    if constexpr (HD != 64) __syncthreads();
+    if constexpr (!DQX) __syncthreads();
   }
 
   if (a.hsplit > 1)
@@ -1411,11 +1422,11 @@ unsigned bwd_blocks(const BwdArgs& a) {
   return unsigned(int64_t((a.Tk + kBwdKeyTile - 1) / kBwdKeyTile) * a.G * a.hsplit * a.B);
 }
 
-template <int HD>
+template <int HD, bool DQX>
 void launch_bwd_wgmma(const BwdArgs& a, cudaStream_t stream) {
   static_assert(kWbBCK == kBwdKeyTile, "head_split_for counts key tiles of kBwdKeyTile rows");
-  constexpr size_t smem = wb_smem(HD);
-  auto kernel = attn_bwd_wgmma_kernel<HD>;
+  constexpr size_t smem = wb_smem(HD, DQX);
+  auto kernel = attn_bwd_wgmma_kernel<HD, DQX>;
   static bool configured = false;  // per instantiation
   if (!configured) {
     set_max_dynamic_smem(kernel, smem, "cudaFuncSetAttribute(attention backward, wgmma)");
@@ -1469,10 +1480,12 @@ void check_attention_params(const AttentionParams& p) {
 bool wgmma_available() { return device_has_wgmma(); }
 
 namespace {
-// RINGTRAIN_CUDA_ATTENTION (unset or auto, mma, wgmma): what kAuto runs, to
-// compare the two kernel families end to end (tools/gpu_check.sh
-// --attn-env). Read at every call (a getenv): tests set and unset it.
-enum class EnvAttention { kAuto, kMma, kWgmma };
+// RINGTRAIN_CUDA_ATTENTION (unset or auto, mma, wgmma, wgmma-dqx): what kAuto
+// runs, to compare the kernels end to end (tools/gpu_check.sh --attn-env);
+// wgmma-dqx is wgmma with the head_dim-64 backward's dQ exchange, whatever
+// impl is asked for (kWgmmaDqExchangeVerified). Read at every call (a
+// getenv): tests set and unset it.
+enum class EnvAttention { kAuto, kMma, kWgmma, kWgmmaDqx };
 EnvAttention env_attention() {
   const char* v = std::getenv("RINGTRAIN_CUDA_ATTENTION");
   const std::string_view s = v ? v : "";
@@ -1483,9 +1496,11 @@ EnvAttention env_attention() {
     e = EnvAttention::kMma;
   else if (s == "wgmma")
     e = EnvAttention::kWgmma;
+  else if (s == "wgmma-dqx")
+    e = EnvAttention::kWgmmaDqx;
   else
     throw UsageError("RINGTRAIN_CUDA_ATTENTION=" + std::string(s) +
-                     ": expected auto, mma or wgmma (or leave it unset)");
+                     ": expected auto, mma, wgmma or wgmma-dqx (or leave it unset)");
   static bool said = false;  // once per process, so that a run's log shows it
   if (!said) {
     said = true;
@@ -1502,7 +1517,7 @@ bool use_wgmma(const AttentionParams&, AttentionImpl impl) {
   if (impl == AttentionImpl::kAuto) {
     const EnvAttention e = env_attention();
     if (e == EnvAttention::kMma) impl = AttentionImpl::kMma;
-    if (e == EnvAttention::kWgmma) impl = AttentionImpl::kWgmma;
+    if (e == EnvAttention::kWgmma || e == EnvAttention::kWgmmaDqx) impl = AttentionImpl::kWgmma;
   }
   if (impl == AttentionImpl::kWgmma) {
     if (!device_has_wgmma())
@@ -1540,6 +1555,14 @@ void attention_forward_bf16(const AttentionParams& p, uint16_t* out, float* lse,
 
 namespace {
 int g_forced_head_split = 0;  // force_attention_backward_head_split: > 0, 0 or -1
+bool g_forced_dq_exchange = false;  // force_attention_backward_dq_exchange
+
+// Whether the head_dim-64 wgmma backward sums its warpgroups' dQ halves in
+// shared memory (attn_bwd_wgmma_kernel's DQX).
+bool dq_exchange() {
+  return kWgmmaDqExchangeVerified || g_forced_dq_exchange ||
+         env_attention() == EnvAttention::kWgmmaDqx;
+}
 
 // Floats of the workspace before the parts (D), rounded up to 16 bytes.
 size_t d_floats(const AttentionParams& p) {
@@ -1569,6 +1592,8 @@ int head_split_for(const AttentionParams& p) {
   return rep;
 }
 }  // namespace
+
+void force_attention_backward_dq_exchange(bool on) { g_forced_dq_exchange = on; }
 
 void force_attention_backward_head_split(int s) {
   if (s < -1) throw UsageError("force_attention_backward_head_split: s must be >= -1");
@@ -1612,9 +1637,11 @@ void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, flo
             int(p.q_offset - p.k_offset), p.causal, p.alibi_slopes, p.scale, p.scale * kLog2e,
             split, split > 1 ? parts : nullptr, split > 1 ? parts + part_floats : nullptr};
   if (wg && p.hd == 128)
-    launch_bwd_wgmma<128>(a, s);
+    launch_bwd_wgmma<128, false>(a, s);
+  else if (wg && dq_exchange())
+    launch_bwd_wgmma<64, true>(a, s);
   else if (wg)
-    launch_bwd_wgmma<64>(a, s);
+    launch_bwd_wgmma<64, false>(a, s);
   else if (p.hd == 128)
     launch_bwd<128, 8, 64>(a, s);
   else

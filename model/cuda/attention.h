@@ -35,8 +35,8 @@ namespace rt::RT_CUDA_NS {
 
 // Kernel family. kAuto: wgmma (warpgroup MMA, Hopper only) on an sm_90
 // device, mma.sync otherwise; the environment variable
-// RINGTRAIN_CUDA_ATTENTION=mma|wgmma overrides what kAuto picks (a bad value
-// is a UsageError). kMma forces the portable mma.sync kernels (sm_80+);
+// RINGTRAIN_CUDA_ATTENTION=mma|wgmma|wgmma-dqx overrides what kAuto picks (a
+// bad value is a UsageError). kMma forces the portable mma.sync kernels (sm_80+);
 // kWgmma forces wgmma (UsageError where it cannot run).
 enum class AttentionImpl { kAuto, kMma, kWgmma };
 
@@ -73,6 +73,12 @@ int attention_backward_head_split(const AttentionParams& p,
 // kAuto takes too, since the wgmma split was verified); 0 restores the
 // automatic choice. Not thread-safe.
 void force_attention_backward_head_split(int s);
+
+// Tests and benchmarks: true makes the head_dim-64 wgmma backward sum its two
+// warpgroups' dQ halves in shared memory before its atomics (not yet run on
+// a GPU, so off by default; RINGTRAIN_CUDA_ATTENTION=wgmma-dqx also turns it
+// on). Not thread-safe.
+void force_attention_backward_dq_exchange(bool on);
 
 void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, float* dv,
                              const uint16_t* dout, const uint16_t* q, const uint16_t* k,

@@ -5,13 +5,15 @@
 //
 //   bench_cuda_attention [--seq-lens 1024,4096,16384,32768] [--hd 128] [--heads 16]
 //                        [--kv-heads H] [--tokens 16384] [--reps 10]
-//                        [--impl auto|mma|wgmma] [--head-split 0|-1|S]
+//                        [--impl auto|mma|wgmma] [--head-split 0|-1|S] [--dq-exchange 0|1]
 //
 // --kv-heads G < H: grouped-query attention (H / G query heads per kv head).
 // --head-split S > 0 forces the backward's head split, for either kernel family
 // (S divides H / G); -1 takes the grid-based choice for both families (the
 // same as the automatic choice since both use it); 0, the default, is the
-// automatic choice. Each result names the split it ran with.
+// automatic choice. Each result names the split it ran with. --dq-exchange 1:
+// the head_dim-64 wgmma backward sums its warpgroups' dQ halves in shared
+// memory (not yet the default; "dq_exchange" in the JSON).
 //
 // Batch = max(1, tokens / T), so every length does about the same work per
 // row block (FlashAttention-2's benchmark convention: batch x seqlen = 16K,
@@ -130,7 +132,7 @@ std::vector<int> parse_list(const char* s) {
 
 int main(int argc, char** argv) {
   std::vector<int> lens = {1024, 4096, 16384, 32768};
-  int hd = 128, H = 16, G = 0, tokens = 16384, reps = 10, split = 0;
+  int hd = 128, H = 16, G = 0, tokens = 16384, reps = 10, split = 0, dqx = 0;
   std::string impl_name = "auto";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -139,7 +141,8 @@ int main(int argc, char** argv) {
       std::printf(
           "usage: bench_cuda_attention [--seq-lens L1,L2,...] [--hd 64|128] [--heads H]\n"
           "                            [--kv-heads G] [--tokens N] [--reps R]\n"
-          "                            [--impl auto|mma|wgmma] [--head-split 0|-1|S]\n");
+          "                            [--impl auto|mma|wgmma] [--head-split 0|-1|S]\n"
+          "                            [--dq-exchange 0|1]\n");
       return 0;
     }
     if (!v) {
@@ -154,6 +157,7 @@ int main(int argc, char** argv) {
     else if (a == "--tokens") tokens = std::atoi(v);
     else if (a == "--reps") reps = std::atoi(v);
     else if (a == "--impl") impl_name = v;
+    else if (a == "--dq-exchange") dqx = std::atoi(v);
     else {
       std::fprintf(stderr, "unknown option %s (see --help)\n", a.c_str());
       return 2;
@@ -161,8 +165,9 @@ int main(int argc, char** argv) {
     ++i;
   }
   if (G == 0) G = H;
-  if (G <= 0 || H % G != 0 || split < -1) {
-    std::fprintf(stderr, "--kv-heads must divide --heads and --head-split be >= -1 (see --help)\n");
+  if (G <= 0 || H % G != 0 || split < -1 || (dqx != 0 && dqx != 1)) {
+    std::fprintf(stderr, "--kv-heads must divide --heads, --head-split be >= -1 and --dq-exchange 0 or 1 "
+                         "(see --help)\n");
     return 2;
   }
   int ndev = 0;
@@ -191,9 +196,10 @@ int main(int argc, char** argv) {
   std::printf("{\n  \"device\": \"%s\",\n  \"sms\": %d,\n  \"matmul_bf16_tflops\": %.1f,\n",
               prop.name, prop.multiProcessorCount, peak);
   std::printf(
-      "  \"impl\": \"%s\",\n  \"hd\": %d,\n  \"heads\": %d,\n  \"kv_heads\": %d,\n"
-      "  \"results\": [",
-      impl_name.c_str(), hd, H, G);
+      "  \"impl\": \"%s\",\n  \"dq_exchange\": %s,\n  \"hd\": %d,\n  \"heads\": %d,\n"
+      "  \"kv_heads\": %d,\n  \"results\": [",
+      impl_name.c_str(), dqx ? "true" : "false", hd, H, G);
+  rt::cuda::force_attention_backward_dq_exchange(dqx == 1);
   try {
     rt::cuda::force_attention_backward_head_split(split);
   } catch (const std::exception& e) {

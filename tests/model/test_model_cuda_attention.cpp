@@ -150,6 +150,20 @@ TEST_P(CudaAttention, MatchesCpuForwardAndBackward) {
     rt_test::check_attention_case(c, run, (family + ", head split " + std::to_string(other)).c_str());
     rt::cuda::force_attention_backward_head_split(0);
   }
+  // head_dim 64 on wgmma: again with the backward's dQ exchange (not yet the
+  // default), at the automatic split and, for GQA, the other one.
+  if (impl == AttentionImpl::kWgmma && c.hd == 64) {
+    rt::cuda::force_attention_backward_dq_exchange(true);
+    rt_test::check_attention_case(c, run, (label + ", dQ exchange").c_str());
+    if (rep > 1) {
+      const int other = split > 1 ? 1 : rep;
+      rt::cuda::force_attention_backward_head_split(other);
+      rt_test::check_attention_case(
+          c, run, ("wgmma, head split " + std::to_string(other) + ", dQ exchange").c_str());
+      rt::cuda::force_attention_backward_head_split(0);
+    }
+    rt::cuda::force_attention_backward_dq_exchange(false);
+  }
 }
 
 // Shapes: tails that are not tile multiples, GQA and MQA, both head dims,

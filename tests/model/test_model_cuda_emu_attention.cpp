@@ -175,6 +175,9 @@ TEST(EmuAttentionHeadSplit, AutomaticChoice) {
                rt::UsageError);
   EXPECT_EQ(emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kMma),
             emu_attn::AttentionImpl::kMma);
+  ::setenv("RINGTRAIN_CUDA_ATTENTION", "wgmma-dqx", 1);
+  EXPECT_THROW(emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kAuto),
+               rt::UsageError);
   ::setenv("RINGTRAIN_CUDA_ATTENTION", "fast", 1);
   try {
     emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kAuto);
