@@ -1151,8 +1151,8 @@ __global__ void __launch_bounds__(NW * 32) attn_bwd_kernel(const BwdArgs a) {
 //                 instead of two, and one barrier less per query tile)
 // dK, dV stay in registers for the whole block (deterministic); dQ goes out
 // through fp32 atomics. DQX has not run on a GPU yet: opt-in
-// (kWgmmaDqExchangeVerified) until it has. Blocks come from the mma.sync kernel's linear grid,
-// head split included (BwdBlock, bwd_sum_parts_kernel).
+// (kWgmmaDqExchangeVerified) until it has. Blocks come from the mma.sync
+// kernel's linear grid, head split included (BwdBlock, bwd_sum_parts_kernel).
 constexpr int kWbBCK = 128, kWbBRQ = 64, kWbThreads = 256;
 // head_dim 64: the dQ halves the warpgroups hand each other, 64 query rows x
 // 32 columns each, rows padded to 40 floats (float2 accesses of a half warp
@@ -1510,10 +1510,10 @@ EnvAttention env_attention() {
   return e;
 }
 
-// The kernel family for p: wgmma on Hopper unless asked otherwise, mma.sync
+// The kernel family: wgmma on Hopper unless asked otherwise, mma.sync
 // everywhere else. (The head_dim-64 wgmma kernels and their head split first
 // ran, and passed, on an H200 in session 14: docs/gpu.md.)
-bool use_wgmma(const AttentionParams&, AttentionImpl impl) {
+bool use_wgmma(AttentionImpl impl) {
   if (impl == AttentionImpl::kAuto) {
     const EnvAttention e = env_attention();
     if (e == EnvAttention::kMma) impl = AttentionImpl::kMma;
@@ -1530,14 +1530,14 @@ bool use_wgmma(const AttentionParams&, AttentionImpl impl) {
 }  // namespace
 
 AttentionImpl resolve_attention_impl(const AttentionParams& p, AttentionImpl impl) {
-  return use_wgmma(p, impl) ? AttentionImpl::kWgmma : AttentionImpl::kMma;
+  return use_wgmma(impl) ? AttentionImpl::kWgmma : AttentionImpl::kMma;
 }
 
 void attention_forward_bf16(const AttentionParams& p, uint16_t* out, float* lse,
                             const uint16_t* q, const uint16_t* k, const uint16_t* v,
                             void* stream, AttentionImpl impl) {
   check_attention_params(p);
-  const bool wg = use_wgmma(p, impl);
+  const bool wg = use_wgmma(impl);
   if (p.B == 0 || p.Tq == 0) return;
   FwdArgs a{q,      k,        v,           out,  lse, p.B, p.Tq, p.Tk, p.H, p.G, p.q_offset,
             p.k_offset, int(p.q_offset - p.k_offset), p.causal, p.alibi_slopes, p.scale * kLog2e};
@@ -1602,7 +1602,7 @@ void force_attention_backward_head_split(int s) {
 
 int attention_backward_head_split(const AttentionParams& p, AttentionImpl impl) {
   check_attention_params(p);
-  (void)use_wgmma(p, impl);  // a UsageError where impl cannot run
+  (void)use_wgmma(impl);  // a UsageError where impl cannot run
   return head_split_for(p);
 }
 
@@ -1617,7 +1617,7 @@ void attention_backward_bf16(const AttentionParams& p, float* dq, float* dk, flo
                              const uint16_t* v, const uint16_t* out, const float* lse,
                              float* workspace, void* stream, AttentionImpl impl) {
   check_attention_params(p);
-  const bool wg = use_wgmma(p, impl);
+  const bool wg = use_wgmma(impl);
   if (p.B == 0 || p.Tq == 0 || p.Tk == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
   const int64_t rows = int64_t(p.B) * p.Tq * p.H;

@@ -287,20 +287,24 @@ std::vector<Case> all_cases() {
                  }});
     c.back().nmse_bf16 = 1e-9;
   }
-  c.push_back({Op::kSwigluForward, "swiglu_forward",
-               {{"out", n, R::kTyped, I::kOut}, {"gate", n, R::kTyped, I::kIn}, {"up", n, R::kTyped, I::kIn}},
-               [=](Backend& be, const Bufs& b, std::vector<double>&) {
-                 be.swiglu_forward(b["out"], b["gate"], b["up"], n);
-               }});
-  c.back().nmse_f32 = 1e-12;
-  c.push_back({Op::kSwigluBackward, "swiglu_backward",
-               {{"dgate", n, R::kF32, I::kOut}, {"dup", n, R::kF32, I::kOut}, {"dout", n, R::kF32, I::kIn},
-                {"gate", n, R::kTyped, I::kIn}, {"up", n, R::kTyped, I::kIn}},
-               [=](Backend& be, const Bufs& b, std::vector<double>&) {
-                 be.swiglu_backward(b["dgate"], b["dup"], b["dout"], b["gate"], b["up"], n);
-               }});
-  c.back().nmse_f32 = 1e-12;
-  c.back().nmse_bf16 = 1e-9;
+  // SwiGLU forward and backward over len elements (here, and at an odd length below).
+  auto swiglu_cases = [&c](size_t len, const std::string& sfx) {
+    c.push_back({Op::kSwigluForward, "swiglu_forward" + sfx,
+                 {{"out", len, R::kTyped, I::kOut}, {"gate", len, R::kTyped, I::kIn}, {"up", len, R::kTyped, I::kIn}},
+                 [=](Backend& be, const Bufs& b, std::vector<double>&) {
+                   be.swiglu_forward(b["out"], b["gate"], b["up"], len);
+                 }});
+    c.back().nmse_f32 = 1e-12;
+    c.push_back({Op::kSwigluBackward, "swiglu_backward" + sfx,
+                 {{"dgate", len, R::kF32, I::kOut}, {"dup", len, R::kF32, I::kOut}, {"dout", len, R::kF32, I::kIn},
+                  {"gate", len, R::kTyped, I::kIn}, {"up", len, R::kTyped, I::kIn}},
+                 [=](Backend& be, const Bufs& b, std::vector<double>&) {
+                   be.swiglu_backward(b["dgate"], b["dup"], b["dout"], b["gate"], b["up"], len);
+                 }});
+    c.back().nmse_f32 = 1e-12;
+    c.back().nmse_bf16 = 1e-9;
+  };
+  swiglu_cases(n, "");
   c.push_back({Op::kAddInplace, "add_inplace (with inf, nan)",
                {{"x", n, R::kTyped, I::kInOut}, {"y", n, R::kTyped, I::kIn}},
                [=](Backend& be, const Bufs& b, std::vector<double>&) { be.add_inplace(b["x"], b["y"], n); },
@@ -325,20 +329,7 @@ std::vector<Case> all_cases() {
     const size_t n1 = 1001;
     c.push_back({Op::kCast, "cast fp32->dtype (odd length)", {{"dst", n1, R::kTyped, I::kOut}, {"src", n1, R::kF32, I::kIn}},
                  [=](Backend& be, const Bufs& b, std::vector<double>&) { be.cast(b["dst"], b["src"], n1); }});
-    c.push_back({Op::kSwigluForward, "swiglu_forward (odd length)",
-                 {{"out", n1, R::kTyped, I::kOut}, {"gate", n1, R::kTyped, I::kIn}, {"up", n1, R::kTyped, I::kIn}},
-                 [=](Backend& be, const Bufs& b, std::vector<double>&) {
-                   be.swiglu_forward(b["out"], b["gate"], b["up"], n1);
-                 }});
-    c.back().nmse_f32 = 1e-12;
-    c.push_back({Op::kSwigluBackward, "swiglu_backward (odd length)",
-                 {{"dgate", n1, R::kF32, I::kOut}, {"dup", n1, R::kF32, I::kOut}, {"dout", n1, R::kF32, I::kIn},
-                  {"gate", n1, R::kTyped, I::kIn}, {"up", n1, R::kTyped, I::kIn}},
-                 [=](Backend& be, const Bufs& b, std::vector<double>&) {
-                   be.swiglu_backward(b["dgate"], b["dup"], b["dout"], b["gate"], b["up"], n1);
-                 }});
-    c.back().nmse_f32 = 1e-12;
-    c.back().nmse_bf16 = 1e-9;
+    swiglu_cases(n1, " (odd length)");
     c.push_back({Op::kAddInplace, "add_inplace (odd length)",
                  {{"x", n1, R::kTyped, I::kInOut}, {"y", n1, R::kTyped, I::kIn}},
                  [=](Backend& be, const Bufs& b, std::vector<double>&) { be.add_inplace(b["x"], b["y"], n1); }});

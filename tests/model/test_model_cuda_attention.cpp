@@ -138,30 +138,24 @@ TEST_P(CudaAttention, MatchesCpuForwardAndBackward) {
   CudaRunner run(impl);
   const int split = rt::cuda::attention_backward_head_split(rt_test::params_of(c), impl);
   const std::string family = impl == AttentionImpl::kWgmma ? "wgmma" : "mma";
-  const std::string label = family + ", head split " + std::to_string(split);
-  rt_test::check_attention_case(c, run, label.c_str());
-  // The other side of the head split: whole groups per block where the
-  // automatic choice split them, every query head its own block where it did
-  // not.
+  // The automatic head split, then for GQA the other side of it: whole groups
+  // per block where the automatic choice split them, every query head its own
+  // block where it did not.
   const int rep = c.H / c.G;
-  if (rep > 1) {
-    const int other = split > 1 ? 1 : rep;
-    rt::cuda::force_attention_backward_head_split(other);
-    rt_test::check_attention_case(c, run, (family + ", head split " + std::to_string(other)).c_str());
-    rt::cuda::force_attention_backward_head_split(0);
-  }
-  // head_dim 64 on wgmma: again with the backward's dQ exchange (not yet the
-  // default), at the automatic split and, for GQA, the other one.
-  if (impl == AttentionImpl::kWgmma && c.hd == 64) {
-    rt::cuda::force_attention_backward_dq_exchange(true);
-    rt_test::check_attention_case(c, run, (label + ", dQ exchange").c_str());
+  const int other = split > 1 ? 1 : rep;
+  auto check_splits = [&](const std::string& sfx) {
+    rt_test::check_attention_case(c, run, (family + ", head split " + std::to_string(split) + sfx).c_str());
     if (rep > 1) {
-      const int other = split > 1 ? 1 : rep;
       rt::cuda::force_attention_backward_head_split(other);
-      rt_test::check_attention_case(
-          c, run, ("wgmma, head split " + std::to_string(other) + ", dQ exchange").c_str());
+      rt_test::check_attention_case(c, run, (family + ", head split " + std::to_string(other) + sfx).c_str());
       rt::cuda::force_attention_backward_head_split(0);
     }
+  };
+  check_splits("");
+  // head_dim 64 on wgmma: again with the backward's dQ exchange (not yet the default).
+  if (impl == AttentionImpl::kWgmma && c.hd == 64) {
+    rt::cuda::force_attention_backward_dq_exchange(true);
+    check_splits(", dQ exchange");
     rt::cuda::force_attention_backward_dq_exchange(false);
   }
 }

@@ -5,11 +5,11 @@
 // kernels' own index arithmetic, tiling, masking, swizzles, barriers and
 // fragment layouts (ldmatrix and mma.sync as warp collectives); it says
 // nothing about speed, the hardware's ex2.approx, or races between blocks.
-#include <cstdlib>
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <random>
 #include <string>
