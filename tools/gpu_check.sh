@@ -171,15 +171,14 @@ fi
 
 # ---- 2b. attention kernels at TinyLlama's heads: mma.sync vs wgmma vs SDPA --
 # hd 64, 32 query heads on 4 kv heads, T = 4K, 16K and 64K, batch 1, each
-# family with the grid-based head split (--head-split -1: the wgmma kernels'
-# automatic split is 1 until verified), and PyTorch's flash SDPA on the same
+# family with its automatic (grid-based) head split, and PyTorch's flash SDPA on the same
 # shapes (bench_sdpa.py, GQA through enable_gqa or repeated kv heads).
 t=$SECONDS
 if want attn && [ -x "$testbin/bench_cuda_attention" ]; then
   for impl in mma wgmma wgmma+dqx; do
     dqx=0; [ $impl = wgmma+dqx ] && dqx=1
     timeout 120 "$testbin/bench_cuda_attention" --hd 64 --heads 32 --kv-heads 4 --tokens 4096 \
-      --seq-lens 4096,16384,65536 --reps 5 --impl ${impl%+dqx} --head-split -1 --dq-exchange $dqx \
+      --seq-lens 4096,16384,65536 --reps 5 --impl ${impl%+dqx} --dq-exchange $dqx \
       > "$out/attn_$impl.json" 2>> "$out/attn.err"
   done
   timeout 120 env -u LD_LIBRARY_PATH python3 "$src/tests/bench/bench_sdpa.py" --hd 64 --heads 32 \

@@ -1529,7 +1529,7 @@ bool use_wgmma(AttentionImpl impl) {
 }
 }  // namespace
 
-AttentionImpl resolve_attention_impl(const AttentionParams& p, AttentionImpl impl) {
+AttentionImpl resolve_attention_impl(AttentionImpl impl) {
   return use_wgmma(impl) ? AttentionImpl::kWgmma : AttentionImpl::kMma;
 }
 
@@ -1554,7 +1554,7 @@ void attention_forward_bf16(const AttentionParams& p, uint16_t* out, float* lse,
 }
 
 namespace {
-int g_forced_head_split = 0;  // force_attention_backward_head_split: > 0, 0 or -1
+int g_forced_head_split = 0;  // force_attention_backward_head_split: > 0 or 0 (automatic)
 bool g_forced_dq_exchange = false;  // force_attention_backward_dq_exchange
 
 // Whether the head_dim-64 wgmma backward sums its warpgroups' dQ halves in
@@ -1596,7 +1596,7 @@ int head_split_for(const AttentionParams& p) {
 void force_attention_backward_dq_exchange(bool on) { g_forced_dq_exchange = on; }
 
 void force_attention_backward_head_split(int s) {
-  if (s < -1) throw UsageError("force_attention_backward_head_split: s must be >= -1");
+  if (s < 0) throw UsageError("force_attention_backward_head_split: s must be >= 0");
   g_forced_head_split = s;
 }
 

@@ -42,9 +42,9 @@ enum class AttentionImpl { kAuto, kMma, kWgmma };
 
 // Whether this build has the sm_90a kernels and the current device is sm_90.
 bool wgmma_available();
-// The family kAuto (or impl) runs p with on the current device: kMma or
-// kWgmma. UsageError where impl cannot run.
-AttentionImpl resolve_attention_impl(const AttentionParams& p, AttentionImpl impl);
+// The family kAuto (or impl) runs on the current device (either head_dim):
+// kMma or kWgmma. UsageError where impl cannot run.
+AttentionImpl resolve_attention_impl(AttentionImpl impl);
 
 // Throws UsageError naming the problem when the kernels cannot run p.
 void check_attention_params(const AttentionParams& p);
@@ -69,9 +69,8 @@ size_t attention_backward_workspace_floats(const AttentionParams& p,
 int attention_backward_head_split(const AttentionParams& p,
                                   AttentionImpl impl = AttentionImpl::kAuto);
 // Tests and benchmarks: s > 0 makes every backward use head split s (which
-// must divide H/G); -1 the grid-based choice for both kernel families (what
-// kAuto takes too, since the wgmma split was verified); 0 restores the
-// automatic choice. Not thread-safe.
+// must divide H/G); 0 restores the automatic, grid-based choice (the same for
+// both kernel families). Not thread-safe.
 void force_attention_backward_head_split(int s);
 
 // Tests and benchmarks: true makes the head_dim-64 wgmma backward sum its two

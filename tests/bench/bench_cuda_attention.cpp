@@ -5,13 +5,12 @@
 //
 //   bench_cuda_attention [--seq-lens 1024,4096,16384,32768] [--hd 128] [--heads 16]
 //                        [--kv-heads H] [--tokens 16384] [--reps 10]
-//                        [--impl auto|mma|wgmma] [--head-split 0|-1|S] [--dq-exchange 0|1]
+//                        [--impl auto|mma|wgmma] [--head-split 0|S] [--dq-exchange 0|1]
 //
 // --kv-heads G < H: grouped-query attention (H / G query heads per kv head).
 // --head-split S > 0 forces the backward's head split, for either kernel family
-// (S divides H / G); -1 takes the grid-based choice for both families (the
-// same as the automatic choice since both use it); 0, the default, is the
-// automatic choice. Each result names the split it ran with. --dq-exchange 1:
+// (S divides H / G); 0, the default, is the automatic (grid-based) choice.
+// Each result names the split it ran with. --dq-exchange 1:
 // the head_dim-64 wgmma backward sums its warpgroups' dQ halves in shared
 // memory (not yet the default; "dq_exchange" in the JSON).
 //
@@ -141,7 +140,7 @@ int main(int argc, char** argv) {
       std::printf(
           "usage: bench_cuda_attention [--seq-lens L1,L2,...] [--hd 64|128] [--heads H]\n"
           "                            [--kv-heads G] [--tokens N] [--reps R]\n"
-          "                            [--impl auto|mma|wgmma] [--head-split 0|-1|S]\n"
+          "                            [--impl auto|mma|wgmma] [--head-split 0|S]\n"
           "                            [--dq-exchange 0|1]\n");
       return 0;
     }
@@ -165,8 +164,8 @@ int main(int argc, char** argv) {
     ++i;
   }
   if (G == 0) G = H;
-  if (G <= 0 || H % G != 0 || split < -1 || (dqx != 0 && dqx != 1)) {
-    std::fprintf(stderr, "--kv-heads must divide --heads, --head-split be >= -1 and --dq-exchange 0 or 1 "
+  if (G <= 0 || H % G != 0 || split < 0 || (dqx != 0 && dqx != 1)) {
+    std::fprintf(stderr, "--kv-heads must divide --heads, --head-split be >= 0 and --dq-exchange 0 or 1 "
                          "(see --help)\n");
     return 2;
   }
@@ -183,9 +182,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (impl == rt::cuda::AttentionImpl::kAuto) {
-    rt::AttentionParams probe;
-    probe.hd = hd;
-    impl_name = rt::cuda::resolve_attention_impl(probe, impl) == rt::cuda::AttentionImpl::kWgmma
+    impl_name = rt::cuda::resolve_attention_impl(impl) == rt::cuda::AttentionImpl::kWgmma
                     ? "wgmma"
                     : "mma";
   }

@@ -154,39 +154,35 @@ TEST(EmuAttentionHeadSplit, AutomaticChoice) {
   p.H = 32, p.G = 4, p.Tq = p.Tk = 4096;
   EXPECT_EQ(emu_attn::attention_backward_workspace_floats(p),
             size_t(32) * 4096 + 2 * size_t(8) * 4096 * 4 * 64);
-  // -1: the grid-based choice for either family (here mma.sync: the same);
-  // below -1 is refused.
-  emu_attn::force_attention_backward_head_split(-1);
+  // A negative forced split is refused.
+  EXPECT_THROW(emu_attn::force_attention_backward_head_split(-1), rt::UsageError);
   EXPECT_EQ(split_at(4096), 8);
-  emu_attn::force_attention_backward_head_split(0);
-  EXPECT_THROW(emu_attn::force_attention_backward_head_split(-2), rt::UsageError);
-  // kAuto runs the emulator's mma.sync kernels at both head dims.
-  p.hd = 64;
-  EXPECT_EQ(emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kAuto),
+  // kAuto runs the emulator's mma.sync kernels.
+  EXPECT_EQ(emu_attn::resolve_attention_impl(emu_attn::AttentionImpl::kAuto),
             emu_attn::AttentionImpl::kMma);
   // RINGTRAIN_CUDA_ATTENTION picks what kAuto runs: mma here; wgmma is
   // refused where there is no Hopper GPU (the emulator), as kWgmma is; a
   // value it does not know is a UsageError naming the variable.
   ::setenv("RINGTRAIN_CUDA_ATTENTION", "mma", 1);
-  EXPECT_EQ(emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kAuto),
+  EXPECT_EQ(emu_attn::resolve_attention_impl(emu_attn::AttentionImpl::kAuto),
             emu_attn::AttentionImpl::kMma);
   ::setenv("RINGTRAIN_CUDA_ATTENTION", "wgmma", 1);
-  EXPECT_THROW(emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kAuto),
+  EXPECT_THROW(emu_attn::resolve_attention_impl(emu_attn::AttentionImpl::kAuto),
                rt::UsageError);
-  EXPECT_EQ(emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kMma),
+  EXPECT_EQ(emu_attn::resolve_attention_impl(emu_attn::AttentionImpl::kMma),
             emu_attn::AttentionImpl::kMma);
   ::setenv("RINGTRAIN_CUDA_ATTENTION", "wgmma-dqx", 1);
-  EXPECT_THROW(emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kAuto),
+  EXPECT_THROW(emu_attn::resolve_attention_impl(emu_attn::AttentionImpl::kAuto),
                rt::UsageError);
   ::setenv("RINGTRAIN_CUDA_ATTENTION", "fast", 1);
   try {
-    emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kAuto);
+    emu_attn::resolve_attention_impl(emu_attn::AttentionImpl::kAuto);
     ADD_FAILURE() << "RINGTRAIN_CUDA_ATTENTION=fast was accepted";
   } catch (const rt::UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("RINGTRAIN_CUDA_ATTENTION=fast"), std::string::npos);
   }
   ::unsetenv("RINGTRAIN_CUDA_ATTENTION");
-  EXPECT_EQ(emu_attn::resolve_attention_impl(p, emu_attn::AttentionImpl::kAuto),
+  EXPECT_EQ(emu_attn::resolve_attention_impl(emu_attn::AttentionImpl::kAuto),
             emu_attn::AttentionImpl::kMma);
 }
 
