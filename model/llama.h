@@ -105,20 +105,6 @@ int64_t non_embedding_params(const ModelConfig& cfg);
 // FLOPs per token of one training step: 6*N_nonembed + 6*L*d*T (SPEC §11).
 double train_flops_per_token(const ModelConfig& cfg, int64_t seq_len);
 
-// Activation checkpointing (train.activation_checkpointing):
-//   kOff:       every layer keeps its activations for the backward;
-//   kFull:      only each layer's input x.l is kept, the backward recomputes
-//               the whole layer (the least memory);
-//   kSelective: each layer's attention output (N, H*hd) and LSE (B,H,T) are
-//               kept too, the recompute skips the attention (and, over a ring,
-//               its communication). A layer whose attention a LayerMemory
-//               provides is recomputed whole (its attention has side effects).
-// All three give the same gradients (bitwise with a deterministic attention,
-// as on the CPU).
-enum class Checkpointing { kOff, kFull, kSelective };
-// "off", "full", "selective" (for logs and plans).
-const char* checkpointing_name(Checkpointing c);
-
 // The activation arena and the backward scratch for micro-batches of B x T
 // rows (what plan_activations allocates; memory plans size them here too).
 struct ActivationSpecs {

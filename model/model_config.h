@@ -74,4 +74,18 @@ struct ModelConfig {
   double init_std = 0.02;
 };
 
+// Activation checkpointing (train.activation_checkpointing):
+//   kOff:       every layer keeps its activations for the backward;
+//   kFull:      only each layer's input x.l is kept, the backward recomputes
+//               the whole layer (the least memory);
+//   kSelective: each layer's attention output (N, H*hd) and LSE (B,H,T) are
+//               kept too, the recompute skips the attention (and, over a ring,
+//               its communication). A layer whose attention a LayerMemory
+//               provides is recomputed whole (its attention has side effects).
+// All three give the same gradients (bitwise with a deterministic attention,
+// as on the CPU).
+enum class Checkpointing { kOff, kFull, kSelective };
+// "off", "full", "selective" (for logs and plans).
+const char* checkpointing_name(Checkpointing c);
+
 }  // namespace rt

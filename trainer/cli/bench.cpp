@@ -124,9 +124,10 @@ int cmd_bench(const std::string& config, const std::vector<std::string>& overrid
                       {"device", dev.name},
                       {"device_memory_bytes", dev.total_memory},
                       {"precision", trainer.model().precision().name()},
-                      {"activation_checkpointing", cfg.train.activation_checkpointing},
+                      {"activation_checkpointing",
+                       cfg.train.activation_checkpointing != Checkpointing::kOff},
                       {"activation_checkpointing_mode",
-                       checkpointing_name(checkpointing_of(cfg.train))},
+                       checkpointing_name(cfg.train.activation_checkpointing)},
                       {"mfu", mfu},
                       {"peak_bf16_flops_per_s", gpu && dev.peak_bf16_flops > 0
                                                     ? nlohmann::json(dev.peak_bf16_flops)

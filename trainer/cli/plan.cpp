@@ -88,7 +88,7 @@ int cmd_plan(const std::string& config, const std::vector<std::string>& override
                         : "not sharded (every rank holds all of its state)");
   std::printf("activations: micro-batch %d x %d rows, activation checkpointing %s\n",
               cfg.train.micro_batch_size, activation_rows(cfg, p.dims),
-              checkpointing_label(checkpointing_of(cfg.train)));
+              checkpointing_label(cfg.train.activation_checkpointing));
   int64_t most = 0, sum = 0;
   for (const RankMemory& m : p.ranks) {
     std::printf("%s\n", memory_line(m).c_str());

@@ -1184,20 +1184,22 @@ const Section<TrainConfig> kTrainSection = {
        const YAML::Node n = r.at("activation_checkpointing");
        const std::string v = n.IsScalar() ? n.Scalar() : "";
        bool on = false;
-       if (v == "full" || v == "selective")
-         on = true;
-       else if (!n.IsScalar() || !parse_bool(v, on))
+       if (v == "selective")
+         c.activation_checkpointing = Checkpointing::kSelective;
+       else if (v == "full")
+         c.activation_checkpointing = Checkpointing::kFull;
+       else if (n.IsScalar() && parse_bool(v, on))
+         c.activation_checkpointing = on ? Checkpointing::kFull : Checkpointing::kOff;
+       else
          r.fail("activation_checkpointing",
                 r.path_of("activation_checkpointing") +
                     ": expected false, true, full or selective, got " + describe(n));
-       c.activation_checkpointing = on;
-       c.checkpoint_keep_attention = v == "selective";
      },
      [](YamlWriter& w, const TrainConfig& c) {
-       if (c.activation_checkpointing && c.checkpoint_keep_attention)
+       if (c.activation_checkpointing == Checkpointing::kSelective)
          w.put("activation_checkpointing", "selective");
        else
-         w.put("activation_checkpointing", c.activation_checkpointing);
+         w.put("activation_checkpointing", c.activation_checkpointing == Checkpointing::kFull);
      }},
     int_field("nonfinite_tolerance", &TrainConfig::nonfinite_tolerance, 0),
 };

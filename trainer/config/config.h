@@ -57,11 +57,10 @@ struct TrainConfig {
   // optimizer state, statistics and reductions (CPU: storage emulation);
   // auto = fp32 on the CPU, bf16 on CUDA.
   std::string precision = "auto";
-  // true | full | selective | false: on, the backward recomputes each layer
-  // from its input; selective (checkpoint_keep_attention) keeps every layer's
-  // attention output and LSE, so the recompute skips the attention.
-  bool activation_checkpointing = false;
-  bool checkpoint_keep_attention = false;  // selective; only with activation_checkpointing
+  // false (kOff) | true, full (kFull: the backward recomputes each layer from
+  // its input) | selective (kSelective: every layer's attention output and
+  // LSE kept, so the recompute skips the attention)
+  Checkpointing activation_checkpointing = Checkpointing::kOff;
   int nonfinite_tolerance = 0;
 };
 

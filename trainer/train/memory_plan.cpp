@@ -23,11 +23,6 @@ std::string memory_line(const RankMemory& m) {
   return buf;
 }
 
-Checkpointing checkpointing_of(const TrainConfig& t) {
-  if (!t.activation_checkpointing) return Checkpointing::kOff;
-  return t.checkpoint_keep_attention ? Checkpointing::kSelective : Checkpointing::kFull;
-}
-
 const char* checkpointing_label(Checkpointing c) {
   return c == Checkpointing::kFull ? "on" : checkpointing_name(c);
 }
@@ -53,7 +48,7 @@ MemoryPlan plan_memory(const Config& cfg, int world, Device device) {
   const bool adamw = cfg.train.optimizer.type == "adamw";
   const int rows = activation_rows(cfg, p.dims);
   const int B = cfg.train.micro_batch_size;
-  const Checkpointing ckpt = checkpointing_of(cfg.train);
+  const Checkpointing ckpt = cfg.train.activation_checkpointing;
   auto act_bytes = [&](Checkpointing c) {
     ActivationSpecs a = activation_specs(cfg.model, p.prec, B, rows, c);
     return std::make_pair(int64_t(layout_bytes(a.acts)), int64_t(layout_bytes(a.scratch)));

@@ -31,9 +31,6 @@ struct RankMemory {
 // "memory rank R: parameters P B, master weights M B, ..." (exact bytes).
 std::string memory_line(const RankMemory& m);
 
-// train.activation_checkpointing (with checkpoint_keep_attention) as the
-// model's Checkpointing.
-Checkpointing checkpointing_of(const TrainConfig& t);
 // "off", "on" (true, full) or "selective", as plans and logs say it.
 const char* checkpointing_label(Checkpointing c);
 

@@ -167,7 +167,7 @@ Trainer::Trainer(const Config& cfg, Options opt) : cfg_(cfg), opt_(opt) {
     optimizer_ = std::make_unique<Optimizer>(cfg_.train.optimizer, *model_);
   // activations for one micro-batch: one segment of rows with memory
   model_->plan_activations(cfg_.train.micro_batch_size, activation_rows(cfg_, dims_),
-                           checkpointing_of(cfg_.train));
+                           cfg_.train.activation_checkpointing);
   if (!opt_.quiet) print_layout_table();
   log_info("precision: %s (train.precision %s on %s)", prec.name().c_str(),
            cfg_.train.precision.c_str(), device_name(backend_->device()));

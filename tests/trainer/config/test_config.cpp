@@ -17,6 +17,7 @@
 
 namespace {
 
+using rt::Checkpointing;
 using rt::Config;
 using rt::parse_config;
 
@@ -207,39 +208,36 @@ TEST(Config, WrittenYamlIsTheSchema) {
     EXPECT_NE(text.find(needle), std::string::npos) << needle << " not in\n" << text;
 }
 
-// train.activation_checkpointing: false, true, full (= true) and selective
-// (true plus checkpoint_keep_attention); written back as false, true, true,
-// selective, which parse to the same config (old configs with true/false too).
+// train.activation_checkpointing: false, true, full (= true) and selective;
+// written back as false, true, true, selective, which parse to the same
+// config (old configs with true/false too).
 TEST(Config, ActivationCheckpointingValues) {
   struct Case {
     const char* value;
-    bool on, keep_attention;
+    Checkpointing mode;
     const char* written;
   };
-  for (const Case& k : {Case{"false", false, false, "activation_checkpointing: false"},
-                        Case{"true", true, false, "activation_checkpointing: true"},
-                        Case{"full", true, false, "activation_checkpointing: true"},
-                        Case{"selective", true, true, "activation_checkpointing: selective"}}) {
+  for (const Case& k :
+       {Case{"false", Checkpointing::kOff, "activation_checkpointing: false"},
+        Case{"true", Checkpointing::kFull, "activation_checkpointing: true"},
+        Case{"full", Checkpointing::kFull, "activation_checkpointing: true"},
+        Case{"selective", Checkpointing::kSelective, "activation_checkpointing: selective"}}) {
     SCOPED_TRACE(k.value);
     const std::string yaml = kMinimal + "train:\n  activation_checkpointing: " + k.value + "\n";
     const Config c = parse_config(yaml, "config.yaml");
-    EXPECT_EQ(c.train.activation_checkpointing, k.on);
-    EXPECT_EQ(c.train.checkpoint_keep_attention, k.keep_attention);
+    EXPECT_EQ(c.train.activation_checkpointing, k.mode);
     const std::string text = rt::config_to_yaml(c);
     EXPECT_NE(text.find(k.written), std::string::npos) << text;
     const Config back = parse_config(text, "resolved.yaml");
-    EXPECT_EQ(back.train.activation_checkpointing, k.on);
-    EXPECT_EQ(back.train.checkpoint_keep_attention, k.keep_attention);
+    EXPECT_EQ(back.train.activation_checkpointing, k.mode);
     EXPECT_EQ(rt::config_to_yaml(back), text);
     // the same through --set
     const Config o = parse_config(kMinimal, "config.yaml",
                                   {std::string("train.activation_checkpointing=") + k.value});
-    EXPECT_EQ(o.train.activation_checkpointing, k.on);
-    EXPECT_EQ(o.train.checkpoint_keep_attention, k.keep_attention);
+    EXPECT_EQ(o.train.activation_checkpointing, k.mode);
   }
   const Config d = parse_config(kMinimal, "config.yaml");
-  EXPECT_FALSE(d.train.activation_checkpointing);
-  EXPECT_FALSE(d.train.checkpoint_keep_attention);
+  EXPECT_EQ(d.train.activation_checkpointing, Checkpointing::kOff);
 }
 
 TEST(Config, DefaultsFilled) {
