@@ -272,12 +272,10 @@ void LlamaModel::plan_activations(int B, int T, Checkpointing checkpointing) {
   for (int l = 0; l < L; ++l) {
     const std::string p =
         "slot" + std::to_string(checkpointing == Checkpointing::kOff ? l : 0) + ".";
-    const std::string att = checkpointing == Checkpointing::kSelective
-                                ? "att." + std::to_string(l)
-                                : p + "att";
-    const std::string lse = checkpointing == Checkpointing::kSelective
-                                ? "lse." + std::to_string(l)
-                                : p + "lse";
+    // selective: the layer's own att.l and lse.l (activation_specs)
+    const bool own = checkpointing == Checkpointing::kSelective;
+    const std::string att = own ? "att." + std::to_string(l) : p + "att";
+    const std::string lse = own ? "lse." + std::to_string(l) : p + "lse";
     layer_acts_.push_back({acts_.buf(p + "ln1"), acts_.buf(p + "q"), acts_.buf(p + "k"),
                            acts_.buf(p + "v"), acts_.buf(att), acts_.buf(p + "mid"),
                            acts_.buf(p + "ln2"), acts_.buf(p + "gate"), acts_.buf(p + "up"),
