@@ -269,11 +269,11 @@ void LlamaModel::plan_activations(int B, int T, Checkpointing checkpointing) {
   x_.clear();
   for (int l = 0; l <= L; ++l) x_.push_back(acts_.buf("x." + std::to_string(l)));
   layer_acts_.clear();
+  // selective: each layer's own att.l and lse.l (activation_specs)
+  const bool own = checkpointing == Checkpointing::kSelective;
   for (int l = 0; l < L; ++l) {
     const std::string p =
         "slot" + std::to_string(checkpointing == Checkpointing::kOff ? l : 0) + ".";
-    // selective: the layer's own att.l and lse.l (activation_specs)
-    const bool own = checkpointing == Checkpointing::kSelective;
     const std::string att = own ? "att." + std::to_string(l) : p + "att";
     const std::string lse = own ? "lse." + std::to_string(l) : p + "lse";
     layer_acts_.push_back({acts_.buf(p + "ln1"), acts_.buf(p + "q"), acts_.buf(p + "k"),

@@ -10,7 +10,6 @@
 #include <vector>
 
 #include "model/backend.h"
-#include "model/llama.h"
 #include "model/precision.h"
 #include "parallel/parallel_dims.h"
 #include "trainer/config/config.h"
