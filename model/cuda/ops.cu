@@ -554,6 +554,15 @@ void launch_elementwise(void (*k8)(P...), void (*k1)(P...), bool vec, size_t ite
 // rows per block for the row kernels: one block per row up to the cap
 unsigned row_blocks(int N) { return unsigned(std::max(1, std::min<int>(N, int(kMaxBlocks)))); }
 
+// A row kernel over N rows (row_blocks): k8 (width 8) when vec, else k1.
+template <class... P, class... A>
+void launch_rows(void (*k8)(P...), void (*k1)(P...), bool vec, int N, void* stream, A... args) {
+  if (vec)
+    RT_LAUNCH(k8, row_blocks(N), kThreads, stream, args...);
+  else
+    RT_LAUNCH(k1, row_blocks(N), kThreads, stream, args...);
+}
+
 // chunks of the rmsnorm backward's partial rows (column_chunk_sum_kernel): of
 // 64 rows (2 in the emulator, whose 3 blocks would otherwise make one chunk)
 #ifdef RT_CUDA_EMULATE
@@ -642,12 +651,9 @@ void embedding_backward(TP dtable, CTP dout, const int32_t* tokens, int N, int C
 void rmsnorm_forward(TP out, float* rstd, CTP inp, CTP weight, int N, int C, float eps,
                      void* stream) {
   if (N <= 0) return;
-  if (vec_ok(size_t(C), {out.p, inp.p, weight.p}))
-    RT_LAUNCH(rmsnorm_forward_kernel<8>, row_blocks(N), kThreads, stream, out, rstd, inp, weight, N,
-              C, eps);
-  else
-    RT_LAUNCH(rmsnorm_forward_kernel<1>, row_blocks(N), kThreads, stream, out, rstd, inp, weight, N,
-              C, eps);
+  launch_rows(rmsnorm_forward_kernel<8>, rmsnorm_forward_kernel<1>,
+              vec_ok(size_t(C), {out.p, inp.p, weight.p}), N, stream, out, rstd, inp, weight, N, C,
+              eps);
 }
 
 void rmsnorm_backward(TP dinp, TP dweight, CTP dout, CTP inp, CTP weight, const float* rstd, int N,
@@ -655,12 +661,9 @@ void rmsnorm_backward(TP dinp, TP dweight, CTP dout, CTP inp, CTP weight, const 
   if (N <= 0) return;
   const unsigned nb = row_blocks(N);
   float* partial = static_cast<float*>(scratch);
-  if (vec_ok(size_t(C), {dinp.p, dout.p, inp.p, weight.p, partial}))
-    RT_LAUNCH(rmsnorm_backward_rows_kernel<8>, nb, kThreads, stream, dinp, partial, dout, inp,
-              weight, rstd, N, C);
-  else
-    RT_LAUNCH(rmsnorm_backward_rows_kernel<1>, nb, kThreads, stream, dinp, partial, dout, inp,
-              weight, rstd, N, C);
+  launch_rows(rmsnorm_backward_rows_kernel<8>, rmsnorm_backward_rows_kernel<1>,
+              vec_ok(size_t(C), {dinp.p, dout.p, inp.p, weight.p, partial}), N, stream, dinp,
+              partial, dout, inp, weight, rstd, N, C);
   const unsigned R = column_chunks(N);
   float* chunks = partial + size_t(nb) * C;
   RT_LAUNCH(column_chunk_sum_kernel, dim3(blocks_for(size_t(C)), unsigned(std::min<size_t>(R, kMaxBlocks))),
